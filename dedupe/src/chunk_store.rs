@@ -1,0 +1,297 @@
+//! The chunk store: one file per blob under `blobs/<first 4 hex digits>/<64 hex digits>`.
+//!
+//! Writes go to a temporary file and are renamed into place, so a blob under its final name is
+//! always whole. They are not fsynced one by one: the caller makes them durable with one
+//! `sync_filesystem` before it commits anything that refers to them.
+//!
+//! A blob's mtime is "last referenced": a writer that finds a blob already present touches it, and
+//! garbage collection touches every blob it marks, then sweeps blobs older than its cutoff. The
+//! sweep renames a candidate aside and re-checks its mtime before deleting it, so a writer that
+//! touched it in between keeps it (and a writer that finds it gone writes it again).
+
+use crate::codec::{BlobCodec, BlobKind};
+use crate::error::DedupeError;
+use crate::id::BlobId;
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+#[derive(Clone)]
+pub struct ChunkStore {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    codec: BlobCodec,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inserted {
+    pub new: bool,
+    /// Bytes the blob takes on disk when it was new, else 0.
+    pub stored_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    pub removed: u64,
+    pub removed_bytes: u64,
+    pub kept: u64,
+    pub kept_bytes: u64,
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl ChunkStore {
+    /// `blobs` holds the fan-out directories; `tmp` is where this process stages new files (same
+    /// filesystem, so the final rename is atomic).
+    pub fn new(blobs: PathBuf, tmp: PathBuf, codec: BlobCodec) -> ChunkStore {
+        ChunkStore { blobs, tmp, codec }
+    }
+
+    pub fn codec(&self) -> &BlobCodec {
+        &self.codec
+    }
+
+    pub fn with_tmp(&self, tmp: PathBuf) -> ChunkStore {
+        ChunkStore { tmp, ..self.clone() }
+    }
+
+    pub fn path(&self, id: &BlobId) -> PathBuf {
+        let hex = id.to_hex();
+        self.blobs.join(&hex[..4]).join(hex)
+    }
+
+    /// Marks a blob as referenced now. Ok(false) when it does not exist.
+    pub fn touch(&self, id: &BlobId) -> Result<bool, DedupeError> {
+        let path = self.path(id);
+        match touch_path(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(DedupeError::io(format!("touching blob {}", path.display()), e)),
+        }
+    }
+
+    /// Stores `plain` as a blob unless it is present already (then it is only touched).
+    pub fn insert(&self, kind: BlobKind, plain: &[u8]) -> Result<(BlobId, Inserted), DedupeError> {
+        let id = self.codec.id(plain);
+        Ok((id, self.insert_with_id(kind, &id, plain)?))
+    }
+
+    pub fn insert_with_id(&self, kind: BlobKind, id: &BlobId, plain: &[u8]) -> Result<Inserted, DedupeError> {
+        if self.touch(id)? {
+            return Ok(Inserted { new: false, stored_bytes: 0 });
+        }
+        let encoded = self.codec.encode(kind, id, plain)?;
+        let tmp = self.tmp.join(format!(
+            "{}.{}.{}",
+            &id.to_hex()[..16],
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = write_file(&tmp, &encoded).and_then(|()| self.place(&tmp, id));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(|e| DedupeError::io(format!("writing blob {id} into {}", self.blobs.display()), e))?;
+        Ok(Inserted { new: true, stored_bytes: encoded.len() as u64 })
+    }
+
+    fn place(&self, tmp: &Path, id: &BlobId) -> std::io::Result<()> {
+        let dest = self.path(id);
+        match fs::rename(tmp, &dest) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir_all(dest.parent().expect("blob path has a parent"))?;
+                fs::rename(tmp, &dest)
+            }
+            other => other,
+        }
+    }
+
+    /// The blob's raw bytes as stored.
+    pub fn read_raw(&self, id: &BlobId) -> Result<Vec<u8>, DedupeError> {
+        let path = self.path(id);
+        fs::read(&path).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                DedupeError::Missing { id: *id, path: path.clone() }
+            } else {
+                DedupeError::io(format!("reading blob {}", path.display()), e)
+            }
+        })
+    }
+
+    /// The blob's plaintext, proven against its id.
+    pub fn read(&self, id: &BlobId, kind: BlobKind) -> Result<Vec<u8>, DedupeError> {
+        let raw = self.read_raw(id)?;
+        self.codec.decode(id, kind, &raw)
+    }
+
+    pub fn exists(&self, id: &BlobId) -> bool {
+        self.path(id).exists()
+    }
+
+    /// Moves a damaged blob aside (to `<name>.bad`) so the next backup that needs it stores it
+    /// again instead of deduplicating against the damaged copy.
+    pub fn quarantine(&self, id: &BlobId) -> Result<(), DedupeError> {
+        let path = self.path(id);
+        let bad = path.with_extension("bad");
+        fs::rename(&path, &bad).map_err(|e| DedupeError::io(format!("moving damaged blob {} aside", path.display()), e))
+    }
+
+    /// Calls `f` for every blob file (id, size, mtime), fan-out directory by directory.
+    pub fn for_each(&self, mut f: impl FnMut(BlobId, u64, SystemTime) -> Result<(), DedupeError>) -> Result<(), DedupeError> {
+        let io = |what: &Path, e| DedupeError::io(format!("listing {}", what.display()), e);
+        let top = match fs::read_dir(&self.blobs) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&self.blobs, e)),
+        };
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for entry in top {
+            let entry = entry.map_err(|e| io(&self.blobs, e))?;
+            if entry.file_name().len() == 4 {
+                dirs.push(entry.path());
+            }
+        }
+        dirs.sort();
+        for dir in dirs {
+            for entry in fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+                let entry = entry.map_err(|e| io(&dir, e))?;
+                let name = entry.file_name();
+                if name.len() != 64 {
+                    continue;
+                }
+                let Some(id) = std::str::from_utf8(name.as_bytes()).ok().and_then(BlobId::from_hex) else {
+                    continue;
+                };
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&entry.path(), e)),
+                };
+                let mtime = meta.modified().map_err(|e| io(&entry.path(), e))?;
+                f(id, meta.len(), mtime)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every blob whose mtime is older than `cutoff` (dry run: only counts them).
+    pub fn sweep(&self, cutoff: SystemTime, dry_run: bool) -> Result<SweepStats, DedupeError> {
+        let mut stats = SweepStats::default();
+        let trash = self.tmp.join("gc-trash");
+        self.for_each(|id, size, mtime| {
+            if mtime >= cutoff {
+                stats.kept += 1;
+                stats.kept_bytes += size;
+                return Ok(());
+            }
+            if dry_run {
+                stats.removed += 1;
+                stats.removed_bytes += size;
+                return Ok(());
+            }
+            let path = self.path(&id);
+            match fs::rename(&path, &trash) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(DedupeError::io(format!("sweeping {}", path.display()), e)),
+            }
+            let touched = fs::metadata(&trash).and_then(|m| m.modified()).map(|m| m >= cutoff).unwrap_or(false);
+            if touched {
+                // A writer referenced it between our listing and the rename: put it back.
+                fs::rename(&trash, &path).map_err(|e| DedupeError::io(format!("restoring {}", path.display()), e))?;
+                stats.kept += 1;
+                stats.kept_bytes += size;
+            } else {
+                fs::remove_file(&trash).map_err(|e| DedupeError::io(format!("deleting {}", path.display()), e))?;
+                stats.removed += 1;
+                stats.removed_bytes += size;
+            }
+            Ok(())
+        })?;
+        Ok(stats)
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)
+}
+
+fn touch_path(path: &Path) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| ErrorKind::InvalidInput)?;
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+    ];
+    // SAFETY: `c` is a valid NUL-terminated path and `times` points at two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Flushes every file of the filesystem holding `dir` to stable storage (syncfs): one call makes
+/// all blobs a backup wrote durable before its manifest is committed.
+pub fn sync_filesystem(dir: &Path) -> Result<(), DedupeError> {
+    let f = fs::File::open(dir).map_err(|e| DedupeError::io(format!("opening {} to sync it", dir.display()), e))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs takes a valid open file descriptor, which `f` holds for the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(DedupeError::io(format!("syncing the filesystem of {}", dir.display()), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Compression;
+    use std::time::Duration;
+
+    fn store(dir: &Path) -> ChunkStore {
+        fs::create_dir_all(dir.join("tmp")).unwrap();
+        ChunkStore::new(dir.join("blobs"), dir.join("tmp"), BlobCodec::plain(Compression::Zstd { level: 3 }))
+    }
+
+    #[test]
+    fn insert_dedupes_and_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let (id, a) = s.insert(BlobKind::Chunk, b"hello hello hello").unwrap();
+        assert!(a.new && a.stored_bytes > 0);
+        let (id2, b) = s.insert(BlobKind::Chunk, b"hello hello hello").unwrap();
+        assert_eq!(id, id2);
+        assert!(!b.new);
+        assert_eq!(s.read(&id, BlobKind::Chunk).unwrap(), b"hello hello hello");
+        let mut n = 0;
+        s.for_each(|_, _, _| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn sweep_removes_only_blobs_older_than_the_cutoff() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let (old, _) = s.insert(BlobKind::Chunk, b"old").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let cutoff = SystemTime::now();
+        std::thread::sleep(Duration::from_millis(30));
+        let (young, _) = s.insert(BlobKind::Chunk, b"young").unwrap();
+        let dry = s.sweep(cutoff, true).unwrap();
+        assert_eq!((dry.removed, dry.kept), (1, 1));
+        assert!(s.exists(&old));
+        let real = s.sweep(cutoff, false).unwrap();
+        assert_eq!((real.removed, real.kept), (1, 1));
+        assert!(!s.exists(&old) && s.exists(&young));
+        assert!(matches!(s.read(&old, BlobKind::Chunk), Err(DedupeError::Missing { .. })));
+    }
+}
