@@ -147,6 +147,10 @@ impl BlobCodec {
         BlobCodec { hasher: IdHasher::Blake3, cipher: None, compression, encrypted_store: true }
     }
 
+    pub fn with_compression(&self, compression: Compression) -> BlobCodec {
+        BlobCodec { compression, ..self.clone() }
+    }
+
     pub fn has_key(&self) -> bool {
         !self.encrypted_store || self.cipher.is_some()
     }

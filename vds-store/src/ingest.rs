@@ -1,0 +1,343 @@
+//! Writing a restore point: read the disks' extents (all of them, or only the changed ones
+//! against a parent), store them through the dedupe pipeline, then commit the point.
+//!
+//! Commit order is what makes a kill at any instant harmless: blobs are written and made durable
+//! (one syncfs), then the labels, then the manifest by atomic rename. Until that rename there is
+//! no point; blobs left by a killed writer are unreferenced and garbage collection removes them.
+
+use crate::disk_map::{extent_count, DiskMap};
+use crate::error::{Result, StoreError};
+use crate::fslock::{flock, set_immutable, set_read_only, write_atomic, WriterRegistration};
+use crate::manifest::{BackupType, Labels, PointDisk, PointStats, RestorePoint};
+use crate::store::{validate_key, Store};
+use crate::vm::VmDescription;
+use chrono::Utc;
+use dedupe::{BlobId, BlobKind, DedupeError, ExtentData, ExtentOutcome, Pipeline};
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Where a disk's bytes come from: an image file, a block device, an NBD export.
+pub trait DiskSource: Send {
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`; never asked to read past `size()`.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// True when the range is known to hold no data, so it need not be read. False when unknown.
+    fn is_unallocated(&mut self, _offset: u64, _len: u64) -> std::io::Result<bool> {
+        Ok(false)
+    }
+    fn describe(&self) -> String;
+}
+
+/// A raw image file or block device; asks the filesystem (SEEK_DATA) which ranges are allocated.
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    seek_data: bool,
+}
+
+impl FileSource {
+    pub fn open(path: &Path) -> Result<FileSource> {
+        let file = File::open(path).map_err(|e| StoreError::io(format!("opening disk image {}", path.display()), e))?;
+        let meta = file.metadata().map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        let size = if meta.is_file() {
+            meta.len()
+        } else {
+            use std::io::{Seek, SeekFrom};
+            (&file).seek(SeekFrom::End(0)).map_err(|e| StoreError::io(format!("sizing {}", path.display()), e))?
+        };
+        Ok(FileSource { file, path: path.to_path_buf(), size, seek_data: meta.is_file() && meta.blocks() * 512 < meta.len() })
+    }
+}
+
+impl DiskSource for FileSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn is_unallocated(&mut self, offset: u64, len: u64) -> std::io::Result<bool> {
+        if !self.seek_data {
+            return Ok(false);
+        }
+        // SAFETY: lseek on our own descriptor; reads are positional (pread), so moving the offset is harmless.
+        let next = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+        if next < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(true),
+                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
+                    self.seek_data = false;
+                    Ok(false)
+                }
+                _ => Err(e),
+            };
+        }
+        Ok(next as u64 >= offset + len)
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+pub struct IngestDisk {
+    pub key: String,
+    pub source: Box<dyn DiskSource>,
+    /// Byte ranges written since the parent point; None reads the whole disk.
+    pub changed: Option<Vec<Range<u64>>>,
+    pub change_id: Option<String>,
+}
+
+pub struct IngestRequest {
+    pub vm: VmDescription,
+    pub backup_type: BackupType,
+    pub parent: Option<String>,
+    pub disks: Vec<IngestDisk>,
+    pub labels: Labels,
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct IngestProgress {
+    pub disk: String,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+struct Parent {
+    point: RestorePoint,
+    // Held for the whole ingest: a shared lock that keeps the parent from being deleted.
+    _lock: File,
+}
+
+impl Store {
+    pub fn ingest(&self, req: IngestRequest, progress: &mut dyn FnMut(&IngestProgress)) -> Result<RestorePoint> {
+        self.require_key()?;
+        validate_key("VM key", &req.vm.key)?;
+        let mut keys = std::collections::HashSet::new();
+        for d in &req.disks {
+            validate_key("disk key", &d.key)?;
+            if !keys.insert(d.key.clone()) {
+                return Err(StoreError::Invalid(format!("disk {} is given twice", d.key)));
+            }
+        }
+        if req.disks.is_empty() {
+            return Err(StoreError::Invalid(format!("VM {}: no disks to back up", req.vm.key)));
+        }
+        let writer = WriterRegistration::register(self.root())?;
+        let chunks = self.chunks().with_tmp(writer.tmp_dir.clone());
+        let started = Utc::now();
+
+        let (parent, parent_reason) = match (req.backup_type, &req.parent) {
+            (BackupType::Full, _) => (None, None),
+            (_, None) => (None, Some("no earlier restore point to compare against".to_string())),
+            (_, Some(pid)) => match self.lock_parent(&req.vm.key, pid) {
+                Ok(p) => (Some(p), None),
+                Err(StoreError::PointNotFound { .. }) => (None, Some(format!("base point {pid} no longer exists"))),
+                Err(e @ StoreError::ManifestDamaged { .. }) => (None, Some(format!("base point unreadable: {e}"))),
+                Err(e) => return Err(e),
+            },
+        };
+
+        let es = self.config().extent_size;
+        let pipeline = Pipeline::new(&chunks, self.config().chunker_params(), es as usize, req.threads);
+        let mut disks = Vec::new();
+        let mut stats = PointStats::default();
+        let mut used_parent = false;
+        for mut disk in req.disks {
+            let size = disk.source.size();
+            let count = extent_count(size, es);
+            let parent_disk = parent.as_ref().and_then(|p| p.point.disks.iter().find(|d| d.key == disk.key));
+            let (mut map, to_read, full_reason): (DiskMap, Vec<u64>, Option<String>) = match parent_disk {
+                _ if req.backup_type == BackupType::Full => (DiskMap::empty(size, es), (0..count).collect(), None),
+                None if parent.is_some() => {
+                    (DiskMap::empty(size, es), (0..count).collect(), Some("new disk: not in the base point".into()))
+                }
+                None => (DiskMap::empty(size, es), (0..count).collect(), parent_reason.clone()),
+                Some(pd) if pd.size != size => (
+                    DiskMap::empty(size, es),
+                    (0..count).collect(),
+                    Some(format!("disk resized from {} to {} bytes", pd.size, size)),
+                ),
+                Some(_) if disk.changed.is_none() => {
+                    (DiskMap::empty(size, es), (0..count).collect(), Some("no changed-block list was given".into()))
+                }
+                Some(pd) => {
+                    let map = self.read_disk_map(&req.vm.key, pd)?;
+                    let ranges = disk.changed.as_deref().unwrap_or_default();
+                    (map, changed_extents(&disk.key, ranges, size, es)?, None)
+                }
+            };
+            let disk_type = if full_reason.is_none() && req.backup_type != BackupType::Full {
+                used_parent = true;
+                req.backup_type
+            } else {
+                BackupType::Full
+            };
+            let total_bytes: u64 = to_read.iter().map(|&i| map.extent_len(i) as u64).sum();
+            let mut done_bytes = 0u64;
+            let key = disk.key.clone();
+            let source = &mut disk.source;
+            let described = source.describe();
+            let map_size = map.size;
+            let s = pipeline
+                .run(
+                    to_read,
+                    |i, buf| {
+                        let offset = i * es as u64;
+                        let len = (map_size - offset).min(es as u64) as usize;
+                        let io = |e| DedupeError::io(format!("reading disk {key} ({described}) at offset {offset}"), e);
+                        if source.is_unallocated(offset, len as u64).map_err(io)? {
+                            return Ok(ExtentData::Hole);
+                        }
+                        source.read_at(offset, &mut buf[..len]).map_err(io)?;
+                        Ok(ExtentData::Data(len))
+                    },
+                    |i, outcome| {
+                        map.extents[i as usize] = match outcome {
+                            ExtentOutcome::Hole => BlobId::HOLE,
+                            ExtentOutcome::Record(id) => id,
+                        };
+                        done_bytes += map.extent_len(i) as u64;
+                        progress(&IngestProgress { disk: disk.key.clone(), done_bytes, total_bytes });
+                        Ok(())
+                    },
+                )
+                .map_err(|e| StoreError::Invalid(format!("VM {} disk {}: {e}", req.vm.key, disk.key)))?;
+            let (map_id, ins) = chunks.insert(BlobKind::DiskMap, &map.encode())?;
+            let allocated_bytes =
+                (0..count).filter(|&i| !map.extents[i as usize].is_hole()).map(|i| map.extent_len(i) as u64).sum();
+            stats.read_bytes += s.bytes_read;
+            stats.zero_bytes += s.zero_bytes;
+            stats.new_chunks += s.chunks_new;
+            stats.reused_chunks += s.chunks_reused;
+            stats.new_plain_bytes += s.plain_bytes_new;
+            stats.new_stored_bytes += s.stored_bytes_new + ins.stored_bytes;
+            disks.push(PointDisk {
+                key: disk.key,
+                size,
+                extent_size: es,
+                map: map_id.to_hex(),
+                backup_type: disk_type,
+                full_reason,
+                change_id: disk.change_id,
+                allocated_bytes,
+                read_bytes: s.bytes_read,
+            });
+        }
+
+        let point_id = format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), crate::fslock::random_hex(4));
+        let point = RestorePoint {
+            point_id: point_id.clone(),
+            store_id: self.config().store_id.clone(),
+            vm: req.vm,
+            backup_type: if used_parent { req.backup_type } else { BackupType::Full },
+            parent: if used_parent { parent.as_ref().map(|p| p.point.point_id.clone()) } else { None },
+            started,
+            finished: Utc::now(),
+            disks,
+            stats,
+        };
+        self.commit(&point, &req.labels, &writer.tmp_dir)?;
+        drop(parent);
+        Ok(point)
+    }
+
+    fn commit(&self, point: &RestorePoint, labels: &Labels, tmp: &Path) -> Result<()> {
+        dedupe::chunk_store::sync_filesystem(self.root())?;
+        let vm = &point.vm.key;
+        let dir = self.vm_dir(vm);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let labels_path = self.labels_path(vm, &point.point_id);
+        if *labels != Labels::default() {
+            write_atomic(tmp, &labels_path, &serde_json::to_vec_pretty(labels).expect("labels serialise"))?;
+        }
+        let manifest = self.manifest_path(vm, &point.point_id);
+        write_atomic(tmp, &manifest, &point.encode())?;
+        if labels.locked_at(Utc::now()).is_some() {
+            for p in [&labels_path, &manifest] {
+                let _ = set_read_only(p, true);
+                set_immutable(p, true);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_parent(&self, vm: &str, point: &str) -> Result<Parent> {
+        validate_key("point id", point)?;
+        let path = self.manifest_path(vm, point);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::PointNotFound { point: point.into() }
+            } else {
+                StoreError::io(format!("opening {}", path.display()), e)
+            }
+        })?;
+        flock(&file, false, false).map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?;
+        // A delete may have unlinked the file between our open and our lock.
+        let held = file.metadata().map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        match std::fs::metadata(&path) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {}
+            _ => return Err(StoreError::PointNotFound { point: point.into() }),
+        }
+        let mut bytes = Vec::new();
+        use std::io::Read;
+        (&file).read_to_end(&mut bytes).map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        let p = RestorePoint::decode(point, &path, &bytes)?;
+        Ok(Parent { point: p, _lock: file })
+    }
+
+    pub fn read_disk_map(&self, point: &str, disk: &PointDisk) -> Result<DiskMap> {
+        let id = BlobId::from_hex(&disk.map)
+            .ok_or_else(|| StoreError::Invalid(format!("point {point} disk {}: map id is not hex", disk.key)))?;
+        let bytes = self
+            .chunks()
+            .read(&id, BlobKind::DiskMap)
+            .map_err(|source| StoreError::PointBlob { point: point.into(), source })?;
+        let map = DiskMap::decode(&id, &bytes).map_err(|source| StoreError::PointBlob { point: point.into(), source })?;
+        if map.size != disk.size || map.extent_size != disk.extent_size {
+            return Err(StoreError::Invalid(format!("point {point} disk {}: map does not match the manifest's size", disk.key)));
+        }
+        Ok(map)
+    }
+}
+
+/// The extents a list of changed byte ranges touches, sorted and unique.
+fn changed_extents(disk: &str, ranges: &[Range<u64>], size: u64, es: u32) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for r in ranges {
+        if r.start > r.end || r.end > size {
+            return Err(StoreError::Invalid(format!(
+                "disk {disk}: changed range {}..{} lies outside the disk ({size} bytes)",
+                r.start, r.end
+            )));
+        }
+        if r.start == r.end {
+            continue;
+        }
+        out.extend(r.start / es as u64..=(r.end - 1) / es as u64);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_ranges_map_to_extents() {
+        let es = 1 << 20;
+        let got = changed_extents("d", &[0..1, (1 << 20) - 1..(1 << 20) + 1, 5 << 20..5 << 20], 8 << 20, es).unwrap();
+        assert_eq!(got, vec![0, 1]);
+        assert!(changed_extents("d", &[0..(9 << 20)], 8 << 20, es).is_err());
+    }
+}

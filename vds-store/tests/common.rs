@@ -1,0 +1,86 @@
+//! Fixtures shared by the store's integration tests: a small-extent store and an in-memory disk.
+
+#![allow(dead_code)]
+
+use dedupe::ChunkerParams;
+use std::ops::Range;
+use std::path::Path;
+use vds_store::*;
+
+pub const EXTENT: u32 = 64 * 1024;
+
+pub fn small_store(dir: &Path, passphrase: Option<&[u8]>) -> Store {
+    Store::init(
+        dir,
+        InitOptions {
+            extent_size: EXTENT,
+            chunker: ChunkerParams { min: 2048, avg: 8192, max: 32768 },
+            zstd_level: 1,
+            passphrase: passphrase.map(|p| p.to_vec()),
+            kdf_memory_kib: 64,
+        },
+    )
+    .unwrap()
+}
+
+pub struct MemDisk(pub Vec<u8>);
+
+impl DiskSource for MemDisk {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+pub fn vm(key: &str) -> VmDescription {
+    VmDescription { key: key.into(), name: key.into(), platform: "raw".into(), ..Default::default() }
+}
+
+pub fn ingest(
+    store: &Store,
+    vm_key: &str,
+    kind: BackupType,
+    parent: Option<&str>,
+    disks: Vec<(&str, Vec<u8>, Option<Vec<Range<u64>>>)>,
+) -> Result<RestorePoint> {
+    store.ingest(
+        IngestRequest {
+            vm: vm(vm_key),
+            backup_type: kind,
+            parent: parent.map(str::to_string),
+            disks: disks
+                .into_iter()
+                .map(|(k, data, changed)| IngestDisk { key: k.into(), source: Box::new(MemDisk(data)), changed, change_id: None })
+                .collect(),
+            labels: Labels::default(),
+            threads: 2,
+        },
+        &mut |_| {},
+    )
+}
+
+pub fn read_disk(store: &Store, point: &str, disk: &str) -> Vec<u8> {
+    let r = store.open_disk(point, disk).unwrap();
+    let mut buf = vec![0u8; r.size() as usize];
+    r.read_at(&mut buf, 0).unwrap();
+    buf
+}
+
+/// Deterministic noise that compresses a little, like real data.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if i % 7 == 0 { 0x20 } else { x as u8 }
+        })
+        .collect()
+}
