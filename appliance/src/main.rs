@@ -1,1 +1,34 @@
-fn main() {}
+//! `holdfast`: the appliance binary. Today it carries the store CLI (`holdfast store …`); the
+//! service (`holdfast serve`), job engine and catalog come next. Errors reach the user here, once,
+//! with their whole cause chain.
+
+mod store_cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "holdfast", version, about = "Holdfast agentless VM backup appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with a backup store directly: create, ingest images, list, export, verify, prune, gc.
+    Store(store_cli::StoreArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Store(args) => store_cli::run(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("holdfast: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

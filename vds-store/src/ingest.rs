@@ -233,7 +233,7 @@ impl Store {
             });
         }
 
-        let point_id = format!("{}-{}", started.format("%Y%m%dT%H%M%SZ"), crate::fslock::random_hex(4));
+        let point_id = format!("{}-{}", started.format("%Y%m%dT%H%M%S%.6fZ"), crate::fslock::random_hex(4));
         let point = RestorePoint {
             point_id: point_id.clone(),
             store_id: self.config().store_id.clone(),
