@@ -71,7 +71,9 @@ enum StoreCommand {
         vm: Option<String>,
     },
     /// Show one restore point in full.
-    Show { point: String },
+    Show {
+        point: String,
+    },
     /// Write a disk of a point to a sparse raw file.
     Export {
         point: String,
@@ -122,8 +124,12 @@ enum StoreCommand {
         dry_run: bool,
     },
     /// Keep a point forever (retention never removes it).
-    Star { point: String },
-    Unstar { point: String },
+    Star {
+        point: String,
+    },
+    Unstar {
+        point: String,
+    },
     /// Make a point immutable until a date (YYYY-MM-DD or RFC 3339) or for N days.
     Lock {
         point: String,
@@ -133,16 +139,23 @@ enum StoreCommand {
         days: Option<u32>,
     },
     /// Delete one point (its blobs go at the next gc).
-    Delete { point: String },
+    Delete {
+        point: String,
+    },
 }
 
 fn threads(n: Option<usize>) -> usize {
-    n.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+    n.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    })
 }
 
 fn passphrase(args: &StoreArgs) -> Result<Option<Vec<u8>>> {
     if let Some(f) = &args.passphrase_file {
-        let text = std::fs::read(f).with_context(|| format!("reading passphrase file {}", f.display()))?;
+        let text =
+            std::fs::read(f).with_context(|| format!("reading passphrase file {}", f.display()))?;
         let trimmed = text.strip_suffix(b"\n").unwrap_or(&text).to_vec();
         if trimmed.is_empty() {
             bail!("passphrase file {} is empty", f.display());
@@ -162,9 +175,11 @@ fn store_path(args: &StoreArgs) -> Result<PathBuf> {
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -179,28 +194,53 @@ pub fn run(args: StoreArgs) -> Result<i32> {
     let root = store_path(&args)?;
     let pass = passphrase(&args)?;
     let json = args.json;
-    if let StoreCommand::Init { encrypt, zstd_level } = &args.command {
+    if let StoreCommand::Init {
+        encrypt,
+        zstd_level,
+    } = &args.command
+    {
         if *encrypt && pass.is_none() {
             bail!("--encrypt needs a passphrase: --passphrase-file FILE or HOLDFAST_PASSPHRASE");
         }
-        let opts = InitOptions { zstd_level: *zstd_level, passphrase: if *encrypt { pass } else { None }, ..Default::default() };
-        let store = Store::init(&root, opts).with_context(|| format!("creating store {}", root.display()))?;
+        let opts = InitOptions {
+            zstd_level: *zstd_level,
+            passphrase: if *encrypt { pass } else { None },
+            ..Default::default()
+        };
+        let store = Store::init(&root, opts)
+            .with_context(|| format!("creating store {}", root.display()))?;
         if json {
             print_json(store.config())?;
         } else {
-            println!("created store {} ({})", root.display(), store.config().store_id);
+            println!(
+                "created store {} ({})",
+                root.display(),
+                store.config().store_id
+            );
         }
         return Ok(0);
     }
     let mut store = Store::open(&root, pass.as_deref())?;
     match args.command {
         StoreCommand::Init { .. } => unreachable!("handled above"),
-        StoreCommand::Ingest { vm, name, disks, backup_type, parent, changed, star, lock_days, threads: t, zstd_level } => {
+        StoreCommand::Ingest {
+            vm,
+            name,
+            disks,
+            backup_type,
+            parent,
+            changed,
+            star,
+            lock_days,
+            threads: t,
+            zstd_level,
+        } => {
             if let Some(level) = zstd_level {
                 store.set_zstd_level(level)?;
             }
-            let kind = BackupType::parse(&backup_type)
-                .ok_or_else(|| anyhow!("--type {backup_type:?}: use full, incremental or differential"))?;
+            let kind = BackupType::parse(&backup_type).ok_or_else(|| {
+                anyhow!("--type {backup_type:?}: use full, incremental or differential")
+            })?;
             let parent = match parent.as_deref() {
                 None => None,
                 Some("latest") => latest(&store, &vm, false)?,
@@ -209,15 +249,23 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             };
             let mut changed_by_disk = std::collections::HashMap::new();
             for c in &changed {
-                let (disk, file) = c.split_once('=').ok_or_else(|| anyhow!("--changed {c:?}: expected DISK=FILE"))?;
+                let (disk, file) = c
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--changed {c:?}: expected DISK=FILE"))?;
                 changed_by_disk.insert(disk.to_string(), read_ranges(Path::new(file))?);
             }
             let mut ingest_disks = Vec::new();
             let mut vm_disks = Vec::new();
             for d in &disks {
-                let (key, path) = d.split_once('=').ok_or_else(|| anyhow!("--disk {d:?}: expected DISK=PATH"))?;
+                let (key, path) = d
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--disk {d:?}: expected DISK=PATH"))?;
                 let source = FileSource::open(Path::new(path))?;
-                vm_disks.push(VmDisk { key: key.into(), size: source.size(), bus: None });
+                vm_disks.push(VmDisk {
+                    key: key.into(),
+                    size: source.size(),
+                    bus: None,
+                });
                 ingest_disks.push(IngestDisk {
                     key: key.into(),
                     source: Box::new(source),
@@ -241,7 +289,14 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             };
             let pb = bar(0, "ingest");
             let point = store.ingest(
-                IngestRequest { vm: description, backup_type: kind, parent, disks: ingest_disks, labels, threads: threads(t) },
+                IngestRequest {
+                    vm: description,
+                    backup_type: kind,
+                    parent,
+                    disks: ingest_disks,
+                    labels,
+                    threads: threads(t),
+                },
                 &mut |p| {
                     pb.set_length(p.total_bytes);
                     pb.set_position(p.done_bytes);
@@ -261,7 +316,11 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                     human(point.stats.new_stored_bytes)
                 );
                 for d in point.disks.iter().filter(|d| d.full_reason.is_some()) {
-                    println!("  disk {} read in full: {}", d.key, d.full_reason.as_deref().unwrap_or_default());
+                    println!(
+                        "  disk {} read in full: {}",
+                        d.key,
+                        d.full_reason.as_deref().unwrap_or_default()
+                    );
                 }
             }
         }
@@ -269,9 +328,14 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             let (points, damaged) = store.scan(vm.as_deref())?;
             if json {
                 let rows: Vec<_> = points.iter().map(Summary::of).collect();
-                print_json(&serde_json::json!({"points": rows, "damaged": damaged.iter().map(|(v, p, e)| serde_json::json!({"vm": v, "point_id": p, "error": e.to_string()})).collect::<Vec<_>>()}))?;
+                print_json(
+                    &serde_json::json!({"points": rows, "damaged": damaged.iter().map(|(v, p, e)| serde_json::json!({"vm": v, "point_id": p, "error": e.to_string()})).collect::<Vec<_>>()}),
+                )?;
             } else {
-                println!("{:<20} {:<28} {:<12} {:>10} {:>10}  flags", "VM", "POINT", "TYPE", "SIZE", "NEW");
+                println!(
+                    "{:<20} {:<28} {:<12} {:>10} {:>10}  flags",
+                    "VM", "POINT", "TYPE", "SIZE", "NEW"
+                );
                 for p in &points {
                     let s = Summary::of(p);
                     println!(
@@ -295,11 +359,21 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                 print_json(&serde_json::json!({"point": e.manifest, "labels": e.labels}))?;
             } else {
                 let m = &e.manifest;
-                println!("point      {}\nvm         {} ({})\ntype       {}", m.point_id, m.vm.key, m.vm.name, m.backup_type.as_str());
+                println!(
+                    "point      {}\nvm         {} ({})\ntype       {}",
+                    m.point_id,
+                    m.vm.key,
+                    m.vm.name,
+                    m.backup_type.as_str()
+                );
                 if let Some(p) = &m.parent {
                     println!("parent     {p}");
                 }
-                println!("started    {}\nfinished   {}", m.started.to_rfc3339(), m.finished.to_rfc3339());
+                println!(
+                    "started    {}\nfinished   {}",
+                    m.started.to_rfc3339(),
+                    m.finished.to_rfc3339()
+                );
                 println!("star       {}", e.labels.star);
                 if let Some(u) = e.labels.retain_until {
                     println!("locked     until {}", u.to_rfc3339());
@@ -318,23 +392,45 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                         println!("           read in full: {r}");
                     }
                 }
-                println!("new data   {} stored ({} before compression)", human(m.stats.new_stored_bytes), human(m.stats.new_plain_bytes));
+                println!(
+                    "new data   {} stored ({} before compression)",
+                    human(m.stats.new_stored_bytes),
+                    human(m.stats.new_plain_bytes)
+                );
             }
         }
-        StoreCommand::Export { point, disk, out, threads: t } => {
+        StoreCommand::Export {
+            point,
+            disk,
+            out,
+            threads: t,
+        } => {
             let reader = store.open_disk(&point, &disk)?;
-            let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
             let pb = bar(reader.size(), "export");
             let stats = reader.export(&file, threads(t), &|done, _| pb.set_position(done))?;
-            file.sync_all().with_context(|| format!("syncing {}", out.display()))?;
+            file.sync_all()
+                .with_context(|| format!("syncing {}", out.display()))?;
             pb.finish_and_clear();
             if json {
-                print_json(&serde_json::json!({"size": stats.size, "data_bytes": stats.data_bytes, "out": out}))?;
+                print_json(
+                    &serde_json::json!({"size": stats.size, "data_bytes": stats.data_bytes, "out": out}),
+                )?;
             } else {
-                println!("exported {point} disk {disk} to {} ({} of data, {} in all)", out.display(), human(stats.data_bytes), human(stats.size));
+                println!(
+                    "exported {point} disk {disk} to {} ({} of data, {} in all)",
+                    out.display(),
+                    human(stats.data_bytes),
+                    human(stats.size)
+                );
             }
         }
-        StoreCommand::Verify { sample, quarantine, threads: t } => {
+        StoreCommand::Verify {
+            sample,
+            quarantine,
+            threads: t,
+        } => {
             if !(0.0..=100.0).contains(&sample) {
                 bail!("--sample {sample}: give a percentage between 0 and 100");
             }
@@ -354,7 +450,11 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                     report.blobs_checked,
                     human(report.bytes_checked),
                     report.points_checked,
-                    if report.keyless { " (no key: payload checksums only)" } else { "" }
+                    if report.keyless {
+                        " (no key: payload checksums only)"
+                    } else {
+                        ""
+                    }
                 );
                 for (id, cause) in &report.damaged {
                     println!("damaged blob {id}: {cause}");
@@ -392,8 +492,26 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                 }
             }
         }
-        StoreCommand::Prune { vm, keep_last, keep_days, keep_weeks, keep_daily, keep_weekly, keep_monthly, keep_yearly, dry_run } => {
-            let policy = RetentionPolicy { keep_last, keep_days, keep_weeks, keep_daily, keep_weekly, keep_monthly, keep_yearly };
+        StoreCommand::Prune {
+            vm,
+            keep_last,
+            keep_days,
+            keep_weeks,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+        } => {
+            let policy = RetentionPolicy {
+                keep_last,
+                keep_days,
+                keep_weeks,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+                keep_yearly,
+            };
             let decisions = store.prune(&policy, vm.as_deref(), dry_run)?;
             if json {
                 print_json(&decisions)?;
@@ -404,7 +522,13 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                         (false, true) => "would remove",
                         (false, false) => "removed",
                     };
-                    println!("{:<12} {:<20} {:<28} {}", verb, d.vm, d.point_id, d.reasons.join(", "));
+                    println!(
+                        "{:<12} {:<20} {:<28} {}",
+                        verb,
+                        d.vm,
+                        d.point_id,
+                        d.reasons.join(", ")
+                    );
                 }
             }
         }
@@ -439,7 +563,12 @@ fn latest(store: &Store, vm: &str, full_only: bool) -> Result<Option<String>> {
     Ok(points
         .into_iter()
         .filter(|p| !full_only || p.manifest.backup_type == BackupType::Full)
-        .max_by(|a, b| a.manifest.started.cmp(&b.manifest.started).then(a.point_id.cmp(&b.point_id)))
+        .max_by(|a, b| {
+            a.manifest
+                .started
+                .cmp(&b.manifest.started)
+                .then(a.point_id.cmp(&b.point_id))
+        })
         .map(|p| p.point_id))
 }
 
@@ -447,13 +576,15 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| anyhow!("{s:?} is not a date (YYYY-MM-DD) or RFC 3339 time"))?;
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| anyhow!("{s:?} is not a date (YYYY-MM-DD) or RFC 3339 time"))?;
     Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
 }
 
 /// Reads "OFFSET LENGTH" lines (decimal or 0x hex; # starts a comment).
 fn read_ranges(path: &Path) -> Result<Vec<Range<u64>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading changed ranges {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading changed ranges {}", path.display()))?;
     let num = |s: &str| -> Option<u64> {
         match s.strip_prefix("0x") {
             Some(h) => u64::from_str_radix(h, 16).ok(),
@@ -467,10 +598,20 @@ fn read_ranges(path: &Path) -> Result<Vec<Range<u64>>> {
             continue;
         }
         let mut parts = line.split_whitespace();
-        let (Some(o), Some(l), None) = (parts.next().and_then(num), parts.next().and_then(num), parts.next()) else {
-            bail!("{} line {}: expected \"OFFSET LENGTH\", found {line:?}", path.display(), i + 1);
+        let (Some(o), Some(l), None) = (
+            parts.next().and_then(num),
+            parts.next().and_then(num),
+            parts.next(),
+        ) else {
+            bail!(
+                "{} line {}: expected \"OFFSET LENGTH\", found {line:?}",
+                path.display(),
+                i + 1
+            );
         };
-        let end = o.checked_add(l).ok_or_else(|| anyhow!("{} line {}: range overflows", path.display(), i + 1))?;
+        let end = o
+            .checked_add(l)
+            .ok_or_else(|| anyhow!("{} line {}: range overflows", path.display(), i + 1))?;
         out.push(o..end);
     }
     Ok(out)

@@ -55,7 +55,10 @@ impl ChunkStore {
     }
 
     pub fn with_tmp(&self, tmp: PathBuf) -> ChunkStore {
-        ChunkStore { tmp, ..self.clone() }
+        ChunkStore {
+            tmp,
+            ..self.clone()
+        }
     }
 
     pub fn path(&self, id: &BlobId) -> PathBuf {
@@ -69,7 +72,10 @@ impl ChunkStore {
         match touch_path(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(DedupeError::io(format!("touching blob {}", path.display()), e)),
+            Err(e) => Err(DedupeError::io(
+                format!("touching blob {}", path.display()),
+                e,
+            )),
         }
     }
 
@@ -79,9 +85,17 @@ impl ChunkStore {
         Ok((id, self.insert_with_id(kind, &id, plain)?))
     }
 
-    pub fn insert_with_id(&self, kind: BlobKind, id: &BlobId, plain: &[u8]) -> Result<Inserted, DedupeError> {
+    pub fn insert_with_id(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        plain: &[u8],
+    ) -> Result<Inserted, DedupeError> {
         if self.touch(id)? {
-            return Ok(Inserted { new: false, stored_bytes: 0 });
+            return Ok(Inserted {
+                new: false,
+                stored_bytes: 0,
+            });
         }
         let encoded = self.codec.encode(kind, id, plain)?;
         let tmp = self.tmp.join(format!(
@@ -94,8 +108,16 @@ impl ChunkStore {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(|e| DedupeError::io(format!("writing blob {id} into {}", self.blobs.display()), e))?;
-        Ok(Inserted { new: true, stored_bytes: encoded.len() as u64 })
+        result.map_err(|e| {
+            DedupeError::io(
+                format!("writing blob {id} into {}", self.blobs.display()),
+                e,
+            )
+        })?;
+        Ok(Inserted {
+            new: true,
+            stored_bytes: encoded.len() as u64,
+        })
     }
 
     fn place(&self, tmp: &Path, id: &BlobId) -> std::io::Result<()> {
@@ -114,7 +136,10 @@ impl ChunkStore {
         let path = self.path(id);
         fs::read(&path).map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
-                DedupeError::Missing { id: *id, path: path.clone() }
+                DedupeError::Missing {
+                    id: *id,
+                    path: path.clone(),
+                }
             } else {
                 DedupeError::io(format!("reading blob {}", path.display()), e)
             }
@@ -136,11 +161,16 @@ impl ChunkStore {
     pub fn quarantine(&self, id: &BlobId) -> Result<(), DedupeError> {
         let path = self.path(id);
         let bad = path.with_extension("bad");
-        fs::rename(&path, &bad).map_err(|e| DedupeError::io(format!("moving damaged blob {} aside", path.display()), e))
+        fs::rename(&path, &bad).map_err(|e| {
+            DedupeError::io(format!("moving damaged blob {} aside", path.display()), e)
+        })
     }
 
     /// Calls `f` for every blob file (id, size, mtime), fan-out directory by directory.
-    pub fn for_each(&self, mut f: impl FnMut(BlobId, u64, SystemTime) -> Result<(), DedupeError>) -> Result<(), DedupeError> {
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(BlobId, u64, SystemTime) -> Result<(), DedupeError>,
+    ) -> Result<(), DedupeError> {
         let io = |what: &Path, e| DedupeError::io(format!("listing {}", what.display()), e);
         let top = match fs::read_dir(&self.blobs) {
             Ok(t) => t,
@@ -162,7 +192,10 @@ impl ChunkStore {
                 if name.len() != 64 {
                     continue;
                 }
-                let Some(id) = std::str::from_utf8(name.as_bytes()).ok().and_then(BlobId::from_hex) else {
+                let Some(id) = std::str::from_utf8(name.as_bytes())
+                    .ok()
+                    .and_then(BlobId::from_hex)
+                else {
                     continue;
                 };
                 let meta = match entry.metadata() {
@@ -198,14 +231,19 @@ impl ChunkStore {
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(DedupeError::io(format!("sweeping {}", path.display()), e)),
             }
-            let touched = fs::metadata(&trash).and_then(|m| m.modified()).map(|m| m >= cutoff).unwrap_or(false);
+            let touched = fs::metadata(&trash)
+                .and_then(|m| m.modified())
+                .map(|m| m >= cutoff)
+                .unwrap_or(false);
             if touched {
                 // A writer referenced it between our listing and the rename: put it back.
-                fs::rename(&trash, &path).map_err(|e| DedupeError::io(format!("restoring {}", path.display()), e))?;
+                fs::rename(&trash, &path)
+                    .map_err(|e| DedupeError::io(format!("restoring {}", path.display()), e))?;
                 stats.kept += 1;
                 stats.kept_bytes += size;
             } else {
-                fs::remove_file(&trash).map_err(|e| DedupeError::io(format!("deleting {}", path.display()), e))?;
+                fs::remove_file(&trash)
+                    .map_err(|e| DedupeError::io(format!("deleting {}", path.display()), e))?;
                 stats.removed += 1;
                 stats.removed_bytes += size;
             }
@@ -221,10 +259,17 @@ fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn touch_path(path: &Path) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| ErrorKind::InvalidInput)?;
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| ErrorKind::InvalidInput)?;
     let times = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
     ];
     // SAFETY: `c` is a valid NUL-terminated path and `times` points at two timespecs.
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
@@ -238,11 +283,15 @@ fn touch_path(path: &Path) -> std::io::Result<()> {
 /// Flushes every file of the filesystem holding `dir` to stable storage (syncfs): one call makes
 /// all blobs a backup wrote durable before its manifest is committed.
 pub fn sync_filesystem(dir: &Path) -> Result<(), DedupeError> {
-    let f = fs::File::open(dir).map_err(|e| DedupeError::io(format!("opening {} to sync it", dir.display()), e))?;
+    let f = fs::File::open(dir)
+        .map_err(|e| DedupeError::io(format!("opening {} to sync it", dir.display()), e))?;
     use std::os::fd::AsRawFd;
     // SAFETY: syncfs takes a valid open file descriptor, which `f` holds for the call.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(DedupeError::io(format!("syncing the filesystem of {}", dir.display()), std::io::Error::last_os_error()));
+        return Err(DedupeError::io(
+            format!("syncing the filesystem of {}", dir.display()),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -255,7 +304,11 @@ mod tests {
 
     fn store(dir: &Path) -> ChunkStore {
         fs::create_dir_all(dir.join("tmp")).unwrap();
-        ChunkStore::new(dir.join("blobs"), dir.join("tmp"), BlobCodec::plain(Compression::Zstd { level: 3 }))
+        ChunkStore::new(
+            dir.join("blobs"),
+            dir.join("tmp"),
+            BlobCodec::plain(Compression::Zstd { level: 3 }),
+        )
     }
 
     #[test]
@@ -292,6 +345,9 @@ mod tests {
         let real = s.sweep(cutoff, false).unwrap();
         assert_eq!((real.removed, real.kept), (1, 1));
         assert!(!s.exists(&old) && s.exists(&young));
-        assert!(matches!(s.read(&old, BlobKind::Chunk), Err(DedupeError::Missing { .. })));
+        assert!(matches!(
+            s.read(&old, BlobKind::Chunk),
+            Err(DedupeError::Missing { .. })
+        ));
     }
 }

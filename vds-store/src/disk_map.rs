@@ -19,7 +19,11 @@ pub struct DiskMap {
 
 impl DiskMap {
     pub fn empty(size: u64, extent_size: u32) -> DiskMap {
-        DiskMap { size, extent_size, extents: vec![BlobId::HOLE; extent_count(size, extent_size) as usize] }
+        DiskMap {
+            size,
+            extent_size,
+            extents: vec![BlobId::HOLE; extent_count(size, extent_size) as usize],
+        }
     }
 
     /// Length of extent `i` (the last may be short).
@@ -41,7 +45,10 @@ impl DiskMap {
     }
 
     pub fn decode(id: &BlobId, bytes: &[u8]) -> Result<DiskMap, DedupeError> {
-        let bad = |cause: &str| DedupeError::Damaged { id: *id, cause: format!("disk map: {cause}") };
+        let bad = |cause: &str| DedupeError::Damaged {
+            id: *id,
+            cause: format!("disk map: {cause}"),
+        };
         if bytes.len() < HEADER {
             return Err(bad("shorter than its header"));
         }
@@ -51,11 +58,21 @@ impl DiskMap {
         let size = u64::from_le_bytes(bytes[1..9].try_into().unwrap());
         let extent_size = u32::from_le_bytes(bytes[9..13].try_into().unwrap());
         let count = u64::from_le_bytes(bytes[13..21].try_into().unwrap());
-        if extent_size == 0 || count != extent_count(size, extent_size) || bytes.len() as u64 != HEADER as u64 + count * 32 {
+        if extent_size == 0
+            || count != extent_count(size, extent_size)
+            || bytes.len() as u64 != HEADER as u64 + count * 32
+        {
             return Err(bad("size, extent size and entry count disagree"));
         }
-        let extents = bytes[HEADER..].chunks_exact(32).map(|e| BlobId(e.try_into().unwrap())).collect();
-        Ok(DiskMap { size, extent_size, extents })
+        let extents = bytes[HEADER..]
+            .chunks_exact(32)
+            .map(|e| BlobId(e.try_into().unwrap()))
+            .collect();
+        Ok(DiskMap {
+            size,
+            extent_size,
+            extents,
+        })
     }
 }
 

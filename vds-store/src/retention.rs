@@ -14,6 +14,9 @@ use chrono::{DateTime, Datelike, Days, Local, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
+/// Maps a day to the GFS period it belongs to.
+type PeriodOf = dyn Fn(NaiveDate) -> (i32, u32);
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,10 +56,15 @@ pub struct PruneDecision {
 
 impl RetentionPolicy {
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [("keep-days", self.keep_days), ("keep-weeks", self.keep_weeks)] {
+        for (name, v) in [
+            ("keep-days", self.keep_days),
+            ("keep-weeks", self.keep_weeks),
+        ] {
             if let Some(n) = v {
                 if n > 64 {
-                    return Err(StoreError::Invalid(format!("{name} is {n}; it must be between 0 and 64")));
+                    return Err(StoreError::Invalid(format!(
+                        "{name} is {n}; it must be between 0 and 64"
+                    )));
                 }
             }
         }
@@ -69,7 +77,9 @@ impl RetentionPolicy {
         ] {
             if let Some(n) = v {
                 if !(1..=100_000).contains(&n) {
-                    return Err(StoreError::Invalid(format!("{name} is {n}; it must be between 1 and 100000")));
+                    return Err(StoreError::Invalid(format!(
+                        "{name} is {n}; it must be between 1 and 100000"
+                    )));
                 }
             }
         }
@@ -81,7 +91,11 @@ impl RetentionPolicy {
     }
 
     /// Decides for the points of one VM, as of `now`, in `now`'s time zone.
-    pub fn plan<Tz: TimeZone>(&self, points: &[PointInfo], now: DateTime<Tz>) -> Vec<PruneDecision> {
+    pub fn plan<Tz: TimeZone>(
+        &self,
+        points: &[PointInfo],
+        now: DateTime<Tz>,
+    ) -> Vec<PruneDecision> {
         let tz = now.timezone();
         let mut order: Vec<&PointInfo> = points.iter().collect();
         order.sort_by(|a, b| b.time.cmp(&a.time).then(b.point_id.cmp(&a.point_id)));
@@ -113,10 +127,14 @@ impl RetentionPolicy {
                 }
             }
         }
-        let gfs: [(&str, Option<u32>, &dyn Fn(NaiveDate) -> (i32, u32)); 4] = [
+        let gfs: [(&str, Option<u32>, &PeriodOf); 4] = [
             ("keep-daily", self.keep_daily, &|d| (d.year(), d.ordinal())),
-            ("keep-weekly", self.keep_weekly, &|d| (d.iso_week().year(), d.iso_week().week())),
-            ("keep-monthly", self.keep_monthly, &|d| (d.year(), d.month())),
+            ("keep-weekly", self.keep_weekly, &|d| {
+                (d.iso_week().year(), d.iso_week().week())
+            }),
+            ("keep-monthly", self.keep_monthly, &|d| {
+                (d.year(), d.month())
+            }),
             ("keep-yearly", self.keep_yearly, &|d| (d.year(), 0)),
         ];
         for (name, n, period) in gfs {
@@ -144,7 +162,13 @@ impl RetentionPolicy {
                 if !keep {
                     why.push("outside every keep rule".into());
                 }
-                PruneDecision { vm: p.vm.clone(), point_id: p.point_id.clone(), time: p.time, keep, reasons: why }
+                PruneDecision {
+                    vm: p.vm.clone(),
+                    point_id: p.point_id.clone(),
+                    time: p.time,
+                    keep,
+                    reasons: why,
+                }
             })
             .collect()
     }
@@ -153,7 +177,12 @@ impl RetentionPolicy {
 impl Store {
     /// Applies a policy to every VM (or one). Dry run: decides and deletes nothing. A point that
     /// cannot be deleted (locked, or the base of a running backup) is kept with that reason.
-    pub fn prune(&self, policy: &RetentionPolicy, vm: Option<&str>, dry_run: bool) -> Result<Vec<PruneDecision>> {
+    pub fn prune(
+        &self,
+        policy: &RetentionPolicy,
+        vm: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Vec<PruneDecision>> {
         policy.validate()?;
         let vms = match vm {
             Some(v) => vec![v.to_string()],
@@ -164,7 +193,12 @@ impl Store {
             let (points, _damaged) = self.scan(Some(&vm))?;
             let infos: Vec<PointInfo> = points
                 .into_iter()
-                .map(|p| PointInfo { vm: p.vm, point_id: p.point_id, time: p.manifest.started, labels: p.labels })
+                .map(|p| PointInfo {
+                    vm: p.vm,
+                    point_id: p.point_id,
+                    time: p.manifest.started,
+                    labels: p.labels,
+                })
                 .collect();
             for mut d in policy.plan(&infos, Local::now()) {
                 if !d.keep && !dry_run {
@@ -197,13 +231,23 @@ mod tests {
         times
             .iter()
             .enumerate()
-            .map(|(i, t)| PointInfo { vm: "vm".into(), point_id: format!("p{i}"), time: at(t), labels: Labels::default() })
+            .map(|(i, t)| PointInfo {
+                vm: "vm".into(),
+                point_id: format!("p{i}"),
+                time: at(t),
+                labels: Labels::default(),
+            })
             .collect()
     }
 
     fn kept(policy: &RetentionPolicy, pts: &[PointInfo], now: &str) -> Vec<String> {
         let now = DateTime::parse_from_rfc3339(now).unwrap();
-        let mut k: Vec<String> = policy.plan(pts, now).into_iter().filter(|d| d.keep).map(|d| d.point_id).collect();
+        let mut k: Vec<String> = policy
+            .plan(pts, now)
+            .into_iter()
+            .filter(|d| d.keep)
+            .map(|d| d.point_id)
+            .collect();
         k.sort();
         k
     }
@@ -211,10 +255,20 @@ mod tests {
     #[test]
     fn keep_days_zero_keeps_today_and_one_keeps_yesterday_too() {
         // 2026-11-22 is a Sunday.
-        let pts = points(&["2026-11-22T01:00:00Z", "2026-11-21T23:00:00Z", "2026-11-20T12:00:00Z"]);
-        let p0 = RetentionPolicy { keep_days: Some(0), ..Default::default() };
+        let pts = points(&[
+            "2026-11-22T01:00:00Z",
+            "2026-11-21T23:00:00Z",
+            "2026-11-20T12:00:00Z",
+        ]);
+        let p0 = RetentionPolicy {
+            keep_days: Some(0),
+            ..Default::default()
+        };
         assert_eq!(kept(&p0, &pts, "2026-11-22T10:00:00Z"), ["p0"]);
-        let p1 = RetentionPolicy { keep_days: Some(1), ..Default::default() };
+        let p1 = RetentionPolicy {
+            keep_days: Some(1),
+            ..Default::default()
+        };
         assert_eq!(kept(&p1, &pts, "2026-11-22T10:00:00Z"), ["p0", "p1"]);
     }
 
@@ -222,7 +276,10 @@ mod tests {
     fn days_are_calendar_days_in_local_time() {
         // 23:30 UTC on the 21st is already the 22nd at UTC+1.
         let pts = points(&["2026-11-21T23:30:00Z"]);
-        let p0 = RetentionPolicy { keep_days: Some(0), ..Default::default() };
+        let p0 = RetentionPolicy {
+            keep_days: Some(0),
+            ..Default::default()
+        };
         let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00+01:00").unwrap();
         assert!(p0.plan(&pts, now).iter().all(|d| d.keep));
         let utc_now = now.with_timezone(&FixedOffset::east_opt(0).unwrap());
@@ -232,10 +289,21 @@ mod tests {
     #[test]
     fn weeks_start_on_monday() {
         // Now: Wednesday 2026-11-25. This week began Monday 11-23; the previous on 11-16.
-        let pts = points(&["2026-11-23T08:00:00Z", "2026-11-22T08:00:00Z", "2026-11-16T08:00:00Z", "2026-11-15T08:00:00Z"]);
-        let w0 = RetentionPolicy { keep_weeks: Some(0), ..Default::default() };
+        let pts = points(&[
+            "2026-11-23T08:00:00Z",
+            "2026-11-22T08:00:00Z",
+            "2026-11-16T08:00:00Z",
+            "2026-11-15T08:00:00Z",
+        ]);
+        let w0 = RetentionPolicy {
+            keep_weeks: Some(0),
+            ..Default::default()
+        };
         assert_eq!(kept(&w0, &pts, "2026-11-25T12:00:00Z"), ["p0"]);
-        let w1 = RetentionPolicy { keep_weeks: Some(1), ..Default::default() };
+        let w1 = RetentionPolicy {
+            keep_weeks: Some(1),
+            ..Default::default()
+        };
         assert_eq!(kept(&w1, &pts, "2026-11-25T12:00:00Z"), ["p0", "p1", "p2"]);
     }
 
@@ -248,22 +316,56 @@ mod tests {
             "2026-10-30T06:00:00Z",
             "2025-12-30T06:00:00Z",
         ]);
-        let last2 = RetentionPolicy { keep_last: Some(2), ..Default::default() };
+        let last2 = RetentionPolicy {
+            keep_last: Some(2),
+            ..Default::default()
+        };
         assert_eq!(kept(&last2, &pts, "2026-11-22T13:00:00Z"), ["p0", "p1"]);
-        let daily = RetentionPolicy { keep_daily: Some(2), ..Default::default() };
+        let daily = RetentionPolicy {
+            keep_daily: Some(2),
+            ..Default::default()
+        };
         assert_eq!(kept(&daily, &pts, "2026-11-22T13:00:00Z"), ["p0", "p2"]);
-        let monthly = RetentionPolicy { keep_monthly: Some(2), keep_yearly: Some(2), ..Default::default() };
-        assert_eq!(kept(&monthly, &pts, "2026-11-22T13:00:00Z"), ["p0", "p3", "p4"]);
+        let monthly = RetentionPolicy {
+            keep_monthly: Some(2),
+            keep_yearly: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(
+            kept(&monthly, &pts, "2026-11-22T13:00:00Z"),
+            ["p0", "p3", "p4"]
+        );
         pts[4].labels.star = true;
         pts[3].labels.retain_until = Some(at("2027-01-01T00:00:00Z"));
-        assert_eq!(kept(&last2, &pts, "2026-11-22T13:00:00Z"), ["p0", "p1", "p3", "p4"]);
-        assert_eq!(kept(&RetentionPolicy::default(), &pts, "2026-11-22T13:00:00Z").len(), 5);
+        assert_eq!(
+            kept(&last2, &pts, "2026-11-22T13:00:00Z"),
+            ["p0", "p1", "p3", "p4"]
+        );
+        assert_eq!(
+            kept(&RetentionPolicy::default(), &pts, "2026-11-22T13:00:00Z").len(),
+            5
+        );
     }
 
     #[test]
     fn ranges_are_validated() {
-        assert!(RetentionPolicy { keep_days: Some(65), ..Default::default() }.validate().is_err());
-        assert!(RetentionPolicy { keep_weeks: Some(64), ..Default::default() }.validate().is_ok());
-        assert!(RetentionPolicy { keep_last: Some(0), ..Default::default() }.validate().is_err());
+        assert!(RetentionPolicy {
+            keep_days: Some(65),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
+        assert!(RetentionPolicy {
+            keep_weeks: Some(64),
+            ..Default::default()
+        }
+        .validate()
+        .is_ok());
+        assert!(RetentionPolicy {
+            keep_last: Some(0),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 }

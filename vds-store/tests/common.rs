@@ -14,7 +14,11 @@ pub fn small_store(dir: &Path, passphrase: Option<&[u8]>) -> Store {
         dir,
         InitOptions {
             extent_size: EXTENT,
-            chunker: ChunkerParams { min: 2048, avg: 8192, max: 32768 },
+            chunker: ChunkerParams {
+                min: 2048,
+                avg: 8192,
+                max: 32768,
+            },
             zstd_level: 1,
             passphrase: passphrase.map(|p| p.to_vec()),
             kdf_memory_kib: 64,
@@ -39,15 +43,23 @@ impl DiskSource for MemDisk {
 }
 
 pub fn vm(key: &str) -> VmDescription {
-    VmDescription { key: key.into(), name: key.into(), platform: "raw".into(), ..Default::default() }
+    VmDescription {
+        key: key.into(),
+        name: key.into(),
+        platform: "raw".into(),
+        ..Default::default()
+    }
 }
+
+/// A disk to ingest: key, contents, changed ranges since the parent.
+pub type TestDisk<'a> = (&'a str, Vec<u8>, Option<Vec<Range<u64>>>);
 
 pub fn ingest(
     store: &Store,
     vm_key: &str,
     kind: BackupType,
     parent: Option<&str>,
-    disks: Vec<(&str, Vec<u8>, Option<Vec<Range<u64>>>)>,
+    disks: Vec<TestDisk>,
 ) -> Result<RestorePoint> {
     store.ingest(
         IngestRequest {
@@ -56,7 +68,12 @@ pub fn ingest(
             parent: parent.map(str::to_string),
             disks: disks
                 .into_iter()
-                .map(|(k, data, changed)| IngestDisk { key: k.into(), source: Box::new(MemDisk(data)), changed, change_id: None })
+                .map(|(k, data, changed)| IngestDisk {
+                    key: k.into(),
+                    source: Box::new(MemDisk(data)),
+                    changed,
+                    change_id: None,
+                })
                 .collect(),
             labels: Labels::default(),
             threads: 2,
@@ -80,7 +97,11 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if i % 7 == 0 { 0x20 } else { x as u8 }
+            if i % 7 == 0 {
+                0x20
+            } else {
+                x as u8
+            }
         })
         .collect()
 }
