@@ -7,11 +7,7 @@ mod store_cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "holdfast",
-    version,
-    about = "Holdfast agentless VM backup appliance"
-)]
+#[command(name = "holdfast", version, about = "Holdfast agentless VM backup appliance")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

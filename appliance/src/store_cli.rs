@@ -34,6 +34,12 @@ enum StoreCommand {
         encrypt: bool,
         #[arg(long, default_value_t = 3)]
         zstd_level: i32,
+        /// Extent size in KiB (power of two, 64 KiB to 64 MiB); fixed for the store's life
+        #[arg(long, default_value_t = 4096)]
+        extent_size_kib: u32,
+        /// Average chunk size in KiB (min is a quarter, max four times); fixed for the store's life
+        #[arg(long, default_value_t = 64)]
+        chunk_avg_kib: u32,
     },
     /// Back up a raw image file or block device as a restore point of a VM.
     Ingest {
@@ -83,6 +89,9 @@ enum StoreCommand {
         out: PathBuf,
         #[arg(long)]
         threads: Option<usize>,
+        /// Skip the final fsync (faster; after a power loss the file may be incomplete)
+        #[arg(long)]
+        no_sync: bool,
     },
     /// Re-read blobs and check every point; exits 2 when anything is damaged or missing.
     Verify {
@@ -145,17 +154,12 @@ enum StoreCommand {
 }
 
 fn threads(n: Option<usize>) -> usize {
-    n.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    })
+    n.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
 }
 
 fn passphrase(args: &StoreArgs) -> Result<Option<Vec<u8>>> {
     if let Some(f) = &args.passphrase_file {
-        let text =
-            std::fs::read(f).with_context(|| format!("reading passphrase file {}", f.display()))?;
+        let text = std::fs::read(f).with_context(|| format!("reading passphrase file {}", f.display()))?;
         let trimmed = text.strip_suffix(b"\n").unwrap_or(&text).to_vec();
         if trimmed.is_empty() {
             bail!("passphrase file {} is empty", f.display());
@@ -175,11 +179,9 @@ fn store_path(args: &StoreArgs) -> Result<PathBuf> {
 fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -194,29 +196,23 @@ pub fn run(args: StoreArgs) -> Result<i32> {
     let root = store_path(&args)?;
     let pass = passphrase(&args)?;
     let json = args.json;
-    if let StoreCommand::Init {
-        encrypt,
-        zstd_level,
-    } = &args.command
-    {
+    if let StoreCommand::Init { encrypt, zstd_level, extent_size_kib, chunk_avg_kib } = &args.command {
         if *encrypt && pass.is_none() {
             bail!("--encrypt needs a passphrase: --passphrase-file FILE or HOLDFAST_PASSPHRASE");
         }
+        let avg = chunk_avg_kib.saturating_mul(1024);
         let opts = InitOptions {
             zstd_level: *zstd_level,
             passphrase: if *encrypt { pass } else { None },
+            extent_size: extent_size_kib.saturating_mul(1024),
+            chunker: dedupe::ChunkerParams { min: avg / 4, avg, max: avg.saturating_mul(4) },
             ..Default::default()
         };
-        let store = Store::init(&root, opts)
-            .with_context(|| format!("creating store {}", root.display()))?;
+        let store = Store::init(&root, opts).with_context(|| format!("creating store {}", root.display()))?;
         if json {
             print_json(store.config())?;
         } else {
-            println!(
-                "created store {} ({})",
-                root.display(),
-                store.config().store_id
-            );
+            println!("created store {} ({})", root.display(), store.config().store_id);
         }
         return Ok(0);
     }
@@ -238,9 +234,8 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             if let Some(level) = zstd_level {
                 store.set_zstd_level(level)?;
             }
-            let kind = BackupType::parse(&backup_type).ok_or_else(|| {
-                anyhow!("--type {backup_type:?}: use full, incremental or differential")
-            })?;
+            let kind = BackupType::parse(&backup_type)
+                .ok_or_else(|| anyhow!("--type {backup_type:?}: use full, incremental or differential"))?;
             let parent = match parent.as_deref() {
                 None => None,
                 Some("latest") => latest(&store, &vm, false)?,
@@ -249,23 +244,15 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             };
             let mut changed_by_disk = std::collections::HashMap::new();
             for c in &changed {
-                let (disk, file) = c
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("--changed {c:?}: expected DISK=FILE"))?;
+                let (disk, file) = c.split_once('=').ok_or_else(|| anyhow!("--changed {c:?}: expected DISK=FILE"))?;
                 changed_by_disk.insert(disk.to_string(), read_ranges(Path::new(file))?);
             }
             let mut ingest_disks = Vec::new();
             let mut vm_disks = Vec::new();
             for d in &disks {
-                let (key, path) = d
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("--disk {d:?}: expected DISK=PATH"))?;
+                let (key, path) = d.split_once('=').ok_or_else(|| anyhow!("--disk {d:?}: expected DISK=PATH"))?;
                 let source = FileSource::open(Path::new(path))?;
-                vm_disks.push(VmDisk {
-                    key: key.into(),
-                    size: source.size(),
-                    bus: None,
-                });
+                vm_disks.push(VmDisk { key: key.into(), size: source.size(), bus: None });
                 ingest_disks.push(IngestDisk {
                     key: key.into(),
                     source: Box::new(source),
@@ -276,10 +263,8 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             if let Some(k) = changed_by_disk.keys().next() {
                 bail!("--changed names disk {k:?}, which is not among the --disk arguments");
             }
-            let labels = Labels {
-                star,
-                retain_until: lock_days.map(|d| Utc::now() + chrono::Duration::days(d as i64)),
-            };
+            let labels =
+                Labels { star, retain_until: lock_days.map(|d| Utc::now() + chrono::Duration::days(d as i64)) };
             let description = VmDescription {
                 key: vm.clone(),
                 name: name.unwrap_or_else(|| vm.clone()),
@@ -316,11 +301,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                     human(point.stats.new_stored_bytes)
                 );
                 for d in point.disks.iter().filter(|d| d.full_reason.is_some()) {
-                    println!(
-                        "  disk {} read in full: {}",
-                        d.key,
-                        d.full_reason.as_deref().unwrap_or_default()
-                    );
+                    println!("  disk {} read in full: {}", d.key, d.full_reason.as_deref().unwrap_or_default());
                 }
             }
         }
@@ -332,10 +313,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                     &serde_json::json!({"points": rows, "damaged": damaged.iter().map(|(v, p, e)| serde_json::json!({"vm": v, "point_id": p, "error": e.to_string()})).collect::<Vec<_>>()}),
                 )?;
             } else {
-                println!(
-                    "{:<20} {:<28} {:<12} {:>10} {:>10}  flags",
-                    "VM", "POINT", "TYPE", "SIZE", "NEW"
-                );
+                println!("{:<20} {:<28} {:<12} {:>10} {:>10}  flags", "VM", "POINT", "TYPE", "SIZE", "NEW");
                 for p in &points {
                     let s = Summary::of(p);
                     println!(
@@ -369,11 +347,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                 if let Some(p) = &m.parent {
                     println!("parent     {p}");
                 }
-                println!(
-                    "started    {}\nfinished   {}",
-                    m.started.to_rfc3339(),
-                    m.finished.to_rfc3339()
-                );
+                println!("started    {}\nfinished   {}", m.started.to_rfc3339(), m.finished.to_rfc3339());
                 println!("star       {}", e.labels.star);
                 if let Some(u) = e.labels.retain_until {
                     println!("locked     until {}", u.to_rfc3339());
@@ -399,24 +373,17 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                 );
             }
         }
-        StoreCommand::Export {
-            point,
-            disk,
-            out,
-            threads: t,
-        } => {
+        StoreCommand::Export { point, disk, out, threads: t, no_sync } => {
             let reader = store.open_disk(&point, &disk)?;
-            let file = std::fs::File::create(&out)
-                .with_context(|| format!("creating {}", out.display()))?;
+            let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
             let pb = bar(reader.size(), "export");
             let stats = reader.export(&file, threads(t), &|done, _| pb.set_position(done))?;
-            file.sync_all()
-                .with_context(|| format!("syncing {}", out.display()))?;
+            if !no_sync {
+                file.sync_all().with_context(|| format!("syncing {}", out.display()))?;
+            }
             pb.finish_and_clear();
             if json {
-                print_json(
-                    &serde_json::json!({"size": stats.size, "data_bytes": stats.data_bytes, "out": out}),
-                )?;
+                print_json(&serde_json::json!({"size": stats.size, "data_bytes": stats.data_bytes, "out": out}))?;
             } else {
                 println!(
                     "exported {point} disk {disk} to {} ({} of data, {} in all)",
@@ -426,11 +393,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                 );
             }
         }
-        StoreCommand::Verify {
-            sample,
-            quarantine,
-            threads: t,
-        } => {
+        StoreCommand::Verify { sample, quarantine, threads: t } => {
             if !(0.0..=100.0).contains(&sample) {
                 bail!("--sample {sample}: give a percentage between 0 and 100");
             }
@@ -450,11 +413,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                     report.blobs_checked,
                     human(report.bytes_checked),
                     report.points_checked,
-                    if report.keyless {
-                        " (no key: payload checksums only)"
-                    } else {
-                        ""
-                    }
+                    if report.keyless { " (no key: payload checksums only)" } else { "" }
                 );
                 for (id, cause) in &report.damaged {
                     println!("damaged blob {id}: {cause}");
@@ -522,13 +481,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                         (false, true) => "would remove",
                         (false, false) => "removed",
                     };
-                    println!(
-                        "{:<12} {:<20} {:<28} {}",
-                        verb,
-                        d.vm,
-                        d.point_id,
-                        d.reasons.join(", ")
-                    );
+                    println!("{:<12} {:<20} {:<28} {}", verb, d.vm, d.point_id, d.reasons.join(", "));
                 }
             }
         }
@@ -563,12 +516,7 @@ fn latest(store: &Store, vm: &str, full_only: bool) -> Result<Option<String>> {
     Ok(points
         .into_iter()
         .filter(|p| !full_only || p.manifest.backup_type == BackupType::Full)
-        .max_by(|a, b| {
-            a.manifest
-                .started
-                .cmp(&b.manifest.started)
-                .then(a.point_id.cmp(&b.point_id))
-        })
+        .max_by(|a, b| a.manifest.started.cmp(&b.manifest.started).then(a.point_id.cmp(&b.point_id)))
         .map(|p| p.point_id))
 }
 
@@ -583,8 +531,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>> {
 
 /// Reads "OFFSET LENGTH" lines (decimal or 0x hex; # starts a comment).
 fn read_ranges(path: &Path) -> Result<Vec<Range<u64>>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading changed ranges {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading changed ranges {}", path.display()))?;
     let num = |s: &str| -> Option<u64> {
         match s.strip_prefix("0x") {
             Some(h) => u64::from_str_radix(h, 16).ok(),
@@ -598,20 +545,10 @@ fn read_ranges(path: &Path) -> Result<Vec<Range<u64>>> {
             continue;
         }
         let mut parts = line.split_whitespace();
-        let (Some(o), Some(l), None) = (
-            parts.next().and_then(num),
-            parts.next().and_then(num),
-            parts.next(),
-        ) else {
-            bail!(
-                "{} line {}: expected \"OFFSET LENGTH\", found {line:?}",
-                path.display(),
-                i + 1
-            );
+        let (Some(o), Some(l), None) = (parts.next().and_then(num), parts.next().and_then(num), parts.next()) else {
+            bail!("{} line {}: expected \"OFFSET LENGTH\", found {line:?}", path.display(), i + 1);
         };
-        let end = o
-            .checked_add(l)
-            .ok_or_else(|| anyhow!("{} line {}: range overflows", path.display(), i + 1))?;
+        let end = o.checked_add(l).ok_or_else(|| anyhow!("{} line {}: range overflows", path.display(), i + 1))?;
         out.push(o..end);
     }
     Ok(out)

@@ -1,7 +1,8 @@
-//! The chunk store: one file per blob under `blobs/<first 4 hex digits>/<64 hex digits>`.
+//! The chunk store: one file per blob under `blobs/<first 3 hex digits>/<64 hex digits>`. A fan-out
+//! directory is made the first time a blob needs it (at most 4096 times in a store's life).
 //!
-//! Writes go to a temporary file and are renamed into place, so a blob under its final name is
-//! always whole. They are not fsynced one by one: the caller makes them durable with one
+//! Writes go to a staging file beside the final name and are renamed into place, so a blob under
+//! its final name is always whole. They are not fsynced one by one: the caller makes them durable with one
 //! `sync_filesystem` before it commits anything that refers to them.
 //!
 //! A blob's mtime is "last referenced": a writer that finds a blob already present touches it, and
@@ -43,9 +44,16 @@ pub struct SweepStats {
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Hex digits of a blob id that name its directory: 4096 directories keep a store of 100 million
+/// chunks at about 25,000 files per directory (measured: see docs/BENCHMARKS.md).
+pub const FANOUT_DIGITS: usize = 3;
+
+/// Name prefix of a blob being written; one left by a killed writer is removed by the sweep.
+const STAGING_PREFIX: &str = ".tmp.";
+
 impl ChunkStore {
-    /// `blobs` holds the fan-out directories; `tmp` is where this process stages new files (same
-    /// filesystem, so the final rename is atomic).
+    /// `blobs` holds the fan-out directories; `tmp` is where garbage collection moves a blob it
+    /// is about to delete (same filesystem, so renames are atomic).
     pub fn new(blobs: PathBuf, tmp: PathBuf, codec: BlobCodec) -> ChunkStore {
         ChunkStore { blobs, tmp, codec }
     }
@@ -54,16 +62,9 @@ impl ChunkStore {
         &self.codec
     }
 
-    pub fn with_tmp(&self, tmp: PathBuf) -> ChunkStore {
-        ChunkStore {
-            tmp,
-            ..self.clone()
-        }
-    }
-
     pub fn path(&self, id: &BlobId) -> PathBuf {
         let hex = id.to_hex();
-        self.blobs.join(&hex[..4]).join(hex)
+        self.blobs.join(&hex[..FANOUT_DIGITS]).join(hex)
     }
 
     /// Marks a blob as referenced now. Ok(false) when it does not exist.
@@ -72,10 +73,7 @@ impl ChunkStore {
         match touch_path(&path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(DedupeError::io(
-                format!("touching blob {}", path.display()),
-                e,
-            )),
+            Err(e) => Err(DedupeError::io(format!("touching blob {}", path.display()), e)),
         }
     }
 
@@ -85,50 +83,27 @@ impl ChunkStore {
         Ok((id, self.insert_with_id(kind, &id, plain)?))
     }
 
-    pub fn insert_with_id(
-        &self,
-        kind: BlobKind,
-        id: &BlobId,
-        plain: &[u8],
-    ) -> Result<Inserted, DedupeError> {
+    pub fn insert_with_id(&self, kind: BlobKind, id: &BlobId, plain: &[u8]) -> Result<Inserted, DedupeError> {
         if self.touch(id)? {
-            return Ok(Inserted {
-                new: false,
-                stored_bytes: 0,
-            });
+            return Ok(Inserted { new: false, stored_bytes: 0 });
         }
         let encoded = self.codec.encode(kind, id, plain)?;
-        let tmp = self.tmp.join(format!(
-            "{}.{}.{}",
+        // Staged beside its final name: inodes come from the fan-out directory's own group and
+        // the rename stays within one directory (one staging directory for all made every
+        // create contend on the same inode bitmap; see docs/BENCHMARKS.md).
+        let dest = self.path(id);
+        let tmp = dest.with_file_name(format!(
+            "{STAGING_PREFIX}{}.{}.{}",
             &id.to_hex()[..16],
             std::process::id(),
             TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let result = write_file(&tmp, &encoded).and_then(|()| self.place(&tmp, id));
+        let result = write_file(&tmp, &encoded).and_then(|()| fs::rename(&tmp, &dest));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(|e| {
-            DedupeError::io(
-                format!("writing blob {id} into {}", self.blobs.display()),
-                e,
-            )
-        })?;
-        Ok(Inserted {
-            new: true,
-            stored_bytes: encoded.len() as u64,
-        })
-    }
-
-    fn place(&self, tmp: &Path, id: &BlobId) -> std::io::Result<()> {
-        let dest = self.path(id);
-        match fs::rename(tmp, &dest) {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::create_dir_all(dest.parent().expect("blob path has a parent"))?;
-                fs::rename(tmp, &dest)
-            }
-            other => other,
-        }
+        result.map_err(|e| DedupeError::io(format!("writing blob {id} into {}", self.blobs.display()), e))?;
+        Ok(Inserted { new: true, stored_bytes: encoded.len() as u64 })
     }
 
     /// The blob's raw bytes as stored.
@@ -136,10 +111,7 @@ impl ChunkStore {
         let path = self.path(id);
         fs::read(&path).map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
-                DedupeError::Missing {
-                    id: *id,
-                    path: path.clone(),
-                }
+                DedupeError::Missing { id: *id, path: path.clone() }
             } else {
                 DedupeError::io(format!("reading blob {}", path.display()), e)
             }
@@ -161,9 +133,7 @@ impl ChunkStore {
     pub fn quarantine(&self, id: &BlobId) -> Result<(), DedupeError> {
         let path = self.path(id);
         let bad = path.with_extension("bad");
-        fs::rename(&path, &bad).map_err(|e| {
-            DedupeError::io(format!("moving damaged blob {} aside", path.display()), e)
-        })
+        fs::rename(&path, &bad).map_err(|e| DedupeError::io(format!("moving damaged blob {} aside", path.display()), e))
     }
 
     /// Calls `f` for every blob file (id, size, mtime), fan-out directory by directory.
@@ -171,6 +141,13 @@ impl ChunkStore {
         &self,
         mut f: impl FnMut(BlobId, u64, SystemTime) -> Result<(), DedupeError>,
     ) -> Result<(), DedupeError> {
+        self.walk(|entry| match entry {
+            Entry::Blob { id, size, mtime } => f(id, size, mtime),
+            Entry::Staging { .. } => Ok(()),
+        })
+    }
+
+    fn walk(&self, mut f: impl FnMut(Entry) -> Result<(), DedupeError>) -> Result<(), DedupeError> {
         let io = |what: &Path, e| DedupeError::io(format!("listing {}", what.display()), e);
         let top = match fs::read_dir(&self.blobs) {
             Ok(t) => t,
@@ -180,7 +157,7 @@ impl ChunkStore {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for entry in top {
             let entry = entry.map_err(|e| io(&self.blobs, e))?;
-            if entry.file_name().len() == 4 {
+            if entry.file_name().len() == FANOUT_DIGITS {
                 dirs.push(entry.path());
             }
         }
@@ -189,22 +166,21 @@ impl ChunkStore {
             for entry in fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
                 let entry = entry.map_err(|e| io(&dir, e))?;
                 let name = entry.file_name();
-                if name.len() != 64 {
+                let staging = name.as_bytes().starts_with(STAGING_PREFIX.as_bytes());
+                let id = std::str::from_utf8(name.as_bytes()).ok().filter(|n| n.len() == 64).and_then(BlobId::from_hex);
+                if id.is_none() && !staging {
                     continue;
                 }
-                let Some(id) = std::str::from_utf8(name.as_bytes())
-                    .ok()
-                    .and_then(BlobId::from_hex)
-                else {
-                    continue;
-                };
                 let meta = match entry.metadata() {
                     Ok(m) => m,
                     Err(e) if e.kind() == ErrorKind::NotFound => continue,
                     Err(e) => return Err(io(&entry.path(), e)),
                 };
                 let mtime = meta.modified().map_err(|e| io(&entry.path(), e))?;
-                f(id, meta.len(), mtime)?;
+                match id {
+                    Some(id) => f(Entry::Blob { id, size: meta.len(), mtime })?,
+                    None => f(Entry::Staging { path: entry.path(), mtime })?,
+                }
             }
         }
         Ok(())
@@ -214,7 +190,17 @@ impl ChunkStore {
     pub fn sweep(&self, cutoff: SystemTime, dry_run: bool) -> Result<SweepStats, DedupeError> {
         let mut stats = SweepStats::default();
         let trash = self.tmp.join("gc-trash");
-        self.for_each(|id, size, mtime| {
+        self.walk(|entry| {
+            let (id, size, mtime) = match entry {
+                Entry::Blob { id, size, mtime } => (id, size, mtime),
+                Entry::Staging { path, mtime } => {
+                    // A blob a killed writer never finished.
+                    if mtime < cutoff && !dry_run {
+                        let _ = fs::remove_file(path);
+                    }
+                    return Ok(());
+                }
+            };
             if mtime >= cutoff {
                 stats.kept += 1;
                 stats.kept_bytes += size;
@@ -231,19 +217,14 @@ impl ChunkStore {
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(DedupeError::io(format!("sweeping {}", path.display()), e)),
             }
-            let touched = fs::metadata(&trash)
-                .and_then(|m| m.modified())
-                .map(|m| m >= cutoff)
-                .unwrap_or(false);
+            let touched = fs::metadata(&trash).and_then(|m| m.modified()).map(|m| m >= cutoff).unwrap_or(false);
             if touched {
                 // A writer referenced it between our listing and the rename: put it back.
-                fs::rename(&trash, &path)
-                    .map_err(|e| DedupeError::io(format!("restoring {}", path.display()), e))?;
+                fs::rename(&trash, &path).map_err(|e| DedupeError::io(format!("restoring {}", path.display()), e))?;
                 stats.kept += 1;
                 stats.kept_bytes += size;
             } else {
-                fs::remove_file(&trash)
-                    .map_err(|e| DedupeError::io(format!("deleting {}", path.display()), e))?;
+                fs::remove_file(&trash).map_err(|e| DedupeError::io(format!("deleting {}", path.display()), e))?;
                 stats.removed += 1;
                 stats.removed_bytes += size;
             }
@@ -253,23 +234,28 @@ impl ChunkStore {
     }
 }
 
+enum Entry {
+    Blob { id: BlobId, size: u64, mtime: SystemTime },
+    Staging { path: PathBuf, mtime: SystemTime },
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = fs::File::create(path)?;
+    let mut f = match fs::File::create(path) {
+        // The fan-out directory's first blob.
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            fs::create_dir_all(path.parent().expect("blob path has a parent"))?;
+            fs::File::create(path)?
+        }
+        other => other?,
+    };
     f.write_all(bytes)
 }
 
 fn touch_path(path: &Path) -> std::io::Result<()> {
-    let c =
-        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| ErrorKind::InvalidInput)?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| ErrorKind::InvalidInput)?;
     let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
     ];
     // SAFETY: `c` is a valid NUL-terminated path and `times` points at two timespecs.
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
@@ -283,8 +269,7 @@ fn touch_path(path: &Path) -> std::io::Result<()> {
 /// Flushes every file of the filesystem holding `dir` to stable storage (syncfs): one call makes
 /// all blobs a backup wrote durable before its manifest is committed.
 pub fn sync_filesystem(dir: &Path) -> Result<(), DedupeError> {
-    let f = fs::File::open(dir)
-        .map_err(|e| DedupeError::io(format!("opening {} to sync it", dir.display()), e))?;
+    let f = fs::File::open(dir).map_err(|e| DedupeError::io(format!("opening {} to sync it", dir.display()), e))?;
     use std::os::fd::AsRawFd;
     // SAFETY: syncfs takes a valid open file descriptor, which `f` holds for the call.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
@@ -304,11 +289,7 @@ mod tests {
 
     fn store(dir: &Path) -> ChunkStore {
         fs::create_dir_all(dir.join("tmp")).unwrap();
-        ChunkStore::new(
-            dir.join("blobs"),
-            dir.join("tmp"),
-            BlobCodec::plain(Compression::Zstd { level: 3 }),
-        )
+        ChunkStore::new(dir.join("blobs"), dir.join("tmp"), BlobCodec::plain(Compression::Zstd { level: 3 }))
     }
 
     #[test]
@@ -345,9 +326,6 @@ mod tests {
         let real = s.sweep(cutoff, false).unwrap();
         assert_eq!((real.removed, real.kept), (1, 1));
         assert!(!s.exists(&old) && s.exists(&young));
-        assert!(matches!(
-            s.read(&old, BlobKind::Chunk),
-            Err(DedupeError::Missing { .. })
-        ));
+        assert!(matches!(s.read(&old, BlobKind::Chunk), Err(DedupeError::Missing { .. })));
     }
 }

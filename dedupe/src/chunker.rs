@@ -15,11 +15,7 @@ pub struct ChunkerParams {
 
 impl ChunkerParams {
     /// Chosen by measurement on a Debian root filesystem image: see docs/BENCHMARKS.md.
-    pub const DEFAULT: ChunkerParams = ChunkerParams {
-        min: 16 * 1024,
-        avg: 64 * 1024,
-        max: 256 * 1024,
-    };
+    pub const DEFAULT: ChunkerParams = ChunkerParams { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
 
     pub fn validate(&self) -> Result<(), DedupeError> {
         let ok = self.min >= 64
@@ -89,25 +85,14 @@ mod tests {
         let a = noise(4 << 20, 9);
         let mut b = a.clone();
         b[2_000_000..2_000_000 + 64 * 1024].fill(0x5a);
-        let ca: std::collections::HashSet<_> =
-            p.cut(&a).into_iter().map(|r| a[r].to_vec()).collect();
-        let changed = p
-            .cut(&b)
-            .into_iter()
-            .filter(|r| !ca.contains(&b[r.clone()]))
-            .count();
+        let ca: std::collections::HashSet<_> = p.cut(&a).into_iter().map(|r| a[r].to_vec()).collect();
+        let changed = p.cut(&b).into_iter().filter(|r| !ca.contains(&b[r.clone()])).count();
         assert!(changed <= 4, "a 64 KiB edit changed {changed} chunks");
     }
 
     #[test]
     fn rejects_nonsense_sizes() {
-        assert!(ChunkerParams {
-            min: 10,
-            avg: 5,
-            max: 1
-        }
-        .validate()
-        .is_err());
+        assert!(ChunkerParams { min: 10, avg: 5, max: 1 }.validate().is_err());
         assert!(ChunkerParams::DEFAULT.validate().is_ok());
     }
 }

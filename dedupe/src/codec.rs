@@ -8,7 +8,7 @@
 //!   7  1  reserved, 0
 //!   8  4  plaintext length
 //!  12  4  payload length
-//!  16 32  BLAKE3 of the payload (integrity checkable without the key)
+//!  16 32  BLAKE3 of bytes 0..16 then the payload (integrity checkable without the key)
 //!  48  …  payload
 //! The blob's id (its file name) is the (keyed) BLAKE3 of the plaintext; readers re-hash after
 //! decoding, so a damaged blob is an error, never wrong bytes.
@@ -70,22 +70,16 @@ pub struct BlobHeader {
 }
 
 impl BlobHeader {
-    /// Parses the header and checks the payload against its hash: the key-less integrity check.
-    pub fn check(id: &BlobId, bytes: &[u8]) -> Result<BlobHeader, DedupeError> {
+    /// Parses and checks the header's structure (not the payload hash).
+    pub fn parse(id: &BlobId, bytes: &[u8]) -> Result<BlobHeader, DedupeError> {
         let damaged = |cause: String| DedupeError::Damaged { id: *id, cause };
         if bytes.len() < HEADER_LEN {
-            return Err(damaged(format!(
-                "file is {} bytes, shorter than the {HEADER_LEN}-byte header",
-                bytes.len()
-            )));
+            return Err(damaged(format!("file is {} bytes, shorter than the {HEADER_LEN}-byte header", bytes.len())));
         }
         if &bytes[0..4] != MAGIC {
-            return Err(damaged(
-                "bad magic (not a Holdfast blob, or overwritten)".into(),
-            ));
+            return Err(damaged("bad magic (not a Holdfast blob, or overwritten)".into()));
         }
-        let kind = BlobKind::from_u8(bytes[4])
-            .ok_or_else(|| damaged(format!("unknown blob kind {}", bytes[4])))?;
+        let kind = BlobKind::from_u8(bytes[4]).ok_or_else(|| damaged(format!("unknown blob kind {}", bytes[4])))?;
         let compressed = match bytes[5] {
             0 => false,
             1 => true,
@@ -97,18 +91,13 @@ impl BlobHeader {
             c => return Err(damaged(format!("unknown cipher {c}"))),
         };
         if bytes[7] != 0 {
-            return Err(damaged(format!(
-                "reserved header byte is {} (a newer format, or damage)",
-                bytes[7]
-            )));
+            return Err(damaged(format!("reserved header byte is {} (a newer format, or damage)", bytes[7])));
         }
         let plain_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
         let payload_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
         let payload_hash: [u8; 32] = bytes[16..48].try_into().unwrap();
         if plain_len > MAX_PLAIN {
-            return Err(damaged(format!(
-                "plaintext length {plain_len} is over the limit"
-            )));
+            return Err(damaged(format!("plaintext length {plain_len} is over the limit")));
         }
         if bytes.len() != HEADER_LEN + payload_len as usize {
             return Err(damaged(format!(
@@ -117,19 +106,19 @@ impl BlobHeader {
                 HEADER_LEN + payload_len as usize
             )));
         }
-        if blake3::hash(&bytes[HEADER_LEN..]).as_bytes() != &payload_hash {
-            return Err(damaged(
-                "payload checksum mismatch (bit rot or tampering)".into(),
-            ));
+        Ok(BlobHeader { kind, compressed, encrypted, plain_len, payload_len, payload_hash })
+    }
+
+    /// Parses the header and checks the payload against its hash: the key-less integrity check.
+    pub fn check(id: &BlobId, bytes: &[u8]) -> Result<BlobHeader, DedupeError> {
+        let h = BlobHeader::parse(id, bytes)?;
+        if checksum(&bytes[..16], &bytes[HEADER_LEN..]) != h.payload_hash {
+            return Err(DedupeError::Damaged {
+                id: *id,
+                cause: "payload checksum mismatch (bit rot or tampering)".into(),
+            });
         }
-        Ok(BlobHeader {
-            kind,
-            compressed,
-            encrypted,
-            plain_len,
-            payload_len,
-            payload_hash,
-        })
+        Ok(h)
     }
 }
 
@@ -149,12 +138,7 @@ thread_local! {
 
 impl BlobCodec {
     pub fn plain(compression: Compression) -> BlobCodec {
-        BlobCodec {
-            hasher: IdHasher::Blake3,
-            cipher: None,
-            compression,
-            encrypted_store: false,
-        }
+        BlobCodec { hasher: IdHasher::Blake3, cipher: None, compression, encrypted_store: false }
     }
 
     pub fn encrypted(key: &MasterKey, compression: Compression) -> BlobCodec {
@@ -169,19 +153,11 @@ impl BlobCodec {
     /// A codec for an encrypted store opened without its key: it can check payload checksums
     /// (`BlobHeader::check`) but not decode.
     pub fn keyless(compression: Compression) -> BlobCodec {
-        BlobCodec {
-            hasher: IdHasher::Blake3,
-            cipher: None,
-            compression,
-            encrypted_store: true,
-        }
+        BlobCodec { hasher: IdHasher::Blake3, cipher: None, compression, encrypted_store: true }
     }
 
     pub fn with_compression(&self, compression: Compression) -> BlobCodec {
-        BlobCodec {
-            compression,
-            ..self.clone()
-        }
+        BlobCodec { compression, ..self.clone() }
     }
 
     pub fn has_key(&self) -> bool {
@@ -192,17 +168,9 @@ impl BlobCodec {
         self.hasher.id(plain)
     }
 
-    pub fn encode(
-        &self,
-        kind: BlobKind,
-        id: &BlobId,
-        plain: &[u8],
-    ) -> Result<Vec<u8>, DedupeError> {
+    pub fn encode(&self, kind: BlobKind, id: &BlobId, plain: &[u8]) -> Result<Vec<u8>, DedupeError> {
         if plain.len() > MAX_PLAIN as usize {
-            return Err(DedupeError::Invalid(format!(
-                "blob {id} is {} bytes, over the blob limit",
-                plain.len()
-            )));
+            return Err(DedupeError::Invalid(format!("blob {id} is {} bytes, over the blob limit", plain.len())));
         }
         if self.encrypted_store && self.cipher.is_none() {
             return Err(DedupeError::KeyNeeded { id: *id });
@@ -210,8 +178,7 @@ impl BlobCodec {
         let compressed = match self.compression {
             Compression::None => None,
             Compression::Zstd { level } => {
-                let out = compress(level, plain)
-                    .map_err(|e| DedupeError::io(format!("compressing blob {id}"), e))?;
+                let out = compress(level, plain).map_err(|e| DedupeError::io(format!("compressing blob {id}"), e))?;
                 // Keep incompressible data as it is: reading it back then costs a copy, not a decoder.
                 (out.len() < plain.len()).then_some(out)
             }
@@ -225,13 +192,7 @@ impl BlobCodec {
                 random(&mut nonce)?;
                 let aad = aad(kind, id);
                 let ct = cipher
-                    .encrypt(
-                        &nonce.into(),
-                        Payload {
-                            msg: body,
-                            aad: &aad,
-                        },
-                    )
+                    .encrypt(&nonce.into(), Payload { msg: body, aad: &aad })
                     .map_err(|_| DedupeError::Invalid(format!("encrypting blob {id} failed")))?;
                 let mut p = Vec::with_capacity(NONCE_LEN + ct.len());
                 p.extend_from_slice(&nonce);
@@ -248,39 +209,27 @@ impl BlobCodec {
         out.push(0);
         out.extend_from_slice(&(plain.len() as u32).to_le_bytes());
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(blake3::hash(payload).as_bytes());
+        let sum = checksum(&out[..16], payload);
+        out.extend_from_slice(&sum);
         out.extend_from_slice(payload);
         Ok(out)
     }
 
-    /// Decodes a blob read from disk and proves it: header, payload checksum, authentication tag,
-    /// decompression, and the plaintext's hash against `id`. Any mismatch is an error.
-    pub fn decode(
-        &self,
-        id: &BlobId,
-        expect: BlobKind,
-        bytes: &[u8],
-    ) -> Result<Vec<u8>, DedupeError> {
-        let h = BlobHeader::check(id, bytes)?;
+    /// Decodes a blob read from disk and proves it: header, authentication tag, decompression,
+    /// and the plaintext's hash against `id` (which covers everything the payload checksum does,
+    /// and a blob stored under the wrong name too). Any mismatch is an error.
+    pub fn decode(&self, id: &BlobId, expect: BlobKind, bytes: &[u8]) -> Result<Vec<u8>, DedupeError> {
+        let h = BlobHeader::parse(id, bytes)?;
         let damaged = |cause: String| DedupeError::Damaged { id: *id, cause };
         if h.kind != expect {
-            return Err(damaged(format!(
-                "is a {} where a {} was expected",
-                h.kind.name(),
-                expect.name()
-            )));
+            return Err(damaged(format!("is a {} where a {} was expected", h.kind.name(), expect.name())));
         }
         let payload = &bytes[HEADER_LEN..];
         let decrypted;
         let body: &[u8] = if h.encrypted {
-            let cipher = self
-                .cipher
-                .as_ref()
-                .ok_or(DedupeError::KeyNeeded { id: *id })?;
+            let cipher = self.cipher.as_ref().ok_or(DedupeError::KeyNeeded { id: *id })?;
             if payload.len() < NONCE_LEN + 16 {
-                return Err(damaged(
-                    "encrypted payload shorter than nonce and tag".into(),
-                ));
+                return Err(damaged("encrypted payload shorter than nonce and tag".into()));
             }
             let (nonce, ct) = payload.split_at(NONCE_LEN);
             let nonce: [u8; NONCE_LEN] = nonce.try_into().unwrap();
@@ -301,19 +250,21 @@ impl BlobCodec {
             body.to_vec()
         };
         if plain.len() != h.plain_len as usize {
-            return Err(damaged(format!(
-                "decoded to {} bytes, header says {}",
-                plain.len(),
-                h.plain_len
-            )));
+            return Err(damaged(format!("decoded to {} bytes, header says {}", plain.len(), h.plain_len)));
         }
         if self.id(&plain) != *id {
-            return Err(damaged(
-                "content does not match its id (hash mismatch)".into(),
-            ));
+            return Err(damaged("content does not match its id (hash mismatch)".into()));
         }
         Ok(plain)
     }
+}
+
+/// The stored checksum: BLAKE3 over the first 16 header bytes and the payload.
+fn checksum(head: &[u8], payload: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(head);
+    h.update(payload);
+    *h.finalize().as_bytes()
 }
 
 fn aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
@@ -364,10 +315,7 @@ mod tests {
             let id = codec.id(&data);
             let blob = codec.encode(BlobKind::Chunk, &id, &data).unwrap();
             assert_eq!(codec.decode(&id, BlobKind::Chunk, &blob).unwrap(), data);
-            assert!(matches!(
-                codec.decode(&id, BlobKind::DiskMap, &blob),
-                Err(DedupeError::Damaged { .. })
-            ));
+            assert!(matches!(codec.decode(&id, BlobKind::DiskMap, &blob), Err(DedupeError::Damaged { .. })));
         }
     }
 
@@ -377,17 +325,19 @@ mod tests {
         let data = sample();
         let id = codec.id(&data);
         let blob = codec.encode(BlobKind::Chunk, &id, &data).unwrap();
-        for pos in (0..blob.len()).step_by(7) {
+        for pos in 0..blob.len() {
             let mut bad = blob.clone();
             bad[pos] ^= 0x40;
-            assert!(
-                codec.decode(&id, BlobKind::Chunk, &bad).is_err(),
-                "flip at {pos} went unnoticed"
-            );
+            if (16..48).contains(&pos) {
+                // The stored payload checksum itself: the data decodes intact, and the key-less
+                // check (verify) reports the damage.
+                assert!(BlobHeader::check(&id, &bad).is_err(), "flip at {pos} went unnoticed by check");
+            } else {
+                assert!(codec.decode(&id, BlobKind::Chunk, &bad).is_err(), "flip at {pos} went unnoticed by decode");
+                assert!(BlobHeader::check(&id, &bad).is_err(), "flip at {pos} went unnoticed by check");
+            }
         }
-        assert!(codec
-            .decode(&id, BlobKind::Chunk, &blob[..blob.len() - 1])
-            .is_err());
+        assert!(codec.decode(&id, BlobKind::Chunk, &blob[..blob.len() - 1]).is_err());
     }
 
     #[test]
@@ -399,18 +349,9 @@ mod tests {
         let id = enc.id(&data);
         let blob = enc.encode(BlobKind::Chunk, &id, &data).unwrap();
         let other = BlobCodec::encrypted(&b, Compression::Zstd { level: 3 });
-        assert!(matches!(
-            other.decode(&id, BlobKind::Chunk, &blob),
-            Err(DedupeError::WrongKey { .. })
-        ));
+        assert!(matches!(other.decode(&id, BlobKind::Chunk, &blob), Err(DedupeError::WrongKey { .. })));
         let keyless = BlobCodec::keyless(Compression::Zstd { level: 3 });
-        assert!(matches!(
-            keyless.decode(&id, BlobKind::Chunk, &blob),
-            Err(DedupeError::KeyNeeded { .. })
-        ));
-        assert!(
-            BlobHeader::check(&id, &blob).is_ok(),
-            "ciphertext integrity is checkable without the key"
-        );
+        assert!(matches!(keyless.decode(&id, BlobKind::Chunk, &blob), Err(DedupeError::KeyNeeded { .. })));
+        assert!(BlobHeader::check(&id, &blob).is_ok(), "ciphertext integrity is checkable without the key");
     }
 }

@@ -41,19 +41,13 @@ impl KdfParams {
     pub fn new_random() -> Result<KdfParams, DedupeError> {
         let mut salt = [0u8; 16];
         random(&mut salt)?;
-        Ok(KdfParams {
-            m_cost_kib: 64 * 1024,
-            t_cost: 3,
-            p_cost: 1,
-            salt,
-        })
+        Ok(KdfParams { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1, salt })
     }
 
     fn derive(&self, passphrase: &[u8]) -> Result<[u8; 32], DedupeError> {
         let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| DedupeError::Invalid(format!("key derivation parameters: {e}")))?;
-        let argon =
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = [0u8; 32];
         argon
             .hash_password_into(passphrase, &self.salt, &mut out)
@@ -71,54 +65,30 @@ pub struct WrappedKey {
 }
 
 impl WrappedKey {
-    pub fn wrap(
-        master: &MasterKey,
-        passphrase: &[u8],
-        kdf: KdfParams,
-    ) -> Result<WrappedKey, DedupeError> {
+    pub fn wrap(master: &MasterKey, passphrase: &[u8], kdf: KdfParams) -> Result<WrappedKey, DedupeError> {
         let kek = kdf.derive(passphrase)?;
         let mut nonce = [0u8; 24];
         random(&mut nonce)?;
         let cipher = XChaCha20Poly1305::new(&kek.into());
         let ciphertext = cipher
-            .encrypt(
-                &nonce.into(),
-                Payload {
-                    msg: &master.0,
-                    aad: WRAP_AAD,
-                },
-            )
+            .encrypt(&nonce.into(), Payload { msg: &master.0, aad: WRAP_AAD })
             .map_err(|_| DedupeError::Invalid("wrapping the master key failed".into()))?;
-        Ok(WrappedKey {
-            kdf,
-            nonce,
-            ciphertext,
-        })
+        Ok(WrappedKey { kdf, nonce, ciphertext })
     }
 
     pub fn unwrap(&self, passphrase: &[u8]) -> Result<MasterKey, DedupeError> {
         let kek = self.kdf.derive(passphrase)?;
         let cipher = XChaCha20Poly1305::new(&kek.into());
         let plain = cipher
-            .decrypt(
-                &self.nonce.into(),
-                Payload {
-                    msg: &self.ciphertext,
-                    aad: WRAP_AAD,
-                },
-            )
+            .decrypt(&self.nonce.into(), Payload { msg: &self.ciphertext, aad: WRAP_AAD })
             .map_err(|_| DedupeError::WrongPassphrase)?;
-        let key: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| DedupeError::WrongPassphrase)?;
+        let key: [u8; 32] = plain.as_slice().try_into().map_err(|_| DedupeError::WrongPassphrase)?;
         Ok(MasterKey(key))
     }
 }
 
 pub(crate) fn random(buf: &mut [u8]) -> Result<(), DedupeError> {
-    getrandom::getrandom(buf)
-        .map_err(|e| DedupeError::Invalid(format!("no randomness from the OS: {e}")))
+    getrandom::getrandom(buf).map_err(|e| DedupeError::Invalid(format!("no randomness from the OS: {e}")))
 }
 
 #[cfg(test)]
@@ -126,12 +96,7 @@ mod tests {
     use super::*;
 
     fn cheap_kdf() -> KdfParams {
-        KdfParams {
-            m_cost_kib: 64,
-            t_cost: 1,
-            p_cost: 1,
-            salt: [3; 16],
-        }
+        KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1, salt: [3; 16] }
     }
 
     #[test]
@@ -141,9 +106,6 @@ mod tests {
         let back = wrapped.unwrap(b"correct horse").unwrap();
         assert_eq!(back.id_key(), master.id_key());
         assert_ne!(master.id_key(), master.cipher_key());
-        assert!(matches!(
-            wrapped.unwrap(b"wrong"),
-            Err(DedupeError::WrongPassphrase)
-        ));
+        assert!(matches!(wrapped.unwrap(b"wrong"), Err(DedupeError::WrongPassphrase)));
     }
 }

@@ -27,9 +27,6 @@ pub enum DedupeError {
 
 impl DedupeError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        DedupeError::Io {
-            what: what.into(),
-            source,
-        }
+        DedupeError::Io { what: what.into(), source }
     }
 }

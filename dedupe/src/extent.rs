@@ -42,10 +42,7 @@ impl ExtentRecord {
     }
 
     pub fn decode(id: &BlobId, bytes: &[u8]) -> Result<ExtentRecord, DedupeError> {
-        let bad = |cause: &str| DedupeError::Damaged {
-            id: *id,
-            cause: format!("extent record: {cause}"),
-        };
+        let bad = |cause: &str| DedupeError::Damaged { id: *id, cause: format!("extent record: {cause}") };
         if bytes.len() < 5 {
             return Err(bad("shorter than its header"));
         }
@@ -74,16 +71,7 @@ mod tests {
     #[test]
     fn round_trip_and_damage() {
         let r = ExtentRecord {
-            chunks: vec![
-                ChunkRef {
-                    len: 10,
-                    id: BlobId([7; 32]),
-                },
-                ChunkRef {
-                    len: 5,
-                    id: BlobId::HOLE,
-                },
-            ],
+            chunks: vec![ChunkRef { len: 10, id: BlobId([7; 32]) }, ChunkRef { len: 5, id: BlobId::HOLE }],
         };
         let id = BlobId([1; 32]);
         let bytes = r.encode();

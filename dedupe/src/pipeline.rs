@@ -66,29 +66,13 @@ type Job = (u64, Vec<u8>, usize);
 type Done = (u64, Result<(ExtentOutcome, PipelineStats), DedupeError>);
 
 impl<'a> Pipeline<'a> {
-    pub fn new(
-        store: &'a ChunkStore,
-        chunker: ChunkerParams,
-        extent_size: usize,
-        threads: usize,
-    ) -> Pipeline<'a> {
-        Pipeline {
-            store,
-            chunker,
-            extent_size,
-            threads: threads.max(1),
-            seen: Mutex::new(HashSet::new()),
-        }
+    pub fn new(store: &'a ChunkStore, chunker: ChunkerParams, extent_size: usize, threads: usize) -> Pipeline<'a> {
+        Pipeline { store, chunker, extent_size, threads: threads.max(1), seen: Mutex::new(HashSet::new()) }
     }
 
     /// Runs `extents` (indices, in order) through the pool. `read` fills a buffer for an extent;
     /// `done` receives each outcome (in completion order) and may stop the run by failing.
-    pub fn run<R, D>(
-        &self,
-        extents: Vec<u64>,
-        mut read: R,
-        mut done: D,
-    ) -> Result<PipelineStats, DedupeError>
+    pub fn run<R, D>(&self, extents: Vec<u64>, mut read: R, mut done: D) -> Result<PipelineStats, DedupeError>
     where
         R: FnMut(u64, &mut [u8]) -> Result<ExtentData, DedupeError> + Send,
         D: FnMut(u64, ExtentOutcome) -> Result<(), DedupeError>,
@@ -99,17 +83,14 @@ impl<'a> Pipeline<'a> {
         let job_rx = Mutex::new(job_rx);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         for _ in 0..self.threads * 2 {
-            free_tx
-                .send(vec![0u8; self.extent_size])
-                .expect("receiver alive");
+            free_tx.send(vec![0u8; self.extent_size]).expect("receiver alive");
         }
         let (res_tx, res_rx) = mpsc::channel::<Done>();
         let mut stats = PipelineStats::default();
 
         std::thread::scope(|scope| {
             for _ in 0..self.threads {
-                let (job_rx, res_tx, free_tx, abort) =
-                    (&job_rx, res_tx.clone(), free_tx.clone(), &abort);
+                let (job_rx, res_tx, free_tx, abort) = (&job_rx, res_tx.clone(), free_tx.clone(), &abort);
                 scope.spawn(move || loop {
                     let job = job_rx.lock().expect("job queue lock").recv();
                     let Ok((index, buf, len)) = job else { return };
@@ -135,14 +116,8 @@ impl<'a> Pipeline<'a> {
                     match read(index, &mut buf) {
                         Ok(ExtentData::Hole) => {
                             let _ = free_tx.send(buf);
-                            let hole = PipelineStats {
-                                extents: 1,
-                                ..Default::default()
-                            };
-                            if producer_res
-                                .send((index, Ok((ExtentOutcome::Hole, hole))))
-                                .is_err()
-                            {
+                            let hole = PipelineStats { extents: 1, ..Default::default() };
+                            if producer_res.send((index, Ok((ExtentOutcome::Hole, hole)))).is_err() {
                                 return;
                             }
                         }
@@ -163,9 +138,9 @@ impl<'a> Pipeline<'a> {
             let mut received = 0;
             let result = (|| {
                 while received < total {
-                    let (index, outcome) = res_rx.recv().map_err(|_| {
-                        DedupeError::Invalid("ingest pipeline stopped unexpectedly".into())
-                    })?;
+                    let (index, outcome) = res_rx
+                        .recv()
+                        .map_err(|_| DedupeError::Invalid("ingest pipeline stopped unexpectedly".into()))?;
                     received += 1;
                     let (outcome, s) = outcome?;
                     stats.add(&s);
@@ -184,11 +159,7 @@ impl<'a> Pipeline<'a> {
 
     /// Cuts one extent into chunks, stores the new ones and its record.
     pub fn process(&self, data: &[u8]) -> Result<(ExtentOutcome, PipelineStats), DedupeError> {
-        let mut s = PipelineStats {
-            extents: 1,
-            bytes_read: data.len() as u64,
-            ..Default::default()
-        };
+        let mut s = PipelineStats { extents: 1, bytes_read: data.len() as u64, ..Default::default() };
         if is_zero(data) {
             s.zero_bytes = data.len() as u64;
             return Ok((ExtentOutcome::Hole, s));
@@ -200,10 +171,7 @@ impl<'a> Pipeline<'a> {
             let len = chunk.len() as u32;
             if is_zero(chunk) {
                 s.zero_bytes += len as u64;
-                record.chunks.push(ChunkRef {
-                    len,
-                    id: BlobId::HOLE,
-                });
+                record.chunks.push(ChunkRef { len, id: BlobId::HOLE });
                 continue;
             }
             let id = codec.id(chunk);
@@ -225,9 +193,7 @@ impl<'a> Pipeline<'a> {
         if record.chunks.iter().all(|c| c.id.is_hole()) {
             return Ok((ExtentOutcome::Hole, s));
         }
-        let (rid, ins) = self
-            .store
-            .insert(BlobKind::ExtentRecord, &record.encode())?;
+        let (rid, ins) = self.store.insert(BlobKind::ExtentRecord, &record.encode())?;
         s.stored_bytes_new += ins.stored_bytes;
         Ok((ExtentOutcome::Record(rid), s))
     }
@@ -250,31 +216,11 @@ mod tests {
     fn parallel_run_matches_serial_processing_and_stops_on_error() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("tmp")).unwrap();
-        let store = ChunkStore::new(
-            d.path().join("b"),
-            d.path().join("tmp"),
-            BlobCodec::plain(Compression::Zstd { level: 1 }),
-        );
+        let store =
+            ChunkStore::new(d.path().join("b"), d.path().join("tmp"), BlobCodec::plain(Compression::Zstd { level: 1 }));
         let ext = 256 * 1024;
-        let p = Pipeline::new(
-            &store,
-            ChunkerParams {
-                min: 4096,
-                avg: 16384,
-                max: 65536,
-            },
-            ext,
-            3,
-        );
-        let disk: Vec<u8> = (0..ext * 8)
-            .map(|i| {
-                if i / ext == 3 {
-                    0
-                } else {
-                    (i * 7 / 5 % 253) as u8
-                }
-            })
-            .collect();
+        let p = Pipeline::new(&store, ChunkerParams { min: 4096, avg: 16384, max: 65536 }, ext, 3);
+        let disk: Vec<u8> = (0..ext * 8).map(|i| if i / ext == 3 { 0 } else { (i * 7 / 5 % 253) as u8 }).collect();
         let mut got = vec![None; 8];
         let stats = p
             .run(

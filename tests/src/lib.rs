@@ -11,16 +11,8 @@ pub fn holdfast_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("holdfast");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p appliance` first (the test script does)",
-        bin.display()
-    );
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("holdfast");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p appliance` first (the test script does)", bin.display());
     bin
 }
 
@@ -53,12 +45,7 @@ pub fn json(cmd: &mut Command) -> serde_json::Value {
 /// Point ids in the store, oldest first.
 pub fn point_ids(store: &Path) -> Vec<String> {
     let v = json(holdfast(store).arg("ls"));
-    v["points"]
-        .as_array()
-        .expect("points")
-        .iter()
-        .map(|p| p["point_id"].as_str().expect("id").to_string())
-        .collect()
+    v["points"].as_array().expect("points").iter().map(|p| p["point_id"].as_str().expect("id").to_string()).collect()
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so runs are reproducible.
@@ -78,16 +65,11 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// Writes `data` at `offset` of the image file.
 pub fn write_at(image: &Path, offset: u64, data: &[u8]) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(image)
-        .expect("open image");
+    let f = std::fs::OpenOptions::new().write(true).open(image).expect("open image");
     f.write_all_at(data, offset).expect("write image");
 }
 
 pub fn export(store: &Path, point: &str, disk: &str, out: &Path) -> Vec<u8> {
-    ok(holdfast(store)
-        .args(["export", point, "--disk", disk, "--out"])
-        .arg(out));
+    ok(holdfast(store).args(["export", point, "--disk", disk, "--out"]).arg(out));
     std::fs::read(out).expect("read export")
 }

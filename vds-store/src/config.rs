@@ -57,25 +57,15 @@ pub struct EncryptionConfig {
 
 impl StoreConfig {
     pub fn chunker_params(&self) -> ChunkerParams {
-        ChunkerParams {
-            min: self.chunker.min,
-            avg: self.chunker.avg,
-            max: self.chunker.max,
-        }
+        ChunkerParams { min: self.chunker.min, avg: self.chunker.avg, max: self.chunker.max }
     }
 
     pub fn load(root: &Path) -> Result<StoreConfig> {
         let path = root.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| StoreError::NotAStore {
-            path: root.to_path_buf(),
-            cause: e.to_string(),
-        })?;
-        let damaged = |cause: String| StoreError::ConfigDamaged {
-            path: path.clone(),
-            cause,
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| StoreError::NotAStore { path: root.to_path_buf(), cause: e.to_string() })?;
+        let damaged = |cause: String| StoreError::ConfigDamaged { path: path.clone(), cause };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
         if v.get("format").and_then(|f| f.as_str()) != Some(STORE_FORMAT) {
             return Err(damaged(format!("format is not {STORE_FORMAT:?}")));
         }
@@ -92,20 +82,13 @@ impl StoreConfig {
         Ok(cfg)
     }
 
-    fn check(&self) -> std::result::Result<(), String> {
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
         if self.chunker.algorithm != "fastcdc-2020" {
             return Err(format!("unknown chunker {:?}", self.chunker.algorithm));
         }
-        self.chunker_params()
-            .validate()
-            .map_err(|e| e.to_string())?;
-        if !(64 * 1024..=64 * 1024 * 1024).contains(&self.extent_size)
-            || !self.extent_size.is_power_of_two()
-        {
-            return Err(format!(
-                "extent size {} is not a power of two between 64 KiB and 64 MiB",
-                self.extent_size
-            ));
+        self.chunker_params().validate().map_err(|e| e.to_string())?;
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&self.extent_size) || !self.extent_size.is_power_of_two() {
+            return Err(format!("extent size {} is not a power of two between 64 KiB and 64 MiB", self.extent_size));
         }
         if self.chunker.max > self.extent_size {
             return Err("chunker max is larger than the extent size".into());
@@ -114,18 +97,15 @@ impl StoreConfig {
             ("blake3", None) | ("blake3-keyed", Some(_)) => {}
             (h, _) => return Err(format!("hash {h:?} does not fit the encryption setting")),
         }
+        if !(-7..=22).contains(&self.compression.level) {
+            return Err(format!("zstd level {} is outside -7..=22", self.compression.level));
+        }
         if !matches!(self.compression.algorithm.as_str(), "zstd" | "none") {
-            return Err(format!(
-                "unknown compression {:?}",
-                self.compression.algorithm
-            ));
+            return Err(format!("unknown compression {:?}", self.compression.algorithm));
         }
         if let Some(e) = &self.encryption {
             if e.cipher != "xchacha20-poly1305" || e.kdf != "argon2id" {
-                return Err(format!(
-                    "unknown cipher {:?} or key derivation {:?}",
-                    e.cipher, e.kdf
-                ));
+                return Err(format!("unknown cipher {:?} or key derivation {:?}", e.cipher, e.kdf));
             }
         }
         Ok(())
@@ -153,12 +133,7 @@ impl EncryptionConfig {
         hex::decode_to_slice(&self.key_nonce, &mut nonce).map_err(|e| format!("key nonce: {e}"))?;
         let ciphertext = hex::decode(&self.wrapped_key).map_err(|e| format!("wrapped key: {e}"))?;
         Ok(WrappedKey {
-            kdf: KdfParams {
-                m_cost_kib: self.m_cost_kib,
-                t_cost: self.t_cost,
-                p_cost: self.p_cost,
-                salt,
-            },
+            kdf: KdfParams { m_cost_kib: self.m_cost_kib, t_cost: self.t_cost, p_cost: self.p_cost, salt },
             nonce,
             ciphertext,
         })

@@ -19,11 +19,7 @@ pub struct DiskMap {
 
 impl DiskMap {
     pub fn empty(size: u64, extent_size: u32) -> DiskMap {
-        DiskMap {
-            size,
-            extent_size,
-            extents: vec![BlobId::HOLE; extent_count(size, extent_size) as usize],
-        }
+        DiskMap { size, extent_size, extents: vec![BlobId::HOLE; extent_count(size, extent_size) as usize] }
     }
 
     /// Length of extent `i` (the last may be short).
@@ -45,10 +41,7 @@ impl DiskMap {
     }
 
     pub fn decode(id: &BlobId, bytes: &[u8]) -> Result<DiskMap, DedupeError> {
-        let bad = |cause: &str| DedupeError::Damaged {
-            id: *id,
-            cause: format!("disk map: {cause}"),
-        };
+        let bad = |cause: &str| DedupeError::Damaged { id: *id, cause: format!("disk map: {cause}") };
         if bytes.len() < HEADER {
             return Err(bad("shorter than its header"));
         }
@@ -64,15 +57,8 @@ impl DiskMap {
         {
             return Err(bad("size, extent size and entry count disagree"));
         }
-        let extents = bytes[HEADER..]
-            .chunks_exact(32)
-            .map(|e| BlobId(e.try_into().unwrap()))
-            .collect();
-        Ok(DiskMap {
-            size,
-            extent_size,
-            extents,
-        })
+        let extents = bytes[HEADER..].chunks_exact(32).map(|e| BlobId(e.try_into().unwrap())).collect();
+        Ok(DiskMap { size, extent_size, extents })
     }
 }
 

@@ -10,35 +10,21 @@ pub enum StoreError {
     #[error("{path} already holds a Holdfast store")]
     AlreadyAStore { path: PathBuf },
     #[error("{what} has format version {found}; this Holdfast reads version {supported}")]
-    UnsupportedVersion {
-        what: String,
-        found: u32,
-        supported: u32,
-    },
+    UnsupportedVersion { what: String, found: u32, supported: u32 },
     #[error("store configuration {path} is damaged: {cause}")]
     ConfigDamaged { path: PathBuf, cause: String },
-    #[error(
-        "store {path} is encrypted: give its passphrase (--passphrase-file or HOLDFAST_PASSPHRASE)"
-    )]
+    #[error("store {path} is encrypted: give its passphrase (--passphrase-file or HOLDFAST_PASSPHRASE)")]
     KeyNeeded { path: PathBuf },
     #[error("no restore point {point} in this store")]
     PointNotFound { point: String },
     #[error("restore point {point}: manifest {path} is damaged: {cause}")]
-    ManifestDamaged {
-        point: String,
-        path: PathBuf,
-        cause: String,
-    },
+    ManifestDamaged { point: String, path: PathBuf, cause: String },
     #[error("restore point {point} is locked (immutable) until {until}; it cannot be deleted or changed")]
     Locked { point: String, until: String },
     #[error("restore point {point} is the base of a running backup; try again when it ends")]
     InUse { point: String },
     #[error("invalid {what} {value:?}: {why}")]
-    InvalidName {
-        what: &'static str,
-        value: String,
-        why: &'static str,
-    },
+    InvalidName { what: &'static str, value: String, why: &'static str },
     #[error("restore point {point}: {source}")]
     PointBlob {
         point: String,
@@ -61,10 +47,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            what: what.into(),
-            source,
-        }
+        StoreError::Io { what: what.into(), source }
     }
 }
 

@@ -10,11 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Takes an flock on `file`. Ok(false) when `nonblocking` and someone else holds it.
 pub fn flock(file: &File, exclusive: bool, nonblocking: bool) -> std::io::Result<bool> {
-    let mut op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    };
+    let mut op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
     if nonblocking {
         op |= libc::LOCK_NB;
     }
@@ -44,35 +40,21 @@ impl WriterRegistration {
     pub fn register(root: &Path) -> Result<WriterRegistration> {
         let id = format!("{}-{}", std::process::id(), random_hex(6));
         let dir = root.join("locks").join("writers");
-        fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let lock_path = dir.join(&id);
         let started = SystemTime::now();
         let mut file = OpenOptions::new()
             .create_new(true)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| {
-                StoreError::io(format!("creating writer lock {}", lock_path.display()), e)
-            })?;
-        flock(&file, true, false)
-            .map_err(|e| StoreError::io(format!("locking {}", lock_path.display()), e))?;
-        let nanos = started
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
+            .map_err(|e| StoreError::io(format!("creating writer lock {}", lock_path.display()), e))?;
+        flock(&file, true, false).map_err(|e| StoreError::io(format!("locking {}", lock_path.display()), e))?;
+        let nanos = started.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
         file.write_all(nanos.to_string().as_bytes())
             .map_err(|e| StoreError::io(format!("writing {}", lock_path.display()), e))?;
         let tmp_dir = root.join("tmp").join(&id);
-        fs::create_dir_all(&tmp_dir)
-            .map_err(|e| StoreError::io(format!("creating {}", tmp_dir.display()), e))?;
-        Ok(WriterRegistration {
-            id,
-            started,
-            tmp_dir,
-            lock_path,
-            _file: file,
-        })
+        fs::create_dir_all(&tmp_dir).map_err(|e| StoreError::io(format!("creating {}", tmp_dir.display()), e))?;
+        Ok(WriterRegistration { id, started, tmp_dir, lock_path, _file: file })
     }
 }
 
@@ -98,9 +80,7 @@ pub fn active_writers(root: &Path) -> Result<Vec<SystemTime>> {
         let Ok(file) = File::open(&path) else {
             continue;
         };
-        if flock(&file, false, true)
-            .map_err(|e| StoreError::io(format!("probing {}", path.display()), e))?
-        {
+        if flock(&file, false, true).map_err(|e| StoreError::io(format!("probing {}", path.display()), e))? {
             // Nobody holds it: a writer that died. Clear what it left.
             let _ = fs::remove_dir_all(root.join("tmp").join(entry.file_name()));
             let _ = fs::remove_file(&path);
@@ -139,11 +119,7 @@ pub fn set_immutable(path: &Path, on: bool) -> bool {
         if libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) != 0 {
             return false;
         }
-        let want = if on {
-            flags | FS_IMMUTABLE_FL
-        } else {
-            flags & !FS_IMMUTABLE_FL
-        };
+        let want = if on { flags | FS_IMMUTABLE_FL } else { flags & !FS_IMMUTABLE_FL };
         if want == flags {
             return true;
         }
@@ -153,19 +129,13 @@ pub fn set_immutable(path: &Path, on: bool) -> bool {
 
 pub fn set_read_only(path: &Path, read_only: bool) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(
-        path,
-        fs::Permissions::from_mode(if read_only { 0o444 } else { 0o644 }),
-    )
+    fs::set_permissions(path, fs::Permissions::from_mode(if read_only { 0o444 } else { 0o644 }))
 }
 
 /// Writes `bytes` to `dest` atomically and durably: staged in `tmp`, fsynced, renamed, and the
 /// directory fsynced.
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = tmp_dir.join(format!("{name}.{}", random_hex(4)));
     let io = |what: &str, e| StoreError::io(format!("{what} {}", dest.display()), e);
     let result = (|| {
@@ -174,9 +144,7 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all().map_err(|e| io("syncing", e))?;
         fs::rename(&tmp, dest).map_err(|e| io("committing", e))?;
         if let Some(parent) = dest.parent() {
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("syncing the directory of", e))?;
+            File::open(parent).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))?;
         }
         Ok(())
     })();

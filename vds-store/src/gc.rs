@@ -43,22 +43,14 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(|e| StoreError::io(format!("opening {}", lock_path.display()), e))?;
-        if !flock(&lock, true, true)
-            .map_err(|e| StoreError::io(format!("locking {}", lock_path.display()), e))?
-        {
+        if !flock(&lock, true, true).map_err(|e| StoreError::io(format!("locking {}", lock_path.display()), e))? {
             return Err(StoreError::GcRunning);
         }
         let start = SystemTime::now();
-        let oldest_writer = active_writers(self.root())?
-            .into_iter()
-            .min()
-            .unwrap_or(start);
+        let oldest_writer = active_writers(self.root())?.into_iter().min().unwrap_or(start);
         let cutoff = start.min(oldest_writer) - CLOCK_MARGIN;
 
-        let mut report = GcReport {
-            dry_run,
-            ..Default::default()
-        };
+        let mut report = GcReport { dry_run, ..Default::default() };
         let mut reachable: HashSet<BlobId> = HashSet::new();
         let mut records_seen: HashSet<BlobId> = HashSet::new();
         let mut points_seen: HashSet<(String, String)> = HashSet::new();
@@ -77,14 +69,7 @@ impl Store {
                 }
                 new += 1;
                 for disk in &p.manifest.disks {
-                    self.mark_disk(
-                        &p.point_id,
-                        disk,
-                        dry_run,
-                        &mut reachable,
-                        &mut records_seen,
-                        &mut report,
-                    )?;
+                    self.mark_disk(&p.point_id, disk, dry_run, &mut reachable, &mut records_seen, &mut report)?;
                 }
             }
             if new == 0 {
@@ -140,18 +125,15 @@ impl Store {
             }
             Ok(present)
         };
-        let map_id = BlobId::from_hex(&disk.map)
-            .ok_or_else(|| StoreError::Invalid(format!("point {point}: bad map id")))?;
+        let map_id =
+            BlobId::from_hex(&disk.map).ok_or_else(|| StoreError::Invalid(format!("point {point}: bad map id")))?;
         if !mark(&map_id, report)? {
             return Ok(());
         }
         // The walk needs the maps and records decoded; an encrypted store opened without its key
         // cannot collect garbage.
         self.require_key()?;
-        let map = match chunks
-            .read(&map_id, BlobKind::DiskMap)
-            .and_then(|b| DiskMap::decode(&map_id, &b))
-        {
+        let map = match chunks.read(&map_id, BlobKind::DiskMap).and_then(|b| DiskMap::decode(&map_id, &b)) {
             Ok(m) => m,
             Err(e) => return Err(unreadable(point, e)),
         };
@@ -162,10 +144,7 @@ impl Store {
             if !mark(rid, report)? {
                 continue;
             }
-            let record = match chunks
-                .read(rid, BlobKind::ExtentRecord)
-                .and_then(|b| ExtentRecord::decode(rid, &b))
-            {
+            let record = match chunks.read(rid, BlobKind::ExtentRecord).and_then(|b| ExtentRecord::decode(rid, &b)) {
                 Ok(r) => r,
                 Err(e) => return Err(unreadable(point, e)),
             };

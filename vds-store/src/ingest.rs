@@ -41,18 +41,13 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn open(path: &Path) -> Result<FileSource> {
-        let file = File::open(path)
-            .map_err(|e| StoreError::io(format!("opening disk image {}", path.display()), e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        let file = File::open(path).map_err(|e| StoreError::io(format!("opening disk image {}", path.display()), e))?;
+        let meta = file.metadata().map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
         let size = if meta.is_file() {
             meta.len()
         } else {
             use std::io::{Seek, SeekFrom};
-            (&file)
-                .seek(SeekFrom::End(0))
-                .map_err(|e| StoreError::io(format!("sizing {}", path.display()), e))?
+            (&file).seek(SeekFrom::End(0)).map_err(|e| StoreError::io(format!("sizing {}", path.display()), e))?
         };
         Ok(FileSource {
             file,
@@ -77,13 +72,7 @@ impl DiskSource for FileSource {
             return Ok(false);
         }
         // SAFETY: lseek on our own descriptor; reads are positional (pread), so moving the offset is harmless.
-        let next = unsafe {
-            libc::lseek(
-                self.file.as_raw_fd(),
-                offset as libc::off_t,
-                libc::SEEK_DATA,
-            )
-        };
+        let next = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
         if next < 0 {
             let e = std::io::Error::last_os_error();
             return match e.raw_os_error() {
@@ -134,98 +123,63 @@ struct Parent {
 }
 
 impl Store {
-    pub fn ingest(
-        &self,
-        req: IngestRequest,
-        progress: &mut dyn FnMut(&IngestProgress),
-    ) -> Result<RestorePoint> {
+    pub fn ingest(&self, req: IngestRequest, progress: &mut dyn FnMut(&IngestProgress)) -> Result<RestorePoint> {
         self.require_key()?;
         validate_key("VM key", &req.vm.key)?;
         let mut keys = std::collections::HashSet::new();
         for d in &req.disks {
             validate_key("disk key", &d.key)?;
             if !keys.insert(d.key.clone()) {
-                return Err(StoreError::Invalid(format!(
-                    "disk {} is given twice",
-                    d.key
-                )));
+                return Err(StoreError::Invalid(format!("disk {} is given twice", d.key)));
             }
         }
         if req.disks.is_empty() {
-            return Err(StoreError::Invalid(format!(
-                "VM {}: no disks to back up",
-                req.vm.key
-            )));
+            return Err(StoreError::Invalid(format!("VM {}: no disks to back up", req.vm.key)));
         }
         let writer = WriterRegistration::register(self.root())?;
-        let chunks = self.chunks().with_tmp(writer.tmp_dir.clone());
+        let chunks = self.chunks();
         let started = Utc::now();
 
         let (parent, parent_reason) = match (req.backup_type, &req.parent) {
             (BackupType::Full, _) => (None, None),
-            (_, None) => (
-                None,
-                Some("no earlier restore point to compare against".to_string()),
-            ),
+            (_, None) => (None, Some("no earlier restore point to compare against".to_string())),
             (_, Some(pid)) => match self.lock_parent(&req.vm.key, pid) {
                 Ok(p) => (Some(p), None),
-                Err(StoreError::PointNotFound { .. }) => {
-                    (None, Some(format!("base point {pid} no longer exists")))
-                }
-                Err(e @ StoreError::ManifestDamaged { .. }) => {
-                    (None, Some(format!("base point unreadable: {e}")))
-                }
+                Err(StoreError::PointNotFound { .. }) => (None, Some(format!("base point {pid} no longer exists"))),
+                Err(e @ StoreError::ManifestDamaged { .. }) => (None, Some(format!("base point unreadable: {e}"))),
                 Err(e) => return Err(e),
             },
         };
 
         let es = self.config().extent_size;
-        let pipeline = Pipeline::new(
-            &chunks,
-            self.config().chunker_params(),
-            es as usize,
-            req.threads,
-        );
+        let pipeline = Pipeline::new(chunks, self.config().chunker_params(), es as usize, req.threads);
         let mut disks = Vec::new();
         let mut stats = PointStats::default();
         let mut used_parent = false;
         for mut disk in req.disks {
             let size = disk.source.size();
             let count = extent_count(size, es);
-            let parent_disk = parent
-                .as_ref()
-                .and_then(|p| p.point.disks.iter().find(|d| d.key == disk.key));
-            let (mut map, to_read, full_reason): (DiskMap, Vec<u64>, Option<String>) =
-                match parent_disk {
-                    _ if req.backup_type == BackupType::Full => {
-                        (DiskMap::empty(size, es), (0..count).collect(), None)
-                    }
-                    None if parent.is_some() => (
-                        DiskMap::empty(size, es),
-                        (0..count).collect(),
-                        Some("new disk: not in the base point".into()),
-                    ),
-                    None => (
-                        DiskMap::empty(size, es),
-                        (0..count).collect(),
-                        parent_reason.clone(),
-                    ),
-                    Some(pd) if pd.size != size => (
-                        DiskMap::empty(size, es),
-                        (0..count).collect(),
-                        Some(format!("disk resized from {} to {} bytes", pd.size, size)),
-                    ),
-                    Some(_) if disk.changed.is_none() => (
-                        DiskMap::empty(size, es),
-                        (0..count).collect(),
-                        Some("no changed-block list was given".into()),
-                    ),
-                    Some(pd) => {
-                        let map = self.read_disk_map(&req.vm.key, pd)?;
-                        let ranges = disk.changed.as_deref().unwrap_or_default();
-                        (map, changed_extents(&disk.key, ranges, size, es)?, None)
-                    }
-                };
+            let parent_disk = parent.as_ref().and_then(|p| p.point.disks.iter().find(|d| d.key == disk.key));
+            let (mut map, to_read, full_reason): (DiskMap, Vec<u64>, Option<String>) = match parent_disk {
+                _ if req.backup_type == BackupType::Full => (DiskMap::empty(size, es), (0..count).collect(), None),
+                None if parent.is_some() => {
+                    (DiskMap::empty(size, es), (0..count).collect(), Some("new disk: not in the base point".into()))
+                }
+                None => (DiskMap::empty(size, es), (0..count).collect(), parent_reason.clone()),
+                Some(pd) if pd.size != size => (
+                    DiskMap::empty(size, es),
+                    (0..count).collect(),
+                    Some(format!("disk resized from {} to {} bytes", pd.size, size)),
+                ),
+                Some(_) if disk.changed.is_none() => {
+                    (DiskMap::empty(size, es), (0..count).collect(), Some("no changed-block list was given".into()))
+                }
+                Some(pd) => {
+                    let map = self.read_disk_map(&req.vm.key, pd)?;
+                    let ranges = disk.changed.as_deref().unwrap_or_default();
+                    (map, changed_extents(&disk.key, ranges, size, es)?, None)
+                }
+            };
             let disk_type = if full_reason.is_none() && req.backup_type != BackupType::Full {
                 used_parent = true;
                 req.backup_type
@@ -244,12 +198,7 @@ impl Store {
                     |i, buf| {
                         let offset = i * es as u64;
                         let len = (map_size - offset).min(es as u64) as usize;
-                        let io = |e| {
-                            DedupeError::io(
-                                format!("reading disk {key} ({described}) at offset {offset}"),
-                                e,
-                            )
-                        };
+                        let io = |e| DedupeError::io(format!("reading disk {key} ({described}) at offset {offset}"), e);
                         if source.is_unallocated(offset, len as u64).map_err(io)? {
                             return Ok(ExtentData::Hole);
                         }
@@ -262,22 +211,14 @@ impl Store {
                             ExtentOutcome::Record(id) => id,
                         };
                         done_bytes += map.extent_len(i) as u64;
-                        progress(&IngestProgress {
-                            disk: disk.key.clone(),
-                            done_bytes,
-                            total_bytes,
-                        });
+                        progress(&IngestProgress { disk: disk.key.clone(), done_bytes, total_bytes });
                         Ok(())
                     },
                 )
-                .map_err(|e| {
-                    StoreError::Invalid(format!("VM {} disk {}: {e}", req.vm.key, disk.key))
-                })?;
+                .map_err(|e| StoreError::Invalid(format!("VM {} disk {}: {e}", req.vm.key, disk.key)))?;
             let (map_id, ins) = chunks.insert(BlobKind::DiskMap, &map.encode())?;
-            let allocated_bytes = (0..count)
-                .filter(|&i| !map.extents[i as usize].is_hole())
-                .map(|i| map.extent_len(i) as u64)
-                .sum();
+            let allocated_bytes =
+                (0..count).filter(|&i| !map.extents[i as usize].is_hole()).map(|i| map.extent_len(i) as u64).sum();
             stats.read_bytes += s.bytes_read;
             stats.zero_bytes += s.zero_bytes;
             stats.new_chunks += s.chunks_new;
@@ -297,25 +238,13 @@ impl Store {
             });
         }
 
-        let point_id = format!(
-            "{}-{}",
-            started.format("%Y%m%dT%H%M%S%.6fZ"),
-            crate::fslock::random_hex(4)
-        );
+        let point_id = format!("{}-{}", started.format("%Y%m%dT%H%M%S%.6fZ"), crate::fslock::random_hex(4));
         let point = RestorePoint {
             point_id: point_id.clone(),
             store_id: self.config().store_id.clone(),
             vm: req.vm,
-            backup_type: if used_parent {
-                req.backup_type
-            } else {
-                BackupType::Full
-            },
-            parent: if used_parent {
-                parent.as_ref().map(|p| p.point.point_id.clone())
-            } else {
-                None
-            },
+            backup_type: if used_parent { req.backup_type } else { BackupType::Full },
+            parent: if used_parent { parent.as_ref().map(|p| p.point.point_id.clone()) } else { None },
             started,
             finished: Utc::now(),
             disks,
@@ -330,15 +259,10 @@ impl Store {
         dedupe::chunk_store::sync_filesystem(self.root())?;
         let vm = &point.vm.key;
         let dir = self.vm_dir(vm);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let labels_path = self.labels_path(vm, &point.point_id);
         if *labels != Labels::default() {
-            write_atomic(
-                tmp,
-                &labels_path,
-                &serde_json::to_vec_pretty(labels).expect("labels serialise"),
-            )?;
+            write_atomic(tmp, &labels_path, &serde_json::to_vec_pretty(labels).expect("labels serialise"))?;
         }
         let manifest = self.manifest_path(vm, &point.point_id);
         write_atomic(tmp, &manifest, &point.encode())?;
@@ -356,57 +280,34 @@ impl Store {
         let path = self.manifest_path(vm, point);
         let file = File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::PointNotFound {
-                    point: point.into(),
-                }
+                StoreError::PointNotFound { point: point.into() }
             } else {
                 StoreError::io(format!("opening {}", path.display()), e)
             }
         })?;
-        flock(&file, false, false)
-            .map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?;
+        flock(&file, false, false).map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?;
         // A delete may have unlinked the file between our open and our lock.
-        let held = file
-            .metadata()
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        let held = file.metadata().map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
         match std::fs::metadata(&path) {
             Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {}
-            _ => {
-                return Err(StoreError::PointNotFound {
-                    point: point.into(),
-                })
-            }
+            _ => return Err(StoreError::PointNotFound { point: point.into() }),
         }
         let mut bytes = Vec::new();
         use std::io::Read;
-        (&file)
-            .read_to_end(&mut bytes)
-            .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
+        (&file).read_to_end(&mut bytes).map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
         let p = RestorePoint::decode(point, &path, &bytes)?;
-        Ok(Parent {
-            point: p,
-            _lock: file,
-        })
+        Ok(Parent { point: p, _lock: file })
     }
 
     pub fn read_disk_map(&self, point: &str, disk: &PointDisk) -> Result<DiskMap> {
-        let id = BlobId::from_hex(&disk.map).ok_or_else(|| {
-            StoreError::Invalid(format!(
-                "point {point} disk {}: map id is not hex",
-                disk.key
-            ))
-        })?;
+        let id = BlobId::from_hex(&disk.map)
+            .ok_or_else(|| StoreError::Invalid(format!("point {point} disk {}: map id is not hex", disk.key)))?;
         let bytes = self
             .chunks()
             .read(&id, BlobKind::DiskMap)
-            .map_err(|source| StoreError::PointBlob {
-                point: point.into(),
-                source,
-            })?;
-        let map = DiskMap::decode(&id, &bytes).map_err(|source| StoreError::PointBlob {
-            point: point.into(),
-            source,
-        })?;
+            .map_err(|source| StoreError::PointBlob { point: point.into(), source })?;
+        let map =
+            DiskMap::decode(&id, &bytes).map_err(|source| StoreError::PointBlob { point: point.into(), source })?;
         if map.size != disk.size || map.extent_size != disk.extent_size {
             return Err(StoreError::Invalid(format!(
                 "point {point} disk {}: map does not match the manifest's size",
@@ -444,13 +345,7 @@ mod tests {
     #[test]
     fn changed_ranges_map_to_extents() {
         let es = 1 << 20;
-        let got = changed_extents(
-            "d",
-            &[0..1, (1 << 20) - 1..(1 << 20) + 1, 5 << 20..5 << 20],
-            8 << 20,
-            es,
-        )
-        .unwrap();
+        let got = changed_extents("d", &[0..1, (1 << 20) - 1..(1 << 20) + 1, 5 << 20..5 << 20], 8 << 20, es).unwrap();
         assert_eq!(got, vec![0, 1]);
         let past_the_end = 0..(9 << 20);
         assert!(changed_extents("d", std::slice::from_ref(&past_the_end), 8 << 20, es).is_err());

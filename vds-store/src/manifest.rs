@@ -104,37 +104,22 @@ impl Labels {
 impl RestorePoint {
     pub fn encode(&self) -> Vec<u8> {
         let body = serde_json::to_vec_pretty(self).expect("a point serialises");
-        let mut out = format!(
-            "{POINT_FORMAT} {POINT_VERSION} blake3={}\n",
-            blake3::hash(&body).to_hex()
-        )
-        .into_bytes();
+        let mut out = format!("{POINT_FORMAT} {POINT_VERSION} blake3={}\n", blake3::hash(&body).to_hex()).into_bytes();
         out.extend_from_slice(&body);
         out
     }
 
     pub fn decode(point: &str, path: &Path, bytes: &[u8]) -> Result<RestorePoint> {
-        let damaged = |cause: String| StoreError::ManifestDamaged {
-            point: point.to_string(),
-            path: path.to_path_buf(),
-            cause,
-        };
-        let nl = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| damaged("no header line".into()))?;
-        let header =
-            std::str::from_utf8(&bytes[..nl]).map_err(|_| damaged("header is not text".into()))?;
+        let damaged =
+            |cause: String| StoreError::ManifestDamaged { point: point.to_string(), path: path.to_path_buf(), cause };
+        let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| damaged("no header line".into()))?;
+        let header = std::str::from_utf8(&bytes[..nl]).map_err(|_| damaged("header is not text".into()))?;
         let mut parts = header.split(' ');
         if parts.next() != Some(POINT_FORMAT) {
-            return Err(damaged(format!(
-                "header does not start with {POINT_FORMAT:?}"
-            )));
+            return Err(damaged(format!("header does not start with {POINT_FORMAT:?}")));
         }
-        let version: u32 = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| damaged("no version in header".into()))?;
+        let version: u32 =
+            parts.next().and_then(|v| v.parse().ok()).ok_or_else(|| damaged("no version in header".into()))?;
         if version != POINT_VERSION {
             return Err(StoreError::UnsupportedVersion {
                 what: format!("restore point {point}"),
@@ -162,12 +147,7 @@ mod tests {
         RestorePoint {
             point_id: "20261122T040000Z-00000001".into(),
             store_id: "s".into(),
-            vm: VmDescription {
-                key: "vm1".into(),
-                name: "vm1".into(),
-                platform: "raw".into(),
-                ..Default::default()
-            },
+            vm: VmDescription { key: "vm1".into(), name: "vm1".into(), platform: "raw".into(), ..Default::default() },
             backup_type: BackupType::Full,
             parent: None,
             started: Utc::now(),
@@ -187,15 +167,8 @@ mod tests {
             RestorePoint::decode("x", path, &bytes[..bytes.len() - 3]),
             Err(StoreError::ManifestDamaged { .. })
         ));
-        assert!(matches!(
-            RestorePoint::decode("x", path, b"garbage"),
-            Err(StoreError::ManifestDamaged { .. })
-        ));
-        let newer = String::from_utf8(bytes.clone()).unwrap().replacen(
-            "holdfast-point 1",
-            "holdfast-point 9",
-            1,
-        );
+        assert!(matches!(RestorePoint::decode("x", path, b"garbage"), Err(StoreError::ManifestDamaged { .. })));
+        let newer = String::from_utf8(bytes.clone()).unwrap().replacen("holdfast-point 1", "holdfast-point 9", 1);
         assert!(matches!(
             RestorePoint::decode("x", path, newer.as_bytes()),
             Err(StoreError::UnsupportedVersion { found: 9, .. })

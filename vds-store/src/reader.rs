@@ -58,8 +58,7 @@ impl Cache {
         }
         if self.bytes > CACHE_BYTES {
             // Evict the least recently used quarter in one pass.
-            let mut ticks: Vec<(u64, BlobId)> =
-                self.entries.iter().map(|(k, (_, t))| (*t, *k)).collect();
+            let mut ticks: Vec<(u64, BlobId)> = self.entries.iter().map(|(k, (_, t))| (*t, *k)).collect();
             ticks.sort_unstable();
             for (_, k) in ticks {
                 if self.bytes <= CACHE_BYTES * 3 / 4 {
@@ -89,9 +88,7 @@ impl Store {
             .disks
             .iter()
             .find(|d| d.key == disk)
-            .ok_or_else(|| {
-                StoreError::Invalid(format!("restore point {point} has no disk {disk:?}"))
-            })?;
+            .ok_or_else(|| StoreError::Invalid(format!("restore point {point} has no disk {disk:?}")))?;
         let map = self.read_disk_map(point, pd)?;
         Ok(DiskReader {
             inner: Arc::new(Inner {
@@ -110,20 +107,14 @@ impl Store {
 
 impl Inner {
     fn blob_err(&self, source: dedupe::DedupeError) -> StoreError {
-        StoreError::PointBlob {
-            point: format!("{} disk {}", self.point, self.disk),
-            source,
-        }
+        StoreError::PointBlob { point: format!("{} disk {}", self.point, self.disk), source }
     }
 
     fn record(&self, id: &BlobId) -> Result<Arc<ExtentRecord>> {
         if let Some(r) = self.records.lock().expect("records lock").get(id) {
             return Ok(r.clone());
         }
-        let bytes = self
-            .chunks
-            .read(id, BlobKind::ExtentRecord)
-            .map_err(|e| self.blob_err(e))?;
+        let bytes = self.chunks.read(id, BlobKind::ExtentRecord).map_err(|e| self.blob_err(e))?;
         let rec = Arc::new(ExtentRecord::decode(id, &bytes).map_err(|e| self.blob_err(e))?);
         let mut records = self.records.lock().expect("records lock");
         if records.len() > 4096 {
@@ -137,15 +128,8 @@ impl Inner {
         if let Some(c) = self.cache.lock().expect("cache lock").get(id) {
             return Ok(c);
         }
-        let data = Arc::new(
-            self.chunks
-                .read(id, BlobKind::Chunk)
-                .map_err(|e| self.blob_err(e))?,
-        );
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .put(*id, data.clone());
+        let data = Arc::new(self.chunks.read(id, BlobKind::Chunk).map_err(|e| self.blob_err(e))?);
+        self.cache.lock().expect("cache lock").put(*id, data.clone());
         Ok(data)
     }
 
@@ -231,18 +215,15 @@ impl DiskReader {
     /// Reads `buf.len()` bytes at `offset`; ranges past the end are an error.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let inner = &self.inner;
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= inner.map.size)
-            .ok_or_else(|| {
-                StoreError::Invalid(format!(
-                    "point {} disk {}: read of {} bytes at {offset} is past the end ({} bytes)",
-                    inner.point,
-                    inner.disk,
-                    buf.len(),
-                    inner.map.size
-                ))
-            })?;
+        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= inner.map.size).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "point {} disk {}: read of {} bytes at {offset} is past the end ({} bytes)",
+                inner.point,
+                inner.disk,
+                buf.len(),
+                inner.map.size
+            ))
+        })?;
         let es = inner.map.extent_size as u64;
         let mut pos = offset;
         while pos < end {
@@ -261,12 +242,7 @@ impl DiskReader {
     }
 
     /// Writes the disk to `out` as a sparse raw file: holes and zero chunks are not written.
-    pub fn export(
-        &self,
-        out: &File,
-        threads: usize,
-        progress: &(dyn Fn(u64, u64) + Sync),
-    ) -> Result<ExportStats> {
+    pub fn export(&self, out: &File, threads: usize, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<ExportStats> {
         let inner = &self.inner;
         out.set_len(0)
             .and_then(|()| out.set_len(inner.map.size))
@@ -301,10 +277,7 @@ impl DiskReader {
         if let Some(e) = failure.into_inner().expect("failure lock") {
             return Err(e);
         }
-        Ok(ExportStats {
-            size: total,
-            data_bytes: data_bytes.into_inner(),
-        })
+        Ok(ExportStats { size: total, data_bytes: data_bytes.into_inner() })
     }
 
     fn export_extent(&self, out: &File, index: u64) -> Result<u64> {
@@ -319,10 +292,7 @@ impl DiskReader {
         for c in &record.chunks {
             if !c.id.is_hole() {
                 // Streamed, not cached: an export reads each chunk once.
-                let data = inner
-                    .chunks
-                    .read(&c.id, BlobKind::Chunk)
-                    .map_err(|e| inner.blob_err(e))?;
+                let data = inner.chunks.read(&c.id, BlobKind::Chunk).map_err(|e| inner.blob_err(e))?;
                 if data.len() != c.len as usize {
                     return Err(StoreError::Invalid(format!(
                         "point {}: chunk {} has the wrong length",

@@ -56,15 +56,10 @@ pub struct PruneDecision {
 
 impl RetentionPolicy {
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("keep-days", self.keep_days),
-            ("keep-weeks", self.keep_weeks),
-        ] {
+        for (name, v) in [("keep-days", self.keep_days), ("keep-weeks", self.keep_weeks)] {
             if let Some(n) = v {
                 if n > 64 {
-                    return Err(StoreError::Invalid(format!(
-                        "{name} is {n}; it must be between 0 and 64"
-                    )));
+                    return Err(StoreError::Invalid(format!("{name} is {n}; it must be between 0 and 64")));
                 }
             }
         }
@@ -77,9 +72,7 @@ impl RetentionPolicy {
         ] {
             if let Some(n) = v {
                 if !(1..=100_000).contains(&n) {
-                    return Err(StoreError::Invalid(format!(
-                        "{name} is {n}; it must be between 1 and 100000"
-                    )));
+                    return Err(StoreError::Invalid(format!("{name} is {n}; it must be between 1 and 100000")));
                 }
             }
         }
@@ -91,11 +84,7 @@ impl RetentionPolicy {
     }
 
     /// Decides for the points of one VM, as of `now`, in `now`'s time zone.
-    pub fn plan<Tz: TimeZone>(
-        &self,
-        points: &[PointInfo],
-        now: DateTime<Tz>,
-    ) -> Vec<PruneDecision> {
+    pub fn plan<Tz: TimeZone>(&self, points: &[PointInfo], now: DateTime<Tz>) -> Vec<PruneDecision> {
         let tz = now.timezone();
         let mut order: Vec<&PointInfo> = points.iter().collect();
         order.sort_by(|a, b| b.time.cmp(&a.time).then(b.point_id.cmp(&a.point_id)));
@@ -129,12 +118,8 @@ impl RetentionPolicy {
         }
         let gfs: [(&str, Option<u32>, &PeriodOf); 4] = [
             ("keep-daily", self.keep_daily, &|d| (d.year(), d.ordinal())),
-            ("keep-weekly", self.keep_weekly, &|d| {
-                (d.iso_week().year(), d.iso_week().week())
-            }),
-            ("keep-monthly", self.keep_monthly, &|d| {
-                (d.year(), d.month())
-            }),
+            ("keep-weekly", self.keep_weekly, &|d| (d.iso_week().year(), d.iso_week().week())),
+            ("keep-monthly", self.keep_monthly, &|d| (d.year(), d.month())),
             ("keep-yearly", self.keep_yearly, &|d| (d.year(), 0)),
         ];
         for (name, n, period) in gfs {
@@ -162,13 +147,7 @@ impl RetentionPolicy {
                 if !keep {
                     why.push("outside every keep rule".into());
                 }
-                PruneDecision {
-                    vm: p.vm.clone(),
-                    point_id: p.point_id.clone(),
-                    time: p.time,
-                    keep,
-                    reasons: why,
-                }
+                PruneDecision { vm: p.vm.clone(), point_id: p.point_id.clone(), time: p.time, keep, reasons: why }
             })
             .collect()
     }
@@ -177,12 +156,7 @@ impl RetentionPolicy {
 impl Store {
     /// Applies a policy to every VM (or one). Dry run: decides and deletes nothing. A point that
     /// cannot be deleted (locked, or the base of a running backup) is kept with that reason.
-    pub fn prune(
-        &self,
-        policy: &RetentionPolicy,
-        vm: Option<&str>,
-        dry_run: bool,
-    ) -> Result<Vec<PruneDecision>> {
+    pub fn prune(&self, policy: &RetentionPolicy, vm: Option<&str>, dry_run: bool) -> Result<Vec<PruneDecision>> {
         policy.validate()?;
         let vms = match vm {
             Some(v) => vec![v.to_string()],
@@ -193,12 +167,7 @@ impl Store {
             let (points, _damaged) = self.scan(Some(&vm))?;
             let infos: Vec<PointInfo> = points
                 .into_iter()
-                .map(|p| PointInfo {
-                    vm: p.vm,
-                    point_id: p.point_id,
-                    time: p.manifest.started,
-                    labels: p.labels,
-                })
+                .map(|p| PointInfo { vm: p.vm, point_id: p.point_id, time: p.manifest.started, labels: p.labels })
                 .collect();
             for mut d in policy.plan(&infos, Local::now()) {
                 if !d.keep && !dry_run {
@@ -242,12 +211,7 @@ mod tests {
 
     fn kept(policy: &RetentionPolicy, pts: &[PointInfo], now: &str) -> Vec<String> {
         let now = DateTime::parse_from_rfc3339(now).unwrap();
-        let mut k: Vec<String> = policy
-            .plan(pts, now)
-            .into_iter()
-            .filter(|d| d.keep)
-            .map(|d| d.point_id)
-            .collect();
+        let mut k: Vec<String> = policy.plan(pts, now).into_iter().filter(|d| d.keep).map(|d| d.point_id).collect();
         k.sort();
         k
     }
@@ -255,20 +219,10 @@ mod tests {
     #[test]
     fn keep_days_zero_keeps_today_and_one_keeps_yesterday_too() {
         // 2026-11-22 is a Sunday.
-        let pts = points(&[
-            "2026-11-22T01:00:00Z",
-            "2026-11-21T23:00:00Z",
-            "2026-11-20T12:00:00Z",
-        ]);
-        let p0 = RetentionPolicy {
-            keep_days: Some(0),
-            ..Default::default()
-        };
+        let pts = points(&["2026-11-22T01:00:00Z", "2026-11-21T23:00:00Z", "2026-11-20T12:00:00Z"]);
+        let p0 = RetentionPolicy { keep_days: Some(0), ..Default::default() };
         assert_eq!(kept(&p0, &pts, "2026-11-22T10:00:00Z"), ["p0"]);
-        let p1 = RetentionPolicy {
-            keep_days: Some(1),
-            ..Default::default()
-        };
+        let p1 = RetentionPolicy { keep_days: Some(1), ..Default::default() };
         assert_eq!(kept(&p1, &pts, "2026-11-22T10:00:00Z"), ["p0", "p1"]);
     }
 
@@ -276,10 +230,7 @@ mod tests {
     fn days_are_calendar_days_in_local_time() {
         // 23:30 UTC on the 21st is already the 22nd at UTC+1.
         let pts = points(&["2026-11-21T23:30:00Z"]);
-        let p0 = RetentionPolicy {
-            keep_days: Some(0),
-            ..Default::default()
-        };
+        let p0 = RetentionPolicy { keep_days: Some(0), ..Default::default() };
         let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00+01:00").unwrap();
         assert!(p0.plan(&pts, now).iter().all(|d| d.keep));
         let utc_now = now.with_timezone(&FixedOffset::east_opt(0).unwrap());
@@ -289,21 +240,11 @@ mod tests {
     #[test]
     fn weeks_start_on_monday() {
         // Now: Wednesday 2026-11-25. This week began Monday 11-23; the previous on 11-16.
-        let pts = points(&[
-            "2026-11-23T08:00:00Z",
-            "2026-11-22T08:00:00Z",
-            "2026-11-16T08:00:00Z",
-            "2026-11-15T08:00:00Z",
-        ]);
-        let w0 = RetentionPolicy {
-            keep_weeks: Some(0),
-            ..Default::default()
-        };
+        let pts =
+            points(&["2026-11-23T08:00:00Z", "2026-11-22T08:00:00Z", "2026-11-16T08:00:00Z", "2026-11-15T08:00:00Z"]);
+        let w0 = RetentionPolicy { keep_weeks: Some(0), ..Default::default() };
         assert_eq!(kept(&w0, &pts, "2026-11-25T12:00:00Z"), ["p0"]);
-        let w1 = RetentionPolicy {
-            keep_weeks: Some(1),
-            ..Default::default()
-        };
+        let w1 = RetentionPolicy { keep_weeks: Some(1), ..Default::default() };
         assert_eq!(kept(&w1, &pts, "2026-11-25T12:00:00Z"), ["p0", "p1", "p2"]);
     }
 
@@ -316,56 +257,22 @@ mod tests {
             "2026-10-30T06:00:00Z",
             "2025-12-30T06:00:00Z",
         ]);
-        let last2 = RetentionPolicy {
-            keep_last: Some(2),
-            ..Default::default()
-        };
+        let last2 = RetentionPolicy { keep_last: Some(2), ..Default::default() };
         assert_eq!(kept(&last2, &pts, "2026-11-22T13:00:00Z"), ["p0", "p1"]);
-        let daily = RetentionPolicy {
-            keep_daily: Some(2),
-            ..Default::default()
-        };
+        let daily = RetentionPolicy { keep_daily: Some(2), ..Default::default() };
         assert_eq!(kept(&daily, &pts, "2026-11-22T13:00:00Z"), ["p0", "p2"]);
-        let monthly = RetentionPolicy {
-            keep_monthly: Some(2),
-            keep_yearly: Some(2),
-            ..Default::default()
-        };
-        assert_eq!(
-            kept(&monthly, &pts, "2026-11-22T13:00:00Z"),
-            ["p0", "p3", "p4"]
-        );
+        let monthly = RetentionPolicy { keep_monthly: Some(2), keep_yearly: Some(2), ..Default::default() };
+        assert_eq!(kept(&monthly, &pts, "2026-11-22T13:00:00Z"), ["p0", "p3", "p4"]);
         pts[4].labels.star = true;
         pts[3].labels.retain_until = Some(at("2027-01-01T00:00:00Z"));
-        assert_eq!(
-            kept(&last2, &pts, "2026-11-22T13:00:00Z"),
-            ["p0", "p1", "p3", "p4"]
-        );
-        assert_eq!(
-            kept(&RetentionPolicy::default(), &pts, "2026-11-22T13:00:00Z").len(),
-            5
-        );
+        assert_eq!(kept(&last2, &pts, "2026-11-22T13:00:00Z"), ["p0", "p1", "p3", "p4"]);
+        assert_eq!(kept(&RetentionPolicy::default(), &pts, "2026-11-22T13:00:00Z").len(), 5);
     }
 
     #[test]
     fn ranges_are_validated() {
-        assert!(RetentionPolicy {
-            keep_days: Some(65),
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
-        assert!(RetentionPolicy {
-            keep_weeks: Some(64),
-            ..Default::default()
-        }
-        .validate()
-        .is_ok());
-        assert!(RetentionPolicy {
-            keep_last: Some(0),
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
+        assert!(RetentionPolicy { keep_days: Some(65), ..Default::default() }.validate().is_err());
+        assert!(RetentionPolicy { keep_weeks: Some(64), ..Default::default() }.validate().is_ok());
+        assert!(RetentionPolicy { keep_last: Some(0), ..Default::default() }.validate().is_err());
     }
 }

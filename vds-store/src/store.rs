@@ -1,6 +1,6 @@
 //! The store on disk:
 //!   store.json                     configuration (config.rs)
-//!   blobs/<4 hex>/<64 hex>         chunks, extent records and disk maps (dedupe's chunk store)
+//!   blobs/<3 hex>/<64 hex>         chunks, extent records and disk maps (dedupe's chunk store)
 //!   points/<vm key>/<point>.point  restore point manifests (manifest.rs)
 //!   points/<vm key>/<point>.labels star and retain-until
 //!   locks/                         gc lock, running writers' registrations
@@ -58,9 +58,7 @@ pub fn validate_key(what: &'static str, value: &str) -> Result<()> {
     let ok = !value.is_empty()
         && value.len() <= 128
         && !value.starts_with('.')
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -75,14 +73,7 @@ pub fn validate_key(what: &'static str, value: &str) -> Result<()> {
 impl Store {
     pub fn init(root: &Path, opts: InitOptions) -> Result<Store> {
         if root.join(CONFIG_FILE).exists() {
-            return Err(StoreError::AlreadyAStore {
-                path: root.to_path_buf(),
-            });
-        }
-        opts.chunker.validate()?;
-        for d in ["blobs", "points", "locks", "tmp"] {
-            fs::create_dir_all(root.join(d))
-                .map_err(|e| StoreError::io(format!("creating {}", root.join(d).display()), e))?;
+            return Err(StoreError::AlreadyAStore { path: root.to_path_buf() });
         }
         let (hash, encryption) = match &opts.passphrase {
             None => ("blake3", None),
@@ -91,10 +82,7 @@ impl Store {
                 let mut kdf = KdfParams::new_random()?;
                 kdf.m_cost_kib = opts.kdf_memory_kib;
                 let wrapped = WrappedKey::wrap(&master, pass, kdf)?;
-                (
-                    "blake3-keyed",
-                    Some(EncryptionConfig::from_wrapped(&wrapped)),
-                )
+                ("blake3-keyed", Some(EncryptionConfig::from_wrapped(&wrapped)))
             }
         };
         let config = StoreConfig {
@@ -110,12 +98,15 @@ impl Store {
                 max: opts.chunker.max,
             },
             hash: hash.into(),
-            compression: CompressionConfig {
-                algorithm: "zstd".into(),
-                level: opts.zstd_level,
-            },
+            compression: CompressionConfig { algorithm: "zstd".into(), level: opts.zstd_level },
             encryption,
         };
+        // Refuse bad geometry before anything is created.
+        config.check().map_err(StoreError::Invalid)?;
+        for d in ["blobs", "points", "locks", "tmp"] {
+            fs::create_dir_all(root.join(d))
+                .map_err(|e| StoreError::io(format!("creating {}", root.join(d).display()), e))?;
+        }
         let text = serde_json::to_vec_pretty(&config).expect("config serialises");
         write_atomic(&root.join("tmp"), &root.join(CONFIG_FILE), &text)?;
         let cfg = StoreConfig::load(root)?;
@@ -132,27 +123,19 @@ impl Store {
     fn open_with(root: &Path, config: StoreConfig, passphrase: Option<&[u8]>) -> Result<Store> {
         let compression = match config.compression.algorithm.as_str() {
             "none" => Compression::None,
-            _ => Compression::Zstd {
-                level: config.compression.level,
-            },
+            _ => Compression::Zstd { level: config.compression.level },
         };
         let codec = match (&config.encryption, passphrase) {
             (None, _) => BlobCodec::plain(compression),
             (Some(_), None) => BlobCodec::keyless(compression),
             (Some(enc), Some(pass)) => {
-                let wrapped = enc.wrapped().map_err(|cause| StoreError::ConfigDamaged {
-                    path: root.join(CONFIG_FILE),
-                    cause,
-                })?;
+                let wrapped =
+                    enc.wrapped().map_err(|cause| StoreError::ConfigDamaged { path: root.join(CONFIG_FILE), cause })?;
                 BlobCodec::encrypted(&wrapped.unwrap(pass)?, compression)
             }
         };
         let chunks = ChunkStore::new(root.join("blobs"), root.join("tmp"), codec);
-        Ok(Store {
-            root: root.to_path_buf(),
-            config,
-            chunks,
-        })
+        Ok(Store { root: root.to_path_buf(), config, chunks })
     }
 
     pub fn root(&self) -> &Path {
@@ -172,24 +155,17 @@ impl Store {
         if self.chunks.codec().has_key() {
             Ok(())
         } else {
-            Err(StoreError::KeyNeeded {
-                path: self.root.clone(),
-            })
+            Err(StoreError::KeyNeeded { path: self.root.clone() })
         }
     }
 
     /// Changes the zstd level this handle uses for new blobs (existing blobs keep theirs).
     pub fn set_zstd_level(&mut self, level: i32) -> Result<()> {
         if !(-7..=22).contains(&level) {
-            return Err(StoreError::Invalid(format!(
-                "zstd level {level} is outside -7..=22"
-            )));
+            return Err(StoreError::Invalid(format!("zstd level {level} is outside -7..=22")));
         }
         self.config.compression.level = level;
-        let codec = self
-            .chunks
-            .codec()
-            .with_compression(Compression::Zstd { level });
+        let codec = self.chunks.codec().with_compression(Compression::Zstd { level });
         self.chunks = ChunkStore::new(self.root.join("blobs"), self.root.join("tmp"), codec);
         Ok(())
     }
@@ -210,11 +186,8 @@ impl Store {
     pub fn vms(&self) -> Result<Vec<String>> {
         let dir = self.root.join("points");
         let mut out = Vec::new();
-        for entry in fs::read_dir(&dir)
-            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?
-        {
-            let entry =
-                entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        for entry in fs::read_dir(&dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))? {
+            let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 out.push(entry.file_name().to_string_lossy().into_owned());
             }
@@ -233,8 +206,7 @@ impl Store {
             Err(e) => return Err(StoreError::io(format!("listing {}", dir.display()), e)),
         };
         for entry in entries {
-            let entry =
-                entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+            let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_suffix(".point") {
                 out.push(id.to_string());
@@ -257,10 +229,7 @@ impl Store {
     /// Reads every manifest; returns the readable points and, separately, the damaged ones.
     /// This is how a fresh appliance rebuilds its catalog from the store alone.
     #[allow(clippy::type_complexity)]
-    pub fn scan(
-        &self,
-        vm: Option<&str>,
-    ) -> Result<(Vec<PointEntry>, Vec<(String, String, StoreError)>)> {
+    pub fn scan(&self, vm: Option<&str>) -> Result<(Vec<PointEntry>, Vec<(String, String, StoreError)>)> {
         let vms = match vm {
             Some(v) => vec![v.to_string()],
             None => self.vms()?,
@@ -291,9 +260,7 @@ impl Store {
         let path = self.manifest_path(vm, point);
         let bytes = fs::read(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::PointNotFound {
-                    point: point.to_string(),
-                }
+                StoreError::PointNotFound { point: point.to_string() }
             } else {
                 StoreError::io(format!("reading {}", path.display()), e)
             }
@@ -309,9 +276,7 @@ impl Store {
                 return self.load_entry(&vm, point);
             }
         }
-        Err(StoreError::PointNotFound {
-            point: point.to_string(),
-        })
+        Err(StoreError::PointNotFound { point: point.to_string() })
     }
 
     pub fn labels(&self, vm: &str, point: &str) -> Result<Labels> {
@@ -328,13 +293,7 @@ impl Store {
     }
 
     /// Writes a point's labels; a point locked now keeps its files read-only and immutable.
-    pub(crate) fn write_labels(
-        &self,
-        vm: &str,
-        point: &str,
-        labels: &Labels,
-        tmp: &Path,
-    ) -> Result<()> {
+    pub(crate) fn write_labels(&self, vm: &str, point: &str, labels: &Labels, tmp: &Path) -> Result<()> {
         let path = self.labels_path(vm, point);
         let manifest = self.manifest_path(vm, point);
         for p in [&path, &manifest] {
@@ -359,16 +318,10 @@ impl Store {
         let entry = self.find(point)?;
         if let Some(until) = entry.labels.locked_at(Utc::now()) {
             if !star {
-                return Err(StoreError::Locked {
-                    point: point.into(),
-                    until: until.to_rfc3339(),
-                });
+                return Err(StoreError::Locked { point: point.into(), until: until.to_rfc3339() });
             }
         }
-        let labels = Labels {
-            star,
-            ..entry.labels
-        };
+        let labels = Labels { star, ..entry.labels };
         self.write_labels(&entry.vm, point, &labels, &self.root.join("tmp"))?;
         Ok(labels)
     }
@@ -378,16 +331,10 @@ impl Store {
         let entry = self.find(point)?;
         if let Some(current) = entry.labels.locked_at(Utc::now()) {
             if until < current {
-                return Err(StoreError::Locked {
-                    point: point.into(),
-                    until: current.to_rfc3339(),
-                });
+                return Err(StoreError::Locked { point: point.into(), until: current.to_rfc3339() });
             }
         }
-        let labels = Labels {
-            retain_until: Some(until),
-            ..entry.labels
-        };
+        let labels = Labels { retain_until: Some(until), ..entry.labels };
         self.write_labels(&entry.vm, point, &labels, &self.root.join("tmp"))?;
         Ok(labels)
     }
@@ -397,27 +344,18 @@ impl Store {
     pub fn delete_point(&self, vm: &str, point: &str) -> Result<()> {
         let labels = self.labels(vm, point)?;
         if let Some(until) = labels.locked_at(Utc::now()) {
-            return Err(StoreError::Locked {
-                point: point.into(),
-                until: until.to_rfc3339(),
-            });
+            return Err(StoreError::Locked { point: point.into(), until: until.to_rfc3339() });
         }
         let path = self.manifest_path(vm, point);
         let file = fs::File::open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::PointNotFound {
-                    point: point.into(),
-                }
+                StoreError::PointNotFound { point: point.into() }
             } else {
                 StoreError::io(format!("opening {}", path.display()), e)
             }
         })?;
-        if !flock(&file, true, true)
-            .map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?
-        {
-            return Err(StoreError::InUse {
-                point: point.into(),
-            });
+        if !flock(&file, true, true).map_err(|e| StoreError::io(format!("locking {}", path.display()), e))? {
+            return Err(StoreError::InUse { point: point.into() });
         }
         let labels_path = self.labels_path(vm, point);
         for p in [&path, &labels_path] {
@@ -425,8 +363,7 @@ impl Store {
                 set_immutable(p, false);
             }
         }
-        fs::remove_file(&path)
-            .map_err(|e| StoreError::io(format!("deleting {}", path.display()), e))?;
+        fs::remove_file(&path).map_err(|e| StoreError::io(format!("deleting {}", path.display()), e))?;
         let _ = fs::remove_file(&labels_path);
         let dir = self.vm_dir(vm);
         File::open(&dir)

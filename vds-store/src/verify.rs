@@ -7,6 +7,7 @@ use crate::disk_map::DiskMap;
 use crate::error::Result;
 use crate::store::Store;
 use dedupe::{BlobHeader, BlobId, BlobKind, DedupeError, ExtentRecord};
+
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,11 +55,7 @@ impl Store {
         let sample = sample.clamp(0.0, 1.0);
         let keyless = !self.chunks().codec().has_key();
         let threshold = (sample * u64::MAX as f64) as u64;
-        let salt = u64::from_le_bytes(
-            crate::fslock::random_hex(8).as_bytes()[..8]
-                .try_into()
-                .unwrap(),
-        );
+        let salt = u64::from_le_bytes(crate::fslock::random_hex(8).as_bytes()[..8].try_into().unwrap());
         let chunks = self.chunks();
         let checked = AtomicU64::new(0);
         let bytes = AtomicU64::new(0);
@@ -84,10 +81,7 @@ impl Store {
                     match result {
                         Ok(()) | Err(DedupeError::Missing { .. }) => {}
                         Err(e) => {
-                            damaged
-                                .lock()
-                                .expect("damaged lock")
-                                .insert(id, e.to_string());
+                            damaged.lock().expect("damaged lock").insert(id, e.to_string());
                         }
                     }
                     progress(checked.fetch_add(1, Ordering::Relaxed) + 1);
@@ -96,8 +90,7 @@ impl Store {
             let r = chunks.for_each(|id, _, _| {
                 let pick = u64::from_le_bytes(id.0[..8].try_into().unwrap()) ^ salt;
                 if sample >= 1.0 || pick <= threshold {
-                    tx.send(id)
-                        .map_err(|_| DedupeError::Invalid("verify workers stopped".into()))?;
+                    tx.send(id).map_err(|_| DedupeError::Invalid("verify workers stopped".into()))?;
                 }
                 Ok(())
             });
@@ -117,11 +110,7 @@ impl Store {
         };
         let (points, broken) = self.scan(None)?;
         for (vm, point_id, e) in broken {
-            report.affected.push(AffectedPoint {
-                vm,
-                point_id,
-                problems: vec![e.to_string()],
-            });
+            report.affected.push(AffectedPoint { vm, point_id, problems: vec![e.to_string()] });
         }
         let mut record_problems: HashMap<BlobId, Vec<String>> = HashMap::new();
         let check = |id: &BlobId, what: &str| -> Option<String> {
@@ -148,10 +137,7 @@ impl Store {
                 if keyless {
                     continue;
                 }
-                let map = match chunks
-                    .read(&map_id, BlobKind::DiskMap)
-                    .and_then(|b| DiskMap::decode(&map_id, &b))
-                {
+                let map = match chunks.read(&map_id, BlobKind::DiskMap).and_then(|b| DiskMap::decode(&map_id, &b)) {
                     Ok(m) => m,
                     Err(e) => {
                         problems.push(format!("disk {}: {e}", disk.key));
@@ -159,9 +145,7 @@ impl Store {
                     }
                 };
                 for rid in map.extents.iter().filter(|r| !r.is_hole()) {
-                    let found = record_problems
-                        .entry(*rid)
-                        .or_insert_with(|| record_check(self, rid, &check));
+                    let found = record_problems.entry(*rid).or_insert_with(|| record_check(self, rid, &check));
                     for pr in found.iter() {
                         problems.push(format!("disk {}: {pr}", disk.key));
                     }
@@ -175,17 +159,10 @@ impl Store {
                 if total > MAX_PROBLEMS_LISTED {
                     problems.push(format!("… and {} more", total - MAX_PROBLEMS_LISTED));
                 }
-                report.affected.push(AffectedPoint {
-                    vm: p.vm,
-                    point_id: p.point_id,
-                    problems,
-                });
+                report.affected.push(AffectedPoint { vm: p.vm, point_id: p.point_id, problems });
             }
         }
-        let mut listed: Vec<(String, String)> = damaged
-            .iter()
-            .map(|(k, v)| (k.to_hex(), v.clone()))
-            .collect();
+        let mut listed: Vec<(String, String)> = damaged.iter().map(|(k, v)| (k.to_hex(), v.clone())).collect();
         listed.sort();
         report.damaged = listed;
         if quarantine {
@@ -198,26 +175,13 @@ impl Store {
     }
 }
 
-fn record_check(
-    store: &Store,
-    rid: &BlobId,
-    check: &dyn Fn(&BlobId, &str) -> Option<String>,
-) -> Vec<String> {
+fn record_check(store: &Store, rid: &BlobId, check: &dyn Fn(&BlobId, &str) -> Option<String>) -> Vec<String> {
     if let Some(pr) = check(rid, "extent record") {
         return vec![pr];
     }
-    let record = match store
-        .chunks()
-        .read(rid, BlobKind::ExtentRecord)
-        .and_then(|b| ExtentRecord::decode(rid, &b))
-    {
+    let record = match store.chunks().read(rid, BlobKind::ExtentRecord).and_then(|b| ExtentRecord::decode(rid, &b)) {
         Ok(r) => r,
         Err(e) => return vec![e.to_string()],
     };
-    record
-        .chunks
-        .iter()
-        .filter(|c| !c.id.is_hole())
-        .filter_map(|c| check(&c.id, "chunk"))
-        .collect()
+    record.chunks.iter().filter(|c| !c.id.is_hole()).filter_map(|c| check(&c.id, "chunk")).collect()
 }

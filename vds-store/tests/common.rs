@@ -14,11 +14,7 @@ pub fn small_store(dir: &Path, passphrase: Option<&[u8]>) -> Store {
         dir,
         InitOptions {
             extent_size: EXTENT,
-            chunker: ChunkerParams {
-                min: 2048,
-                avg: 8192,
-                max: 32768,
-            },
+            chunker: ChunkerParams { min: 2048, avg: 8192, max: 32768 },
             zstd_level: 1,
             passphrase: passphrase.map(|p| p.to_vec()),
             kdf_memory_kib: 64,
@@ -43,12 +39,7 @@ impl DiskSource for MemDisk {
 }
 
 pub fn vm(key: &str) -> VmDescription {
-    VmDescription {
-        key: key.into(),
-        name: key.into(),
-        platform: "raw".into(),
-        ..Default::default()
-    }
+    VmDescription { key: key.into(), name: key.into(), platform: "raw".into(), ..Default::default() }
 }
 
 /// A disk to ingest: key, contents, changed ranges since the parent.

@@ -15,42 +15,22 @@ fn age_blobs(root: &Path) {
     let old = SystemTime::now() - Duration::from_secs(3600);
     for dir in std::fs::read_dir(root.join("blobs")).unwrap() {
         for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            let f = std::fs::File::options()
-                .write(true)
-                .open(f.unwrap().path())
-                .unwrap();
+            let f = std::fs::File::options().write(true).open(f.unwrap().path()).unwrap();
             f.set_modified(old).unwrap();
         }
     }
 }
 
 fn blob_count(root: &Path) -> usize {
-    std::fs::read_dir(root.join("blobs"))
-        .unwrap()
-        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
-        .sum()
+    std::fs::read_dir(root.join("blobs")).unwrap().map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count()).sum()
 }
 
 #[test]
 fn gc_frees_what_deleted_points_alone_used_and_dry_run_predicts_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = small_store(dir.path(), None);
-    let keep = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", noise(300_000, 1), None)],
-    )
-    .unwrap();
-    let gone = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", noise(300_000, 2), None)],
-    )
-    .unwrap();
+    let keep = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(300_000, 1), None)]).unwrap();
+    let gone = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(300_000, 2), None)]).unwrap();
     age_blobs(dir.path());
     store.delete_point("vm", &gone.point_id).unwrap();
     let before = blob_count(dir.path());
@@ -58,18 +38,11 @@ fn gc_frees_what_deleted_points_alone_used_and_dry_run_predicts_it() {
     assert!(dry.removed_blobs > 0 && dry.removed_bytes > 0);
     assert_eq!(blob_count(dir.path()), before, "a dry run removes nothing");
     let real = store.gc(false).unwrap();
-    assert_eq!(
-        (real.removed_blobs, real.removed_bytes),
-        (dry.removed_blobs, dry.removed_bytes)
-    );
+    assert_eq!((real.removed_blobs, real.removed_bytes), (dry.removed_blobs, dry.removed_bytes));
     assert_eq!(blob_count(dir.path()), before - real.removed_blobs as usize);
     assert_eq!(read_disk(&store, &keep.point_id, "d"), noise(300_000, 1));
     assert!(store.verify(1.0, 2, false, &|_| ()).unwrap().is_clean());
-    assert_eq!(
-        store.gc(false).unwrap().removed_blobs,
-        0,
-        "a second pass finds nothing more"
-    );
+    assert_eq!(store.gc(false).unwrap().removed_blobs, 0, "a second pass finds nothing more");
 }
 
 /// A backup that deduplicates against an unreferenced old chunk, then runs for longer than the
@@ -96,14 +69,7 @@ fn gc_racing_a_backup_never_removes_a_chunk_the_new_point_needs() {
     let dir = tempfile::tempdir().unwrap();
     let store = small_store(dir.path(), None);
     let data = noise(5 * EXTENT as usize, 9);
-    let old = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", data.clone(), None)],
-    )
-    .unwrap();
+    let old = ingest(&store, "vm", BackupType::Full, None, vec![("d", data.clone(), None)]).unwrap();
     age_blobs(dir.path());
     store.delete_point("vm", &old.point_id).unwrap();
     std::thread::scope(|s| {
@@ -139,14 +105,7 @@ fn a_running_backups_base_point_cannot_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let store = small_store(dir.path(), None);
     let data = noise(4 * EXTENT as usize, 4);
-    let base = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", data.clone(), None)],
-    )
-    .unwrap();
+    let base = ingest(&store, "vm", BackupType::Full, None, vec![("d", data.clone(), None)]).unwrap();
     std::thread::scope(|s| {
         let backup = s.spawn(|| {
             store.ingest(
@@ -167,20 +126,9 @@ fn a_running_backups_base_point_cannot_be_deleted() {
             )
         });
         std::thread::sleep(Duration::from_millis(500));
-        assert!(matches!(
-            store.delete_point("vm", &base.point_id),
-            Err(StoreError::InUse { .. })
-        ));
+        assert!(matches!(store.delete_point("vm", &base.point_id), Err(StoreError::InUse { .. })));
         let pruned = store
-            .prune(
-                &RetentionPolicy {
-                    keep_days: Some(0),
-                    keep_last: Some(1),
-                    ..Default::default()
-                },
-                None,
-                true,
-            )
+            .prune(&RetentionPolicy { keep_days: Some(0), keep_last: Some(1), ..Default::default() }, None, true)
             .unwrap();
         assert!(pruned.iter().all(|d| d.keep));
         let inc = backup.join().unwrap().unwrap();
@@ -193,14 +141,7 @@ fn a_running_backups_base_point_cannot_be_deleted() {
 fn damage_is_attributed_to_exactly_the_points_it_affects() {
     let dir = tempfile::tempdir().unwrap();
     let store = small_store(dir.path(), None);
-    let a = ingest(
-        &store,
-        "a",
-        BackupType::Full,
-        None,
-        vec![("d", noise(200_000, 11), None)],
-    )
-    .unwrap();
+    let a = ingest(&store, "a", BackupType::Full, None, vec![("d", noise(200_000, 11), None)]).unwrap();
     let mut a_next = noise(200_000, 11);
     a_next[150_000..160_000].fill(1);
     let a2 = ingest(
@@ -211,42 +152,15 @@ fn damage_is_attributed_to_exactly_the_points_it_affects() {
         vec![("d", a_next, Some(vec![150_000..160_000]))],
     )
     .unwrap();
-    let b = ingest(
-        &store,
-        "b",
-        BackupType::Full,
-        None,
-        vec![("d", noise(200_000, 12), None)],
-    )
-    .unwrap();
-    let c = ingest(
-        &store,
-        "c",
-        BackupType::Full,
-        None,
-        vec![("d", noise(200_000, 13), None)],
-    )
-    .unwrap();
-    let d = ingest(
-        &store,
-        "d",
-        BackupType::Full,
-        None,
-        vec![("d", noise(200_000, 14), None)],
-    )
-    .unwrap();
+    let b = ingest(&store, "b", BackupType::Full, None, vec![("d", noise(200_000, 12), None)]).unwrap();
+    let c = ingest(&store, "c", BackupType::Full, None, vec![("d", noise(200_000, 13), None)]).unwrap();
+    let d = ingest(&store, "d", BackupType::Full, None, vec![("d", noise(200_000, 14), None)]).unwrap();
     assert!(store.verify(1.0, 2, false, &|_| ()).unwrap().is_clean());
 
     let first_chunk = |p: &RestorePoint| {
         let map = store.read_disk_map(&p.point_id, &p.disks[0]).unwrap();
-        let rec = store
-            .chunks()
-            .read(&map.extents[0], dedupe::BlobKind::ExtentRecord)
-            .unwrap();
-        dedupe::ExtentRecord::decode(&map.extents[0], &rec)
-            .unwrap()
-            .chunks[0]
-            .id
+        let rec = store.chunks().read(&map.extents[0], dedupe::BlobKind::ExtentRecord).unwrap();
+        dedupe::ExtentRecord::decode(&map.extents[0], &rec).unwrap().chunks[0].id
     };
     // Flip a byte in a chunk of a's first extent, which a2 shares (unchanged extent).
     let path = store.chunks().path(&first_chunk(&a));
@@ -258,34 +172,17 @@ fn damage_is_attributed_to_exactly_the_points_it_affects() {
     std::fs::remove_file(store.chunks().path(&first_chunk(&b))).unwrap();
     let cm = store.manifest_path("c", &c.point_id);
     let len = std::fs::metadata(&cm).unwrap().len();
-    std::fs::File::options()
-        .write(true)
-        .open(&cm)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    std::fs::File::options().write(true).open(&cm).unwrap().set_len(len / 2).unwrap();
 
     let report = store.verify(1.0, 2, false, &|_| ()).unwrap();
-    let mut affected: Vec<&str> = report
-        .affected
-        .iter()
-        .map(|p| p.point_id.as_str())
-        .collect();
+    let mut affected: Vec<&str> = report.affected.iter().map(|p| p.point_id.as_str()).collect();
     affected.sort();
-    let mut want = vec![
-        a.point_id.as_str(),
-        a2.point_id.as_str(),
-        b.point_id.as_str(),
-        c.point_id.as_str(),
-    ];
+    let mut want = vec![a.point_id.as_str(), a2.point_id.as_str(), b.point_id.as_str(), c.point_id.as_str()];
     want.sort();
     assert_eq!(affected, want);
     assert_eq!(report.damaged.len(), 1);
     let text = format!("{:?}", report.affected);
-    assert!(
-        text.contains("damaged") && text.contains("missing") && text.contains("checksum mismatch"),
-        "{text}"
-    );
+    assert!(text.contains("damaged") && text.contains("missing") && text.contains("checksum mismatch"), "{text}");
 
     // Reads of damaged ranges fail loudly; the healthy point is untouched.
     let r = store.open_disk(&a.point_id, "d").unwrap();
@@ -293,32 +190,16 @@ fn damage_is_attributed_to_exactly_the_points_it_affects() {
     let err = r.read_at(&mut buf, 0).unwrap_err().to_string();
     assert!(err.contains(&a.point_id) && err.contains("blob"), "{err}");
     let out = dir.path().join("x.raw");
-    assert!(r
-        .export(&std::fs::File::create(&out).unwrap(), 2, &|_, _| ())
-        .is_err());
-    assert!(store
-        .open_disk(&b.point_id, "d")
-        .unwrap()
-        .read_at(&mut buf, 0)
-        .is_err());
-    assert!(matches!(
-        store.find(&c.point_id),
-        Err(StoreError::ManifestDamaged { .. })
-    ));
+    assert!(r.export(&std::fs::File::create(&out).unwrap(), 2, &|_, _| ()).is_err());
+    assert!(store.open_disk(&b.point_id, "d").unwrap().read_at(&mut buf, 0).is_err());
+    assert!(matches!(store.find(&c.point_id), Err(StoreError::ManifestDamaged { .. })));
     assert_eq!(read_disk(&store, &d.point_id, "d"), noise(200_000, 14));
 
     // Sampled verify at 100% finds the same; quarantine moves the damaged blob aside and a new
     // backup of the same data stores it again, healthy.
     let q = store.verify(1.0, 2, true, &|_| ()).unwrap();
     assert_eq!(q.quarantined, 1);
-    let healed = ingest(
-        &store,
-        "a",
-        BackupType::Full,
-        None,
-        vec![("d", noise(200_000, 11), None)],
-    )
-    .unwrap();
+    let healed = ingest(&store, "a", BackupType::Full, None, vec![("d", noise(200_000, 11), None)]).unwrap();
     assert_eq!(read_disk(&store, &healed.point_id, "d"), noise(200_000, 11));
 }
 
@@ -326,56 +207,20 @@ fn damage_is_attributed_to_exactly_the_points_it_affects() {
 fn locked_points_survive_delete_and_prune() {
     let dir = tempfile::tempdir().unwrap();
     let store = small_store(dir.path(), None);
-    let old = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", noise(70_000, 1), None)],
-    )
-    .unwrap();
-    let starred = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", noise(70_000, 2), None)],
-    )
-    .unwrap();
-    let newest = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", noise(70_000, 3), None)],
-    )
-    .unwrap();
+    let old = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(70_000, 1), None)]).unwrap();
+    let starred = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(70_000, 2), None)]).unwrap();
+    let newest = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(70_000, 3), None)]).unwrap();
     let until = chrono::Utc::now() + chrono::Duration::days(30);
     store.lock(&old.point_id, until).unwrap();
     store.set_star(&starred.point_id, true).unwrap();
-    assert!(matches!(
-        store.delete_point("vm", &old.point_id),
-        Err(StoreError::Locked { .. })
-    ));
-    assert!(matches!(
-        store.lock(&old.point_id, until - chrono::Duration::days(1)),
-        Err(StoreError::Locked { .. })
-    ));
+    assert!(matches!(store.delete_point("vm", &old.point_id), Err(StoreError::Locked { .. })));
+    assert!(matches!(store.lock(&old.point_id, until - chrono::Duration::days(1)), Err(StoreError::Locked { .. })));
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(store.manifest_path("vm", &old.point_id))
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(store.manifest_path("vm", &old.point_id)).unwrap().permissions().mode();
     assert_eq!(mode & 0o222, 0, "a locked manifest is read-only");
-    let policy = RetentionPolicy {
-        keep_last: Some(1),
-        ..Default::default()
-    };
+    let policy = RetentionPolicy { keep_last: Some(1), ..Default::default() };
     let decisions = store.prune(&policy, None, false).unwrap();
-    let kept: Vec<(&str, bool)> = decisions
-        .iter()
-        .map(|d| (d.point_id.as_str(), d.keep))
-        .collect();
+    let kept: Vec<(&str, bool)> = decisions.iter().map(|d| (d.point_id.as_str(), d.keep)).collect();
     assert!(kept.contains(&(old.point_id.as_str(), true)));
     assert!(kept.contains(&(starred.point_id.as_str(), true)));
     assert!(kept.contains(&(newest.point_id.as_str(), true)));
@@ -384,10 +229,7 @@ fn locked_points_survive_delete_and_prune() {
     store.set_star(&starred.point_id, false).unwrap();
     let d2 = store.prune(&policy, None, false).unwrap();
     assert_eq!(
-        d2.iter()
-            .filter(|d| !d.keep)
-            .map(|d| d.point_id.clone())
-            .collect::<Vec<_>>(),
+        d2.iter().filter(|d| !d.keep).map(|d| d.point_id.clone()).collect::<Vec<_>>(),
         vec![starred.point_id.clone()]
     );
     assert_eq!(store.point_ids("vm").unwrap().len(), 2);
@@ -396,70 +238,29 @@ fn locked_points_survive_delete_and_prune() {
 #[test]
 fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        Store::open(dir.path(), None),
-        Err(StoreError::NotAStore { .. })
-    ));
+    assert!(matches!(Store::open(dir.path(), None), Err(StoreError::NotAStore { .. })));
     let store = small_store(dir.path(), None);
-    assert!(matches!(
-        small_store_again(dir.path()),
-        Err(StoreError::AlreadyAStore { .. })
-    ));
-    let p = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", noise(70_000, 1), None)],
-    )
-    .unwrap();
+    assert!(matches!(small_store_again(dir.path()), Err(StoreError::AlreadyAStore { .. })));
+    let p = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(70_000, 1), None)]).unwrap();
     // Garbage manifest.
     let mpath = store.manifest_path("vm", &p.point_id);
     std::fs::write(&mpath, b"{not a manifest").unwrap();
     let e = store.load_point("vm", &p.point_id).unwrap_err();
-    assert!(
-        matches!(e, StoreError::ManifestDamaged { .. }) && e.to_string().contains(&p.point_id),
-        "{e}"
-    );
+    assert!(matches!(e, StoreError::ManifestDamaged { .. }) && e.to_string().contains(&p.point_id), "{e}");
     // Unknown store version.
     let cfg = dir.path().join("store.json");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("\"version\": 1", "\"version\": 7");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"version\": 1", "\"version\": 7");
     std::fs::write(&cfg, text).unwrap();
     let e = Store::open(dir.path(), None).err().unwrap();
-    assert!(
-        matches!(
-            e,
-            StoreError::UnsupportedVersion {
-                found: 7,
-                supported: 1,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, StoreError::UnsupportedVersion { found: 7, supported: 1, .. }), "{e}");
     // Bad names and ranges.
     let dir2 = tempfile::tempdir().unwrap();
     let s2 = small_store(dir2.path(), None);
     assert!(matches!(
-        ingest(
-            &s2,
-            "../evil",
-            BackupType::Full,
-            None,
-            vec![("d", vec![1; 10], None)]
-        ),
+        ingest(&s2, "../evil", BackupType::Full, None, vec![("d", vec![1; 10], None)]),
         Err(StoreError::InvalidName { .. })
     ));
-    let base = ingest(
-        &s2,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("d", vec![1; 100], None)],
-    )
-    .unwrap();
+    let base = ingest(&s2, "vm", BackupType::Full, None, vec![("d", vec![1; 100], None)]).unwrap();
     let e = ingest(
         &s2,
         "vm",
@@ -481,33 +282,16 @@ fn encrypted_store_needs_the_right_key_and_never_returns_garbage() {
     let data = noise(150_000, 5);
     let point = {
         let store = small_store(dir.path(), Some(b"s3cret"));
-        ingest(
-            &store,
-            "vm",
-            BackupType::Full,
-            None,
-            vec![("d", data.clone(), None)],
-        )
-        .unwrap()
-        .point_id
+        ingest(&store, "vm", BackupType::Full, None, vec![("d", data.clone(), None)]).unwrap().point_id
     };
     assert!(matches!(
         Store::open(dir.path(), Some(b"wrong")),
         Err(StoreError::Dedupe(dedupe::DedupeError::WrongPassphrase))
     ));
     let keyless = Store::open(dir.path(), None).unwrap();
+    assert!(matches!(keyless.open_disk(&point, "d"), Err(StoreError::KeyNeeded { .. })));
     assert!(matches!(
-        keyless.open_disk(&point, "d"),
-        Err(StoreError::KeyNeeded { .. })
-    ));
-    assert!(matches!(
-        ingest(
-            &keyless,
-            "vm",
-            BackupType::Full,
-            None,
-            vec![("d", data.clone(), None)]
-        ),
+        ingest(&keyless, "vm", BackupType::Full, None, vec![("d", data.clone(), None)]),
         Err(StoreError::KeyNeeded { .. })
     ));
     let report = keyless.verify(1.0, 2, false, &|_| ()).unwrap();
@@ -517,10 +301,7 @@ fn encrypted_store_needs_the_right_key_and_never_returns_garbage() {
     // The same plaintext in another encrypted store gets other ids.
     let dir2 = tempfile::tempdir().unwrap();
     let other = small_store(dir2.path(), Some(b"s3cret"));
-    assert_ne!(
-        other.chunks().codec().id(&data[..4096]),
-        store.chunks().codec().id(&data[..4096])
-    );
+    assert_ne!(other.chunks().codec().id(&data[..4096]), store.chunks().codec().id(&data[..4096]));
     // Nothing in the blobs is the plaintext.
     let needle = &data[1000..1064];
     for d in std::fs::read_dir(dir.path().join("blobs")).unwrap() {

@@ -24,11 +24,7 @@ struct Write {
 }
 
 fn fill_strategy() -> impl Strategy<Value = Fill> {
-    prop_oneof![
-        Just(Fill::Zero),
-        any::<u64>().prop_map(Fill::Noise),
-        any::<u8>().prop_map(Fill::Byte)
-    ]
+    prop_oneof![Just(Fill::Zero), any::<u64>().prop_map(Fill::Noise), any::<u8>().prop_map(Fill::Byte)]
 }
 
 /// One step: a backup kind (0 full, 1 incremental, 2 differential) after writes given as
@@ -118,15 +114,9 @@ fn reopened_store_finds_every_point_from_its_files_alone() {
         let store = small_store(dir.path(), None);
         (0..3)
             .map(|i| {
-                ingest(
-                    &store,
-                    &format!("vm{i}"),
-                    BackupType::Full,
-                    None,
-                    vec![("d", noise(100_000, i), None)],
-                )
-                .unwrap()
-                .point_id
+                ingest(&store, &format!("vm{i}"), BackupType::Full, None, vec![("d", noise(100_000, i), None)])
+                    .unwrap()
+                    .point_id
             })
             .collect()
     };
@@ -146,14 +136,7 @@ fn incremental_stores_only_what_changed_and_new_disks_get_a_full() {
     let dir = tempfile::tempdir().unwrap();
     let store = small_store(dir.path(), None);
     let a = noise(40 * EXTENT as usize, 1);
-    let full = ingest(
-        &store,
-        "vm",
-        BackupType::Full,
-        None,
-        vec![("a", a.clone(), None)],
-    )
-    .unwrap();
+    let full = ingest(&store, "vm", BackupType::Full, None, vec![("a", a.clone(), None)]).unwrap();
     let mut a2 = a.clone();
     a2[130_000..138_192].fill(0x77);
     let inc = ingest(
@@ -161,57 +144,28 @@ fn incremental_stores_only_what_changed_and_new_disks_get_a_full() {
         "vm",
         BackupType::Incremental,
         Some(&full.point_id),
-        vec![
-            ("a", a2.clone(), Some(vec![130_000..138_192])),
-            ("b", noise(3 * EXTENT as usize, 2), None),
-        ],
+        vec![("a", a2.clone(), Some(vec![130_000..138_192])), ("b", noise(3 * EXTENT as usize, 2), None)],
     )
     .unwrap();
     assert_eq!(inc.backup_type, BackupType::Incremental);
     assert_eq!(inc.disks[0].backup_type, BackupType::Incremental);
-    assert_eq!(
-        inc.disks[0].read_bytes,
-        2 * EXTENT as u64,
-        "only the two touched extents are read"
-    );
+    assert_eq!(inc.disks[0].read_bytes, 2 * EXTENT as u64, "only the two touched extents are read");
     assert_eq!(inc.disks[1].backup_type, BackupType::Full);
-    assert!(inc.disks[1]
-        .full_reason
-        .as_deref()
-        .unwrap()
-        .contains("new disk"));
+    assert!(inc.disks[1].full_reason.as_deref().unwrap().contains("new disk"));
     // A second incremental without the parent: falls back to full, and says why.
     std::fs::remove_file(store.manifest_path("vm", &inc.point_id)).unwrap();
-    let again = ingest(
-        &store,
-        "vm",
-        BackupType::Incremental,
-        Some(&inc.point_id),
-        vec![("a", a2.clone(), Some(vec![]))],
-    )
-    .unwrap();
+    let again =
+        ingest(&store, "vm", BackupType::Incremental, Some(&inc.point_id), vec![("a", a2.clone(), Some(vec![]))])
+            .unwrap();
     assert_eq!(again.backup_type, BackupType::Full);
-    assert!(again.disks[0]
-        .full_reason
-        .as_deref()
-        .unwrap()
-        .contains("no longer exists"));
+    assert!(again.disks[0].full_reason.as_deref().unwrap().contains("no longer exists"));
     assert_eq!(read_disk(&store, &again.point_id, "a"), a2);
     // A resized disk is read whole.
     let mut grown = a2.clone();
     grown.extend_from_slice(&noise(5000, 3));
-    let r = ingest(
-        &store,
-        "vm",
-        BackupType::Incremental,
-        Some(&again.point_id),
-        vec![("a", grown.clone(), Some(vec![]))],
-    )
-    .unwrap();
-    assert!(r.disks[0]
-        .full_reason
-        .as_deref()
-        .unwrap()
-        .contains("resized"));
+    let r =
+        ingest(&store, "vm", BackupType::Incremental, Some(&again.point_id), vec![("a", grown.clone(), Some(vec![]))])
+            .unwrap();
+    assert!(r.disks[0].full_reason.as_deref().unwrap().contains("resized"));
     assert_eq!(read_disk(&store, &r.point_id, "a"), grown);
 }
