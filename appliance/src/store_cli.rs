@@ -375,7 +375,18 @@ pub fn run(args: StoreArgs) -> Result<i32> {
         }
         StoreCommand::Export { point, disk, out, threads: t, no_sync } => {
             let reader = store.open_disk(&point, &disk)?;
-            let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            // Replace, never truncate, an existing file (see DiskReader::export).
+            match std::fs::remove_file(&out) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("replacing {}", out.display()));
+                }
+                _ => {}
+            }
+            let file = std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
             let pb = bar(reader.size(), "export");
             let stats = reader.export(&file, threads(t), &|done, _| pb.set_position(done))?;
             if !no_sync {

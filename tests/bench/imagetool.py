@@ -54,13 +54,13 @@ def day2(root, seed):
     rng = random.Random(seed)
     d = os.path.join(root, "srv", "data")
     with open(os.path.join(d, "logs", "app6.log"), "wb") as f:
-        f.write(log_text(rng, 8 << 20))
+        f.write(log_text(rng, 4 << 20))
     with open(os.path.join(d, "media", "clip15.bin"), "wb") as f:
-        f.write(rng.randbytes(8 << 20))
+        f.write(rng.randbytes(4 << 20))
     os.remove(os.path.join(d, "media", "clip03.bin"))
     with open(os.path.join(d, "db", "table.db"), "r+b") as f:
         pages = (100 << 20) // 8192
-        for p in rng.sample(range(pages), 600):
+        for p in rng.sample(range(pages), 300):
             f.seek(p * 8192)
             f.write(db_page(rng))
     # Package-upgrade-like churn: some libraries and docs rewritten in place.
@@ -72,7 +72,7 @@ def day2(root, seed):
                 if os.path.isfile(p) and not os.path.islink(p) and 4096 <= os.path.getsize(p) <= (2 << 20):
                     candidates.append(p)
     candidates.sort()
-    for p in rng.sample(candidates, min(150, len(candidates))):
+    for p in rng.sample(candidates, min(40, len(candidates))):
         data = bytearray(open(p, "rb").read())
         for _ in range(4):
             i = rng.randrange(len(data))

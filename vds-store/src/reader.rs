@@ -241,12 +241,17 @@ impl DiskReader {
         Ok(())
     }
 
-    /// Writes the disk to `out` as a sparse raw file: holes and zero chunks are not written.
+    /// Writes the disk to `out`, an empty file, as a sparse raw file: holes and zero chunks are
+    /// not written.
     pub fn export(&self, out: &File, threads: usize, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<ExportStats> {
         let inner = &self.inner;
-        out.set_len(0)
-            .and_then(|()| out.set_len(inner.map.size))
-            .map_err(|e| StoreError::io("sizing the export file", e))?;
+        // A new, empty file: truncating one that holds data would make ext4 flush it all on close
+        // (its replace-by-truncate safeguard) and leave stale bytes where this disk has holes.
+        let len = out.metadata().map_err(|e| StoreError::io("reading the export file's size", e))?.len();
+        if len != 0 {
+            return Err(StoreError::Invalid(format!("export of point {}: the output file is not empty", inner.point)));
+        }
+        out.set_len(inner.map.size).map_err(|e| StoreError::io("sizing the export file", e))?;
         let next = AtomicU64::new(0);
         let done = AtomicU64::new(0);
         let data_bytes = AtomicU64::new(0);
