@@ -155,7 +155,7 @@ if __name__ == "__main__":
     elif cmd == "day2":
         day2(args[0], int(args[1]))
     elif cmd == "changed":
-        changed(args[0], args[1])
+        changed(args[0], args[1], int(args[2]) if len(args) > 2 else 65536)
     elif cmd == "alloc":
         alloc(args[0], args[1])
     elif cmd == "allocated-bytes":

@@ -218,6 +218,10 @@ fn locked_points_survive_delete_and_prune() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(store.manifest_path("vm", &old.point_id)).unwrap().permissions().mode();
     assert_eq!(mode & 0o222, 0, "a locked manifest is read-only");
+    // Immutable too (chattr +i works on this ext4): not even root removes it by hand.
+    let manifest = store.manifest_path("vm", &old.point_id);
+    let err = std::fs::remove_file(&manifest).expect_err("a locked manifest cannot be removed");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
     let policy = RetentionPolicy { keep_last: Some(1), ..Default::default() };
     let decisions = store.prune(&policy, None, false).unwrap();
     let kept: Vec<(&str, bool)> = decisions.iter().map(|d| (d.point_id.as_str(), d.keep)).collect();
@@ -233,6 +237,10 @@ fn locked_points_survive_delete_and_prune() {
         vec![starred.point_id.clone()]
     );
     assert_eq!(store.point_ids("vm").unwrap().len(), 2);
+    // Let the temporary directory be removed.
+    for p in [manifest, store.labels_path("vm", &old.point_id)] {
+        assert!(vds_store::fslock::set_immutable(&p, false));
+    }
 }
 
 #[test]
