@@ -258,6 +258,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                     source: Box::new(source),
                     changed: changed_by_disk.remove(key),
                     change_id: None,
+                    full_reason: None,
                 });
             }
             if let Some(k) = changed_by_disk.keys().next() {

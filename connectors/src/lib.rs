@@ -1,10 +1,15 @@
 //! Platform connectors and the transports that carry disk bytes from a hypervisor to the
-//! pipeline. Today: the NBD transport (our own client) and an NBD-backed disk source with
-//! allocation and dirty-bitmap queries. The `Connector` trait and the KVM, VMware and Hyper-V
-//! connectors come next (issue 3); nothing outside this crate may name a platform.
+//! pipeline: one `Connector` trait, the KVM connector (libvirt), the NBD transport (our own
+//! client) and the platform-neutral backup flow. Nothing outside this crate names a platform.
 
+pub mod backup;
+pub mod connector;
+pub mod kvm;
 pub mod nbd;
 pub mod nbd_source;
 
+pub use backup::{backup_vm, BackupError, BackupOptions, BackupOutcome};
+pub use connector::{BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, SessionDisk, VmSummary};
+pub use kvm::KvmConnector;
 pub use nbd::{BlockExtent, NbdAddress, NbdClient, NbdError};
 pub use nbd_source::{dirty_ranges, NbdSource};

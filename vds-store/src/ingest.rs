@@ -98,6 +98,8 @@ pub struct IngestDisk {
     /// Byte ranges written since the parent point; None reads the whole disk.
     pub changed: Option<Vec<Range<u64>>>,
     pub change_id: Option<String>,
+    /// Why the source offers no change list (recorded when the disk is read whole).
+    pub full_reason: Option<String>,
 }
 
 pub struct IngestRequest {
@@ -172,7 +174,8 @@ impl Store {
                     Some(format!("disk resized from {} to {} bytes", pd.size, size)),
                 ),
                 Some(_) if disk.changed.is_none() => {
-                    (DiskMap::empty(size, es), (0..count).collect(), Some("no changed-block list was given".into()))
+                    let why = disk.full_reason.clone().unwrap_or_else(|| "no changed-block list was given".into());
+                    (DiskMap::empty(size, es), (0..count).collect(), Some(why))
                 }
                 Some(pd) => {
                     let map = self.read_disk_map(&req.vm.key, pd)?;

@@ -64,6 +64,7 @@ pub fn ingest(
                     source: Box::new(MemDisk(data)),
                     changed,
                     change_id: None,
+                    full_reason: None,
                 })
                 .collect(),
             labels: Labels::default(),

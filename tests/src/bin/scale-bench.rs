@@ -59,6 +59,7 @@ fn main() {
                             source: Box::new(Mem(data)),
                             changed: None,
                             change_id: None,
+                            full_reason: None,
                         }],
                         labels: Labels::default(),
                         threads: 2,

@@ -1,0 +1,102 @@
+//! One VM backup, platform-neutral: pick the base point from the store, ask the connector for a
+//! session, ingest its disks, and finish the session on every path (success, ingest failure),
+//! so the platform never keeps a job, snapshot or checkpoint the store does not know of.
+
+use crate::connector::{BackupBase, BackupPlan, Connector, ConnectorError};
+use vds_store::{BackupType, IngestDisk, IngestProgress, IngestRequest, Labels, RestorePoint, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Connector(#[from] ConnectorError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{store}; cleaning up on the hypervisor also failed: {cleanup}")]
+    StoreAndCleanup { store: Box<StoreError>, cleanup: Box<ConnectorError> },
+}
+
+pub struct BackupOutcome {
+    pub point: RestorePoint,
+    pub transport: String,
+    /// Problems after the point was committed (e.g. a cleanup step that failed).
+    pub warnings: Vec<String>,
+}
+
+pub struct BackupOptions {
+    pub requested: BackupType,
+    pub include: Vec<String>,
+    pub labels: Labels,
+    pub threads: usize,
+}
+
+/// The point an incremental or differential counts from: the newest point for incremental,
+/// the newest full for differential; only points that recorded a change id qualify.
+fn base_point(store: &Store, vm_key: &str, requested: BackupType) -> Result<Option<RestorePoint>, StoreError> {
+    if requested == BackupType::Full {
+        return Ok(None);
+    }
+    let (points, _) = store.scan(Some(vm_key))?;
+    Ok(points
+        .into_iter()
+        .map(|p| p.manifest)
+        .filter(|m| requested == BackupType::Incremental || m.backup_type == BackupType::Full)
+        .filter(|m| m.disks.iter().any(|d| d.change_id.is_some()))
+        .max_by(|a, b| a.started.cmp(&b.started).then(a.point_id.cmp(&b.point_id))))
+}
+
+pub fn backup_vm(
+    connector: &dyn Connector,
+    store: &Store,
+    vm: &str,
+    opts: BackupOptions,
+    progress: &mut dyn FnMut(&IngestProgress),
+) -> Result<BackupOutcome, BackupError> {
+    let description = connector.describe(vm)?;
+    let base = base_point(store, &description.key, opts.requested)?;
+    let plan = BackupPlan {
+        requested: opts.requested,
+        base: base.as_ref().map(|p| BackupBase {
+            change_id: p.disks.iter().find_map(|d| d.change_id.clone()),
+            disks: p.disks.iter().map(|d| (d.key.clone(), d.size)).collect(),
+        }),
+        include: opts.include,
+    };
+    let mut session = connector.begin_backup(vm, &plan)?;
+    let change_id = session.change_id();
+    let transport = session.transport();
+    let disks = session
+        .take_disks()
+        .into_iter()
+        .map(|d| IngestDisk {
+            key: d.key,
+            source: d.source,
+            changed: d.changed,
+            change_id: change_id.clone(),
+            full_reason: d.full_reason,
+        })
+        .collect();
+    let result = store.ingest(
+        IngestRequest {
+            vm: description,
+            backup_type: opts.requested,
+            parent: base.map(|p| p.point_id),
+            disks,
+            labels: opts.labels,
+            threads: opts.threads,
+        },
+        progress,
+    );
+    let finished = session.finish(result.is_ok());
+    match (result, finished) {
+        (Ok(point), Ok(())) => Ok(BackupOutcome { point, transport, warnings: Vec::new() }),
+        (Ok(point), Err(e)) => Ok(BackupOutcome {
+            point,
+            transport,
+            warnings: vec![format!("the backup is committed, but ending it on the hypervisor failed: {e}")],
+        }),
+        (Err(store), Ok(())) => Err(BackupError::Store(store)),
+        (Err(store), Err(cleanup)) => {
+            Err(BackupError::StoreAndCleanup { store: Box::new(store), cleanup: Box::new(cleanup) })
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The one interface every platform fills: inventory, the neutral VM description, and backup
+//! sessions that hand the pipeline disk sources with their changed ranges. The pipeline and the
+//! store see only this; a capability a platform lacks is `ConnectorError::Unsupported`, never a
+//! silent no-op.
+
+use std::ops::Range;
+use vds_store::{BackupType, DiskSource, VmDescription};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("{platform}: cannot reach {target}: {cause}")]
+    Unreachable { platform: &'static str, target: String, cause: String },
+    #[error("{platform}: no VM {vm:?}")]
+    NoSuchVm { platform: &'static str, vm: String },
+    #[error("{platform} VM {vm}: {action} failed: {cause}")]
+    Failed { platform: &'static str, vm: String, action: String, cause: String },
+    #[error("{platform} does not support {what}")]
+    Unsupported { platform: &'static str, what: String },
+    #[error("transport: {0}")]
+    Transport(#[from] crate::nbd::NbdError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSummary {
+    pub name: String,
+    pub uuid: String,
+    pub running: bool,
+}
+
+/// What the last restore points say about each disk, so the connector can ask the platform for
+/// the right changes.
+#[derive(Clone, Debug, Default)]
+pub struct BackupBase {
+    /// The platform change id (e.g. checkpoint name) the changes are counted from, and the
+    /// store point it belongs to.
+    pub change_id: Option<String>,
+    /// Disk key -> size in bytes at the base.
+    pub disks: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupPlan {
+    pub requested: BackupType,
+    /// For incremental and differential: where the changes are counted from.
+    pub base: Option<BackupBase>,
+    /// Disk keys to back up; empty means all.
+    pub include: Vec<String>,
+}
+
+/// One disk of a running backup session.
+pub struct SessionDisk {
+    pub key: String,
+    pub source: Box<dyn DiskSource>,
+    /// Ranges changed since the base; None reads the whole disk.
+    pub changed: Option<Vec<Range<u64>>>,
+    /// Why this disk is read whole when an incremental was asked for.
+    pub full_reason: Option<String>,
+}
+
+/// A backup in progress on the platform (a snapshot, checkpoint, backup job). `finish` must be
+/// called on every path: it ends the job and, when the backup did not commit, removes what
+/// the session created so the next run starts clean.
+pub trait BackupSession {
+    /// The platform change id this backup creates (the next incremental's base).
+    fn change_id(&self) -> Option<String>;
+    /// The transport in use, for the job log and UI ("nbd+unix", "hot-add", …).
+    fn transport(&self) -> String;
+    fn take_disks(&mut self) -> Vec<SessionDisk>;
+    fn finish(self: Box<Self>, committed: bool) -> Result<(), ConnectorError>;
+}
+
+pub trait Connector {
+    fn platform(&self) -> &'static str;
+    /// Checks the connection and says what it reached (versions), or exactly what failed.
+    fn test_connection(&self) -> Result<String, ConnectorError>;
+    fn list_vms(&self) -> Result<Vec<VmSummary>, ConnectorError>;
+    fn describe(&self, vm: &str) -> Result<VmDescription, ConnectorError>;
+    fn begin_backup(&self, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError>;
+}

@@ -1,0 +1,213 @@
+//! libvirt domain XML to the neutral VM description, and the backup and checkpoint XML that
+//! libvirt's backup API takes (formatbackup.html, formatcheckpoint.html).
+
+use vds_store::{NativeConfig, VmDescription, VmDisk, VmNic};
+
+/// A disk of the domain as libvirt describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainDisk {
+    pub target: String,
+    pub bus: Option<String>,
+    pub source: Option<String>,
+    pub format: Option<String>,
+}
+
+fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree::Node<'a, 'i>> {
+    n.children().find(|c| c.has_tag_name(name))
+}
+
+fn text(n: Option<roxmltree::Node<'_, '_>>) -> Option<String> {
+    n.and_then(|n| n.text()).map(|t| t.trim().to_string())
+}
+
+pub fn parse(xml: &str) -> Result<(VmDescription, Vec<DomainDisk>), String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("domain XML does not parse: {e}"))?;
+    let root = doc.root_element();
+    let name = text(child(root, "name")).ok_or("domain XML has no <name>")?;
+    let uuid = text(child(root, "uuid")).ok_or("domain XML has no <uuid>")?;
+    let cpus = text(child(root, "vcpu")).and_then(|v| v.parse().ok()).unwrap_or(1);
+    let memory_mib = child(root, "memory")
+        .and_then(|m| {
+            let v: u64 = m.text()?.trim().parse().ok()?;
+            let kib = match m.attribute("unit").unwrap_or("KiB") {
+                "b" | "bytes" => v / 1024,
+                "KiB" | "k" => v,
+                "MiB" | "M" => v * 1024,
+                "GiB" | "G" => v * 1024 * 1024,
+                "TiB" | "T" => v * 1024 * 1024 * 1024,
+                _ => return None,
+            };
+            Some(kib / 1024)
+        })
+        .unwrap_or(0);
+    let os = child(root, "os");
+    let efi = os.is_some_and(|o| o.attribute("firmware") == Some("efi") || child(o, "loader").is_some());
+    let mut disks = Vec::new();
+    let mut nics = Vec::new();
+    if let Some(devices) = child(root, "devices") {
+        for d in
+            devices.children().filter(|c| c.has_tag_name("disk") && c.attribute("device").unwrap_or("disk") == "disk")
+        {
+            let Some(target) = child(d, "target").and_then(|t| t.attribute("dev")) else { continue };
+            let source = child(d, "source")
+                .and_then(|s| s.attribute("file").or(s.attribute("dev")).or(s.attribute("name")))
+                .map(str::to_string);
+            disks.push(DomainDisk {
+                target: target.to_string(),
+                bus: child(d, "target").and_then(|t| t.attribute("bus")).map(str::to_string),
+                source,
+                format: child(d, "driver").and_then(|t| t.attribute("type")).map(str::to_string),
+            });
+        }
+        for i in devices.children().filter(|c| c.has_tag_name("interface")) {
+            let src = child(i, "source");
+            nics.push(VmNic {
+                model: child(i, "model").and_then(|m| m.attribute("type")).map(str::to_string),
+                mac: child(i, "mac").and_then(|m| m.attribute("address")).map(str::to_string),
+                network: src.and_then(|s| s.attribute("network").or(s.attribute("bridge"))).map(str::to_string),
+            });
+        }
+    }
+    let description = VmDescription {
+        key: uuid.clone(),
+        name,
+        platform: "kvm".into(),
+        uuid: Some(uuid),
+        cpus,
+        memory_mib,
+        firmware: Some(if efi { "efi" } else { "bios" }.into()),
+        disks: disks.iter().map(|d| VmDisk { key: d.target.clone(), size: 0, bus: d.bus.clone() }).collect(),
+        nics,
+        native: Some(NativeConfig { format: "libvirt-domain-xml".into(), text: xml.to_string() }),
+    };
+    Ok((description, disks))
+}
+
+/// The uid and gid QEMU runs as, from a running domain's DAC security label (`+64055:+64055`):
+/// files QEMU must create (the backup's NBD socket) go in a directory it owns.
+pub fn dac_owner(xml: &str) -> Option<(u32, u32)> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let label = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("seclabel") && n.attribute("model") == Some("dac"))
+        .find_map(|n| child(n, "label"))?
+        .text()?;
+    let (u, g) = label.trim().split_once(':')?;
+    Some((u.trim_start_matches('+').parse().ok()?, g.trim_start_matches('+').parse().ok()?))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;").replace('"', "&quot;")
+}
+
+/// How one disk takes part in a pull-mode backup.
+pub struct BackupDisk<'a> {
+    pub target: &'a str,
+    pub scratch: String,
+    /// Read it whole even though the backup is incremental (a disk the base did not have).
+    pub full: bool,
+}
+
+/// A pull-mode backup serving every disk over NBD on a unix socket, exports named after the
+/// disk and, for incrementals, the dirty bitmap exported as `hf-<disk>`.
+pub fn backup_xml(
+    socket: &str,
+    incremental_from: Option<&str>,
+    disks: &[BackupDisk<'_>],
+    all_targets: &[String],
+) -> String {
+    let mut x = String::from("<domainbackup mode='pull'>\n");
+    if let Some(cp) = incremental_from {
+        x += &format!("  <incremental>{}</incremental>\n", escape(cp));
+    }
+    x += &format!("  <server transport='unix' socket='{}'/>\n  <disks>\n", escape(socket));
+    for t in all_targets {
+        match disks.iter().find(|d| d.target == t) {
+            Some(d) => {
+                let mode = if incremental_from.is_some() && !d.full {
+                    format!(
+                        " backupmode='incremental' incremental='{}' exportbitmap='hf-{}'",
+                        escape(incremental_from.unwrap_or_default()),
+                        escape(t)
+                    )
+                } else {
+                    " backupmode='full'".to_string()
+                };
+                x += &format!(
+                    "    <disk name='{}' backup='yes' type='file' exportname='{}'{mode}>\n      <scratch file='{}'/>\n    </disk>\n",
+                    escape(t),
+                    escape(t),
+                    escape(&d.scratch)
+                );
+            }
+            None => x += &format!("    <disk name='{}' backup='no'/>\n", escape(t)),
+        }
+    }
+    x + "  </disks>\n</domainbackup>\n"
+}
+
+/// A checkpoint tracking every backed-up disk with a persistent bitmap.
+pub fn checkpoint_xml(name: &str, targets: &[&str], all_targets: &[String]) -> String {
+    let mut x = format!("<domaincheckpoint>\n  <name>{}</name>\n  <disks>\n", escape(name));
+    for t in all_targets {
+        let how = if targets.contains(&t.as_str()) { "bitmap" } else { "no" };
+        x += &format!("    <disk name='{}' checkpoint='{how}'/>\n", escape(t));
+    }
+    x + "  </disks>\n</domaincheckpoint>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XML: &str = r#"<domain type='kvm'>
+  <name>web01</name><uuid>4a6c2d3e-1111-2222-3333-444455556666</uuid>
+  <memory unit='KiB'>2097152</memory><vcpu placement='static'>2</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/v/a.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='cdrom'><target dev='sda' bus='sata'/></disk>
+    <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/vg/b'/><target dev='vdb' bus='virtio'/></disk>
+    <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/><model type='virtio'/></interface>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn parses_the_neutral_description() {
+        let (d, disks) = parse(XML).unwrap();
+        assert_eq!((d.name.as_str(), d.cpus, d.memory_mib), ("web01", 2, 2048));
+        assert_eq!(d.key, "4a6c2d3e-1111-2222-3333-444455556666");
+        assert_eq!(disks.iter().map(|d| d.target.as_str()).collect::<Vec<_>>(), ["vda", "vdb"]);
+        assert_eq!(disks[1].source.as_deref(), Some("/dev/vg/b"));
+        assert_eq!(d.nics[0].mac.as_deref(), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(d.nics[0].network.as_deref(), Some("default"));
+        assert_eq!(d.native.unwrap().text, XML);
+        assert!(parse("<domain>").is_err());
+        let live = XML.replace(
+            "</devices>",
+            "</devices><seclabel type='dynamic' model='dac' relabel='yes'><label>+64055:+108</label></seclabel>",
+        );
+        assert_eq!(dac_owner(&live), Some((64055, 108)));
+        assert_eq!(dac_owner(XML), None);
+        assert!(parse("<domain><uuid>x</uuid></domain>").unwrap_err().contains("<name>"));
+    }
+
+    #[test]
+    fn backup_xml_names_exports_and_bitmaps() {
+        let targets = vec!["vda".to_string(), "vdb".to_string(), "vdc".to_string()];
+        let disks = [
+            BackupDisk { target: "vda", scratch: "/s/vda.qcow2".into(), full: false },
+            BackupDisk { target: "vdb", scratch: "/s/vdb.qcow2".into(), full: true },
+        ];
+        let x = backup_xml("/s/nbd.sock", Some("hf-1"), &disks, &targets);
+        assert!(x.contains("<incremental>hf-1</incremental>"));
+        assert!(x.contains("name='vda' backup='yes' type='file' exportname='vda' backupmode='incremental' incremental='hf-1' exportbitmap='hf-vda'"));
+        assert!(x.contains("name='vdb' backup='yes' type='file' exportname='vdb' backupmode='full'"));
+        assert!(x.contains("<disk name='vdc' backup='no'/>"));
+        let c = checkpoint_xml("hf-2", &["vda", "vdb"], &targets);
+        assert!(
+            c.contains("<disk name='vda' checkpoint='bitmap'/>") && c.contains("<disk name='vdc' checkpoint='no'/>")
+        );
+        assert!(roxmltree::Document::parse(&x).is_ok() && roxmltree::Document::parse(&c).is_ok());
+    }
+}

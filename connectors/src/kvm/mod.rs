@@ -1,0 +1,374 @@
+//! KVM through libvirt: inventory, the domain's neutral description (with its XML kept
+//! verbatim), and pull-mode backups: a checkpoint plus a backup job that serves each disk over
+//! NBD on a unix socket, with the dirty bitmap since the base checkpoint for incrementals.
+//! libvirt's checkpoint and backup calls are not wrapped by the `virt` crate, so they are made
+//! through its `sys` bindings here, each in one small function.
+
+pub mod domain_xml;
+
+use crate::connector::*;
+use crate::nbd::NbdAddress;
+use crate::nbd_source::NbdSource;
+use domain_xml::{backup_xml, checkpoint_xml, BackupDisk};
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+use vds_store::{BackupType, VmDescription};
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys;
+
+const PLATFORM: &str = "kvm";
+/// Names of the checkpoints Holdfast makes; it touches no others.
+pub const CHECKPOINT_PREFIX: &str = "hf-";
+/// The file in a backup's work directory naming the checkpoint that backup created.
+const CHECKPOINT_FILE: &str = "checkpoint";
+
+pub struct KvmConnector {
+    conn: Connect,
+    uri: String,
+    work_dir: PathBuf,
+}
+
+fn last_error() -> String {
+    // SAFETY: virGetLastErrorMessage returns a pointer to a thread-local string owned by libvirt.
+    let p = unsafe { sys::virGetLastErrorMessage() };
+    if p.is_null() {
+        "unknown libvirt error".into()
+    } else {
+        // SAFETY: non-null, NUL-terminated, valid until the next libvirt call on this thread.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).expect("NULs removed")
+}
+
+impl KvmConnector {
+    /// Connects to a libvirt URI (qemu:///system, qemu+ssh://host/system, qemu+tls://…).
+    /// Backup sockets and scratch files go under `work_dir`.
+    pub fn open(uri: &str, work_dir: &Path) -> Result<KvmConnector, ConnectorError> {
+        // Errors come back as values; libvirt's default handler would also print them.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri)).map_err(|e| ConnectorError::Unreachable {
+            platform: PLATFORM,
+            target: uri.into(),
+            cause: e.to_string(),
+        })?;
+        std::fs::create_dir_all(work_dir).map_err(|e| ConnectorError::Unreachable {
+            platform: PLATFORM,
+            target: work_dir.display().to_string(),
+            cause: format!("cannot create the work directory: {e}"),
+        })?;
+        Ok(KvmConnector { conn, uri: uri.into(), work_dir: work_dir.to_path_buf() })
+    }
+
+    fn domain(&self, vm: &str) -> Result<Domain, ConnectorError> {
+        self.conn
+            .lookup_domain_by_name(vm)
+            .or_else(|_| self.conn.lookup_domain_by_uuid_string(vm))
+            .map_err(|_| ConnectorError::NoSuchVm { platform: PLATFORM, vm: vm.into() })
+    }
+
+    fn failed(vm: &str, action: &str, cause: impl Into<String>) -> ConnectorError {
+        ConnectorError::Failed { platform: PLATFORM, vm: vm.into(), action: action.into(), cause: cause.into() }
+    }
+
+    /// Ends a backup job a killed Holdfast left on `dom`, and deletes the checkpoint it made.
+    /// A job that is not ours (its NBD socket is not under our work directory) is left alone.
+    fn clear_stale_backup(&self, dom: &Domain, vm: &str) -> Result<(), ConnectorError> {
+        let Some(text) = backup_job_xml(dom) else { return Ok(()) };
+        let socket = roxmltree::Document::parse(&text).ok().and_then(|d| {
+            d.descendants().find(|n| n.has_tag_name("server")).and_then(|n| n.attribute("socket")).map(PathBuf::from)
+        });
+        let Some(dir) = socket.as_deref().and_then(Path::parent).filter(|d| d.starts_with(&self.work_dir)) else {
+            return Err(Self::failed(vm, "starting a backup", "another backup job is running on this VM"));
+        };
+        end_backup_job(dom).map_err(|e| Self::failed(vm, "ending a stale backup job", e))?;
+        if let Ok(cp) = std::fs::read_to_string(dir.join(CHECKPOINT_FILE)) {
+            delete_checkpoint(dom, cp.trim()).map_err(|e| Self::failed(vm, "deleting a stale checkpoint", e))?;
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        Ok(())
+    }
+}
+
+/// The XML of the domain's running backup job, if one runs.
+fn backup_job_xml(dom: &Domain) -> Option<String> {
+    // SAFETY: a valid domain pointer; libvirt returns a malloc'd string, or NULL when no job runs.
+    let xml = unsafe { sys::virDomainBackupGetXMLDesc(dom.as_ptr(), 0) };
+    if xml.is_null() {
+        return None;
+    }
+    // SAFETY: non-null NUL-terminated string we own; freed right after copying.
+    let text = unsafe { CStr::from_ptr(xml) }.to_string_lossy().into_owned();
+    // SAFETY: allocated by libvirt with malloc.
+    unsafe { libc::free(xml.cast()) };
+    Some(text)
+}
+
+/// Aborts the domain's backup job and waits until libvirt reports it gone: the abort returns
+/// before QEMU's block jobs have ended, and a backup started meanwhile would be refused.
+fn end_backup_job(dom: &Domain) -> Result<(), String> {
+    // SAFETY: a valid domain pointer.
+    if unsafe { sys::virDomainAbortJob(dom.as_ptr()) } < 0 && backup_job_xml(dom).is_some() {
+        return Err(last_error());
+    }
+    let start = std::time::Instant::now();
+    while backup_job_xml(dom).is_some() {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            return Err("the backup job is still running a minute after it was aborted".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn checkpoint_exists(dom: &Domain, name: &str) -> bool {
+    let n = cstring(name);
+    // SAFETY: valid domain pointer and C string; the returned checkpoint is freed at once.
+    unsafe {
+        let cp = sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
+        if cp.is_null() {
+            return false;
+        }
+        sys::virDomainCheckpointFree(cp);
+        true
+    }
+}
+
+/// Deletes a checkpoint; its bitmap changes merge into its parent, so later incrementals from
+/// older checkpoints stay exact. A checkpoint that is already gone is not an error.
+pub fn delete_checkpoint(dom: &Domain, name: &str) -> Result<(), String> {
+    let n = cstring(name);
+    // SAFETY: valid domain pointer and C string; the checkpoint handle is freed after use.
+    unsafe {
+        let cp = sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
+        if cp.is_null() {
+            return Ok(());
+        }
+        let rc = sys::virDomainCheckpointDelete(cp, 0);
+        sys::virDomainCheckpointFree(cp);
+        if rc < 0 {
+            return Err(last_error());
+        }
+    }
+    Ok(())
+}
+
+impl Connector for KvmConnector {
+    fn platform(&self) -> &'static str {
+        PLATFORM
+    }
+
+    fn test_connection(&self) -> Result<String, ConnectorError> {
+        let unreachable =
+            |cause: String| ConnectorError::Unreachable { platform: PLATFORM, target: self.uri.clone(), cause };
+        let lib = self.conn.lib_version().map_err(|e| unreachable(e.to_string()))?;
+        let hyp = self.conn.hyp_version().map_err(|e| unreachable(e.to_string()))?;
+        let host = self.conn.hostname().map_err(|e| unreachable(e.to_string()))?;
+        let v = |n: u32| format!("{}.{}.{}", n / 1_000_000, n / 1000 % 1000, n % 1000);
+        Ok(format!("libvirt {} with QEMU {} on {host}", v(lib), v(hyp)))
+    }
+
+    fn list_vms(&self) -> Result<Vec<VmSummary>, ConnectorError> {
+        let doms = self.conn.list_all_domains(0).map_err(|e| ConnectorError::Unreachable {
+            platform: PLATFORM,
+            target: self.uri.clone(),
+            cause: e.to_string(),
+        })?;
+        let mut out: Vec<VmSummary> = doms
+            .iter()
+            .filter_map(|d| {
+                Some(VmSummary {
+                    name: d.name().ok()?,
+                    uuid: d.uuid_string().ok()?,
+                    running: d.is_active().unwrap_or(false),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn describe(&self, vm: &str) -> Result<VmDescription, ConnectorError> {
+        let dom = self.domain(vm)?;
+        let xml = dom.xml_desc(0).map_err(|e| Self::failed(vm, "reading the domain XML", e.to_string()))?;
+        let (mut d, _) = domain_xml::parse(&xml).map_err(|e| Self::failed(vm, "reading the domain XML", e))?;
+        for disk in &mut d.disks {
+            disk.size = dom
+                .block_info(&disk.key, 0)
+                .map_err(|e| Self::failed(vm, &format!("sizing disk {}", disk.key), e.to_string()))?
+                .capacity;
+        }
+        Ok(d)
+    }
+
+    fn begin_backup(&self, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError> {
+        let dom = self.domain(vm)?;
+        if !dom.is_active().unwrap_or(false) {
+            return Err(ConnectorError::Unsupported {
+                platform: PLATFORM,
+                what: format!("backing up VM {vm} while it is shut off (libvirt's backup API needs it running)"),
+            });
+        }
+        self.clear_stale_backup(&dom, vm)?;
+        let xml = dom.xml_desc(0).map_err(|e| Self::failed(vm, "reading the domain XML", e.to_string()))?;
+        let (_, disks) = domain_xml::parse(&xml).map_err(|e| Self::failed(vm, "reading the domain XML", e))?;
+        let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
+        for want in &plan.include {
+            if !all.contains(want) {
+                return Err(Self::failed(
+                    vm,
+                    "choosing disks",
+                    format!("it has no disk {want:?} (disks: {})", all.join(", ")),
+                ));
+            }
+        }
+        let chosen: Vec<&str> = all
+            .iter()
+            .map(String::as_str)
+            .filter(|t| plan.include.is_empty() || plan.include.iter().any(|i| i == t))
+            .collect();
+
+        // Incremental or differential from the base's checkpoint, when it still exists.
+        let mut reason_all: Option<String> = None;
+        let base_cp = match (plan.requested, plan.base.as_ref().and_then(|b| b.change_id.clone())) {
+            (BackupType::Full, _) => None,
+            (_, None) => {
+                reason_all = Some("no earlier backup with a checkpoint".into());
+                None
+            }
+            (_, Some(cp)) if !checkpoint_exists(&dom, &cp) => {
+                reason_all = Some(format!("checkpoint {cp} no longer exists on the hypervisor"));
+                None
+            }
+            (_, Some(cp)) => Some(cp),
+        };
+        let base_disks: Vec<&str> =
+            plan.base.as_ref().map(|b| b.disks.iter().map(|(k, _)| k.as_str()).collect()).unwrap_or_default();
+
+        let dir = self.work_dir.join(format!("backup-{}", vds_store::fslock::random_hex(6)));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Self::failed(vm, "creating the backup work directory", e.to_string()))?;
+        if let Some((uid, gid)) = domain_xml::dac_owner(&xml) {
+            // QEMU creates the NBD socket here.
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                Self::failed(vm, "handing the backup work directory to QEMU's user", e.to_string())
+            })?;
+        }
+        let socket = dir.join("nbd.sock");
+        let checkpoint = format!(
+            "{CHECKPOINT_PREFIX}{}-{}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
+            vds_store::fslock::random_hex(3)
+        );
+        let specs: Vec<BackupDisk<'_>> = chosen
+            .iter()
+            .map(|t| BackupDisk {
+                target: t,
+                scratch: dir.join(format!("scratch-{t}.qcow2")).display().to_string(),
+                full: base_cp.is_none() || !base_disks.contains(t),
+            })
+            .collect();
+        let bxml = backup_xml(&socket.display().to_string(), base_cp.as_deref(), &specs, &all);
+        let cxml = checkpoint_xml(&checkpoint, &chosen, &all);
+        let cleanup_dir = |e: ConnectorError| {
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        std::fs::write(dir.join(CHECKPOINT_FILE), &checkpoint)
+            .map_err(|e| cleanup_dir(Self::failed(vm, "recording the checkpoint name", e.to_string())))?;
+        let (b, c) = (cstring(&bxml), cstring(&cxml));
+        // SAFETY: valid domain pointer and C strings that outlive the call.
+        if unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) } < 0 {
+            return Err(cleanup_dir(Self::failed(vm, "starting the backup job", last_error())));
+        }
+        let mut session = KvmSession { dom, vm: vm.into(), checkpoint, dir, disks: Vec::new(), socket };
+        match session.open_disks(&specs, base_cp.is_some(), reason_all, &base_disks) {
+            Ok(()) => Ok(Box::new(session)),
+            Err(e) => {
+                let _ = Box::new(session).finish(false);
+                Err(e)
+            }
+        }
+    }
+}
+
+struct KvmSession {
+    dom: Domain,
+    vm: String,
+    checkpoint: String,
+    dir: PathBuf,
+    socket: PathBuf,
+    disks: Vec<SessionDisk>,
+}
+
+impl KvmSession {
+    fn open_disks(
+        &mut self,
+        specs: &[BackupDisk<'_>],
+        incremental: bool,
+        reason_all: Option<String>,
+        base_disks: &[&str],
+    ) -> Result<(), ConnectorError> {
+        let address = NbdAddress::Unix(self.socket.clone());
+        for spec in specs {
+            let bitmap = (incremental && !spec.full).then(|| format!("hf-{}", spec.target));
+            let mut source = NbdSource::open(&address, spec.target, bitmap.as_deref())?;
+            let changed = match &bitmap {
+                Some(b) => Some(source.dirty_ranges(b)?),
+                None => None,
+            };
+            let full_reason = match (&bitmap, &reason_all) {
+                (Some(_), _) => None,
+                (None, Some(r)) => Some(r.clone()),
+                (None, None) if incremental && !base_disks.contains(&spec.target) => {
+                    Some("new disk: not in the base point".into())
+                }
+                (None, None) => None,
+            };
+            self.disks.push(SessionDisk {
+                key: spec.target.to_string(),
+                source: Box::new(source),
+                changed,
+                full_reason,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl BackupSession for KvmSession {
+    fn change_id(&self) -> Option<String> {
+        Some(self.checkpoint.clone())
+    }
+
+    fn transport(&self) -> String {
+        "nbd+unix (libvirt pull-mode backup)".into()
+    }
+
+    fn take_disks(&mut self) -> Vec<SessionDisk> {
+        std::mem::take(&mut self.disks)
+    }
+
+    fn finish(self: Box<Self>, committed: bool) -> Result<(), ConnectorError> {
+        let mut errors = Vec::new();
+        drop(self.disks);
+        if let Err(e) = end_backup_job(&self.dom) {
+            errors.push(format!("ending the backup job: {e}"));
+        }
+        if !committed {
+            if let Err(e) = delete_checkpoint(&self.dom, &self.checkpoint) {
+                errors.push(format!("deleting checkpoint {}: {e}", self.checkpoint));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(KvmConnector::failed(&self.vm, "cleaning up the backup", errors.join("; ")))
+        }
+    }
+}

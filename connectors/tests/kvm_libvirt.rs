@@ -1,0 +1,263 @@
+//! The KVM connector against the real stack: libvirtd, QEMU, checkpoints, the backup API and
+//! NBD. A two-disk VM is written to through QEMU's block layer (qemu-io on the monitor), backed
+//! up as full, incremental, differential and incremental points, and every point is compared
+//! byte for byte with what the disks held when it was taken. Failure paths: a checkpoint deleted
+//! behind our back, a run killed mid-backup, an ingest that fails.
+
+use connectors::{backup_vm, BackupOptions, BackupPlan, Connector, KvmConnector};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vds_store::*;
+
+const URI: &str = "qemu:///system";
+const MIB: usize = 1 << 20;
+const DISK: usize = 64 * MIB;
+
+fn virsh(args: &[&str]) -> String {
+    let out =
+        Command::new("virsh").arg("-c").arg(URI).args(args).output().expect("virsh runs (package libvirt-clients)");
+    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts virtlogd and libvirtd when they are not running (no systemd on these machines).
+fn ensure_libvirtd() {
+    let up =
+        || Command::new("virsh").args(["-c", URI, "version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if up() {
+        return;
+    }
+    let _ = Command::new("virtlogd").arg("-d").status();
+    let _ = Command::new("libvirtd").arg("-d").status();
+    let t = Instant::now();
+    while !up() {
+        assert!(t.elapsed() < Duration::from_secs(30), "libvirtd did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct TestVm {
+    name: String,
+    dir: PathBuf,
+    /// What each disk holds, kept in step with every write.
+    model: Vec<Vec<u8>>,
+}
+
+impl TestVm {
+    fn start(tag: &str) -> TestVm {
+        ensure_libvirtd();
+        let name = format!("hf-test-{tag}-{}", std::process::id());
+        // Under /var/tmp with open permissions: QEMU runs as libvirt-qemu and must reach the disks.
+        let dir = PathBuf::from("/var/tmp/holdfast-kvm-tests").join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for d in [dir.parent().unwrap(), dir.as_path()] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut disks = String::new();
+        for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+            let img = dir.join(format!("disk{i}.qcow2"));
+            let st = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&img)
+                .arg(DISK.to_string())
+                .status()
+                .unwrap();
+            assert!(st.success());
+            disks += &format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
+                img.display()
+            );
+        }
+        let kind = if Path::new("/dev/kvm").exists() { "kvm" } else { "qemu" };
+        // <boot dev='fd'/>: no OS and an absent floppy, so the guest idles instead of spinning.
+        let xml = format!(
+            "<domain type='{kind}'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='fd'/></os>\
+             <devices>{disks}<interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface></devices></domain>"
+        );
+        let path = dir.join("domain.xml");
+        std::fs::write(&path, xml).unwrap();
+        virsh(&["define", path.to_str().unwrap()]);
+        virsh(&["start", &name]);
+        TestVm { name, dir, model: vec![vec![0u8; DISK]; 2] }
+    }
+
+    /// A guest write through QEMU's block layer, which the dirty bitmaps see.
+    fn write(&mut self, disk: usize, pattern: u8, offset: usize, len: usize) {
+        let reply = virsh(&[
+            "qemu-monitor-command",
+            &self.name,
+            "--hmp",
+            &format!("qemu-io -d /machine/peripheral/virtio-disk{disk}/virtio-backend \"write -P {pattern:#x} {offset} {len}\""),
+        ]);
+        assert!(!reply.contains("Error"), "qemu-io: {reply}");
+        self.model[disk][offset..offset + len].fill(pattern);
+    }
+
+    fn checkpoints(&self) -> Vec<String> {
+        virsh(&["checkpoint-list", &self.name, "--name"])
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    fn has_job(&self) -> bool {
+        !virsh(&["domjobinfo", &self.name]).contains("None")
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh").args(["-c", URI, "destroy", &self.name]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "undefine", "--checkpoints-metadata", &self.name]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn backup(conn: &KvmConnector, store: &Store, vm: &TestVm, kind: BackupType) -> RestorePoint {
+    let outcome = backup_vm(
+        conn,
+        store,
+        &vm.name,
+        BackupOptions { requested: kind, include: vec![], labels: Labels::default(), threads: 2 },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
+    assert!(outcome.transport.contains("nbd"));
+    assert!(!vm.has_job(), "the backup job was left running after {}", outcome.point.point_id);
+    outcome.point
+}
+
+fn assert_point_matches(store: &Store, point: &RestorePoint, model: &[Vec<u8>], dir: &Path) {
+    for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+        let out = dir.join(format!("check-{dev}.raw"));
+        let _ = std::fs::remove_file(&out);
+        let f = std::fs::File::options().write(true).create_new(true).open(&out).unwrap();
+        store.open_disk(&point.point_id, dev).unwrap().export(&f, 2, &|_, _| ()).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == model[i],
+            "point {} disk {dev} differs from the disk at backup time",
+            point.point_id
+        );
+    }
+}
+
+#[test]
+fn full_incremental_differential_chain_restores_every_state() {
+    let mut vm = TestVm::start("chain");
+    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
+    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    let hello = conn.test_connection().unwrap();
+    assert!(hello.contains("libvirt") && hello.contains("QEMU"), "{hello}");
+    assert!(conn.list_vms().unwrap().iter().any(|v| v.name == vm.name && v.running));
+    let d = conn.describe(&vm.name).unwrap();
+    assert_eq!(
+        d.disks.iter().map(|d| (d.key.as_str(), d.size)).collect::<Vec<_>>(),
+        [("vda", DISK as u64), ("vdb", DISK as u64)]
+    );
+    assert_eq!(d.nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+    assert!(d.native.as_ref().unwrap().text.contains(&vm.name));
+
+    vm.write(0, 0xab, MIB, 4 * MIB);
+    vm.write(1, 0xcd, 10 * MIB, MIB);
+    let p1 = backup(&conn, &store, &vm, BackupType::Full);
+    assert_eq!(p1.backup_type, BackupType::Full);
+    assert_point_matches(&store, &p1, &vm.model, &vm.dir);
+
+    vm.write(0, 0x11, 2 * MIB, 64 * 1024);
+    vm.write(1, 0x22, 40 * MIB, 8 * MIB);
+    let p2 = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_eq!((p2.backup_type, p2.parent.as_deref()), (BackupType::Incremental, Some(p1.point_id.as_str())));
+    assert_eq!(p2.disks[0].read_bytes, 4 * MIB as u64, "vda: one dirty extent");
+    assert_eq!(p2.disks[1].read_bytes, 8 * MIB as u64, "vdb: two dirty extents");
+    assert_point_matches(&store, &p2, &vm.model, &vm.dir);
+
+    vm.write(0, 0x33, 30 * MIB, MIB);
+    let p3 = backup(&conn, &store, &vm, BackupType::Differential);
+    assert_eq!((p3.backup_type, p3.parent.as_deref()), (BackupType::Differential, Some(p1.point_id.as_str())));
+    // Everything since the full: vda's extents 0 and 7, vdb's extents 10 and 11.
+    assert_eq!(p3.disks[0].read_bytes, 8 * MIB as u64);
+    assert_eq!(p3.disks[1].read_bytes, 8 * MIB as u64);
+    assert_point_matches(&store, &p3, &vm.model, &vm.dir);
+
+    vm.write(1, 0x44, 63 * MIB, MIB);
+    let p4 = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_eq!((p4.backup_type, p4.parent.as_deref()), (BackupType::Incremental, Some(p3.point_id.as_str())));
+    assert_eq!(p4.disks[0].read_bytes, 0);
+    assert_eq!(p4.disks[1].read_bytes, 4 * MIB as u64);
+    assert_point_matches(&store, &p4, &vm.model, &vm.dir);
+    // Earlier points are untouched by later ones.
+    let mut m1 = vec![vec![0u8; DISK]; 2];
+    m1[0][MIB..5 * MIB].fill(0xab);
+    m1[1][10 * MIB..11 * MIB].fill(0xcd);
+    assert_point_matches(&store, &p1, &m1, &vm.dir);
+
+    // A checkpoint deleted behind our back: the next incremental is a full, and says why.
+    let cp = p4.disks[0].change_id.clone().unwrap();
+    virsh(&["checkpoint-delete", &vm.name, &cp]);
+    vm.write(0, 0x55, 50 * MIB, MIB);
+    let p5 = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_eq!(p5.backup_type, BackupType::Full);
+    assert!(p5
+        .disks
+        .iter()
+        .all(|d| d.full_reason.as_deref().is_some_and(|r| r.contains(&cp) && r.contains("no longer exists"))));
+    assert_point_matches(&store, &p5, &vm.model, &vm.dir);
+}
+
+#[test]
+fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
+    let mut vm = TestVm::start("faults");
+    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
+    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    vm.write(0, 0x61, 0, 2 * MIB);
+    let p1 = backup(&conn, &store, &vm, BackupType::Full);
+    let before = vm.checkpoints();
+    assert_eq!(before.len(), 1);
+
+    // As if Holdfast were killed mid-backup: the session is never finished.
+    let plan = BackupPlan { requested: BackupType::Full, base: None, include: vec![] };
+    let session = conn.begin_backup(&vm.name, &plan).unwrap();
+    std::mem::forget(session);
+    assert!(vm.has_job());
+    assert_eq!(vm.checkpoints().len(), 2);
+    // The next run ends the stale job, drops its checkpoint and succeeds.
+    vm.write(1, 0x62, 5 * MIB, MIB);
+    let p2 = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_eq!(p2.backup_type, BackupType::Incremental);
+    assert_eq!(p2.parent.as_deref(), Some(p1.point_id.as_str()));
+    assert_point_matches(&store, &p2, &vm.model, &vm.dir);
+    assert_eq!(vm.checkpoints().len(), 2, "the stale checkpoint is gone; p2's remains");
+
+    // An ingest that fails (a store whose point directory cannot be written) ends the job and
+    // removes the checkpoint this run made, so the next incremental still counts from p2.
+    let points = vm.dir.join("store/points");
+    std::fs::rename(&points, vm.dir.join("points-aside")).unwrap();
+    std::fs::write(&points, b"not a directory").unwrap();
+    let checkpoints = vm.checkpoints();
+    vm.write(0, 0x63, 20 * MIB, MIB);
+    let err = backup_vm(
+        &conn,
+        &store,
+        &vm.name,
+        BackupOptions { requested: BackupType::Incremental, include: vec![], labels: Labels::default(), threads: 2 },
+        &mut |_| {},
+    )
+    .err()
+    .expect("ingest into a broken store fails");
+    assert!(err.to_string().contains("points"), "{err}");
+    assert!(!vm.has_job(), "the failed run left its backup job");
+    assert_eq!(vm.checkpoints(), checkpoints, "the failed run left its checkpoint");
+    std::fs::remove_file(&points).unwrap();
+    std::fs::rename(vm.dir.join("points-aside"), &points).unwrap();
+    let p3 = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_eq!(p3.parent.as_deref(), Some(p2.point_id.as_str()));
+    assert_eq!(p3.disks[0].read_bytes, 4 * MIB as u64);
+    assert_point_matches(&store, &p3, &vm.model, &vm.dir);
+}
