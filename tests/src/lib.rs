@@ -1,6 +1,8 @@
 //! Fixtures shared by the end-to-end tests: the `holdfast` binary under test, a way to run it,
 //! and reproducible disk images.
 
+pub mod kvm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,131 @@
+//! `holdfast kvm …`: drive the KVM connector from the command line until the service does:
+//! test a connection, list VMs, back one up into a store. Logic lives in `connectors`.
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Subcommand};
+use connectors::{backup_vm, BackupOptions, Connector, KvmConnector};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use vds_store::{BackupType, Labels, Store};
+
+#[derive(Args)]
+pub struct KvmArgs {
+    /// libvirt URI: qemu:///system, qemu+ssh://user@host/system, qemu+tls://host/system
+    #[arg(long, default_value = "qemu:///system", global = true)]
+    uri: String,
+    /// Where backup jobs put their NBD sockets and scratch files (must be on the libvirt host)
+    #[arg(long, default_value = "/var/tmp/holdfast", global = true)]
+    work_dir: PathBuf,
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: KvmCommand,
+}
+
+#[derive(Subcommand)]
+enum KvmCommand {
+    /// Check the connection and show what it reached.
+    Test,
+    /// List the VMs.
+    Vms,
+    /// Back up a running VM into a store.
+    Backup {
+        /// VM name or UUID
+        #[arg(long)]
+        vm: String,
+        /// The store directory [env: HOLDFAST_STORE]
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// full, incremental or differential (no usable base: a full, and the point says why)
+        #[arg(long = "type", default_value = "incremental")]
+        backup_type: String,
+        /// Disks to include (default: all)
+        #[arg(long = "disk")]
+        disks: Vec<String>,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+pub fn run(args: KvmArgs) -> Result<i32> {
+    let conn = KvmConnector::open(&args.uri, &args.work_dir)?;
+    match args.command {
+        KvmCommand::Test => {
+            let hello = conn.test_connection()?;
+            if args.json {
+                println!("{}", serde_json::json!({ "uri": args.uri, "reached": hello }));
+            } else {
+                println!("{}: {hello}", args.uri);
+            }
+        }
+        KvmCommand::Vms => {
+            let vms = conn.list_vms()?;
+            if args.json {
+                let rows: Vec<_> = vms
+                    .iter()
+                    .map(|v| serde_json::json!({ "name": v.name, "uuid": v.uuid, "running": v.running }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for v in vms {
+                    println!("{:<32} {} {}", v.name, v.uuid, if v.running { "running" } else { "shut off" });
+                }
+            }
+        }
+        KvmCommand::Backup { vm, store, backup_type, disks, threads } => {
+            let root = store
+                .or_else(|| std::env::var_os("HOLDFAST_STORE").map(PathBuf::from))
+                .ok_or_else(|| anyhow!("no store given: use --store DIR or set HOLDFAST_STORE"))?;
+            let store =
+                Store::open(&root, std::env::var_os("HOLDFAST_PASSPHRASE").map(|p| p.into_encoded_bytes()).as_deref())
+                    .with_context(|| format!("opening store {}", root.display()))?;
+            let requested = BackupType::parse(&backup_type)
+                .ok_or_else(|| anyhow!("--type {backup_type:?}: use full, incremental or differential"))?;
+            let pb = ProgressBar::new(0);
+            pb.set_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+            let outcome = backup_vm(
+                &conn,
+                &store,
+                &vm,
+                BackupOptions { requested, include: disks, labels: Labels::default(), threads },
+                &mut |p| {
+                    pb.set_length(p.total_bytes);
+                    pb.set_position(p.done_bytes);
+                    pb.set_message(format!("backup {}", p.disk));
+                },
+            )?;
+            pb.finish_and_clear();
+            let p = &outcome.point;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "point": p, "transport": outcome.transport, "warnings": outcome.warnings })
+                    )?
+                );
+            } else {
+                println!(
+                    "{} ({}) {} point {} over {}: read {} bytes",
+                    p.vm.name,
+                    p.vm.key,
+                    p.backup_type.as_str(),
+                    p.point_id,
+                    outcome.transport,
+                    p.stats.read_bytes
+                );
+                for d in p.disks.iter().filter(|d| d.full_reason.is_some()) {
+                    println!("  disk {} read in full: {}", d.key, d.full_reason.as_deref().unwrap_or_default());
+                }
+                for w in &outcome.warnings {
+                    println!("  warning: {w}");
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,131 @@
+//! The KVM test bed: libvirtd started when needed, and an OS-less VM with two qcow2 disks that
+//! tests write to through QEMU's block layer while keeping a model of what each disk holds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vds_store::{RestorePoint, Store};
+
+pub const URI: &str = "qemu:///system";
+pub const MIB: usize = 1 << 20;
+pub const DISK: usize = 64 * MIB;
+
+pub fn virsh(args: &[&str]) -> String {
+    let out =
+        Command::new("virsh").arg("-c").arg(URI).args(args).output().expect("virsh runs (package libvirt-clients)");
+    assert!(out.status.success(), "virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts virtlogd and libvirtd when they are not running (no systemd on these machines).
+pub fn ensure_libvirtd() {
+    let up =
+        || Command::new("virsh").args(["-c", URI, "version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if up() {
+        return;
+    }
+    let _ = Command::new("virtlogd").arg("-d").status();
+    let _ = Command::new("libvirtd").arg("-d").status();
+    let t = Instant::now();
+    while !up() {
+        assert!(t.elapsed() < Duration::from_secs(30), "libvirtd did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub struct TestVm {
+    pub name: String,
+    pub dir: PathBuf,
+    /// What each disk holds, kept in step with every write.
+    pub model: Vec<Vec<u8>>,
+}
+
+impl TestVm {
+    pub fn start(tag: &str) -> TestVm {
+        ensure_libvirtd();
+        let name = format!("hf-test-{tag}-{}", std::process::id());
+        // Under /var/tmp with open permissions: QEMU runs as libvirt-qemu and must reach the disks.
+        let dir = PathBuf::from("/var/tmp/holdfast-kvm-tests").join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for d in [dir.parent().unwrap(), dir.as_path()] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut disks = String::new();
+        for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+            let img = dir.join(format!("disk{i}.qcow2"));
+            let st = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&img)
+                .arg(DISK.to_string())
+                .status()
+                .unwrap();
+            assert!(st.success());
+            disks += &format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
+                img.display()
+            );
+        }
+        let kind = if Path::new("/dev/kvm").exists() { "kvm" } else { "qemu" };
+        // <boot dev='fd'/>: no OS and an absent floppy, so the guest idles instead of spinning.
+        let xml = format!(
+            "<domain type='{kind}'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='fd'/></os>\
+             <devices>{disks}<interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface></devices></domain>"
+        );
+        let path = dir.join("domain.xml");
+        std::fs::write(&path, xml).unwrap();
+        virsh(&["define", path.to_str().unwrap()]);
+        virsh(&["start", &name]);
+        TestVm { name, dir, model: vec![vec![0u8; DISK]; 2] }
+    }
+
+    /// A guest write through QEMU's block layer, which the dirty bitmaps see.
+    pub fn write(&mut self, disk: usize, pattern: u8, offset: usize, len: usize) {
+        let reply = virsh(&[
+            "qemu-monitor-command",
+            &self.name,
+            "--hmp",
+            &format!("qemu-io -d /machine/peripheral/virtio-disk{disk}/virtio-backend \"write -P {pattern:#x} {offset} {len}\""),
+        ]);
+        assert!(!reply.contains("Error"), "qemu-io: {reply}");
+        self.model[disk][offset..offset + len].fill(pattern);
+    }
+
+    pub fn checkpoints(&self) -> Vec<String> {
+        virsh(&["checkpoint-list", &self.name, "--name"])
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn has_job(&self) -> bool {
+        !virsh(&["domjobinfo", &self.name]).contains("None")
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh").args(["-c", URI, "destroy", &self.name]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "undefine", "--checkpoints-metadata", &self.name]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Exports both disks of `point` and compares them with `model`.
+pub fn assert_point_matches(store: &Store, point: &RestorePoint, model: &[Vec<u8>], dir: &Path) {
+    for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+        let out = dir.join(format!("check-{dev}.raw"));
+        let _ = std::fs::remove_file(&out);
+        let f = std::fs::File::options().write(true).create_new(true).open(&out).unwrap();
+        store.open_disk(&point.point_id, dev).unwrap().export(&f, 2, &|_, _| ()).unwrap();
+        assert!(
+            std::fs::read(&out).unwrap() == model[i],
+            "point {} disk {dev} differs from the disk at backup time",
+            point.point_id
+        );
+    }
+}
