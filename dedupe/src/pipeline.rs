@@ -100,9 +100,9 @@ impl<'a> Pipeline<'a> {
                         self.process(&buf[..len])
                     };
                     let _ = free_tx.send(buf);
-                    if res_tx.send((index, outcome)).is_err() {
-                        return;
-                    }
+                    // After a failure nobody reads results, but keep draining jobs until the
+                    // producer stops: it may be blocked handing us one.
+                    let _ = res_tx.send((index, outcome));
                 });
             }
             let producer_res = res_tx.clone();
@@ -211,6 +211,46 @@ impl<'a> Pipeline<'a> {
 mod tests {
     use super::*;
     use crate::codec::{BlobCodec, Compression};
+
+    /// A failure while the job queue is full (the reader is faster than the workers) must end
+    /// the run, not leave the reader blocked on a queue nobody drains. The hang this guards
+    /// against needed a narrow interleaving, so the scenario runs many times.
+    #[test]
+    fn a_failure_with_a_full_job_queue_ends_the_run_instead_of_hanging() {
+        for round in 0..40 {
+            let fail_in_store = round % 2 == 1;
+            let d = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(d.path().join("tmp")).unwrap();
+            if fail_in_store {
+                // The blobs "directory" is a file: every blob write fails.
+                std::fs::write(d.path().join("b"), b"not a directory").unwrap();
+            }
+            let store = ChunkStore::new(
+                d.path().join("b"),
+                d.path().join("tmp"),
+                BlobCodec::plain(Compression::Zstd { level: 3 }),
+            );
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let ext = 256 << 10;
+                let p = Pipeline::new(&store, ChunkerParams { min: 16384, avg: 65536, max: 262144 }, ext, 2);
+                let r = p.run(
+                    (0..32).collect(),
+                    |i, buf| {
+                        for (j, b) in buf[..ext].iter_mut().enumerate() {
+                            *b = (j as u64 * 2654435761 % 251) as u8 ^ i as u8;
+                        }
+                        Ok(ExtentData::Data(ext))
+                    },
+                    |_, _| Err(DedupeError::Invalid("the consumer gave up".into())),
+                );
+                let _ = tx.send(r.is_err());
+            });
+            let failed =
+                rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the pipeline hung after a failure");
+            assert!(failed);
+        }
+    }
 
     #[test]
     fn parallel_run_matches_serial_processing_and_stops_on_error() {
