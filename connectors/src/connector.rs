@@ -4,7 +4,7 @@
 //! silent no-op.
 
 use std::ops::Range;
-use vds_store::{BackupType, DiskSource, VmDescription};
+use vds_store::{BackupType, DiskReader, DiskSource, VmDescription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
@@ -69,6 +69,26 @@ pub trait BackupSession {
     fn finish(self: Box<Self>, committed: bool) -> Result<(), ConnectorError>;
 }
 
+/// A restore as a new VM: its name, the settings that may differ from the original's, and where
+/// its disks go.
+#[derive(Clone, Debug)]
+pub struct NewVmSpec {
+    pub name: String,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    /// Storage pool (or the platform's equivalent) for the new disks.
+    pub pool: String,
+    /// Network for every NIC; None keeps each NIC's original network.
+    pub network: Option<String>,
+    pub start: bool,
+}
+
+/// One disk to restore, read from a restore point.
+pub struct RestoreDisk<'a> {
+    pub key: String,
+    pub reader: &'a DiskReader,
+}
+
 pub trait Connector {
     fn platform(&self) -> &'static str;
     /// Checks the connection and says what it reached (versions), or exactly what failed.
@@ -76,4 +96,12 @@ pub trait Connector {
     fn list_vms(&self) -> Result<Vec<VmSummary>, ConnectorError>;
     fn describe(&self, vm: &str) -> Result<VmDescription, ConnectorError>;
     fn begin_backup(&self, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError>;
+    /// Creates a new VM (new identity: name, UUID, MAC addresses) from a restore point's
+    /// description and disks. Returns the new VM's name. Nothing is left behind on failure.
+    fn restore_as_new_vm(
+        &self,
+        source: &VmDescription,
+        disks: &[RestoreDisk<'_>],
+        spec: &NewVmSpec,
+    ) -> Result<String, ConnectorError>;
 }

@@ -9,7 +9,9 @@ pub mod nbd;
 pub mod nbd_source;
 
 pub use backup::{backup_vm, BackupError, BackupOptions, BackupOutcome};
-pub use connector::{BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, SessionDisk, VmSummary};
+pub use connector::{
+    BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, NewVmSpec, RestoreDisk, SessionDisk, VmSummary,
+};
 pub use kvm::KvmConnector;
 pub use nbd::{BlockExtent, NbdAddress, NbdClient, NbdError};
 pub use nbd_source::{dirty_ranges, NbdSource};

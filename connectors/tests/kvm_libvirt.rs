@@ -4,9 +4,20 @@
 //! byte for byte with what the disks held when it was taken. Failure paths: a checkpoint deleted
 //! behind our back, a run killed mid-backup, an ingest that fails.
 
-use connectors::{backup_vm, BackupOptions, BackupPlan, Connector, KvmConnector};
+use connectors::{backup_vm, BackupOptions, BackupPlan, Connector, KvmConnector, NewVmSpec, RestoreDisk};
 use holdfast_tests::kvm::{assert_point_matches, virsh, TestVm, DISK, MIB, URI};
 use vds_store::*;
+
+/// A restored VM and its pool, removed when the test ends.
+struct Restored(String, String);
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        for args in [vec!["destroy", &self.0], vec!["undefine", &self.0], vec!["pool-destroy", &self.1]] {
+            let _ = std::process::Command::new("virsh").args(["-c", URI]).args(args).output();
+        }
+    }
+}
 
 fn backup(conn: &KvmConnector, store: &Store, vm: &TestVm, kind: BackupType) -> RestorePoint {
     let outcome = backup_vm(
@@ -72,6 +83,48 @@ fn full_incremental_differential_chain_restores_every_state() {
     m1[0][MIB..5 * MIB].fill(0xab);
     m1[1][10 * MIB..11 * MIB].fill(0xcd);
     assert_point_matches(&store, &p1, &m1, &vm.dir);
+
+    // Restore p2 as a new VM: new name, UUID and MAC, other CPU and memory, disks in a pool.
+    let model_p2 = {
+        let mut m = vec![vec![0u8; DISK]; 2];
+        m[0][MIB..5 * MIB].fill(0xab);
+        m[0][2 * MIB..2 * MIB + 64 * 1024].fill(0x11);
+        m[1][10 * MIB..11 * MIB].fill(0xcd);
+        m[1][40 * MIB..48 * MIB].fill(0x22);
+        m
+    };
+    let pool = format!("{}-pool", vm.name);
+    let pool_dir = vm.dir.join("pool");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
+    let restored = Restored(format!("{}-restored", vm.name), pool.clone());
+    let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p2.point_id, k).unwrap()).collect();
+    let disks: Vec<RestoreDisk<'_>> =
+        ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
+    let spec = NewVmSpec {
+        name: restored.0.clone(),
+        cpus: Some(2),
+        memory_mib: Some(256),
+        pool: pool.clone(),
+        network: None,
+        start: true,
+    };
+    assert_eq!(conn.restore_as_new_vm(&p2.vm, &disks, &spec).unwrap(), restored.0);
+    let new = conn.describe(&restored.0).unwrap();
+    assert_ne!(new.uuid, p2.vm.uuid);
+    assert_eq!((new.cpus, new.memory_mib), (2, 256));
+    assert!(new.nics[0].mac.is_some() && new.nics[0].mac != p2.vm.nics[0].mac, "a new MAC address");
+    assert!(conn.list_vms().unwrap().iter().any(|v| v.name == restored.0 && v.running));
+    for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+        let path = pool_dir.join(format!("{}-{dev}.raw", restored.0));
+        assert!(std::fs::read(&path).unwrap() == model_p2[i], "restored {dev} differs from point {}", p2.point_id);
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(allocated < 16 * MIB as u64, "restored {dev} is not sparse: {allocated} bytes allocated");
+    }
+    let again = conn.restore_as_new_vm(&p2.vm, &disks, &spec).unwrap_err().to_string();
+    assert!(again.contains("exists already"), "{again}");
+    drop(restored);
 
     // A checkpoint deleted behind our back: the next incremental is a full, and says why.
     let cp = p4.disks[0].change_id.clone().unwrap();

@@ -146,6 +146,57 @@ pub fn backup_xml(
     x + "  </disks>\n</domainbackup>\n"
 }
 
+/// A new domain from a neutral description: `name`, no UUID and no MAC addresses (libvirt
+/// makes new ones), each disk a raw file at the given path, each NIC on `network` (or its own).
+pub fn new_domain_xml(
+    d: &VmDescription,
+    name: &str,
+    cpus: u32,
+    memory_mib: u64,
+    disks: &[(String, String)],
+    network: Option<&str>,
+) -> String {
+    let firmware = if d.firmware.as_deref() == Some("efi") { " firmware='efi'" } else { "" };
+    let mut x = format!(
+        "<domain type='kvm'>\n  <name>{}</name>\n  <memory unit='MiB'>{memory_mib}</memory>\n  <vcpu>{cpus}</vcpu>\n  \
+         <os{firmware}><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\n  \
+         <features><acpi/><apic/></features>\n  <devices>\n",
+        escape(name)
+    );
+    for (key, path) in disks {
+        let bus = d.disks.iter().find(|v| &v.key == key).and_then(|v| v.bus.as_deref()).unwrap_or("virtio");
+        x += &format!(
+            "    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='{}' bus='{}'/></disk>\n",
+            escape(path),
+            escape(key),
+            escape(bus)
+        );
+    }
+    for nic in &d.nics {
+        let model = nic.model.as_deref().unwrap_or("virtio");
+        match network.or(nic.network.as_deref()) {
+            Some(net) => {
+                x += &format!(
+                    "    <interface type='network'><source network='{}'/><model type='{}'/></interface>\n",
+                    escape(net),
+                    escape(model)
+                )
+            }
+            None => x += &format!("    <interface type='user'><model type='{}'/></interface>\n", escape(model)),
+        }
+    }
+    x + "  </devices>\n</domain>\n"
+}
+
+/// A raw volume of `size` bytes.
+pub fn volume_xml(name: &str, size: u64) -> String {
+    format!(
+        "<volume><name>{}</name><capacity unit='bytes'>{size}</capacity><allocation unit='bytes'>0</allocation>\
+         <target><format type='raw'/></target></volume>",
+        escape(name)
+    )
+}
+
 /// A checkpoint tracking every backed-up disk with a persistent bitmap.
 pub fn checkpoint_xml(name: &str, targets: &[&str], all_targets: &[String]) -> String {
     let mut x = format!("<domaincheckpoint>\n  <name>{}</name>\n  <disks>\n", escape(name));
@@ -190,6 +241,21 @@ mod tests {
         assert_eq!(dac_owner(&live), Some((64055, 108)));
         assert_eq!(dac_owner(XML), None);
         assert!(parse("<domain><uuid>x</uuid></domain>").unwrap_err().contains("<name>"));
+    }
+
+    #[test]
+    fn new_domain_has_a_new_identity_and_the_chosen_settings() {
+        let (d, _) = parse(XML).unwrap();
+        let x = new_domain_xml(&d, "web01-restored", 4, 1024, &[("vda".into(), "/p/a.raw".into())], Some("lan2"));
+        let doc = roxmltree::Document::parse(&x).unwrap();
+        assert!(doc.descendants().all(|n| !n.has_tag_name("uuid") && !n.has_tag_name("mac")));
+        assert!(
+            x.contains("<name>web01-restored</name>") && x.contains("<vcpu>4</vcpu>") && x.contains(">1024</memory>")
+        );
+        assert!(x.contains("<source file='/p/a.raw'/><target dev='vda' bus='virtio'/>"));
+        assert!(x.contains("<source network='lan2'/>"));
+        assert!(new_domain_xml(&d, "n", 1, 64, &[], None).contains("<source network='default'/>"));
+        assert!(roxmltree::Document::parse(&volume_xml("a&b", 5)).is_ok());
     }
 
     #[test]

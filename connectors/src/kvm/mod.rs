@@ -5,6 +5,7 @@
 //! through its `sys` bindings here, each in one small function.
 
 pub mod domain_xml;
+mod restore;
 
 use crate::connector::*;
 use crate::nbd::NbdAddress;
@@ -29,7 +30,7 @@ pub struct KvmConnector {
     work_dir: PathBuf,
 }
 
-fn last_error() -> String {
+pub(crate) fn last_error() -> String {
     // SAFETY: virGetLastErrorMessage returns a pointer to a thread-local string owned by libvirt.
     let p = unsafe { sys::virGetLastErrorMessage() };
     if p.is_null() {
@@ -157,6 +158,15 @@ pub fn delete_checkpoint(dom: &Domain, name: &str) -> Result<(), String> {
 }
 
 impl Connector for KvmConnector {
+    fn restore_as_new_vm(
+        &self,
+        source: &VmDescription,
+        disks: &[RestoreDisk<'_>],
+        spec: &NewVmSpec,
+    ) -> Result<String, ConnectorError> {
+        restore::restore_as_new_vm(self, source, disks, spec)
+    }
+
     fn platform(&self) -> &'static str {
         PLATFORM
     }
