@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use connectors::{backup_vm, BackupOptions, Connector, KvmConnector};
+use connectors::{backup_vm, BackupOptions, Connector, KvmConnector, NewVmSpec, RestoreDisk};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use vds_store::{BackupType, Labels, Store};
@@ -45,6 +45,39 @@ enum KvmCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Restore a point as a new VM (new name, UUID and MAC addresses) into a storage pool.
+    Restore {
+        /// The restore point id
+        #[arg(long)]
+        point: String,
+        /// The new VM's name
+        #[arg(long)]
+        name: String,
+        /// libvirt storage pool for the new disks
+        #[arg(long, default_value = "default")]
+        pool: String,
+        #[arg(long)]
+        cpus: Option<u32>,
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Network for every NIC (default: each NIC's original network)
+        #[arg(long)]
+        network: Option<String>,
+        /// Start the VM once it is defined
+        #[arg(long)]
+        start: bool,
+        /// The store directory [env: HOLDFAST_STORE]
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+}
+
+fn open_store(store: Option<PathBuf>) -> Result<Store> {
+    let root = store
+        .or_else(|| std::env::var_os("HOLDFAST_STORE").map(PathBuf::from))
+        .ok_or_else(|| anyhow!("no store given: use --store DIR or set HOLDFAST_STORE"))?;
+    let pass = std::env::var_os("HOLDFAST_PASSPHRASE").map(|p| p.into_encoded_bytes());
+    Store::open(&root, pass.as_deref()).with_context(|| format!("opening store {}", root.display()))
 }
 
 pub fn run(args: KvmArgs) -> Result<i32> {
@@ -73,12 +106,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
             }
         }
         KvmCommand::Backup { vm, store, backup_type, disks, threads } => {
-            let root = store
-                .or_else(|| std::env::var_os("HOLDFAST_STORE").map(PathBuf::from))
-                .ok_or_else(|| anyhow!("no store given: use --store DIR or set HOLDFAST_STORE"))?;
-            let store =
-                Store::open(&root, std::env::var_os("HOLDFAST_PASSPHRASE").map(|p| p.into_encoded_bytes()).as_deref())
-                    .with_context(|| format!("opening store {}", root.display()))?;
+            let store = open_store(store)?;
             let requested = BackupType::parse(&backup_type)
                 .ok_or_else(|| anyhow!("--type {backup_type:?}: use full, incremental or differential"))?;
             let pb = ProgressBar::new(0);
@@ -124,6 +152,25 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 for w in &outcome.warnings {
                     println!("  warning: {w}");
                 }
+            }
+        }
+        KvmCommand::Restore { point, name, pool, cpus, memory_mib, network, start, store } => {
+            let store = open_store(store)?;
+            let entry = store.find(&point)?;
+            let readers = entry
+                .manifest
+                .disks
+                .iter()
+                .map(|d| Ok((d.key.clone(), store.open_disk(&point, &d.key)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let disks: Vec<RestoreDisk<'_>> =
+                readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
+            let spec = NewVmSpec { name, cpus, memory_mib, pool, network, start };
+            let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec)?;
+            if args.json {
+                println!("{}", serde_json::json!({ "vm": vm, "point": point, "started": start }));
+            } else {
+                println!("restored point {point} as VM {vm}{}", if start { " (started)" } else { "" });
             }
         }
     }

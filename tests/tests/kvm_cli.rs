@@ -36,6 +36,27 @@ fn backs_up_a_vm_from_the_command_line() {
         ok(holdfast(&store).args(["export", id, "--disk", dev, "--out"]).arg(&out));
         assert!(std::fs::read(&out).unwrap() == vm.model[i], "{dev} differs");
     }
+    // Restore the incremental as a new VM in a pool, and read its disks back.
+    let pool = format!("{}-pool", vm.name);
+    let pool_dir = vm.dir.join("pool");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    holdfast_tests::kvm::virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
+    let new_name = format!("{}-copy", vm.name);
+    let r = json(
+        kvm()
+            .args(["restore", "--point", id, "--name", &new_name, "--pool", &pool, "--memory-mib", "96", "--store"])
+            .arg(&store),
+    );
+    assert_eq!(r["vm"], new_name.as_str());
+    let restored_ok = (0..2).all(|i| {
+        let dev = ["vda", "vdb"][i];
+        std::fs::read(pool_dir.join(format!("{new_name}-{dev}.raw"))).unwrap() == vm.model[i]
+    });
+    for args in [vec!["undefine", new_name.as_str()], vec!["pool-destroy", pool.as_str()]] {
+        holdfast_tests::kvm::virsh(&args);
+    }
+    assert!(restored_ok, "restored disks differ from the point");
+
     let bad = kvm().args(["backup", "--vm", "no-such-vm", "--store"]).arg(&store).output().unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("no-such-vm"), "{err}");
