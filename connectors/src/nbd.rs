@@ -160,32 +160,54 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
-/// Reads one transmission-phase reply header and, for structured replies, its payload.
-pub fn read_reply<R: Read + ?Sized>(r: &mut R) -> Result<Reply, NbdError> {
+/// A reply header as it comes off the wire; a structured chunk's payload follows it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplyHead {
+    Simple { cookie: u64, errno: u32 },
+    Structured { cookie: u64, done: bool, kind: u16, length: u32 },
+}
+
+/// Reads one transmission-phase reply header.
+pub fn read_reply_head<R: Read + ?Sized>(r: &mut R) -> Result<ReplyHead, NbdError> {
     let mut magic = [0u8; 4];
     read_exact(r, &mut magic, "a reply header")?;
     match u32::from_be_bytes(magic) {
         SIMPLE_REPLY_MAGIC => {
             let mut rest = [0u8; 12];
             read_exact(r, &mut rest, "a simple reply header")?;
-            Ok(Reply::Simple { errno: be_u32(&rest[0..4]), cookie: be_u64(&rest[4..12]) })
+            Ok(ReplyHead::Simple { errno: be_u32(&rest[0..4]), cookie: be_u64(&rest[4..12]) })
         }
         STRUCTURED_REPLY_MAGIC => {
             let mut rest = [0u8; 16];
             read_exact(r, &mut rest, "a structured reply header")?;
-            let flags = be_u16(&rest[0..2]);
-            let kind = be_u16(&rest[2..4]);
-            let cookie = be_u64(&rest[4..12]);
             let length = be_u32(&rest[12..16]);
             if length > MAX_PAYLOAD {
                 return Err(protocol(format!("reply chunk of {length} bytes is over the {MAX_PAYLOAD}-byte limit")));
             }
-            let mut payload = vec![0u8; length as usize];
-            read_exact(r, &mut payload, "a structured reply payload")?;
-            let chunk = parse_chunk(kind, payload)?;
-            Ok(Reply::Chunk { cookie, done: flags & REPLY_FLAG_DONE != 0, chunk })
+            Ok(ReplyHead::Structured {
+                done: be_u16(&rest[0..2]) & REPLY_FLAG_DONE != 0,
+                kind: be_u16(&rest[2..4]),
+                cookie: be_u64(&rest[4..12]),
+                length,
+            })
         }
         m => Err(protocol(format!("unknown reply magic {m:#010x}"))),
+    }
+}
+
+fn read_payload<R: Read + ?Sized>(r: &mut R, kind: u16, length: u32) -> Result<ReplyChunk, NbdError> {
+    let mut payload = vec![0u8; length as usize];
+    read_exact(r, &mut payload, "a structured reply payload")?;
+    parse_chunk(kind, payload)
+}
+
+/// Reads one transmission-phase reply header and, for structured replies, its payload.
+pub fn read_reply<R: Read + ?Sized>(r: &mut R) -> Result<Reply, NbdError> {
+    match read_reply_head(r)? {
+        ReplyHead::Simple { cookie, errno } => Ok(Reply::Simple { cookie, errno }),
+        ReplyHead::Structured { cookie, done, kind, length } => {
+            Ok(Reply::Chunk { cookie, done, chunk: read_payload(r, kind, length)? })
+        }
     }
 }
 
@@ -491,9 +513,9 @@ impl NbdClient {
 
     /// Handles one reply (or chunk) for a pending read.
     fn receive_read(&mut self, pending: &mut HashMap<u64, Pending>, buf: &mut [u8]) -> Result<(), NbdError> {
-        let reply = read_reply(&mut self.reader)?;
-        let cookie = match &reply {
-            Reply::Simple { cookie, .. } | Reply::Chunk { cookie, .. } => *cookie,
+        let head = read_reply_head(&mut self.reader)?;
+        let cookie = match &head {
+            ReplyHead::Simple { cookie, .. } | ReplyHead::Structured { cookie, .. } => *cookie,
         };
         let p = pending.get_mut(&cookie).ok_or_else(|| protocol(format!("reply to unknown request {cookie}")))?;
         let dst = &mut buf[p.at..p.at + p.length as usize];
@@ -506,6 +528,24 @@ impl NbdClient {
             }
             let s = (off - p.offset) as usize;
             Ok(s..s + len as usize)
+        };
+        let reply = match head {
+            // Data goes straight from the socket into the caller's buffer: no copy, no allocation.
+            ReplyHead::Structured { done, kind: REPLY_TYPE_OFFSET_DATA, length, .. } => {
+                if length < 9 {
+                    return Err(protocol(format!("OFFSET_DATA chunk of {length} bytes (at least 9)")));
+                }
+                let mut off = [0u8; 8];
+                read_exact(&mut self.reader, &mut off, "a data chunk's offset")?;
+                let r = locate(u64::from_be_bytes(off), length as u64 - 8)?;
+                read_exact(&mut self.reader, &mut dst[r], "read data")?;
+                p.covered += length as u64 - 8;
+                Reply::Chunk { cookie, done, chunk: ReplyChunk::None }
+            }
+            ReplyHead::Structured { done, kind, length, .. } => {
+                Reply::Chunk { cookie, done, chunk: read_payload(&mut self.reader, kind, length)? }
+            }
+            ReplyHead::Simple { errno, .. } => Reply::Simple { cookie, errno },
         };
         let done = match reply {
             Reply::Simple { errno, .. } => {

@@ -121,6 +121,21 @@ def changed(a, b, block=65536):
         print(s, e - s)
 
 
+def apply_plan(src, changed_list, outdir):
+    """Cuts the changed ranges of `src` into one file each, for replaying them as guest
+    writes, and prints "FILE OFFSET LENGTH" lines."""
+    os.makedirs(outdir, exist_ok=True)
+    with open(src, "rb") as f, open(changed_list) as ranges:
+        for i, line in enumerate(ranges):
+            off, length = (int(x) for x in line.split())
+            f.seek(off)
+            path = os.path.join(outdir, "%05d.bin" % i)
+            with open(path, "wb") as o:
+                o.write(f.read(length))
+            os.chmod(path, 0o644)
+            print(path, off, length)
+
+
 def alloc(src, out):
     with open(src, "rb") as f, open(out, "wb") as o:
         for s, e in data_ranges(src):
@@ -156,6 +171,8 @@ if __name__ == "__main__":
         day2(args[0], int(args[1]))
     elif cmd == "changed":
         changed(args[0], args[1], int(args[2]) if len(args) > 2 else 65536)
+    elif cmd == "apply-plan":
+        apply_plan(args[0], args[1], args[2])
     elif cmd == "alloc":
         alloc(args[0], args[1])
     elif cmd == "allocated-bytes":

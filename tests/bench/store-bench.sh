@@ -44,6 +44,7 @@ start=2048, type=83' | sfdisk -q "$W/disk1.raw"
   $tool alloc "$W/disk1.raw" "$W/alloc1.bin"
   touch "$W/images.done"
 fi
+[ "${BENCH_IMAGES_ONLY:-0}" = 1 ] && exit 0
 alloc1=$($tool allocated-bytes "$W/disk1.raw")
 alloc2=$($tool allocated-bytes "$W/disk2.raw")
 logical=$(stat -c %s "$W/disk1.raw")

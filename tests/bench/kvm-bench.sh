@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# KVM benchmark: Holdfast against virtnbdbackup on the same VM and the same realistic disk (the
+# store benchmark's Debian image; day 2 replays its changed ranges as guest writes through
+# QEMU, so every tool's dirty bitmap sees them). In one run: full and incremental wall and CPU
+# time, stored bytes, and restore time. Prints a Markdown report.
+#
+#   tests/bench/kvm-bench.sh          (as root; starts libvirtd if needed)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+W=${BENCH_DIR:-/var/tmp/hfbench}
+K="$W/kvm"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}"
+tool="python3 $here/imagetool.py"
+URI=qemu:///system
+VM=hfbench
+
+BENCH_IMAGES_ONLY=1 "$here/store-bench.sh"
+missing=(); for p in virtnbdbackup qemu-system-x86 libvirt-daemon-system libvirt-clients time; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+virsh -c $URI version >/dev/null 2>&1 || { virtlogd -d; libvirtd -d; sleep 2; }
+(cd "$repo" && cargo build --release -p appliance --quiet)
+HF="$CARGO_TARGET_DIR/release/holdfast"
+
+virsh -c $URI destroy $VM >/dev/null 2>&1 || true
+virsh -c $URI undefine --checkpoints-metadata $VM >/dev/null 2>&1 || true
+virsh -c $URI destroy $VM-r >/dev/null 2>&1 || true
+virsh -c $URI undefine $VM-r >/dev/null 2>&1 || true
+virsh -c $URI pool-destroy $VM-pool >/dev/null 2>&1 || true
+rm -rf "$K"; sync
+# ext4 avoids reusing inodes freed in the last 30 s: Holdfast writes one file per chunk and would
+# pay for whatever was deleted just before (see docs/BENCHMARKS.md); let that pass.
+sleep 31
+mkdir -p "$K/pool"; chmod 755 "$W" "$K" "$K/pool"
+qemu-img convert -f raw -O qcow2 "$W/disk1.raw" "$K/template.qcow2"
+$tool apply-plan "$W/disk2.raw" "$W/changed.txt" "$K/delta" > "$K/plan.txt"
+chmod 755 "$K/delta"
+
+timed() {
+  local name=$1; shift
+  /usr/bin/time -f "%e %U %S %M" -o "$K/t.$name" "$@" >"$K/out.$name" 2>"$K/err.$name" || { cat "$K/err.$name" >&2; exit 1; }
+}
+wall() { awk '{print $1}' "$K/t.$1"; }
+cpu() { awk '{printf "%.1f", $2 + $3}' "$K/t.$1"; }
+rss() { awk '{printf "%.0f", $4 / 1024}' "$K/t.$1"; }
+bytes() { du -sb "$1" | awk '{print $1}'; }
+mb() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1e6}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+
+# A fresh VM on the day-1 disk. OS-less; <boot dev='fd'/> keeps it idle.
+fresh_vm() {
+  virsh -c $URI destroy $VM >/dev/null 2>&1 || true
+  virsh -c $URI undefine --checkpoints-metadata $VM >/dev/null 2>&1 || true
+  cp "$K/template.qcow2" "$K/vm.qcow2"
+  cat > "$K/vm.xml" <<XML
+<domain type='kvm'><name>$VM</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='fd'/></os>
+<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$K/vm.qcow2'/>
+<target dev='vda' bus='virtio'/></disk></devices></domain>
+XML
+  virsh -c $URI define "$K/vm.xml" >/dev/null
+  virsh -c $URI start $VM >/dev/null
+}
+
+# Day 2: every changed range written by the "guest" through QEMU's block layer.
+day2() {
+  while read -r file off len; do
+    virsh -c $URI qemu-monitor-command $VM --hmp \
+      "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -s $file $off $len\"" >/dev/null
+  done < "$K/plan.txt"
+}
+
+# Holdfast
+fresh_vm
+"$HF" store --store "$K/hf" init >/dev/null
+timed hf.full "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hf"
+hf_full_bytes=$(bytes "$K/hf")
+day2
+timed hf.inc "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type incremental --store "$K/hf" --json
+hf_bytes=$(bytes "$K/hf")
+point=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["point"]["point_id"])' "$K/out.hf.inc")
+
+# virtnbdbackup, plain, then compressed
+fresh_vm
+timed vnb.full virtnbdbackup -U $URI -d $VM -l full -o "$K/vnb"
+vnb_full_bytes=$(bytes "$K/vnb")
+day2
+timed vnb.inc virtnbdbackup -U $URI -d $VM -l inc -o "$K/vnb"
+vnb_bytes=$(bytes "$K/vnb")
+fresh_vm
+timed vnbz.full virtnbdbackup -U $URI -d $VM -l full -z -o "$K/vnbz"
+vnbz_full_bytes=$(bytes "$K/vnbz")
+day2
+timed vnbz.inc virtnbdbackup -U $URI -d $VM -l inc -z -o "$K/vnbz"
+vnbz_bytes=$(bytes "$K/vnbz")
+
+# Restores of the day-2 state: Holdfast as a new VM in a pool; virtnbdrestore to image files.
+virsh -c $URI pool-create-as $VM-pool dir --target "$K/pool" >/dev/null
+sync
+timed hf.restore "$HF" kvm --uri $URI restore --point "$point" --name $VM-r --pool $VM-pool --store "$K/hf"
+cmp "$K/pool/$VM-r-vda.raw" "$W/disk2.raw" || { echo "Holdfast's restore differs from the day-2 disk" >&2; exit 1; }
+timed vnb.restore virtnbdrestore -i "$K/vnb" -o "$K/vnbrestore"
+restored=$(find "$K/vnbrestore" -maxdepth 1 -type f -name '*.qcow2' | head -1)
+qemu-img compare -q "$restored" "$W/disk2.raw" || { echo "virtnbdrestore's restore differs from the day-2 disk" >&2; exit 1; }
+
+cat <<REPORT
+## KVM benchmark: $(date -u +%Y-%m-%d), $(nproc) cores, libvirt $(virsh -c $URI version | awk '/Using library/ {print $4}'), QEMU $(virsh -c $URI version | awk '/Running hypervisor/ {print $4}'), virtnbdbackup $(virtnbdbackup -V 2>&1 | tail -1)
+
+One VM, one 4 GiB virtio disk holding the store benchmark's image ($(mb "$($tool allocated-bytes "$W/disk1.raw")") MB allocated); day 2 replays
+$(wc -l < "$K/plan.txt") changed ranges ($(mb "$(awk '{s += $3} END {print s}' "$K/plan.txt")") MB) as guest writes. Times are the client's wall and CPU time.
+
+| run | wall s | CPU s | peak RSS MiB | stored MB after |
+|---|---|---|---|---|
+| Holdfast full | $(wall hf.full) | $(cpu hf.full) | $(rss hf.full) | $(mb "$hf_full_bytes") |
+| Holdfast incremental | $(wall hf.inc) | $(cpu hf.inc) | $(rss hf.inc) | $(mb "$hf_bytes") |
+| virtnbdbackup full | $(wall vnb.full) | $(cpu vnb.full) | $(rss vnb.full) | $(mb "$vnb_full_bytes") |
+| virtnbdbackup incremental | $(wall vnb.inc) | $(cpu vnb.inc) | $(rss vnb.inc) | $(mb "$vnb_bytes") |
+| virtnbdbackup --compress full | $(wall vnbz.full) | $(cpu vnbz.full) | $(rss vnbz.full) | $(mb "$vnbz_full_bytes") |
+| virtnbdbackup --compress incremental | $(wall vnbz.inc) | $(cpu vnbz.inc) | $(rss vnbz.inc) | $(mb "$vnbz_bytes") |
+| Holdfast restore as a new VM (sparse raw volume) | $(wall hf.restore) | $(cpu hf.restore) | $(rss hf.restore) | |
+| virtnbdrestore to an image file | $(wall vnb.restore) | $(cpu vnb.restore) | $(rss vnb.restore) | |
+
+Ratios (same run):
+- full: virtnbdbackup time / Holdfast time = $(ratio "$(wall vnb.full)" "$(wall hf.full)") (target >= 1)
+- stored after full + incremental: Holdfast / virtnbdbackup --compress = $(ratio "$hf_bytes" "$vnbz_bytes") (target <= 0.75)
+- incremental: virtnbdbackup time / Holdfast time = $(ratio "$(wall vnb.inc)" "$(wall hf.inc)") (target >= 1)
+- restore: virtnbdrestore time / Holdfast time = $(ratio "$(wall vnb.restore)" "$(wall hf.restore)") (target >= 2)
+REPORT
+
+virsh -c $URI destroy $VM >/dev/null 2>&1 || true
+virsh -c $URI undefine --checkpoints-metadata $VM >/dev/null 2>&1 || true
+virsh -c $URI undefine $VM-r >/dev/null 2>&1 || true
+virsh -c $URI pool-destroy $VM-pool >/dev/null 2>&1 || true
+rm -rf "$K"
