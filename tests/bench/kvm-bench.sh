@@ -27,10 +27,14 @@ virsh -c $URI undefine --checkpoints-metadata $VM >/dev/null 2>&1 || true
 virsh -c $URI destroy $VM-r >/dev/null 2>&1 || true
 virsh -c $URI undefine $VM-r >/dev/null 2>&1 || true
 virsh -c $URI pool-destroy $VM-pool >/dev/null 2>&1 || true
-rm -rf "$K"; sync
-# ext4 avoids reusing inodes freed in the last 30 s: Holdfast writes one file per chunk and would
-# pay for whatever was deleted just before (see docs/BENCHMARKS.md); let that pass.
-sleep 31
+umount "$K" 2>/dev/null || true
+rm -rf "$K"; rm -f "$W/kvm-fs.img"
+# Every tool writes to a freshly made ext4: no tool pays for files an earlier run deleted
+# (ext4 slows inode allocation after mass deletes; see docs/BENCHMARKS.md).
+truncate -s 16G "$W/kvm-fs.img"
+mkfs.ext4 -q -F "$W/kvm-fs.img"
+mkdir -p "$K"
+mount -o loop "$W/kvm-fs.img" "$K"
 mkdir -p "$K/pool"; chmod 755 "$W" "$K" "$K/pool"
 qemu-img convert -f raw -O qcow2 "$W/disk1.raw" "$K/template.qcow2"
 $tool apply-plan "$W/disk2.raw" "$W/changed.txt" "$K/delta" > "$K/plan.txt"
@@ -131,4 +135,5 @@ virsh -c $URI destroy $VM >/dev/null 2>&1 || true
 virsh -c $URI undefine --checkpoints-metadata $VM >/dev/null 2>&1 || true
 virsh -c $URI undefine $VM-r >/dev/null 2>&1 || true
 virsh -c $URI pool-destroy $VM-pool >/dev/null 2>&1 || true
-rm -rf "$K"
+umount "$K"
+rm -rf "$K" "$W/kvm-fs.img"
