@@ -49,6 +49,15 @@ impl StoreError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Io { what: what.into(), source }
     }
+
+    /// A manifest that cannot be opened: no such point, or an I/O error naming the file.
+    pub fn manifest_io(point: &str, path: &std::path::Path, source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            StoreError::PointNotFound { point: point.into() }
+        } else {
+            StoreError::io(format!("reading {}", path.display()), source)
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

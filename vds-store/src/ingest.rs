@@ -92,6 +92,26 @@ impl DiskSource for FileSource {
     }
 }
 
+/// A disk held in memory: small images, synthetic disks in benchmarks, tests.
+pub struct MemorySource(pub Vec<u8>);
+
+impl DiskSource for MemorySource {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        let src = self.0.get(start..start + buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("{} bytes in memory", self.0.len())
+    }
+}
+
 pub struct IngestDisk {
     pub key: String,
     pub source: Box<dyn DiskSource>,
@@ -281,13 +301,7 @@ impl Store {
     fn lock_parent(&self, vm: &str, point: &str) -> Result<Parent> {
         validate_key("point id", point)?;
         let path = self.manifest_path(vm, point);
-        let file = File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::PointNotFound { point: point.into() }
-            } else {
-                StoreError::io(format!("opening {}", path.display()), e)
-            }
-        })?;
+        let file = File::open(&path).map_err(|e| StoreError::manifest_io(point, &path, e))?;
         flock(&file, false, false).map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?;
         // A delete may have unlinked the file between our open and our lock.
         let held = file.metadata().map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;

@@ -258,13 +258,7 @@ impl Store {
 
     pub fn load_point(&self, vm: &str, point: &str) -> Result<RestorePoint> {
         let path = self.manifest_path(vm, point);
-        let bytes = fs::read(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::PointNotFound { point: point.to_string() }
-            } else {
-                StoreError::io(format!("reading {}", path.display()), e)
-            }
-        })?;
+        let bytes = fs::read(&path).map_err(|e| StoreError::manifest_io(point, &path, e))?;
         RestorePoint::decode(point, &path, &bytes)
     }
 
@@ -347,13 +341,7 @@ impl Store {
             return Err(StoreError::Locked { point: point.into(), until: until.to_rfc3339() });
         }
         let path = self.manifest_path(vm, point);
-        let file = fs::File::open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                StoreError::PointNotFound { point: point.into() }
-            } else {
-                StoreError::io(format!("opening {}", path.display()), e)
-            }
-        })?;
+        let file = fs::File::open(&path).map_err(|e| StoreError::manifest_io(point, &path, e))?;
         if !flock(&file, true, true).map_err(|e| StoreError::io(format!("locking {}", path.display()), e))? {
             return Err(StoreError::InUse { point: point.into() });
         }

@@ -23,21 +23,6 @@ pub fn small_store(dir: &Path, passphrase: Option<&[u8]>) -> Store {
     .unwrap()
 }
 
-pub struct MemDisk(pub Vec<u8>);
-
-impl DiskSource for MemDisk {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-}
-
 pub fn vm(key: &str) -> VmDescription {
     VmDescription { key: key.into(), name: key.into(), platform: "raw".into(), ..Default::default() }
 }
@@ -61,7 +46,7 @@ pub fn ingest(
                 .into_iter()
                 .map(|(k, data, changed)| IngestDisk {
                     key: k.into(),
-                    source: Box::new(MemDisk(data)),
+                    source: Box::new(MemorySource(data)),
                     changed,
                     change_id: None,
                     full_reason: None,

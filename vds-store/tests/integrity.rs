@@ -47,7 +47,7 @@ fn gc_frees_what_deleted_points_alone_used_and_dry_run_predicts_it() {
 
 /// A backup that deduplicates against an unreferenced old chunk, then runs for longer than the
 /// GC's clock margin while a GC starts: the chunk must survive.
-struct SlowDisk(MemDisk);
+struct SlowDisk(MemorySource);
 
 impl DiskSource for SlowDisk {
     fn size(&self) -> u64 {
@@ -81,7 +81,7 @@ fn gc_racing_a_backup_never_removes_a_chunk_the_new_point_needs() {
                     parent: None,
                     disks: vec![IngestDisk {
                         key: "d".into(),
-                        source: Box::new(SlowDisk(MemDisk(data.clone()))),
+                        source: Box::new(SlowDisk(MemorySource(data.clone()))),
                         changed: None,
                         change_id: None,
                         full_reason: None,
@@ -116,7 +116,7 @@ fn a_running_backups_base_point_cannot_be_deleted() {
                     parent: Some(base.point_id.clone()),
                     disks: vec![IngestDisk {
                         key: "d".into(),
-                        source: Box::new(SlowDisk(MemDisk(data.clone()))),
+                        source: Box::new(SlowDisk(MemorySource(data.clone()))),
                         changed: Some(vec![0..(3 * EXTENT as u64)]),
                         change_id: None,
                         full_reason: None,

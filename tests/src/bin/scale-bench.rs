@@ -56,7 +56,7 @@ fn main() {
                         parent: None,
                         disks: vec![IngestDisk {
                             key: "d".into(),
-                            source: Box::new(Mem(data)),
+                            source: Box::new(MemorySource(data)),
                             changed: None,
                             change_id: None,
                             full_reason: None,
@@ -105,19 +105,4 @@ fn count_blobs(store: &Store) -> u64 {
         })
         .expect("walk");
     n
-}
-
-struct Mem(Vec<u8>);
-
-impl DiskSource for Mem {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "synthetic".into()
-    }
 }
