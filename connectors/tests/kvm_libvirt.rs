@@ -189,3 +189,58 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
     assert_eq!(p3.disks[0].read_bytes, 4 * MIB as u64);
     assert_point_matches(&store, &p3, &vm.model, &vm.dir);
 }
+
+#[test]
+fn a_disk_added_since_the_last_backup_gets_a_full_while_the_others_stay_incremental() {
+    let mut vm = TestVm::start("newdisk");
+    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
+    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    vm.write(0, 0x71, 0, MIB);
+    backup(&conn, &store, &vm, BackupType::Full);
+
+    let img = vm.dir.join("disk2.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg(DISK.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    virsh(&[
+        "attach-disk",
+        &vm.name,
+        img.to_str().unwrap(),
+        "vdc",
+        "--driver",
+        "qemu",
+        "--subdriver",
+        "qcow2",
+        "--live",
+    ]);
+    let reply = virsh(&[
+        "qemu-monitor-command",
+        &vm.name,
+        "--hmp",
+        "qemu-io -d /machine/peripheral/virtio-disk2/virtio-backend \"write -P 0x73 4M 1M\"",
+    ]);
+    assert!(!reply.contains("Error"), "{reply}");
+    vm.write(1, 0x72, 8 * MIB, MIB);
+
+    let p = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_eq!(p.backup_type, BackupType::Incremental);
+    let by_key = |k: &str| p.disks.iter().find(|d| d.key == k).unwrap();
+    assert_eq!(by_key("vda").backup_type, BackupType::Incremental);
+    assert_eq!(by_key("vda").read_bytes, 0);
+    assert_eq!(by_key("vdb").backup_type, BackupType::Incremental);
+    assert_eq!(by_key("vdb").read_bytes, 4 * MIB as u64);
+    let vdc = by_key("vdc");
+    assert_eq!(vdc.backup_type, BackupType::Full);
+    assert!(vdc.full_reason.as_deref().unwrap().contains("new disk"), "{:?}", vdc.full_reason);
+    let mut want = vec![0u8; DISK];
+    want[4 * MIB..5 * MIB].fill(0x73);
+    let out = vm.dir.join("vdc.raw");
+    let f = std::fs::File::options().write(true).create_new(true).open(&out).unwrap();
+    store.open_disk(&p.point_id, "vdc").unwrap().export(&f, 2, &|_, _| ()).unwrap();
+    assert!(std::fs::read(&out).unwrap() == want, "the new disk's backup differs");
+    assert_point_matches(&store, &p, &vm.model, &vm.dir);
+}

@@ -71,7 +71,7 @@ impl TestVm {
         // <boot dev='fd'/>: no OS and an absent floppy, so the guest idles instead of spinning.
         let xml = format!(
             "<domain type='{kind}'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
-             <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='fd'/></os>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='fd'/></os><features><acpi/></features>\
              <devices>{disks}<interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface></devices></domain>"
         );
         let path = dir.join("domain.xml");
