@@ -53,6 +53,7 @@ pub fn backup_vm(
 ) -> Result<BackupOutcome, BackupError> {
     let description = connector.describe(vm)?;
     let base = base_point(store, &description.key, opts.requested)?;
+    let newest_full = base_point(store, &description.key, BackupType::Differential)?;
     let plan = BackupPlan {
         requested: opts.requested,
         base: base.as_ref().map(|p| BackupBase {
@@ -60,6 +61,7 @@ pub fn backup_vm(
             disks: p.disks.iter().map(|d| (d.key.clone(), d.size)).collect(),
         }),
         include: opts.include,
+        keep_change_ids: newest_full.iter().flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone())).collect(),
     };
     let mut session = connector.begin_backup(vm, &plan)?;
     let change_id = session.change_id();

@@ -45,6 +45,9 @@ pub struct BackupPlan {
     pub base: Option<BackupBase>,
     /// Disk keys to back up; empty means all.
     pub include: Vec<String>,
+    /// Change ids later backups may still count from (the newest full's, for differentials):
+    /// after a committed backup the connector keeps these and the new one, and may drop the rest.
+    pub keep_change_ids: Vec<String>,
 }
 
 /// One disk of a running backup session.

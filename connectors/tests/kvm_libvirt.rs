@@ -78,6 +78,14 @@ fn full_incremental_differential_chain_restores_every_state() {
     assert_eq!(p4.disks[0].read_bytes, 0);
     assert_eq!(p4.disks[1].read_bytes, 4 * MIB as u64);
     assert_point_matches(&store, &p4, &vm.model, &vm.dir);
+    // Old checkpoints do not pile up: only the newest (for incrementals) and the newest full's
+    // (for differentials) remain.
+    let cp = |p: &RestorePoint| p.disks[0].change_id.clone().unwrap();
+    let mut want = vec![cp(&p1), cp(&p4)];
+    want.sort();
+    let mut have = vm.checkpoints();
+    have.sort();
+    assert_eq!(have, want);
     // Earlier points are untouched by later ones.
     let mut m1 = vec![vec![0u8; DISK]; 2];
     m1[0][MIB..5 * MIB].fill(0xab);
@@ -150,7 +158,7 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
     assert_eq!(before.len(), 1);
 
     // As if Holdfast were killed mid-backup: the session is never finished.
-    let plan = BackupPlan { requested: BackupType::Full, base: None, include: vec![] };
+    let plan = BackupPlan { requested: BackupType::Full, base: None, include: vec![], keep_change_ids: vec![] };
     let session = conn.begin_backup(&vm.name, &plan).unwrap();
     std::mem::forget(session);
     assert!(vm.has_job());

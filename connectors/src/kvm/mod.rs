@@ -125,6 +125,32 @@ fn end_backup_job(dom: &Domain) -> Result<(), String> {
     Ok(())
 }
 
+/// Names of the domain's checkpoints.
+fn checkpoint_names(dom: &Domain) -> Result<Vec<String>, String> {
+    let mut list: *mut sys::virDomainCheckpointPtr = std::ptr::null_mut();
+    // SAFETY: valid domain pointer; libvirt allocates the array and a reference per checkpoint,
+    // all released below.
+    let n = unsafe { sys::virDomainListAllCheckpoints(dom.as_ptr(), &mut list, 0) };
+    if n < 0 {
+        return Err(last_error());
+    }
+    let mut names = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        // SAFETY: `list` holds `n` valid checkpoint pointers.
+        unsafe {
+            let cp = *list.add(i);
+            let name = sys::virDomainCheckpointGetName(cp);
+            if !name.is_null() {
+                names.push(CStr::from_ptr(name).to_string_lossy().into_owned());
+            }
+            sys::virDomainCheckpointFree(cp);
+        }
+    }
+    // SAFETY: the array was allocated by libvirt with malloc.
+    unsafe { libc::free(list.cast()) };
+    Ok(names)
+}
+
 fn checkpoint_exists(dom: &Domain, name: &str) -> bool {
     let n = cstring(name);
     // SAFETY: valid domain pointer and C string; the returned checkpoint is freed at once.
@@ -295,7 +321,15 @@ impl Connector for KvmConnector {
         if unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) } < 0 {
             return Err(cleanup_dir(Self::failed(vm, "starting the backup job", last_error())));
         }
-        let mut session = KvmSession { dom, vm: vm.into(), checkpoint, dir, disks: Vec::new(), socket };
+        let mut session = KvmSession {
+            dom,
+            vm: vm.into(),
+            checkpoint,
+            dir,
+            disks: Vec::new(),
+            socket,
+            keep: plan.keep_change_ids.clone(),
+        };
         match session.open_disks(&specs, base_cp.is_some(), reason_all, &base_disks) {
             Ok(()) => Ok(Box::new(session)),
             Err(e) => {
@@ -313,6 +347,8 @@ struct KvmSession {
     dir: PathBuf,
     socket: PathBuf,
     disks: Vec<SessionDisk>,
+    /// Checkpoints later backups still count from.
+    keep: Vec<String>,
 }
 
 impl KvmSession {
@@ -372,6 +408,21 @@ impl BackupSession for KvmSession {
         if !committed {
             if let Err(e) = delete_checkpoint(&self.dom, &self.checkpoint) {
                 errors.push(format!("deleting checkpoint {}: {e}", self.checkpoint));
+            }
+        } else {
+            // Ours only, and never one a later incremental or differential counts from: each
+            // deleted checkpoint's bitmap merges into its parent, so the kept ones stay exact.
+            match checkpoint_names(&self.dom) {
+                Ok(names) => {
+                    for name in names.iter().filter(|n| {
+                        n.starts_with(CHECKPOINT_PREFIX) && **n != self.checkpoint && !self.keep.contains(n)
+                    }) {
+                        if let Err(e) = delete_checkpoint(&self.dom, name) {
+                            errors.push(format!("deleting old checkpoint {name}: {e}"));
+                        }
+                    }
+                }
+                Err(e) => errors.push(format!("listing checkpoints: {e}")),
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
