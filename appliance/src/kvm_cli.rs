@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use connectors::{backup_vm, BackupOptions, Connector, KvmConnector, NewVmSpec, RestoreDisk};
+use connectors::{backup_vm, BackupOptions, Connector, KvmConnector, NewVmSpec, Quiesce, RestoreDisk};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use vds_store::{BackupType, Labels, Store};
@@ -42,6 +42,10 @@ enum KvmCommand {
         /// Disks to include (default: all)
         #[arg(long = "disk")]
         disks: Vec<String>,
+        /// Freeze the guest's filesystems through its agent: off, auto (crash-consistent when the
+        /// agent does not answer, and said so), required (fail instead)
+        #[arg(long, default_value = "auto")]
+        quiesce: String,
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -105,8 +109,14 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 }
             }
         }
-        KvmCommand::Backup { vm, store, backup_type, disks, threads } => {
+        KvmCommand::Backup { vm, store, backup_type, disks, quiesce, threads } => {
             let store = open_store(store)?;
+            let quiesce = match quiesce.as_str() {
+                "off" => Quiesce::Off,
+                "auto" => Quiesce::IfPossible,
+                "required" => Quiesce::Required,
+                q => return Err(anyhow!("--quiesce {q:?}: use off, auto or required")),
+            };
             let requested = BackupType::parse(&backup_type)
                 .ok_or_else(|| anyhow!("--type {backup_type:?}: use full, incremental or differential"))?;
             let pb = ProgressBar::new(0);
@@ -120,7 +130,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 &conn,
                 &store,
                 &vm,
-                BackupOptions { requested, include: disks, labels: Labels::default(), threads },
+                BackupOptions { requested, include: disks, labels: Labels::default(), threads, quiesce },
                 &mut |p| {
                     pb.set_length(p.total_bytes);
                     pb.set_position(p.done_bytes);
@@ -133,7 +143,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(
-                        &serde_json::json!({ "point": p, "transport": outcome.transport, "warnings": outcome.warnings })
+                        &serde_json::json!({ "point": p, "transport": outcome.transport, "consistency": outcome.consistency, "warnings": outcome.warnings })
                     )?
                 );
             } else {
@@ -146,6 +156,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                     outcome.transport,
                     p.stats.read_bytes
                 );
+                println!("  {}", outcome.consistency);
                 for d in p.disks.iter().filter(|d| d.full_reason.is_some()) {
                     println!("  disk {} read in full: {}", d.key, d.full_reason.as_deref().unwrap_or_default());
                 }

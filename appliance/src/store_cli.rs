@@ -282,6 +282,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                     disks: ingest_disks,
                     labels,
                     threads: threads(t),
+                    consistency: None,
                 },
                 &mut |p| {
                     pb.set_length(p.total_bytes);

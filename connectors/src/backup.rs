@@ -2,7 +2,7 @@
 //! session, ingest its disks, and finish the session on every path (success, ingest failure),
 //! so the platform never keeps a job, snapshot or checkpoint the store does not know of.
 
-use crate::connector::{BackupBase, BackupPlan, Connector, ConnectorError};
+use crate::connector::{BackupBase, BackupPlan, Connector, ConnectorError, Quiesce};
 use vds_store::{BackupType, IngestDisk, IngestProgress, IngestRequest, Labels, RestorePoint, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,7 @@ pub enum BackupError {
 pub struct BackupOutcome {
     pub point: RestorePoint,
     pub transport: String,
+    pub consistency: String,
     /// Problems after the point was committed (e.g. a cleanup step that failed).
     pub warnings: Vec<String>,
 }
@@ -27,6 +28,7 @@ pub struct BackupOptions {
     pub include: Vec<String>,
     pub labels: Labels,
     pub threads: usize,
+    pub quiesce: Quiesce,
 }
 
 /// The point an incremental or differential counts from: the newest point for incremental,
@@ -62,10 +64,12 @@ pub fn backup_vm(
         }),
         include: opts.include,
         keep_change_ids: newest_full.iter().flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone())).collect(),
+        quiesce: opts.quiesce,
     };
     let mut session = connector.begin_backup(vm, &plan)?;
     let change_id = session.change_id();
     let transport = session.transport();
+    let consistency = session.consistency();
     let disks = session
         .take_disks()
         .into_iter()
@@ -85,15 +89,17 @@ pub fn backup_vm(
             disks,
             labels: opts.labels,
             threads: opts.threads,
+            consistency: Some(consistency.clone()),
         },
         progress,
     );
     let finished = session.finish(result.is_ok());
     match (result, finished) {
-        (Ok(point), Ok(())) => Ok(BackupOutcome { point, transport, warnings: Vec::new() }),
+        (Ok(point), Ok(())) => Ok(BackupOutcome { point, transport, consistency, warnings: Vec::new() }),
         (Ok(point), Err(e)) => Ok(BackupOutcome {
             point,
             transport,
+            consistency,
             warnings: vec![format!("the backup is committed, but ending it on the hypervisor failed: {e}")],
         }),
         (Err(store), Ok(())) => Err(BackupError::Store(store)),

@@ -38,6 +38,16 @@ pub struct BackupBase {
     pub disks: Vec<(String, u64)>,
 }
 
+/// Whether to freeze the guest's filesystems (through its agent) while the snapshot is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quiesce {
+    Off,
+    /// Freeze when the guest agent answers; otherwise go on crash-consistent and say why.
+    IfPossible,
+    /// Fail the backup when the guest cannot be frozen.
+    Required,
+}
+
 #[derive(Clone, Debug)]
 pub struct BackupPlan {
     pub requested: BackupType,
@@ -48,6 +58,7 @@ pub struct BackupPlan {
     /// Change ids later backups may still count from (the newest full's, for differentials):
     /// after a committed backup the connector keeps these and the new one, and may drop the rest.
     pub keep_change_ids: Vec<String>,
+    pub quiesce: Quiesce,
 }
 
 /// One disk of a running backup session.
@@ -68,6 +79,8 @@ pub trait BackupSession {
     fn change_id(&self) -> Option<String>;
     /// The transport in use, for the job log and UI ("nbd+unix", "hot-add", …).
     fn transport(&self) -> String;
+    /// How consistent the captured state is, in words for the job log and the restore point.
+    fn consistency(&self) -> String;
     fn take_disks(&mut self) -> Vec<SessionDisk>;
     fn finish(self: Box<Self>, committed: bool) -> Result<(), ConnectorError>;
 }

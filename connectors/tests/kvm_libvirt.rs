@@ -4,7 +4,7 @@
 //! byte for byte with what the disks held when it was taken. Failure paths: a checkpoint deleted
 //! behind our back, a run killed mid-backup, an ingest that fails.
 
-use connectors::{backup_vm, BackupOptions, BackupPlan, Connector, KvmConnector, NewVmSpec, RestoreDisk};
+use connectors::{backup_vm, BackupOptions, BackupPlan, Connector, KvmConnector, NewVmSpec, Quiesce, RestoreDisk};
 use holdfast_tests::kvm::{assert_point_matches, virsh, TestVm, DISK, MIB, URI};
 use vds_store::*;
 
@@ -24,12 +24,25 @@ fn backup(conn: &KvmConnector, store: &Store, vm: &TestVm, kind: BackupType) -> 
         conn,
         store,
         &vm.name,
-        BackupOptions { requested: kind, include: vec![], labels: Labels::default(), threads: 2 },
+        BackupOptions {
+            requested: kind,
+            include: vec![],
+            labels: Labels::default(),
+            threads: 2,
+            quiesce: Quiesce::IfPossible,
+        },
         &mut |_| {},
     )
     .unwrap();
     assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
     assert!(outcome.transport.contains("nbd"));
+    // These OS-less guests have no agent: crash-consistent, and the point says why.
+    assert!(
+        outcome.consistency.contains("crash-consistent") && outcome.consistency.contains("agent"),
+        "{}",
+        outcome.consistency
+    );
+    assert_eq!(outcome.point.consistency.as_deref(), Some(outcome.consistency.as_str()));
     assert!(!vm.has_job(), "the backup job was left running after {}", outcome.point.point_id);
     outcome.point
 }
@@ -157,8 +170,35 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
     let before = vm.checkpoints();
     assert_eq!(before.len(), 1);
 
+    // Quiesce required but no guest agent: a clear error, and nothing left on the hypervisor.
+    let err = backup_vm(
+        &conn,
+        &store,
+        &vm.name,
+        BackupOptions {
+            requested: BackupType::Incremental,
+            include: vec![],
+            labels: Labels::default(),
+            threads: 2,
+            quiesce: Quiesce::Required,
+        },
+        &mut |_| {},
+    )
+    .err()
+    .expect("quiesce required without an agent fails")
+    .to_string();
+    assert!(err.contains("quiescing") && err.contains("agent"), "{err}");
+    assert!(!vm.has_job());
+    assert_eq!(vm.checkpoints(), before);
+
     // As if Holdfast were killed mid-backup: the session is never finished.
-    let plan = BackupPlan { requested: BackupType::Full, base: None, include: vec![], keep_change_ids: vec![] };
+    let plan = BackupPlan {
+        requested: BackupType::Full,
+        base: None,
+        include: vec![],
+        keep_change_ids: vec![],
+        quiesce: Quiesce::Off,
+    };
     let session = conn.begin_backup(&vm.name, &plan).unwrap();
     std::mem::forget(session);
     assert!(vm.has_job());
@@ -182,7 +222,13 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
         &conn,
         &store,
         &vm.name,
-        BackupOptions { requested: BackupType::Incremental, include: vec![], labels: Labels::default(), threads: 2 },
+        BackupOptions {
+            requested: BackupType::Incremental,
+            include: vec![],
+            labels: Labels::default(),
+            threads: 2,
+            quiesce: Quiesce::IfPossible,
+        },
         &mut |_| {},
     )
     .err()

@@ -153,6 +153,7 @@ fn dirty_bitmap_drives_an_incremental_backup_into_the_store() {
                     }],
                     labels: Labels::default(),
                     threads: 2,
+                    consistency: None,
                 },
                 &mut |_| {},
             )
@@ -184,6 +185,7 @@ fn dirty_bitmap_drives_an_incremental_backup_into_the_store() {
                 }],
                 labels: Labels::default(),
                 threads: 2,
+                consistency: None,
             },
             &mut |_| {},
         )

@@ -129,6 +129,8 @@ pub struct IngestRequest {
     pub disks: Vec<IngestDisk>,
     pub labels: Labels,
     pub threads: usize,
+    /// What the connector says of the captured state's consistency, kept in the point.
+    pub consistency: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -272,6 +274,7 @@ impl Store {
             finished: Utc::now(),
             disks,
             stats,
+            consistency: req.consistency,
         };
         self.commit(&point, &req.labels, &writer.tmp_dir)?;
         drop(parent);

@@ -54,6 +54,10 @@ pub struct RestorePoint {
     pub finished: DateTime<Utc>,
     pub disks: Vec<PointDisk>,
     pub stats: PointStats,
+    /// How consistent the captured state is, as the connector reported it (e.g. crash-consistent,
+    /// or application-consistent after a guest filesystem freeze).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +158,7 @@ mod tests {
             finished: Utc::now(),
             disks: vec![],
             stats: PointStats::default(),
+            consistency: None,
         }
     }
 

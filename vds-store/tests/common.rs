@@ -54,6 +54,7 @@ pub fn ingest(
                 .collect(),
             labels: Labels::default(),
             threads: 2,
+            consistency: None,
         },
         &mut |_| {},
     )

@@ -88,6 +88,7 @@ fn gc_racing_a_backup_never_removes_a_chunk_the_new_point_needs() {
                     }],
                     labels: Labels::default(),
                     threads: 1,
+                    consistency: None,
                 },
                 &mut |_| {},
             )
@@ -123,6 +124,7 @@ fn a_running_backups_base_point_cannot_be_deleted() {
                     }],
                     labels: Labels::default(),
                     threads: 1,
+                    consistency: None,
                 },
                 &mut |_| {},
             )

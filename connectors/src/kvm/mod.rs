@@ -151,6 +151,23 @@ fn checkpoint_names(dom: &Domain) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Freezes every guest filesystem through the QEMU guest agent.
+fn fs_freeze(dom: &Domain) -> Result<(), String> {
+    // SAFETY: a valid domain pointer; NULL/0 means all mounted filesystems.
+    if unsafe { sys::virDomainFSFreeze(dom.as_ptr(), std::ptr::null_mut(), 0, 0) } < 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+fn fs_thaw(dom: &Domain) -> Result<(), String> {
+    // SAFETY: a valid domain pointer; NULL/0 means all filesystems.
+    if unsafe { sys::virDomainFSThaw(dom.as_ptr(), std::ptr::null_mut(), 0, 0) } < 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
 fn checkpoint_exists(dom: &Domain, name: &str) -> bool {
     let n = cstring(name);
     // SAFETY: valid domain pointer and C string; the returned checkpoint is freed at once.
@@ -316,14 +333,37 @@ impl Connector for KvmConnector {
         };
         std::fs::write(dir.join(CHECKPOINT_FILE), &checkpoint)
             .map_err(|e| cleanup_dir(Self::failed(vm, "recording the checkpoint name", e.to_string())))?;
+        // Quiesce: freeze the guest's filesystems for the instant the backup job takes its view.
+        let (frozen, consistency) = match plan.quiesce {
+            Quiesce::Off => (false, "crash-consistent (quiesce not requested)".to_string()),
+            q => match fs_freeze(&dom) {
+                Ok(()) => (true, "application-consistent: guest filesystems frozen for the snapshot".to_string()),
+                Err(cause) if q == Quiesce::Required => {
+                    return Err(cleanup_dir(Self::failed(vm, "quiescing the guest (QEMU guest agent)", cause)))
+                }
+                Err(cause) => (false, format!("crash-consistent: the guest could not be quiesced ({cause})")),
+            },
+        };
         let (b, c) = (cstring(&bxml), cstring(&cxml));
         // SAFETY: valid domain pointer and C strings that outlive the call.
-        if unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) } < 0 {
-            return Err(cleanup_dir(Self::failed(vm, "starting the backup job", last_error())));
+        let begun = unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) } >= 0;
+        let begin_error = (!begun).then(last_error);
+        if frozen {
+            if let Err(e) = fs_thaw(&dom) {
+                if begun {
+                    let _ = end_backup_job(&dom);
+                    let _ = delete_checkpoint(&dom, &checkpoint);
+                }
+                return Err(cleanup_dir(Self::failed(vm, "thawing the guest's filesystems", e)));
+            }
+        }
+        if let Some(cause) = begin_error {
+            return Err(cleanup_dir(Self::failed(vm, "starting the backup job", cause)));
         }
         let mut session = KvmSession {
             dom,
             vm: vm.into(),
+            consistency,
             checkpoint,
             dir,
             disks: Vec::new(),
@@ -343,6 +383,7 @@ impl Connector for KvmConnector {
 struct KvmSession {
     dom: Domain,
     vm: String,
+    consistency: String,
     checkpoint: String,
     dir: PathBuf,
     socket: PathBuf,
@@ -393,6 +434,10 @@ impl BackupSession for KvmSession {
 
     fn transport(&self) -> String {
         "nbd+unix (libvirt pull-mode backup)".into()
+    }
+
+    fn consistency(&self) -> String {
+        self.consistency.clone()
     }
 
     fn take_disks(&mut self) -> Vec<SessionDisk> {

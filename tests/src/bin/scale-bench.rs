@@ -63,6 +63,7 @@ fn main() {
                         }],
                         labels: Labels::default(),
                         threads: 2,
+                        consistency: None,
                     },
                     &mut |_| {},
                 )
