@@ -49,14 +49,18 @@ enum KvmCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Restore a point as a new VM (new name, UUID and MAC addresses) into a storage pool.
+    /// Restore a point as a new VM (new name, UUID and MAC addresses) into a storage pool, or
+    /// with --in-place onto the VM it was taken from (which must be shut off).
     Restore {
         /// The restore point id
         #[arg(long)]
         point: String,
         /// The new VM's name
+        #[arg(long, required_unless_present = "in_place", conflicts_with = "in_place")]
+        name: Option<String>,
+        /// Overwrite the original VM's disks instead (the VM must be shut off)
         #[arg(long)]
-        name: String,
+        in_place: bool,
         /// libvirt storage pool for the new disks
         #[arg(long, default_value = "default")]
         pool: String,
@@ -165,7 +169,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 }
             }
         }
-        KvmCommand::Restore { point, name, pool, cpus, memory_mib, network, start, store } => {
+        KvmCommand::Restore { point, name, in_place, pool, cpus, memory_mib, network, start, store } => {
             let store = open_store(store)?;
             let entry = store.find(&point)?;
             let readers = entry
@@ -176,6 +180,17 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 .collect::<Result<Vec<_>>>()?;
             let disks: Vec<RestoreDisk<'_>> =
                 readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
+            if in_place {
+                let vm = &entry.manifest.vm;
+                conn.restore_in_place(&vm.key, &disks)?;
+                if args.json {
+                    println!("{}", serde_json::json!({ "vm": vm.name, "point": point, "in_place": true }));
+                } else {
+                    println!("restored point {point} onto VM {} ({})", vm.name, vm.key);
+                }
+                return Ok(0);
+            }
+            let name = name.expect("clap requires --name without --in-place");
             let spec = NewVmSpec { name, cpus, memory_mib, pool, network, start };
             let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec)?;
             if args.json {

@@ -120,4 +120,7 @@ pub trait Connector {
         disks: &[RestoreDisk<'_>],
         spec: &NewVmSpec,
     ) -> Result<String, ConnectorError>;
+    /// Overwrites the disks of an existing, stopped VM with a restore point's contents (holes
+    /// stay holes). Each disk must have the size it has in the point.
+    fn restore_in_place(&self, vm: &str, disks: &[RestoreDisk<'_>]) -> Result<(), ConnectorError>;
 }

@@ -36,7 +36,10 @@ const INFO_EXPORT: u16 = 0;
 const INFO_BLOCK_SIZE: u16 = 3;
 
 const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
 const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const CMD_WRITE_ZEROES: u16 = 6;
 const CMD_BLOCK_STATUS: u16 = 7;
 
 const REPLY_FLAG_DONE: u16 = 1;
@@ -49,6 +52,8 @@ const REPLY_TYPE_ERROR_BIT: u16 = 1 << 15;
 /// Transmission flag: the server accepts NBD_CMD_BLOCK_STATUS only if a context was negotiated;
 /// read-only is reported here too.
 pub const TRANSMIT_READ_ONLY: u16 = 2;
+const TRANSMIT_SEND_FLUSH: u16 = 4;
+const TRANSMIT_SEND_WRITE_ZEROES: u16 = 64;
 
 /// Requests larger than this are split (QEMU's limit is 32 MiB).
 const MAX_REQUEST: u32 = 32 << 20;
@@ -595,6 +600,98 @@ impl NbdClient {
                 )));
             }
             pending.remove(&cookie);
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, as many requests in flight as the window allows.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
+        self.check_writable(offset, data.len() as u64)?;
+        let step = self.max_request as usize;
+        let mut next = 0usize;
+        let mut pending = Vec::new();
+        while next < data.len() || !pending.is_empty() {
+            while next < data.len() && pending.len() < IN_FLIGHT {
+                let len = (data.len() - next).min(step);
+                let cookie = self.next_cookie;
+                self.next_cookie += 1;
+                self.send_request(CMD_WRITE, 0, cookie, offset + next as u64, len as u32)?;
+                self.writer.write_all(&data[next..next + len]).map_err(io("sending write data"))?;
+                pending.push((cookie, offset + next as u64));
+                next += len;
+            }
+            self.writer.flush().map_err(io("sending write requests"))?;
+            self.receive_ack(&mut pending, "a write")?;
+        }
+        Ok(())
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros; the server may deallocate them (holes stay
+    /// holes).
+    pub fn write_zeroes(&mut self, offset: u64, len: u64) -> Result<(), NbdError> {
+        if self.transmit_flags & TRANSMIT_SEND_WRITE_ZEROES == 0 {
+            return Err(NbdError::Unsupported("WRITE_ZEROES".into()));
+        }
+        self.check_writable(offset, len)?;
+        let mut pending = Vec::new();
+        let mut pos = 0u64;
+        while pos < len || !pending.is_empty() {
+            while pos < len && pending.len() < IN_FLIGHT {
+                let n = (len - pos).min(1 << 30);
+                let cookie = self.next_cookie;
+                self.next_cookie += 1;
+                self.send_request(CMD_WRITE_ZEROES, 0, cookie, offset + pos, n as u32)?;
+                pending.push((cookie, offset + pos));
+                pos += n;
+            }
+            self.writer.flush().map_err(io("sending write-zeroes requests"))?;
+            self.receive_ack(&mut pending, "a write of zeroes")?;
+        }
+        Ok(())
+    }
+
+    /// Asks the server to make every completed write durable.
+    pub fn flush(&mut self) -> Result<(), NbdError> {
+        if self.transmit_flags & TRANSMIT_SEND_FLUSH == 0 {
+            return Ok(());
+        }
+        let cookie = self.next_cookie;
+        self.next_cookie += 1;
+        self.send_request(CMD_FLUSH, 0, cookie, 0, 0)?;
+        self.writer.flush().map_err(io("sending a flush"))?;
+        let mut pending = vec![(cookie, 0)];
+        self.receive_ack(&mut pending, "a flush")
+    }
+
+    fn check_writable(&self, offset: u64, len: u64) -> Result<(), NbdError> {
+        if self.read_only() {
+            return Err(NbdError::Refused {
+                what: format!("writing to export {:?}", self.export),
+                message: "the export is read-only".into(),
+            });
+        }
+        self.check_range(offset, len)
+    }
+
+    /// Waits for one reply to a pending request that carries no data (write, zeroes, flush).
+    fn receive_ack(&mut self, pending: &mut Vec<(u64, u64)>, what: &str) -> Result<(), NbdError> {
+        let (cookie, done, error) = match read_reply(&mut self.reader)? {
+            Reply::Simple { cookie, errno } => (cookie, true, (errno != 0).then(|| (errno, String::new(), None))),
+            Reply::Chunk { cookie, done, chunk: ReplyChunk::None } => (cookie, done, None),
+            Reply::Chunk { cookie, done, chunk: ReplyChunk::Error { errno, message, offset } } => {
+                (cookie, done, Some((errno, message, offset)))
+            }
+            Reply::Chunk { .. } => return Err(protocol(format!("data in the reply to {what}"))),
+        };
+        let i = pending
+            .iter()
+            .position(|(c, _)| *c == cookie)
+            .ok_or_else(|| protocol(format!("reply to unknown request {cookie}")))?;
+        if let Some((errno, message, at)) = error {
+            return Err(NbdError::Server { what: what.into(), offset: at.unwrap_or(pending[i].1), errno, message });
+        }
+        if done {
+            pending.swap_remove(i);
         }
         Ok(())
     }

@@ -298,3 +298,43 @@ fn a_disk_added_since_the_last_backup_gets_a_full_while_the_others_stay_incremen
     assert!(std::fs::read(&out).unwrap() == want, "the new disk's backup differs");
     assert_point_matches(&store, &p, &vm.model, &vm.dir);
 }
+
+#[test]
+fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
+    let mut vm = TestVm::start("inplace");
+    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
+    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    vm.write(0, 0x81, MIB, 3 * MIB);
+    vm.write(1, 0x82, 20 * MIB, MIB);
+    let p1 = backup(&conn, &store, &vm, BackupType::Full);
+    let model_p1 = vm.model.clone();
+    vm.write(0, 0x83, 2 * MIB, 8 * MIB);
+    vm.write(1, 0x84, 40 * MIB, 2 * MIB);
+    backup(&conn, &store, &vm, BackupType::Incremental);
+
+    let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p1.point_id, k).unwrap()).collect();
+    let disks: Vec<RestoreDisk<'_>> =
+        ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
+    let running = conn.restore_in_place(&vm.name, &disks).unwrap_err().to_string();
+    assert!(running.contains("running"), "{running}");
+
+    virsh(&["destroy", &vm.name]);
+    conn.restore_in_place(&vm.name, &disks).unwrap();
+    for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+        let raw = vm.dir.join(format!("inplace-{dev}.raw"));
+        let st = std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(vm.dir.join(format!("disk{i}.qcow2")))
+            .arg(&raw)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(std::fs::read(&raw).unwrap() == model_p1[i], "{dev} was not restored to point {}", p1.point_id);
+    }
+
+    // The VM runs on the restored disks, and the next incremental captures that state.
+    virsh(&["start", &vm.name]);
+    vm.model = model_p1;
+    let p3 = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_point_matches(&store, &p3, &vm.model, &vm.dir);
+}

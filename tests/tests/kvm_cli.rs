@@ -57,6 +57,20 @@ fn backs_up_a_vm_from_the_command_line() {
     }
     assert!(restored_ok, "restored disks differ from the point");
 
+    // In place: the full point back onto the (stopped) original VM.
+    let full_id = full["point"]["point_id"].as_str().unwrap();
+    holdfast_tests::kvm::virsh(&["destroy", &vm.name]);
+    ok(kvm().args(["restore", "--point", full_id, "--in-place", "--store"]).arg(&store));
+    let raw = vm.dir.join("vdb-inplace.raw");
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(vm.dir.join("disk1.qcow2"))
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(std::fs::read(&raw).unwrap().iter().all(|&b| b == 0), "vdb should be back to its state at the full: empty");
+
     let bad = kvm().args(["backup", "--vm", "no-such-vm", "--store"]).arg(&store).output().unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("no-such-vm"), "{err}");

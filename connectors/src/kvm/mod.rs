@@ -71,6 +71,11 @@ impl KvmConnector {
             .map_err(|_| ConnectorError::NoSuchVm { platform: PLATFORM, vm: vm.into() })
     }
 
+    /// Whether the URI names libvirt on this machine (no host part).
+    fn is_local(&self) -> bool {
+        self.uri.split_once("://").is_some_and(|(scheme, rest)| !scheme.contains('+') && rest.starts_with('/'))
+    }
+
     fn failed(vm: &str, action: &str, cause: impl Into<String>) -> ConnectorError {
         ConnectorError::Failed { platform: PLATFORM, vm: vm.into(), action: action.into(), cause: cause.into() }
     }
@@ -208,6 +213,10 @@ impl Connector for KvmConnector {
         spec: &NewVmSpec,
     ) -> Result<String, ConnectorError> {
         restore::restore_as_new_vm(self, source, disks, spec)
+    }
+
+    fn restore_in_place(&self, vm: &str, disks: &[RestoreDisk<'_>]) -> Result<(), ConnectorError> {
+        restore::restore_in_place(self, vm, disks)
     }
 
     fn platform(&self) -> &'static str {

@@ -5,6 +5,8 @@
 use super::domain_xml::{new_domain_xml, volume_xml};
 use super::{last_error, KvmConnector, PLATFORM};
 use crate::connector::{ConnectorError, NewVmSpec, RestoreDisk};
+use crate::nbd::{NbdAddress, NbdClient};
+use std::process::{Child, Command, Stdio};
 use vds_store::{DiskReader, VmDescription};
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
@@ -129,5 +131,170 @@ pub(super) fn restore_as_new_vm(
             let _ = vol.delete(0);
         }
     }
+    result
+}
+
+/// qemu-nbd serving one disk image writable on a private socket; killed on drop.
+struct ImageServer {
+    child: Child,
+    socket: std::path::PathBuf,
+}
+
+impl ImageServer {
+    fn start(image: &str, format: &str, socket: std::path::PathBuf) -> Result<ImageServer, String> {
+        let child = Command::new("qemu-nbd")
+            .args(["--export-name=disk", "--discard=unmap", "--cache=writeback"])
+            .arg(format!("--format={format}"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg(image)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting qemu-nbd (package qemu-utils): {e}"))?;
+        let mut server = ImageServer { child, socket };
+        let start = std::time::Instant::now();
+        while !server.socket.exists() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = server.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!("qemu-nbd exited ({status}): {}", err.trim()));
+            }
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                return Err("qemu-nbd did not open its socket".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+}
+
+impl ImageServer {
+    /// Waits for qemu-nbd to exit after its client disconnected: only a clean exit writes the
+    /// image's persistent dirty bitmaps back (a killed qemu-nbd leaves them marked broken, and
+    /// the next incremental would fail on them).
+    fn finish(mut self) -> Result<(), String> {
+        let start = std::time::Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(format!("qemu-nbd exited with {status}")),
+                Ok(None) if start.elapsed() > std::time::Duration::from_secs(60) => {
+                    return Err("qemu-nbd did not exit after the restore".into())
+                }
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+impl Drop for ImageServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGTERM, not SIGKILL: qemu-nbd then closes the image properly.
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Writes a restore point's disk through NBD: data blocks as writes, holes and all-zero blocks
+/// as write-zeroes (which the image may turn back into holes).
+fn write_disk(client: &mut NbdClient, reader: &DiskReader) -> Result<(), String> {
+    let map = reader.map();
+    let es = map.extent_size as u64;
+    let mut buf = vec![0u8; es as usize];
+    let mut zero_from: Option<u64> = None;
+    let mut pos = 0u64;
+    let flush_zeroes = |client: &mut NbdClient, zero_from: &mut Option<u64>, upto: u64| -> Result<(), String> {
+        if let Some(start) = zero_from.take() {
+            client.write_zeroes(start, upto - start).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    for (i, id) in map.extents.iter().enumerate() {
+        let len = map.extent_len(i as u64);
+        if id.is_hole() {
+            zero_from.get_or_insert(pos);
+            pos += len as u64;
+            continue;
+        }
+        reader.read_at(&mut buf[..len], pos).map_err(|e| e.to_string())?;
+        for block in buf[..len].chunks(BLOCK) {
+            if dedupe::zero::is_zero(block) {
+                zero_from.get_or_insert(pos);
+            } else {
+                flush_zeroes(client, &mut zero_from, pos)?;
+                client.write_at(pos, block).map_err(|e| e.to_string())?;
+            }
+            pos += block.len() as u64;
+        }
+    }
+    flush_zeroes(client, &mut zero_from, pos)?;
+    client.flush().map_err(|e| e.to_string())
+}
+
+pub(super) fn restore_in_place(conn: &KvmConnector, vm: &str, disks: &[RestoreDisk<'_>]) -> Result<(), ConnectorError> {
+    if !conn.is_local() {
+        return Err(ConnectorError::Unsupported {
+            platform: PLATFORM,
+            what: format!("restoring in place on a remote host ({}): restore as a new VM instead", conn.uri),
+        });
+    }
+    let dom = conn.domain(vm)?;
+    if dom.is_active().unwrap_or(true) {
+        return Err(failed(vm, "restoring in place", "the VM is running; shut it down first"));
+    }
+    let xml = dom.xml_desc(0).map_err(|e| failed(vm, "reading the domain XML", e.to_string()))?;
+    let (_, vm_disks) = super::domain_xml::parse(&xml).map_err(|e| failed(vm, "reading the domain XML", e))?;
+    // Check everything before writing anything.
+    let mut plan = Vec::new();
+    for d in disks {
+        let target = vm_disks
+            .iter()
+            .find(|v| v.target == d.key)
+            .ok_or_else(|| failed(vm, "restoring in place", format!("it has no disk {}", d.key)))?;
+        let source = target
+            .source
+            .clone()
+            .ok_or_else(|| failed(vm, "restoring in place", format!("disk {} has no source file", d.key)))?;
+        let size = dom
+            .block_info(&d.key, 0)
+            .map_err(|e| failed(vm, &format!("sizing disk {}", d.key), e.to_string()))?
+            .capacity;
+        if size != d.reader.size() {
+            return Err(failed(
+                vm,
+                "restoring in place",
+                format!(
+                    "disk {} is {size} bytes but {} in the point; restore as a new VM instead",
+                    d.key,
+                    d.reader.size()
+                ),
+            ));
+        }
+        plan.push((d, source, target.format.clone().unwrap_or_else(|| "raw".into())));
+    }
+    let dir = conn.work_dir.join(format!("restore-{}", vds_store::fslock::random_hex(6)));
+    std::fs::create_dir_all(&dir).map_err(|e| failed(vm, "creating a work directory", e.to_string()))?;
+    let result = (|| {
+        for (d, source, format) in plan {
+            let server = ImageServer::start(&source, &format, dir.join(format!("{}.sock", d.key)))
+                .map_err(|e| failed(vm, &format!("opening disk {} ({source})", d.key), e))?;
+            let mut client = NbdClient::connect(&NbdAddress::Unix(server.socket.clone()), "disk", &[])?;
+            write_disk(&mut client, d.reader)
+                .map_err(|e| failed(vm, &format!("writing disk {} ({source})", d.key), e))?;
+            client.disconnect()?;
+            server.finish().map_err(|e| failed(vm, &format!("closing disk {} ({source})", d.key), e))?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
     result
 }
