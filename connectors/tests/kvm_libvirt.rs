@@ -145,6 +145,27 @@ fn full_incremental_differential_chain_restores_every_state() {
     }
     let again = conn.restore_as_new_vm(&p2.vm, &disks, &spec).unwrap_err().to_string();
     assert!(again.contains("exists already"), "{again}");
+    // The restored VM has raw disks: it backs up (full every time, saying why), no checkpoint.
+    for kind in [BackupType::Full, BackupType::Incremental] {
+        let opts = BackupOptions {
+            requested: kind,
+            include: vec![],
+            labels: Labels::default(),
+            threads: 2,
+            quiesce: Quiesce::IfPossible,
+        };
+        let r = backup_vm(&conn, &store, &restored.0, opts, &mut |_| {}).unwrap().point;
+        assert_eq!(r.backup_type, BackupType::Full);
+        assert!(r.disks.iter().all(|d| d.change_id.is_none()));
+        if kind == BackupType::Incremental {
+            assert!(
+                r.disks.iter().all(|d| d.full_reason.as_deref().is_some_and(|x| x.contains("raw"))),
+                "{:?}",
+                r.disks
+            );
+        }
+        assert_point_matches(&store, &r, &model_p2, &vm.dir);
+    }
     drop(restored);
 
     // A checkpoint deleted behind our back: the next incremental is a full, and says why.

@@ -189,7 +189,10 @@ impl Store {
                 None if parent.is_some() => {
                     (DiskMap::empty(size, es), (0..count).collect(), Some("new disk: not in the base point".into()))
                 }
-                None => (DiskMap::empty(size, es), (0..count).collect(), parent_reason.clone()),
+                // The connector knows best why it has no change list (e.g. a format without bitmaps).
+                None => {
+                    (DiskMap::empty(size, es), (0..count).collect(), disk.full_reason.clone().or(parent_reason.clone()))
+                }
                 Some(pd) if pd.size != size => (
                     DiskMap::empty(size, es),
                     (0..count).collect(),

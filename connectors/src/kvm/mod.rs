@@ -326,22 +326,48 @@ impl Connector for KvmConnector {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
             vds_store::fslock::random_hex(3)
         );
+        // Only qcow2 keeps persistent dirty bitmaps: other disks are read whole every time.
+        let format_of = |t: &str| disks.iter().find(|d| d.target == t).and_then(|d| d.format.clone());
+        let trackable: Vec<&str> =
+            chosen.iter().copied().filter(|t| format_of(t).as_deref() == Some("qcow2")).collect();
+        let mut reasons = Vec::new();
         let specs: Vec<BackupDisk<'_>> = chosen
             .iter()
-            .map(|t| BackupDisk {
-                target: t,
-                scratch: dir.join(format!("scratch-{t}.qcow2")).display().to_string(),
-                full: base_cp.is_none() || !base_disks.contains(t),
+            .map(|t| {
+                let tracked = trackable.contains(t);
+                let reason = if plan.requested == BackupType::Full {
+                    None
+                } else if !tracked {
+                    Some(format!(
+                        "disk {t} is {}, which cannot track changes (qcow2 can)",
+                        format_of(t).unwrap_or_else(|| "of unknown format".into())
+                    ))
+                } else if base_cp.is_none() {
+                    reason_all.clone()
+                } else if !base_disks.contains(t) {
+                    Some("new disk: not in the base point".into())
+                } else {
+                    None
+                };
+                reasons.push(reason);
+                BackupDisk {
+                    target: t,
+                    scratch: dir.join(format!("scratch-{t}.qcow2")).display().to_string(),
+                    full: base_cp.is_none() || !base_disks.contains(t) || !tracked,
+                }
             })
             .collect();
         let bxml = backup_xml(&socket.display().to_string(), base_cp.as_deref(), &specs, &all);
-        let cxml = checkpoint_xml(&checkpoint, &chosen, &all);
+        let checkpoint = (!trackable.is_empty()).then_some(checkpoint);
+        let cxml = checkpoint.as_ref().map(|c| checkpoint_xml(c, &trackable, &all));
         let cleanup_dir = |e: ConnectorError| {
             let _ = std::fs::remove_dir_all(&dir);
             e
         };
-        std::fs::write(dir.join(CHECKPOINT_FILE), &checkpoint)
-            .map_err(|e| cleanup_dir(Self::failed(vm, "recording the checkpoint name", e.to_string())))?;
+        if let Some(cp) = &checkpoint {
+            std::fs::write(dir.join(CHECKPOINT_FILE), cp)
+                .map_err(|e| cleanup_dir(Self::failed(vm, "recording the checkpoint name", e.to_string())))?;
+        }
         // Quiesce: freeze the guest's filesystems for the instant the backup job takes its view.
         let (frozen, consistency) = match plan.quiesce {
             Quiesce::Off => (false, "crash-consistent (quiesce not requested)".to_string()),
@@ -353,15 +379,19 @@ impl Connector for KvmConnector {
                 Err(cause) => (false, format!("crash-consistent: the guest could not be quiesced ({cause})")),
             },
         };
-        let (b, c) = (cstring(&bxml), cstring(&cxml));
-        // SAFETY: valid domain pointer and C strings that outlive the call.
-        let begun = unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c.as_ptr(), 0) } >= 0;
+        let b = cstring(&bxml);
+        let c = cxml.as_deref().map(cstring);
+        let c_ptr = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+        // SAFETY: valid domain pointer; C strings (or NULL for no checkpoint) that outlive the call.
+        let begun = unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c_ptr, 0) } >= 0;
         let begin_error = (!begun).then(last_error);
         if frozen {
             if let Err(e) = fs_thaw(&dom) {
                 if begun {
                     let _ = end_backup_job(&dom);
-                    let _ = delete_checkpoint(&dom, &checkpoint);
+                    if let Some(cp) = &checkpoint {
+                        let _ = delete_checkpoint(&dom, cp);
+                    }
                 }
                 return Err(cleanup_dir(Self::failed(vm, "thawing the guest's filesystems", e)));
             }
@@ -379,7 +409,7 @@ impl Connector for KvmConnector {
             socket,
             keep: plan.keep_change_ids.clone(),
         };
-        match session.open_disks(&specs, base_cp.is_some(), reason_all, &base_disks) {
+        match session.open_disks(&specs, base_cp.is_some(), reasons) {
             Ok(()) => Ok(Box::new(session)),
             Err(e) => {
                 let _ = Box::new(session).finish(false);
@@ -393,7 +423,8 @@ struct KvmSession {
     dom: Domain,
     vm: String,
     consistency: String,
-    checkpoint: String,
+    /// None when no disk can keep a bitmap (no qcow2 disk).
+    checkpoint: Option<String>,
     dir: PathBuf,
     socket: PathBuf,
     disks: Vec<SessionDisk>,
@@ -406,24 +437,15 @@ impl KvmSession {
         &mut self,
         specs: &[BackupDisk<'_>],
         incremental: bool,
-        reason_all: Option<String>,
-        base_disks: &[&str],
+        reasons: Vec<Option<String>>,
     ) -> Result<(), ConnectorError> {
         let address = NbdAddress::Unix(self.socket.clone());
-        for spec in specs {
+        for (spec, full_reason) in specs.iter().zip(reasons) {
             let bitmap = (incremental && !spec.full).then(|| format!("hf-{}", spec.target));
             let mut source = NbdSource::open(&address, spec.target, bitmap.as_deref())?;
             let changed = match &bitmap {
                 Some(b) => Some(source.dirty_ranges(b)?),
                 None => None,
-            };
-            let full_reason = match (&bitmap, &reason_all) {
-                (Some(_), _) => None,
-                (None, Some(r)) => Some(r.clone()),
-                (None, None) if incremental && !base_disks.contains(&spec.target) => {
-                    Some("new disk: not in the base point".into())
-                }
-                (None, None) => None,
             };
             self.disks.push(SessionDisk {
                 key: spec.target.to_string(),
@@ -438,7 +460,7 @@ impl KvmSession {
 
 impl BackupSession for KvmSession {
     fn change_id(&self) -> Option<String> {
-        Some(self.checkpoint.clone())
+        self.checkpoint.clone()
     }
 
     fn transport(&self) -> String {
@@ -460,8 +482,10 @@ impl BackupSession for KvmSession {
             errors.push(format!("ending the backup job: {e}"));
         }
         if !committed {
-            if let Err(e) = delete_checkpoint(&self.dom, &self.checkpoint) {
-                errors.push(format!("deleting checkpoint {}: {e}", self.checkpoint));
+            if let Some(cp) = &self.checkpoint {
+                if let Err(e) = delete_checkpoint(&self.dom, cp) {
+                    errors.push(format!("deleting checkpoint {cp}: {e}"));
+                }
             }
         } else {
             // Ours only, and never one a later incremental or differential counts from: each
@@ -469,7 +493,9 @@ impl BackupSession for KvmSession {
             match checkpoint_names(&self.dom) {
                 Ok(names) => {
                     for name in names.iter().filter(|n| {
-                        n.starts_with(CHECKPOINT_PREFIX) && **n != self.checkpoint && !self.keep.contains(n)
+                        n.starts_with(CHECKPOINT_PREFIX)
+                            && self.checkpoint.as_deref() != Some(n.as_str())
+                            && !self.keep.contains(n)
                     }) {
                         if let Err(e) = delete_checkpoint(&self.dom, name) {
                             errors.push(format!("deleting old checkpoint {name}: {e}"));
