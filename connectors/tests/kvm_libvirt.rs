@@ -5,7 +5,7 @@
 //! behind our back, a run killed mid-backup, an ingest that fails.
 
 use connectors::{backup_vm, BackupOptions, BackupPlan, Connector, KvmConnector, NewVmSpec, Quiesce, RestoreDisk};
-use holdfast_tests::kvm::{assert_point_matches, virsh, TestVm, DISK, MIB, URI};
+use holdfast_tests::kvm::{assert_point_matches, create_qcow2, virsh, TestVm, DISK, MIB, URI};
 use vds_store::*;
 
 /// A restored VM and its pool, removed when the test ends.
@@ -19,21 +19,12 @@ impl Drop for Restored {
     }
 }
 
+fn opts(requested: BackupType, quiesce: Quiesce) -> BackupOptions {
+    BackupOptions { requested, include: vec![], labels: Labels::default(), threads: 2, quiesce }
+}
+
 fn backup(conn: &KvmConnector, store: &Store, vm: &TestVm, kind: BackupType) -> RestorePoint {
-    let outcome = backup_vm(
-        conn,
-        store,
-        &vm.name,
-        BackupOptions {
-            requested: kind,
-            include: vec![],
-            labels: Labels::default(),
-            threads: 2,
-            quiesce: Quiesce::IfPossible,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let outcome = backup_vm(conn, store, &vm.name, opts(kind, Quiesce::IfPossible), &mut |_| {}).unwrap();
     assert!(outcome.warnings.is_empty(), "{:?}", outcome.warnings);
     assert!(outcome.transport.contains("nbd"));
     // These OS-less guests have no agent: crash-consistent, and the point says why.
@@ -147,13 +138,7 @@ fn full_incremental_differential_chain_restores_every_state() {
     assert!(again.contains("exists already"), "{again}");
     // The restored VM has raw disks: it backs up (full every time, saying why), no checkpoint.
     for kind in [BackupType::Full, BackupType::Incremental] {
-        let opts = BackupOptions {
-            requested: kind,
-            include: vec![],
-            labels: Labels::default(),
-            threads: 2,
-            quiesce: Quiesce::IfPossible,
-        };
+        let opts = opts(kind, Quiesce::IfPossible);
         let r = backup_vm(&conn, &store, &restored.0, opts, &mut |_| {}).unwrap().point;
         assert_eq!(r.backup_type, BackupType::Full);
         assert!(r.disks.iter().all(|d| d.change_id.is_none()));
@@ -192,22 +177,10 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
     assert_eq!(before.len(), 1);
 
     // Quiesce required but no guest agent: a clear error, and nothing left on the hypervisor.
-    let err = backup_vm(
-        &conn,
-        &store,
-        &vm.name,
-        BackupOptions {
-            requested: BackupType::Incremental,
-            include: vec![],
-            labels: Labels::default(),
-            threads: 2,
-            quiesce: Quiesce::Required,
-        },
-        &mut |_| {},
-    )
-    .err()
-    .expect("quiesce required without an agent fails")
-    .to_string();
+    let err = backup_vm(&conn, &store, &vm.name, opts(BackupType::Incremental, Quiesce::Required), &mut |_| {})
+        .err()
+        .expect("quiesce required without an agent fails")
+        .to_string();
     assert!(err.contains("quiescing") && err.contains("agent"), "{err}");
     assert!(!vm.has_job());
     assert_eq!(vm.checkpoints(), before);
@@ -239,21 +212,9 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
     std::fs::write(&points, b"not a directory").unwrap();
     let checkpoints = vm.checkpoints();
     vm.write(0, 0x63, 20 * MIB, MIB);
-    let err = backup_vm(
-        &conn,
-        &store,
-        &vm.name,
-        BackupOptions {
-            requested: BackupType::Incremental,
-            include: vec![],
-            labels: Labels::default(),
-            threads: 2,
-            quiesce: Quiesce::IfPossible,
-        },
-        &mut |_| {},
-    )
-    .err()
-    .expect("ingest into a broken store fails");
+    let err = backup_vm(&conn, &store, &vm.name, opts(BackupType::Incremental, Quiesce::IfPossible), &mut |_| {})
+        .err()
+        .expect("ingest into a broken store fails");
     assert!(err.to_string().contains("points"), "{err}");
     assert!(!vm.has_job(), "the failed run left its backup job");
     assert_eq!(vm.checkpoints(), checkpoints, "the failed run left its checkpoint");
@@ -274,13 +235,7 @@ fn a_disk_added_since_the_last_backup_gets_a_full_while_the_others_stay_incremen
     backup(&conn, &store, &vm, BackupType::Full);
 
     let img = vm.dir.join("disk2.qcow2");
-    let st = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg(DISK.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    create_qcow2(&img);
     virsh(&[
         "attach-disk",
         &vm.name,

@@ -33,6 +33,12 @@ pub fn ensure_libvirtd() {
     }
 }
 
+/// An empty qcow2 image of DISK bytes.
+pub fn create_qcow2(path: &Path) {
+    let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(path).arg(DISK.to_string()).status();
+    assert!(matches!(st, Ok(s) if s.success()), "qemu-img create {}", path.display());
+}
+
 pub struct TestVm {
     pub name: String,
     pub dir: PathBuf,
@@ -55,13 +61,7 @@ impl TestVm {
         let mut disks = String::new();
         for (i, dev) in ["vda", "vdb"].iter().enumerate() {
             let img = dir.join(format!("disk{i}.qcow2"));
-            let st = Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(&img)
-                .arg(DISK.to_string())
-                .status()
-                .unwrap();
-            assert!(st.success());
+            create_qcow2(&img);
             disks += &format!(
                 "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
                 img.display()
