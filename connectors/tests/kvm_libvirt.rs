@@ -314,3 +314,77 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
     let p3 = backup(&conn, &store, &vm, BackupType::Incremental);
     assert_point_matches(&store, &p3, &vm.model, &vm.dir);
 }
+
+#[test]
+fn a_vm_powered_off_mid_read_fails_the_backup_cleanly_and_the_next_run_succeeds() {
+    let mut vm = TestVm::start("nbddrop");
+    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
+    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    // A third disk with 256 MiB of incompressible data, so the reads outlast `virsh destroy`.
+    let big = vm.dir.join("big.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&big)
+        .arg("1G")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    virsh(&[
+        "attach-disk",
+        &vm.name,
+        big.to_str().unwrap(),
+        "vdc",
+        "--driver",
+        "qemu",
+        "--subdriver",
+        "qcow2",
+        "--live",
+    ]);
+    let noise = vm.dir.join("noise.bin");
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let data: Vec<u8> = (0..256 * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&noise, &data).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&noise, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let reply = virsh(&[
+        "qemu-monitor-command",
+        &vm.name,
+        "--hmp",
+        &format!(
+            "qemu-io -d /machine/peripheral/virtio-disk2/virtio-backend \"write -s {} 0 {}\"",
+            noise.display(),
+            256 * MIB
+        ),
+    ]);
+    assert!(!reply.contains("Error"), "{reply}");
+    vm.write(0, 0x91, 0, 4 * MIB);
+
+    // At the first progress report the VM is powered off: QEMU, and with it the NBD server, is
+    // gone in the middle of the reads. (Aborting the job alone does not cut an open connection.)
+    let mut aborted = false;
+    let err = backup_vm(&conn, &store, &vm.name, opts(BackupType::Full, Quiesce::Off), &mut |_| {
+        if !aborted {
+            aborted = true;
+            virsh(&["destroy", &vm.name]);
+        }
+    })
+    .err()
+    .expect("a backup whose NBD server vanished fails");
+    let text = err.to_string();
+    assert!(aborted);
+    assert!(text.contains("disk vd"), "{text}");
+    assert!(vm.checkpoints().is_empty(), "the failed run's checkpoint is gone");
+    assert!(store.scan(None).unwrap().0.is_empty(), "no half point");
+
+    // The VM comes back (without the hot-plugged disk) and the next backup is whole and exact.
+    virsh(&["start", &vm.name]);
+    let p = backup(&conn, &store, &vm, BackupType::Full);
+    assert_point_matches(&store, &p, &vm.model, &vm.dir);
+}

@@ -130,6 +130,45 @@ fn end_backup_job(dom: &Domain) -> Result<(), String> {
     Ok(())
 }
 
+/// Deletes a checkpoint of a shut-off domain on this host, which libvirt refuses to do: the
+/// bitmap is removed from each qcow2 disk with qemu-img, then libvirt's record of it.
+fn delete_checkpoint_offline(dom: &Domain, name: &str) -> Result<(), String> {
+    let xml = dom.xml_desc(0).map_err(|e| e.to_string())?;
+    let (_, disks) = domain_xml::parse(&xml)?;
+    for d in disks.iter().filter(|d| d.format.as_deref() == Some("qcow2")) {
+        let Some(src) = &d.source else { continue };
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--force-share", "--output=json", src])
+            .output()
+            .map_err(|e| format!("running qemu-img: {e}"))?;
+        if !String::from_utf8_lossy(&info.stdout).contains(&format!("\"name\": \"{name}\"")) {
+            continue;
+        }
+        let out = std::process::Command::new("qemu-img")
+            .args(["bitmap", "--remove", src, name])
+            .output()
+            .map_err(|e| format!("running qemu-img: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("removing bitmap {name} from {src}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    let n = cstring(name);
+    // SAFETY: valid domain pointer and C string; the checkpoint handle is freed after use.
+    unsafe {
+        let cp = sys::virDomainCheckpointLookupByName(dom.as_ptr(), n.as_ptr(), 0);
+        if cp.is_null() {
+            return Ok(());
+        }
+        let rc = sys::virDomainCheckpointDelete(cp, sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY);
+        let err = (rc < 0).then(last_error);
+        sys::virDomainCheckpointFree(cp);
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Names of the domain's checkpoints.
 fn checkpoint_names(dom: &Domain) -> Result<Vec<String>, String> {
     let mut list: *mut sys::virDomainCheckpointPtr = std::ptr::null_mut();
@@ -197,9 +236,11 @@ pub fn delete_checkpoint(dom: &Domain, name: &str) -> Result<(), String> {
             return Ok(());
         }
         let rc = sys::virDomainCheckpointDelete(cp, 0);
+        // Read the error before freeing: every libvirt call resets the thread's last error.
+        let err = (rc < 0).then(last_error);
         sys::virDomainCheckpointFree(cp);
-        if rc < 0 {
-            return Err(last_error());
+        if let Some(e) = err {
+            return Err(e);
         }
     }
     Ok(())
@@ -402,6 +443,7 @@ impl Connector for KvmConnector {
         let mut session = KvmSession {
             dom,
             vm: vm.into(),
+            local: self.is_local(),
             consistency,
             checkpoint,
             dir,
@@ -422,6 +464,8 @@ impl Connector for KvmConnector {
 struct KvmSession {
     dom: Domain,
     vm: String,
+    /// libvirt runs on this host (disk images are reachable directly).
+    local: bool,
     consistency: String,
     /// None when no disk can keep a bitmap (no qcow2 disk).
     checkpoint: Option<String>,
@@ -483,7 +527,16 @@ impl BackupSession for KvmSession {
         }
         if !committed {
             if let Some(cp) = &self.checkpoint {
-                if let Err(e) = delete_checkpoint(&self.dom, cp) {
+                let deleted = delete_checkpoint(&self.dom, cp).or_else(|e| {
+                    // The VM went down during the backup: libvirt cannot delete checkpoints of a
+                    // shut-off domain, but on this host the bitmaps can be removed directly.
+                    if self.local && !self.dom.is_active().unwrap_or(true) {
+                        delete_checkpoint_offline(&self.dom, cp)
+                    } else {
+                        Err(e)
+                    }
+                });
+                if let Err(e) = deleted {
                     errors.push(format!("deleting checkpoint {cp}: {e}"));
                 }
             }
