@@ -19,6 +19,14 @@ impl Drop for Restored {
     }
 }
 
+/// A running test VM, an empty store beside it, and a connector to its libvirt.
+fn bed(tag: &str) -> (TestVm, Store, KvmConnector) {
+    let vm = TestVm::start(tag);
+    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
+    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    (vm, store, conn)
+}
+
 fn opts(requested: BackupType, quiesce: Quiesce) -> BackupOptions {
     BackupOptions { requested, include: vec![], labels: Labels::default(), threads: 2, quiesce }
 }
@@ -40,9 +48,7 @@ fn backup(conn: &KvmConnector, store: &Store, vm: &TestVm, kind: BackupType) -> 
 
 #[test]
 fn full_incremental_differential_chain_restores_every_state() {
-    let mut vm = TestVm::start("chain");
-    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
-    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    let (mut vm, store, conn) = bed("chain");
     let hello = conn.test_connection().unwrap();
     assert!(hello.contains("libvirt") && hello.contains("QEMU"), "{hello}");
     assert!(conn.list_vms().unwrap().iter().any(|v| v.name == vm.name && v.running));
@@ -168,9 +174,7 @@ fn full_incremental_differential_chain_restores_every_state() {
 
 #[test]
 fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
-    let mut vm = TestVm::start("faults");
-    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
-    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    let (mut vm, store, conn) = bed("faults");
     vm.write(0, 0x61, 0, 2 * MIB);
     let p1 = backup(&conn, &store, &vm, BackupType::Full);
     let before = vm.checkpoints();
@@ -228,9 +232,7 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
 
 #[test]
 fn a_disk_added_since_the_last_backup_gets_a_full_while_the_others_stay_incremental() {
-    let mut vm = TestVm::start("newdisk");
-    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
-    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    let (mut vm, store, conn) = bed("newdisk");
     vm.write(0, 0x71, 0, MIB);
     backup(&conn, &store, &vm, BackupType::Full);
 
@@ -277,9 +279,7 @@ fn a_disk_added_since_the_last_backup_gets_a_full_while_the_others_stay_incremen
 
 #[test]
 fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
-    let mut vm = TestVm::start("inplace");
-    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
-    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    let (mut vm, store, conn) = bed("inplace");
     vm.write(0, 0x81, MIB, 3 * MIB);
     vm.write(1, 0x82, 20 * MIB, MIB);
     let p1 = backup(&conn, &store, &vm, BackupType::Full);
@@ -317,9 +317,7 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
 
 #[test]
 fn a_vm_powered_off_mid_read_fails_the_backup_cleanly_and_the_next_run_succeeds() {
-    let mut vm = TestVm::start("nbddrop");
-    let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
-    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    let (mut vm, store, conn) = bed("nbddrop");
     // A third disk with 256 MiB of incompressible data, so the reads outlast `virsh destroy`.
     let big = vm.dir.join("big.qcow2");
     let st = std::process::Command::new("qemu-img")
@@ -341,15 +339,7 @@ fn a_vm_powered_off_mid_read_fails_the_backup_cleanly_and_the_next_run_succeeds(
         "--live",
     ]);
     let noise = vm.dir.join("noise.bin");
-    let mut x = 0x9e3779b97f4a7c15u64;
-    let data: Vec<u8> = (0..256 * MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = holdfast_tests::noise(256 * MIB, 9);
     std::fs::write(&noise, &data).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&noise, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -70,16 +70,7 @@ fn raw_copy(image: &Path, out: &Path) -> Vec<u8> {
 }
 
 fn noise_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(path, data).unwrap();
+    std::fs::write(path, holdfast_tests::noise(len, seed)).unwrap();
 }
 
 /// A 96 MiB qcow2 with data in a few places, so reads span several 32 MiB requests.

@@ -33,16 +33,8 @@ fn main() {
         .expect("init");
         let points = base * scale / chunks_per_point;
         let t = Instant::now();
-        let mut x = 0x1234_5678_9abc_def0u64 ^ scale as u64;
         for p in 0..points {
-            let data: Vec<u8> = (0..chunks_per_point * 1024)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let data = holdfast_tests::noise(chunks_per_point * 1024, p as u64 + 1000 * scale as u64);
             store
                 .ingest(
                     IngestRequest {
