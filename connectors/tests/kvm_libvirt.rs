@@ -5,7 +5,7 @@
 //! behind our back, a run killed mid-backup, an ingest that fails.
 
 use connectors::{backup_vm, BackupOptions, BackupPlan, Connector, KvmConnector, NewVmSpec, Quiesce, RestoreDisk};
-use holdfast_tests::kvm::{assert_point_matches, create_qcow2, virsh, TestVm, DISK, MIB, URI};
+use holdfast_tests::kvm::{assert_point_matches, virsh, TestVm, DISK, MIB, URI};
 use vds_store::*;
 
 /// A restored VM and its pool, removed when the test ends.
@@ -236,26 +236,8 @@ fn a_disk_added_since_the_last_backup_gets_a_full_while_the_others_stay_incremen
     vm.write(0, 0x71, 0, MIB);
     backup(&conn, &store, &vm, BackupType::Full);
 
-    let img = vm.dir.join("disk2.qcow2");
-    create_qcow2(&img);
-    virsh(&[
-        "attach-disk",
-        &vm.name,
-        img.to_str().unwrap(),
-        "vdc",
-        "--driver",
-        "qemu",
-        "--subdriver",
-        "qcow2",
-        "--live",
-    ]);
-    let reply = virsh(&[
-        "qemu-monitor-command",
-        &vm.name,
-        "--hmp",
-        "qemu-io -d /machine/peripheral/virtio-disk2/virtio-backend \"write -P 0x73 4M 1M\"",
-    ]);
-    assert!(!reply.contains("Error"), "{reply}");
+    vm.hotplug_qcow2("disk2.qcow2", "vdc", &DISK.to_string());
+    vm.qemu_io(2, "write -P 0x73 4M 1M");
     vm.write(1, 0x72, 8 * MIB, MIB);
 
     let p = backup(&conn, &store, &vm, BackupType::Incremental);
@@ -319,41 +301,13 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
 fn a_vm_powered_off_mid_read_fails_the_backup_cleanly_and_the_next_run_succeeds() {
     let (mut vm, store, conn) = bed("nbddrop");
     // A third disk with 256 MiB of incompressible data, so the reads outlast `virsh destroy`.
-    let big = vm.dir.join("big.qcow2");
-    let st = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&big)
-        .arg("1G")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    virsh(&[
-        "attach-disk",
-        &vm.name,
-        big.to_str().unwrap(),
-        "vdc",
-        "--driver",
-        "qemu",
-        "--subdriver",
-        "qcow2",
-        "--live",
-    ]);
+    vm.hotplug_qcow2("big.qcow2", "vdc", "1G");
     let noise = vm.dir.join("noise.bin");
     let data = holdfast_tests::noise(256 * MIB, 9);
     std::fs::write(&noise, &data).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&noise, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let reply = virsh(&[
-        "qemu-monitor-command",
-        &vm.name,
-        "--hmp",
-        &format!(
-            "qemu-io -d /machine/peripheral/virtio-disk2/virtio-backend \"write -s {} 0 {}\"",
-            noise.display(),
-            256 * MIB
-        ),
-    ]);
-    assert!(!reply.contains("Error"), "{reply}");
+    vm.qemu_io(2, &format!("write -s {} 0 {}", noise.display(), 256 * MIB));
     vm.write(0, 0x91, 0, 4 * MIB);
 
     // At the first progress report the VM is powered off: QEMU, and with it the NBD server, is

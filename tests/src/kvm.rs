@@ -81,16 +81,32 @@ impl TestVm {
         TestVm { name, dir, model: vec![vec![0u8; DISK]; 2] }
     }
 
-    /// A guest write through QEMU's block layer, which the dirty bitmaps see.
-    pub fn write(&mut self, disk: usize, pattern: u8, offset: usize, len: usize) {
+    /// A qemu-io command on disk `disk` (0 = vda) through QEMU's block layer, which the dirty
+    /// bitmaps see.
+    pub fn qemu_io(&self, disk: usize, cmd: &str) {
         let reply = virsh(&[
             "qemu-monitor-command",
             &self.name,
             "--hmp",
-            &format!("qemu-io -d /machine/peripheral/virtio-disk{disk}/virtio-backend \"write -P {pattern:#x} {offset} {len}\""),
+            &format!("qemu-io -d /machine/peripheral/virtio-disk{disk}/virtio-backend \"{cmd}\""),
         ]);
         assert!(!reply.contains("Error"), "qemu-io: {reply}");
+    }
+
+    /// A guest write of `pattern`, recorded in the model.
+    pub fn write(&mut self, disk: usize, pattern: u8, offset: usize, len: usize) {
+        self.qemu_io(disk, &format!("write -P {pattern:#x} {offset} {len}"));
         self.model[disk][offset..offset + len].fill(pattern);
+    }
+
+    /// Hot-plugs a new empty qcow2 disk of `size` (qemu-img syntax) as `dev`; returns its path.
+    pub fn hotplug_qcow2(&self, file: &str, dev: &str, size: &str) -> PathBuf {
+        let img = self.dir.join(file);
+        let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg(size).status();
+        assert!(matches!(st, Ok(s) if s.success()), "qemu-img create {}", img.display());
+        let path = img.to_str().expect("utf-8 path");
+        virsh(&["attach-disk", &self.name, path, dev, "--driver", "qemu", "--subdriver", "qcow2", "--live"]);
+        img
     }
 
     pub fn checkpoints(&self) -> Vec<String> {

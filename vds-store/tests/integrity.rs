@@ -64,6 +64,33 @@ impl DiskSource for SlowDisk {
     }
 }
 
+/// One disk read slowly (see SlowDisk) into `store`, one worker.
+fn slow_ingest(
+    store: &Store,
+    kind: BackupType,
+    parent: Option<String>,
+    data: &[u8],
+    changed: Option<Vec<std::ops::Range<u64>>>,
+) -> Result<RestorePoint> {
+    let disk = IngestDisk {
+        key: "d".into(),
+        source: Box::new(SlowDisk(MemorySource(data.to_vec()))),
+        changed,
+        change_id: None,
+        full_reason: None,
+    };
+    let request = IngestRequest {
+        vm: vm("vm"),
+        backup_type: kind,
+        parent,
+        disks: vec![disk],
+        labels: Labels::default(),
+        threads: 1,
+        consistency: None,
+    };
+    store.ingest(request, &mut |_| {})
+}
+
 #[test]
 fn gc_racing_a_backup_never_removes_a_chunk_the_new_point_needs() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,26 +100,7 @@ fn gc_racing_a_backup_never_removes_a_chunk_the_new_point_needs() {
     age_blobs(dir.path());
     store.delete_point("vm", &old.point_id).unwrap();
     std::thread::scope(|s| {
-        let backup = s.spawn(|| {
-            store.ingest(
-                IngestRequest {
-                    vm: vm("vm"),
-                    backup_type: BackupType::Full,
-                    parent: None,
-                    disks: vec![IngestDisk {
-                        key: "d".into(),
-                        source: Box::new(SlowDisk(MemorySource(data.clone()))),
-                        changed: None,
-                        change_id: None,
-                        full_reason: None,
-                    }],
-                    labels: Labels::default(),
-                    threads: 1,
-                    consistency: None,
-                },
-                &mut |_| {},
-            )
-        });
+        let backup = s.spawn(|| slow_ingest(&store, BackupType::Full, None, &data, None));
         std::thread::sleep(Duration::from_millis(3300));
         let report = store.gc(false).unwrap();
         assert_eq!(report.points, 0, "the backup has not committed yet");
@@ -110,23 +118,12 @@ fn a_running_backups_base_point_cannot_be_deleted() {
     let base = ingest(&store, "vm", BackupType::Full, None, vec![("d", data.clone(), None)]).unwrap();
     std::thread::scope(|s| {
         let backup = s.spawn(|| {
-            store.ingest(
-                IngestRequest {
-                    vm: vm("vm"),
-                    backup_type: BackupType::Incremental,
-                    parent: Some(base.point_id.clone()),
-                    disks: vec![IngestDisk {
-                        key: "d".into(),
-                        source: Box::new(SlowDisk(MemorySource(data.clone()))),
-                        changed: Some(vec![0..(3 * EXTENT as u64)]),
-                        change_id: None,
-                        full_reason: None,
-                    }],
-                    labels: Labels::default(),
-                    threads: 1,
-                    consistency: None,
-                },
-                &mut |_| {},
+            slow_ingest(
+                &store,
+                BackupType::Incremental,
+                Some(base.point_id.clone()),
+                &data,
+                Some(vec![0..(3 * EXTENT as u64)]),
             )
         });
         std::thread::sleep(Duration::from_millis(500));
