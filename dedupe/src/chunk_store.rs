@@ -8,7 +8,8 @@
 //! A blob's mtime is "last referenced": a writer that finds a blob already present touches it, and
 //! garbage collection touches every blob it marks, then sweeps blobs older than its cutoff. The
 //! sweep renames a candidate aside and re-checks its mtime before deleting it, so a writer that
-//! touched it in between keeps it (and a writer that finds it gone writes it again).
+//! touched it in between keeps it (and a writer that finds it gone writes it again). A touch only
+//! counts when the blob is still under its name afterwards (see `touch`).
 
 use crate::codec::{BlobCodec, BlobKind};
 use crate::error::DedupeError;
@@ -68,9 +69,13 @@ impl ChunkStore {
     }
 
     /// Marks a blob as referenced now. Ok(false) when it does not exist.
+    ///
+    /// The timestamp update can land on an inode the sweep has already renamed aside (it looked the
+    /// path up first) and then deleted, so the blob is only reported present when the path still
+    /// names a file after the update: any later sweep of that file re-checks and sees our time.
     pub fn touch(&self, id: &BlobId) -> Result<bool, DedupeError> {
         let path = self.path(id);
-        match touch_path(&path) {
+        match touch_path(&path).and_then(|()| fs::symlink_metadata(&path).map(|_| ())) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(DedupeError::io(format!("touching blob {}", path.display()), e)),
@@ -309,6 +314,40 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 1);
+    }
+
+    /// A writer that finds a blob present while a sweep removes it must either keep it (its touch
+    /// reached the blob before the sweep's re-check) or write it again. Touching by path alone
+    /// lost blobs when the sweep renamed and deleted one between the writer's path lookup and its
+    /// timestamp update; the window is microseconds wide, so many blobs race in many rounds.
+    #[test]
+    fn a_blob_a_writer_dedupes_against_survives_a_concurrent_sweep() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let blobs: Vec<Vec<u8>> = (0..400u32).map(|i| format!("blob {i}").into_bytes()).collect();
+        let ids: Vec<BlobId> = blobs.iter().map(|b| s.insert(BlobKind::Chunk, b).unwrap().0).collect();
+        for round in 0..60 {
+            let old = SystemTime::now() - Duration::from_secs(3600);
+            for id in &ids {
+                fs::File::options().write(true).open(s.path(id)).unwrap().set_modified(old).unwrap();
+            }
+            // Everything the writer touches from here on is younger than the cutoff.
+            let cutoff = SystemTime::now() - Duration::from_millis(100);
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    barrier.wait();
+                    for b in blobs.iter().rev() {
+                        s.insert(BlobKind::Chunk, b).unwrap();
+                    }
+                });
+                barrier.wait();
+                s.sweep(cutoff, false).unwrap();
+            });
+            for id in &ids {
+                assert!(s.exists(id), "round {round}: blob {id} was deduplicated against, then swept");
+            }
+        }
     }
 
     #[test]

@@ -43,15 +43,20 @@ impl WriterRegistration {
         fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let lock_path = dir.join(&id);
         let started = SystemTime::now();
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io(format!("creating writer lock {}", lock_path.display()), e))?;
-        flock(&file, true, false).map_err(|e| StoreError::io(format!("locking {}", lock_path.display()), e))?;
+        // Made, locked and filled under another name, then renamed in: a GC that found an
+        // unlocked registration would take its writer for dead and remove it.
+        let staging = root.join("locks").join(format!(".writer.{id}"));
+        let io = |what: &str, e| StoreError::io(format!("{what} writer lock {}", lock_path.display()), e);
+        let mut file =
+            OpenOptions::new().create_new(true).write(true).open(&staging).map_err(|e| io("creating", e))?;
         let nanos = started.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        file.write_all(nanos.to_string().as_bytes())
-            .map_err(|e| StoreError::io(format!("writing {}", lock_path.display()), e))?;
+        let ready = flock(&file, true, false)
+            .and_then(|_| file.write_all(nanos.to_string().as_bytes()))
+            .and_then(|()| fs::rename(&staging, &lock_path));
+        if let Err(e) = ready {
+            let _ = fs::remove_file(&staging);
+            return Err(io("registering", e));
+        }
         let tmp_dir = root.join("tmp").join(&id);
         fs::create_dir_all(&tmp_dir).map_err(|e| StoreError::io(format!("creating {}", tmp_dir.display()), e))?;
         Ok(WriterRegistration { id, started, tmp_dir, lock_path, _file: file })
