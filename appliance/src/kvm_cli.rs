@@ -3,17 +3,29 @@
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use connectors::{backup_vm, BackupOptions, Connector, KvmConnector, NewVmSpec, Quiesce, RestoreDisk};
+use connectors::{backup_vm, BackupOptions, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce, RestoreDisk};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use vds_store::{BackupType, Labels, Store};
 
 #[derive(Args)]
 pub struct KvmArgs {
-    /// libvirt URI: qemu:///system, qemu+ssh://user@host/system, qemu+tls://host/system
+    /// libvirt URI: qemu:///system, qemu+ssh://user@host/system, qemu+tcp://host/system,
+    /// qemu+tls://host/system
     #[arg(long, default_value = "qemu:///system", global = true)]
     uri: String,
-    /// Where backup jobs put their NBD sockets and scratch files (must be on the libvirt host)
+    /// User name for libvirt's authentication (SASL, libssh); the password comes from
+    /// --password-file or the HOLDFAST_KVM_PASSWORD environment variable
+    #[arg(long, global = true)]
+    username: Option<String>,
+    /// File holding the password for --username (first line)
+    #[arg(long, global = true)]
+    password_file: Option<PathBuf>,
+    /// Host name the hypervisor's NBD server listens on for remote URIs (default: the URI's host)
+    #[arg(long, global = true)]
+    nbd_host: Option<String>,
+    /// Where backup jobs keep their state; with a local URI also the NBD sockets and scratch
+    /// files (QEMU must be able to write there)
     #[arg(long, default_value = "/var/tmp/holdfast", global = true)]
     work_dir: PathBuf,
     #[arg(long, global = true)]
@@ -88,8 +100,31 @@ fn open_store(store: Option<PathBuf>) -> Result<Store> {
     Store::open(&root, pass.as_deref()).with_context(|| format!("opening store {}", root.display()))
 }
 
+fn credentials(args: &KvmArgs) -> Result<Option<Credentials>> {
+    let Some(username) = args.username.clone() else {
+        if args.password_file.is_some() {
+            return Err(anyhow!("--password-file needs --username"));
+        }
+        return Ok(None);
+    };
+    let password = match &args.password_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading the password file {}", f.display()))?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string(),
+        None => std::env::var("HOLDFAST_KVM_PASSWORD")
+            .map_err(|_| anyhow!("--username {username} needs a password: --password-file or HOLDFAST_KVM_PASSWORD"))?,
+    };
+    Ok(Some(Credentials { username, password }))
+}
+
 pub fn run(args: KvmArgs) -> Result<i32> {
-    let conn = KvmConnector::open(&args.uri, &args.work_dir)?;
+    let mut conn = KvmConnector::open(&args.uri, &args.work_dir, credentials(&args)?.as_ref())?;
+    if let Some(host) = &args.nbd_host {
+        conn.set_nbd_host(host);
+    }
     match args.command {
         KvmCommand::Test => {
             let hello = conn.test_connection()?;

@@ -20,6 +20,19 @@ pub enum ConnectorError {
     Transport(#[from] crate::nbd::NbdError),
 }
 
+/// Credentials from a platform record. Debug never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: <hidden> }}", self.username)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSummary {
     pub name: String,

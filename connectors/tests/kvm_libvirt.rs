@@ -4,8 +4,10 @@
 //! byte for byte with what the disks held when it was taken. Failure paths: a checkpoint deleted
 //! behind our back, a run killed mid-backup, an ingest that fails.
 
-use connectors::{backup_vm, BackupOptions, BackupPlan, Connector, KvmConnector, NewVmSpec, Quiesce, RestoreDisk};
-use holdfast_tests::kvm::{assert_point_matches, virsh, TestVm, DISK, MIB, URI};
+use connectors::{
+    backup_vm, BackupOptions, BackupPlan, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce, RestoreDisk,
+};
+use holdfast_tests::kvm::{assert_point_matches, virsh, TestVm, DISK, MIB, TCP_PASSWORD, TCP_URI, TCP_USER, URI};
 use vds_store::*;
 
 /// A restored VM and its pool, removed when the test ends.
@@ -23,7 +25,7 @@ impl Drop for Restored {
 fn bed(tag: &str) -> (TestVm, Store, KvmConnector) {
     let vm = TestVm::start(tag);
     let store = Store::init(&vm.dir.join("store"), InitOptions::default()).unwrap();
-    let conn = KvmConnector::open(URI, &vm.dir.join("work")).unwrap();
+    let conn = KvmConnector::open(URI, &vm.dir.join("work"), None).unwrap();
     (vm, store, conn)
 }
 
@@ -331,4 +333,60 @@ fn a_vm_powered_off_mid_read_fails_the_backup_cleanly_and_the_next_run_succeeds(
     virsh(&["start", &vm.name]);
     let p = backup(&conn, &store, &vm, BackupType::Full);
     assert_point_matches(&store, &p, &vm.model, &vm.dir);
+}
+
+#[test]
+fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_storage_api() {
+    let (mut vm, store, _) = bed("remote");
+    let work = vm.dir.join("work-remote");
+    let wrong = Credentials { username: TCP_USER.into(), password: "not-the-password".into() };
+    let err = KvmConnector::open(TCP_URI, &work, Some(&wrong)).err().expect("a wrong password is refused").to_string();
+    assert!(err.contains(TCP_URI) && err.contains("authentication failed"), "{err}");
+    let creds = Credentials { username: TCP_USER.into(), password: TCP_PASSWORD.into() };
+    let conn = KvmConnector::open(TCP_URI, &work, Some(&creds)).unwrap();
+    assert!(conn.test_connection().unwrap().contains("libvirt"));
+
+    vm.write(0, 0x5a, 3 * MIB, 2 * MIB);
+    vm.write(1, 0xa5, 20 * MIB, MIB);
+    let name = vm.name.clone();
+    let run = |kind| backup_vm(&conn, &store, &name, opts(kind, Quiesce::Off), &mut |_| {}).unwrap();
+    let full = run(BackupType::Full);
+    assert!(full.transport.contains("TCP to 127.0.0.1:"), "{}", full.transport);
+    assert_point_matches(&store, &full.point, &vm.model, &vm.dir);
+    vm.write(1, 0x3c, 33 * MIB, 64 * 1024);
+    let inc = run(BackupType::Incremental).point;
+    assert_eq!(inc.backup_type, BackupType::Incremental);
+    assert_eq!((inc.disks[0].read_bytes, inc.disks[1].read_bytes), (0, 4 * MIB as u64));
+    assert_point_matches(&store, &inc, &vm.model, &vm.dir);
+    assert!(!vm.has_job());
+    assert!(std::fs::read_dir(work.join("active")).unwrap().next().is_none(), "no backup left marked running");
+    let leftovers: Vec<_> = std::fs::read_dir(&vm.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".scratch"))
+        .collect();
+    assert!(leftovers.is_empty(), "scratch files left beside the disks: {leftovers:?}");
+
+    // Restore through the remote connection: volumes created and uploaded with libvirt's storage API.
+    let pool = format!("{}-pool", vm.name);
+    let pool_dir = vm.dir.join("pool");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
+    let restored = Restored(format!("{}-restored", vm.name), pool.clone());
+    let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&inc.point_id, k).unwrap()).collect();
+    let disks: Vec<RestoreDisk<'_>> =
+        ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
+    let spec = NewVmSpec {
+        name: restored.0.clone(),
+        cpus: None,
+        memory_mib: None,
+        pool: pool.clone(),
+        network: None,
+        start: false,
+    };
+    conn.restore_as_new_vm(&inc.vm, &disks, &spec).unwrap();
+    for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+        let path = pool_dir.join(format!("{}-{dev}.raw", restored.0));
+        assert!(std::fs::read(&path).unwrap() == vm.model[i], "restored {dev} differs from point {}", inc.point_id);
+    }
 }

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 use vds_store::{RestorePoint, Store};
 
 pub const URI: &str = "qemu:///system";
@@ -17,20 +16,26 @@ pub fn virsh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Starts virtlogd and libvirtd when they are not running (no systemd on these machines).
+/// The test bed's libvirtd over TCP with SASL (see tests/testbed/start-libvirtd.sh): the remote
+/// code paths (credentials, NBD over TCP, uploads through the storage API) against the real daemon.
+pub const TCP_URI: &str = "qemu+tcp://127.0.0.1/system";
+pub const TCP_USER: &str = "holdfast";
+pub const TCP_PASSWORD: &str = "testbed-pass";
+
+/// Starts virtlogd and libvirtd (local socket, and TCP with SASL) unless both answer already.
 pub fn ensure_libvirtd() {
-    let up =
-        || Command::new("virsh").args(["-c", URI, "version"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if up() {
-        return;
-    }
-    let _ = Command::new("virtlogd").arg("-d").status();
-    let _ = Command::new("libvirtd").arg("-d").status();
-    let t = Instant::now();
-    while !up() {
-        assert!(t.elapsed() < Duration::from_secs(30), "libvirtd did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/start-libvirtd.sh");
+        let out = Command::new("bash").arg(&script).output().expect("bash runs");
+        assert!(
+            out.status.success(),
+            "{} failed: {}{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
 }
 
 /// An empty qcow2 image of DISK bytes.

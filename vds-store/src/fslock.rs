@@ -47,8 +47,7 @@ impl WriterRegistration {
         // unlocked registration would take its writer for dead and remove it.
         let staging = root.join("locks").join(format!(".writer.{id}"));
         let io = |what: &str, e| StoreError::io(format!("{what} writer lock {}", lock_path.display()), e);
-        let mut file =
-            OpenOptions::new().create_new(true).write(true).open(&staging).map_err(|e| io("creating", e))?;
+        let mut file = OpenOptions::new().create_new(true).write(true).open(&staging).map_err(|e| io("creating", e))?;
         let nanos = started.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
         let ready = flock(&file, true, false)
             .and_then(|_| file.write_all(nanos.to_string().as_bytes()))

@@ -103,15 +103,24 @@ fn escape(s: &str) -> String {
 /// How one disk takes part in a pull-mode backup.
 pub struct BackupDisk<'a> {
     pub target: &'a str,
-    pub scratch: String,
+    /// Where QEMU keeps the blocks the guest overwrites during the backup; None lets libvirt
+    /// choose (on a remote host, where our paths mean nothing).
+    pub scratch: Option<String>,
     /// Read it whole even though the backup is incremental (a disk the base did not have).
     pub full: bool,
 }
 
-/// A pull-mode backup serving every disk over NBD on a unix socket, exports named after the
-/// disk and, for incrementals, the dirty bitmap exported as `hf-<disk>`.
+/// Where the hypervisor's NBD server for a pull-mode backup listens.
+pub enum NbdServer<'a> {
+    Unix(&'a str),
+    /// Host name (as the hypervisor resolves it) and port.
+    Tcp(&'a str, u16),
+}
+
+/// A pull-mode backup serving every disk over NBD, exports named after the disk and, for
+/// incrementals, the dirty bitmap exported as `hf-<disk>`.
 pub fn backup_xml(
-    socket: &str,
+    server: &NbdServer<'_>,
     incremental_from: Option<&str>,
     disks: &[BackupDisk<'_>],
     all_targets: &[String],
@@ -120,7 +129,11 @@ pub fn backup_xml(
     if let Some(cp) = incremental_from {
         x += &format!("  <incremental>{}</incremental>\n", escape(cp));
     }
-    x += &format!("  <server transport='unix' socket='{}'/>\n  <disks>\n", escape(socket));
+    x += &match server {
+        NbdServer::Unix(socket) => format!("  <server transport='unix' socket='{}'/>\n", escape(socket)),
+        NbdServer::Tcp(host, port) => format!("  <server transport='tcp' name='{}' port='{port}'/>\n", escape(host)),
+    };
+    x += "  <disks>\n";
     for t in all_targets {
         match disks.iter().find(|d| d.target == t) {
             Some(d) => {
@@ -133,11 +146,12 @@ pub fn backup_xml(
                 } else {
                     " backupmode='full'".to_string()
                 };
+                let scratch = d.scratch.as_ref().map(|f| format!("\n      <scratch file='{}'/>", escape(f)));
                 x += &format!(
-                    "    <disk name='{}' backup='yes' type='file' exportname='{}'{mode}>\n      <scratch file='{}'/>\n    </disk>\n",
+                    "    <disk name='{}' backup='yes' type='file' exportname='{}'{mode}>{}\n    </disk>\n",
                     escape(t),
                     escape(t),
-                    escape(&d.scratch)
+                    scratch.unwrap_or_default()
                 );
             }
             None => x += &format!("    <disk name='{}' backup='no'/>\n", escape(t)),
@@ -262,10 +276,15 @@ mod tests {
     fn backup_xml_names_exports_and_bitmaps() {
         let targets = vec!["vda".to_string(), "vdb".to_string(), "vdc".to_string()];
         let disks = [
-            BackupDisk { target: "vda", scratch: "/s/vda.qcow2".into(), full: false },
-            BackupDisk { target: "vdb", scratch: "/s/vdb.qcow2".into(), full: true },
+            BackupDisk { target: "vda", scratch: Some("/s/vda.qcow2".into()), full: false },
+            BackupDisk { target: "vdb", scratch: None, full: true },
         ];
-        let x = backup_xml("/s/nbd.sock", Some("hf-1"), &disks, &targets);
+        let x = backup_xml(&NbdServer::Unix("/s/nbd.sock"), Some("hf-1"), &disks, &targets);
+        assert!(x.contains("<server transport='unix' socket='/s/nbd.sock'/>"));
+        assert!(x.contains("<scratch file='/s/vda.qcow2'/>") && x.matches("<scratch").count() == 1);
+        let tcp = backup_xml(&NbdServer::Tcp("kvm1.example", 10810), None, &disks, &targets);
+        assert!(tcp.contains("<server transport='tcp' name='kvm1.example' port='10810'/>"));
+        assert!(roxmltree::Document::parse(&tcp).is_ok());
         assert!(x.contains("<incremental>hf-1</incremental>"));
         assert!(x.contains("name='vda' backup='yes' type='file' exportname='vda' backupmode='incremental' incremental='hf-1' exportbitmap='hf-vda'"));
         assert!(x.contains("name='vdb' backup='yes' type='file' exportname='vdb' backupmode='full'"));

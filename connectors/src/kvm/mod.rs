@@ -10,7 +10,7 @@ mod restore;
 use crate::connector::*;
 use crate::nbd::NbdAddress;
 use crate::nbd_source::NbdSource;
-use domain_xml::{backup_xml, checkpoint_xml, BackupDisk};
+use domain_xml::{backup_xml, checkpoint_xml, BackupDisk, NbdServer};
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use vds_store::{BackupType, VmDescription};
@@ -28,6 +28,75 @@ pub struct KvmConnector {
     conn: Connect,
     uri: String,
     work_dir: PathBuf,
+    /// None for a local URI: backups are then served on a unix socket.
+    nbd_host: Option<String>,
+    /// TCP ports the hypervisor's NBD server may use for remote backups (open in its firewall).
+    nbd_ports: std::ops::Range<u16>,
+}
+
+/// NBD's registered port and the ninety after it.
+pub const DEFAULT_NBD_PORTS: std::ops::Range<u16> = 10809..10900;
+
+/// The host part of a remote libvirt URI (`qemu+tcp://user@host:16509/system` -> `host`);
+/// None for a local one (`qemu:///system`).
+pub fn uri_host(uri: &str) -> Option<String> {
+    let rest = uri.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// Answers libvirt's credential prompts from a platform record.
+unsafe extern "C" fn answer_prompts(
+    creds: *mut sys::virConnectCredential,
+    n: std::os::raw::c_uint,
+    data: *mut std::os::raw::c_void,
+) -> std::os::raw::c_int {
+    // SAFETY: `data` is the &Credentials passed to virConnectOpenAuth, alive for the call.
+    let c = unsafe { &*(data as *const Credentials) };
+    for i in 0..n as usize {
+        // SAFETY: libvirt passes `n` valid credential structs.
+        let cred = unsafe { &mut *creds.add(i) };
+        let answer = match cred.type_ as sys::virConnectCredentialType {
+            sys::VIR_CRED_USERNAME | sys::VIR_CRED_AUTHNAME | sys::VIR_CRED_ECHOPROMPT => &c.username,
+            sys::VIR_CRED_PASSPHRASE | sys::VIR_CRED_NOECHOPROMPT => &c.password,
+            _ => return -1,
+        };
+        let value = cstring(answer);
+        // SAFETY: libvirt frees `result` with free(); strdup allocates with malloc.
+        cred.result = unsafe { libc::strdup(value.as_ptr()) };
+        cred.resultlen = answer.len() as std::os::raw::c_uint;
+    }
+    0
+}
+
+fn open_with_credentials(uri: &str, credentials: &Credentials) -> Result<Connect, String> {
+    let mut types = [
+        sys::VIR_CRED_USERNAME as std::os::raw::c_int,
+        sys::VIR_CRED_AUTHNAME as _,
+        sys::VIR_CRED_PASSPHRASE as _,
+        sys::VIR_CRED_ECHOPROMPT as _,
+        sys::VIR_CRED_NOECHOPROMPT as _,
+    ];
+    let mut auth = sys::virConnectAuth {
+        credtype: types.as_mut_ptr(),
+        ncredtype: types.len() as _,
+        cb: Some(answer_prompts),
+        cbdata: credentials as *const Credentials as *mut _,
+    };
+    let u = cstring(uri);
+    // SAFETY: valid C string and auth struct; the callback data outlives the call.
+    let ptr = unsafe { sys::virConnectOpenAuth(u.as_ptr(), &mut auth, 0) };
+    if ptr.is_null() {
+        return Err(last_error());
+    }
+    // SAFETY: a fresh connection we own.
+    Ok(unsafe { Connect::from_ptr(ptr) })
 }
 
 pub(crate) fn last_error() -> String {
@@ -46,22 +115,55 @@ fn cstring(s: &str) -> CString {
 }
 
 impl KvmConnector {
-    /// Connects to a libvirt URI (qemu:///system, qemu+ssh://host/system, qemu+tls://…).
-    /// Backup sockets and scratch files go under `work_dir`.
-    pub fn open(uri: &str, work_dir: &Path) -> Result<KvmConnector, ConnectorError> {
+    /// Connects to a libvirt URI (qemu:///system, qemu+ssh://host/system, qemu+tcp://…,
+    /// qemu+tls://…), answering libvirt's authentication prompts (SASL user name and password,
+    /// libssh passwords) from `credentials`. Backup work files go under `work_dir`.
+    pub fn open(uri: &str, work_dir: &Path, credentials: Option<&Credentials>) -> Result<KvmConnector, ConnectorError> {
         // Errors come back as values; libvirt's default handler would also print them.
         virt::error::clear_error_callback();
-        let conn = Connect::open(Some(uri)).map_err(|e| ConnectorError::Unreachable {
-            platform: PLATFORM,
-            target: uri.into(),
-            cause: e.to_string(),
-        })?;
-        std::fs::create_dir_all(work_dir).map_err(|e| ConnectorError::Unreachable {
+        let unreachable = |cause: String| ConnectorError::Unreachable { platform: PLATFORM, target: uri.into(), cause };
+        let conn = match credentials {
+            None => Connect::open(Some(uri)).map_err(|e| {
+                let e = e.to_string();
+                if e.contains("authentication") {
+                    unreachable(format!("{e} (the host asks for credentials: give a user name and password)"))
+                } else {
+                    unreachable(e)
+                }
+            })?,
+            Some(c) => open_with_credentials(uri, c).map_err(unreachable)?,
+        };
+        std::fs::create_dir_all(work_dir.join("active")).map_err(|e| ConnectorError::Unreachable {
             platform: PLATFORM,
             target: work_dir.display().to_string(),
             cause: format!("cannot create the work directory: {e}"),
         })?;
-        Ok(KvmConnector { conn, uri: uri.into(), work_dir: work_dir.to_path_buf() })
+        let nbd_host = uri_host(uri);
+        Ok(KvmConnector {
+            conn,
+            uri: uri.into(),
+            work_dir: work_dir.to_path_buf(),
+            nbd_host,
+            nbd_ports: DEFAULT_NBD_PORTS,
+        })
+    }
+
+    /// The address the hypervisor's NBD server listens on for remote backups (default: the
+    /// URI's host, which must reach the hypervisor from here and name it on the hypervisor).
+    pub fn set_nbd_host(&mut self, host: &str) {
+        self.nbd_host = Some(host.to_string());
+    }
+
+    /// The TCP ports remote backups may use on the hypervisor (default DEFAULT_NBD_PORTS).
+    pub fn set_nbd_ports(&mut self, ports: std::ops::Range<u16>) {
+        self.nbd_ports = ports;
+    }
+
+    /// Where a running backup of `dom` records its work directory, so a killed run's job is
+    /// recognised as ours and ended by the next one.
+    fn marker(&self, dom: &Domain) -> PathBuf {
+        let id = dom.uuid_string().unwrap_or_else(|_| dom.name().unwrap_or_default());
+        self.work_dir.join("active").join(id)
     }
 
     fn domain(&self, vm: &str) -> Result<Domain, ConnectorError> {
@@ -73,7 +175,7 @@ impl KvmConnector {
 
     /// Whether the URI names libvirt on this machine (no host part).
     fn is_local(&self) -> bool {
-        self.uri.split_once("://").is_some_and(|(scheme, rest)| !scheme.contains('+') && rest.starts_with('/'))
+        self.nbd_host.is_none()
     }
 
     fn failed(vm: &str, action: &str, cause: impl Into<String>) -> ConnectorError {
@@ -81,13 +183,20 @@ impl KvmConnector {
     }
 
     /// Ends a backup job a killed Holdfast left on `dom`, and deletes the checkpoint it made.
-    /// A job that is not ours (its NBD socket is not under our work directory) is left alone.
+    /// A job that is not ours (no marker of ours names it) is left alone.
     fn clear_stale_backup(&self, dom: &Domain, vm: &str) -> Result<(), ConnectorError> {
-        let Some(text) = backup_job_xml(dom) else { return Ok(()) };
-        let socket = roxmltree::Document::parse(&text).ok().and_then(|d| {
-            d.descendants().find(|n| n.has_tag_name("server")).and_then(|n| n.attribute("socket")).map(PathBuf::from)
-        });
-        let Some(dir) = socket.as_deref().and_then(Path::parent).filter(|d| d.starts_with(&self.work_dir)) else {
+        let marker = self.marker(dom);
+        let dir = std::fs::read_to_string(&marker).ok().map(PathBuf::from).filter(|d| d.starts_with(&self.work_dir));
+        if backup_job_xml(dom).is_none() {
+            // A killed run whose job ended with the VM: its checkpoint, if it made one, goes with
+            // the next successful backup's pruning.
+            if let Some(dir) = dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let _ = std::fs::remove_file(&marker);
+            return Ok(());
+        }
+        let Some(dir) = dir else {
             return Err(Self::failed(vm, "starting a backup", "another backup job is running on this VM"));
         };
         end_backup_job(dom).map_err(|e| Self::failed(vm, "ending a stale backup job", e))?;
@@ -95,6 +204,7 @@ impl KvmConnector {
             delete_checkpoint(dom, cp.trim()).map_err(|e| Self::failed(vm, "deleting a stale checkpoint", e))?;
         }
         let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_file(&marker);
         Ok(())
     }
 }
@@ -354,10 +464,16 @@ impl Connector for KvmConnector {
         let dir = self.work_dir.join(format!("backup-{}", vds_store::fslock::random_hex(6)));
         std::fs::create_dir_all(&dir)
             .map_err(|e| Self::failed(vm, "creating the backup work directory", e.to_string()))?;
-        if let Some((uid, gid)) = domain_xml::dac_owner(&xml) {
+        let marker = self.marker(&dom);
+        std::fs::write(&marker, dir.display().to_string()).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            Self::failed(vm, "recording the running backup", format!("{}: {e}", marker.display()))
+        })?;
+        if let Some((uid, gid)) = domain_xml::dac_owner(&xml).filter(|_| self.is_local()) {
             // QEMU creates the NBD socket here.
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| {
                 let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_file(&marker);
                 Self::failed(vm, "handing the backup work directory to QEMU's user", e.to_string())
             })?;
         }
@@ -393,16 +509,37 @@ impl Connector for KvmConnector {
                 reasons.push(reason);
                 BackupDisk {
                     target: t,
-                    scratch: dir.join(format!("scratch-{t}.qcow2")).display().to_string(),
+                    // On a remote host our paths mean nothing: scratch beside the disk image
+                    // there (libvirt removes the scratch files it made when the job ends).
+                    scratch: if self.is_local() {
+                        Some(dir.join(format!("scratch-{t}.qcow2")).display().to_string())
+                    } else {
+                        disks
+                            .iter()
+                            .find(|d| d.target == *t)
+                            .and_then(|d| d.source.as_ref())
+                            .map(|src| format!("{src}.{checkpoint}.scratch"))
+                    },
                     full: base_cp.is_none() || !base_disks.contains(t) || !tracked,
                 }
             })
             .collect();
-        let bxml = backup_xml(&socket.display().to_string(), base_cp.as_deref(), &specs, &all);
+        let socket_text = socket.display().to_string();
+        // libvirt (9.0) wants the TCP port named: try a few from the range, skipping busy ones.
+        let ports = {
+            let (lo, hi) = (self.nbd_ports.start, self.nbd_ports.end.max(self.nbd_ports.start + 1));
+            let first = u16::from_str_radix(&vds_store::fslock::random_hex(2), 16).unwrap_or(0) % (hi - lo);
+            (0..(hi - lo).min(8)).map(move |i| lo + (first + i) % (hi - lo))
+        };
+        let servers: Vec<NbdServer<'_>> = match &self.nbd_host {
+            None => vec![NbdServer::Unix(&socket_text)],
+            Some(host) => ports.map(|port| NbdServer::Tcp(host, port)).collect(),
+        };
         let checkpoint = (!trackable.is_empty()).then_some(checkpoint);
         let cxml = checkpoint.as_ref().map(|c| checkpoint_xml(c, &trackable, &all));
         let cleanup_dir = |e: ConnectorError| {
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_file(&marker);
             e
         };
         if let Some(cp) = &checkpoint {
@@ -420,12 +557,32 @@ impl Connector for KvmConnector {
                 Err(cause) => (false, format!("crash-consistent: the guest could not be quiesced ({cause})")),
             },
         };
-        let b = cstring(&bxml);
         let c = cxml.as_deref().map(cstring);
         let c_ptr = c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-        // SAFETY: valid domain pointer; C strings (or NULL for no checkpoint) that outlive the call.
-        let begun = unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c_ptr, 0) } >= 0;
-        let begin_error = (!begun).then(last_error);
+        let mut begin_error = None;
+        let mut address = NbdAddress::Unix(socket.clone());
+        for server in &servers {
+            let b = cstring(&backup_xml(server, base_cp.as_deref(), &specs, &all));
+            // SAFETY: valid domain pointer; C strings (or NULL for no checkpoint) that outlive the call.
+            if unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c_ptr, 0) } >= 0 {
+                if let NbdServer::Tcp(host, port) = server {
+                    address = NbdAddress::Tcp(if host.contains(':') {
+                        format!("[{host}]:{port}")
+                    } else {
+                        format!("{host}:{port}")
+                    });
+                }
+                begin_error = None;
+                break;
+            }
+            let e = last_error();
+            let busy = e.contains("in use") || e.contains("bind");
+            begin_error = Some(e);
+            if !busy {
+                break;
+            }
+        }
+        let begun = begin_error.is_none();
         if frozen {
             if let Err(e) = fs_thaw(&dom) {
                 if begun {
@@ -447,8 +604,9 @@ impl Connector for KvmConnector {
             consistency,
             checkpoint,
             dir,
+            marker,
             disks: Vec::new(),
-            socket,
+            address,
             keep: plan.keep_change_ids.clone(),
         };
         match session.open_disks(&specs, base_cp.is_some(), reasons) {
@@ -470,7 +628,9 @@ struct KvmSession {
     /// None when no disk can keep a bitmap (no qcow2 disk).
     checkpoint: Option<String>,
     dir: PathBuf,
-    socket: PathBuf,
+    /// Names `dir` as this VM's running backup (see `KvmConnector::marker`).
+    marker: PathBuf,
+    address: NbdAddress,
     disks: Vec<SessionDisk>,
     /// Checkpoints later backups still count from.
     keep: Vec<String>,
@@ -483,7 +643,7 @@ impl KvmSession {
         incremental: bool,
         reasons: Vec<Option<String>>,
     ) -> Result<(), ConnectorError> {
-        let address = NbdAddress::Unix(self.socket.clone());
+        let address = self.address.clone();
         for (spec, full_reason) in specs.iter().zip(reasons) {
             let bitmap = (incremental && !spec.full).then(|| format!("hf-{}", spec.target));
             let mut source = NbdSource::open(&address, spec.target, bitmap.as_deref())?;
@@ -508,7 +668,10 @@ impl BackupSession for KvmSession {
     }
 
     fn transport(&self) -> String {
-        "nbd+unix (libvirt pull-mode backup)".into()
+        match &self.address {
+            NbdAddress::Unix(_) => "nbd+unix (libvirt pull-mode backup)".into(),
+            NbdAddress::Tcp(a) => format!("nbd over TCP to {a} (libvirt pull-mode backup)"),
+        }
     }
 
     fn consistency(&self) -> String {
@@ -559,10 +722,25 @@ impl BackupSession for KvmSession {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.marker);
         if errors.is_empty() {
             Ok(())
         } else {
             Err(KvmConnector::failed(&self.vm, "cleaning up the backup", errors.join("; ")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri_host;
+
+    #[test]
+    fn remote_uris_name_their_host_and_local_ones_none() {
+        assert_eq!(uri_host("qemu:///system"), None);
+        assert_eq!(uri_host("qemu+unix:///system?socket=/run/x"), None);
+        assert_eq!(uri_host("qemu+ssh://root@kvm1.example/system").as_deref(), Some("kvm1.example"));
+        assert_eq!(uri_host("qemu+tcp://10.0.0.5:16509/system").as_deref(), Some("10.0.0.5"));
+        assert_eq!(uri_host("qemu+tls://[fd00::5]:16514/system").as_deref(), Some("fd00::5"));
     }
 }
