@@ -187,7 +187,8 @@ impl KvmConnector {
     fn clear_stale_backup(&self, dom: &Domain, vm: &str) -> Result<(), ConnectorError> {
         let marker = self.marker(dom);
         let dir = std::fs::read_to_string(&marker).ok().map(PathBuf::from).filter(|d| d.starts_with(&self.work_dir));
-        if backup_job_xml(dom).is_none() {
+        let job = backup_job_xml(dom).map_err(|e| Self::failed(vm, "looking for a running backup job", e))?;
+        if job.is_none() {
             // A killed run whose job ended with the VM: its checkpoint, if it made one, goes with
             // the next successful backup's pruning.
             if let Some(dir) = dir {
@@ -209,29 +210,39 @@ impl KvmConnector {
     }
 }
 
-/// The XML of the domain's running backup job, if one runs.
-fn backup_job_xml(dom: &Domain) -> Option<String> {
-    // SAFETY: a valid domain pointer; libvirt returns a malloc'd string, or NULL when no job runs.
+/// The XML of the domain's running backup job, None when none runs (or the domain is shut
+/// off), an error when libvirt cannot tell (connection lost): that is not "no job".
+fn backup_job_xml(dom: &Domain) -> Result<Option<String>, String> {
+    // SAFETY: a valid domain pointer; libvirt returns a malloc'd string, or NULL.
     let xml = unsafe { sys::virDomainBackupGetXMLDesc(dom.as_ptr(), 0) };
     if xml.is_null() {
-        return None;
+        // SAFETY: the thread's last error, owned by libvirt; only its code is read.
+        let code = unsafe { sys::virGetLastError().as_ref().map(|e| e.code) };
+        let no_job = [sys::VIR_ERR_NO_DOMAIN_BACKUP as i32, sys::VIR_ERR_OPERATION_INVALID as i32];
+        return match code {
+            Some(c) if !no_job.contains(&c) => Err(last_error()),
+            _ => Ok(None),
+        };
     }
     // SAFETY: non-null NUL-terminated string we own; freed right after copying.
     let text = unsafe { CStr::from_ptr(xml) }.to_string_lossy().into_owned();
     // SAFETY: allocated by libvirt with malloc.
     unsafe { libc::free(xml.cast()) };
-    Some(text)
+    Ok(Some(text))
 }
 
 /// Aborts the domain's backup job and waits until libvirt reports it gone: the abort returns
 /// before QEMU's block jobs have ended, and a backup started meanwhile would be refused.
 fn end_backup_job(dom: &Domain) -> Result<(), String> {
     // SAFETY: a valid domain pointer.
-    if unsafe { sys::virDomainAbortJob(dom.as_ptr()) } < 0 && backup_job_xml(dom).is_some() {
-        return Err(last_error());
+    if unsafe { sys::virDomainAbortJob(dom.as_ptr()) } < 0 {
+        let e = last_error();
+        if backup_job_xml(dom)?.is_some() {
+            return Err(e);
+        }
     }
     let start = std::time::Instant::now();
-    while backup_job_xml(dom).is_some() {
+    while backup_job_xml(dom)?.is_some() {
         if start.elapsed() > std::time::Duration::from_secs(60) {
             return Err("the backup job is still running a minute after it was aborted".into());
         }
@@ -685,9 +696,13 @@ impl BackupSession for KvmSession {
     fn finish(self: Box<Self>, committed: bool) -> Result<(), ConnectorError> {
         let mut errors = Vec::new();
         drop(self.disks);
-        if let Err(e) = end_backup_job(&self.dom) {
-            errors.push(format!("ending the backup job: {e}"));
-        }
+        let job_ended = match end_backup_job(&self.dom) {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push(format!("ending the backup job: {e}"));
+                false
+            }
+        };
         if !committed {
             if let Some(cp) = &self.checkpoint {
                 let deleted = delete_checkpoint(&self.dom, cp).or_else(|e| {
@@ -721,8 +736,18 @@ impl BackupSession for KvmSession {
                 Err(e) => errors.push(format!("listing checkpoints: {e}")),
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(&self.marker);
+        if job_ended {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = std::fs::remove_file(&self.marker);
+        } else {
+            // libvirtd went away (restarted, connection lost): the marker stays, so the next run
+            // recognises the job as ours and ends it. A committed point's checkpoint is its
+            // successor's base: that run must not delete it.
+            if committed {
+                let _ = std::fs::remove_file(self.dir.join(CHECKPOINT_FILE));
+            }
+            errors.push("the next backup of this VM will end the job".into());
+        }
         if errors.is_empty() {
             Ok(())
         } else {
