@@ -40,6 +40,8 @@ enum KvmCommand {
     Test,
     /// List the VMs.
     Vms,
+    /// Hosts, VMs, networks and storage pools (what rules and restores choose from).
+    Inventory,
     /// Back up a running VM into a store.
     Backup {
         /// VM name or UUID
@@ -145,6 +147,32 @@ pub fn run(args: KvmArgs) -> Result<i32> {
             } else {
                 for v in vms {
                     println!("{:<32} {} {}", v.name, v.uuid, if v.running { "running" } else { "shut off" });
+                }
+            }
+        }
+        KvmCommand::Inventory => {
+            let inv = conn.inventory()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&inv)?);
+            } else {
+                let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+                for h in &inv.hosts {
+                    println!("host    {:<24} {} CPUs, {} MiB, {}", h.name, h.cpus, h.memory_mib, h.software);
+                }
+                for v in &inv.vms {
+                    println!("vm      {:<24} {}", v.name, if v.running { "running" } else { "shut off" });
+                }
+                for n in &inv.networks {
+                    println!("network {:<24} {}", n.name, if n.active { "active" } else { "inactive" });
+                }
+                for p in &inv.storage {
+                    let state = if p.active { "active" } else { "inactive" };
+                    println!(
+                        "pool    {:<24} {state}, {:.1} of {:.1} GiB free",
+                        p.name,
+                        gib(p.available),
+                        gib(p.capacity)
+                    );
                 }
             }
         }

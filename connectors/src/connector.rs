@@ -33,11 +33,46 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct VmSummary {
     pub name: String,
     pub uuid: String,
     pub running: bool,
+}
+
+/// A hypervisor host a platform connection reaches.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HostInfo {
+    pub name: String,
+    /// Hypervisor and management software with versions, in words.
+    pub software: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+/// A network VMs can attach to (restore targets).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub active: bool,
+}
+
+/// Where new disks can go (restore targets): a libvirt storage pool, a datastore, a share.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StorageInfo {
+    pub name: String,
+    pub active: bool,
+    pub capacity: u64,
+    pub available: u64,
+}
+
+/// Everything an operator picks from when adding VMs to a rule or choosing restore targets.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Inventory {
+    pub hosts: Vec<HostInfo>,
+    pub vms: Vec<VmSummary>,
+    pub networks: Vec<NetworkInfo>,
+    pub storage: Vec<StorageInfo>,
 }
 
 /// What the last restore points say about each disk, so the connector can ask the platform for
@@ -123,6 +158,8 @@ pub trait Connector {
     /// Checks the connection and says what it reached (versions), or exactly what failed.
     fn test_connection(&self) -> Result<String, ConnectorError>;
     fn list_vms(&self) -> Result<Vec<VmSummary>, ConnectorError>;
+    /// Hosts, VMs, networks and storage the connection reaches.
+    fn inventory(&self) -> Result<Inventory, ConnectorError>;
     fn describe(&self, vm: &str) -> Result<VmDescription, ConnectorError>;
     fn begin_backup(&self, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError>;
     /// Creates a new VM (new identity: name, UUID, MAC addresses) from a restore point's

@@ -10,8 +10,8 @@ pub mod nbd_source;
 
 pub use backup::{backup_vm, BackupError, BackupOptions, BackupOutcome};
 pub use connector::{
-    BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, Credentials, NewVmSpec, Quiesce, RestoreDisk,
-    SessionDisk, VmSummary,
+    BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, Credentials, HostInfo, Inventory, NetworkInfo,
+    NewVmSpec, Quiesce, RestoreDisk, SessionDisk, StorageInfo, VmSummary,
 };
 pub use kvm::KvmConnector;
 pub use nbd::{BlockExtent, NbdAddress, NbdClient, NbdError};

@@ -373,6 +373,14 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
     std::fs::create_dir_all(&pool_dir).unwrap();
     virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
     let restored = Restored(format!("{}-restored", vm.name), pool.clone());
+    // The inventory a restore wizard offers: the host, this VM, the new pool, libvirt's networks.
+    let inv = conn.inventory().unwrap();
+    assert!(inv.hosts.len() == 1 && inv.hosts[0].cpus > 0 && inv.hosts[0].memory_mib > 0, "{:?}", inv.hosts);
+    assert!(inv.vms.iter().any(|v| v.name == vm.name && v.running));
+    assert!(inv.storage.iter().any(|p| p.name == pool && p.active && p.capacity > 0), "{:?}", inv.storage);
+    let nets = virsh(&["net-list", "--all", "--name"]);
+    let want: Vec<&str> = nets.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(inv.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), want);
     let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&inc.point_id, k).unwrap()).collect();
     let disks: Vec<RestoreDisk<'_>> =
         ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();

@@ -415,6 +415,46 @@ impl Connector for KvmConnector {
         Ok(out)
     }
 
+    fn inventory(&self) -> Result<Inventory, ConnectorError> {
+        let unreachable = |e: virt::error::Error| ConnectorError::Unreachable {
+            platform: PLATFORM,
+            target: self.uri.clone(),
+            cause: e.to_string(),
+        };
+        let node = self.conn.node_info().map_err(unreachable)?;
+        let host = HostInfo {
+            name: self.conn.hostname().map_err(unreachable)?,
+            software: self.test_connection()?,
+            cpus: node.cpus,
+            memory_mib: node.memory / 1024,
+        };
+        let mut networks: Vec<NetworkInfo> = self
+            .conn
+            .list_all_networks(0)
+            .map_err(unreachable)?
+            .iter()
+            .filter_map(|n| Some(NetworkInfo { name: n.name().ok()?, active: n.is_active().unwrap_or(false) }))
+            .collect();
+        networks.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut storage: Vec<StorageInfo> = self
+            .conn
+            .list_all_storage_pools(0)
+            .map_err(unreachable)?
+            .iter()
+            .filter_map(|p| {
+                let info = p.info().ok()?;
+                Some(StorageInfo {
+                    name: p.name().ok()?,
+                    active: p.is_active().unwrap_or(false),
+                    capacity: info.capacity,
+                    available: info.available,
+                })
+            })
+            .collect();
+        storage.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Inventory { hosts: vec![host], vms: self.list_vms()?, networks, storage })
+    }
+
     fn describe(&self, vm: &str) -> Result<VmDescription, ConnectorError> {
         let dom = self.domain(vm)?;
         let xml = dom.xml_desc(0).map_err(|e| Self::failed(vm, "reading the domain XML", e.to_string()))?;
