@@ -3,7 +3,10 @@
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use connectors::{backup_vm, BackupOptions, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce, RestoreDisk};
+use connectors::{
+    backup_vms, BackupOptions, BackupOutcome, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce, RestoreDisk,
+    SnapshotMode,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use vds_store::{BackupType, Labels, Store};
@@ -42,11 +45,15 @@ enum KvmCommand {
     Vms,
     /// Hosts, VMs, networks and storage pools (what rules and restores choose from).
     Inventory,
-    /// Back up a running VM into a store.
+    /// Back up running VMs into a store.
     Backup {
-        /// VM name or UUID
-        #[arg(long)]
-        vm: String,
+        /// VM name or UUID; repeat for a multi-VM job (each VM gets its own result)
+        #[arg(long, required = true)]
+        vm: Vec<String>,
+        /// For several VMs: serial (each snapshot while its VM is read) or parallel (every
+        /// snapshot first, so the points capture nearly one instant)
+        #[arg(long, default_value = "serial")]
+        snapshots: String,
         /// The store directory [env: HOLDFAST_STORE]
         #[arg(long)]
         store: Option<PathBuf>,
@@ -176,13 +183,18 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 }
             }
         }
-        KvmCommand::Backup { vm, store, backup_type, disks, quiesce, threads } => {
+        KvmCommand::Backup { vm, snapshots, store, backup_type, disks, quiesce, threads } => {
             let store = open_store(store)?;
             let quiesce = match quiesce.as_str() {
                 "off" => Quiesce::Off,
                 "auto" => Quiesce::IfPossible,
                 "required" => Quiesce::Required,
                 q => return Err(anyhow!("--quiesce {q:?}: use off, auto or required")),
+            };
+            let mode = match snapshots.as_str() {
+                "serial" => SnapshotMode::Serial,
+                "parallel" => SnapshotMode::Parallel,
+                m => return Err(anyhow!("--snapshots {m:?}: use serial or parallel")),
             };
             let requested = BackupType::parse(&backup_type)
                 .ok_or_else(|| anyhow!("--type {backup_type:?}: use full, incremental or differential"))?;
@@ -193,43 +205,40 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                     .progress_chars("=> "),
             );
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-            let outcome = backup_vm(
-                &conn,
-                &store,
-                &vm,
-                BackupOptions { requested, include: disks, labels: Labels::default(), threads, quiesce },
-                &mut |p| {
-                    pb.set_length(p.total_bytes);
-                    pb.set_position(p.done_bytes);
-                    pb.set_message(format!("backup {}", p.disk));
-                },
-            )?;
+            let opts = BackupOptions { requested, include: disks, labels: Labels::default(), threads, quiesce };
+            let mut results = backup_vms(&conn, &store, &vm, &opts, mode, &mut |vm, p| {
+                pb.set_length(p.total_bytes);
+                pb.set_position(p.done_bytes);
+                pb.set_message(format!("backup {vm} {}", p.disk));
+            });
             pb.finish_and_clear();
-            let p = &outcome.point;
+            if results.len() == 1 {
+                let outcome = results.pop().expect("one result").1?;
+                print_outcome(&outcome, args.json)?;
+                return Ok(0);
+            }
+            let mut failed = 0;
+            let mut rows = Vec::new();
+            for (vm, r) in &results {
+                match r {
+                    Ok(outcome) if args.json => rows.push(outcome_json(outcome)),
+                    Ok(outcome) => print_outcome(outcome, false)?,
+                    Err(e) => {
+                        failed += 1;
+                        if args.json {
+                            rows.push(serde_json::json!({ "vm": vm, "error": e.to_string() }));
+                        } else {
+                            println!("{vm}: FAILED: {e}");
+                        }
+                    }
+                }
+            }
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "point": p, "transport": outcome.transport, "consistency": outcome.consistency, "warnings": outcome.warnings })
-                    )?
-                );
-            } else {
-                println!(
-                    "{} ({}) {} point {} over {}: read {} bytes",
-                    p.vm.name,
-                    p.vm.key,
-                    p.backup_type.as_str(),
-                    p.point_id,
-                    outcome.transport,
-                    p.stats.read_bytes
-                );
-                println!("  {}", outcome.consistency);
-                for d in p.disks.iter().filter(|d| d.full_reason.is_some()) {
-                    println!("  disk {} read in full: {}", d.key, d.full_reason.as_deref().unwrap_or_default());
-                }
-                for w in &outcome.warnings {
-                    println!("  warning: {w}");
-                }
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+            if failed > 0 {
+                eprintln!("holdfast: {failed} of {} VMs failed", results.len());
+                return Ok(1);
             }
         }
         KvmCommand::Restore { point, name, in_place, pool, cpus, memory_mib, network, start, store } => {
@@ -264,4 +273,33 @@ pub fn run(args: KvmArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn outcome_json(o: &BackupOutcome) -> serde_json::Value {
+    serde_json::json!({ "point": o.point, "transport": o.transport, "consistency": o.consistency, "warnings": o.warnings })
+}
+
+fn print_outcome(outcome: &BackupOutcome, json: bool) -> Result<()> {
+    let p = &outcome.point;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome_json(outcome))?);
+        return Ok(());
+    }
+    println!(
+        "{} ({}) {} point {} over {}: read {} bytes",
+        p.vm.name,
+        p.vm.key,
+        p.backup_type.as_str(),
+        p.point_id,
+        outcome.transport,
+        p.stats.read_bytes
+    );
+    println!("  {}", outcome.consistency);
+    for d in p.disks.iter().filter(|d| d.full_reason.is_some()) {
+        println!("  disk {} read in full: {}", d.key, d.full_reason.as_deref().unwrap_or_default());
+    }
+    for w in &outcome.warnings {
+        println!("  warning: {w}");
+    }
+    Ok(())
 }

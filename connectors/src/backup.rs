@@ -23,6 +23,7 @@ pub struct BackupOutcome {
     pub warnings: Vec<String>,
 }
 
+#[derive(Clone, Debug)]
 pub struct BackupOptions {
     pub requested: BackupType,
     pub include: Vec<String>,
@@ -46,13 +47,14 @@ fn base_point(store: &Store, vm_key: &str, requested: BackupType) -> Result<Opti
         .max_by(|a, b| a.started.cmp(&b.started).then(a.point_id.cmp(&b.point_id))))
 }
 
-pub fn backup_vm(
-    connector: &dyn Connector,
-    store: &Store,
-    vm: &str,
-    opts: BackupOptions,
-    progress: &mut dyn FnMut(&IngestProgress),
-) -> Result<BackupOutcome, BackupError> {
+/// A backup whose platform session is open (snapshot, checkpoint and job made), not yet read.
+struct Started {
+    description: vds_store::VmDescription,
+    parent: Option<String>,
+    session: Box<dyn crate::connector::BackupSession>,
+}
+
+fn start(connector: &dyn Connector, store: &Store, vm: &str, opts: &BackupOptions) -> Result<Started, BackupError> {
     let description = connector.describe(vm)?;
     let base = base_point(store, &description.key, opts.requested)?;
     let newest_full = base_point(store, &description.key, BackupType::Differential)?;
@@ -62,11 +64,22 @@ pub fn backup_vm(
             change_id: p.disks.iter().find_map(|d| d.change_id.clone()),
             disks: p.disks.iter().map(|d| (d.key.clone(), d.size)).collect(),
         }),
-        include: opts.include,
+        include: opts.include.clone(),
         keep_change_ids: newest_full.iter().flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone())).collect(),
         quiesce: opts.quiesce,
     };
-    let mut session = connector.begin_backup(vm, &plan)?;
+    let session = connector.begin_backup(vm, &plan)?;
+    Ok(Started { description, parent: base.map(|p| p.point_id), session })
+}
+
+/// Reads a started backup into the store and finishes its session on every path.
+fn complete(
+    store: &Store,
+    started: Started,
+    opts: &BackupOptions,
+    progress: &mut dyn FnMut(&IngestProgress),
+) -> Result<BackupOutcome, BackupError> {
+    let Started { description, parent, mut session } = started;
     let change_id = session.change_id();
     let transport = session.transport();
     let consistency = session.consistency();
@@ -85,9 +98,9 @@ pub fn backup_vm(
         IngestRequest {
             vm: description,
             backup_type: opts.requested,
-            parent: base.map(|p| p.point_id),
+            parent,
             disks,
-            labels: opts.labels,
+            labels: opts.labels.clone(),
             threads: opts.threads,
             consistency: Some(consistency.clone()),
         },
@@ -105,6 +118,60 @@ pub fn backup_vm(
         (Err(store), Ok(())) => Err(BackupError::Store(store)),
         (Err(store), Err(cleanup)) => {
             Err(BackupError::StoreAndCleanup { store: Box::new(store), cleanup: Box::new(cleanup) })
+        }
+    }
+}
+
+pub fn backup_vm(
+    connector: &dyn Connector,
+    store: &Store,
+    vm: &str,
+    opts: BackupOptions,
+    progress: &mut dyn FnMut(&IngestProgress),
+) -> Result<BackupOutcome, BackupError> {
+    let started = start(connector, store, vm, &opts)?;
+    complete(store, started, &opts, progress)
+}
+
+/// How a job with several VMs takes their snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// One VM after another: each VM's snapshot lives only while its own data is read.
+    Serial,
+    /// Every VM's snapshot first, then the data: the points capture (nearly) one instant, for
+    /// applications spread over several VMs. Snapshots live until their VM's turn comes.
+    Parallel,
+}
+
+/// Backs up several VMs of one job, in order. One VM failing does not stop the others; each
+/// gets its own result. `progress` is told which VM it is about.
+pub fn backup_vms(
+    connector: &dyn Connector,
+    store: &Store,
+    vms: &[String],
+    opts: &BackupOptions,
+    mode: SnapshotMode,
+    progress: &mut dyn FnMut(&str, &IngestProgress),
+) -> Vec<(String, Result<BackupOutcome, BackupError>)> {
+    match mode {
+        SnapshotMode::Serial => vms
+            .iter()
+            .map(|vm| {
+                let r =
+                    start(connector, store, vm, opts).and_then(|s| complete(store, s, opts, &mut |p| progress(vm, p)));
+                (vm.clone(), r)
+            })
+            .collect(),
+        SnapshotMode::Parallel => {
+            let started: Vec<(String, Result<Started, BackupError>)> =
+                vms.iter().map(|vm| (vm.clone(), start(connector, store, vm, opts))).collect();
+            started
+                .into_iter()
+                .map(|(vm, s)| {
+                    let r = s.and_then(|s| complete(store, s, opts, &mut |p| progress(&vm, p)));
+                    (vm, r)
+                })
+                .collect()
         }
     }
 }

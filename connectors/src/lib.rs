@@ -8,7 +8,7 @@ pub mod kvm;
 pub mod nbd;
 pub mod nbd_source;
 
-pub use backup::{backup_vm, BackupError, BackupOptions, BackupOutcome};
+pub use backup::{backup_vm, backup_vms, BackupError, BackupOptions, BackupOutcome, SnapshotMode};
 pub use connector::{
     BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, Credentials, HostInfo, Inventory, NetworkInfo,
     NewVmSpec, Quiesce, RestoreDisk, SessionDisk, StorageInfo, VmSummary,

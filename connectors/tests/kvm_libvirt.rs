@@ -5,7 +5,8 @@
 //! behind our back, a run killed mid-backup, an ingest that fails.
 
 use connectors::{
-    backup_vm, BackupOptions, BackupPlan, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce, RestoreDisk,
+    backup_vm, backup_vms, BackupOptions, BackupPlan, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce,
+    RestoreDisk, SnapshotMode,
 };
 use holdfast_tests::kvm::{assert_point_matches, virsh, TestVm, DISK, MIB, TCP_PASSWORD, TCP_URI, TCP_USER, URI};
 use vds_store::*;
@@ -396,5 +397,33 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
     for (i, dev) in ["vda", "vdb"].iter().enumerate() {
         let path = pool_dir.join(format!("{}-{dev}.raw", restored.0));
         assert!(std::fs::read(&path).unwrap() == vm.model[i], "restored {dev} differs from point {}", inc.point_id);
+    }
+}
+
+#[test]
+fn a_multi_vm_job_takes_snapshots_serially_or_all_first_and_one_failure_spares_the_others() {
+    let (mut a, store, conn) = bed("group-a");
+    let mut b = TestVm::start("group-b");
+    a.write(0, 0x71, 0, 2 * MIB);
+    b.write(1, 0x72, 5 * MIB, 2 * MIB);
+    let vms = vec![a.name.clone(), "no-such-vm-in-this-job".to_string(), b.name.clone()];
+    let opts = opts(BackupType::Full, Quiesce::Off);
+    for mode in [SnapshotMode::Serial, SnapshotMode::Parallel] {
+        // While a's data is read, does b already have its backup job (its snapshot)?
+        let mut b_had_job_during_a = None;
+        let results = backup_vms(&conn, &store, &vms, &opts, mode, &mut |vm, _| {
+            if vm == a.name && b_had_job_during_a.is_none() {
+                b_had_job_during_a = Some(b.has_job());
+            }
+        });
+        assert_eq!(b_had_job_during_a, Some(mode == SnapshotMode::Parallel), "{mode:?}");
+        assert_eq!(results.iter().map(|(vm, _)| vm.as_str()).collect::<Vec<_>>(), vms);
+        let err = results[1].1.as_ref().err().expect("the missing VM fails").to_string();
+        assert!(err.contains("no-such-vm-in-this-job"), "{err}");
+        for (i, vm) in [(0, &a), (2, &b)] {
+            let out = results[i].1.as_ref().unwrap_or_else(|e| panic!("{mode:?} {}: {e}", vm.name));
+            assert_point_matches(&store, &out.point, &vm.model, &vm.dir);
+            assert!(!vm.has_job());
+        }
     }
 }
