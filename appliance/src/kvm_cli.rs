@@ -5,7 +5,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
 use connectors::{
     backup_vms, BackupOptions, BackupOutcome, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce, RestoreDisk,
-    SnapshotMode,
+    SnapshotMode, TlsFiles,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -27,6 +27,11 @@ pub struct KvmArgs {
     /// Host name the hypervisor's NBD server listens on for remote URIs (default: the URI's host)
     #[arg(long, global = true)]
     nbd_host: Option<String>,
+    /// Remote backups over NBD with TLS: a directory with ca-cert.pem (the CA of the hypervisor's
+    /// backup_tls_x509_cert_dir) and, unless the host skips client checks, client-cert.pem and
+    /// client-key.pem
+    #[arg(long, global = true)]
+    nbd_tls_dir: Option<PathBuf>,
     /// Where backup jobs keep their state; with a local URI also the NBD sockets and scratch
     /// files (QEMU must be able to write there)
     #[arg(long, default_value = "/var/tmp/holdfast", global = true)]
@@ -133,6 +138,15 @@ pub fn run(args: KvmArgs) -> Result<i32> {
     let mut conn = KvmConnector::open(&args.uri, &args.work_dir, credentials(&args)?.as_ref())?;
     if let Some(host) = &args.nbd_host {
         conn.set_nbd_host(host);
+    }
+    if let Some(dir) = &args.nbd_tls_dir {
+        let read = |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
+        let client = if dir.join("client-cert.pem").exists() {
+            Some((read("client-cert.pem")?, read("client-key.pem")?))
+        } else {
+            None
+        };
+        conn.set_nbd_tls(TlsFiles { ca_pem: read("ca-cert.pem")?, client })?;
     }
     match args.command {
         KvmCommand::Test => {

@@ -13,6 +13,6 @@ pub use connector::{
     BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, Credentials, HostInfo, Inventory, NetworkInfo,
     NewVmSpec, Quiesce, RestoreDisk, SessionDisk, StorageInfo, VmSummary,
 };
-pub use kvm::KvmConnector;
-pub use nbd::{BlockExtent, NbdAddress, NbdClient, NbdError};
+pub use kvm::{KvmConnector, TlsFiles};
+pub use nbd::{BlockExtent, NbdAddress, NbdClient, NbdError, NbdTls};
 pub use nbd_source::{dirty_ranges, NbdSource};

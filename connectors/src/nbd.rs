@@ -1,6 +1,7 @@
 //! An NBD client (the protocol of doc/proto.md in the NBD project): fixed newstyle handshake,
 //! NBD_OPT_GO with export info, structured replies, block status with meta contexts
 //! (`base:allocation`, `qemu:dirty-bitmap:NAME`), and reads split into many requests in flight.
+//! TLS by NBD_OPT_STARTTLS (rustls), with a CA to trust and an optional client certificate.
 //! Every reply is checked against the request it answers; a malformed or truncated reply is an
 //! error naming what was wrong, never a panic and never bytes in the wrong place.
 
@@ -9,6 +10,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -23,6 +25,7 @@ const CLIENT_FIXED_NEWSTYLE: u32 = 1;
 const CLIENT_NO_ZEROES: u32 = 2;
 
 const OPT_ABORT: u32 = 2;
+const OPT_STARTTLS: u32 = 5;
 const OPT_GO: u32 = 7;
 const OPT_STRUCTURED_REPLY: u32 = 8;
 const OPT_SET_META_CONTEXT: u32 = 10;
@@ -82,6 +85,8 @@ pub enum NbdError {
     Unsupported(String),
     #[error("NBD request out of range: {0}")]
     Range(String),
+    #[error("NBD over TLS: {0}")]
+    Tls(String),
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> NbdError + '_ {
@@ -97,6 +102,8 @@ fn protocol(msg: impl Into<String>) -> NbdError {
 pub enum NbdAddress {
     Unix(PathBuf),
     Tcp(String),
+    /// TCP upgraded to TLS before any export is named (NBD_OPT_STARTTLS).
+    Tls(String, NbdTls),
 }
 
 impl std::fmt::Display for NbdAddress {
@@ -104,7 +111,100 @@ impl std::fmt::Display for NbdAddress {
         match self {
             NbdAddress::Unix(p) => write!(f, "nbd+unix://?socket={}", p.display()),
             NbdAddress::Tcp(a) => write!(f, "nbd://{a}"),
+            NbdAddress::Tls(a, _) => write!(f, "nbds://{a}"),
         }
+    }
+}
+
+/// How to talk TLS to an NBD server: the CA its certificate must chain to, the name it must
+/// carry, and our client certificate when the server asks for one (QEMU's default).
+#[derive(Clone)]
+pub struct NbdTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for NbdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NbdTls {{ server_name: {:?} }}", self.server_name)
+    }
+}
+
+impl NbdTls {
+    /// `ca_pem`: the CA certificate(s); `client`: certificate chain and private key, in PEM;
+    /// `server_name`: the host name or IP address the server's certificate must name.
+    pub fn new(ca_pem: &[u8], client: Option<(&[u8], &[u8])>, server_name: &str) -> Result<NbdTls, NbdError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let bad = |what: &str, e: String| NbdError::Tls(format!("{what}: {e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| bad("reading the CA certificate", e.to_string()))?;
+            roots.add(cert).map_err(|e| bad("adding the CA certificate", e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("the CA certificate", "no PEM certificate found".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("setting up TLS", e.to_string()))?
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad("reading the client certificate", e.to_string()))?;
+                let key =
+                    PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("reading the client key", e.to_string()))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| bad("the client certificate", e.to_string()))?
+            }
+        };
+        let server_name = ServerName::try_from(server_name.to_string())
+            .map_err(|e| bad(&format!("the server name {server_name:?}"), e.to_string()))?;
+        Ok(NbdTls { config: Arc::new(config), server_name })
+    }
+}
+
+/// The two halves of a socket as one stream, for TLS to wrap.
+struct Duplex {
+    r: Box<dyn Read + Send>,
+    w: Box<dyn Write + Send>,
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.r.read(buf)
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// One TLS session shared by the client's reading and writing halves. The client uses them from
+/// one thread, alternately, so the lock is never contended.
+#[derive(Clone)]
+struct SharedTls(Arc<Mutex<rustls::StreamOwned<rustls::ClientConnection, Duplex>>>);
+
+impl Read for SharedTls {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("tls lock").read(buf)
+    }
+}
+
+impl Write for SharedTls {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("tls lock").write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().expect("tls lock").flush()
     }
 }
 
@@ -294,13 +394,17 @@ impl NbdClient {
                 let s = UnixStream::connect(path).map_err(io(&what))?;
                 (Box::new(s.try_clone().map_err(io(&what))?), Box::new(s))
             }
-            NbdAddress::Tcp(a) => {
+            NbdAddress::Tcp(a) | NbdAddress::Tls(a, _) => {
                 let s = TcpStream::connect(a).map_err(io(&what))?;
                 s.set_nodelay(true).map_err(io(&what))?;
                 (Box::new(s.try_clone().map_err(io(&what))?), Box::new(s))
             }
         };
-        NbdClient::handshake(r, w, export, meta_contexts)
+        let tls = match addr {
+            NbdAddress::Tls(_, tls) => Some(tls),
+            _ => None,
+        };
+        NbdClient::negotiate(r, w, export, meta_contexts, tls)
     }
 
     /// The handshake over an already open stream (used by tests with scripted servers too).
@@ -309,6 +413,44 @@ impl NbdClient {
         w: Box<dyn Write + Send>,
         export: &str,
         meta_contexts: &[&str],
+    ) -> Result<NbdClient, NbdError> {
+        NbdClient::negotiate(r, w, export, meta_contexts, None)
+    }
+
+    /// Asks for TLS, then runs the TLS handshake over the connection; everything after it
+    /// (export names included) travels encrypted.
+    fn start_tls(&mut self, tls: &NbdTls) -> Result<(), NbdError> {
+        self.send_option(OPT_STARTTLS, &[])?;
+        let (kind, _) = self.option_reply(OPT_STARTTLS)?;
+        if kind != REP_ACK {
+            return Err(protocol(format!("unexpected reply {kind} to STARTTLS")));
+        }
+        if !self.reader.buffer().is_empty() {
+            return Err(protocol("plaintext data after the STARTTLS reply"));
+        }
+        let r = std::mem::replace(&mut self.reader, BufReader::new(Box::new(std::io::empty()))).into_inner();
+        let w = std::mem::replace(&mut self.writer, BufWriter::new(Box::new(std::io::sink())))
+            .into_inner()
+            .map_err(|e| NbdError::Io { what: "sending options".into(), source: e.into_error() })?;
+        let conn = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+            .map_err(|e| NbdError::Tls(e.to_string()))?;
+        let mut stream = rustls::StreamOwned::new(conn, Duplex { r, w });
+        // Finish the handshake now, so a bad certificate is reported as that.
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).map_err(|e| NbdError::Tls(format!("handshake failed: {e}")))?;
+        }
+        let shared = SharedTls(Arc::new(Mutex::new(stream)));
+        self.reader = BufReader::with_capacity(1 << 20, Box::new(shared.clone()));
+        self.writer = BufWriter::with_capacity(1 << 16, Box::new(shared));
+        Ok(())
+    }
+
+    fn negotiate(
+        r: Box<dyn Read + Send>,
+        w: Box<dyn Write + Send>,
+        export: &str,
+        meta_contexts: &[&str],
+        tls: Option<&NbdTls>,
     ) -> Result<NbdClient, NbdError> {
         let mut c = NbdClient {
             reader: BufReader::with_capacity(1 << 20, r),
@@ -338,10 +480,21 @@ impl NbdClient {
             client_flags |= CLIENT_NO_ZEROES;
         }
         c.writer.write_all(&client_flags.to_be_bytes()).map_err(io("sending client flags"))?;
+        if let Some(tls) = tls {
+            c.start_tls(tls)?;
+        }
 
-        // Structured replies: needed for holes, block status and error messages.
-        c.send_option(OPT_STRUCTURED_REPLY, &[])?;
-        let (kind, _) = c.option_reply(OPT_STRUCTURED_REPLY)?;
+        // Structured replies: needed for holes, block status and error messages. Over TLS, the
+        // server judges our certificate after our side of the handshake is done: the first
+        // reply is where a refusal shows.
+        let first = c.send_option(OPT_STRUCTURED_REPLY, &[]).and_then(|()| c.option_reply(OPT_STRUCTURED_REPLY));
+        let (kind, _) = first.map_err(|e| match (tls, e) {
+            (Some(_), e @ (NbdError::Io { .. } | NbdError::Protocol(_))) => NbdError::Tls(format!(
+                "the server ended the connection after the TLS handshake ({e}): it requires a client \
+                 certificate, or does not accept ours"
+            )),
+            (_, e) => e,
+        })?;
         c.structured = kind == REP_ACK;
 
         if !meta_contexts.is_empty() {
@@ -450,6 +603,7 @@ impl NbdClient {
             }
             let what = match option {
                 OPT_GO => format!("export {:?}", self.export),
+                OPT_STARTTLS => "TLS (STARTTLS)".to_string(),
                 OPT_SET_META_CONTEXT => "the meta contexts".to_string(),
                 o => format!("option {o}"),
             };

@@ -6,9 +6,11 @@
 
 use connectors::{
     backup_vm, backup_vms, BackupOptions, BackupPlan, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce,
-    RestoreDisk, SnapshotMode,
+    RestoreDisk, SnapshotMode, TlsFiles,
 };
-use holdfast_tests::kvm::{assert_point_matches, virsh, TestVm, DISK, MIB, TCP_PASSWORD, TCP_URI, TCP_USER, URI};
+use holdfast_tests::kvm::{
+    assert_point_matches, virsh, TestVm, DISK, MIB, TCP_PASSWORD, TCP_URI, TCP_USER, TLS_CLIENT_DIR, URI,
+};
 use vds_store::*;
 
 /// A restored VM and its pool, removed when the test ends.
@@ -426,4 +428,45 @@ fn a_multi_vm_job_takes_snapshots_serially_or_all_first_and_one_failure_spares_t
             assert!(!vm.has_job());
         }
     }
+}
+
+#[test]
+fn remote_backups_can_require_nbd_over_tls_with_a_client_certificate() {
+    let (mut vm, store, _) = bed("tls");
+    let work = vm.dir.join("work-tls");
+    let creds = Credentials { username: TCP_USER.into(), password: TCP_PASSWORD.into() };
+    let pem = |f: &str| std::fs::read(std::path::Path::new(TLS_CLIENT_DIR).join(f)).unwrap();
+    let files = TlsFiles { ca_pem: pem("ca-cert.pem"), client: Some((pem("client-cert.pem"), pem("client-key.pem"))) };
+    let name = vm.name.clone();
+    let connect = |tls: TlsFiles| {
+        let mut c = KvmConnector::open(TCP_URI, &work, Some(&creds)).unwrap();
+        c.set_nbd_tls(tls).unwrap();
+        c
+    };
+    vm.write(0, 0x44, 7 * MIB, 3 * MIB);
+    let conn = connect(files.clone());
+    let full = backup_vm(&conn, &store, &name, opts(BackupType::Full, Quiesce::Off), &mut |_| {}).unwrap();
+    assert!(full.transport.contains("TLS to 127.0.0.1:"), "{}", full.transport);
+    assert_point_matches(&store, &full.point, &vm.model, &vm.dir);
+    vm.write(1, 0x45, 50 * MIB, MIB);
+    let inc = backup_vm(&conn, &store, &name, opts(BackupType::Incremental, Quiesce::Off), &mut |_| {}).unwrap();
+    assert_eq!(inc.point.backup_type, BackupType::Incremental);
+    assert_point_matches(&store, &inc.point, &vm.model, &vm.dir);
+
+    // A server certificate from a CA we were not told to trust, and a missing client
+    // certificate: each a clear error, and nothing left on the hypervisor.
+    let checkpoints = vm.checkpoints();
+    let untrusted = TlsFiles { ca_pem: pem("client-cert.pem"), client: files.client.clone() };
+    let no_client_cert = TlsFiles { ca_pem: files.ca_pem.clone(), client: None };
+    for (tls, want) in [(untrusted, "certificate"), (no_client_cert, "TLS")] {
+        let err = backup_vm(&connect(tls), &store, &name, opts(BackupType::Incremental, Quiesce::Off), &mut |_| {})
+            .err()
+            .expect("the backup fails")
+            .to_string();
+        assert!(err.contains(want), "{err}");
+        assert!(!vm.has_job(), "{err}: the backup job was left running");
+        assert_eq!(vm.checkpoints(), checkpoints, "{err}: checkpoints changed");
+    }
+    let local = KvmConnector::open(URI, &work, None).unwrap().set_nbd_tls(files).unwrap_err().to_string();
+    assert!(local.contains("local URI"), "{local}");
 }

@@ -21,6 +21,8 @@ pub fn virsh(args: &[&str]) -> String {
 pub const TCP_URI: &str = "qemu+tcp://127.0.0.1/system";
 pub const TCP_USER: &str = "holdfast";
 pub const TCP_PASSWORD: &str = "testbed-pass";
+/// The test bed's client side of NBD over TLS: ca-cert.pem, client-cert.pem, client-key.pem.
+pub const TLS_CLIENT_DIR: &str = "/var/tmp/holdfast-testbed/pki/client";
 
 /// Starts virtlogd and libvirtd (local socket, and TCP with SASL) unless both answer already.
 pub fn ensure_libvirtd() {

@@ -2,14 +2,46 @@
 # Starts the KVM test bed's libvirtd (no systemd on these machines): the local socket as usual,
 # plus TCP on 127.0.0.1:16509 with SASL (DIGEST-MD5: plain TCP needs a mechanism with a security layer) so remote-URI code paths and platform
 # credentials are exercised against the real daemon. User "holdfast", password "testbed-pass".
-# Restarts a libvirtd that answers locally but not on TCP. Safe to call when all is up already.
+# Pull-mode backups asked for TLS serve NBD with the certificates in $state/pki/server (a test CA,
+# a server certificate for 127.0.0.1, a client certificate in $state/pki/client): qemu.conf
+# gains backup_tls_x509_cert_dir and backup_tls_x509_verify lines for that.
+# Restarts a libvirtd that answers locally but not on TCP, or that predates the qemu.conf lines.
+# Safe to call when all is up already.
 set -euo pipefail
 state=/var/tmp/holdfast-testbed
 user=holdfast
 pass=testbed-pass
 tcp_up() { (exec 3<>/dev/tcp/127.0.0.1/16509) 2>/dev/null; }
 local_up() { virsh -c qemu:///system version >/dev/null 2>&1; }
-if local_up && tcp_up; then exit 0; fi
+pki="$state/pki"
+if [ ! -f "$pki/client/client-key.pem" ]; then
+  mkdir -p "$pki/server" "$pki/client"
+  key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+  key "$pki/ca-key.pem"
+  openssl req -x509 -new -key "$pki/ca-key.pem" -subj "/CN=Holdfast test bed CA" -days 3650 \
+    -addext basicConstraints=critical,CA:true -addext keyUsage=critical,keyCertSign,cRLSign -out "$pki/ca-cert.pem"
+  sign() { # name CN extensions
+    key "$pki/$1-key.pem"
+    openssl req -new -key "$pki/$1-key.pem" -subj "/CN=$2" -out "$pki/$1.csr"
+    openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca-cert.pem" -CAkey "$pki/ca-key.pem" -CAcreateserial \
+      -days 3650 -out "$pki/$1-cert.pem" -extfile <(printf '%s\n' "$3" "keyUsage=critical,digitalSignature,keyEncipherment") 2>/dev/null
+  }
+  sign server 127.0.0.1 "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth"
+  sign client holdfast "extendedKeyUsage=clientAuth"
+  cp "$pki/ca-cert.pem" "$pki/server/ca-cert.pem"; cp "$pki/ca-cert.pem" "$pki/client/ca-cert.pem"
+  mv "$pki/server-cert.pem" "$pki/server-key.pem" "$pki/server/"
+  mv "$pki/client-cert.pem" "$pki/client-key.pem" "$pki/client/"
+  chmod 755 "$state" "$pki" "$pki/server"; chmod 644 "$pki/server/"*
+fi
+qemu_conf=/etc/libvirt/qemu.conf
+conf_changed=0
+if ! grep -q "^backup_tls_x509_cert_dir = \"$pki/server\"" "$qemu_conf"; then
+  sed -i '/^backup_tls_x509_cert_dir\|^backup_tls_x509_verify/d' "$qemu_conf"
+  printf 'backup_tls_x509_cert_dir = "%s"\nbackup_tls_x509_verify = 1\n' "$pki/server" >>"$qemu_conf"
+  conf_changed=1
+fi
+if [ $conf_changed = 0 ] && local_up && tcp_up; then exit 0; fi
 
 mkdir -p "$state/sasl2"
 cat >"$state/libvirtd.conf" <<CONF

@@ -113,8 +113,9 @@ pub struct BackupDisk<'a> {
 /// Where the hypervisor's NBD server for a pull-mode backup listens.
 pub enum NbdServer<'a> {
     Unix(&'a str),
-    /// Host name (as the hypervisor resolves it) and port.
-    Tcp(&'a str, u16),
+    /// Host name (as the hypervisor resolves it), port, and whether TLS is required (with the
+    /// certificates in qemu.conf's backup_tls_x509_cert_dir).
+    Tcp(&'a str, u16, bool),
 }
 
 /// A pull-mode backup serving every disk over NBD, exports named after the disk and, for
@@ -131,7 +132,11 @@ pub fn backup_xml(
     }
     x += &match server {
         NbdServer::Unix(socket) => format!("  <server transport='unix' socket='{}'/>\n", escape(socket)),
-        NbdServer::Tcp(host, port) => format!("  <server transport='tcp' name='{}' port='{port}'/>\n", escape(host)),
+        NbdServer::Tcp(host, port, tls) => format!(
+            "  <server transport='tcp' name='{}' port='{port}'{}/>\n",
+            escape(host),
+            if *tls { " tls='yes'" } else { "" }
+        ),
     };
     x += "  <disks>\n";
     for t in all_targets {
@@ -282,8 +287,10 @@ mod tests {
         let x = backup_xml(&NbdServer::Unix("/s/nbd.sock"), Some("hf-1"), &disks, &targets);
         assert!(x.contains("<server transport='unix' socket='/s/nbd.sock'/>"));
         assert!(x.contains("<scratch file='/s/vda.qcow2'/>") && x.matches("<scratch").count() == 1);
-        let tcp = backup_xml(&NbdServer::Tcp("kvm1.example", 10810), None, &disks, &targets);
+        let tcp = backup_xml(&NbdServer::Tcp("kvm1.example", 10810, false), None, &disks, &targets);
         assert!(tcp.contains("<server transport='tcp' name='kvm1.example' port='10810'/>"));
+        let tls = backup_xml(&NbdServer::Tcp("kvm1.example", 10810, true), None, &disks, &targets);
+        assert!(tls.contains("<server transport='tcp' name='kvm1.example' port='10810' tls='yes'/>"));
         assert!(roxmltree::Document::parse(&tcp).is_ok());
         assert!(x.contains("<incremental>hf-1</incremental>"));
         assert!(x.contains("name='vda' backup='yes' type='file' exportname='vda' backupmode='incremental' incremental='hf-1' exportbitmap='hf-vda'"));

@@ -32,6 +32,16 @@ pub struct KvmConnector {
     nbd_host: Option<String>,
     /// TCP ports the hypervisor's NBD server may use for remote backups (open in its firewall).
     nbd_ports: std::ops::Range<u16>,
+    nbd_tls: Option<TlsFiles>,
+}
+
+/// PEM texts for NBD over TLS: the CA that signed the hypervisor's backup certificate (qemu.conf
+/// backup_tls_x509_cert_dir) and our client certificate and key, which QEMU asks for unless
+/// backup_tls_x509_verify is 0.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca_pem: Vec<u8>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// NBD's registered port and the ninety after it.
@@ -145,6 +155,7 @@ impl KvmConnector {
             work_dir: work_dir.to_path_buf(),
             nbd_host,
             nbd_ports: DEFAULT_NBD_PORTS,
+            nbd_tls: None,
         })
     }
 
@@ -152,6 +163,18 @@ impl KvmConnector {
     /// URI's host, which must reach the hypervisor from here and name it on the hypervisor).
     pub fn set_nbd_host(&mut self, host: &str) {
         self.nbd_host = Some(host.to_string());
+    }
+
+    /// Remote backups serve NBD over TLS only (libvirt must have backup TLS certificates).
+    /// The CA and client certificate are checked here, so a bad one fails now, not mid-backup.
+    pub fn set_nbd_tls(&mut self, files: TlsFiles) -> Result<(), ConnectorError> {
+        let host = self.nbd_host.clone().ok_or_else(|| ConnectorError::Unsupported {
+            platform: PLATFORM,
+            what: "NBD over TLS on a local URI (backups use a unix socket there)".into(),
+        })?;
+        crate::nbd::NbdTls::new(&files.ca_pem, files.client.as_ref().map(|(c, k)| (&c[..], &k[..])), &host)?;
+        self.nbd_tls = Some(files);
+        Ok(())
     }
 
     /// The TCP ports remote backups may use on the hypervisor (default DEFAULT_NBD_PORTS).
@@ -584,7 +607,7 @@ impl Connector for KvmConnector {
         };
         let servers: Vec<NbdServer<'_>> = match &self.nbd_host {
             None => vec![NbdServer::Unix(&socket_text)],
-            Some(host) => ports.map(|port| NbdServer::Tcp(host, port)).collect(),
+            Some(host) => ports.map(|port| NbdServer::Tcp(host, port, self.nbd_tls.is_some())).collect(),
         };
         let checkpoint = (!trackable.is_empty()).then_some(checkpoint);
         let cxml = checkpoint.as_ref().map(|c| checkpoint_xml(c, &trackable, &all));
@@ -597,6 +620,15 @@ impl Connector for KvmConnector {
             std::fs::write(dir.join(CHECKPOINT_FILE), cp)
                 .map_err(|e| cleanup_dir(Self::failed(vm, "recording the checkpoint name", e.to_string())))?;
         }
+        let tls = match (&self.nbd_tls, &self.nbd_host) {
+            (Some(f), Some(host)) => {
+                match crate::nbd::NbdTls::new(&f.ca_pem, f.client.as_ref().map(|(c, k)| (&c[..], &k[..])), host) {
+                    Ok(t) => Some(t),
+                    Err(e) => return Err(cleanup_dir(Self::failed(vm, "setting up NBD over TLS", e.to_string()))),
+                }
+            }
+            _ => None,
+        };
         // Quiesce: freeze the guest's filesystems for the instant the backup job takes its view.
         let (frozen, consistency) = match plan.quiesce {
             Quiesce::Off => (false, "crash-consistent (quiesce not requested)".to_string()),
@@ -616,12 +648,12 @@ impl Connector for KvmConnector {
             let b = cstring(&backup_xml(server, base_cp.as_deref(), &specs, &all));
             // SAFETY: valid domain pointer; C strings (or NULL for no checkpoint) that outlive the call.
             if unsafe { sys::virDomainBackupBegin(dom.as_ptr(), b.as_ptr(), c_ptr, 0) } >= 0 {
-                if let NbdServer::Tcp(host, port) = server {
-                    address = NbdAddress::Tcp(if host.contains(':') {
-                        format!("[{host}]:{port}")
-                    } else {
-                        format!("{host}:{port}")
-                    });
+                if let NbdServer::Tcp(host, port, _) = server {
+                    let a = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+                    address = match &tls {
+                        None => NbdAddress::Tcp(a),
+                        Some(tls) => NbdAddress::Tls(a, tls.clone()),
+                    };
                 }
                 begin_error = None;
                 break;
@@ -722,6 +754,7 @@ impl BackupSession for KvmSession {
         match &self.address {
             NbdAddress::Unix(_) => "nbd+unix (libvirt pull-mode backup)".into(),
             NbdAddress::Tcp(a) => format!("nbd over TCP to {a} (libvirt pull-mode backup)"),
+            NbdAddress::Tls(a, _) => format!("nbd over TLS to {a} (libvirt pull-mode backup)"),
         }
     }
 
