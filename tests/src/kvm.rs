@@ -59,6 +59,92 @@ pub fn create_qcow2(path: &Path) {
     assert!(matches!(st, Ok(s) if s.success()), "qemu-img create {}", path.display());
 }
 
+/// A test domain's name and its empty directory, under /var/tmp with open permissions: QEMU
+/// runs as libvirt-qemu and must reach the disks.
+fn vm_dir(tag: &str) -> (String, PathBuf) {
+    let name = format!("hf-test-{tag}-{}", std::process::id());
+    let dir = PathBuf::from("/var/tmp/holdfast-kvm-tests").join(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [dir.parent().unwrap(), dir.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (name, dir)
+}
+
+/// A Debian guest that boots (TCG: a Linux kernel hangs under the nested KVM here) with the QEMU
+/// guest agent running, on a qcow2 overlay of the image tests/testbed/build-guest.sh makes. Its
+/// root filesystem is vda, ext4, mounted read-write.
+pub struct TestGuest {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl TestGuest {
+    /// Defines and boots the guest and waits until its agent answers (about 30 s under TCG).
+    pub fn boot(tag: &str) -> TestGuest {
+        ensure_libvirtd();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/build-guest.sh");
+        let out = Command::new("bash").arg(&script).output().expect("bash runs");
+        assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        let image = Path::new("/var/tmp/holdfast-testbed/guest");
+        let (name, dir) = vm_dir(tag);
+        let disk = dir.join("root.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(image.join("root.qcow2"))
+            .arg(&disk)
+            .status();
+        assert!(matches!(st, Ok(s) if s.success()), "qemu-img create {}", disk.display());
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{img}/vmlinuz</kernel><initrd>{img}/initrd.img</initrd>\
+             <cmdline>root=/dev/vda rw console=ttyS0 quiet</cmdline></os><features><acpi/></features>\
+             <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>\
+             <target dev='vda' bus='virtio'/></disk>\
+             <serial type='file'><source path='{console}'/><target port='0'/></serial>\
+             <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel></devices></domain>",
+            img = image.display(),
+            disk = disk.display(),
+            console = dir.join("console.log").display(),
+        );
+        let path = dir.join("domain.xml");
+        std::fs::write(&path, xml).unwrap();
+        virsh(&["define", path.to_str().unwrap()]);
+        virsh(&["start", &name]);
+        let guest = TestGuest { name, dir };
+        let t = std::time::Instant::now();
+        while guest.agent(r#"{"execute":"guest-ping"}"#).is_none() {
+            let console = std::fs::read_to_string(guest.dir.join("console.log")).unwrap_or_default();
+            let tail: String = console.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(240),
+                "the guest agent never answered; console:\n{tail}"
+            );
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+        guest
+    }
+
+    /// A guest agent command's reply, None while the agent does not answer.
+    pub fn agent(&self, command: &str) -> Option<String> {
+        let out = Command::new("virsh")
+            .args(["-c", URI, "qemu-agent-command", &self.name, command, "--timeout", "5"])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for TestGuest {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh").args(["-c", URI, "destroy", &self.name]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "undefine", "--checkpoints-metadata", &self.name]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub struct TestVm {
     pub name: String,
     pub dir: PathBuf,
@@ -69,15 +155,7 @@ pub struct TestVm {
 impl TestVm {
     pub fn start(tag: &str) -> TestVm {
         ensure_libvirtd();
-        let name = format!("hf-test-{tag}-{}", std::process::id());
-        // Under /var/tmp with open permissions: QEMU runs as libvirt-qemu and must reach the disks.
-        let dir = PathBuf::from("/var/tmp/holdfast-kvm-tests").join(&name);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for d in [dir.parent().unwrap(), dir.as_path()] {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
+        let (name, dir) = vm_dir(tag);
         let mut disks = String::new();
         for (i, dev) in ["vda", "vdb"].iter().enumerate() {
             let img = dir.join(format!("disk{i}.qcow2"));
