@@ -50,7 +50,7 @@ enum KvmCommand {
     Vms,
     /// Hosts, VMs, networks and storage pools (what rules and restores choose from).
     Inventory,
-    /// Back up running VMs into a store.
+    /// Back up VMs into a store (running: libvirt backup job; shut off, on this host: the images)
     Backup {
         /// VM name or UUID; repeat for a multi-VM job (each VM gets its own result)
         #[arg(long, required = true)]

@@ -470,3 +470,57 @@ fn remote_backups_can_require_nbd_over_tls_with_a_client_certificate() {
     let local = KvmConnector::open(URI, &work, None).unwrap().set_nbd_tls(files).unwrap_err().to_string();
     assert!(local.contains("local URI"), "{local}");
 }
+
+#[test]
+fn a_shut_off_vm_is_backed_up_from_its_images_incrementally_through_its_bitmaps() {
+    let (mut vm, store, conn) = bed("offline");
+    let run = |vm: &TestVm, kind| {
+        let out = backup_vm(&conn, &store, &vm.name, opts(kind, Quiesce::IfPossible), &mut |_| {}).unwrap();
+        assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+        out
+    };
+    vm.write(0, 0x81, 0, 2 * MIB);
+    let p1 = run(&vm, BackupType::Full).point;
+    let c1 = p1.disks[0].change_id.clone().unwrap();
+    vm.write(1, 0x82, 20 * MIB, MIB);
+    virsh(&["destroy", &vm.name]);
+
+    // Off: the images are read through qemu-nbd; the base checkpoint's bitmap gives the changes.
+    let p2 = run(&vm, BackupType::Incremental);
+    assert!(p2.transport.contains("shut off") && p2.consistency.contains("shut off"), "{}", p2.transport);
+    assert_eq!(p2.point.backup_type, BackupType::Incremental, "{:?}", p2.point.disks[1].full_reason);
+    assert_eq!((p2.point.disks[0].read_bytes, p2.point.disks[1].read_bytes), (0, 4 * MIB as u64));
+    assert_eq!(p2.point.disks[0].change_id.as_deref(), Some(c1.as_str()), "no checkpoint can be made while off");
+    assert_point_matches(&store, &p2.point, &vm.model, &vm.dir);
+
+    // Written while off (qemu-io on the image: its bitmaps record the write), and a VM start
+    // during the backup is refused by QEMU's image lock instead of changing data under it.
+    let img = vm.dir.join("disk0.qcow2");
+    let w = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", &format!("write -P 0x83 {} {}", 40 * MIB, MIB)])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+    vm.model[0][40 * MIB..41 * MIB].fill(0x83);
+    let mut start_refused = None;
+    let p3 = backup_vm(&conn, &store, &vm.name, opts(BackupType::Incremental, Quiesce::Off), &mut |_| {
+        if start_refused.is_none() {
+            let st = std::process::Command::new("virsh").args(["-c", URI, "start", &vm.name]).output().unwrap();
+            start_refused = Some(!st.status.success());
+        }
+    })
+    .unwrap()
+    .point;
+    assert_eq!(start_refused, Some(true), "the VM started while its disks were being read");
+    assert_eq!(p3.backup_type, BackupType::Incremental);
+    assert_eq!((p3.disks[0].read_bytes, p3.disks[1].read_bytes), (4 * MIB as u64, 4 * MIB as u64));
+    assert_point_matches(&store, &p3, &vm.model, &vm.dir);
+
+    // Running again: the next incremental counts from the same checkpoint, online.
+    virsh(&["start", &vm.name]);
+    vm.write(1, 0x84, 60 * MIB, 64 * 1024);
+    let p4 = run(&vm, BackupType::Incremental).point;
+    assert_eq!(p4.backup_type, BackupType::Incremental);
+    assert_point_matches(&store, &p4, &vm.model, &vm.dir);
+}

@@ -5,6 +5,7 @@
 //! through its `sys` bindings here, each in one small function.
 
 pub mod domain_xml;
+mod offline;
 mod restore;
 
 use crate::connector::*;
@@ -493,13 +494,10 @@ impl Connector for KvmConnector {
 
     fn begin_backup(&self, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError> {
         let dom = self.domain(vm)?;
-        if !dom.is_active().unwrap_or(false) {
-            return Err(ConnectorError::Unsupported {
-                platform: PLATFORM,
-                what: format!("backing up VM {vm} while it is shut off (libvirt's backup API needs it running)"),
-            });
+        let running = dom.is_active().unwrap_or(false);
+        if running {
+            self.clear_stale_backup(&dom, vm)?;
         }
-        self.clear_stale_backup(&dom, vm)?;
         let xml = dom.xml_desc(0).map_err(|e| Self::failed(vm, "reading the domain XML", e.to_string()))?;
         let (_, disks) = domain_xml::parse(&xml).map_err(|e| Self::failed(vm, "reading the domain XML", e))?;
         let all: Vec<String> = disks.iter().map(|d| d.target.clone()).collect();
@@ -517,6 +515,9 @@ impl Connector for KvmConnector {
             .map(String::as_str)
             .filter(|t| plan.include.is_empty() || plan.include.iter().any(|i| i == t))
             .collect();
+        if !running {
+            return self.begin_offline_backup(&dom, vm, plan, &disks, &chosen);
+        }
 
         // Incremental or differential from the base's checkpoint, when it still exists.
         let mut reason_all: Option<String> = None;

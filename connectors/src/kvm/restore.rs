@@ -134,16 +134,38 @@ pub(super) fn restore_as_new_vm(
     result
 }
 
-/// qemu-nbd serving one disk image writable on a private socket; killed on drop.
-struct ImageServer {
+/// qemu-nbd serving one disk image on a private socket (export "disk"); killed on drop.
+pub(super) struct ImageServer {
     child: Child,
-    socket: std::path::PathBuf,
+    pub(super) socket: std::path::PathBuf,
 }
 
 impl ImageServer {
+    /// Writable, for one client: the server exits when it disconnects (see `finish`).
     fn start(image: &str, format: &str, socket: std::path::PathBuf) -> Result<ImageServer, String> {
-        let child = Command::new("qemu-nbd")
-            .args(["--export-name=disk", "--discard=unmap", "--cache=writeback"])
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.args(["--export-name=disk", "--discard=unmap", "--cache=writeback"]);
+        ImageServer::spawn(cmd, image, format, socket)
+    }
+
+    /// Read-only, for any number of clients until dropped, exposing the named persistent dirty
+    /// bitmaps. QEMU's image locking keeps the VM from starting (and writing) meanwhile.
+    pub(super) fn start_read_only(
+        image: &str,
+        format: &str,
+        socket: std::path::PathBuf,
+        bitmaps: &[String],
+    ) -> Result<ImageServer, String> {
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.args(["--export-name=disk", "--read-only", "--persistent", "--shared=0"]);
+        for b in bitmaps {
+            cmd.arg(format!("--bitmap={b}"));
+        }
+        ImageServer::spawn(cmd, image, format, socket)
+    }
+
+    fn spawn(mut cmd: Command, image: &str, format: &str, socket: std::path::PathBuf) -> Result<ImageServer, String> {
+        let child = cmd
             .arg(format!("--format={format}"))
             .arg("--socket")
             .arg(&socket)
