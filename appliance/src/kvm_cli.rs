@@ -100,6 +100,10 @@ enum KvmCommand {
         /// Start the VM once it is defined
         #[arg(long)]
         start: bool,
+        /// Disk image format of the new VM: raw, or qcow2 (keeps change tracking, so its own
+        /// backups can be incremental)
+        #[arg(long, default_value = "qcow2")]
+        disk_format: String,
         /// The store directory [env: HOLDFAST_STORE]
         #[arg(long)]
         store: Option<PathBuf>,
@@ -255,7 +259,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 return Ok(1);
             }
         }
-        KvmCommand::Restore { point, name, in_place, pool, cpus, memory_mib, network, start, store } => {
+        KvmCommand::Restore { point, name, in_place, pool, cpus, memory_mib, network, start, disk_format, store } => {
             let store = open_store(store)?;
             let entry = store.find(&point)?;
             let readers = entry
@@ -277,7 +281,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 return Ok(0);
             }
             let name = name.expect("clap requires --name without --in-place");
-            let spec = NewVmSpec { name, cpus, memory_mib, pool, network, start };
+            let spec = NewVmSpec { name, cpus, memory_mib, pool, network, disk_format: Some(disk_format), start };
             let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec)?;
             if args.json {
                 println!("{}", serde_json::json!({ "vm": vm, "point": point, "started": start }));

@@ -144,6 +144,10 @@ pub struct NewVmSpec {
     pub pool: String,
     /// Network for every NIC; None keeps each NIC's original network.
     pub network: Option<String>,
+    /// Disk image format where the platform offers a choice (KVM: "raw" or "qcow2"; qcow2
+    /// keeps change tracking, so the new VM's backups can be incremental). None: the
+    /// platform's default (raw on KVM).
+    pub disk_format: Option<String>,
     pub start: bool,
 }
 

@@ -44,7 +44,8 @@ fn backs_up_a_vm_from_the_command_line() {
     let new_name = format!("{}-copy", vm.name);
     let r = json(
         kvm()
-            .args(["restore", "--point", id, "--name", &new_name, "--pool", &pool, "--memory-mib", "96", "--store"])
+            .args(["restore", "--point", id, "--name", &new_name, "--pool", &pool, "--memory-mib", "96"])
+            .args(["--disk-format", "raw", "--store"])
             .arg(&store),
     );
     assert_eq!(r["vm"], new_name.as_str());

@@ -166,13 +166,14 @@ pub fn backup_xml(
 }
 
 /// A new domain from a neutral description: `name`, no UUID and no MAC addresses (libvirt
-/// makes new ones), each disk a raw file at the given path, each NIC on `network` (or its own).
+/// makes new ones), each disk a file (key, path, format) at the given path, each NIC on
+/// `network` (or its own).
 pub fn new_domain_xml(
     d: &VmDescription,
     name: &str,
     cpus: u32,
     memory_mib: u64,
-    disks: &[(String, String)],
+    disks: &[(String, String, String)],
     network: Option<&str>,
 ) -> String {
     let firmware = if d.firmware.as_deref() == Some("efi") { " firmware='efi'" } else { "" };
@@ -182,10 +183,11 @@ pub fn new_domain_xml(
          <features><acpi/><apic/></features>\n  <devices>\n",
         escape(name)
     );
-    for (key, path) in disks {
+    for (key, path, format) in disks {
         let bus = d.disks.iter().find(|v| &v.key == key).and_then(|v| v.bus.as_deref()).unwrap_or("virtio");
         x += &format!(
-            "    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='{}' bus='{}'/></disk>\n",
+            "    <disk type='file' device='disk'><driver name='qemu' type='{}'/><source file='{}'/><target dev='{}' bus='{}'/></disk>\n",
+            escape(format),
             escape(path),
             escape(key),
             escape(bus)
@@ -208,11 +210,14 @@ pub fn new_domain_xml(
 }
 
 /// A raw volume of `size` bytes.
-pub fn volume_xml(name: &str, size: u64) -> String {
+pub fn volume_xml(name: &str, size: u64, format: &str) -> String {
     format!(
         "<volume><name>{}</name><capacity unit='bytes'>{size}</capacity><allocation unit='bytes'>0</allocation>\
-         <target><format type='raw'/></target></volume>",
-        escape(name)
+         <target><format type='{}'/>{}</target></volume>",
+        escape(name),
+        escape(format),
+        // libvirt makes qcow2 v2 by default, which cannot keep dirty bitmaps.
+        if format == "qcow2" { "<compat>1.1</compat>" } else { "" }
     )
 }
 
@@ -265,7 +270,14 @@ mod tests {
     #[test]
     fn new_domain_has_a_new_identity_and_the_chosen_settings() {
         let (d, _) = parse(XML).unwrap();
-        let x = new_domain_xml(&d, "web01-restored", 4, 1024, &[("vda".into(), "/p/a.raw".into())], Some("lan2"));
+        let x = new_domain_xml(
+            &d,
+            "web01-restored",
+            4,
+            1024,
+            &[("vda".into(), "/p/a.raw".into(), "raw".into())],
+            Some("lan2"),
+        );
         let doc = roxmltree::Document::parse(&x).unwrap();
         assert!(doc.descendants().all(|n| !n.has_tag_name("uuid") && !n.has_tag_name("mac")));
         assert!(
@@ -274,7 +286,7 @@ mod tests {
         assert!(x.contains("<source file='/p/a.raw'/><target dev='vda' bus='virtio'/>"));
         assert!(x.contains("<source network='lan2'/>"));
         assert!(new_domain_xml(&d, "n", 1, 64, &[], None).contains("<source network='default'/>"));
-        assert!(roxmltree::Document::parse(&volume_xml("a&b", 5)).is_ok());
+        assert!(roxmltree::Document::parse(&volume_xml("a&b", 5, "qcow2")).is_ok());
     }
 
     #[test]

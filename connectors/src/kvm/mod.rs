@@ -558,8 +558,17 @@ impl Connector for KvmConnector {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
             vds_store::fslock::random_hex(3)
         );
-        // Only qcow2 keeps persistent dirty bitmaps: other disks are read whole every time.
-        let format_of = |t: &str| disks.iter().find(|d| d.target == t).and_then(|d| d.format.clone());
+        // Only qcow2 (v3) keeps persistent dirty bitmaps: other disks are read whole every time.
+        // A v2 image is only recognised on this host; remotely QEMU's refusal names it.
+        let format_of = |t: &str| {
+            let d = disks.iter().find(|d| d.target == t)?;
+            match (d.format.as_deref(), &d.source) {
+                (Some("qcow2"), Some(src)) if self.is_local() && offline::is_qcow2_v2(src) => {
+                    Some("qcow2 v2 (compat 0.10; `qemu-img amend -o compat=1.1` upgrades it)".to_string())
+                }
+                _ => d.format.clone(),
+            }
+        };
         let trackable: Vec<&str> =
             chosen.iter().copied().filter(|t| format_of(t).as_deref() == Some("qcow2")).collect();
         let mut reasons = Vec::new();
@@ -571,7 +580,7 @@ impl Connector for KvmConnector {
                     None
                 } else if !tracked {
                     Some(format!(
-                        "disk {t} is {}, which cannot track changes (qcow2 can)",
+                        "disk {t} is {}, which cannot track changes (qcow2 v3 can)",
                         format_of(t).unwrap_or_else(|| "of unknown format".into())
                     ))
                 } else if base_cp.is_none() {

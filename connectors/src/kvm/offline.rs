@@ -19,15 +19,7 @@ use virt::domain::Domain;
 /// The persistent bitmaps in a qcow2 image: (name, consistent). A bitmap QEMU did not close
 /// cleanly (the VM crashed) is marked in-use and cannot be trusted.
 pub(super) fn image_bitmaps(image: &str) -> Result<Vec<(String, bool)>, String> {
-    let out = std::process::Command::new("qemu-img")
-        .args(["info", "--force-share", "--output=json", image])
-        .output()
-        .map_err(|e| format!("running qemu-img (package qemu-utils): {e}"))?;
-    if !out.status.success() {
-        return Err(format!("qemu-img info {image}: {}", String::from_utf8_lossy(&out.stderr).trim()));
-    }
-    let info: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("qemu-img info {image}: unreadable output: {e}"))?;
+    let info = image_info(image)?;
     let bitmaps = info["format-specific"]["data"]["bitmaps"].as_array().cloned().unwrap_or_default();
     Ok(bitmaps
         .iter()
@@ -37,6 +29,23 @@ pub(super) fn image_bitmaps(image: &str) -> Result<Vec<(String, bool)>, String> 
             Some((name, !flags.iter().any(|f| f == "in-use")))
         })
         .collect())
+}
+
+/// `qemu-img info` of an image on this host, read without taking its lock.
+pub(super) fn image_info(image: &str) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--force-share", "--output=json", image])
+        .output()
+        .map_err(|e| format!("running qemu-img (package qemu-utils): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("qemu-img info {image}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("qemu-img info {image}: unreadable output: {e}"))
+}
+
+/// Whether a qcow2 image on this host is version 2 (compat 0.10), which cannot keep bitmaps.
+pub(super) fn is_qcow2_v2(image: &str) -> bool {
+    image_info(image).is_ok_and(|i| i["format-specific"]["data"]["compat"] == "0.10")
 }
 
 /// The creation second encoded in our checkpoint names (`hf-<secs>-<hex>`), for ordering.
@@ -135,7 +144,7 @@ impl KvmConnector {
                 (_, BackupType::Full) => (vec![], None),
                 (None, _) => (vec![], Some("no earlier backup with a checkpoint".into())),
                 (Some(_), _) if format != "qcow2" => {
-                    (vec![], Some(format!("disk {t} is {format}, which cannot track changes (qcow2 can)")))
+                    (vec![], Some(format!("disk {t} is {format}, which cannot track changes (qcow2 v3 can)")))
                 }
                 (Some(_), _) if !base_disks.contains(t) => (vec![], Some("new disk: not in the base point".into())),
                 (Some(cp), _) => match ours.iter().find(|(n, _)| n == cp) {

@@ -95,19 +95,37 @@ pub(super) fn restore_as_new_vm(
         .conn
         .lookup_storage_pool_by_name(&spec.pool)
         .map_err(|e| failed(name, &format!("finding storage pool {:?}", spec.pool), e.to_string()))?;
+    let format = spec.disk_format.clone().unwrap_or_else(|| "raw".into());
+    if format != "raw" && format != "qcow2" {
+        return Err(failed(name, "restoring as a new VM", format!("disk format {format:?}: use raw or qcow2")));
+    }
     let mut created: Vec<StorageVol> = Vec::new();
     let result = (|| {
         let mut paths = Vec::new();
         for d in disks {
-            let vol_name = format!("{name}-{}.raw", d.key);
-            let vol = StorageVol::create_xml(&pool, &volume_xml(&vol_name, d.reader.size()), 0)
-                .map_err(|e| failed(name, &format!("creating volume {vol_name}"), e.to_string()))?;
-            created.push(vol);
-            let vol = created.last().expect("just pushed");
-            upload(conn, vol, d.reader)
-                .map_err(|e| failed(name, &format!("uploading disk {} into {vol_name}", d.key), e))?;
-            paths
-                .push((d.key.clone(), vol.path().map_err(|e| failed(name, "reading a volume's path", e.to_string()))?));
+            // Uploads are raw bytes: a qcow2 disk is uploaded raw first, then converted by
+            // libvirt on the host (a volume cloned with another format), so remote hosts work.
+            let raw_name =
+                if format == "raw" { format!("{name}-{}.raw", d.key) } else { format!("{name}-{}.upload.raw", d.key) };
+            let raw = StorageVol::create_xml(&pool, &volume_xml(&raw_name, d.reader.size(), "raw"), 0)
+                .map_err(|e| failed(name, &format!("creating volume {raw_name}"), e.to_string()))?;
+            created.push(raw);
+            let raw = created.last().expect("just pushed");
+            upload(conn, raw, d.reader)
+                .map_err(|e| failed(name, &format!("uploading disk {} into {raw_name}", d.key), e))?;
+            let vol = if format == "raw" {
+                raw
+            } else {
+                let vol_name = format!("{name}-{}.qcow2", d.key);
+                let vol = StorageVol::create_xml_from(&pool, &volume_xml(&vol_name, d.reader.size(), "qcow2"), raw, 0)
+                    .map_err(|e| failed(name, &format!("converting {raw_name} into {vol_name}"), e.to_string()))?;
+                let _ = raw.delete(0);
+                created.pop();
+                created.push(vol);
+                created.last().expect("just pushed")
+            };
+            let path = vol.path().map_err(|e| failed(name, "reading a volume's path", e.to_string()))?;
+            paths.push((d.key.clone(), path, format.clone()));
         }
         let xml = new_domain_xml(
             source,
