@@ -18,7 +18,7 @@ VM=hfbench
 BENCH_IMAGES_ONLY=1 "$here/store-bench.sh"
 missing=(); for p in virtnbdbackup qemu-system-x86 libvirt-daemon-system libvirt-clients time; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; fi
-virsh -c $URI version >/dev/null 2>&1 || { virtlogd -d; libvirtd -d; sleep 2; }
+bash "$repo/tests/testbed/start-libvirtd.sh"
 (cd "$repo" && cargo build --release -p appliance --quiet)
 HF="$CARGO_TARGET_DIR/release/holdfast"
 
