@@ -1,8 +1,9 @@
-//! `holdfast`: the appliance binary. Today it carries the store CLI (`holdfast store …`) and the
-//! KVM CLI (`holdfast kvm …`); the service (`holdfast serve`), job engine and catalog come next.
+//! `holdfast`: the appliance binary: the store CLI (`holdfast store …`), the KVM CLI
+//! (`holdfast kvm …`) and the service (`holdfast serve`: catalog, job engine, HTTPS API).
 //! Errors reach the user here, once, with their whole cause chain.
 
 mod kvm_cli;
+mod service;
 mod store_cli;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,22 @@ enum Command {
     Store(store_cli::StoreArgs),
     /// KVM through libvirt: test a connection, list VMs, back a VM up into a store.
     Kvm(kvm_cli::KvmArgs),
+    /// Run the appliance service: catalog, job engine and the HTTPS API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Where the store, the catalog, the TLS certificate and the keys live
+    /// [env: HOLDFAST_DATA; default /var/lib/holdfast]
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Address and port of the HTTPS API
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// Backup jobs running at once; more wait as queued
+    #[arg(long, default_value_t = 8)]
+    max_jobs: usize,
 }
 
 fn main() {
@@ -27,6 +44,13 @@ fn main() {
     let result = match cli.command {
         Command::Store(args) => store_cli::run(args),
         Command::Kvm(args) => kvm_cli::run(args),
+        Command::Serve(a) => {
+            let data_dir = a
+                .data_dir
+                .or_else(|| std::env::var_os("HOLDFAST_DATA").map(Into::into))
+                .unwrap_or_else(|| "/var/lib/holdfast".into());
+            service::run(service::ServeOptions { data_dir, listen: a.listen, max_jobs: a.max_jobs })
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -18,7 +18,11 @@ struct Restored(String, String);
 
 impl Drop for Restored {
     fn drop(&mut self) {
-        for args in [vec!["destroy", &self.0], vec!["undefine", &self.0], vec!["pool-destroy", &self.1]] {
+        for args in [
+            vec!["destroy", &self.0],
+            vec!["undefine", "--checkpoints-metadata", &self.0],
+            vec!["pool-destroy", &self.1],
+        ] {
             let _ = std::process::Command::new("virsh").args(["-c", URI]).args(args).output();
         }
     }

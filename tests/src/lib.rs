@@ -2,6 +2,7 @@
 //! and reproducible disk images.
 
 pub mod kvm;
+pub mod service;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

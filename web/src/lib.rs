@@ -1,1 +1,16 @@
-//! The axum JSON API and the web UI. Nothing is implemented yet: the service and its API are issue 4.
+//! The HTTPS JSON API of the appliance (axum), over a [`Backend`] the appliance implements with
+//! its catalog and job engine. This crate owns the HTTP side: TLS, sessions and CSRF checks,
+//! roles, request validation and the JSON shapes; the backend owns the data.
+//!
+//! Browsers authenticate with a session cookie (`hf_session`, HttpOnly, Secure, SameSite=Strict)
+//! and send the session's CSRF token in `X-CSRF-Token` on every request that changes something.
+//! Every route but `POST /api/login` needs a session; until the initial password is changed,
+//! only `POST /api/password` and `POST /api/logout` are allowed.
+
+mod api;
+mod model;
+mod tls;
+
+pub use api::router;
+pub use model::*;
+pub use tls::serve;

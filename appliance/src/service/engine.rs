@@ -1,0 +1,436 @@
+//! Platforms and the job engine: a backup job runs the platform-neutral `backup_vm` on a
+//! blocking thread, under a global limit on concurrent jobs; its state, progress and log lines
+//! go to the catalog as it runs, and its point into the catalog's index when it commits.
+
+use super::catalog::{now, Db};
+use super::Service;
+use connectors::{backup_vm, BackupOptions, Connector, Credentials, KvmConnector, Quiesce};
+use std::sync::{Arc, Mutex};
+use vds_store::{BackupType, Labels, RestorePoint};
+use web::*;
+
+pub(super) async fn log(db: &Db, job: i64, level: &str, message: &str) {
+    // A log line that cannot be written must not fail the job; say so where someone looks.
+    if let Err(e) = sqlx::query("INSERT INTO job_logs (job_id, time, level, message) VALUES ($1, $2, $3, $4)")
+        .bind(job)
+        .bind(now())
+        .bind(level)
+        .bind(message)
+        .execute(db)
+        .await
+    {
+        eprintln!("holdfast: job {job}: cannot write a log line ({e}): {level}: {message}");
+    }
+}
+
+pub(super) async fn insert_point<'c, E: sqlx::SqliteExecutor<'c>>(db: E, p: &RestorePoint) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO points (point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (point_id) DO NOTHING",
+    )
+    .bind(&p.point_id)
+    .bind(&p.vm.key)
+    .bind(&p.vm.name)
+    .bind(p.backup_type.as_str())
+    .bind(p.started.to_rfc3339())
+    .bind(p.finished.to_rfc3339())
+    .bind(&p.parent)
+    .bind(p.stats.new_stored_bytes as i64)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+type PlatformRow = (i64, String, String, String, Option<String>, Option<String>, String);
+type JobRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    f64,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+fn platform(r: PlatformRow) -> Platform {
+    Platform { id: r.0, name: r.1, kind: r.2, uri: r.3, username: r.4, has_password: r.5.is_some(), reached: r.6 }
+}
+
+fn job(r: JobRow) -> Job {
+    Job {
+        id: r.0,
+        platform: r.1,
+        vm: r.2,
+        backup_type: r.3,
+        state: r.4,
+        percent: r.5,
+        done_bytes: r.6,
+        total_bytes: r.7,
+        error: r.8,
+        point_id: r.9,
+        created: r.10,
+        started: r.11,
+        finished: r.12,
+    }
+}
+
+type PointDbRow = (String, String, String, String, String, String, Option<String>, i64);
+
+const JOB_COLUMNS: &str = "id, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, error, \
+                           point_id, created, started, finished";
+
+/// What a job needs to reach its platform, on a blocking thread.
+#[derive(Clone)]
+struct Target {
+    uri: String,
+    credentials: Option<Credentials>,
+}
+
+impl Target {
+    fn connect(&self, work_dir: &std::path::Path) -> Result<KvmConnector, connectors::ConnectorError> {
+        KvmConnector::open(&self.uri, work_dir, self.credentials.as_ref())
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    done: u64,
+    total: u64,
+    changed: bool,
+}
+
+impl Service {
+    fn api_err(e: sqlx::Error) -> ApiError {
+        ApiError::internal(e)
+    }
+
+    async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
+        let row: Option<(String, String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT name, uri, username, secret FROM platforms WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(Self::api_err)?;
+        let (name, uri, username, secret) = row.ok_or_else(|| ApiError::not_found(format!("platform {id}")))?;
+        let credentials = match (username, secret) {
+            (Some(username), Some(s)) => Some(Credentials { username, password: self.open_sealed(&s)? }),
+            (Some(username), None) => Some(Credentials { username, password: String::new() }),
+            _ => None,
+        };
+        Ok((name, Target { uri, credentials }))
+    }
+
+    /// Runs blocking connector work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, connectors::ConnectorError> + Send + 'static,
+    ) -> ApiResult<T> {
+        tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?.map_err(|e| ApiError::new(502, e.to_string()))
+    }
+
+    pub(super) async fn list_platforms(&self) -> ApiResult<Vec<Platform>> {
+        let rows: Vec<PlatformRow> =
+            sqlx::query_as("SELECT id, name, kind, uri, username, secret, reached FROM platforms ORDER BY name")
+                .fetch_all(&self.db)
+                .await
+                .map_err(Self::api_err)?;
+        Ok(rows.into_iter().map(platform).collect())
+    }
+
+    /// Saves a platform after its connection test passes (the test's words say what failed).
+    pub(super) async fn add_platform(&self, s: &Session, p: NewPlatform) -> ApiResult<Platform> {
+        if p.name.trim().is_empty() {
+            return Err(ApiError::field("name", "must not be empty"));
+        }
+        if p.kind != "kvm" {
+            return Err(ApiError::field("kind", format!("{:?} is not supported yet (kvm is)", p.kind)));
+        }
+        if !p.uri.contains("://") {
+            return Err(ApiError::field(
+                "uri",
+                format!("{:?} is not a libvirt URI (qemu:///system, qemu+ssh://…)", p.uri),
+            ));
+        }
+        if p.password.is_some() && p.username.is_none() {
+            return Err(ApiError::field("username", "is needed with a password"));
+        }
+        let target = Target {
+            uri: p.uri.clone(),
+            credentials: p
+                .username
+                .clone()
+                .map(|u| Credentials { username: u, password: p.password.clone().unwrap_or_default() }),
+        };
+        let work = self.work_dir.clone();
+        let reached = Self::blocking(move || target.connect(&work)?.test_connection())
+            .await
+            .map_err(|e| ApiError::field("uri", format!("the connection test failed: {}", e.message)))?;
+        let secret = p.password.as_deref().map(|pw| self.seal(pw));
+        let id = sqlx::query(
+            "INSERT INTO platforms (name, kind, uri, username, secret, reached, created) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&p.name)
+        .bind(&p.kind)
+        .bind(&p.uri)
+        .bind(&p.username)
+        .bind(&secret)
+        .bind(&reached)
+        .bind(now())
+        .execute(&self.db)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                ApiError::new(409, format!("a platform named {:?} exists already", p.name))
+            }
+            e => ApiError::internal(e),
+        })?
+        .last_insert_rowid();
+        self.audit_log(&s.user, "platform added", &format!("{} ({})", p.name, p.uri)).await?;
+        Ok(Platform {
+            id,
+            name: p.name,
+            kind: p.kind,
+            uri: p.uri,
+            username: p.username,
+            has_password: secret.is_some(),
+            reached,
+        })
+    }
+
+    pub(super) async fn vms_of(&self, id: i64) -> ApiResult<Vec<Vm>> {
+        let (_, target) = self.target(id).await?;
+        let work = self.work_dir.clone();
+        let vms = Self::blocking(move || target.connect(&work)?.list_vms()).await?;
+        Ok(vms.into_iter().map(|v| Vm { name: v.name, uuid: v.uuid, running: v.running }).collect())
+    }
+
+    pub(super) async fn job_by_id(&self, id: i64) -> ApiResult<Job> {
+        let row: Option<JobRow> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(Self::api_err)?;
+        row.map(job).ok_or_else(|| ApiError::not_found(format!("job {id}")))
+    }
+
+    pub(super) async fn list_jobs(&self) -> ApiResult<Vec<Job>> {
+        let rows: Vec<JobRow> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT 500"))
+            .fetch_all(&self.db)
+            .await
+            .map_err(Self::api_err)?;
+        Ok(rows.into_iter().map(job).collect())
+    }
+
+    pub(super) async fn log_of(&self, id: i64) -> ApiResult<Vec<LogLine>> {
+        self.job_by_id(id).await?;
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT time, level, message FROM job_logs WHERE job_id = $1 ORDER BY id")
+                .bind(id)
+                .fetch_all(&self.db)
+                .await
+                .map_err(Self::api_err)?;
+        Ok(rows.into_iter().map(|(time, level, message)| LogLine { time, level, message }).collect())
+    }
+
+    pub(super) async fn list_points(&self) -> ApiResult<Vec<PointRow>> {
+        let rows: Vec<PointDbRow> = sqlx::query_as(
+            "SELECT point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes FROM points \
+             ORDER BY started DESC",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(Self::api_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PointRow {
+                point_id: r.0,
+                vm_key: r.1,
+                vm_name: r.2,
+                backup_type: r.3,
+                started: r.4,
+                finished: r.5,
+                parent: r.6,
+                stored_bytes: r.7,
+            })
+            .collect())
+    }
+
+    pub(super) async fn list_audit(&self) -> ApiResult<Vec<AuditRow>> {
+        let rows: Vec<(String, String, String, String)> =
+            sqlx::query_as("SELECT time, user_name, action, detail FROM audit ORDER BY id DESC LIMIT 1000")
+                .fetch_all(&self.db)
+                .await
+                .map_err(Self::api_err)?;
+        Ok(rows.into_iter().map(|(time, user, action, detail)| AuditRow { time, user, action, detail }).collect())
+    }
+
+    /// Queues a backup job; it runs when the concurrency limit allows.
+    pub(super) async fn queue_job(self: &Arc<Self>, s: &Session, j: NewJob) -> ApiResult<Job> {
+        let requested = BackupType::parse(&j.backup_type).ok_or_else(|| {
+            ApiError::field("type", format!("{:?}: use full, incremental or differential", j.backup_type))
+        })?;
+        if j.vm.trim().is_empty() {
+            return Err(ApiError::field("vm", "must not be empty"));
+        }
+        let (platform_name, target) = self.target(j.platform).await.map_err(|e| {
+            if e.status == 404 {
+                ApiError::field("platform", e.message)
+            } else {
+                e
+            }
+        })?;
+        let id = sqlx::query(
+            "INSERT INTO jobs (platform_id, vm, backup_type, state, created) VALUES ($1, $2, $3, 'queued', $4)",
+        )
+        .bind(j.platform)
+        .bind(&j.vm)
+        .bind(requested.as_str())
+        .bind(now())
+        .execute(&self.db)
+        .await
+        .map_err(Self::api_err)?
+        .last_insert_rowid();
+        log(
+            &self.db,
+            id,
+            "info",
+            &format!("queued by {}: {} backup of {} on {platform_name}", s.user, requested.as_str(), j.vm),
+        )
+        .await;
+        self.audit_log(
+            &s.user,
+            "backup started",
+            &format!("job {id}: {} of {} on {platform_name}", requested.as_str(), j.vm),
+        )
+        .await?;
+        let me = self.clone();
+        let vm = j.vm.clone();
+        tokio::spawn(async move { me.run_job(id, target, vm, requested).await });
+        self.job_by_id(id).await
+    }
+
+    async fn set_state(&self, id: i64, state: &str) {
+        let started = (state == "preparing").then(now);
+        let r = sqlx::query("UPDATE jobs SET state = $1, started = COALESCE($2, started) WHERE id = $3")
+            .bind(state)
+            .bind(started)
+            .bind(id)
+            .execute(&self.db)
+            .await;
+        if let Err(e) = r {
+            eprintln!("holdfast: job {id}: cannot record state {state}: {e}");
+        }
+    }
+
+    async fn run_job(self: Arc<Self>, id: i64, target: Target, vm: String, requested: BackupType) {
+        let Ok(_permit) = self.jobs.clone().acquire_owned().await else { return };
+        self.set_state(id, "preparing").await;
+        log(&self.db, id, "info", &format!("connecting to {}", target.uri)).await;
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let (store, work) = (self.store.clone(), self.work_dir.clone());
+        let shared = progress.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let conn = target.connect(&work).map_err(|e| e.to_string())?;
+            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+            let opts = BackupOptions {
+                requested,
+                include: vec![],
+                labels: Labels::default(),
+                threads,
+                quiesce: Quiesce::IfPossible,
+            };
+            backup_vm(&conn, &store, &vm, opts, &mut |p| {
+                let mut g = shared.lock().expect("progress lock");
+                (g.done, g.total, g.changed) = (p.done_bytes, p.total_bytes, true);
+            })
+            .map_err(|e| e.to_string())
+        });
+        tokio::pin!(task);
+        let mut running = false;
+        let outcome = loop {
+            tokio::select! {
+                done = &mut task => break done.map_err(|e| e.to_string()).and_then(|r| r),
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+            let (done, total, changed) = {
+                let mut g = progress.lock().expect("progress lock");
+                let c = g.changed;
+                g.changed = false;
+                (g.done, g.total, c)
+            };
+            if changed {
+                if !running {
+                    running = true;
+                    self.set_state(id, "running").await;
+                }
+                let percent = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
+                let _ = sqlx::query("UPDATE jobs SET percent = $1, done_bytes = $2, total_bytes = $3 WHERE id = $4")
+                    .bind(percent)
+                    .bind(done as i64)
+                    .bind(total as i64)
+                    .bind(id)
+                    .execute(&self.db)
+                    .await;
+            }
+        };
+        match outcome {
+            Ok(o) => {
+                let p = &o.point;
+                log(&self.db, id, "info", &format!("transport: {}", o.transport)).await;
+                log(&self.db, id, "info", &o.consistency).await;
+                for d in p.disks.iter().filter(|d| d.full_reason.is_some()) {
+                    let why = d.full_reason.as_deref().unwrap_or_default();
+                    log(&self.db, id, "warning", &format!("disk {} read in full: {why}", d.key)).await;
+                }
+                for w in &o.warnings {
+                    log(&self.db, id, "warning", w).await;
+                }
+                if let Err(e) = insert_point(&self.db, p).await {
+                    log(&self.db, id, "error", &format!("point {} is stored but not in the catalog: {e}", p.point_id))
+                        .await;
+                }
+                log(
+                    &self.db,
+                    id,
+                    "info",
+                    &format!(
+                        "completed: {} point {}, read {} bytes, stored {} new bytes",
+                        p.backup_type.as_str(),
+                        p.point_id,
+                        p.stats.read_bytes,
+                        p.stats.new_stored_bytes
+                    ),
+                )
+                .await;
+                let r = sqlx::query(
+                    "UPDATE jobs SET state = 'completed', percent = 100, point_id = $1, finished = $2 WHERE id = $3",
+                )
+                .bind(&p.point_id)
+                .bind(now())
+                .bind(id)
+                .execute(&self.db)
+                .await;
+                if let Err(e) = r {
+                    eprintln!("holdfast: job {id}: cannot record completion: {e}");
+                }
+            }
+            Err(e) => {
+                log(&self.db, id, "error", &format!("failed: {e}")).await;
+                let r = sqlx::query("UPDATE jobs SET state = 'failed', error = $1, finished = $2 WHERE id = $3")
+                    .bind(&e)
+                    .bind(now())
+                    .bind(id)
+                    .execute(&self.db)
+                    .await;
+                if let Err(e) = r {
+                    eprintln!("holdfast: job {id}: cannot record failure: {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `holdfast serve`: the catalog, the job engine and the HTTPS API in one process.
+//!
+//! First start on an empty data directory creates the store, the catalog, a self-signed TLS
+//! certificate, a secret key for credentials at rest and the initial admin, whose random password
+//! is written to `initial-admin-password` and must be changed at first login. Every start
+//! rebuilds the catalog's index of points from the store and marks jobs a stopped service left
+//! unfinished as failed (their hypervisor jobs are ended by the next backup of that VM).
+
+mod auth;
+pub mod catalog;
+mod engine;
+
+use anyhow::{Context, Result};
+use catalog::{now, Db};
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vds_store::Store;
+use web::*;
+
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub max_jobs: usize,
+}
+
+pub struct Service {
+    db: Db,
+    store: Arc<Store>,
+    work_dir: PathBuf,
+    secret: [u8; 32],
+    jobs: Arc<tokio::sync::Semaphore>,
+}
+
+/// Creates what a first start needs, returns the service.
+async fn setup(opts: &ServeOptions) -> Result<Service> {
+    let data = &opts.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("creating the data directory {}", data.display()))?;
+    let store_dir = data.join("store");
+    let store = if store_dir.join("store.json").exists() {
+        Store::open(&store_dir, None)
+    } else {
+        Store::init(&store_dir, vds_store::InitOptions::default())
+    }
+    .with_context(|| format!("opening the store {}", store_dir.display()))?;
+    let db = catalog::open(&data.join("catalog.db")).await.context("opening the catalog")?;
+    let secret = secret_key(&data.join("secret.key"))?;
+    let service = Service {
+        db,
+        store: Arc::new(store),
+        work_dir: data.join("work"),
+        secret,
+        jobs: Arc::new(tokio::sync::Semaphore::new(opts.max_jobs.max(1))),
+    };
+    service.ensure_admin(&data.join("initial-admin-password")).await?;
+    service.recover_jobs().await?;
+    service.reindex_points().await?;
+    Ok(service)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The key that encrypts platform credentials in the catalog (made on first start, 0600).
+fn secret_key(path: &Path) -> Result<[u8; 32]> {
+    if !path.exists() {
+        let mut k = [0u8; 32];
+        getrandom::getrandom(&mut k).expect("OS randomness");
+        write_private(path, &k)?;
+    }
+    let k = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    k.try_into().map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))
+}
+
+/// A self-signed certificate for this host, made on first start.
+fn tls_files(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if !cert.exists() {
+        std::fs::create_dir_all(dir)?;
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+            names.push(h.trim().to_string());
+        }
+        let made = rcgen::generate_simple_self_signed(names).context("making the TLS certificate")?;
+        write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
+        std::fs::write(&cert, made.cert.pem())?;
+    }
+    Ok((std::fs::read(&cert)?, std::fs::read(&key)?))
+}
+
+impl Service {
+    fn seal(&self, plain: &str) -> String {
+        let cipher = XChaCha20Poly1305::new((&self.secret).into());
+        let mut nonce = [0u8; 24];
+        getrandom::getrandom(&mut nonce).expect("OS randomness");
+        let ct = cipher.encrypt(XNonce::from_slice(&nonce), plain.as_bytes()).expect("encryption cannot fail");
+        hex::encode([&nonce[..], &ct].concat())
+    }
+
+    fn open_sealed(&self, sealed: &str) -> Result<String, ApiError> {
+        let bytes = hex::decode(sealed).map_err(ApiError::internal)?;
+        if bytes.len() < 24 {
+            return Err(ApiError::internal("a stored credential is damaged"));
+        }
+        let cipher = XChaCha20Poly1305::new((&self.secret).into());
+        let plain = cipher
+            .decrypt(XNonce::from_slice(&bytes[..24]), &bytes[24..])
+            .map_err(|_| ApiError::internal("a stored credential cannot be decrypted: wrong secret.key?"))?;
+        String::from_utf8(plain).map_err(ApiError::internal)
+    }
+
+    async fn audit_log(&self, user: &str, action: &str, detail: &str) -> Result<(), ApiError> {
+        sqlx::query("INSERT INTO audit (time, user_name, action, detail) VALUES ($1, $2, $3, $4)")
+            .bind(now())
+            .bind(user)
+            .bind(action)
+            .bind(detail)
+            .execute(&self.db)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(())
+    }
+
+    /// Jobs a stopped service left unfinished are failed, with that reason.
+    async fn recover_jobs(&self) -> Result<()> {
+        let stale: Vec<(i64,)> =
+            sqlx::query_as("SELECT id FROM jobs WHERE state IN ('queued', 'preparing', 'running')")
+                .fetch_all(&self.db)
+                .await?;
+        for (id,) in stale {
+            let why = "the service stopped while this job ran; the next backup of this VM cleans up on the hypervisor";
+            sqlx::query("UPDATE jobs SET state = 'failed', error = $1, finished = $2 WHERE id = $3")
+                .bind(why)
+                .bind(now())
+                .bind(id)
+                .execute(&self.db)
+                .await?;
+            engine::log(&self.db, id, "error", why).await;
+        }
+        Ok(())
+    }
+
+    /// The catalog's index of points, rebuilt from the store (the store is the truth).
+    async fn reindex_points(&self) -> Result<()> {
+        let store = self.store.clone();
+        let (points, damaged) = tokio::task::spawn_blocking(move || store.scan(None)).await??;
+        for (vm, point, e) in damaged {
+            eprintln!("holdfast: point {point} of VM {vm} cannot be read and is not in the catalog: {e}");
+        }
+        let mut tx = self.db.begin().await?;
+        sqlx::query("DELETE FROM points").execute(&mut *tx).await?;
+        for p in points {
+            engine::insert_point(&mut *tx, &p.manifest).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+pub fn run(opts: ServeOptions) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let service = Arc::new(setup(&opts).await?);
+        let (cert, key) = tls_files(&opts.data_dir.join("tls"))?;
+        let listener = tokio::net::TcpListener::bind(&opts.listen)
+            .await
+            .with_context(|| format!("listening on {}", opts.listen))?;
+        let addr = listener.local_addr()?;
+        eprintln!("holdfast: serving https://{addr}/api (data in {})", opts.data_dir.display());
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        web::serve(listener, &cert, &key, web::router(Arc::new(Api(service))), shutdown).await?;
+        Ok(0)
+    })
+}
+
+/// The service as the API's backend.
+pub struct Api(Arc<Service>);
+
+impl Backend for Api {
+    async fn login(&self, login: Login) -> ApiResult<(String, Session)> {
+        self.0.login_user(login).await
+    }
+    async fn session(&self, token: &str) -> ApiResult<Option<Session>> {
+        self.0.session_of(token).await
+    }
+    async fn logout(&self, token: &str) -> ApiResult<()> {
+        self.0.end_session(token).await
+    }
+    async fn change_password(&self, s: &Session, change: PasswordChange) -> ApiResult<()> {
+        self.0.set_password(s, change).await
+    }
+    async fn platforms(&self) -> ApiResult<Vec<Platform>> {
+        self.0.list_platforms().await
+    }
+    async fn create_platform(&self, s: &Session, p: NewPlatform) -> ApiResult<Platform> {
+        self.0.add_platform(s, p).await
+    }
+    async fn platform_vms(&self, id: i64) -> ApiResult<Vec<Vm>> {
+        self.0.vms_of(id).await
+    }
+    async fn start_job(&self, s: &Session, j: NewJob) -> ApiResult<Job> {
+        self.0.queue_job(s, j).await
+    }
+    async fn jobs(&self) -> ApiResult<Vec<Job>> {
+        self.0.list_jobs().await
+    }
+    async fn job(&self, id: i64) -> ApiResult<Job> {
+        self.0.job_by_id(id).await
+    }
+    async fn job_log(&self, id: i64) -> ApiResult<Vec<LogLine>> {
+        self.0.log_of(id).await
+    }
+    async fn points(&self) -> ApiResult<Vec<PointRow>> {
+        self.0.list_points().await
+    }
+    async fn audit(&self) -> ApiResult<Vec<AuditRow>> {
+        self.0.list_audit().await
+    }
+}

@@ -1,0 +1,119 @@
+//! The service under test: `holdfast serve` on a free local port with its own data directory,
+//! and a small HTTPS client (curl, keeping the session cookie and the CSRF token).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub data: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Starts the service on `data` and waits until it answers.
+    pub fn start(data: &Path) -> Server {
+        let port = free_port();
+        let log = std::fs::File::create(data.with_extension("log")).unwrap();
+        let child = Command::new(crate::holdfast_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("holdfast serve starts");
+        let server = Server { data: data.to_path_buf(), port, child: Some(child) };
+        let t = Instant::now();
+        while server.client().get_status("/api/points").0 == 0 {
+            assert!(t.elapsed() < Duration::from_secs(60), "the service did not answer: {}", server.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn initial_password(&self) -> String {
+        std::fs::read_to_string(self.data.join("initial-admin-password")).unwrap().trim().to_string()
+    }
+
+    /// SIGKILL, as a crash or power loss would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client { base: format!("https://127.0.0.1:{}", self.port), jar: None, csrf: None }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Client {
+    base: String,
+    jar: Option<tempfile::NamedTempFile>,
+    pub csrf: Option<String>,
+}
+
+impl Client {
+    /// (HTTP status, JSON body or Null); status 0 when nothing answered.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sk", "-X", method, "-o", "-", "-w", "\n%{http_code}", "--max-time", "60"]);
+        if let Some(jar) = &self.jar {
+            cmd.arg("-b").arg(jar.path()).arg("-c").arg(jar.path());
+        }
+        if let Some(c) = &self.csrf {
+            cmd.arg("-H").arg(format!("x-csrf-token: {c}"));
+        }
+        if let Some(b) = body {
+            cmd.args(["-H", "content-type: application/json", "--data-binary", &b.to_string()]);
+        }
+        let out = cmd.arg(format!("{}{path}", self.base)).output().expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    pub fn get_status(&self, path: &str) -> (u16, Value) {
+        self.request("GET", path, None)
+    }
+
+    /// GET that must succeed.
+    pub fn get(&self, path: &str) -> Value {
+        let (code, v) = self.request("GET", path, None);
+        assert_eq!(code, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// POST that must answer `want`.
+    pub fn post(&self, path: &str, body: Value, want: u16) -> Value {
+        let (code, v) = self.request("POST", path, Some(&body));
+        assert_eq!(code, want, "POST {path} {body}: {v}");
+        v
+    }
+
+    /// Logs in (cookie jar and CSRF token kept); returns the reply.
+    pub fn login(&mut self, user: &str, password: &str) -> (u16, Value) {
+        self.jar = Some(tempfile::NamedTempFile::new().unwrap());
+        let (code, v) =
+            self.request("POST", "/api/login", Some(&serde_json::json!({ "user": user, "password": password })));
+        self.csrf = v["csrf"].as_str().map(String::from);
+        (code, v)
+    }
+}

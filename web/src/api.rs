@@ -1,0 +1,168 @@
+//! Routes, the session extractor (cookie, CSRF, password-change gate, roles) and JSON errors.
+
+use crate::model::*;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+
+const COOKIE: &str = "hf_session";
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// A JSON body whose problems (malformed, a missing or unknown field, a wrong type) become a 400
+/// naming them.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::new(400, format!("invalid request: {}", e.body_text())))
+            }
+            Err(e) => Err(ApiError::new(400, format!("invalid request: {}", e.body_text()))),
+        }
+    }
+}
+
+fn cookie_token(parts: &Parts) -> Option<String> {
+    parts.headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
+        |c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == COOKIE).then(|| v.to_string())
+        },
+    )
+}
+
+/// The caller's session. Refuses (401) without one, (403) a changing request without the
+/// session's CSRF token or from a read-only role, and (403) anything but a password change
+/// while the password must be changed.
+pub struct Authed(pub Session, pub String);
+
+impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, backend: &Arc<B>) -> Result<Self, ApiError> {
+        let token = cookie_token(parts).ok_or_else(|| ApiError::new(401, "not logged in"))?;
+        let session = backend
+            .session(&token)
+            .await?
+            .ok_or_else(|| ApiError::new(401, "the session has expired: log in again"))?;
+        let changes = parts.method != Method::GET && parts.method != Method::HEAD;
+        if changes {
+            let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if sent != session.csrf {
+                return Err(ApiError::new(403, "missing or wrong X-CSRF-Token header"));
+            }
+        }
+        let path = parts.uri.path();
+        if session.must_change_password && path != "/api/password" && path != "/api/logout" {
+            return Err(ApiError::new(403, "the password must be changed first (POST /api/password)"));
+        }
+        if changes && session.role == Role::Auditor && path != "/api/password" && path != "/api/logout" {
+            return Err(ApiError::new(403, format!("user {} is an auditor: read-only", session.user)));
+        }
+        Ok(Authed(session, token))
+    }
+}
+
+async fn login<B: Backend>(State(b): State<Arc<B>>, Body(l): Body<Login>) -> Result<Response, ApiError> {
+    let (token, s) = b.login(l).await?;
+    let cookie = format!("{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/");
+    let reply = LoginReply { user: s.user, role: s.role, csrf: s.csrf, must_change_password: s.must_change_password };
+    let mut resp = Json(reply).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(ApiError::internal)?);
+    Ok(resp)
+}
+
+async fn logout<B: Backend>(State(b): State<Arc<B>>, Authed(_, token): Authed) -> ApiResult<StatusCode> {
+    b.logout(&token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn password<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(c): Body<PasswordChange>,
+) -> ApiResult<StatusCode> {
+    b.change_password(&s, c).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn platforms<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Platform>>> {
+    Ok(Json(b.platforms().await?))
+}
+
+async fn create_platform<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(p): Body<NewPlatform>,
+) -> ApiResult<(StatusCode, Json<Platform>)> {
+    Ok((StatusCode::CREATED, Json(b.create_platform(&s, p).await?)))
+}
+
+async fn platform_vms<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Vec<Vm>>> {
+    Ok(Json(b.platform_vms(id).await?))
+}
+
+async fn start_job<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(j): Body<NewJob>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    Ok((StatusCode::ACCEPTED, Json(b.start_job(&s, j).await?)))
+}
+
+async fn jobs<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Job>>> {
+    Ok(Json(b.jobs().await?))
+}
+
+async fn job<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Job>> {
+    Ok(Json(b.job(id).await?))
+}
+
+async fn job_log<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Vec<LogLine>>> {
+    Ok(Json(b.job_log(id).await?))
+}
+
+async fn points<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<PointRow>>> {
+    Ok(Json(b.points().await?))
+}
+
+async fn audit<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> ApiResult<Json<Vec<AuditRow>>> {
+    if s.role == Role::Operator {
+        return Err(ApiError::new(403, "the audit log is for admins and auditors"));
+    }
+    Ok(Json(b.audit().await?))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(404, "no such API route")
+}
+
+/// The API's routes over `backend`.
+pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+    Router::new()
+        .route("/api/login", post(login::<B>))
+        .route("/api/logout", post(logout::<B>))
+        .route("/api/password", post(password::<B>))
+        .route("/api/platforms", get(platforms::<B>).post(create_platform::<B>))
+        .route("/api/platforms/{id}/vms", get(platform_vms::<B>))
+        .route("/api/jobs", get(jobs::<B>).post(start_job::<B>))
+        .route("/api/jobs/{id}", get(job::<B>))
+        .route("/api/jobs/{id}/log", get(job_log::<B>))
+        .route("/api/points", get(points::<B>))
+        .route("/api/audit", get(audit::<B>))
+        .fallback(not_found)
+        .with_state(backend)
+}

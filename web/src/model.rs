@@ -1,0 +1,200 @@
+//! The JSON shapes of the API and the backend interface behind it.
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Operator,
+    /// Reads everything, changes nothing.
+    Auditor,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "auditor" => Some(Role::Auditor),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+/// A logged-in user's session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user: String,
+    pub role: Role,
+    pub csrf: String,
+    pub must_change_password: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginReply {
+    pub user: String,
+    pub role: Role,
+    /// Send back in X-CSRF-Token with every request that changes something.
+    pub csrf: String,
+    pub must_change_password: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub old: String,
+    pub new: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPlatform {
+    pub name: String,
+    /// "kvm" (VMware and Hyper-V come later).
+    pub kind: String,
+    /// For KVM: a libvirt URI.
+    pub uri: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Platform {
+    pub id: i64,
+    pub name: String,
+    pub kind: String,
+    pub uri: String,
+    pub username: Option<String>,
+    /// Whether a password is stored (it is never sent back).
+    pub has_password: bool,
+    /// What the connection test reached when the platform was saved.
+    pub reached: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Vm {
+    pub name: String,
+    pub uuid: String,
+    pub running: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// Platform id.
+    pub platform: i64,
+    /// VM name or UUID on that platform.
+    pub vm: String,
+    /// full, incremental or differential.
+    #[serde(rename = "type")]
+    pub backup_type: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub platform: i64,
+    pub vm: String,
+    #[serde(rename = "type")]
+    pub backup_type: String,
+    /// queued, preparing, running, completed, failed.
+    pub state: String,
+    pub percent: f64,
+    pub done_bytes: i64,
+    pub total_bytes: i64,
+    pub error: Option<String>,
+    pub point_id: Option<String>,
+    pub created: String,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LogLine {
+    pub time: String,
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PointRow {
+    pub point_id: String,
+    pub vm_key: String,
+    pub vm_name: String,
+    #[serde(rename = "type")]
+    pub backup_type: String,
+    pub started: String,
+    pub finished: String,
+    pub parent: Option<String>,
+    pub stored_bytes: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRow {
+    pub time: String,
+    pub user: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// An error with the HTTP status it maps to and a message naming the object and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+    /// A field of the request is wrong.
+    pub fn field(field: &str, problem: impl std::fmt::Display) -> ApiError {
+        ApiError::new(400, format!("{field}: {problem}"))
+    }
+    pub fn not_found(what: impl std::fmt::Display) -> ApiError {
+        ApiError::new(404, format!("no {what}"))
+    }
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        ApiError::new(500, e.to_string())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What the appliance provides behind the API. Sessions come back from `login` as an opaque
+/// token (the cookie) plus the session; the API layer checks CSRF and roles.
+pub trait Backend: Send + Sync + 'static {
+    fn login(&self, login: Login) -> impl Future<Output = ApiResult<(String, Session)>> + Send;
+    fn session(&self, token: &str) -> impl Future<Output = ApiResult<Option<Session>>> + Send;
+    fn logout(&self, token: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn change_password(&self, s: &Session, change: PasswordChange) -> impl Future<Output = ApiResult<()>> + Send;
+    fn platforms(&self) -> impl Future<Output = ApiResult<Vec<Platform>>> + Send;
+    fn create_platform(&self, s: &Session, p: NewPlatform) -> impl Future<Output = ApiResult<Platform>> + Send;
+    fn platform_vms(&self, id: i64) -> impl Future<Output = ApiResult<Vec<Vm>>> + Send;
+    fn start_job(&self, s: &Session, j: NewJob) -> impl Future<Output = ApiResult<Job>> + Send;
+    fn jobs(&self) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
+    fn job(&self, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
+    fn job_log(&self, id: i64) -> impl Future<Output = ApiResult<Vec<LogLine>>> + Send;
+    fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send;
+    fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
+}
