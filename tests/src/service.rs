@@ -19,9 +19,19 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts the service on `data` and waits until it answers.
     pub fn start(data: &Path) -> Server {
+        Server::start_with_clock(data, None)
+    }
+
+    /// With `clock`, the service's "now" is the RFC 3339 time in that file (and its time zone
+    /// UTC), so a test moves time by writing the file.
+    pub fn start_with_clock(data: &Path, clock: Option<&Path>) -> Server {
         let port = free_port();
         let log = std::fs::File::create(data.with_extension("log")).unwrap();
-        let child = Command::new(crate::holdfast_bin())
+        let mut cmd = Command::new(crate::holdfast_bin());
+        if let Some(c) = clock {
+            cmd.env("HOLDFAST_TEST_CLOCK", c).env("TZ", "UTC");
+        }
+        let child = cmd
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data)
             .stdout(log.try_clone().unwrap())
@@ -51,6 +61,16 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// A client logged in as admin with the initial password changed to `password`.
+    pub fn admin(&self, password: &str) -> Client {
+        let mut c = self.client();
+        let initial = self.initial_password();
+        let (code, v) = c.login("admin", &initial);
+        assert_eq!(code, 200, "{v}");
+        c.post("/api/password", serde_json::json!({ "old": initial, "new": password }), 204);
+        c
     }
 
     pub fn client(&self) -> Client {

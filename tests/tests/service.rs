@@ -123,3 +123,115 @@ fn the_service_runs_a_kvm_backup_through_its_api_and_recovers_from_a_kill() {
     assert_eq!(c.request("POST", "/api/logout", None).0, 204);
     assert_eq!(c.get_status("/api/jobs").0, 401);
 }
+
+/// Sets the service's clock (UTC), atomically.
+fn set_clock(file: &std::path::Path, t: &str) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, t).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+/// Waits for the rule's jobs to reach `n` and for all of them to finish; returns them, newest first.
+fn wait_rule_jobs(c: &holdfast_tests::service::Client, rule: i64, n: usize) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        let jobs: Vec<Value> =
+            c.get("/api/jobs").as_array().unwrap().iter().filter(|j| j["rule"] == rule).cloned().collect();
+        let finished = jobs.iter().all(|j| ["completed", "failed", "skipped"].contains(&j["state"].as_str().unwrap()));
+        if jobs.len() >= n && finished {
+            return jobs;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "rule {rule}: waiting for {n} finished jobs: {jobs:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_rule_runs_on_schedule_with_fallback_to_full_retention_and_skips() {
+    let mut vm = TestVm::start("rules");
+    let data = vm.dir.join("data");
+    let clock = vm.dir.join("clock");
+    set_clock(&clock, "2026-11-23T01:00:00Z"); // a Monday
+    let server = Server::start_with_clock(&data, Some(&clock));
+    let c = server.admin("correct horse battery");
+    let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let pid = p["id"].as_i64().unwrap();
+    let rule = |full: Value, retention: Value, vms: Value| {
+        json!({ "name": "nightly", "platform": pid, "vms": vms, "full": full, "retention": retention,
+                "partial": { "kind": "incremental", "schedule": { "kind": "daily", "times": ["02:00"] } } })
+    };
+    let weekly = json!({ "kind": "weekly", "days": ["sun"], "times": ["03:00"] });
+
+    // Bad input names the field; nothing is saved.
+    for (body, field) in [
+        (rule(json!({ "kind": "daily", "times": ["25:00"] }), json!({}), json!([vm.name])), "full.times[0]"),
+        (rule(json!({ "kind": "once", "at": "2026-11-22 23:00" }), json!({}), json!([vm.name])), "full.at"),
+        (rule(weekly.clone(), json!({ "keep_days": 65 }), json!([vm.name])), "retention"),
+        (rule(weekly.clone(), json!({}), json!(["no-such-vm"])), "vms[0]"),
+        (rule(json!({ "kind": "fortnightly" }), json!({}), json!([vm.name])), "full"),
+    ] {
+        let v = c.post("/api/rules", body, 400);
+        assert!(v["error"].as_str().unwrap().starts_with(field), "{field}: {v}");
+    }
+    assert_eq!(c.get("/api/rules"), json!([]));
+
+    let r = c.post("/api/rules", rule(weekly.clone(), json!({ "keep_last": 2 }), json!([vm.name])), 201);
+    let rid = r["id"].as_i64().unwrap();
+    let mut other = rule(weekly, json!({}), json!([vm.name]));
+    other["name"] = json!("another");
+    let v = c.post("/api/rules", other, 409);
+    assert!(v["error"].as_str().unwrap().contains("already in rule nightly"), "{v}");
+
+    // Monday 02:00: the incremental is due; with no base it runs as a full.
+    vm.write(0, 0x11, 0, MIB);
+    set_clock(&clock, "2026-11-23T02:00:30Z");
+    let jobs = wait_rule_jobs(&c, rid, 1);
+    assert_eq!(
+        (jobs[0]["type"].as_str(), jobs[0]["state"].as_str()),
+        (Some("incremental"), Some("completed")),
+        "{jobs:?}"
+    );
+    let first = jobs[0]["point_id"].as_str().unwrap().to_string();
+    let log = c.get(&format!("/api/jobs/{}/log", jobs[0]["id"]));
+    assert!(log.to_string().contains("read in full: no earlier backup"), "{log}");
+
+    // Tuesday and Wednesday: incrementals; keep_last 2 then removes Monday's point.
+    for (day, pattern) in [("2026-11-24T02:00:30Z", 0x22), ("2026-11-25T02:00:30Z", 0x33)] {
+        vm.write(1, pattern, 4 * MIB, MIB);
+        set_clock(&clock, day);
+        let n = if pattern == 0x22 { 2 } else { 3 };
+        let jobs = wait_rule_jobs(&c, rid, n);
+        assert_eq!(jobs[0]["state"], "completed", "{jobs:?}");
+    }
+    let jobs = wait_rule_jobs(&c, rid, 3);
+    let log = c.get(&format!("/api/jobs/{}/log", jobs[0]["id"]));
+    assert!(log.to_string().contains(&format!("retention removed point {first}")), "{log}");
+    let points = c.get("/api/points");
+    assert_eq!(points.as_array().unwrap().len(), 2, "{points}");
+    assert!(points.as_array().unwrap().iter().all(|p| p["type"] == "incremental" && p["point_id"] != first.as_str()));
+
+    // Saturday 01:00: Thursday's and Friday's 02:00 were missed (the clock jumped, as after a
+    // stopped service): one catch-up run, not two. Sunday 03:00: the full wins over the 02:00
+    // incremental that falls in the same window.
+    set_clock(&clock, "2026-11-28T01:00:00Z");
+    let jobs = wait_rule_jobs(&c, rid, 4);
+    assert_eq!(jobs.len(), 4, "{jobs:?}");
+    assert_eq!(jobs[0]["type"], "incremental");
+    set_clock(&clock, "2026-11-29T03:00:30Z");
+    let jobs = wait_rule_jobs(&c, rid, 5);
+    assert_eq!(jobs.len(), 5, "{jobs:?}");
+    assert_eq!((jobs[0]["type"].as_str(), jobs[0]["state"].as_str()), (Some("full"), Some("completed")));
+
+    // Run now, twice at once: the second finds the first still going and is skipped.
+    let started = c.post(&format!("/api/rules/{rid}/run"), json!({ "type": "full" }), 202);
+    let again = c.post(&format!("/api/rules/{rid}/run"), json!({ "type": "full" }), 202);
+    assert_eq!((started.as_array().unwrap().len(), again.as_array().unwrap().len()), (1, 0));
+    let jobs = wait_rule_jobs(&c, rid, 6);
+    assert!(jobs
+        .iter()
+        .any(|j| j["state"] == "skipped" && j["error"].as_str().unwrap().contains("still queued or running")));
+
+    c.request("DELETE", &format!("/api/rules/{rid}"), None);
+    assert_eq!(c.get("/api/rules"), json!([]));
+    assert!(c.get("/api/jobs").as_array().unwrap().len() >= 7, "jobs keep their history");
+}

@@ -146,6 +146,41 @@ async fn audit<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> Api
     Ok(Json(b.audit().await?))
 }
 
+async fn rules<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Rule>>> {
+    Ok(Json(b.rules().await?))
+}
+
+async fn create_rule<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(r): Body<NewRule>,
+) -> ApiResult<(StatusCode, Json<Rule>)> {
+    Ok((StatusCode::CREATED, Json(b.create_rule(&s, r).await?)))
+}
+
+async fn rule<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Rule>> {
+    let all = b.rules().await?;
+    all.into_iter().find(|r| r.id == id).map(Json).ok_or_else(|| ApiError::not_found(format!("rule {id}")))
+}
+
+async fn delete_rule<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    b.delete_rule(&s, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn run_rule<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+    Body(r): Body<RunRule>,
+) -> ApiResult<(StatusCode, Json<Vec<Job>>)> {
+    Ok((StatusCode::ACCEPTED, Json(b.run_rule(&s, id, r).await?)))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(404, "no such API route")
 }
@@ -163,6 +198,9 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/jobs/{id}/log", get(job_log::<B>))
         .route("/api/points", get(points::<B>))
         .route("/api/audit", get(audit::<B>))
+        .route("/api/rules", get(rules::<B>).post(create_rule::<B>))
+        .route("/api/rules/{id}", get(rule::<B>).delete(delete_rule::<B>))
+        .route("/api/rules/{id}/run", post(run_rule::<B>))
         .fallback(not_found)
         .with_state(backend)
 }

@@ -115,16 +115,63 @@ pub struct Job {
     pub vm: String,
     #[serde(rename = "type")]
     pub backup_type: String,
-    /// queued, preparing, running, completed, failed.
+    /// queued, preparing, running, completed, failed, skipped (the VM's previous run was
+    /// still queued or running).
     pub state: String,
     pub percent: f64,
     pub done_bytes: i64,
     pub total_bytes: i64,
     pub error: Option<String>,
     pub point_id: Option<String>,
+    /// The rule that started it; None for a job run by hand.
+    pub rule: Option<i64>,
     pub created: String,
     pub started: Option<String>,
     pub finished: Option<String>,
+}
+
+/// A backup rule: VMs of one platform, a full schedule and an optional incremental or
+/// differential one, a retention policy. Schedules and retention are checked by the backend,
+/// which names the offending field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRule {
+    pub name: String,
+    pub platform: i64,
+    pub vms: Vec<String>,
+    /// {"kind": "once"|"hourly"|"daily"|"weekly"|"monthly", ...}
+    pub full: serde_json::Value,
+    /// {"kind": "incremental"|"differential", "schedule": {...}}
+    #[serde(default)]
+    pub partial: Option<serde_json::Value>,
+    /// keep_last, keep_days, keep_weeks, keep_daily, keep_weekly, keep_monthly, keep_yearly
+    #[serde(default)]
+    pub retention: serde_json::Value,
+    /// auto (default), off, required
+    #[serde(default)]
+    pub quiesce: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Rule {
+    pub id: i64,
+    pub name: String,
+    pub platform: i64,
+    pub vms: Vec<String>,
+    pub enabled: bool,
+    pub full: serde_json::Value,
+    pub partial: Option<serde_json::Value>,
+    pub retention: serde_json::Value,
+    pub quiesce: String,
+    pub created: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRule {
+    /// full, incremental or differential
+    #[serde(rename = "type")]
+    pub backup_type: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -197,4 +244,8 @@ pub trait Backend: Send + Sync + 'static {
     fn job_log(&self, id: i64) -> impl Future<Output = ApiResult<Vec<LogLine>>> + Send;
     fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send;
     fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
+    fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
+    fn create_rule(&self, s: &Session, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;
+    fn delete_rule(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
+    fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
 }

@@ -53,6 +53,7 @@ type JobRow = (
     i64,
     Option<String>,
     Option<String>,
+    Option<i64>,
     String,
     Option<String>,
     Option<String>,
@@ -74,16 +75,23 @@ fn job(r: JobRow) -> Job {
         total_bytes: r.7,
         error: r.8,
         point_id: r.9,
-        created: r.10,
-        started: r.11,
-        finished: r.12,
+        rule: r.10,
+        created: r.11,
+        started: r.12,
+        finished: r.13,
     }
 }
 
 type PointDbRow = (String, String, String, String, String, String, Option<String>, i64);
 
 const JOB_COLUMNS: &str = "id, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, error, \
-                           point_id, created, started, finished";
+                           point_id, rule_id, created, started, finished";
+
+/// A job a rule started: its retention runs after a successful backup (never after a failed one).
+pub(super) struct RuleRun {
+    pub rule_id: i64,
+    pub retention: vds_store::RetentionPolicy,
+}
 
 /// What a job needs to reach its platform, on a blocking thread.
 #[derive(Clone)]
@@ -269,7 +277,7 @@ impl Service {
         Ok(rows.into_iter().map(|(time, user, action, detail)| AuditRow { time, user, action, detail }).collect())
     }
 
-    /// Queues a backup job; it runs when the concurrency limit allows.
+    /// Queues a backup job run by hand; it runs when the concurrency limit allows.
     pub(super) async fn queue_job(self: &Arc<Self>, s: &Session, j: NewJob) -> ApiResult<Job> {
         let requested = BackupType::parse(&j.backup_type).ok_or_else(|| {
             ApiError::field("type", format!("{:?}: use full, incremental or differential", j.backup_type))
@@ -277,7 +285,54 @@ impl Service {
         if j.vm.trim().is_empty() {
             return Err(ApiError::field("vm", "must not be empty"));
         }
-        let (platform_name, target) = self.target(j.platform).await.map_err(|e| {
+        self.enqueue(&s.user, j.platform, &j.vm, requested, Quiesce::IfPossible, None).await
+    }
+
+    /// A job of `vm` still queued or running, if any.
+    pub(super) async fn active_job(&self, platform: i64, vm: &str) -> ApiResult<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT id FROM jobs WHERE platform_id = $1 AND vm = $2 AND state IN ('queued', 'preparing', 'running')",
+        )
+        .bind(platform)
+        .bind(vm)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(Self::api_err)?;
+        Ok(row.map(|(id,)| id))
+    }
+
+    /// Records a run that did not start because the VM's previous run is still going.
+    pub(super) async fn record_skipped(&self, platform: i64, vm: &str, requested: BackupType, rule: i64, busy: i64) {
+        let why = format!("skipped: the previous run of this VM (job {busy}) is still queued or running");
+        let id = sqlx::query(
+            "INSERT INTO jobs (platform_id, vm, backup_type, state, error, rule_id, created, finished) \
+             VALUES ($1, $2, $3, 'skipped', $4, $5, $6, $6)",
+        )
+        .bind(platform)
+        .bind(vm)
+        .bind(requested.as_str())
+        .bind(&why)
+        .bind(rule)
+        .bind(now())
+        .execute(&self.db)
+        .await
+        .map(|r| r.last_insert_rowid());
+        match id {
+            Ok(id) => log(&self.db, id, "warning", &why).await,
+            Err(e) => eprintln!("holdfast: rule {rule}: cannot record a skipped run of {vm}: {e}"),
+        }
+    }
+
+    pub(super) async fn enqueue(
+        self: &Arc<Self>,
+        user: &str,
+        platform: i64,
+        vm: &str,
+        requested: BackupType,
+        quiesce: Quiesce,
+        rule: Option<RuleRun>,
+    ) -> ApiResult<Job> {
+        let (platform_name, target) = self.target(platform).await.map_err(|e| {
             if e.status == 404 {
                 ApiError::field("platform", e.message)
             } else {
@@ -285,33 +340,47 @@ impl Service {
             }
         })?;
         let id = sqlx::query(
-            "INSERT INTO jobs (platform_id, vm, backup_type, state, created) VALUES ($1, $2, $3, 'queued', $4)",
+            "INSERT INTO jobs (platform_id, vm, backup_type, state, rule_id, created) VALUES ($1, $2, $3, 'queued', $4, $5)",
         )
-        .bind(j.platform)
-        .bind(&j.vm)
+        .bind(platform)
+        .bind(vm)
         .bind(requested.as_str())
+        .bind(rule.as_ref().map(|r| r.rule_id))
         .bind(now())
         .execute(&self.db)
         .await
         .map_err(Self::api_err)?
         .last_insert_rowid();
-        log(
-            &self.db,
-            id,
-            "info",
-            &format!("queued by {}: {} backup of {} on {platform_name}", s.user, requested.as_str(), j.vm),
-        )
-        .await;
-        self.audit_log(
-            &s.user,
-            "backup started",
-            &format!("job {id}: {} of {} on {platform_name}", requested.as_str(), j.vm),
-        )
-        .await?;
+        let by = match &rule {
+            Some(r) => format!("rule {}", r.rule_id),
+            None => user.to_string(),
+        };
+        log(&self.db, id, "info", &format!("queued by {by}: {} backup of {vm} on {platform_name}", requested.as_str()))
+            .await;
+        self.audit_log(user, "backup started", &format!("job {id}: {} of {vm} on {platform_name}", requested.as_str()))
+            .await?;
         let me = self.clone();
-        let vm = j.vm.clone();
-        tokio::spawn(async move { me.run_job(id, target, vm, requested).await });
+        let vm = vm.to_string();
+        tokio::spawn(async move { me.run_job(id, target, vm, requested, quiesce, rule).await });
         self.job_by_id(id).await
+    }
+
+    /// Applies a rule's retention to the VM of a point it just committed.
+    async fn retain(&self, id: i64, vm_key: &str, rule: &RuleRun) {
+        let (store, policy, key) = (self.store.clone(), rule.retention.clone(), vm_key.to_string());
+        let decided = tokio::task::spawn_blocking(move || store.prune(&policy, Some(&key), false)).await;
+        match decided {
+            Ok(Ok(decisions)) => {
+                for d in decisions.iter().filter(|d| !d.keep) {
+                    let why = d.reasons.join("; ");
+                    log(&self.db, id, "info", &format!("retention removed point {} ({why})", d.point_id)).await;
+                    let _ =
+                        sqlx::query("DELETE FROM points WHERE point_id = $1").bind(&d.point_id).execute(&self.db).await;
+                }
+            }
+            Ok(Err(e)) => log(&self.db, id, "warning", &format!("retention did not run: {e}")).await,
+            Err(e) => log(&self.db, id, "warning", &format!("retention did not run: {e}")).await,
+        }
     }
 
     async fn set_state(&self, id: i64, state: &str) {
@@ -327,7 +396,15 @@ impl Service {
         }
     }
 
-    async fn run_job(self: Arc<Self>, id: i64, target: Target, vm: String, requested: BackupType) {
+    async fn run_job(
+        self: Arc<Self>,
+        id: i64,
+        target: Target,
+        vm: String,
+        requested: BackupType,
+        quiesce: Quiesce,
+        rule: Option<RuleRun>,
+    ) {
         let Ok(_permit) = self.jobs.clone().acquire_owned().await else { return };
         self.set_state(id, "preparing").await;
         log(&self.db, id, "info", &format!("connecting to {}", target.uri)).await;
@@ -337,13 +414,7 @@ impl Service {
         let task = tokio::task::spawn_blocking(move || {
             let conn = target.connect(&work).map_err(|e| e.to_string())?;
             let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-            let opts = BackupOptions {
-                requested,
-                include: vec![],
-                labels: Labels::default(),
-                threads,
-                quiesce: Quiesce::IfPossible,
-            };
+            let opts = BackupOptions { requested, include: vec![], labels: Labels::default(), threads, quiesce };
             backup_vm(&conn, &store, &vm, opts, &mut |p| {
                 let mut g = shared.lock().expect("progress lock");
                 (g.done, g.total, g.changed) = (p.done_bytes, p.total_bytes, true);
@@ -393,6 +464,9 @@ impl Service {
                 if let Err(e) = insert_point(&self.db, p).await {
                     log(&self.db, id, "error", &format!("point {} is stored but not in the catalog: {e}", p.point_id))
                         .await;
+                }
+                if let Some(rule) = &rule {
+                    self.retain(id, &p.vm.key, rule).await;
                 }
                 log(
                     &self.db,

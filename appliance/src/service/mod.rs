@@ -9,6 +9,8 @@
 mod auth;
 pub mod catalog;
 mod engine;
+mod rules;
+mod schedule;
 
 use anyhow::{Context, Result};
 use catalog::{now, Db};
@@ -171,6 +173,7 @@ pub fn run(opts: ServeOptions) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let service = Arc::new(setup(&opts).await?);
+        service.start_scheduler();
         let (cert, key) = tls_files(&opts.data_dir.join("tls"))?;
         let listener = tokio::net::TcpListener::bind(&opts.listen)
             .await
@@ -231,5 +234,17 @@ impl Backend for Api {
     }
     async fn audit(&self) -> ApiResult<Vec<AuditRow>> {
         self.0.list_audit().await
+    }
+    async fn rules(&self) -> ApiResult<Vec<Rule>> {
+        self.0.list_rules().await
+    }
+    async fn create_rule(&self, s: &Session, r: NewRule) -> ApiResult<Rule> {
+        self.0.add_rule(s, r).await
+    }
+    async fn delete_rule(&self, s: &Session, id: i64) -> ApiResult<()> {
+        self.0.remove_rule(s, id).await
+    }
+    async fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> ApiResult<Vec<Job>> {
+        self.0.run_rule_now(s, id, r).await
     }
 }
