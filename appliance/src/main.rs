@@ -37,6 +37,9 @@ struct ServeArgs {
     /// Backup jobs running at once; more wait as queued
     #[arg(long, default_value_t = 8)]
     max_jobs: usize,
+    /// Backup jobs running at once against one platform (hypervisor host)
+    #[arg(long, default_value_t = 4)]
+    max_jobs_per_host: usize,
 }
 
 fn main() {
@@ -49,7 +52,12 @@ fn main() {
                 .data_dir
                 .or_else(|| std::env::var_os("HOLDFAST_DATA").map(Into::into))
                 .unwrap_or_else(|| "/var/lib/holdfast".into());
-            service::run(service::ServeOptions { data_dir, listen: a.listen, max_jobs: a.max_jobs })
+            service::run(service::ServeOptions {
+                data_dir,
+                listen: a.listen,
+                max_jobs: a.max_jobs,
+                max_jobs_per_host: a.max_jobs_per_host,
+            })
         }
     };
     match result {

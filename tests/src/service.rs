@@ -25,6 +25,11 @@ impl Server {
     /// With `clock`, the service's "now" is the RFC 3339 time in that file (and its time zone
     /// UTC), so a test moves time by writing the file.
     pub fn start_with_clock(data: &Path, clock: Option<&Path>) -> Server {
+        Server::start_with(data, clock, &[])
+    }
+
+    /// With extra `holdfast serve` arguments.
+    pub fn start_with(data: &Path, clock: Option<&Path>, args: &[&str]) -> Server {
         let port = free_port();
         let log = std::fs::File::create(data.with_extension("log")).unwrap();
         let mut cmd = Command::new(crate::holdfast_bin());
@@ -34,6 +39,7 @@ impl Server {
         let child = cmd
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data)
+            .args(args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -235,3 +235,65 @@ fn a_rule_runs_on_schedule_with_fallback_to_full_retention_and_skips() {
     assert_eq!(c.get("/api/rules"), json!([]));
     assert!(c.get("/api/jobs").as_array().unwrap().len() >= 7, "jobs keep their history");
 }
+
+/// Seconds since the epoch of an RFC 3339 time the service wrote.
+fn secs(t: &Value) -> f64 {
+    let s = t.as_str().unwrap();
+    let out = std::process::Command::new("date").args(["-u", "-d", s, "+%s.%N"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The most jobs whose [started, finished] intervals overlap at one instant.
+fn max_overlap(jobs: &[&Value]) -> usize {
+    let mut edges: Vec<(f64, i32)> = Vec::new();
+    for j in jobs {
+        edges.push((secs(&j["started"]), 1));
+        edges.push((secs(&j["finished"]), -1));
+    }
+    edges.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[test]
+fn twelve_queued_vms_never_run_over_the_global_and_per_host_limits() {
+    use holdfast_tests::kvm::{TCP_PASSWORD, TCP_URI, TCP_USER};
+    let vms: Vec<TestVm> = (0..12).map(|i| TestVm::start(&format!("limits{i}"))).collect();
+    let data = vms[0].dir.join("data");
+    let server = Server::start_with(&data, None, &["--max-jobs", "3", "--max-jobs-per-host", "2"]);
+    let c = server.admin("correct horse battery");
+    // Two platforms (two ways to the same libvirt, counted as two hosts), six VMs each.
+    let local = c.post("/api/platforms", json!({ "name": "a", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let tcp = c.post(
+        "/api/platforms",
+        json!({ "name": "b", "kind": "kvm", "uri": TCP_URI, "username": TCP_USER, "password": TCP_PASSWORD }),
+        201,
+    );
+    assert_eq!(tcp["has_password"], true);
+    let ids: Vec<i64> = vms
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| {
+            let p = if i % 2 == 0 { &local } else { &tcp };
+            c.post("/api/jobs", json!({ "platform": p["id"], "vm": vm.name, "type": "full" }), 202)["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let done: Vec<Value> = ids.iter().map(|id| wait_job(&c, *id)).collect();
+    for j in &done {
+        assert_eq!(j["state"], "completed", "{j}");
+    }
+    let all: Vec<&Value> = done.iter().collect();
+    let overall = max_overlap(&all);
+    assert!((2..=3).contains(&overall), "{overall} jobs ran at once with --max-jobs 3");
+    for p in [&local, &tcp] {
+        let on: Vec<&Value> = done.iter().filter(|j| j["platform"] == p["id"]).collect();
+        let n = max_overlap(&on);
+        assert!(n <= 2, "{n} jobs ran at once on platform {} with --max-jobs-per-host 2", p["name"]);
+    }
+}

@@ -361,7 +361,7 @@ impl Service {
             .await?;
         let me = self.clone();
         let vm = vm.to_string();
-        tokio::spawn(async move { me.run_job(id, target, vm, requested, quiesce, rule).await });
+        tokio::spawn(async move { me.run_job(id, platform, target, vm, requested, quiesce, rule).await });
         self.job_by_id(id).await
     }
 
@@ -396,15 +396,27 @@ impl Service {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_job(
         self: Arc<Self>,
         id: i64,
+        platform: i64,
         target: Target,
         vm: String,
         requested: BackupType,
         quiesce: Quiesce,
         rule: Option<RuleRun>,
     ) {
+        // The host's limit first, then the global one: a job waiting for its busy host must not
+        // hold a global slot that another host's job could use.
+        let host = self
+            .hosts
+            .lock()
+            .expect("hosts lock")
+            .entry(platform)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_host)))
+            .clone();
+        let Ok(_host_permit) = host.acquire_owned().await else { return };
         let Ok(_permit) = self.jobs.clone().acquire_owned().await else { return };
         self.set_state(id, "preparing").await;
         log(&self.db, id, "info", &format!("connecting to {}", target.uri)).await;

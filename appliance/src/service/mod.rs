@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub listen: String,
     pub max_jobs: usize,
+    /// Jobs running at once against one platform (one hypervisor host).
+    pub max_jobs_per_host: usize,
 }
 
 pub struct Service {
@@ -33,6 +35,8 @@ pub struct Service {
     work_dir: PathBuf,
     secret: [u8; 32],
     jobs: Arc<tokio::sync::Semaphore>,
+    per_host: usize,
+    hosts: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// Creates what a first start needs, returns the service.
@@ -54,6 +58,8 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         work_dir: data.join("work"),
         secret,
         jobs: Arc::new(tokio::sync::Semaphore::new(opts.max_jobs.max(1))),
+        per_host: opts.max_jobs_per_host.max(1),
+        hosts: Default::default(),
     };
     service.ensure_admin(&data.join("initial-admin-password")).await?;
     service.recover_jobs().await?;
