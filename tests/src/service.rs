@@ -134,6 +134,16 @@ impl Client {
         v
     }
 
+    /// Starts reading a server-sent event stream into `out`; kill the child to stop.
+    pub fn stream(&self, path: &str, out: &Path) -> Child {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sNk", "--max-time", "300", "-o"]).arg(out);
+        if let Some(jar) = &self.jar {
+            cmd.arg("-b").arg(jar.path());
+        }
+        cmd.arg(format!("{}{path}", self.base)).spawn().expect("curl runs")
+    }
+
     /// Logs in (cookie jar and CSRF token kept); returns the reply.
     pub fn login(&mut self, user: &str, password: &str) -> (u16, Value) {
         self.jar = Some(tempfile::NamedTempFile::new().unwrap());

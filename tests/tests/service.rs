@@ -63,8 +63,13 @@ fn the_service_runs_a_kvm_backup_through_its_api_and_recovers_from_a_kill() {
     let vms = c.get(&format!("/api/platforms/{pid}/vms"));
     assert!(vms.as_array().unwrap().iter().any(|v| v["name"] == vm.name.as_str()), "{vms}");
 
-    // A full backup job: queued, then done, with its log and its point in the catalog.
+    // A full backup job: queued, then done, with its log and its point in the catalog, and
+    // its changes streamed live as server-sent events.
     vm.write(0, 0x5a, 0, 2 * MIB);
+    let events_file = vm.dir.join("events.txt");
+    let mut events = c.stream("/api/events", &events_file);
+    assert_eq!(anon.get_status("/api/events").0, 401);
+    std::thread::sleep(Duration::from_millis(300));
     let v = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "weekly" }), 400);
     assert!(v["error"].as_str().unwrap().starts_with("type:"), "{v}");
     let job = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
@@ -72,6 +77,21 @@ fn the_service_runs_a_kvm_backup_through_its_api_and_recovers_from_a_kill() {
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(done["percent"], 100.0);
     let point = done["point_id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let _ = events.wait();
+    let streamed: Vec<Value> = std::fs::read_to_string(&events_file)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .filter(|j: &Value| j["id"] == job["id"])
+        .collect();
+    let states: Vec<&str> = streamed.iter().map(|j| j["state"].as_str().unwrap()).collect();
+    assert_eq!(states.first(), Some(&"queued"), "{states:?}");
+    assert!(states.contains(&"preparing"), "{states:?}");
+    assert_eq!(states.last(), Some(&"completed"), "{states:?}");
+    assert_eq!(streamed.last().unwrap()["point_id"], point.as_str());
     let log = c.get(&format!("/api/jobs/{}/log", job["id"]));
     let lines: Vec<&str> = log.as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
     assert!(lines.iter().any(|l| l.contains("crash-consistent")), "{lines:?}");

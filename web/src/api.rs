@@ -181,6 +181,32 @@ async fn run_rule<B: Backend>(
     Ok((StatusCode::ACCEPTED, Json(b.run_rule(&s, id, r).await?)))
 }
 
+/// Server-sent events: one `job` event (the job as JSON) per change of any job, and a comment
+/// every 15 s to keep proxies from closing the stream. A client too slow to keep up misses
+/// intermediate progress, never a final state it can fetch again.
+async fn events<B: Backend>(
+    State(b): State<Arc<B>>,
+    _: Authed,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let stream = futures_util::stream::unfold(b.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(job) => {
+                    let event = Event::default().event("job").json_data(&job).unwrap_or_default();
+                    return Some((Ok(event), rx));
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(404, "no such API route")
 }
@@ -201,6 +227,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/rules", get(rules::<B>).post(create_rule::<B>))
         .route("/api/rules/{id}", get(rule::<B>).delete(delete_rule::<B>))
         .route("/api/rules/{id}/run", post(run_rule::<B>))
+        .route("/api/events", get(events::<B>))
         .fallback(not_found)
         .with_state(backend)
 }

@@ -245,6 +245,8 @@ pub trait Backend: Send + Sync + 'static {
     fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send;
     fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
     fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
+    /// Every job change (state, progress) as it happens, for server-sent events.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job>;
     fn create_rule(&self, s: &Session, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;
     fn delete_rule(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
     fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;

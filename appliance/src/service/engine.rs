@@ -362,6 +362,7 @@ impl Service {
         let me = self.clone();
         let vm = vm.to_string();
         tokio::spawn(async move { me.run_job(id, platform, target, vm, requested, quiesce, rule).await });
+        self.publish(id).await;
         self.job_by_id(id).await
     }
 
@@ -393,6 +394,14 @@ impl Service {
             .await;
         if let Err(e) = r {
             eprintln!("holdfast: job {id}: cannot record state {state}: {e}");
+        }
+        self.publish(id).await;
+    }
+
+    /// Tells live-event listeners the job's current state (nobody listening is fine).
+    async fn publish(&self, id: i64) {
+        if let Ok(job) = self.job_by_id(id).await {
+            let _ = self.events.send(job);
         }
     }
 
@@ -459,6 +468,7 @@ impl Service {
                     .bind(id)
                     .execute(&self.db)
                     .await;
+                self.publish(id).await;
             }
         };
         match outcome {
@@ -504,6 +514,7 @@ impl Service {
                 if let Err(e) = r {
                     eprintln!("holdfast: job {id}: cannot record completion: {e}");
                 }
+                self.publish(id).await;
             }
             Err(e) => {
                 log(&self.db, id, "error", &format!("failed: {e}")).await;
@@ -516,6 +527,7 @@ impl Service {
                 if let Err(e) = r {
                     eprintln!("holdfast: job {id}: cannot record failure: {e}");
                 }
+                self.publish(id).await;
             }
         }
     }

@@ -37,6 +37,8 @@ pub struct Service {
     jobs: Arc<tokio::sync::Semaphore>,
     per_host: usize,
     hosts: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
+    /// Job changes for the API's live events.
+    events: tokio::sync::broadcast::Sender<Job>,
 }
 
 /// Creates what a first start needs, returns the service.
@@ -60,6 +62,7 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         jobs: Arc::new(tokio::sync::Semaphore::new(opts.max_jobs.max(1))),
         per_host: opts.max_jobs_per_host.max(1),
         hosts: Default::default(),
+        events: tokio::sync::broadcast::channel(1024).0,
     };
     service.ensure_admin(&data.join("initial-admin-password")).await?;
     service.recover_jobs().await?;
@@ -240,6 +243,9 @@ impl Backend for Api {
     }
     async fn audit(&self) -> ApiResult<Vec<AuditRow>> {
         self.0.list_audit().await
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
+        self.0.events.subscribe()
     }
     async fn rules(&self) -> ApiResult<Vec<Rule>> {
         self.0.list_rules().await
