@@ -80,7 +80,7 @@ impl Server {
     }
 
     pub fn client(&self) -> Client {
-        Client { base: format!("https://127.0.0.1:{}", self.port), jar: None, csrf: None }
+        Client { base: format!("https://127.0.0.1:{}", self.port), jar: None, csrf: None, bearer: None }
     }
 }
 
@@ -94,6 +94,8 @@ pub struct Client {
     base: String,
     jar: Option<tempfile::NamedTempFile>,
     pub csrf: Option<String>,
+    /// An API token sent as `Authorization: Bearer`.
+    pub bearer: Option<String>,
 }
 
 impl Client {
@@ -106,6 +108,9 @@ impl Client {
         }
         if let Some(c) = &self.csrf {
             cmd.arg("-H").arg(format!("x-csrf-token: {c}"));
+        }
+        if let Some(t) = &self.bearer {
+            cmd.arg("-H").arg(format!("authorization: Bearer {t}"));
         }
         if let Some(b) = body {
             cmd.args(["-H", "content-type: application/json", "--data-binary", &b.to_string()]);

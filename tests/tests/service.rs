@@ -317,3 +317,59 @@ fn twelve_queued_vms_never_run_over_the_global_and_per_host_limits() {
         assert!(n <= 2, "{n} jobs ran at once on platform {} with --max-jobs-per-host 2", p["name"]);
     }
 }
+
+#[test]
+fn roles_limit_what_users_do_and_api_tokens_work_without_a_browser_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let admin = server.admin("correct horse battery");
+    let v = admin.post("/api/users", json!({ "name": "ops1", "role": "root", "password": "operator pass 1" }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("role:"), "{v}");
+    admin.post("/api/users", json!({ "name": "ops1", "role": "operator", "password": "operator pass 1" }), 201);
+    admin.post("/api/users", json!({ "name": "ops1", "role": "operator", "password": "operator pass 1" }), 409);
+    admin.post("/api/users", json!({ "name": "aud1", "role": "auditor", "password": "auditor pass 1" }), 201);
+    let users = admin.get("/api/users");
+    assert_eq!(users.as_array().unwrap().len(), 3, "{users}");
+
+    let login = |name: &str, initial: &str, new: &str| {
+        let mut c = server.client();
+        let (code, v) = c.login(name, initial);
+        assert_eq!((code, v["must_change_password"].as_bool()), (200, Some(true)), "{v}");
+        c.post("/api/password", json!({ "old": initial, "new": new }), 204);
+        c
+    };
+    let auditor = login("aud1", "auditor pass 1", "auditor pass 2");
+    assert_eq!(auditor.get_status("/api/points").0, 200);
+    assert_eq!(auditor.get_status("/api/audit").0, 200);
+    let v = auditor.post("/api/jobs", json!({ "platform": 1, "vm": "x", "type": "full" }), 403);
+    assert!(v["error"].as_str().unwrap().contains("auditor"), "{v}");
+    assert_eq!(auditor.get_status("/api/users").0, 403);
+    let operator = login("ops1", "operator pass 1", "operator pass 2");
+    assert_eq!(operator.get_status("/api/platforms").0, 200);
+    let v = operator.post("/api/platforms", json!({ "name": "p", "kind": "kvm", "uri": "qemu:///system" }), 403);
+    assert!(v["error"].as_str().unwrap().contains("needs an admin"), "{v}");
+    assert_eq!(operator.get_status("/api/audit").0, 403);
+
+    // An API token: shown once, acts as its user without cookie or CSRF token, revocable.
+    let t = admin.post("/api/tokens", json!({ "name": "nightly script" }), 201);
+    let token = t["token"].as_str().unwrap().to_string();
+    assert!(admin.get("/api/tokens")[0]["token"].is_null(), "a token is never shown again");
+    let mut script = server.client();
+    script.bearer = Some(token);
+    assert_eq!(script.get("/api/users").as_array().unwrap().len(), 3);
+    script.post("/api/tokens", json!({ "name": "made by a script" }), 201);
+    script.bearer = Some("hf_not-a-token".into());
+    assert_eq!(script.get_status("/api/points").0, 401);
+    admin.request("DELETE", &format!("/api/tokens/{}", t["id"]), None);
+    script.bearer = t["token"].as_str().map(String::from);
+    assert_eq!(script.get_status("/api/points").0, 401, "a revoked token is refused");
+
+    // A deleted user's session ends with it; nobody deletes themselves.
+    assert_eq!(admin.request("DELETE", "/api/users/aud1", None).0, 204);
+    assert_eq!(auditor.get_status("/api/points").0, 401);
+    assert_eq!(admin.request("DELETE", "/api/users/admin", None).0, 409);
+    let audit = admin.get("/api/audit").to_string();
+    for want in ["user added", "API token created", "API token revoked", "user deleted"] {
+        assert!(audit.contains(want), "{want} missing from the audit log");
+    }
+}

@@ -53,24 +53,47 @@ pub struct Authed(pub Session, pub String);
 impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, backend: &Arc<B>) -> Result<Self, ApiError> {
-        let token = cookie_token(parts).ok_or_else(|| ApiError::new(401, "not logged in"))?;
-        let session = backend
-            .session(&token)
-            .await?
-            .ok_or_else(|| ApiError::new(401, "the session has expired: log in again"))?;
-        let changes = parts.method != Method::GET && parts.method != Method::HEAD;
-        if changes {
-            let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
-            if sent != session.csrf {
-                return Err(ApiError::new(403, "missing or wrong X-CSRF-Token header"));
+        let bearer = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let (session, token) = if let Some(t) = bearer {
+            // API tokens are not sent by browsers on their own: no CSRF check for them.
+            let s =
+                backend.token_session(&t).await?.ok_or_else(|| ApiError::new(401, "unknown or revoked API token"))?;
+            (s, t)
+        } else {
+            let token = cookie_token(parts).ok_or_else(|| ApiError::new(401, "not logged in"))?;
+            let session = backend
+                .session(&token)
+                .await?
+                .ok_or_else(|| ApiError::new(401, "the session has expired: log in again"))?;
+            if parts.method != Method::GET && parts.method != Method::HEAD {
+                let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+                if sent != session.csrf {
+                    return Err(ApiError::new(403, "missing or wrong X-CSRF-Token header"));
+                }
             }
-        }
+            (session, token)
+        };
+        let changes = parts.method != Method::GET && parts.method != Method::HEAD;
         let path = parts.uri.path();
-        if session.must_change_password && path != "/api/password" && path != "/api/logout" {
+        let own_account = path == "/api/password" || path == "/api/logout";
+        if session.must_change_password && !own_account {
             return Err(ApiError::new(403, "the password must be changed first (POST /api/password)"));
         }
-        if changes && session.role == Role::Auditor && path != "/api/password" && path != "/api/logout" {
+        if changes && session.role == Role::Auditor && !own_account {
             return Err(ApiError::new(403, format!("user {} is an auditor: read-only", session.user)));
+        }
+        // Users and platforms (credentials) are the admin's.
+        let admin_only = path.starts_with("/api/users") || (changes && path.starts_with("/api/platforms"));
+        if admin_only && session.role != Role::Admin {
+            return Err(ApiError::new(
+                403,
+                format!("user {} is a {}: that needs an admin", session.user, session.role.as_str()),
+            ));
         }
         Ok(Authed(session, token))
     }
@@ -207,6 +230,48 @@ async fn events<B: Backend>(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
+async fn users<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<User>>> {
+    Ok(Json(b.users().await?))
+}
+
+async fn create_user<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(u): Body<NewUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    Ok((StatusCode::CREATED, Json(b.create_user(&s, u).await?)))
+}
+
+async fn delete_user<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    b.delete_user(&s, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn tokens<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> ApiResult<Json<Vec<Token>>> {
+    Ok(Json(b.tokens(&s).await?))
+}
+
+async fn create_token<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(t): Body<NewToken>,
+) -> ApiResult<(StatusCode, Json<Token>)> {
+    Ok((StatusCode::CREATED, Json(b.create_token(&s, t).await?)))
+}
+
+async fn delete_token<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    b.delete_token(&s, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(404, "no such API route")
 }
@@ -228,6 +293,10 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/rules/{id}", get(rule::<B>).delete(delete_rule::<B>))
         .route("/api/rules/{id}/run", post(run_rule::<B>))
         .route("/api/events", get(events::<B>))
+        .route("/api/users", get(users::<B>).post(create_user::<B>))
+        .route("/api/users/{name}", axum::routing::delete(delete_user::<B>))
+        .route("/api/tokens", get(tokens::<B>).post(create_token::<B>))
+        .route("/api/tokens/{id}", axum::routing::delete(delete_token::<B>))
         .fallback(not_found)
         .with_state(backend)
 }

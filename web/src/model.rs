@@ -64,6 +64,40 @@ pub struct PasswordChange {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub name: String,
+    /// admin, operator or auditor
+    pub role: String,
+    /// An initial password the user must change at first login.
+    pub password: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    pub must_change_password: bool,
+    pub locked_until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Token {
+    pub id: i64,
+    pub name: String,
+    pub created: String,
+    /// Only in the reply that creates it; never stored in clear.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewPlatform {
     pub name: String,
     /// "kvm" (VMware and Hyper-V come later).
@@ -233,6 +267,14 @@ pub type ApiResult<T> = Result<T, ApiError>;
 pub trait Backend: Send + Sync + 'static {
     fn login(&self, login: Login) -> impl Future<Output = ApiResult<(String, Session)>> + Send;
     fn session(&self, token: &str) -> impl Future<Output = ApiResult<Option<Session>>> + Send;
+    /// The session an API token (Authorization: Bearer) stands for.
+    fn token_session(&self, token: &str) -> impl Future<Output = ApiResult<Option<Session>>> + Send;
+    fn users(&self) -> impl Future<Output = ApiResult<Vec<User>>> + Send;
+    fn create_user(&self, s: &Session, u: NewUser) -> impl Future<Output = ApiResult<User>> + Send;
+    fn delete_user(&self, s: &Session, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn tokens(&self, s: &Session) -> impl Future<Output = ApiResult<Vec<Token>>> + Send;
+    fn create_token(&self, s: &Session, t: NewToken) -> impl Future<Output = ApiResult<Token>> + Send;
+    fn delete_token(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
     fn logout(&self, token: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn change_password(&self, s: &Session, change: PasswordChange) -> impl Future<Output = ApiResult<()>> + Send;
     fn platforms(&self) -> impl Future<Output = ApiResult<Vec<Platform>>> + Send;

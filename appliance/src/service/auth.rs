@@ -158,4 +158,129 @@ impl Service {
             .map_err(ApiError::internal)?;
         self.audit_log(&s.user, "password changed", "").await
     }
+
+    pub(super) async fn session_of_token(&self, token: &str) -> ApiResult<Option<Session>> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT u.name, u.role FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1",
+        )
+        .bind(token_hash(token))
+        .fetch_optional(&self.db)
+        .await
+        .map_err(ApiError::internal)?;
+        // A token acts as its user; it has no CSRF token (it is never sent by a browser on its own).
+        Ok(row.and_then(|(user, role)| {
+            Some(Session { user, role: Role::parse(&role)?, csrf: String::new(), must_change_password: false })
+        }))
+    }
+
+    pub(super) async fn list_users(&self) -> ApiResult<Vec<User>> {
+        let rows: Vec<(String, String, i64, Option<String>)> =
+            sqlx::query_as("SELECT name, role, must_change, locked_until FROM users ORDER BY name")
+                .fetch_all(&self.db)
+                .await
+                .map_err(ApiError::internal)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, role, must, locked_until)| {
+                Some(User { name, role: Role::parse(&role)?, must_change_password: must != 0, locked_until })
+            })
+            .collect())
+    }
+
+    pub(super) async fn add_user(&self, s: &Session, u: NewUser) -> ApiResult<User> {
+        let valid = !u.name.is_empty()
+            && u.name.len() <= 64
+            && u.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+        if !valid {
+            return Err(ApiError::field("name", "use 1-64 letters, digits and . _ - @"));
+        }
+        let role = Role::parse(&u.role)
+            .ok_or_else(|| ApiError::field("role", format!("{:?}: use admin, operator or auditor", u.role)))?;
+        if u.password.chars().count() < MIN_PASSWORD {
+            return Err(ApiError::field("password", format!("must have at least {MIN_PASSWORD} characters")));
+        }
+        sqlx::query("INSERT INTO users (name, role, password_hash, must_change) VALUES ($1, $2, $3, 1)")
+            .bind(&u.name)
+            .bind(role.as_str())
+            .bind(hash_password(&u.password)?)
+            .execute(&self.db)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    ApiError::new(409, format!("name: a user {:?} exists already", u.name))
+                }
+                e => ApiError::internal(e),
+            })?;
+        self.audit_log(&s.user, "user added", &format!("{} ({})", u.name, role.as_str())).await?;
+        Ok(User { name: u.name, role, must_change_password: true, locked_until: None })
+    }
+
+    pub(super) async fn remove_user(&self, s: &Session, name: &str) -> ApiResult<()> {
+        if name == s.user {
+            return Err(ApiError::new(409, "you cannot delete your own user"));
+        }
+        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+        let (id,) = row.ok_or_else(|| ApiError::not_found(format!("user {name}")))?;
+        for table in ["sessions", "api_tokens"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.audit_log(&s.user, "user deleted", name).await
+    }
+
+    pub(super) async fn list_tokens(&self, s: &Session) -> ApiResult<Vec<Token>> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT t.id, t.name, t.created FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE u.name = $1 ORDER BY t.id",
+        )
+        .bind(&s.user)
+        .fetch_all(&self.db)
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(rows.into_iter().map(|(id, name, created)| Token { id, name, created, token: None }).collect())
+    }
+
+    pub(super) async fn add_token(&self, s: &Session, t: NewToken) -> ApiResult<Token> {
+        if t.name.trim().is_empty() {
+            return Err(ApiError::field("name", "must not be empty"));
+        }
+        let token = format!("hf_{}", random_hex(32));
+        let created = now();
+        let id = sqlx::query(
+            "INSERT INTO api_tokens (user_id, name, token_hash, created) SELECT id, $1, $2, $3 FROM users WHERE name = $4",
+        )
+        .bind(&t.name)
+        .bind(token_hash(&token))
+        .bind(&created)
+        .bind(&s.user)
+        .execute(&self.db)
+        .await
+        .map_err(ApiError::internal)?
+        .last_insert_rowid();
+        self.audit_log(&s.user, "API token created", &t.name).await?;
+        Ok(Token { id, name: t.name, created, token: Some(token) })
+    }
+
+    pub(super) async fn remove_token(&self, s: &Session, id: i64) -> ApiResult<()> {
+        let done =
+            sqlx::query("DELETE FROM api_tokens WHERE id = $1 AND user_id = (SELECT id FROM users WHERE name = $2)")
+                .bind(id)
+                .bind(&s.user)
+                .execute(&self.db)
+                .await
+                .map_err(ApiError::internal)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::not_found(format!("API token {id} of user {}", s.user)));
+        }
+        self.audit_log(&s.user, "API token revoked", &id.to_string()).await
+    }
 }

@@ -9,8 +9,11 @@ use std::str::FromStr;
 pub type Db = SqlitePool;
 
 /// Schema versions, applied in order, each once, in a transaction with its version record.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/0001_catalog.sql")), (2, include_str!("../../migrations/0002_rules.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_catalog.sql")),
+    (2, include_str!("../../migrations/0002_rules.sql")),
+    (3, include_str!("../../migrations/0003_tokens.sql")),
+];
 
 pub async fn open(path: &Path) -> anyhow::Result<Db> {
     let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?

@@ -211,6 +211,27 @@ impl Backend for Api {
     async fn session(&self, token: &str) -> ApiResult<Option<Session>> {
         self.0.session_of(token).await
     }
+    async fn token_session(&self, token: &str) -> ApiResult<Option<Session>> {
+        self.0.session_of_token(token).await
+    }
+    async fn users(&self) -> ApiResult<Vec<User>> {
+        self.0.list_users().await
+    }
+    async fn create_user(&self, s: &Session, u: NewUser) -> ApiResult<User> {
+        self.0.add_user(s, u).await
+    }
+    async fn delete_user(&self, s: &Session, name: &str) -> ApiResult<()> {
+        self.0.remove_user(s, name).await
+    }
+    async fn tokens(&self, s: &Session) -> ApiResult<Vec<Token>> {
+        self.0.list_tokens(s).await
+    }
+    async fn create_token(&self, s: &Session, t: NewToken) -> ApiResult<Token> {
+        self.0.add_token(s, t).await
+    }
+    async fn delete_token(&self, s: &Session, id: i64) -> ApiResult<()> {
+        self.0.remove_token(s, id).await
+    }
     async fn logout(&self, token: &str) -> ApiResult<()> {
         self.0.end_session(token).await
     }
