@@ -6,13 +6,13 @@ CREATE TABLE users (
     name TEXT NOT NULL UNIQUE,
     role TEXT NOT NULL,
     password_hash TEXT NOT NULL,
-    must_change INTEGER NOT NULL,
-    failed_logins INTEGER NOT NULL DEFAULT 0,
+    must_change BIGINT NOT NULL,
+    failed_logins BIGINT NOT NULL DEFAULT 0,
     locked_until TEXT
 );
 CREATE TABLE sessions (
     token_hash TEXT PRIMARY KEY,
-    user_id INTEGER NOT NULL REFERENCES users(id),
+    user_id BIGINT NOT NULL REFERENCES users(id),
     csrf TEXT NOT NULL,
     expires TEXT NOT NULL
 );
@@ -28,7 +28,7 @@ CREATE TABLE platforms (
 );
 CREATE TABLE jobs (
     id INTEGER PRIMARY KEY,
-    platform_id INTEGER NOT NULL REFERENCES platforms(id),
+    platform_id BIGINT NOT NULL REFERENCES platforms(id),
     vm TEXT NOT NULL,
     backup_type TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -43,7 +43,7 @@ CREATE TABLE jobs (
 );
 CREATE TABLE job_logs (
     id INTEGER PRIMARY KEY,
-    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    job_id BIGINT NOT NULL REFERENCES jobs(id),
     time TEXT NOT NULL,
     level TEXT NOT NULL,
     message TEXT NOT NULL

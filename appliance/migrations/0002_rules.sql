@@ -4,8 +4,8 @@
 CREATE TABLE rules (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    platform_id INTEGER NOT NULL REFERENCES platforms(id),
-    enabled INTEGER NOT NULL DEFAULT 1,
+    platform_id BIGINT NOT NULL REFERENCES platforms(id),
+    enabled BIGINT NOT NULL DEFAULT 1,
     full_schedule TEXT NOT NULL,
     partial_kind TEXT,
     partial_schedule TEXT,
@@ -15,10 +15,10 @@ CREATE TABLE rules (
     checked_until TEXT NOT NULL
 );
 CREATE TABLE rule_vms (
-    rule_id INTEGER NOT NULL REFERENCES rules(id) ON DELETE CASCADE,
-    platform_id INTEGER NOT NULL,
+    rule_id BIGINT NOT NULL REFERENCES rules(id) ON DELETE CASCADE,
+    platform_id BIGINT NOT NULL,
     vm TEXT NOT NULL,
     PRIMARY KEY (rule_id, vm),
     UNIQUE (platform_id, vm)
 );
-ALTER TABLE jobs ADD COLUMN rule_id INTEGER REFERENCES rules(id);
+ALTER TABLE jobs ADD COLUMN rule_id BIGINT REFERENCES rules(id);

@@ -31,6 +31,10 @@ struct ServeArgs {
     /// [env: HOLDFAST_DATA; default /var/lib/holdfast]
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// The catalog database: postgres://USER:PASSWORD@HOST/DB, or sqlite://PATH
+    /// [env: HOLDFAST_CATALOG; default: SQLite in the data directory]
+    #[arg(long)]
+    catalog: Option<String>,
     /// Address and port of the HTTPS API
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: String,
@@ -54,6 +58,7 @@ fn main() {
                 .unwrap_or_else(|| "/var/lib/holdfast".into());
             service::run(service::ServeOptions {
                 data_dir,
+                catalog: a.catalog.or_else(|| std::env::var("HOLDFAST_CATALOG").ok()),
                 listen: a.listen,
                 max_jobs: a.max_jobs,
                 max_jobs_per_host: a.max_jobs_per_host,

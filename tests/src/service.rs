@@ -12,6 +12,27 @@ pub struct Server {
     child: Option<Child>,
 }
 
+/// A fresh, empty PostgreSQL database for one test's catalog (the test bed's server, started if
+/// needed); returns its URL.
+pub fn postgres_catalog(tag: &str) -> String {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/start-postgres.sh");
+        let out = Command::new("bash").arg(&script).output().expect("bash runs");
+        assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    });
+    let db = format!("hf_{tag}_{}", std::process::id());
+    for sql in [format!("DROP DATABASE IF EXISTS {db}"), format!("CREATE DATABASE {db}")] {
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "holdfast", "-d", "postgres", "-qc", &sql])
+            .env("PGPASSWORD", "testbed-pass")
+            .output()
+            .expect("psql runs (package postgresql-client)");
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    format!("postgres://holdfast:testbed-pass@127.0.0.1/{db}")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

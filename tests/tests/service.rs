@@ -22,9 +22,20 @@ fn wait_job(c: &holdfast_tests::service::Client, id: i64) -> Value {
 
 #[test]
 fn the_service_runs_a_kvm_backup_through_its_api_and_recovers_from_a_kill() {
-    let mut vm = TestVm::start("service");
+    service_end_to_end(None);
+}
+
+#[test]
+fn the_same_on_a_postgresql_catalog() {
+    service_end_to_end(Some(holdfast_tests::service::postgres_catalog("e2e")));
+}
+
+fn service_end_to_end(catalog: Option<String>) {
+    let mut vm = TestVm::start(if catalog.is_some() { "service-pg" } else { "service" });
     let data = vm.dir.join("data");
-    let mut server = Server::start(&data);
+    let args: Vec<&str> = catalog.as_deref().map(|c| vec!["--catalog", c]).unwrap_or_default();
+    let mut server = Server::start_with(&data, None, &args);
+    assert_eq!(data.join("catalog.db").exists(), catalog.is_none(), "the catalog is where --catalog says");
 
     // Nothing without a session; the initial password must be changed before anything else.
     let anon = server.client();
@@ -111,7 +122,7 @@ fn the_service_runs_a_kvm_backup_through_its_api_and_recovers_from_a_kill() {
     vm.write(1, 0x6b, 8 * MIB, MIB);
     let killed = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
     server.kill();
-    let server = Server::start(&data);
+    let server = Server::start_with(&data, None, &args);
     let mut c = server.client();
     assert_eq!(c.login("admin", "correct horse battery").0, 200);
     let k = c.get(&format!("/api/jobs/{}", killed["id"]));
@@ -320,8 +331,18 @@ fn twelve_queued_vms_never_run_over_the_global_and_per_host_limits() {
 
 #[test]
 fn roles_limit_what_users_do_and_api_tokens_work_without_a_browser_session() {
+    roles_and_tokens(None);
+}
+
+#[test]
+fn roles_and_tokens_on_a_postgresql_catalog() {
+    roles_and_tokens(Some(holdfast_tests::service::postgres_catalog("roles")));
+}
+
+fn roles_and_tokens(catalog: Option<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let args: Vec<&str> = catalog.as_deref().map(|c| vec!["--catalog", c]).unwrap_or_default();
+    let server = Server::start_with(&dir.path().join("data"), None, &args);
     let admin = server.admin("correct horse battery");
     let v = admin.post("/api/users", json!({ "name": "ops1", "role": "root", "password": "operator pass 1" }), 400);
     assert!(v["error"].as_str().unwrap().starts_with("role:"), "{v}");

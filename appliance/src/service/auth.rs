@@ -255,17 +255,17 @@ impl Service {
         }
         let token = format!("hf_{}", random_hex(32));
         let created = now();
-        let id = sqlx::query(
-            "INSERT INTO api_tokens (user_id, name, token_hash, created) SELECT id, $1, $2, $3 FROM users WHERE name = $4",
+        let id = sqlx::query_as::<_, (i64,)>(
+            "INSERT INTO api_tokens (user_id, name, token_hash, created) SELECT id, $1, $2, $3 FROM users WHERE name = $4 RETURNING id",
         )
         .bind(&t.name)
         .bind(token_hash(&token))
         .bind(&created)
         .bind(&s.user)
-        .execute(&self.db)
+        .fetch_one(&self.db)
         .await
         .map_err(ApiError::internal)?
-        .last_insert_rowid();
+        .0;
         self.audit_log(&s.user, "API token created", &t.name).await?;
         Ok(Token { id, name: t.name, created, token: Some(token) })
     }

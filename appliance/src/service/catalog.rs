@@ -1,12 +1,11 @@
 //! The catalog database: opening it, its schema migrations, and small helpers. SQLite by
-//! default; statements use `$N` parameters so the same SQL runs on PostgreSQL later.
+//! default, PostgreSQL when the URL says so: the same statements run on both (`$N` parameters,
+//! `RETURNING id`, BIGINT columns).
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::SqlitePool;
-use std::path::Path;
-use std::str::FromStr;
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
 
-pub type Db = SqlitePool;
+pub type Db = AnyPool;
 
 /// Schema versions, applied in order, each once, in a transaction with its version record.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -15,18 +14,26 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_tokens.sql")),
 ];
 
-pub async fn open(path: &Path) -> anyhow::Result<Db> {
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .foreign_keys(true)
-        .busy_timeout(std::time::Duration::from_secs(10));
-    let db = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-    migrate(&db).await?;
+/// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.
+pub async fn open(url: &str) -> anyhow::Result<Db> {
+    sqlx::any::install_default_drivers();
+    let sqlite = url.starts_with("sqlite:");
+    if !sqlite && !url.starts_with("postgres:") && !url.starts_with("postgresql:") {
+        anyhow::bail!("catalog URL {url:?}: use sqlite://PATH or postgres://USER:PASSWORD@HOST/DB");
+    }
+    let url = if sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_string() };
+    // sqlx's SQLite connections enforce foreign keys and wait 5 s on a busy database already.
+    let db = AnyPoolOptions::new().max_connections(4).connect(&url).await?;
+    if sqlite {
+        sqlx::raw_sql("PRAGMA journal_mode = WAL").execute(&db).await?;
+    }
+    migrate(&db, sqlite).await?;
     Ok(db)
 }
 
-async fn migrate(db: &Db) -> anyhow::Result<()> {
+/// The SQL is written for SQLite; on PostgreSQL an `INTEGER PRIMARY KEY` (SQLite's row id)
+/// becomes a `BIGSERIAL` key. Other integer columns are BIGINT on both.
+async fn migrate(db: &Db, sqlite: bool) -> anyhow::Result<()> {
     sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied TEXT NOT NULL)")
         .execute(db)
         .await?;
@@ -38,8 +45,9 @@ async fn migrate(db: &Db) -> anyhow::Result<()> {
         if done.is_some() {
             continue;
         }
+        let sql = if sqlite { sql.to_string() } else { sql.replace("INTEGER PRIMARY KEY", "BIGSERIAL PRIMARY KEY") };
         let mut tx = db.begin().await?;
-        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::raw_sql(&sql).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO schema_version (version, applied) VALUES ($1, $2)")
             .bind(version)
             .bind(now())

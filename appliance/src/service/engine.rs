@@ -23,7 +23,10 @@ pub(super) async fn log(db: &Db, job: i64, level: &str, message: &str) {
     }
 }
 
-pub(super) async fn insert_point<'c, E: sqlx::SqliteExecutor<'c>>(db: E, p: &RestorePoint) -> sqlx::Result<()> {
+pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
+    db: E,
+    p: &RestorePoint,
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO points (point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (point_id) DO NOTHING",
@@ -179,8 +182,8 @@ impl Service {
             .await
             .map_err(|e| ApiError::field("uri", format!("the connection test failed: {}", e.message)))?;
         let secret = p.password.as_deref().map(|pw| self.seal(pw));
-        let id = sqlx::query(
-            "INSERT INTO platforms (name, kind, uri, username, secret, reached, created) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        let id = sqlx::query_as::<_, (i64,)>(
+            "INSERT INTO platforms (name, kind, uri, username, secret, reached, created) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(&p.name)
         .bind(&p.kind)
@@ -189,7 +192,7 @@ impl Service {
         .bind(&secret)
         .bind(&reached)
         .bind(now())
-        .execute(&self.db)
+        .fetch_one(&self.db)
         .await
         .map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -197,7 +200,7 @@ impl Service {
             }
             e => ApiError::internal(e),
         })?
-        .last_insert_rowid();
+        .0;
         self.audit_log(&s.user, "platform added", &format!("{} ({})", p.name, p.uri)).await?;
         Ok(Platform {
             id,
@@ -304,9 +307,9 @@ impl Service {
     /// Records a run that did not start because the VM's previous run is still going.
     pub(super) async fn record_skipped(&self, platform: i64, vm: &str, requested: BackupType, rule: i64, busy: i64) {
         let why = format!("skipped: the previous run of this VM (job {busy}) is still queued or running");
-        let id = sqlx::query(
+        let id = sqlx::query_as::<_, (i64,)>(
             "INSERT INTO jobs (platform_id, vm, backup_type, state, error, rule_id, created, finished) \
-             VALUES ($1, $2, $3, 'skipped', $4, $5, $6, $6)",
+             VALUES ($1, $2, $3, 'skipped', $4, $5, $6, $6) RETURNING id",
         )
         .bind(platform)
         .bind(vm)
@@ -314,9 +317,9 @@ impl Service {
         .bind(&why)
         .bind(rule)
         .bind(now())
-        .execute(&self.db)
+        .fetch_one(&self.db)
         .await
-        .map(|r| r.last_insert_rowid());
+        .map(|(id,)| id);
         match id {
             Ok(id) => log(&self.db, id, "warning", &why).await,
             Err(e) => eprintln!("holdfast: rule {rule}: cannot record a skipped run of {vm}: {e}"),
@@ -339,18 +342,18 @@ impl Service {
                 e
             }
         })?;
-        let id = sqlx::query(
-            "INSERT INTO jobs (platform_id, vm, backup_type, state, rule_id, created) VALUES ($1, $2, $3, 'queued', $4, $5)",
+        let id = sqlx::query_as::<_, (i64,)>(
+            "INSERT INTO jobs (platform_id, vm, backup_type, state, rule_id, created) VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING id",
         )
         .bind(platform)
         .bind(vm)
         .bind(requested.as_str())
         .bind(rule.as_ref().map(|r| r.rule_id))
         .bind(now())
-        .execute(&self.db)
+        .fetch_one(&self.db)
         .await
         .map_err(Self::api_err)?
-        .last_insert_rowid();
+        .0;
         let by = match &rule {
             Some(r) => format!("rule {}", r.rule_id),
             None => user.to_string(),

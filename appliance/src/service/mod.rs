@@ -23,6 +23,8 @@ use web::*;
 
 pub struct ServeOptions {
     pub data_dir: PathBuf,
+    /// sqlite://PATH or postgres://…; None: SQLite in the data directory.
+    pub catalog: Option<String>,
     pub listen: String,
     pub max_jobs: usize,
     /// Jobs running at once against one platform (one hypervisor host).
@@ -52,7 +54,8 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         Store::init(&store_dir, vds_store::InitOptions::default())
     }
     .with_context(|| format!("opening the store {}", store_dir.display()))?;
-    let db = catalog::open(&data.join("catalog.db")).await.context("opening the catalog")?;
+    let url = opts.catalog.clone().unwrap_or_else(|| format!("sqlite://{}", data.join("catalog.db").display()));
+    let db = catalog::open(&url).await.context("opening the catalog")?;
     let secret = secret_key(&data.join("secret.key"))?;
     let service = Service {
         db,

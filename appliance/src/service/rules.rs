@@ -169,9 +169,9 @@ impl Service {
         let now_t = clock.now();
         let first = partial.as_ref().map(|(_, p)| p.first_check(now_t)).unwrap_or(now_t).min(full.first_check(now_t));
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
-        let id = sqlx::query(
+        let id = sqlx::query_as::<_, (i64,)>(
             "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
-             checked_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             checked_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(&r.name)
         .bind(r.platform)
@@ -182,7 +182,7 @@ impl Service {
         .bind(&quiesce)
         .bind(now())
         .bind(first.to_rfc3339())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -190,7 +190,7 @@ impl Service {
             }
             e => ApiError::internal(e),
         })?
-        .last_insert_rowid();
+        .0;
         for vm in &r.vms {
             sqlx::query("INSERT INTO rule_vms (rule_id, platform_id, vm) VALUES ($1, $2, $3)")
                 .bind(id)
