@@ -394,3 +394,118 @@ fn roles_and_tokens(catalog: Option<String>) {
         assert!(audit.contains(want), "{want} missing from the audit log");
     }
 }
+
+/// A local SMTP sink (aiosmtpd, STARTTLS required, the test bed's server certificate) that
+/// stores every mail it gets in a maildir.
+struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    maildir: std::path::PathBuf,
+}
+
+impl SmtpSink {
+    fn start(dir: &std::path::Path) -> SmtpSink {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let maildir = dir.join("maildir");
+        let pki = std::path::Path::new("/var/tmp/holdfast-testbed/pki/server");
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg("--tlscert")
+            .arg(pki.join("server-cert.pem"))
+            .arg("--tlskey")
+            .arg(pki.join("server-key.pem"))
+            .arg(&maildir)
+            .spawn()
+            .expect("aiosmtpd runs (package python3-aiosmtpd)");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "the SMTP sink did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        SmtpSink { child, port, maildir }
+    }
+
+    /// The subjects of the mails received so far.
+    fn subjects(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else { return vec![] };
+        let mut out: Vec<String> = entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("Subject: ").map(String::from)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn wait_for(&self, n: usize) -> Vec<String> {
+        let t = Instant::now();
+        loop {
+            let s = self.subjects();
+            if s.len() >= n {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "waiting for {n} mails, got {s:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn alerts_are_mailed_over_starttls_and_repeats_are_capped() {
+    let tag = "alerts";
+    // The VM is created only after a backup of it has failed, so the next one is a recovery.
+    let late_name = format!("hf-test-{tag}-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    holdfast_tests::kvm::ensure_libvirtd(); // the test bed's certificates
+    let sink = SmtpSink::start(dir.path());
+    let server = Server::start(&dir.path().join("data"));
+    let c = server.admin("correct horse battery");
+    let ca = std::fs::read_to_string("/var/tmp/holdfast-testbed/pki/ca-cert.pem").unwrap();
+    let mut settings = json!({
+        "enabled": true, "smtp_host": "127.0.0.1", "smtp_port": sink.port, "security": "starttls",
+        "from": "holdfast@example.com", "to": ["ops@example.com"], "ca_pem": ca,
+        "storage_full_percent": 100, "repeat_minutes": 60,
+    });
+    let mut bad = settings.clone();
+    bad["to"] = json!(["not an address"]);
+    let v = c.request("PUT", "/api/alerts", Some(&bad)).1;
+    assert!(v["error"].as_str().unwrap().starts_with("to[0]:"), "{v}");
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&settings)).0, 204);
+    c.post("/api/alerts/test", json!({}), 204);
+    assert_eq!(sink.wait_for(1), ["Holdfast: test"]);
+    // Without our CA the sink's certificate is not trusted: the test mail fails, saying why.
+    let mut untrusted = settings.clone();
+    untrusted["ca_pem"] = json!(null);
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&untrusted)).0, 204);
+    let v = c.post("/api/alerts/test", json!({}), 502);
+    assert!(v["error"].as_str().unwrap().contains(&format!("127.0.0.1:{}", sink.port)), "{v}");
+    settings["storage_full_percent"] = json!(1);
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&settings)).0, 204);
+
+    let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let run = |vm: &str| {
+        let j = c.post("/api/jobs", json!({ "platform": p["id"], "vm": vm, "type": "full" }), 202);
+        wait_job(&c, j["id"].as_i64().unwrap())
+    };
+    // Two failures of the same VM in the window: one mail.
+    assert_eq!(run(&late_name)["state"], "failed");
+    assert_eq!(run(&late_name)["state"], "failed");
+    let failed = format!("Holdfast: backup of {late_name} failed");
+    let got = sink.wait_for(2);
+    assert!(got.contains(&failed), "{got:?}");
+    // The VM appears; its backup succeeds: a recovery mail, and the store alert (1% full).
+    let vm = TestVm::start(tag);
+    assert_eq!(vm.name, late_name);
+    assert_eq!(run(&late_name)["state"], "completed");
+    let got = sink.wait_for(4);
+    assert!(got.contains(&format!("Holdfast: backup of {late_name} succeeded after failures")), "{got:?}");
+    assert!(got.iter().any(|s| s.starts_with("Holdfast: store ") && s.ends_with("% full")), "{got:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.subjects().iter().filter(|s| **s == failed).count(), 1, "the repeated failure was mailed twice");
+}

@@ -88,7 +88,9 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
             return Err(ApiError::new(403, format!("user {} is an auditor: read-only", session.user)));
         }
         // Users and platforms (credentials) are the admin's.
-        let admin_only = path.starts_with("/api/users") || (changes && path.starts_with("/api/platforms"));
+        let admin_only = path.starts_with("/api/users")
+            || path.starts_with("/api/alerts")
+            || (changes && path.starts_with("/api/platforms"));
         if admin_only && session.role != Role::Admin {
             return Err(ApiError::new(
                 403,
@@ -272,6 +274,24 @@ async fn delete_token<B: Backend>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn alerts<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Option<AlertSettings>>> {
+    Ok(Json(b.alert_settings().await?))
+}
+
+async fn set_alerts<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(a): Body<AlertSettings>,
+) -> ApiResult<StatusCode> {
+    b.set_alert_settings(&s, a).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn test_alert<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> ApiResult<StatusCode> {
+    b.test_alert(&s).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(404, "no such API route")
 }
@@ -293,6 +313,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/rules/{id}", get(rule::<B>).delete(delete_rule::<B>))
         .route("/api/rules/{id}/run", post(run_rule::<B>))
         .route("/api/events", get(events::<B>))
+        .route("/api/alerts", get(alerts::<B>).put(set_alerts::<B>))
+        .route("/api/alerts/test", post(test_alert::<B>))
         .route("/api/users", get(users::<B>).post(create_user::<B>))
         .route("/api/users/{name}", axum::routing::delete(delete_user::<B>))
         .route("/api/tokens", get(tokens::<B>).post(create_token::<B>))

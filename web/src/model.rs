@@ -80,6 +80,42 @@ pub struct User {
     pub locked_until: Option<String>,
 }
 
+/// Alert mail settings. `password` is write-only; `has_password` says whether one is stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    pub enabled: bool,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    /// starttls, tls or none
+    pub security: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub has_password: bool,
+    pub from: String,
+    pub to: Vec<String>,
+    /// A CA (PEM) to trust besides the public ones, for an internal mail server.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+    /// Mail when the store's filesystem is at least this full (percent).
+    #[serde(default = "default_full")]
+    pub storage_full_percent: u8,
+    /// The same alert (same VM and kind) is mailed at most once in this many minutes.
+    #[serde(default = "default_repeat")]
+    pub repeat_minutes: u32,
+}
+
+fn default_full() -> u8 {
+    90
+}
+
+fn default_repeat() -> u32 {
+    60
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
@@ -287,6 +323,10 @@ pub trait Backend: Send + Sync + 'static {
     fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send;
     fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
     fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
+    fn alert_settings(&self) -> impl Future<Output = ApiResult<Option<AlertSettings>>> + Send;
+    fn set_alert_settings(&self, s: &Session, a: AlertSettings) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Sends a test mail now with the saved settings.
+    fn test_alert(&self, s: &Session) -> impl Future<Output = ApiResult<()>> + Send;
     /// Every job change (state, progress) as it happens, for server-sent events.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job>;
     fn create_rule(&self, s: &Session, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;

@@ -435,6 +435,7 @@ impl Service {
         let progress = Arc::new(Mutex::new(Progress::default()));
         let (store, work) = (self.store.clone(), self.work_dir.clone());
         let shared = progress.clone();
+        let vm_name = vm.clone();
         let task = tokio::task::spawn_blocking(move || {
             let conn = target.connect(&work).map_err(|e| e.to_string())?;
             let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -518,6 +519,7 @@ impl Service {
                     eprintln!("holdfast: job {id}: cannot record completion: {e}");
                 }
                 self.publish(id).await;
+                self.alerts_after_job(id, platform, &vm_name, None).await;
             }
             Err(e) => {
                 log(&self.db, id, "error", &format!("failed: {e}")).await;
@@ -531,6 +533,7 @@ impl Service {
                     eprintln!("holdfast: job {id}: cannot record failure: {e}");
                 }
                 self.publish(id).await;
+                self.alerts_after_job(id, platform, &vm_name, Some(&e)).await;
             }
         }
     }

@@ -6,6 +6,7 @@
 //! rebuilds the catalog's index of points from the store and marks jobs a stopped service left
 //! unfinished as failed (their hypervisor jobs are ended by the next backup of that VM).
 
+mod alerts;
 mod auth;
 pub mod catalog;
 mod engine;
@@ -270,6 +271,15 @@ impl Backend for Api {
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
         self.0.events.subscribe()
+    }
+    async fn alert_settings(&self) -> ApiResult<Option<AlertSettings>> {
+        self.0.get_alerts().await
+    }
+    async fn set_alert_settings(&self, s: &Session, a: AlertSettings) -> ApiResult<()> {
+        self.0.put_alerts(s, a).await
+    }
+    async fn test_alert(&self, s: &Session) -> ApiResult<()> {
+        self.0.send_test_alert(s).await
     }
     async fn rules(&self) -> ApiResult<Vec<Rule>> {
         self.0.list_rules().await

@@ -1,0 +1,244 @@
+//! Alert mail: a job failed, a VM's backup succeeded after failures, the store's filesystem is
+//! nearly full. SMTP with STARTTLS, TLS or (on a trusted network) neither, through lettre. The
+//! same alert (kind and VM) is mailed at most once per `repeat_minutes`; the next mail says how
+//! many were held back. A mail that cannot be sent never fails the job; it is logged.
+
+use super::catalog::now;
+use super::Service;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{Message, SmtpTransport, Transport};
+use web::*;
+
+const SETTING: &str = "alerts";
+
+fn check(a: &AlertSettings) -> ApiResult<()> {
+    if a.smtp_host.trim().is_empty() {
+        return Err(ApiError::field("smtp_host", "must not be empty"));
+    }
+    if !["starttls", "tls", "none"].contains(&a.security.as_str()) {
+        return Err(ApiError::field("security", format!("{:?}: use starttls, tls or none", a.security)));
+    }
+    a.from.parse::<Mailbox>().map_err(|e| ApiError::field("from", e))?;
+    if a.to.is_empty() {
+        return Err(ApiError::field("to", "at least one address is needed"));
+    }
+    for (i, t) in a.to.iter().enumerate() {
+        t.parse::<Mailbox>().map_err(|e| ApiError::field(&format!("to[{i}]"), e))?;
+    }
+    if let Some(pem) = &a.ca_pem {
+        Certificate::from_pem(pem.as_bytes()).map_err(|e| ApiError::field("ca_pem", e))?;
+    }
+    if !(1..=100).contains(&a.storage_full_percent) {
+        return Err(ApiError::field("storage_full_percent", "must be 1-100"));
+    }
+    Ok(())
+}
+
+/// Sends one mail (blocking).
+fn send(a: &AlertSettings, password: Option<&str>, subject: &str, body: &str) -> Result<(), String> {
+    let tls = || -> Result<TlsParameters, String> {
+        let mut b = TlsParameters::builder(a.smtp_host.clone());
+        if let Some(pem) = &a.ca_pem {
+            b = b.add_root_certificate(Certificate::from_pem(pem.as_bytes()).map_err(|e| e.to_string())?);
+        }
+        b.build_rustls().map_err(|e| e.to_string())
+    };
+    let security = match a.security.as_str() {
+        "starttls" => Tls::Required(tls()?),
+        "tls" => Tls::Wrapper(tls()?),
+        _ => Tls::None,
+    };
+    let mut transport = SmtpTransport::builder_dangerous(&a.smtp_host)
+        .port(a.smtp_port)
+        .tls(security)
+        .timeout(Some(std::time::Duration::from_secs(30)));
+    if let Some(user) = &a.username {
+        transport = transport.credentials(Credentials::new(user.clone(), password.unwrap_or_default().to_string()));
+    }
+    let mut msg = Message::builder().from(a.from.parse().map_err(|e| format!("from: {e}"))?).subject(subject);
+    for t in &a.to {
+        msg = msg.to(t.parse().map_err(|e| format!("to {t}: {e}"))?);
+    }
+    let msg = msg.body(body.to_string()).map_err(|e| e.to_string())?;
+    transport.build().send(&msg).map(|_| ()).map_err(|e| format!("mailing {}:{}: {e}", a.smtp_host, a.smtp_port))
+}
+
+impl Service {
+    /// The saved settings and the stored password (sealed in the catalog).
+    async fn load_alerts(&self) -> ApiResult<Option<(AlertSettings, Option<String>)>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
+            .bind(SETTING)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(ApiError::internal)?;
+        let Some((json,)) = row else { return Ok(None) };
+        let mut a: AlertSettings = serde_json::from_str(&json).map_err(ApiError::internal)?;
+        let password = match a.password.take() {
+            Some(sealed) => Some(self.open_sealed(&sealed)?),
+            None => None,
+        };
+        a.has_password = password.is_some();
+        Ok(Some((a, password)))
+    }
+
+    pub(super) async fn get_alerts(&self) -> ApiResult<Option<AlertSettings>> {
+        Ok(self.load_alerts().await?.map(|(a, _)| a))
+    }
+
+    pub(super) async fn put_alerts(&self, s: &Session, mut a: AlertSettings) -> ApiResult<()> {
+        check(&a)?;
+        // No password given: keep the stored one (the API never sends it back).
+        let password = match a.password.take() {
+            Some(p) => Some(p),
+            None => self.load_alerts().await?.and_then(|(_, p)| p),
+        };
+        a.has_password = password.is_some();
+        // The password is kept sealed inside the stored JSON; `password` is skipped when the
+        // settings are serialized for the API, so store it through a JSON value.
+        let mut json = serde_json::to_value(&a).map_err(ApiError::internal)?;
+        if let Some(p) = &password {
+            json["password"] = serde_json::Value::String(self.seal(p));
+        }
+        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        sqlx::query("DELETE FROM settings WHERE name = $1")
+            .bind(SETTING)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
+            .bind(SETTING)
+            .bind(json.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::internal)?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.audit_log(
+            &s.user,
+            "alert settings changed",
+            &format!("{}:{} to {}", a.smtp_host, a.smtp_port, a.to.join(", ")),
+        )
+        .await
+    }
+
+    pub(super) async fn send_test_alert(&self, s: &Session) -> ApiResult<()> {
+        let (a, password) = self
+            .load_alerts()
+            .await?
+            .ok_or_else(|| ApiError::new(409, "no alert settings saved yet (PUT /api/alerts)"))?;
+        let body = format!("A test of Holdfast's alert mail, sent by {} at {}.", s.user, now());
+        tokio::task::spawn_blocking(move || send(&a, password.as_deref(), "Holdfast: test", &body))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::new(502, e))
+    }
+
+    /// Mails an alert unless the same one went out within the repeat window.
+    pub(super) async fn alert(&self, key: &str, subject: &str, body: &str) {
+        let Ok(Some((a, password))) = self.load_alerts().await else { return };
+        if !a.enabled {
+            return;
+        }
+        let last: Option<(String, i64)> =
+            sqlx::query_as("SELECT last_sent, suppressed FROM alert_log WHERE alert_key = $1")
+                .bind(key)
+                .fetch_optional(&self.db)
+                .await
+                .ok()
+                .flatten();
+        let window = chrono::Duration::minutes(i64::from(a.repeat_minutes));
+        let recent = last
+            .as_ref()
+            .and_then(|(t, _)| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| chrono::Utc::now() - t.with_timezone(&chrono::Utc) < window);
+        if recent {
+            let _ = sqlx::query("UPDATE alert_log SET suppressed = suppressed + 1 WHERE alert_key = $1")
+                .bind(key)
+                .execute(&self.db)
+                .await;
+            return;
+        }
+        let held = last.map(|(_, n)| n).unwrap_or(0);
+        let mut body = body.to_string();
+        if held > 0 {
+            body += &format!(
+                "\n\n{held} more alert(s) like this one were not mailed in the last {} minutes.",
+                a.repeat_minutes
+            );
+        }
+        let subject = subject.to_string();
+        let sent = tokio::task::spawn_blocking(move || send(&a, password.as_deref(), &subject, &body)).await;
+        match sent {
+            Ok(Ok(())) => {
+                let mut tx = match self.db.begin().await {
+                    Ok(tx) => tx,
+                    Err(_) => return,
+                };
+                let _ = sqlx::query("DELETE FROM alert_log WHERE alert_key = $1").bind(key).execute(&mut *tx).await;
+                let _ = sqlx::query("INSERT INTO alert_log (alert_key, last_sent, suppressed) VALUES ($1, $2, 0)")
+                    .bind(key)
+                    .bind(chrono::Utc::now().to_rfc3339())
+                    .execute(&mut *tx)
+                    .await;
+                let _ = tx.commit().await;
+            }
+            Ok(Err(e)) => eprintln!("holdfast: alert {key} not mailed: {e}"),
+            Err(e) => eprintln!("holdfast: alert {key} not mailed: {e}"),
+        }
+    }
+
+    /// After a job: failure, recovery after failures, and a nearly full store.
+    pub(super) async fn alerts_after_job(&self, id: i64, platform: i64, vm: &str, error: Option<&str>) {
+        match error {
+            Some(e) => {
+                let body = format!("Backup job {id} of VM {vm} (platform {platform}) failed:\n\n{e}");
+                self.alert(&format!("failed:{platform}:{vm}"), &format!("Holdfast: backup of {vm} failed"), &body)
+                    .await;
+            }
+            None => {
+                let previous: Option<(String,)> = sqlx::query_as(
+                    "SELECT state FROM jobs WHERE platform_id = $1 AND vm = $2 AND id < $3 \
+                     AND state IN ('completed', 'failed') ORDER BY id DESC LIMIT 1",
+                )
+                .bind(platform)
+                .bind(vm)
+                .bind(id)
+                .fetch_optional(&self.db)
+                .await
+                .ok()
+                .flatten();
+                if previous.is_some_and(|(s,)| s == "failed") {
+                    let body = format!("Backup job {id} of VM {vm} (platform {platform}) succeeded after failed runs.");
+                    let subject = format!("Holdfast: backup of {vm} succeeded after failures");
+                    self.alert(&format!("recovered:{platform}:{vm}"), &subject, &body).await;
+                }
+            }
+        }
+        let Ok(Some((a, _))) = self.load_alerts().await else { return };
+        if let Some(used) = used_percent(self.store.root()) {
+            if used >= f64::from(a.storage_full_percent) {
+                let root = self.store.root().display().to_string();
+                let body = format!(
+                    "The filesystem of the store {root} is {used:.0}% full (alert at {}%).",
+                    a.storage_full_percent
+                );
+                self.alert("storage", &format!("Holdfast: store {root} is {used:.0}% full"), &body).await;
+            }
+        }
+    }
+}
+
+/// How full the filesystem holding `path` is, in percent of what non-root users may use.
+fn used_percent(path: &std::path::Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct we pass; `c` is a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let total = st.f_blocks as f64;
+    let free = st.f_bavail as f64;
+    (total > 0.0).then(|| 100.0 * (total - free) / total)
+}
