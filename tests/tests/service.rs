@@ -116,6 +116,39 @@ fn service_end_to_end(catalog: Option<String>) {
     let bad = wait_job(&c, bad["id"].as_i64().unwrap());
     assert!(bad["error"].as_str().unwrap().contains("no-such-vm"), "{bad}");
 
+    // Statistics: successes and failures, bytes protected and stored, unread errors until read.
+    let stats = c.get("/api/stats");
+    let row = |name: &str| stats["vms"].as_array().unwrap().iter().find(|v| v["vm"] == name).cloned().unwrap();
+    let good = row(&vm.name);
+    assert_eq!((good["succeeded"]["week"].as_i64(), good["failed"]["year"].as_i64()), (Some(1), Some(0)), "{good}");
+    assert_eq!(good["protected_bytes"].as_i64(), Some(2 * holdfast_tests::kvm::DISK as i64), "{good}");
+    assert!(good["stored_bytes"].as_i64().unwrap() > 0, "{good}");
+    let failing = row("no-such-vm");
+    assert_eq!(
+        (failing["failed"]["week"].as_i64(), failing["unread_errors"].as_i64()),
+        (Some(1), Some(1)),
+        "{failing}"
+    );
+    c.get(&format!("/api/jobs/{}/log", bad["id"]));
+    let stats = c.get("/api/stats");
+    let failing = stats["vms"].as_array().unwrap().iter().find(|v| v["vm"] == "no-such-vm").unwrap().clone();
+    assert_eq!(failing["unread_errors"].as_i64(), Some(0), "reading the log clears it: {failing}");
+
+    // The OpenAPI document is served, and every route it lists refuses a request without a session.
+    let (code, spec) = anon.get_status("/api/openapi.json");
+    assert_eq!(code, 200);
+    for (path, methods) in spec["paths"].as_object().unwrap() {
+        for method in methods.as_object().unwrap().keys() {
+            if path == "/api/login" || path == "/api/openapi.json" {
+                continue;
+            }
+            let concrete = path.replace("{id}", "1").replace("{name}", "someone");
+            let body = (method != "get").then(|| json!({}));
+            let (code, v) = anon.request(&method.to_uppercase(), &concrete, body.as_ref());
+            assert_eq!(code, 401, "{} {path} without a session: {v}", method.to_uppercase());
+        }
+    }
+
     // Killed while a job is queued or running: on restart the job is failed with that reason,
     // the catalog comes back from the store, and the next backup runs (cleaning up after the
     // killed one on the hypervisor).

@@ -292,6 +292,15 @@ async fn test_alert<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn stats<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(b.stats().await?))
+}
+
+/// The API's OpenAPI 3 description (public: it holds no data).
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(404, "no such API route")
 }
@@ -313,6 +322,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/rules/{id}", get(rule::<B>).delete(delete_rule::<B>))
         .route("/api/rules/{id}/run", post(run_rule::<B>))
         .route("/api/events", get(events::<B>))
+        .route("/api/stats", get(stats::<B>))
+        .route("/api/openapi.json", get(openapi))
         .route("/api/alerts", get(alerts::<B>).put(set_alerts::<B>))
         .route("/api/alerts/test", post(test_alert::<B>))
         .route("/api/users", get(users::<B>).post(create_user::<B>))

@@ -324,6 +324,9 @@ pub trait Backend: Send + Sync + 'static {
     fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
     fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
     fn alert_settings(&self) -> impl Future<Output = ApiResult<Option<AlertSettings>>> + Send;
+    /// Per VM and per rule: successes and failures (week, month, year), bytes protected and
+    /// stored, unread errors.
+    fn stats(&self) -> impl Future<Output = ApiResult<serde_json::Value>> + Send;
     fn set_alert_settings(&self, s: &Session, a: AlertSettings) -> impl Future<Output = ApiResult<()>> + Send;
     /// Sends a test mail now with the saved settings.
     fn test_alert(&self, s: &Session) -> impl Future<Output = ApiResult<()>> + Send;

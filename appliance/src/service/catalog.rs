@@ -13,6 +13,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_rules.sql")),
     (3, include_str!("../../migrations/0003_tokens.sql")),
     (4, include_str!("../../migrations/0004_alerts.sql")),
+    (5, include_str!("../../migrations/0005_stats.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.

@@ -28,8 +28,8 @@ pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>
     p: &RestorePoint,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO points (point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (point_id) DO NOTHING",
+        "INSERT INTO points (point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes, \
+         protected_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (point_id) DO NOTHING",
     )
     .bind(&p.point_id)
     .bind(&p.vm.key)
@@ -39,6 +39,7 @@ pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>
     .bind(p.finished.to_rfc3339())
     .bind(&p.parent)
     .bind(p.stats.new_stored_bytes as i64)
+    .bind(p.disks.iter().map(|d| d.size as i64).sum::<i64>())
     .execute(db)
     .await
     .map(|_| ())
@@ -239,6 +240,12 @@ impl Service {
 
     pub(super) async fn log_of(&self, id: i64) -> ApiResult<Vec<LogLine>> {
         self.job_by_id(id).await?;
+        // Reading a job's log clears its error from the unread count.
+        sqlx::query("UPDATE jobs SET error_read = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.db)
+            .await
+            .map_err(Self::api_err)?;
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT time, level, message FROM job_logs WHERE job_id = $1 ORDER BY id")
                 .bind(id)

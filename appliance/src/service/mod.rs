@@ -12,6 +12,7 @@ pub mod catalog;
 mod engine;
 mod rules;
 mod schedule;
+mod stats;
 
 use anyhow::{Context, Result};
 use catalog::{now, Db};
@@ -271,6 +272,9 @@ impl Backend for Api {
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
         self.0.events.subscribe()
+    }
+    async fn stats(&self) -> ApiResult<serde_json::Value> {
+        self.0.stats().await
     }
     async fn alert_settings(&self) -> ApiResult<Option<AlertSettings>> {
         self.0.get_alerts().await

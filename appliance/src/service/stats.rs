@@ -1,0 +1,104 @@
+//! Statistics per VM and per rule: successes and failures over the last week, month and year,
+//! bytes protected (the newest point's disk sizes) and stored (what its points added), and errors
+//! not read yet (a failed job's log read clears it).
+
+use super::Service;
+use serde_json::{json, Value};
+use web::*;
+
+type Counts = (i64, i64, i64, i64, i64, i64);
+type VmRow = (i64, String, i64, i64, i64, i64, i64, i64, i64);
+type RuleRow = (i64, String, i64, i64, i64, i64, i64, i64);
+
+const COUNTS: &str = "SUM(CASE WHEN state = 'completed' AND finished >= $1 THEN 1 ELSE 0 END), \
+                      SUM(CASE WHEN state = 'completed' AND finished >= $2 THEN 1 ELSE 0 END), \
+                      SUM(CASE WHEN state = 'completed' AND finished >= $3 THEN 1 ELSE 0 END), \
+                      SUM(CASE WHEN state = 'failed' AND finished >= $1 THEN 1 ELSE 0 END), \
+                      SUM(CASE WHEN state = 'failed' AND finished >= $2 THEN 1 ELSE 0 END), \
+                      SUM(CASE WHEN state = 'failed' AND finished >= $3 THEN 1 ELSE 0 END)";
+
+fn windows() -> [String; 3] {
+    let now = chrono::Utc::now();
+    [7, 30, 365].map(|d| (now - chrono::Duration::days(d)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn counts(c: Counts) -> (Value, Value) {
+    (json!({ "week": c.0, "month": c.1, "year": c.2 }), json!({ "week": c.3, "month": c.4, "year": c.5 }))
+}
+
+impl Service {
+    pub(super) async fn stats(&self) -> ApiResult<Value> {
+        let [week, month, year] = windows();
+        let err = ApiError::internal;
+        // SUM over no rows is NULL: COALESCE keeps every count an integer on both databases.
+        // PostgreSQL's SUM of integers may be NUMERIC: cast back to BIGINT for both databases.
+        let coalesced = COUNTS.replace("SUM(", "CAST(COALESCE(SUM(").replace(" END)", " END), 0) AS BIGINT)");
+        let vms: Vec<VmRow> = sqlx::query_as(&format!(
+            "SELECT platform_id, vm, {coalesced}, \
+             CAST(COALESCE(SUM(CASE WHEN state = 'failed' AND error_read = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             FROM jobs GROUP BY platform_id, vm ORDER BY vm"
+        ))
+        .bind(&week)
+        .bind(&month)
+        .bind(&year)
+        .fetch_all(&self.db)
+        .await
+        .map_err(err)?;
+        let mut vm_rows = Vec::new();
+        for (platform, vm, s1, s2, s3, f1, f2, f3, unread) in vms {
+            // The VM's points in the store, found through its newest committed job.
+            let key: Option<(String,)> = sqlx::query_as(
+                "SELECT p.vm_key FROM jobs j JOIN points p ON p.point_id = j.point_id \
+                 WHERE j.platform_id = $1 AND j.vm = $2 ORDER BY j.id DESC LIMIT 1",
+            )
+            .bind(platform)
+            .bind(&vm)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(err)?;
+            let (protected, stored) = match key {
+                Some((key,)) => {
+                    let newest: Option<(i64,)> = sqlx::query_as(
+                        "SELECT protected_bytes FROM points WHERE vm_key = $1 ORDER BY started DESC LIMIT 1",
+                    )
+                    .bind(&key)
+                    .fetch_optional(&self.db)
+                    .await
+                    .map_err(err)?;
+                    let (stored,): (i64,) = sqlx::query_as(
+                        "SELECT CAST(COALESCE(SUM(stored_bytes), 0) AS BIGINT) FROM points WHERE vm_key = $1",
+                    )
+                    .bind(&key)
+                    .fetch_one(&self.db)
+                    .await
+                    .map_err(err)?;
+                    (newest.map(|(b,)| b).unwrap_or(0), stored)
+                }
+                None => (0, 0),
+            };
+            let (ok, failed) = counts((s1, s2, s3, f1, f2, f3));
+            vm_rows.push(json!({
+                "platform": platform, "vm": vm, "succeeded": ok, "failed": failed, "unread_errors": unread,
+                "protected_bytes": protected, "stored_bytes": stored,
+            }));
+        }
+        let rules: Vec<RuleRow> = sqlx::query_as(&format!(
+            "SELECT r.id, r.name, {} FROM rules r LEFT JOIN jobs j ON j.rule_id = r.id GROUP BY r.id, r.name ORDER BY r.name",
+            coalesced.replace("state", "j.state").replace("finished", "j.finished")
+        ))
+        .bind(&week)
+        .bind(&month)
+        .bind(&year)
+        .fetch_all(&self.db)
+        .await
+        .map_err(err)?;
+        let rule_rows: Vec<Value> = rules
+            .into_iter()
+            .map(|(id, name, s1, s2, s3, f1, f2, f3)| {
+                let (ok, failed) = counts((s1, s2, s3, f1, f2, f3));
+                json!({ "rule": id, "name": name, "succeeded": ok, "failed": failed })
+            })
+            .collect();
+        Ok(json!({ "vms": vm_rows, "rules": rule_rows }))
+    }
+}
