@@ -104,8 +104,7 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
 async fn login<B: Backend>(State(b): State<Arc<B>>, Body(l): Body<Login>) -> Result<Response, ApiError> {
     let (token, s) = b.login(l).await?;
     let cookie = format!("{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/");
-    let reply = LoginReply { user: s.user, role: s.role, csrf: s.csrf, must_change_password: s.must_change_password };
-    let mut resp = Json(reply).into_response();
+    let mut resp = Json(s).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(ApiError::internal)?);
     Ok(resp)
 }

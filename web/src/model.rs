@@ -30,11 +30,12 @@ impl Role {
     }
 }
 
-/// A logged-in user's session.
-#[derive(Clone, Debug)]
+/// A logged-in user's session; also the reply to a login.
+#[derive(Clone, Debug, Serialize)]
 pub struct Session {
     pub user: String,
     pub role: Role,
+    /// Send back in X-CSRF-Token with every request that changes something.
     pub csrf: String,
     pub must_change_password: bool,
 }
@@ -44,15 +45,6 @@ pub struct Session {
 pub struct Login {
     pub user: String,
     pub password: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LoginReply {
-    pub user: String,
-    pub role: Role,
-    /// Send back in X-CSRF-Token with every request that changes something.
-    pub csrf: String,
-    pub must_change_password: bool,
 }
 
 #[derive(Debug, Deserialize)]

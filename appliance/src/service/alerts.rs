@@ -136,6 +136,7 @@ impl Service {
 
     /// Mails an alert unless the same one went out within the repeat window.
     pub(super) async fn alert(&self, key: &str, subject: &str, body: &str) {
+        let _one_at_a_time = self.alert_lock.lock().await;
         let Ok(Some((a, password))) = self.load_alerts().await else { return };
         if !a.enabled {
             return;

@@ -408,6 +408,30 @@ impl Service {
         self.publish(id).await;
     }
 
+    /// Records a job's end (its point, or why it failed), tells listeners, sends alerts.
+    async fn finish_job(&self, id: i64, platform: i64, vm: &str, outcome: Result<&str, &str>) {
+        let (state, point, error) = match outcome {
+            Ok(point) => ("completed", Some(point), None),
+            Err(e) => ("failed", None, Some(e)),
+        };
+        let r = sqlx::query(
+            "UPDATE jobs SET state = $1, percent = CASE WHEN $1 = 'completed' THEN 100 ELSE percent END, \
+             point_id = $2, error = $3, finished = $4 WHERE id = $5",
+        )
+        .bind(state)
+        .bind(point)
+        .bind(error)
+        .bind(now())
+        .bind(id)
+        .execute(&self.db)
+        .await;
+        if let Err(e) = r {
+            eprintln!("holdfast: job {id}: cannot record that it {state}: {e}");
+        }
+        self.publish(id).await;
+        self.alerts_after_job(id, platform, vm, error).await;
+    }
+
     /// Tells live-event listeners the job's current state (nobody listening is fine).
     async fn publish(&self, id: i64) {
         if let Ok(job) = self.job_by_id(id).await {
@@ -514,33 +538,11 @@ impl Service {
                     ),
                 )
                 .await;
-                let r = sqlx::query(
-                    "UPDATE jobs SET state = 'completed', percent = 100, point_id = $1, finished = $2 WHERE id = $3",
-                )
-                .bind(&p.point_id)
-                .bind(now())
-                .bind(id)
-                .execute(&self.db)
-                .await;
-                if let Err(e) = r {
-                    eprintln!("holdfast: job {id}: cannot record completion: {e}");
-                }
-                self.publish(id).await;
-                self.alerts_after_job(id, platform, &vm_name, None).await;
+                self.finish_job(id, platform, &vm_name, Ok(&p.point_id)).await;
             }
             Err(e) => {
                 log(&self.db, id, "error", &format!("failed: {e}")).await;
-                let r = sqlx::query("UPDATE jobs SET state = 'failed', error = $1, finished = $2 WHERE id = $3")
-                    .bind(&e)
-                    .bind(now())
-                    .bind(id)
-                    .execute(&self.db)
-                    .await;
-                if let Err(e) = r {
-                    eprintln!("holdfast: job {id}: cannot record failure: {e}");
-                }
-                self.publish(id).await;
-                self.alerts_after_job(id, platform, &vm_name, Some(&e)).await;
+                self.finish_job(id, platform, &vm_name, Err(&e)).await;
             }
         }
     }

@@ -43,6 +43,8 @@ pub struct Service {
     hosts: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
     /// Job changes for the API's live events.
     events: tokio::sync::broadcast::Sender<Job>,
+    /// One alert decided and sent at a time, so two quick failures cannot both pass the cap.
+    alert_lock: tokio::sync::Mutex<()>,
 }
 
 /// Creates what a first start needs, returns the service.
@@ -68,6 +70,7 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         per_host: opts.max_jobs_per_host.max(1),
         hosts: Default::default(),
         events: tokio::sync::broadcast::channel(1024).0,
+        alert_lock: tokio::sync::Mutex::new(()),
     };
     service.ensure_admin(&data.join("initial-admin-password")).await?;
     service.recover_jobs().await?;

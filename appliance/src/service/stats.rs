@@ -33,17 +33,13 @@ impl Service {
         // SUM over no rows is NULL: COALESCE keeps every count an integer on both databases.
         // PostgreSQL's SUM of integers may be NUMERIC: cast back to BIGINT for both databases.
         let coalesced = COUNTS.replace("SUM(", "CAST(COALESCE(SUM(").replace(" END)", " END), 0) AS BIGINT)");
-        let vms: Vec<VmRow> = sqlx::query_as(&format!(
+        let vm_sql = format!(
             "SELECT platform_id, vm, {coalesced}, \
              CAST(COALESCE(SUM(CASE WHEN state = 'failed' AND error_read = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) \
              FROM jobs GROUP BY platform_id, vm ORDER BY vm"
-        ))
-        .bind(&week)
-        .bind(&month)
-        .bind(&year)
-        .fetch_all(&self.db)
-        .await
-        .map_err(err)?;
+        );
+        let vms: Vec<VmRow> =
+            sqlx::query_as(&vm_sql).bind(&week).bind(&month).bind(&year).fetch_all(&self.db).await.map_err(err)?;
         let mut vm_rows = Vec::new();
         for (platform, vm, s1, s2, s3, f1, f2, f3, unread) in vms {
             // The VM's points in the store, found through its newest committed job.
@@ -82,16 +78,12 @@ impl Service {
                 "protected_bytes": protected, "stored_bytes": stored,
             }));
         }
-        let rules: Vec<RuleRow> = sqlx::query_as(&format!(
+        let rule_sql = format!(
             "SELECT r.id, r.name, {} FROM rules r LEFT JOIN jobs j ON j.rule_id = r.id GROUP BY r.id, r.name ORDER BY r.name",
             coalesced.replace("state", "j.state").replace("finished", "j.finished")
-        ))
-        .bind(&week)
-        .bind(&month)
-        .bind(&year)
-        .fetch_all(&self.db)
-        .await
-        .map_err(err)?;
+        );
+        let rules: Vec<RuleRow> =
+            sqlx::query_as(&rule_sql).bind(&week).bind(&month).bind(&year).fetch_all(&self.db).await.map_err(err)?;
         let rule_rows: Vec<Value> = rules
             .into_iter()
             .map(|(id, name, s1, s2, s3, f1, f2, f3)| {
