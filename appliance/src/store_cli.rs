@@ -285,8 +285,8 @@ pub fn run(args: StoreArgs) -> Result<i32> {
                     consistency: None,
                 },
                 &mut |p| {
-                    pb.set_length(p.total_bytes);
-                    pb.set_position(p.done_bytes);
+                    pb.set_length(p.all_total_bytes);
+                    pb.set_position(p.all_done_bytes);
                     pb.set_message(format!("ingest {}", p.disk));
                 },
             )?;

@@ -87,6 +87,7 @@ fn service_end_to_end(catalog: Option<String>) {
     let done = wait_job(&c, job["id"].as_i64().unwrap());
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(done["percent"], 100.0);
+    assert!(done["rate"].is_i64() && done["total_bytes"].as_i64() > Some(0), "{done}");
     let point = done["point_id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(300));
     let _ = events.kill();

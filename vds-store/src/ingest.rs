@@ -133,11 +133,14 @@ pub struct IngestRequest {
     pub consistency: Option<String>,
 }
 
+/// Where an ingest is: bytes of the disk being read, and of the whole backup (every disk).
 #[derive(Clone, Debug)]
 pub struct IngestProgress {
     pub disk: String,
     pub done_bytes: u64,
     pub total_bytes: u64,
+    pub all_done_bytes: u64,
+    pub all_total_bytes: u64,
 }
 
 struct Parent {
@@ -180,11 +183,14 @@ impl Store {
         let mut disks = Vec::new();
         let mut stats = PointStats::default();
         let mut used_parent = false;
-        for mut disk in req.disks {
+        // Plan every disk first (what to read, and why in full), so progress can speak of the
+        // whole backup, not one disk at a time.
+        let mut plans = Vec::new();
+        for disk in req.disks {
             let size = disk.source.size();
             let count = extent_count(size, es);
             let parent_disk = parent.as_ref().and_then(|p| p.point.disks.iter().find(|d| d.key == disk.key));
-            let (mut map, to_read, full_reason): (DiskMap, Vec<u64>, Option<String>) = match parent_disk {
+            let (map, to_read, full_reason): (DiskMap, Vec<u64>, Option<String>) = match parent_disk {
                 _ if req.backup_type == BackupType::Full => (DiskMap::empty(size, es), (0..count).collect(), None),
                 None if parent.is_some() => {
                     (DiskMap::empty(size, es), (0..count).collect(), Some("new disk: not in the base point".into()))
@@ -214,6 +220,14 @@ impl Store {
             } else {
                 BackupType::Full
             };
+            plans.push((disk, size, count, map, to_read, full_reason, disk_type));
+        }
+        let all_total_bytes: u64 = plans
+            .iter()
+            .map(|(_, _, _, map, to_read, _, _)| to_read.iter().map(|&i| map.extent_len(i) as u64).sum::<u64>())
+            .sum();
+        let mut all_done_bytes = 0u64;
+        for (mut disk, size, count, mut map, to_read, full_reason, disk_type) in plans {
             let total_bytes: u64 = to_read.iter().map(|&i| map.extent_len(i) as u64).sum();
             let mut done_bytes = 0u64;
             let key = disk.key.clone();
@@ -239,7 +253,14 @@ impl Store {
                             ExtentOutcome::Record(id) => id,
                         };
                         done_bytes += map.extent_len(i) as u64;
-                        progress(&IngestProgress { disk: disk.key.clone(), done_bytes, total_bytes });
+                        all_done_bytes += map.extent_len(i) as u64;
+                        progress(&IngestProgress {
+                            disk: disk.key.clone(),
+                            done_bytes,
+                            total_bytes,
+                            all_done_bytes,
+                            all_total_bytes,
+                        });
                         Ok(())
                     },
                 )

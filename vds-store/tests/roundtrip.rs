@@ -169,3 +169,35 @@ fn incremental_stores_only_what_changed_and_new_disks_get_a_full() {
     assert!(r.disks[0].full_reason.as_deref().unwrap().contains("resized"));
     assert_eq!(read_disk(&store, &r.point_id, "a"), grown);
 }
+
+#[test]
+fn progress_covers_the_whole_backup_across_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = small_store(dir.path(), None);
+    let (a, b) = (noise(3 * EXTENT as usize, 21), noise(2 * EXTENT as usize + 100, 22));
+    let want = (a.len() + b.len()) as u64;
+    let mut seen: Vec<IngestProgress> = Vec::new();
+    let request = IngestRequest {
+        vm: vm("vm"),
+        backup_type: BackupType::Full,
+        parent: None,
+        disks: [("a", a), ("b", b)]
+            .into_iter()
+            .map(|(k, data)| IngestDisk {
+                key: k.into(),
+                source: Box::new(MemorySource(data)),
+                changed: None,
+                change_id: None,
+                full_reason: None,
+            })
+            .collect(),
+        labels: Labels::default(),
+        threads: 2,
+        consistency: None,
+    };
+    store.ingest(request, &mut |p| seen.push(p.clone())).unwrap();
+    assert!(seen.iter().all(|p| p.all_total_bytes == want), "the total is known from the start");
+    assert!(seen.windows(2).all(|w| w[0].all_done_bytes <= w[1].all_done_bytes), "it never goes back");
+    assert_eq!(seen.last().map(|p| p.all_done_bytes), Some(want));
+    assert_eq!(seen.iter().filter(|p| p.disk == "b").map(|p| p.total_bytes).max(), Some(2 * EXTENT as u64 + 100));
+}

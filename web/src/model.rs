@@ -180,9 +180,14 @@ pub struct Job {
     /// queued, preparing, running, completed, failed, skipped (the VM's previous run was
     /// still queued or running).
     pub state: String,
+    /// Of the whole backup (every disk).
     pub percent: f64,
     pub done_bytes: i64,
     pub total_bytes: i64,
+    /// Bytes per second read so far while running.
+    pub rate: i64,
+    /// Seconds left at that rate.
+    pub eta_seconds: Option<i64>,
     pub error: Option<String>,
     pub point_id: Option<String>,
     /// The rule that started it; None for a job run by hand.

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_tokens.sql")),
     (4, include_str!("../../migrations/0004_alerts.sql")),
     (5, include_str!("../../migrations/0005_stats.sql")),
+    (6, include_str!("../../migrations/0006_rate.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.

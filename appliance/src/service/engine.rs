@@ -55,6 +55,8 @@ type JobRow = (
     f64,
     i64,
     i64,
+    i64,
+    Option<i64>,
     Option<String>,
     Option<String>,
     Option<i64>,
@@ -77,19 +79,21 @@ fn job(r: JobRow) -> Job {
         percent: r.5,
         done_bytes: r.6,
         total_bytes: r.7,
-        error: r.8,
-        point_id: r.9,
-        rule: r.10,
-        created: r.11,
-        started: r.12,
-        finished: r.13,
+        rate: r.8,
+        eta_seconds: r.9,
+        error: r.10,
+        point_id: r.11,
+        rule: r.12,
+        created: r.13,
+        started: r.14,
+        finished: r.15,
     }
 }
 
 type PointDbRow = (String, String, String, String, String, String, Option<String>, i64);
 
-const JOB_COLUMNS: &str = "id, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, error, \
-                           point_id, rule_id, created, started, finished";
+const JOB_COLUMNS: &str = "id, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, rate, \
+                           eta_seconds, error, point_id, rule_id, created, started, finished";
 
 /// A job a rule started: its retention runs after a successful backup (never after a failed one).
 pub(super) struct RuleRun {
@@ -473,12 +477,13 @@ impl Service {
             let opts = BackupOptions { requested, include: vec![], labels: Labels::default(), threads, quiesce };
             backup_vm(&conn, &store, &vm, opts, &mut |p| {
                 let mut g = shared.lock().expect("progress lock");
-                (g.done, g.total, g.changed) = (p.done_bytes, p.total_bytes, true);
+                (g.done, g.total, g.changed) = (p.all_done_bytes, p.all_total_bytes, true);
             })
             .map_err(|e| e.to_string())
         });
         tokio::pin!(task);
         let mut running = false;
+        let mut running_since: Option<std::time::Instant> = None;
         let outcome = loop {
             tokio::select! {
                 done = &mut task => break done.map_err(|e| e.to_string()).and_then(|r| r),
@@ -491,18 +496,27 @@ impl Service {
                 (g.done, g.total, c)
             };
             if changed {
+                let since = *running_since.get_or_insert_with(std::time::Instant::now);
                 if !running {
                     running = true;
                     self.set_state(id, "running").await;
                 }
                 let percent = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
-                let _ = sqlx::query("UPDATE jobs SET percent = $1, done_bytes = $2, total_bytes = $3 WHERE id = $4")
-                    .bind(percent)
-                    .bind(done as i64)
-                    .bind(total as i64)
-                    .bind(id)
-                    .execute(&self.db)
-                    .await;
+                let secs = since.elapsed().as_secs_f64();
+                let rate = if secs > 0.5 { (done as f64 / secs) as i64 } else { 0 };
+                let eta = (rate > 0).then(|| (total.saturating_sub(done) / rate as u64) as i64);
+                let _ = sqlx::query(
+                    "UPDATE jobs SET percent = $1, done_bytes = $2, total_bytes = $3, rate = $4, eta_seconds = $5 \
+                     WHERE id = $6",
+                )
+                .bind(percent)
+                .bind(done as i64)
+                .bind(total as i64)
+                .bind(rate)
+                .bind(eta)
+                .bind(id)
+                .execute(&self.db)
+                .await;
                 self.publish(id).await;
             }
         };
