@@ -373,10 +373,11 @@ impl Service {
             .await;
         self.audit_log(user, "backup started", &format!("job {id}: {} of {vm} on {platform_name}", requested.as_str()))
             .await?;
+        // Published before the job can start, so listeners see "queued" first.
+        self.publish(id).await;
         let me = self.clone();
         let vm = vm.to_string();
         tokio::spawn(async move { me.run_job(id, platform, target, vm, requested, quiesce, rule).await });
-        self.publish(id).await;
         self.job_by_id(id).await
     }
 
@@ -413,19 +414,23 @@ impl Service {
     }
 
     /// Records a job's end (its point, or why it failed), tells listeners, sends alerts.
-    async fn finish_job(&self, id: i64, platform: i64, vm: &str, outcome: Result<&str, &str>) {
+    async fn finish_job(&self, id: i64, platform: i64, vm: &str, outcome: Result<&str, &str>, bytes: (u64, u64)) {
         let (state, point, error) = match outcome {
             Ok(point) => ("completed", Some(point), None),
             Err(e) => ("failed", None, Some(e)),
         };
+        // The last progress seen: a job faster than one progress update still shows its bytes.
         let r = sqlx::query(
             "UPDATE jobs SET state = $1, percent = CASE WHEN $1 = 'completed' THEN 100 ELSE percent END, \
-             point_id = $2, error = $3, finished = $4 WHERE id = $5",
+             point_id = $2, error = $3, finished = $4, done_bytes = $5, total_bytes = $6, eta_seconds = NULL \
+             WHERE id = $7",
         )
         .bind(state)
         .bind(point)
         .bind(error)
         .bind(now())
+        .bind(bytes.0 as i64)
+        .bind(bytes.1 as i64)
         .bind(id)
         .execute(&self.db)
         .await;
@@ -520,6 +525,10 @@ impl Service {
                 self.publish(id).await;
             }
         };
+        let bytes = {
+            let g = progress.lock().expect("progress lock");
+            (g.done, g.total)
+        };
         match outcome {
             Ok(o) => {
                 let p = &o.point;
@@ -552,11 +561,11 @@ impl Service {
                     ),
                 )
                 .await;
-                self.finish_job(id, platform, &vm_name, Ok(&p.point_id)).await;
+                self.finish_job(id, platform, &vm_name, Ok(&p.point_id), bytes).await;
             }
             Err(e) => {
                 log(&self.db, id, "error", &format!("failed: {e}")).await;
-                self.finish_job(id, platform, &vm_name, Err(&e)).await;
+                self.finish_job(id, platform, &vm_name, Err(&e), bytes).await;
             }
         }
     }
