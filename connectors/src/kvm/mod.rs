@@ -282,11 +282,7 @@ fn delete_checkpoint_offline(dom: &Domain, name: &str) -> Result<(), String> {
     let (_, disks) = domain_xml::parse(&xml)?;
     for d in disks.iter().filter(|d| d.format.as_deref() == Some("qcow2")) {
         let Some(src) = &d.source else { continue };
-        let info = std::process::Command::new("qemu-img")
-            .args(["info", "--force-share", "--output=json", src])
-            .output()
-            .map_err(|e| format!("running qemu-img: {e}"))?;
-        if !String::from_utf8_lossy(&info.stdout).contains(&format!("\"name\": \"{name}\"")) {
+        if !offline::image_bitmaps(src)?.iter().any(|(b, _)| b == name) {
             continue;
         }
         let out = std::process::Command::new("qemu-img")
@@ -560,15 +556,21 @@ impl Connector for KvmConnector {
         );
         // Only qcow2 (v3) keeps persistent dirty bitmaps: other disks are read whole every time.
         // A v2 image is only recognised on this host; remotely QEMU's refusal names it.
-        let format_of = |t: &str| {
-            let d = disks.iter().find(|d| d.target == t)?;
-            match (d.format.as_deref(), &d.source) {
-                (Some("qcow2"), Some(src)) if self.is_local() && offline::is_qcow2_v2(src) => {
-                    Some("qcow2 v2 (compat 0.10; `qemu-img amend -o compat=1.1` upgrades it)".to_string())
-                }
-                _ => d.format.clone(),
-            }
-        };
+        // Looked up once per disk: the v2 check runs qemu-img.
+        let formats: Vec<(&str, Option<String>)> = chosen
+            .iter()
+            .map(|t| {
+                let d = disks.iter().find(|d| d.target == *t);
+                let format = d.and_then(|d| match (d.format.as_deref(), &d.source) {
+                    (Some("qcow2"), Some(src)) if self.is_local() && offline::is_qcow2_v2(src) => {
+                        Some("qcow2 v2 (compat 0.10; `qemu-img amend -o compat=1.1` upgrades it)".to_string())
+                    }
+                    _ => d.format.clone(),
+                });
+                (*t, format)
+            })
+            .collect();
+        let format_of = |t: &str| formats.iter().find(|(k, _)| *k == t).and_then(|(_, f)| f.clone());
         let trackable: Vec<&str> =
             chosen.iter().copied().filter(|t| format_of(t).as_deref() == Some("qcow2")).collect();
         let mut reasons = Vec::new();
