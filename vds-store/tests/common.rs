@@ -30,6 +30,28 @@ pub fn vm(key: &str) -> VmDescription {
 /// A disk to ingest: key, contents, changed ranges since the parent.
 pub type TestDisk<'a> = (&'a str, Vec<u8>, Option<Vec<Range<u64>>>);
 
+/// A request to back up in-memory disks, two threads, no labels.
+pub fn request(vm_key: &str, kind: BackupType, parent: Option<&str>, disks: Vec<TestDisk>) -> IngestRequest {
+    IngestRequest {
+        vm: vm(vm_key),
+        backup_type: kind,
+        parent: parent.map(str::to_string),
+        disks: disks
+            .into_iter()
+            .map(|(k, data, changed)| IngestDisk {
+                key: k.into(),
+                source: Box::new(MemorySource(data)),
+                changed,
+                change_id: None,
+                full_reason: None,
+            })
+            .collect(),
+        labels: Labels::default(),
+        threads: 2,
+        consistency: None,
+    }
+}
+
 pub fn ingest(
     store: &Store,
     vm_key: &str,
@@ -37,27 +59,7 @@ pub fn ingest(
     parent: Option<&str>,
     disks: Vec<TestDisk>,
 ) -> Result<RestorePoint> {
-    store.ingest(
-        IngestRequest {
-            vm: vm(vm_key),
-            backup_type: kind,
-            parent: parent.map(str::to_string),
-            disks: disks
-                .into_iter()
-                .map(|(k, data, changed)| IngestDisk {
-                    key: k.into(),
-                    source: Box::new(MemorySource(data)),
-                    changed,
-                    change_id: None,
-                    full_reason: None,
-                })
-                .collect(),
-            labels: Labels::default(),
-            threads: 2,
-            consistency: None,
-        },
-        &mut |_| {},
-    )
+    store.ingest(request(vm_key, kind, parent, disks), &mut |_| {})
 }
 
 pub fn read_disk(store: &Store, point: &str, disk: &str) -> Vec<u8> {

@@ -177,24 +177,7 @@ fn progress_covers_the_whole_backup_across_disks() {
     let (a, b) = (noise(3 * EXTENT as usize, 21), noise(2 * EXTENT as usize + 100, 22));
     let want = (a.len() + b.len()) as u64;
     let mut seen: Vec<IngestProgress> = Vec::new();
-    let request = IngestRequest {
-        vm: vm("vm"),
-        backup_type: BackupType::Full,
-        parent: None,
-        disks: [("a", a), ("b", b)]
-            .into_iter()
-            .map(|(k, data)| IngestDisk {
-                key: k.into(),
-                source: Box::new(MemorySource(data)),
-                changed: None,
-                change_id: None,
-                full_reason: None,
-            })
-            .collect(),
-        labels: Labels::default(),
-        threads: 2,
-        consistency: None,
-    };
+    let request = request("vm", BackupType::Full, None, vec![("a", a, None), ("b", b, None)]);
     store.ingest(request, &mut |p| seen.push(p.clone())).unwrap();
     assert!(seen.iter().all(|p| p.all_total_bytes == want), "the total is known from the start");
     assert!(seen.windows(2).all(|w| w[0].all_done_bytes <= w[1].all_done_bytes), "it never goes back");
