@@ -122,17 +122,13 @@ struct Progress {
 }
 
 impl Service {
-    fn api_err(e: sqlx::Error) -> ApiError {
-        ApiError::internal(e)
-    }
-
     async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
         let row: Option<(String, String, Option<String>, Option<String>)> =
             sqlx::query_as("SELECT name, uri, username, secret FROM platforms WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.db)
                 .await
-                .map_err(Self::api_err)?;
+                .map_err(ApiError::internal)?;
         let (name, uri, username, secret) = row.ok_or_else(|| ApiError::not_found(format!("platform {id}")))?;
         let credentials = match (username, secret) {
             (Some(username), Some(s)) => Some(Credentials { username, password: self.open_sealed(&s)? }),
@@ -154,7 +150,7 @@ impl Service {
             sqlx::query_as("SELECT id, name, kind, uri, username, secret, reached FROM platforms ORDER BY name")
                 .fetch_all(&self.db)
                 .await
-                .map_err(Self::api_err)?;
+                .map_err(ApiError::internal)?;
         Ok(rows.into_iter().map(platform).collect())
     }
 
@@ -230,7 +226,7 @@ impl Service {
             .bind(id)
             .fetch_optional(&self.db)
             .await
-            .map_err(Self::api_err)?;
+            .map_err(ApiError::internal)?;
         row.map(job).ok_or_else(|| ApiError::not_found(format!("job {id}")))
     }
 
@@ -238,7 +234,7 @@ impl Service {
         let rows: Vec<JobRow> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT 500"))
             .fetch_all(&self.db)
             .await
-            .map_err(Self::api_err)?;
+            .map_err(ApiError::internal)?;
         Ok(rows.into_iter().map(job).collect())
     }
 
@@ -249,13 +245,13 @@ impl Service {
             .bind(id)
             .execute(&self.db)
             .await
-            .map_err(Self::api_err)?;
+            .map_err(ApiError::internal)?;
         let rows: Vec<(String, String, String)> =
             sqlx::query_as("SELECT time, level, message FROM job_logs WHERE job_id = $1 ORDER BY id")
                 .bind(id)
                 .fetch_all(&self.db)
                 .await
-                .map_err(Self::api_err)?;
+                .map_err(ApiError::internal)?;
         Ok(rows.into_iter().map(|(time, level, message)| LogLine { time, level, message }).collect())
     }
 
@@ -266,7 +262,7 @@ impl Service {
         )
         .fetch_all(&self.db)
         .await
-        .map_err(Self::api_err)?;
+        .map_err(ApiError::internal)?;
         Ok(rows
             .into_iter()
             .map(|r| PointRow {
@@ -287,7 +283,7 @@ impl Service {
             sqlx::query_as("SELECT time, user_name, action, detail FROM audit ORDER BY id DESC LIMIT 1000")
                 .fetch_all(&self.db)
                 .await
-                .map_err(Self::api_err)?;
+                .map_err(ApiError::internal)?;
         Ok(rows.into_iter().map(|(time, user, action, detail)| AuditRow { time, user, action, detail }).collect())
     }
 
@@ -311,7 +307,7 @@ impl Service {
         .bind(vm)
         .fetch_optional(&self.db)
         .await
-        .map_err(Self::api_err)?;
+        .map_err(ApiError::internal)?;
         Ok(row.map(|(id,)| id))
     }
 
@@ -363,7 +359,7 @@ impl Service {
         .bind(now())
         .fetch_one(&self.db)
         .await
-        .map_err(Self::api_err)?
+        .map_err(ApiError::internal)?
         .0;
         let by = match &rule {
             Some(r) => format!("rule {}", r.rule_id),
