@@ -223,7 +223,14 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                     .progress_chars("=> "),
             );
             let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-            let opts = BackupOptions { requested, include: disks, labels: Labels::default(), threads, quiesce };
+            let opts = BackupOptions {
+                requested,
+                include: disks,
+                labels: Labels::default(),
+                threads,
+                quiesce,
+                control: connectors::JobControl::new(),
+            };
             let mut results = backup_vms(&conn, &store, &vm, &opts, mode, &mut |vm, p| {
                 pb.set_length(p.all_total_bytes);
                 pb.set_position(p.all_done_bytes);

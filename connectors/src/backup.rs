@@ -3,7 +3,11 @@
 //! so the platform never keeps a job, snapshot or checkpoint the store does not know of.
 
 use crate::connector::{BackupBase, BackupPlan, Connector, ConnectorError, Quiesce};
-use vds_store::{BackupType, IngestDisk, IngestProgress, IngestRequest, Labels, RestorePoint, Store, StoreError};
+use crate::control::{Governed, JobControl, Phase};
+use std::sync::Arc;
+use vds_store::{
+    BackupType, IngestDisk, IngestProgress, IngestRequest, IngestStage, Labels, RestorePoint, Store, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -13,6 +17,8 @@ pub enum BackupError {
     Store(#[from] StoreError),
     #[error("{store}; cleaning up on the hypervisor also failed: {cleanup}")]
     StoreAndCleanup { store: Box<StoreError>, cleanup: Box<ConnectorError> },
+    #[error("stopped before {0}")]
+    Stopped(&'static str),
 }
 
 pub struct BackupOutcome {
@@ -30,6 +36,8 @@ pub struct BackupOptions {
     pub labels: Labels,
     pub threads: usize,
     pub quiesce: Quiesce,
+    /// Stop, transfer limit and phases, shared with whoever runs the job.
+    pub control: Arc<JobControl>,
 }
 
 /// The point an incremental or differential counts from: the newest point for incremental,
@@ -55,6 +63,11 @@ struct Started {
 }
 
 fn start(connector: &dyn Connector, store: &Store, vm: &str, opts: &BackupOptions) -> Result<Started, BackupError> {
+    let control = &opts.control;
+    if control.stopped() {
+        return Err(BackupError::Stopped("it began"));
+    }
+    control.enter(Phase::SavingConfiguration);
     let description = connector.describe(vm)?;
     let base = base_point(store, &description.key, opts.requested)?;
     let newest_full = base_point(store, &description.key, BackupType::Differential)?;
@@ -67,7 +80,12 @@ fn start(connector: &dyn Connector, store: &Store, vm: &str, opts: &BackupOption
         include: opts.include.clone(),
         keep_change_ids: newest_full.iter().flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone())).collect(),
         quiesce: opts.quiesce,
+        control: control.clone(),
     };
+    if control.stopped() {
+        return Err(BackupError::Stopped("the snapshot was taken"));
+    }
+    control.enter(Phase::Snapshotting);
     let session = connector.begin_backup(vm, &plan)?;
     Ok(Started { description, parent: base.map(|p| p.point_id), session })
 }
@@ -88,12 +106,14 @@ fn complete(
         .into_iter()
         .map(|d| IngestDisk {
             key: d.key,
-            source: d.source,
+            source: Box::new(Governed::new(d.source, opts.control.clone())),
             changed: d.changed,
             change_id: change_id.clone(),
             full_reason: d.full_reason,
         })
         .collect();
+    opts.control.enter(Phase::Transferring);
+    let control = opts.control.clone();
     let result = store.ingest(
         IngestRequest {
             vm: description,
@@ -104,7 +124,12 @@ fn complete(
             threads: opts.threads,
             consistency: Some(consistency.clone()),
         },
-        progress,
+        &mut |p| {
+            if p.stage == IngestStage::Checking {
+                control.enter(Phase::CheckingData);
+            }
+            progress(p)
+        },
     );
     let finished = session.finish(result.is_ok());
     match (result, finished) {

@@ -107,6 +107,8 @@ pub struct BackupPlan {
     /// after a committed backup the connector keeps these and the new one, and may drop the rest.
     pub keep_change_ids: Vec<String>,
     pub quiesce: Quiesce,
+    /// Where the connector reports its phases (e.g. querying changed blocks).
+    pub control: std::sync::Arc<crate::control::JobControl>,
 }
 
 /// One disk of a running backup session.

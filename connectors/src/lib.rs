@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod connector;
+pub mod control;
 pub mod kvm;
 pub mod nbd;
 pub mod nbd_source;
@@ -13,6 +14,7 @@ pub use connector::{
     BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, Credentials, HostInfo, Inventory, NetworkInfo,
     NewVmSpec, Quiesce, RestoreDisk, SessionDisk, StorageInfo, VmSummary,
 };
+pub use control::{JobControl, Phase};
 pub use kvm::{KvmConnector, TlsFiles};
 pub use nbd::{BlockExtent, NbdAddress, NbdClient, NbdError, NbdTls};
 pub use nbd_source::{dirty_ranges, NbdSource};

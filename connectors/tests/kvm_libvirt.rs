@@ -5,8 +5,8 @@
 //! behind our back, a run killed mid-backup, an ingest that fails.
 
 use connectors::{
-    backup_vm, backup_vms, BackupOptions, BackupPlan, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce,
-    RestoreDisk, SnapshotMode, TlsFiles,
+    backup_vm, backup_vms, BackupOptions, BackupPlan, Connector, Credentials, JobControl, KvmConnector, NewVmSpec,
+    Quiesce, RestoreDisk, SnapshotMode, TlsFiles,
 };
 use holdfast_tests::kvm::{
     assert_point_matches, virsh, TestVm, DISK, MIB, TCP_PASSWORD, TCP_URI, TCP_USER, TLS_CLIENT_DIR, URI,
@@ -37,7 +37,14 @@ fn bed(tag: &str) -> (TestVm, Store, KvmConnector) {
 }
 
 fn opts(requested: BackupType, quiesce: Quiesce) -> BackupOptions {
-    BackupOptions { requested, include: vec![], labels: Labels::default(), threads: 2, quiesce }
+    BackupOptions {
+        requested,
+        include: vec![],
+        labels: Labels::default(),
+        threads: 2,
+        quiesce,
+        control: JobControl::new(),
+    }
 }
 
 fn backup(conn: &KvmConnector, store: &Store, vm: &TestVm, kind: BackupType) -> RestorePoint {
@@ -206,6 +213,7 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
         include: vec![],
         keep_change_ids: vec![],
         quiesce: Quiesce::Off,
+        control: JobControl::new(),
     };
     let session = conn.begin_backup(&vm.name, &plan).unwrap();
     std::mem::forget(session);

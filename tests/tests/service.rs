@@ -12,7 +12,7 @@ fn wait_job(c: &holdfast_tests::service::Client, id: i64) -> Value {
     let t = Instant::now();
     loop {
         let j = c.get(&format!("/api/jobs/{id}"));
-        if j["state"] == "completed" || j["state"] == "failed" {
+        if ["completed", "failed", "stopped"].contains(&j["state"].as_str().unwrap()) {
             return j;
         }
         assert!(t.elapsed() < Duration::from_secs(120), "job {id} did not finish: {j}");
@@ -542,4 +542,155 @@ fn alerts_are_mailed_over_starttls_and_repeats_are_capped() {
     assert!(got.iter().any(|s| s.starts_with("Holdfast: store ") && s.ends_with("% full")), "{got:?}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.subjects().iter().filter(|s| **s == failed).count(), 1, "the repeated failure was mailed twice");
+}
+
+/// Waits until the job reaches `state` (failing if it ends otherwise).
+fn wait_state(c: &holdfast_tests::service::Client, id: i64, state: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        let j = c.get(&format!("/api/jobs/{id}"));
+        if j["state"] == state {
+            return j;
+        }
+        assert!(j["finished"].is_null(), "job {id} ended before reaching {state}: {j}");
+        assert!(t.elapsed() < Duration::from_secs(120), "job {id} did not reach {state}: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The states the live events showed for `job`, in order.
+fn streamed_states(events: &std::path::Path, job: &Value) -> Vec<String> {
+    std::fs::read_to_string(events)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter(|j| j["id"] == job["id"])
+        .map(|j| j["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Whether `want` appears in `seen` in this order (other states may come between).
+fn in_order(seen: &[String], want: &[&str]) -> bool {
+    let mut it = seen.iter();
+    want.iter().all(|w| it.any(|s| s == w))
+}
+
+#[test]
+fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
+    let mut vm = TestVm::start("jobctl");
+    let data = vm.dir.join("data");
+    let clock = vm.dir.join("clock");
+    set_clock(&clock, "2026-11-23T12:00:00Z");
+    // One job at a time, so a second job waits queued behind the first.
+    let server = Server::start_with(&data, Some(&clock), &["--max-jobs", "1"]);
+    let c = server.admin("correct horse battery");
+    let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let pid = p["id"].as_i64().unwrap();
+    let every_day = json!(["mon", "tue", "wed", "thu", "fri", "sat", "sun"]);
+    let window = |mb: f64| json!([{ "days": every_day, "from": "00:00", "to": "23:59", "mb_per_second": mb }]);
+
+    // Bad windows name the field and change nothing.
+    for (body, field) in [
+        (json!([{ "days": ["mon"], "from": "8:xx", "to": "18:00", "mb_per_second": 1 }]), "[0].from"),
+        (json!([{ "days": ["someday"], "from": "08:00", "to": "18:00", "mb_per_second": 1 }]), "[0].days"),
+        (json!([{ "days": ["mon"], "from": "08:00", "to": "18:00", "mb_per_second": -1 }]), "[0].mb_per_second"),
+    ] {
+        let (code, v) = c.request("PUT", "/api/bandwidth", Some(&body));
+        assert_eq!(code, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().starts_with(field), "{field}: {v}");
+    }
+    assert_eq!(c.get("/api/bandwidth"), json!([]));
+
+    // 0 MB/s pauses the transfer: the job runs but its bytes hold; lifting the window lets it
+    // finish. Its live events show every phase in order.
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&window(0.0))).0, 204);
+    assert_eq!(c.get("/api/bandwidth")[0]["mb_per_second"], 0.0);
+    vm.write(0, 0x11, 0, 4 * MIB);
+    let events_file = vm.dir.join("events.txt");
+    let mut events = c.stream("/api/events", &events_file);
+    std::thread::sleep(Duration::from_millis(300));
+    let full = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
+    let fid = full["id"].as_i64().unwrap();
+    wait_state(&c, fid, "running");
+    std::thread::sleep(Duration::from_secs(2));
+    let held = c.get(&format!("/api/jobs/{fid}"));
+    assert_eq!((held["state"].as_str(), held["done_bytes"].as_i64()), (Some("running"), Some(0)), "{held}");
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
+    let done = wait_job(&c, fid);
+    assert_eq!(done["state"], "completed", "{done}");
+    let log = c.get(&format!("/api/jobs/{fid}/log"));
+    let lines: Vec<&str> = log.as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    for want in
+        ["saving the VM configuration", "taking the snapshot", "transfer paused", "transfer resumed", "checking data"]
+    {
+        assert!(lines.iter().any(|l| l.contains(want)), "{want} missing from {lines:?}");
+    }
+
+    // An incremental also queries the changed blocks.
+    vm.write(1, 0x22, 2 * MIB, MIB);
+    let inc = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
+    let inc_done = wait_job(&c, inc["id"].as_i64().unwrap());
+    assert_eq!(inc_done["state"], "completed", "{inc_done}");
+    std::thread::sleep(Duration::from_millis(300));
+    let full_states = streamed_states(&events_file, &full);
+    let want = ["queued", "preparing", "saving_configuration", "snapshotting", "running", "checking_data", "completed"];
+    assert!(in_order(&full_states, &want), "{full_states:?}");
+    assert!(!full_states.contains(&"querying_changes".to_string()), "a full queries no changes: {full_states:?}");
+    let inc_states = streamed_states(&events_file, &inc);
+    let want = [
+        "preparing",
+        "saving_configuration",
+        "snapshotting",
+        "querying_changes",
+        "running",
+        "checking_data",
+        "completed",
+    ];
+    assert!(in_order(&inc_states, &want), "{inc_states:?}");
+
+    // Stops: a running job (paused, so it is surely mid-transfer) ends as stopped with nothing
+    // committed and nothing left on the hypervisor; a queued one never starts.
+    let points_before = c.get("/api/points").as_array().unwrap().len();
+    let checkpoints_before = vm.checkpoints();
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&window(0.0))).0, 204);
+    vm.write(0, 0x33, 6 * MIB, MIB);
+    let running = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
+    let rid = running["id"].as_i64().unwrap();
+    wait_state(&c, rid, "running");
+    assert!(vm.has_job());
+    let queued = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
+    let qid = queued["id"].as_i64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.get(&format!("/api/jobs/{qid}"))["state"], "queued", "--max-jobs 1 holds it back");
+    let q = c.post(&format!("/api/jobs/{qid}/stop"), json!({}), 200);
+    assert_eq!(q["state"], "stopped", "{q}");
+    assert!(q["error"].as_str().unwrap().contains("before it started"), "{q}");
+    let r = c.post(&format!("/api/jobs/{rid}/stop"), json!({}), 200);
+    assert_eq!(r["state"], "stopping", "{r}");
+    let r = wait_job(&c, rid);
+    assert_eq!(r["state"], "stopped", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("nothing of this run was committed"), "{r}");
+    assert!(r["point_id"].is_null(), "{r}");
+    assert!(!vm.has_job(), "the backup job is ended on the hypervisor");
+    assert_eq!(vm.checkpoints(), checkpoints_before, "the stopped run's checkpoint is removed");
+    assert_eq!(c.get("/api/points").as_array().unwrap().len(), points_before);
+    let v = c.post(&format!("/api/jobs/{rid}/stop"), json!({}), 409);
+    assert!(v["error"].as_str().unwrap().contains("ended already"), "{v}");
+    c.post("/api/jobs/999999/stop", json!({}), 404);
+    // The queued job never ran: it shows no start.
+    assert!(c.get(&format!("/api/jobs/{qid}"))["started"].is_null());
+
+    // The next run starts clean and is still incremental from the last committed point.
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
+    let next = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
+    let next = wait_job(&c, next["id"].as_i64().unwrap());
+    assert_eq!(next["state"], "completed", "{next}");
+    let points = c.get("/api/points");
+    assert_eq!(points[0]["type"], "incremental", "{points}");
+    let audit = c.get("/api/audit");
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"job stopped") && actions.contains(&"bandwidth limits changed"), "{actions:?}");
+    let _ = events.kill();
+    let _ = events.wait();
 }

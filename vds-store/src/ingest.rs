@@ -141,6 +141,16 @@ pub struct IngestProgress {
     pub total_bytes: u64,
     pub all_done_bytes: u64,
     pub all_total_bytes: u64,
+    pub stage: IngestStage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngestStage {
+    /// Reading disks (the byte counts move).
+    Reading,
+    /// Every disk read: the new disk maps are read back and the store flushed before the
+    /// point is committed. Reported once.
+    Checking,
 }
 
 struct Parent {
@@ -260,6 +270,7 @@ impl Store {
                             total_bytes,
                             all_done_bytes,
                             all_total_bytes,
+                            stage: IngestStage::Reading,
                         });
                         Ok(())
                     },
@@ -287,7 +298,19 @@ impl Store {
             });
         }
 
+        progress(&IngestProgress {
+            disk: String::new(),
+            done_bytes: 0,
+            total_bytes: 0,
+            all_done_bytes,
+            all_total_bytes,
+            stage: IngestStage::Checking,
+        });
         let point_id = format!("{}-{}", started.format("%Y%m%dT%H%M%S%.6fZ"), crate::fslock::random_hex(4));
+        // Each new disk map read back and proven against its id before anything refers to it.
+        for d in &disks {
+            self.read_disk_map(&point_id, d)?;
+        }
         let point = RestorePoint {
             point_id: point_id.clone(),
             store_id: self.config().store_id.clone(),

@@ -90,6 +90,7 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
         // Users and platforms (credentials) are the admin's.
         let admin_only = path.starts_with("/api/users")
             || path.starts_with("/api/alerts")
+            || (changes && path.starts_with("/api/bandwidth"))
             || (changes && path.starts_with("/api/platforms"));
         if admin_only && session.role != Role::Admin {
             return Err(ApiError::new(
@@ -157,6 +158,27 @@ async fn job<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>
 
 async fn job_log<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Vec<LogLine>>> {
     Ok(Json(b.job_log(id).await?))
+}
+
+async fn stop_job<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<Job>> {
+    Ok(Json(b.stop_job(&s, id).await?))
+}
+
+async fn bandwidth<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<BandwidthWindow>>> {
+    Ok(Json(b.bandwidth().await?))
+}
+
+async fn set_bandwidth<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(w): Body<Vec<BandwidthWindow>>,
+) -> ApiResult<StatusCode> {
+    b.set_bandwidth(&s, w).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn points<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<PointRow>>> {
@@ -315,6 +337,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/jobs", get(jobs::<B>).post(start_job::<B>))
         .route("/api/jobs/{id}", get(job::<B>))
         .route("/api/jobs/{id}/log", get(job_log::<B>))
+        .route("/api/jobs/{id}/stop", post(stop_job::<B>))
+        .route("/api/bandwidth", get(bandwidth::<B>).put(set_bandwidth::<B>))
         .route("/api/points", get(points::<B>))
         .route("/api/audit", get(audit::<B>))
         .route("/api/rules", get(rules::<B>).post(create_rule::<B>))

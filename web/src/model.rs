@@ -72,6 +72,19 @@ pub struct User {
     pub locked_until: Option<String>,
 }
 
+/// A transfer limit for a time window: on the given days (mon … sun), from `from` to `to`
+/// (HH:MM, the appliance's local time; a `to` before `from` runs past midnight), backups read at
+/// most `mb_per_second` MB/s together (shared evenly by the jobs running; 0 pauses them, and
+/// their progress holds). Where windows overlap, the lowest limit applies.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthWindow {
+    pub days: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub mb_per_second: f64,
+}
+
 /// Alert mail settings. `password` is write-only; `has_password` says whether one is stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,8 +190,9 @@ pub struct Job {
     pub vm: String,
     #[serde(rename = "type")]
     pub backup_type: String,
-    /// queued, preparing, running, completed, failed, skipped (the VM's previous run was
-    /// still queued or running).
+    /// queued, preparing, saving_configuration, snapshotting, querying_changes, running,
+    /// checking_data, stopping; then completed, failed, stopped (by a user) or skipped (the
+    /// VM's previous run was still queued or running).
     pub state: String,
     /// Of the whole backup (every disk).
     pub percent: f64,
@@ -332,4 +346,9 @@ pub trait Backend: Send + Sync + 'static {
     fn create_rule(&self, s: &Session, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;
     fn delete_rule(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
     fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
+    /// Stops a job: a queued one at once, a running one as soon as its current read ends
+    /// (nothing is committed and the platform's snapshot is removed).
+    fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
+    fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send;
+    fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> impl Future<Output = ApiResult<()>> + Send;
 }

@@ -3,8 +3,9 @@
 //! go to the catalog as it runs, and its point into the catalog's index when it commits.
 
 use super::catalog::{now, Db};
+use super::schedule::Clock;
 use super::Service;
-use connectors::{backup_vm, BackupOptions, Connector, Credentials, KvmConnector, Quiesce};
+use connectors::{backup_vm, BackupOptions, Connector, Credentials, JobControl, KvmConnector, Phase, Quiesce};
 use std::sync::{Arc, Mutex};
 use vds_store::{BackupType, Labels, RestorePoint};
 use web::*;
@@ -92,6 +93,28 @@ fn job(r: JobRow) -> Job {
 
 type PointDbRow = (String, String, String, String, String, String, Option<String>, i64);
 
+/// The states of a job that has not ended, for SQL (`state IN …`).
+pub(super) const ACTIVE_STATES: &str = "('queued', 'preparing', 'saving_configuration', 'snapshotting', \
+                                         'querying_changes', 'running', 'checking_data', 'stopping')";
+
+/// What the job log says when a job enters a phase.
+fn phase_words(p: Phase) -> &'static str {
+    match p {
+        Phase::SavingConfiguration => "saving the VM configuration",
+        Phase::Snapshotting => "taking the snapshot",
+        Phase::QueryingChanges => "querying changed blocks since the base point",
+        Phase::Transferring => "transferring data",
+        Phase::CheckingData => "checking data: reading the new disk maps back and flushing the store",
+    }
+}
+
+/// How a job ended.
+enum End<'a> {
+    Completed(&'a str),
+    Failed(&'a str),
+    Stopped(&'a str),
+}
+
 const JOB_COLUMNS: &str = "id, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, rate, \
                            eta_seconds, error, point_id, rule_id, created, started, finished";
 
@@ -112,6 +135,18 @@ impl Target {
     fn connect(&self, work_dir: &std::path::Path) -> Result<KvmConnector, connectors::ConnectorError> {
         KvmConnector::open(&self.uri, work_dir, self.credentials.as_ref())
     }
+}
+
+/// A job waiting for its turn.
+pub(super) struct Queued {
+    id: i64,
+    platform: i64,
+    target: Target,
+    vm: String,
+    requested: BackupType,
+    quiesce: Quiesce,
+    rule: Option<RuleRun>,
+    control: Arc<JobControl>,
 }
 
 #[derive(Default)]
@@ -300,9 +335,9 @@ impl Service {
 
     /// A job of `vm` still queued or running, if any.
     pub(super) async fn active_job(&self, platform: i64, vm: &str) -> ApiResult<Option<i64>> {
-        let row: Option<(i64,)> = sqlx::query_as(
-            "SELECT id FROM jobs WHERE platform_id = $1 AND vm = $2 AND state IN ('queued', 'preparing', 'running')",
-        )
+        let row: Option<(i64,)> = sqlx::query_as(&format!(
+            "SELECT id FROM jobs WHERE platform_id = $1 AND vm = $2 AND state IN {ACTIVE_STATES}"
+        ))
         .bind(platform)
         .bind(vm)
         .fetch_optional(&self.db)
@@ -371,9 +406,15 @@ impl Service {
             .await?;
         // Published before the job can start, so listeners see "queued" first.
         self.publish(id).await;
+        let control = JobControl::new();
+        self.controls.lock().expect("controls lock").insert(id, control.clone());
         let me = self.clone();
         let vm = vm.to_string();
-        tokio::spawn(async move { me.run_job(id, platform, target, vm, requested, quiesce, rule).await });
+        let job = Queued { id, platform, target, vm, requested, quiesce, rule, control };
+        tokio::spawn(async move {
+            me.run_job(job).await;
+            me.controls.lock().expect("controls lock").remove(&id);
+        });
         self.job_by_id(id).await
     }
 
@@ -409,11 +450,44 @@ impl Service {
         self.publish(id).await;
     }
 
-    /// Records a job's end (its point, or why it failed), tells listeners, sends alerts.
-    async fn finish_job(&self, id: i64, platform: i64, vm: &str, outcome: Result<&str, &str>, bytes: (u64, u64)) {
-        let (state, point, error) = match outcome {
-            Ok(point) => ("completed", Some(point), None),
-            Err(e) => ("failed", None, Some(e)),
+    /// Stops a job: a queued one at once; a running one ends at its next read, as a failed
+    /// backup does (nothing committed, the snapshot removed), then shows as stopped.
+    pub(super) async fn stop(&self, s: &Session, id: i64) -> ApiResult<Job> {
+        let job = self.job_by_id(id).await?;
+        let control = self.controls.lock().expect("controls lock").get(&id).cloned();
+        let Some(control) = control else {
+            return Err(ApiError::new(409, format!("job {id} has ended already ({})", job.state)));
+        };
+        control.stop();
+        self.audit_log(&s.user, "job stopped", &format!("job {id}: {} of {}", job.backup_type, job.vm)).await?;
+        log(&self.db, id, "warning", &format!("stop requested by {}", s.user)).await;
+        // Still queued: it never starts (its task sees the stop when its turn comes).
+        let why = format!("stopped by {} before it started", s.user);
+        let queued = sqlx::query(
+            "UPDATE jobs SET state = 'stopped', error = $1, finished = $2 WHERE id = $3 AND state = 'queued'",
+        )
+        .bind(&why)
+        .bind(now())
+        .bind(id)
+        .execute(&self.db)
+        .await
+        .map_err(ApiError::internal)?
+        .rows_affected();
+        if queued == 0 {
+            self.set_state(id, "stopping").await;
+        } else {
+            self.publish(id).await;
+        }
+        self.job_by_id(id).await
+    }
+
+    /// Records a job's end (its point, or why it failed or stopped), tells listeners, sends
+    /// alerts (not for a stop: a user asked for it).
+    async fn finish_job(&self, id: i64, platform: i64, vm: &str, end: End<'_>, bytes: (u64, u64)) {
+        let (state, point, error) = match end {
+            End::Completed(point) => ("completed", Some(point), None),
+            End::Failed(e) => ("failed", None, Some(e)),
+            End::Stopped(e) => ("stopped", None, Some(e)),
         };
         // The last progress seen: a job faster than one progress update still shows its bytes.
         let r = sqlx::query(
@@ -434,7 +508,9 @@ impl Service {
             eprintln!("holdfast: job {id}: cannot record that it {state}: {e}");
         }
         self.publish(id).await;
-        self.alerts_after_job(id, platform, vm, error).await;
+        if state != "stopped" {
+            self.alerts_after_job(id, platform, vm, error).await;
+        }
     }
 
     /// Tells live-event listeners the job's current state (nobody listening is fine).
@@ -444,17 +520,19 @@ impl Service {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn run_job(
-        self: Arc<Self>,
-        id: i64,
-        platform: i64,
-        target: Target,
-        vm: String,
-        requested: BackupType,
-        quiesce: Quiesce,
-        rule: Option<RuleRun>,
-    ) {
+    /// Shows the phases the backup entered since the last look, in order, each as the job's
+    /// state and a log line (a stop requested meanwhile keeps the state at stopping).
+    async fn show_phases(&self, id: i64, control: &JobControl) {
+        for phase in control.take_phases() {
+            log(&self.db, id, "info", phase_words(phase)).await;
+            if !control.stopped() {
+                self.set_state(id, phase.state()).await;
+            }
+        }
+    }
+
+    async fn run_job(self: &Arc<Self>, job: Queued) {
+        let Queued { id, platform, target, vm, requested, quiesce, rule, control } = job;
         // The host's limit first, then the global one: a job waiting for its busy host must not
         // hold a global slot that another host's job could use.
         let host = self
@@ -466,16 +544,30 @@ impl Service {
             .clone();
         let Ok(_host_permit) = host.acquire_owned().await else { return };
         let Ok(_permit) = self.jobs.clone().acquire_owned().await else { return };
+        if control.stopped() {
+            // Stopped while queued: already recorded as such.
+            return;
+        }
         self.set_state(id, "preparing").await;
         log(&self.db, id, "info", &format!("connecting to {}", target.uri)).await;
+        let clock = Clock::from_env();
+        control.set_limit(self.job_limit(&clock));
         let progress = Arc::new(Mutex::new(Progress::default()));
         let (store, work) = (self.store.clone(), self.work_dir.clone());
         let shared = progress.clone();
         let vm_name = vm.clone();
+        let backup_control = control.clone();
         let task = tokio::task::spawn_blocking(move || {
             let conn = target.connect(&work).map_err(|e| e.to_string())?;
             let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-            let opts = BackupOptions { requested, include: vec![], labels: Labels::default(), threads, quiesce };
+            let opts = BackupOptions {
+                requested,
+                include: vec![],
+                labels: Labels::default(),
+                threads,
+                quiesce,
+                control: backup_control,
+            };
             backup_vm(&conn, &store, &vm, opts, &mut |p| {
                 let mut g = shared.lock().expect("progress lock");
                 (g.done, g.total, g.changed) = (p.all_done_bytes, p.all_total_bytes, true);
@@ -483,13 +575,22 @@ impl Service {
             .map_err(|e| e.to_string())
         });
         tokio::pin!(task);
-        let mut running = false;
         let mut running_since: Option<std::time::Instant> = None;
+        let mut paused = false;
         let outcome = loop {
             tokio::select! {
                 done = &mut task => break done.map_err(|e| e.to_string()).and_then(|r| r),
                 () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             }
+            let limit = self.job_limit(&clock);
+            control.set_limit(limit);
+            if paused != (limit == Some(0)) {
+                paused = !paused;
+                let words =
+                    if paused { "transfer paused: a bandwidth window allows 0 MB/s" } else { "transfer resumed" };
+                log(&self.db, id, "info", words).await;
+            }
+            self.show_phases(id, &control).await;
             let (done, total, changed) = {
                 let mut g = progress.lock().expect("progress lock");
                 let c = g.changed;
@@ -498,10 +599,6 @@ impl Service {
             };
             if changed {
                 let since = *running_since.get_or_insert_with(std::time::Instant::now);
-                if !running {
-                    running = true;
-                    self.set_state(id, "running").await;
-                }
                 let percent = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
                 let secs = since.elapsed().as_secs_f64();
                 let rate = if secs > 0.5 { (done as f64 / secs) as i64 } else { 0 };
@@ -521,6 +618,8 @@ impl Service {
                 self.publish(id).await;
             }
         };
+        // A job faster than one look still shows every phase it went through.
+        self.show_phases(id, &control).await;
         let bytes = {
             let g = progress.lock().expect("progress lock");
             (g.done, g.total)
@@ -557,11 +656,19 @@ impl Service {
                     ),
                 )
                 .await;
-                self.finish_job(id, platform, &vm_name, Ok(&p.point_id), bytes).await;
+                if control.stopped() {
+                    log(&self.db, id, "warning", "the stop came after the point was committed: it is kept").await;
+                }
+                self.finish_job(id, platform, &vm_name, End::Completed(&p.point_id), bytes).await;
+            }
+            Err(e) if control.stopped() => {
+                let why = "stopped by a user; nothing of this run was committed and its snapshot was removed";
+                log(&self.db, id, "warning", &format!("stopped: {e}")).await;
+                self.finish_job(id, platform, &vm_name, End::Stopped(why), bytes).await;
             }
             Err(e) => {
                 log(&self.db, id, "error", &format!("failed: {e}")).await;
-                self.finish_job(id, platform, &vm_name, Err(&e), bytes).await;
+                self.finish_job(id, platform, &vm_name, End::Failed(&e), bytes).await;
             }
         }
     }

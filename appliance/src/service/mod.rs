@@ -8,6 +8,7 @@
 
 mod alerts;
 mod auth;
+mod bandwidth;
 pub mod catalog;
 mod engine;
 mod rules;
@@ -39,7 +40,11 @@ pub struct Service {
     work_dir: PathBuf,
     secret: [u8; 32],
     jobs: Arc<tokio::sync::Semaphore>,
+    max_jobs: usize,
     per_host: usize,
+    /// The controls (stop, transfer limit, phases) of jobs queued or running.
+    controls: std::sync::Mutex<std::collections::HashMap<i64, Arc<connectors::JobControl>>>,
+    bandwidth: std::sync::RwLock<Vec<BandwidthWindow>>,
     hosts: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
     /// Job changes for the API's live events.
     events: tokio::sync::broadcast::Sender<Job>,
@@ -67,13 +72,17 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         work_dir: data.join("work"),
         secret,
         jobs: Arc::new(tokio::sync::Semaphore::new(opts.max_jobs.max(1))),
+        max_jobs: opts.max_jobs.max(1),
         per_host: opts.max_jobs_per_host.max(1),
+        controls: Default::default(),
+        bandwidth: Default::default(),
         hosts: Default::default(),
         events: tokio::sync::broadcast::channel(1024).0,
         alert_lock: tokio::sync::Mutex::new(()),
     };
     service.ensure_admin(&data.join("initial-admin-password")).await?;
     service.recover_jobs().await?;
+    *service.bandwidth.write().expect("bandwidth lock") = service.load_bandwidth().await?;
     service.reindex_points().await?;
     Ok(service)
 }
@@ -153,7 +162,7 @@ impl Service {
     /// Jobs a stopped service left unfinished are failed, with that reason.
     async fn recover_jobs(&self) -> Result<()> {
         let stale: Vec<(i64,)> =
-            sqlx::query_as("SELECT id FROM jobs WHERE state IN ('queued', 'preparing', 'running')")
+            sqlx::query_as(&format!("SELECT id FROM jobs WHERE state IN {}", engine::ACTIVE_STATES))
                 .fetch_all(&self.db)
                 .await?;
         for (id,) in stale {
@@ -299,5 +308,14 @@ impl Backend for Api {
     }
     async fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> ApiResult<Vec<Job>> {
         self.0.run_rule_now(s, id, r).await
+    }
+    async fn stop_job(&self, s: &Session, id: i64) -> ApiResult<Job> {
+        self.0.stop(s, id).await
+    }
+    async fn bandwidth(&self) -> ApiResult<Vec<BandwidthWindow>> {
+        Ok(self.0.bandwidth.read().expect("bandwidth lock").clone())
+    }
+    async fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> ApiResult<()> {
+        self.0.put_bandwidth(s, w).await
     }
 }

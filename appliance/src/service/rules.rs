@@ -216,9 +216,10 @@ impl Service {
             .await
             .map_err(ApiError::internal)?;
         let (name,) = row.ok_or_else(|| ApiError::not_found(format!("rule {id}")))?;
-        if let Some((job,)) = sqlx::query_as::<_, (i64,)>(
-            "SELECT id FROM jobs WHERE rule_id = $1 AND state IN ('queued', 'preparing', 'running')",
-        )
+        if let Some((job,)) = sqlx::query_as::<_, (i64,)>(&format!(
+            "SELECT id FROM jobs WHERE rule_id = $1 AND state IN {}",
+            super::engine::ACTIVE_STATES
+        ))
         .bind(id)
         .fetch_optional(&self.db)
         .await

@@ -60,11 +60,11 @@ impl Clock {
     }
 }
 
-fn time_of(field: &str, s: &str) -> Result<NaiveTime, String> {
+pub(super) fn time_of(field: &str, s: &str) -> Result<NaiveTime, String> {
     NaiveTime::parse_from_str(s, "%H:%M").map_err(|_| format!("{field}: {s:?} is not a time of day (HH:MM)"))
 }
 
-fn weekday(field: &str, s: &str) -> Result<Weekday, String> {
+pub(super) fn weekday(field: &str, s: &str) -> Result<Weekday, String> {
     match s {
         "mon" => Ok(Weekday::Mon),
         "tue" => Ok(Weekday::Tue),

@@ -704,6 +704,9 @@ impl Connector for KvmConnector {
             address,
             keep: plan.keep_change_ids.clone(),
         };
+        if base_cp.is_some() {
+            plan.control.enter(crate::control::Phase::QueryingChanges);
+        }
         match session.open_disks(&specs, base_cp.is_some(), reasons) {
             Ok(()) => Ok(Box::new(session)),
             Err(e) => {

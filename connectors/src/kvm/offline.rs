@@ -175,6 +175,7 @@ impl KvmConnector {
             let changed = if since.is_empty() {
                 None
             } else {
+                plan.control.enter(crate::control::Phase::QueryingChanges);
                 let mut all = Vec::new();
                 for b in &since {
                     let mut client = NbdClient::connect(&address, "disk", &[&format!("qemu:dirty-bitmap:{b}")])?;

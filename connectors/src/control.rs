@@ -1,0 +1,213 @@
+//! A running backup's controls, shared between the job that runs it and whoever watches it: a
+//! stop request, a transfer limit that may change while it runs (0 pauses), and the phases it
+//! passes through, for the user's view of the job. Platform-neutral: connectors report their
+//! own phases; the limit and the stop act on every disk read through [`Governed`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vds_store::DiskSource;
+
+/// What a backup is doing, in the order a backup passes through them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the VM's configuration, kept verbatim in the point.
+    SavingConfiguration,
+    /// Making the snapshot / checkpoint and the platform's backup job.
+    Snapshotting,
+    /// Asking the platform which blocks changed since the base (incremental, differential).
+    QueryingChanges,
+    /// Reading disks into the store.
+    Transferring,
+    /// Reading the new disk maps back and flushing the store before the point is committed.
+    CheckingData,
+}
+
+impl Phase {
+    /// The job state a user sees for this phase.
+    pub fn state(self) -> &'static str {
+        match self {
+            Phase::SavingConfiguration => "saving_configuration",
+            Phase::Snapshotting => "snapshotting",
+            Phase::QueryingChanges => "querying_changes",
+            Phase::Transferring => "running",
+            Phase::CheckingData => "checking_data",
+        }
+    }
+}
+
+/// The message of the read error a stop causes.
+pub const STOPPED: &str = "the job was stopped";
+
+#[derive(Debug, Default)]
+pub struct JobControl {
+    stop: AtomicBool,
+    /// Bytes per second; None: unlimited; Some(0): paused.
+    limit: Mutex<Option<u64>>,
+    /// Phases entered and not yet taken by the watcher.
+    phases: Mutex<Vec<Phase>>,
+}
+
+impl JobControl {
+    pub fn new() -> Arc<JobControl> {
+        Arc::new(JobControl::default())
+    }
+
+    /// Asks the backup to stop: the next disk read fails, and the backup ends as a failed one
+    /// does (nothing committed, the platform's snapshot removed).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub fn set_limit(&self, bytes_per_second: Option<u64>) {
+        *self.limit.lock().expect("limit lock") = bytes_per_second;
+    }
+
+    pub fn limit(&self) -> Option<u64> {
+        *self.limit.lock().expect("limit lock")
+    }
+
+    pub fn enter(&self, phase: Phase) {
+        self.phases.lock().expect("phases lock").push(phase);
+    }
+
+    /// The phases entered since the last call, in order.
+    pub fn take_phases(&self) -> Vec<Phase> {
+        std::mem::take(&mut *self.phases.lock().expect("phases lock"))
+    }
+}
+
+/// How long to wait before sending more, having sent `sent` bytes in `elapsed` under a limit of
+/// `limit` bytes per second (never 0 here).
+fn wait_needed(sent: u64, limit: u64, elapsed: Duration) -> Duration {
+    Duration::from_secs_f64(sent as f64 / limit as f64).saturating_sub(elapsed)
+}
+
+/// Longest single sleep: a stop or a changed limit is noticed within this.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A disk source whose reads obey a [`JobControl`]: they fail once the job is stopped, wait
+/// while it is paused, and keep to its limit on average (a new limit starts a new average).
+pub struct Governed {
+    inner: Box<dyn DiskSource>,
+    control: Arc<JobControl>,
+    since: Instant,
+    sent: u64,
+    limit_seen: Option<u64>,
+}
+
+impl Governed {
+    pub fn new(inner: Box<dyn DiskSource>, control: Arc<JobControl>) -> Governed {
+        Governed { inner, control, since: Instant::now(), sent: 0, limit_seen: None }
+    }
+
+    fn admit(&mut self, n: usize) -> std::io::Result<()> {
+        loop {
+            if self.control.stopped() {
+                return Err(std::io::Error::other(STOPPED));
+            }
+            let limit = self.control.limit();
+            if limit != self.limit_seen {
+                (self.since, self.sent, self.limit_seen) = (Instant::now(), 0, limit);
+            }
+            let wait = match limit {
+                None => break,
+                Some(0) => TICK,
+                Some(l) => wait_needed(self.sent, l, self.since.elapsed()),
+            };
+            if wait.is_zero() {
+                break;
+            }
+            std::thread::sleep(wait.min(TICK));
+        }
+        self.sent += n as u64;
+        Ok(())
+    }
+}
+
+impl DiskSource for Governed {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.admit(buf.len())?;
+        self.inner.read_at(offset, buf)
+    }
+
+    fn is_unallocated(&mut self, offset: u64, len: u64) -> std::io::Result<bool> {
+        if self.control.stopped() {
+            return Err(std::io::Error::other(STOPPED));
+        }
+        self.inner.is_unallocated(offset, len)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Zeros(u64);
+
+    impl DiskSource for Zeros {
+        fn size(&self) -> u64 {
+            self.0
+        }
+        fn read_at(&mut self, _offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            buf.fill(0);
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "zeros".into()
+        }
+    }
+
+    #[test]
+    fn the_wait_keeps_the_average_at_the_limit() {
+        let mb = 1_000_000;
+        assert_eq!(wait_needed(0, mb, Duration::ZERO), Duration::ZERO);
+        assert_eq!(wait_needed(2 * mb, mb, Duration::from_millis(500)), Duration::from_millis(1500));
+        assert_eq!(wait_needed(2 * mb, mb, Duration::from_secs(3)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_stop_fails_the_next_read_even_while_paused() {
+        let control = JobControl::new();
+        let mut g = Governed::new(Box::new(Zeros(1 << 20)), control.clone());
+        let mut buf = vec![1u8; 4096];
+        g.read_at(0, &mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        control.set_limit(Some(0));
+        let stopper = {
+            let c = control.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                c.stop();
+            })
+        };
+        let started = Instant::now();
+        let err = g.read_at(4096, &mut buf).unwrap_err();
+        stopper.join().unwrap();
+        assert_eq!(err.to_string(), STOPPED);
+        // It waited (paused) until the stop came, not a moment less.
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(g.is_unallocated(0, 4096).is_err());
+    }
+
+    #[test]
+    fn phases_are_taken_in_order_once() {
+        let c = JobControl::new();
+        c.enter(Phase::SavingConfiguration);
+        c.enter(Phase::Snapshotting);
+        assert_eq!(c.take_phases(), vec![Phase::SavingConfiguration, Phase::Snapshotting]);
+        assert!(c.take_phases().is_empty());
+    }
+}
