@@ -694,3 +694,108 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     let _ = events.kill();
     let _ = events.wait();
 }
+
+#[test]
+fn rules_are_edited_disabled_in_groups_select_disks_and_take_their_data_when_deleted() {
+    let mut a = TestVm::start("ruleedit-a");
+    let b = TestVm::start("ruleedit-b");
+    let data = a.dir.join("data");
+    let clock = a.dir.join("clock");
+    set_clock(&clock, "2026-11-23T01:00:00Z"); // a Monday
+    let server = Server::start_with_clock(&data, Some(&clock));
+    let c = server.admin("correct horse battery");
+    let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let pid = p["id"].as_i64().unwrap();
+    let daily = |t: &str| json!({ "kind": "daily", "times": [t] });
+    let rule = |name: &str, vms: Value, full: Value| json!({ "name": name, "platform": pid, "vms": vms, "full": full });
+
+    // Disks to include must exist on every VM of the rule; the error lists the VM's disks.
+    let mut bad = rule("a", json!([a.name]), daily("02:00"));
+    bad["disks"] = json!(["vdz"]);
+    let v = c.post("/api/rules", bad, 400);
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.starts_with("disks:") && msg.contains("vdz") && msg.contains("vda, vdb"), "{v}");
+
+    let mut ra = rule("a", json!([a.name]), daily("02:00"));
+    ra["disks"] = json!(["vda"]);
+    ra["delete_data_with_rule"] = json!(true);
+    let ra = c.post("/api/rules", ra, 201);
+    let (ida, rb) = (ra["id"].as_i64().unwrap(), c.post("/api/rules", rule("b", json!([b.name]), daily("02:00")), 201));
+    let idb = rb["id"].as_i64().unwrap();
+    assert_eq!(
+        (ra["disks"].clone(), ra["delete_data_with_rule"].clone(), ra["enabled"].clone()),
+        (json!(["vda"]), json!(true), json!(true))
+    );
+
+    // Editing: a VM of another rule cannot be added, a taken name is refused, the platform
+    // stays; nothing is half-saved.
+    let mut edit = ra.clone();
+    for k in ["id", "created"] {
+        edit.as_object_mut().unwrap().remove(k);
+    }
+    edit["vms"] = json!([a.name, b.name]);
+    let v = c.request("PUT", &format!("/api/rules/{ida}"), Some(&edit)).1;
+    assert!(v["error"].as_str().unwrap().contains("already in rule b"), "{v}");
+    edit["vms"] = json!([a.name]);
+    edit["name"] = json!("b");
+    assert_eq!(c.request("PUT", &format!("/api/rules/{ida}"), Some(&edit)).0, 409);
+    edit["name"] = json!("a");
+    edit["platform"] = json!(pid + 1);
+    let v = c.request("PUT", &format!("/api/rules/{ida}"), Some(&edit)).1;
+    assert!(v["error"].as_str().unwrap().starts_with("platform:"), "{v}");
+    assert_eq!(c.get(&format!("/api/rules/{ida}"))["vms"], json!([a.name]));
+    // Its schedule moves from 02:00 to 04:00.
+    edit["platform"] = json!(pid);
+    edit["full"] = daily("04:00");
+    let (code, edited) = c.request("PUT", &format!("/api/rules/{ida}"), Some(&edit));
+    assert_eq!(code, 200, "{edited}");
+    assert_eq!(edited["full"]["times"], json!(["04:00"]));
+
+    // 02:00: only b runs; 04:00: a runs, backing up only vda.
+    a.write(0, 0x11, 0, MIB);
+    a.write(1, 0x12, 0, MIB);
+    set_clock(&clock, "2026-11-23T02:00:30Z");
+    let jb = wait_rule_jobs(&c, idb, 1);
+    assert_eq!(jb[0]["state"], "completed", "{jb:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.get("/api/jobs").as_array().unwrap().iter().all(|j| j["rule"] != ida), "a moved to 04:00");
+    set_clock(&clock, "2026-11-23T04:00:30Z");
+    let ja = wait_rule_jobs(&c, ida, 1);
+    assert_eq!(ja[0]["state"], "completed", "{ja:?}");
+    let store = vds_store::Store::open(&data.join("store"), None).unwrap();
+    let first = ja[0]["point_id"].as_str().unwrap().to_string();
+    let disks: Vec<String> = store.find(&first).unwrap().manifest.disks.iter().map(|d| d.key.clone()).collect();
+    assert_eq!(disks, vec!["vda".to_string()], "only the rule's disks");
+
+    // Group stop: neither runs on Tuesday; group start: both run on Wednesday.
+    let both = c.post("/api/rules/state", json!({ "ids": [ida, idb], "enabled": false }), 200);
+    assert!(both.as_array().unwrap().iter().all(|r| r["enabled"] == false), "{both}");
+    let v = c.post("/api/rules/state", json!({ "ids": [ida, 999], "enabled": true }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("ids[1]"), "{v}");
+    assert_eq!(c.get(&format!("/api/rules/{ida}"))["enabled"], false, "nothing half-saved");
+    set_clock(&clock, "2026-11-24T05:00:00Z");
+    std::thread::sleep(Duration::from_secs(3));
+    let count = |id: i64| c.get("/api/jobs").as_array().unwrap().iter().filter(|j| j["rule"] == id).count();
+    assert_eq!((count(ida), count(idb)), (1, 1), "disabled rules do not run");
+    c.post("/api/rules/state", json!({ "ids": [ida, idb], "enabled": true }), 200);
+    set_clock(&clock, "2026-11-25T05:00:00Z");
+    let ja = wait_rule_jobs(&c, ida, 2);
+    wait_rule_jobs(&c, idb, 2);
+    let second = ja[0]["point_id"].as_str().unwrap().to_string();
+
+    // Deleting a rule with its data deletes the points its jobs made, except a starred one;
+    // b's points stay (b keeps its data).
+    store.set_star(&first, true).unwrap();
+    assert_eq!(c.request("DELETE", &format!("/api/rules/{ida}"), None).0, 204);
+    let ids: Vec<String> =
+        c.get("/api/points").as_array().unwrap().iter().map(|p| p["point_id"].as_str().unwrap().to_string()).collect();
+    assert!(ids.contains(&first) && !ids.contains(&second), "{ids:?}");
+    assert!(store.find(&second).is_err(), "deleted in the store too");
+    let audit = c.get("/api/audit");
+    let deleted = audit.as_array().unwrap().iter().find(|x| x["action"] == "rule deleted").unwrap();
+    let detail = deleted["detail"].as_str().unwrap();
+    assert!(detail.contains("1 points deleted") && detail.contains(&format!("{first} (starred)")), "{detail}");
+    let b_points = ids.len() - 1;
+    assert_eq!(c.request("DELETE", &format!("/api/rules/{idb}"), None).0, 204);
+    assert_eq!(c.get("/api/points").as_array().unwrap().len(), b_points + 1, "b's points stay");
+}

@@ -209,6 +209,23 @@ async fn rule<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64
     all.into_iter().find(|r| r.id == id).map(Json).ok_or_else(|| ApiError::not_found(format!("rule {id}")))
 }
 
+async fn update_rule<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+    Body(r): Body<NewRule>,
+) -> ApiResult<Json<Rule>> {
+    Ok(Json(b.update_rule(&s, id, r).await?))
+}
+
+async fn rules_state<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(r): Body<RulesState>,
+) -> ApiResult<Json<Vec<Rule>>> {
+    Ok(Json(b.set_rules_enabled(&s, r).await?))
+}
+
 async fn delete_rule<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
@@ -342,7 +359,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/points", get(points::<B>))
         .route("/api/audit", get(audit::<B>))
         .route("/api/rules", get(rules::<B>).post(create_rule::<B>))
-        .route("/api/rules/{id}", get(rule::<B>).delete(delete_rule::<B>))
+        .route("/api/rules/state", post(rules_state::<B>))
+        .route("/api/rules/{id}", get(rule::<B>).put(update_rule::<B>).delete(delete_rule::<B>))
         .route("/api/rules/{id}/run", post(run_rule::<B>))
         .route("/api/events", get(events::<B>))
         .route("/api/stats", get(stats::<B>))

@@ -231,6 +231,15 @@ pub struct NewRule {
     /// auto (default), off, required
     #[serde(default)]
     pub quiesce: Option<String>,
+    /// Whether the scheduler runs it (default true); a disabled rule still runs on demand.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Disk keys to back up (vda, …); empty: every disk. Each VM of the rule must have them.
+    #[serde(default)]
+    pub disks: Vec<String>,
+    /// Deleting the rule also deletes the points its jobs made (locked and starred ones stay).
+    #[serde(default)]
+    pub delete_data_with_rule: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -244,7 +253,17 @@ pub struct Rule {
     pub partial: Option<serde_json::Value>,
     pub retention: serde_json::Value,
     pub quiesce: String,
+    pub disks: Vec<String>,
+    pub delete_data_with_rule: bool,
     pub created: String,
+}
+
+/// Enables or disables several rules at once (the scheduler's group start and stop).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesState {
+    pub ids: Vec<i64>,
+    pub enabled: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -348,6 +367,9 @@ pub trait Backend: Send + Sync + 'static {
     fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
     /// Stops a job: a queued one at once, a running one as soon as its current read ends
     /// (nothing is committed and the platform's snapshot is removed).
+    /// Replaces a rule's settings (its platform stays); checked like a new rule.
+    fn update_rule(&self, s: &Session, id: i64, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;
+    fn set_rules_enabled(&self, s: &Session, r: RulesState) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
     fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send;
     fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> impl Future<Output = ApiResult<()>> + Send;

@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/0004_alerts.sql")),
     (5, include_str!("../../migrations/0005_stats.sql")),
     (6, include_str!("../../migrations/0006_rate.sql")),
+    (7, include_str!("../../migrations/0007_rule_options.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.

@@ -122,6 +122,8 @@ const JOB_COLUMNS: &str = "id, platform_id, vm, backup_type, state, percent, don
 pub(super) struct RuleRun {
     pub rule_id: i64,
     pub retention: vds_store::RetentionPolicy,
+    /// Disk keys to back up; empty: all.
+    pub disks: Vec<String>,
 }
 
 /// What a job needs to reach its platform, on a blocking thread.
@@ -247,6 +249,19 @@ impl Service {
             has_password: secret.is_some(),
             reached,
         })
+    }
+
+    /// Checks that `vm` has every disk in `disks`; the error names the VM and its disks.
+    pub(super) async fn check_disks(&self, platform: i64, vm: &str, disks: &[String]) -> ApiResult<()> {
+        let (_, target) = self.target(platform).await?;
+        let work = self.work_dir.clone();
+        let name = vm.to_string();
+        let d = Self::blocking(move || target.connect(&work)?.describe(&name)).await?;
+        let has: Vec<&str> = d.disks.iter().map(|x| x.key.as_str()).collect();
+        match disks.iter().find(|k| !has.contains(&k.as_str())) {
+            Some(k) => Err(ApiError::new(400, format!("VM {vm} has no disk {k:?} (it has {})", has.join(", ")))),
+            None => Ok(()),
+        }
     }
 
     pub(super) async fn vms_of(&self, id: i64) -> ApiResult<Vec<Vm>> {
@@ -557,12 +572,13 @@ impl Service {
         let shared = progress.clone();
         let vm_name = vm.clone();
         let backup_control = control.clone();
+        let include = rule.as_ref().map(|r| r.disks.clone()).unwrap_or_default();
         let task = tokio::task::spawn_blocking(move || {
             let conn = target.connect(&work).map_err(|e| e.to_string())?;
             let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
             let opts = BackupOptions {
                 requested,
-                include: vec![],
+                include,
                 labels: Labels::default(),
                 threads,
                 quiesce,

@@ -309,6 +309,12 @@ impl Backend for Api {
     async fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> ApiResult<Vec<Job>> {
         self.0.run_rule_now(s, id, r).await
     }
+    async fn update_rule(&self, s: &Session, id: i64, r: NewRule) -> ApiResult<Rule> {
+        self.0.edit_rule(s, id, r).await
+    }
+    async fn set_rules_enabled(&self, s: &Session, r: RulesState) -> ApiResult<Vec<Rule>> {
+        self.0.enable_rules(s, r).await
+    }
     async fn stop_job(&self, s: &Session, id: i64) -> ApiResult<Job> {
         self.0.stop(s, id).await
     }

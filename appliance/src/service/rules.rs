@@ -13,7 +13,8 @@ use std::sync::Arc;
 use vds_store::{BackupType, RetentionPolicy};
 use web::*;
 
-type RuleDbRow = (i64, String, i64, i64, String, Option<String>, Option<String>, String, String, String, String);
+type RuleDbRow =
+    (i64, String, i64, i64, String, Option<String>, Option<String>, String, String, String, String, String, i64);
 
 struct Stored {
     id: i64,
@@ -24,6 +25,17 @@ struct Stored {
     retention: RetentionPolicy,
     quiesce: Quiesce,
     checked_until: String,
+    disks: Vec<String>,
+}
+
+/// A rule's settings, checked (everything but the name's uniqueness, which the insert checks).
+struct Checked {
+    full: Schedule,
+    partial: Option<(BackupType, Schedule)>,
+    retention: RetentionPolicy,
+    quiesce: String,
+    /// When the scheduler starts looking (now, or earlier for a `once` earlier today).
+    first_check: String,
 }
 
 fn quiesce_of(s: &str) -> Option<Quiesce> {
@@ -32,6 +44,15 @@ fn quiesce_of(s: &str) -> Option<Quiesce> {
         "off" => Some(Quiesce::Off),
         "required" => Some(Quiesce::Required),
         _ => None,
+    }
+}
+
+fn name_taken(e: sqlx::Error, name: &str) -> ApiError {
+    match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            ApiError::new(409, format!("name: a rule named {name:?} exists already"))
+        }
+        e => ApiError::internal(e),
     }
 }
 
@@ -45,7 +66,7 @@ impl Service {
     async fn rule_rows(&self) -> ApiResult<Vec<RuleDbRow>> {
         sqlx::query_as(
             "SELECT id, name, platform_id, enabled, full_schedule, partial_kind, partial_schedule, retention, quiesce, \
-             created, checked_until FROM rules ORDER BY name",
+             created, checked_until, disks, delete_data FROM rules ORDER BY name",
         )
         .fetch_all(&self.db)
         .await
@@ -79,6 +100,7 @@ impl Service {
             retention: serde_json::from_str(&r.7).map_err(|e| e.to_string())?,
             quiesce: quiesce_of(&r.8).ok_or("bad quiesce")?,
             checked_until: r.10.clone(),
+            disks: serde_json::from_str(&r.11).map_err(|e| e.to_string())?,
         })
     }
 
@@ -102,14 +124,16 @@ impl Service {
                 partial,
                 retention: serde_json::from_str(&r.7).map_err(ApiError::internal)?,
                 quiesce: r.8.clone(),
+                disks: serde_json::from_str(&r.11).map_err(ApiError::internal)?,
+                delete_data_with_rule: r.12 != 0,
                 created: r.9.clone(),
             });
         }
         Ok(out)
     }
 
-    /// Checks everything before saving anything; the rule and its VMs are saved in one transaction.
-    pub(super) async fn add_rule(&self, s: &Session, r: NewRule) -> ApiResult<Rule> {
+    /// Checks a rule's settings; `own` is the rule being edited (its VMs are not "taken").
+    async fn check_rule(&self, r: &NewRule, own: Option<i64>) -> ApiResult<Checked> {
         let clock = Clock::from_env();
         if r.name.trim().is_empty() {
             return Err(ApiError::field("name", "must not be empty"));
@@ -143,6 +167,11 @@ impl Service {
         if r.vms.is_empty() {
             return Err(ApiError::field("vms", "at least one VM is needed"));
         }
+        for (i, d) in r.disks.iter().enumerate() {
+            if d.trim().is_empty() || r.disks[..i].contains(d) {
+                return Err(ApiError::field(&format!("disks[{i}]"), format!("{d:?} is empty or given twice")));
+            }
+        }
         let known = self.vms_of(r.platform).await.map_err(|e| {
             if e.status == 404 {
                 ApiError::field("platform", e.message)
@@ -154,68 +183,166 @@ impl Service {
             if !known.iter().any(|k| &k.name == vm || &k.uuid == vm) {
                 return Err(ApiError::field(&format!("vms[{i}]"), format!("no VM {vm:?} on platform {}", r.platform)));
             }
-            let taken: Option<(String,)> = sqlx::query_as(
-                "SELECT r.name FROM rule_vms v JOIN rules r ON r.id = v.rule_id WHERE v.platform_id = $1 AND v.vm = $2",
+            if r.vms[..i].contains(vm) {
+                return Err(ApiError::field(&format!("vms[{i}]"), format!("{vm} is given twice")));
+            }
+            let taken: Option<(i64, String)> = sqlx::query_as(
+                "SELECT r.id, r.name FROM rule_vms v JOIN rules r ON r.id = v.rule_id \
+                 WHERE v.platform_id = $1 AND v.vm = $2",
             )
             .bind(r.platform)
             .bind(vm)
             .fetch_optional(&self.db)
             .await
             .map_err(ApiError::internal)?;
-            if let Some((rule,)) = taken {
-                return Err(ApiError::new(409, format!("vms[{i}]: VM {vm} is already in rule {rule}")));
+            if let Some((id, rule)) = taken.filter(|(id, _)| Some(*id) != own) {
+                return Err(ApiError::new(409, format!("vms[{i}]: VM {vm} is already in rule {rule} (id {id})")));
+            }
+            if !r.disks.is_empty() {
+                self.check_disks(r.platform, vm, &r.disks).await.map_err(|e| {
+                    if e.status == 400 {
+                        ApiError::field("disks", e.message)
+                    } else {
+                        e
+                    }
+                })?;
             }
         }
         let now_t = clock.now();
         let first = partial.as_ref().map(|(_, p)| p.first_check(now_t)).unwrap_or(now_t).min(full.first_check(now_t));
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
-        let id = sqlx::query_as::<_, (i64,)>(
-            "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
-             checked_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-        )
-        .bind(&r.name)
-        .bind(r.platform)
-        .bind(serde_json::to_string(&full).map_err(ApiError::internal)?)
-        .bind(partial.as_ref().map(|(k, _)| k.as_str()))
-        .bind(partial.as_ref().map(|(_, s)| serde_json::to_string(s).unwrap_or_default()))
-        .bind(serde_json::to_string(&retention).map_err(ApiError::internal)?)
-        .bind(&quiesce)
-        .bind(now())
-        .bind(first.to_rfc3339())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                ApiError::new(409, format!("name: a rule named {:?} exists already", r.name))
-            }
-            e => ApiError::internal(e),
-        })?
-        .0;
+        Ok(Checked { full, partial, retention, quiesce, first_check: first.to_rfc3339() })
+    }
+
+    /// Saves a rule's VMs (replacing any), inside the rule's transaction.
+    async fn save_rule_vms(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: i64, r: &NewRule) -> ApiResult<()> {
+        sqlx::query("DELETE FROM rule_vms WHERE rule_id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(ApiError::internal)?;
         for vm in &r.vms {
             sqlx::query("INSERT INTO rule_vms (rule_id, platform_id, vm) VALUES ($1, $2, $3)")
                 .bind(id)
                 .bind(r.platform)
                 .bind(vm)
+                .execute(&mut **tx)
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        Ok(())
+    }
+
+    async fn rule_by_id(&self, id: i64) -> ApiResult<Rule> {
+        self.list_rules()
+            .await?
+            .into_iter()
+            .find(|x| x.id == id)
+            .ok_or_else(|| ApiError::not_found(format!("rule {id}")))
+    }
+
+    /// Checks everything before saving anything; the rule and its VMs are saved in one transaction.
+    pub(super) async fn add_rule(&self, s: &Session, r: NewRule) -> ApiResult<Rule> {
+        let c = self.check_rule(&r, None).await?;
+        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let id = sqlx::query_as::<_, (i64,)>(
+            "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
+             checked_until, enabled, disks, delete_data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind(&r.name)
+        .bind(r.platform)
+        .bind(serde_json::to_string(&c.full).map_err(ApiError::internal)?)
+        .bind(c.partial.as_ref().map(|(k, _)| k.as_str()))
+        .bind(c.partial.as_ref().map(|(_, s)| serde_json::to_string(s).unwrap_or_default()))
+        .bind(serde_json::to_string(&c.retention).map_err(ApiError::internal)?)
+        .bind(&c.quiesce)
+        .bind(now())
+        .bind(&c.first_check)
+        .bind(r.enabled.unwrap_or(true) as i64)
+        .bind(serde_json::to_string(&r.disks).map_err(ApiError::internal)?)
+        .bind(r.delete_data_with_rule as i64)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| name_taken(e, &r.name))?
+        .0;
+        Self::save_rule_vms(&mut tx, id, &r).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        self.audit_log(&s.user, "rule added", &format!("{} ({} VMs)", r.name, r.vms.len())).await?;
+        self.rule_by_id(id).await
+    }
+
+    /// Replaces a rule's settings and VMs in one transaction; the schedule counts from now.
+    pub(super) async fn edit_rule(&self, s: &Session, id: i64, r: NewRule) -> ApiResult<Rule> {
+        let old = self.rule_by_id(id).await?;
+        if r.platform != old.platform {
+            return Err(ApiError::field("platform", "a rule's platform cannot change: make a new rule"));
+        }
+        let c = self.check_rule(&r, Some(id)).await?;
+        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        sqlx::query(
+            "UPDATE rules SET name = $1, full_schedule = $2, partial_kind = $3, partial_schedule = $4, retention = $5, \
+             quiesce = $6, checked_until = $7, enabled = $8, disks = $9, delete_data = $10 WHERE id = $11",
+        )
+        .bind(&r.name)
+        .bind(serde_json::to_string(&c.full).map_err(ApiError::internal)?)
+        .bind(c.partial.as_ref().map(|(k, _)| k.as_str()))
+        .bind(c.partial.as_ref().map(|(_, s)| serde_json::to_string(s).unwrap_or_default()))
+        .bind(serde_json::to_string(&c.retention).map_err(ApiError::internal)?)
+        .bind(&c.quiesce)
+        .bind(&c.first_check)
+        .bind(r.enabled.unwrap_or(old.enabled) as i64)
+        .bind(serde_json::to_string(&r.disks).map_err(ApiError::internal)?)
+        .bind(r.delete_data_with_rule as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| name_taken(e, &r.name))?;
+        Self::save_rule_vms(&mut tx, id, &r).await?;
+        tx.commit().await.map_err(ApiError::internal)?;
+        let added: Vec<&String> = r.vms.iter().filter(|v| !old.vms.contains(v)).collect();
+        let removed: Vec<&String> = old.vms.iter().filter(|v| !r.vms.contains(v)).collect();
+        let detail = format!("{} (VMs added: {added:?}, removed: {removed:?})", r.name);
+        self.audit_log(&s.user, "rule changed", &detail).await?;
+        self.rule_by_id(id).await
+    }
+
+    /// Group start/stop: enables or disables every rule named, or none if one is unknown.
+    pub(super) async fn enable_rules(&self, s: &Session, r: RulesState) -> ApiResult<Vec<Rule>> {
+        if r.ids.is_empty() {
+            return Err(ApiError::field("ids", "name at least one rule"));
+        }
+        let all = self.list_rules().await?;
+        for (i, id) in r.ids.iter().enumerate() {
+            if !all.iter().any(|x| x.id == *id) {
+                return Err(ApiError::field(&format!("ids[{i}]"), format!("no rule {id}")));
+            }
+        }
+        let clock = Clock::from_env();
+        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        for id in &r.ids {
+            // Enabling counts from now: runs missed while disabled are not caught up.
+            sqlx::query("UPDATE rules SET enabled = $1, checked_until = $2 WHERE id = $3")
+                .bind(r.enabled as i64)
+                .bind(clock.now().to_rfc3339())
+                .bind(id)
                 .execute(&mut *tx)
                 .await
                 .map_err(ApiError::internal)?;
         }
         tx.commit().await.map_err(ApiError::internal)?;
-        self.audit_log(&s.user, "rule added", &format!("{} ({} VMs)", r.name, r.vms.len())).await?;
-        self.list_rules()
-            .await?
-            .into_iter()
-            .find(|x| x.id == id)
-            .ok_or_else(|| ApiError::internal("the new rule vanished"))
+        let names: Vec<String> = all.iter().filter(|x| r.ids.contains(&x.id)).map(|x| x.name.clone()).collect();
+        let action = if r.enabled { "rules enabled" } else { "rules disabled" };
+        self.audit_log(&s.user, action, &names.join(", ")).await?;
+        Ok(self.list_rules().await?.into_iter().filter(|x| r.ids.contains(&x.id)).collect())
     }
 
     pub(super) async fn remove_rule(&self, s: &Session, id: i64) -> ApiResult<()> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT name FROM rules WHERE id = $1")
+        let row: Option<(String, i64)> = sqlx::query_as("SELECT name, delete_data FROM rules WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.db)
             .await
             .map_err(ApiError::internal)?;
-        let (name,) = row.ok_or_else(|| ApiError::not_found(format!("rule {id}")))?;
+        let (name, delete_data) = row.ok_or_else(|| ApiError::not_found(format!("rule {id}")))?;
+        let delete_data = delete_data != 0;
         if let Some((job,)) = sqlx::query_as::<_, (i64,)>(&format!(
             "SELECT id FROM jobs WHERE rule_id = $1 AND state IN {}",
             super::engine::ACTIVE_STATES
@@ -227,6 +354,19 @@ impl Service {
         {
             return Err(ApiError::new(409, format!("rule {name} has job {job} running: stop it or wait")));
         }
+        // The points this rule's jobs made, read before the jobs forget their rule.
+        let made: Vec<String> = if delete_data {
+            sqlx::query_as::<_, (String,)>("SELECT point_id FROM jobs WHERE rule_id = $1 AND point_id IS NOT NULL")
+                .bind(id)
+                .fetch_all(&self.db)
+                .await
+                .map_err(ApiError::internal)?
+                .into_iter()
+                .map(|(p,)| p)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
         // Jobs keep their history; they just no longer point at a rule.
         sqlx::query("UPDATE jobs SET rule_id = NULL WHERE rule_id = $1")
@@ -241,7 +381,41 @@ impl Service {
             .map_err(ApiError::internal)?;
         sqlx::query("DELETE FROM rules WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
-        self.audit_log(&s.user, "rule deleted", &name).await
+        if !delete_data {
+            return self.audit_log(&s.user, "rule deleted", &name).await;
+        }
+        let (deleted, kept) = self.delete_points(&made).await;
+        let detail = format!("{name}, with its data: {deleted} points deleted; kept: {}", kept.join("; "));
+        self.audit_log(&s.user, "rule deleted", &detail).await
+    }
+
+    /// Deletes points (their blobs go at the next garbage collection); locked and starred ones
+    /// stay. Returns how many went and why the others stayed.
+    async fn delete_points(&self, points: &[String]) -> (usize, Vec<String>) {
+        let (mut deleted, mut kept) = (0, Vec::new());
+        for point in points {
+            let (store, p) = (self.store.clone(), point.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                let entry = store.find(&p)?;
+                if entry.labels.star {
+                    return Ok(false);
+                }
+                store.delete_point(&entry.vm, &p).map(|()| true)
+            })
+            .await;
+            match r {
+                Ok(Ok(true)) => {
+                    deleted += 1;
+                    let _ = sqlx::query("DELETE FROM points WHERE point_id = $1").bind(point).execute(&self.db).await;
+                }
+                Ok(Ok(false)) => kept.push(format!("{point} (starred)")),
+                // Already gone (retention) is what was asked.
+                Ok(Err(vds_store::StoreError::PointNotFound { .. })) => {}
+                Ok(Err(e)) => kept.push(format!("{point} ({e})")),
+                Err(e) => kept.push(format!("{point} ({e})")),
+            }
+        }
+        (deleted, kept)
     }
 
     /// Starts a rule's VMs now (each skipped if its previous run is still going).
@@ -266,7 +440,7 @@ impl Service {
                 self.record_skipped(rule.platform, &vm, requested, rule.id, busy).await;
                 continue;
             }
-            let run = RuleRun { rule_id: rule.id, retention: rule.retention.clone() };
+            let run = RuleRun { rule_id: rule.id, retention: rule.retention.clone(), disks: rule.disks.clone() };
             jobs.push(self.enqueue(user, rule.platform, &vm, requested, rule.quiesce, Some(run)).await?);
         }
         Ok(jobs)
