@@ -72,6 +72,10 @@ enum KvmCommand {
         /// agent does not answer, and said so), required (fail instead)
         #[arg(long, default_value = "auto")]
         quiesce: String,
+        /// Dirty bitmaps: auto (where the disk can keep them), on (required: fail otherwise),
+        /// off (read whole disks, make no checkpoint)
+        #[arg(long, default_value = "auto")]
+        change_tracking: String,
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -201,7 +205,9 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 }
             }
         }
-        KvmCommand::Backup { vm, snapshots, store, backup_type, disks, quiesce, threads } => {
+        KvmCommand::Backup { vm, snapshots, store, backup_type, disks, quiesce, change_tracking, threads } => {
+            let change_tracking = connectors::ChangeTracking::parse(&change_tracking)
+                .ok_or_else(|| anyhow!("--change-tracking {change_tracking:?}: use auto, on or off"))?;
             let store = open_store(store)?;
             let quiesce = match quiesce.as_str() {
                 "off" => Quiesce::Off,
@@ -229,6 +235,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 labels: Labels::default(),
                 threads,
                 quiesce,
+                change_tracking,
                 control: connectors::JobControl::new(),
             };
             let mut results = backup_vms(&conn, &store, &vm, &opts, mode, &mut |vm, p| {

@@ -2,7 +2,7 @@
 //! session, ingest its disks, and finish the session on every path (success, ingest failure),
 //! so the platform never keeps a job, snapshot or checkpoint the store does not know of.
 
-use crate::connector::{BackupBase, BackupPlan, Connector, ConnectorError, Quiesce};
+use crate::connector::{BackupBase, BackupPlan, ChangeTracking, Connector, ConnectorError, Quiesce};
 use crate::control::{Governed, JobControl, Phase};
 use std::sync::Arc;
 use vds_store::{
@@ -36,6 +36,7 @@ pub struct BackupOptions {
     pub labels: Labels,
     pub threads: usize,
     pub quiesce: Quiesce,
+    pub change_tracking: ChangeTracking,
     /// Stop, transfer limit and phases, shared with whoever runs the job.
     pub control: Arc<JobControl>,
 }
@@ -80,6 +81,7 @@ fn start(connector: &dyn Connector, store: &Store, vm: &str, opts: &BackupOption
         include: opts.include.clone(),
         keep_change_ids: newest_full.iter().flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone())).collect(),
         quiesce: opts.quiesce,
+        change_tracking: opts.change_tracking,
         control: control.clone(),
     };
     if control.stopped() {

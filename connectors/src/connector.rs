@@ -107,8 +107,34 @@ pub struct BackupPlan {
     /// after a committed backup the connector keeps these and the new one, and may drop the rest.
     pub keep_change_ids: Vec<String>,
     pub quiesce: Quiesce,
+    pub change_tracking: ChangeTracking,
     /// Where the connector reports its phases (e.g. querying changed blocks).
     pub control: std::sync::Arc<crate::control::JobControl>,
+}
+
+/// Whether a backup uses the platform's change tracking (QEMU dirty bitmaps, VMware CBT,
+/// Hyper-V RCT) to read only what changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChangeTracking {
+    /// Where the VM's disks support it; the others are read whole (and the point says why).
+    #[default]
+    Auto,
+    /// Required: a disk that cannot track changes fails the backup before anything is made.
+    On,
+    /// Never: every disk is read whole each time (the store still keeps only new chunks) and no
+    /// checkpoint is made on the platform.
+    Off,
+}
+
+impl ChangeTracking {
+    pub fn parse(s: &str) -> Option<ChangeTracking> {
+        match s {
+            "auto" => Some(ChangeTracking::Auto),
+            "on" => Some(ChangeTracking::On),
+            "off" => Some(ChangeTracking::Off),
+            _ => None,
+        }
+    }
 }
 
 /// One disk of a running backup session.

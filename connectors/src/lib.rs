@@ -11,8 +11,8 @@ pub mod nbd_source;
 
 pub use backup::{backup_vm, backup_vms, BackupError, BackupOptions, BackupOutcome, SnapshotMode};
 pub use connector::{
-    BackupBase, BackupPlan, BackupSession, Connector, ConnectorError, Credentials, HostInfo, Inventory, NetworkInfo,
-    NewVmSpec, Quiesce, RestoreDisk, SessionDisk, StorageInfo, VmSummary,
+    BackupBase, BackupPlan, BackupSession, ChangeTracking, Connector, ConnectorError, Credentials, HostInfo, Inventory,
+    NetworkInfo, NewVmSpec, Quiesce, RestoreDisk, SessionDisk, StorageInfo, VmSummary,
 };
 pub use control::{JobControl, Phase};
 pub use kvm::{KvmConnector, TlsFiles};

@@ -43,6 +43,7 @@ fn opts(requested: BackupType, quiesce: Quiesce) -> BackupOptions {
         labels: Labels::default(),
         threads: 2,
         quiesce,
+        change_tracking: Default::default(),
         control: JobControl::new(),
     }
 }
@@ -213,6 +214,7 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
         include: vec![],
         keep_change_ids: vec![],
         quiesce: Quiesce::Off,
+        change_tracking: Default::default(),
         control: JobControl::new(),
     };
     let session = conn.begin_backup(&vm.name, &plan).unwrap();

@@ -12,6 +12,7 @@ fn opts(requested: BackupType) -> BackupOptions {
         labels: Labels::default(),
         threads: 2,
         quiesce: Quiesce::Off,
+        change_tracking: Default::default(),
         control: JobControl::new(),
     }
 }

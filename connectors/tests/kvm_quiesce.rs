@@ -32,6 +32,7 @@ fn a_quiesced_backup_captures_a_frozen_filesystem_and_the_guest_is_thawed_after(
             labels: Labels::default(),
             threads: 2,
             quiesce,
+            change_tracking: Default::default(),
             control: JobControl::new(),
         };
         backup_vm(&conn, &store, &guest.name, opts, &mut |_| {}).unwrap()

@@ -199,11 +199,16 @@ impl TestVm {
 
     /// Hot-plugs a new empty qcow2 disk of `size` (qemu-img syntax) as `dev`; returns its path.
     pub fn hotplug_qcow2(&self, file: &str, dev: &str, size: &str) -> PathBuf {
+        self.hotplug(file, dev, size, "qcow2")
+    }
+
+    /// Hot-plugs a new empty disk image of `format` (qcow2, raw) as `dev`; returns its path.
+    pub fn hotplug(&self, file: &str, dev: &str, size: &str, format: &str) -> PathBuf {
         let img = self.dir.join(file);
-        let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&img).arg(size).status();
+        let st = Command::new("qemu-img").args(["create", "-q", "-f", format]).arg(&img).arg(size).status();
         assert!(matches!(st, Ok(s) if s.success()), "qemu-img create {}", img.display());
         let path = img.to_str().expect("utf-8 path");
-        virsh(&["attach-disk", &self.name, path, dev, "--driver", "qemu", "--subdriver", "qcow2", "--live"]);
+        virsh(&["attach-disk", &self.name, path, dev, "--driver", "qemu", "--subdriver", format, "--live"]);
         img
     }
 

@@ -799,3 +799,66 @@ fn rules_are_edited_disabled_in_groups_select_disks_and_take_their_data_when_del
     assert_eq!(c.request("DELETE", &format!("/api/rules/{idb}"), None).0, 204);
     assert_eq!(c.get("/api/points").as_array().unwrap().len(), b_points + 1, "b's points stay");
 }
+
+#[test]
+fn change_tracking_is_auto_on_or_off_per_rule() {
+    let mut vm = TestVm::start("tracking");
+    let data = vm.dir.join("data");
+    let server = Server::start(&data);
+    let c = server.admin("correct horse battery");
+    let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let pid = p["id"].as_i64().unwrap();
+    let mut rule = json!({ "name": "r", "platform": pid, "vms": [vm.name], "change_tracking": "sometimes",
+                           "full": { "kind": "weekly", "days": ["sun"], "times": ["03:00"] } });
+    let v = c.post("/api/rules", rule.clone(), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("change_tracking:"), "{v}");
+    let log_of = |job: &Value| c.get(&format!("/api/jobs/{}/log", job["id"])).to_string();
+
+    // Off: every run reads whole disks and no checkpoint is made on the hypervisor.
+    rule["change_tracking"] = json!("off");
+    let rule = c.post("/api/rules", rule, 201);
+    assert_eq!(rule["change_tracking"], "off");
+    let id = rule["id"].as_i64().unwrap();
+    let run = |kind: &str| {
+        let jobs = c.post(&format!("/api/rules/{id}/run"), json!({ "type": kind }), 202);
+        wait_job(&c, jobs[0]["id"].as_i64().unwrap())
+    };
+    vm.write(0, 0x41, 0, MIB);
+    assert_eq!(run("full")["state"], "completed");
+    vm.write(1, 0x42, MIB, MIB);
+    let second = run("incremental");
+    assert_eq!(second["state"], "completed", "{second}");
+    assert!(log_of(&second).contains("read in full: change tracking is off"), "{}", log_of(&second));
+    assert_eq!(c.get("/api/points")[0]["type"], "full", "nothing to count from: a full");
+    assert!(vm.checkpoints().is_empty(), "{:?}", vm.checkpoints());
+
+    // A raw disk cannot track changes: with tracking required the backup fails before making
+    // anything, naming the disk; on auto it is read whole while the qcow2 disks are incremental.
+    vm.hotplug("raw.img", "vdc", "16M", "raw");
+    let mut edit = rule.clone();
+    for k in ["id", "created"] {
+        edit.as_object_mut().unwrap().remove(k);
+    }
+    edit["change_tracking"] = json!("on");
+    assert_eq!(c.request("PUT", &format!("/api/rules/{id}"), Some(&edit)).0, 200);
+    let refused = run("full");
+    assert_eq!(refused["state"], "failed", "{refused}");
+    let why = refused["error"].as_str().unwrap();
+    assert!(why.contains("vdc is raw") && why.contains("cannot track changes"), "{why}");
+    assert!(vm.checkpoints().is_empty() && !vm.has_job(), "nothing made");
+    let left = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    };
+    let work = left(&data.join("work"));
+    assert!(work.iter().all(|f| f == "active"), "no backup work directory left: {work:?}");
+    assert!(left(&data.join("work/active")).is_empty(), "no running-backup marker left");
+    edit["change_tracking"] = json!("auto");
+    assert_eq!(c.request("PUT", &format!("/api/rules/{id}"), Some(&edit)).0, 200);
+    assert_eq!(run("full")["state"], "completed");
+    assert_eq!(vm.checkpoints().len(), 1);
+    vm.write(0, 0x43, 2 * MIB, MIB);
+    let inc = run("incremental");
+    assert_eq!(inc["state"], "completed", "{inc}");
+    assert!(log_of(&inc).contains("disk vdc read in full: disk vdc is raw"), "{}", log_of(&inc));
+    assert_eq!(c.get("/api/points")[0]["type"], "incremental");
+}

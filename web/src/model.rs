@@ -240,6 +240,9 @@ pub struct NewRule {
     /// Deleting the rule also deletes the points its jobs made (locked and starred ones stay).
     #[serde(default)]
     pub delete_data_with_rule: bool,
+    /// auto (default: where the VM's disks support it), on (required), off (read whole disks).
+    #[serde(default)]
+    pub change_tracking: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -255,6 +258,7 @@ pub struct Rule {
     pub quiesce: String,
     pub disks: Vec<String>,
     pub delete_data_with_rule: bool,
+    pub change_tracking: String,
     pub created: String,
 }
 

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/0005_stats.sql")),
     (6, include_str!("../../migrations/0006_rate.sql")),
     (7, include_str!("../../migrations/0007_rule_options.sql")),
+    (8, include_str!("../../migrations/0008_change_tracking.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.

@@ -124,6 +124,7 @@ pub(super) struct RuleRun {
     pub retention: vds_store::RetentionPolicy,
     /// Disk keys to back up; empty: all.
     pub disks: Vec<String>,
+    pub change_tracking: connectors::ChangeTracking,
 }
 
 /// What a job needs to reach its platform, on a blocking thread.
@@ -573,6 +574,7 @@ impl Service {
         let vm_name = vm.clone();
         let backup_control = control.clone();
         let include = rule.as_ref().map(|r| r.disks.clone()).unwrap_or_default();
+        let change_tracking = rule.as_ref().map(|r| r.change_tracking).unwrap_or_default();
         let task = tokio::task::spawn_blocking(move || {
             let conn = target.connect(&work).map_err(|e| e.to_string())?;
             let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -582,6 +584,7 @@ impl Service {
                 labels: Labels::default(),
                 threads,
                 quiesce,
+                change_tracking,
                 control: backup_control,
             };
             backup_vm(&conn, &store, &vm, opts, &mut |p| {

@@ -8,13 +8,27 @@ use super::catalog::now;
 use super::engine::RuleRun;
 use super::schedule::{Clock, Schedule};
 use super::Service;
-use connectors::Quiesce;
+use connectors::{ChangeTracking, Quiesce};
 use std::sync::Arc;
 use vds_store::{BackupType, RetentionPolicy};
 use web::*;
 
-type RuleDbRow =
-    (i64, String, i64, i64, String, Option<String>, Option<String>, String, String, String, String, String, i64);
+type RuleDbRow = (
+    i64,
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+);
 
 struct Stored {
     id: i64,
@@ -26,6 +40,7 @@ struct Stored {
     quiesce: Quiesce,
     checked_until: String,
     disks: Vec<String>,
+    change_tracking: ChangeTracking,
 }
 
 /// A rule's settings, checked (everything but the name's uniqueness, which the insert checks).
@@ -34,6 +49,7 @@ struct Checked {
     partial: Option<(BackupType, Schedule)>,
     retention: RetentionPolicy,
     quiesce: String,
+    change_tracking: String,
     /// When the scheduler starts looking (now, or earlier for a `once` earlier today).
     first_check: String,
 }
@@ -66,7 +82,7 @@ impl Service {
     async fn rule_rows(&self) -> ApiResult<Vec<RuleDbRow>> {
         sqlx::query_as(
             "SELECT id, name, platform_id, enabled, full_schedule, partial_kind, partial_schedule, retention, quiesce, \
-             created, checked_until, disks, delete_data FROM rules ORDER BY name",
+             created, checked_until, disks, delete_data, change_tracking FROM rules ORDER BY name",
         )
         .fetch_all(&self.db)
         .await
@@ -101,6 +117,7 @@ impl Service {
             quiesce: quiesce_of(&r.8).ok_or("bad quiesce")?,
             checked_until: r.10.clone(),
             disks: serde_json::from_str(&r.11).map_err(|e| e.to_string())?,
+            change_tracking: ChangeTracking::parse(&r.13).ok_or("bad change tracking")?,
         })
     }
 
@@ -126,6 +143,7 @@ impl Service {
                 quiesce: r.8.clone(),
                 disks: serde_json::from_str(&r.11).map_err(ApiError::internal)?,
                 delete_data_with_rule: r.12 != 0,
+                change_tracking: r.13.clone(),
                 created: r.9.clone(),
             });
         }
@@ -164,6 +182,9 @@ impl Service {
         let quiesce = r.quiesce.clone().unwrap_or_else(|| "auto".into());
         quiesce_of(&quiesce)
             .ok_or_else(|| ApiError::field("quiesce", format!("{quiesce:?}: use auto, off or required")))?;
+        let change_tracking = r.change_tracking.clone().unwrap_or_else(|| "auto".into());
+        ChangeTracking::parse(&change_tracking)
+            .ok_or_else(|| ApiError::field("change_tracking", format!("{change_tracking:?}: use auto, on or off")))?;
         if r.vms.is_empty() {
             return Err(ApiError::field("vms", "at least one VM is needed"));
         }
@@ -210,7 +231,7 @@ impl Service {
         }
         let now_t = clock.now();
         let first = partial.as_ref().map(|(_, p)| p.first_check(now_t)).unwrap_or(now_t).min(full.first_check(now_t));
-        Ok(Checked { full, partial, retention, quiesce, first_check: first.to_rfc3339() })
+        Ok(Checked { full, partial, retention, quiesce, change_tracking, first_check: first.to_rfc3339() })
     }
 
     /// Saves a rule's VMs (replacing any), inside the rule's transaction.
@@ -246,7 +267,8 @@ impl Service {
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
         let id = sqlx::query_as::<_, (i64,)>(
             "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
-             checked_until, enabled, disks, delete_data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+             checked_until, enabled, disks, delete_data, change_tracking) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+             $11, $12, $13) RETURNING id",
         )
         .bind(&r.name)
         .bind(r.platform)
@@ -260,6 +282,7 @@ impl Service {
         .bind(r.enabled.unwrap_or(true) as i64)
         .bind(serde_json::to_string(&r.disks).map_err(ApiError::internal)?)
         .bind(r.delete_data_with_rule as i64)
+        .bind(&c.change_tracking)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| name_taken(e, &r.name))?
@@ -280,7 +303,8 @@ impl Service {
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
         sqlx::query(
             "UPDATE rules SET name = $1, full_schedule = $2, partial_kind = $3, partial_schedule = $4, retention = $5, \
-             quiesce = $6, checked_until = $7, enabled = $8, disks = $9, delete_data = $10 WHERE id = $11",
+             quiesce = $6, checked_until = $7, enabled = $8, disks = $9, delete_data = $10, change_tracking = $11 \
+             WHERE id = $12",
         )
         .bind(&r.name)
         .bind(serde_json::to_string(&c.full).map_err(ApiError::internal)?)
@@ -292,6 +316,7 @@ impl Service {
         .bind(r.enabled.unwrap_or(old.enabled) as i64)
         .bind(serde_json::to_string(&r.disks).map_err(ApiError::internal)?)
         .bind(r.delete_data_with_rule as i64)
+        .bind(&c.change_tracking)
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -440,7 +465,12 @@ impl Service {
                 self.record_skipped(rule.platform, &vm, requested, rule.id, busy).await;
                 continue;
             }
-            let run = RuleRun { rule_id: rule.id, retention: rule.retention.clone(), disks: rule.disks.clone() };
+            let run = RuleRun {
+                rule_id: rule.id,
+                retention: rule.retention.clone(),
+                disks: rule.disks.clone(),
+                change_tracking: rule.change_tracking,
+            };
             jobs.push(self.enqueue(user, rule.platform, &vm, requested, rule.quiesce, Some(run)).await?);
         }
         Ok(jobs)

@@ -529,6 +529,7 @@ impl Connector for KvmConnector {
             }
             (_, Some(cp)) => Some(cp),
         };
+        let base_cp = base_cp.filter(|_| plan.change_tracking != ChangeTracking::Off);
         let base_disks: Vec<&str> =
             plan.base.as_ref().map(|b| b.disks.iter().map(|(k, _)| k.as_str()).collect()).unwrap_or_default();
 
@@ -571,8 +572,23 @@ impl Connector for KvmConnector {
             })
             .collect();
         let format_of = |t: &str| formats.iter().find(|(k, _)| *k == t).and_then(|(_, f)| f.clone());
-        let trackable: Vec<&str> =
-            chosen.iter().copied().filter(|t| format_of(t).as_deref() == Some("qcow2")).collect();
+        let can_track = |t: &&str| format_of(t).as_deref() == Some("qcow2");
+        if plan.change_tracking == ChangeTracking::On {
+            if let Some(t) = chosen.iter().find(|t| !can_track(t)) {
+                let what = format_of(t).unwrap_or_else(|| "of unknown format".into());
+                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_file(&marker);
+                return Err(Self::failed(
+                    vm,
+                    "checking change tracking",
+                    format!("it is required, but disk {t} is {what}, which cannot track changes (qcow2 v3 can)"),
+                ));
+            }
+        }
+        let trackable: Vec<&str> = match plan.change_tracking {
+            ChangeTracking::Off => vec![],
+            _ => chosen.iter().copied().filter(can_track).collect(),
+        };
         let mut reasons = Vec::new();
         let specs: Vec<BackupDisk<'_>> = chosen
             .iter()
@@ -580,6 +596,8 @@ impl Connector for KvmConnector {
                 let tracked = trackable.contains(t);
                 let reason = if plan.requested == BackupType::Full {
                     None
+                } else if plan.change_tracking == ChangeTracking::Off {
+                    Some("change tracking is off for this backup".to_string())
                 } else if !tracked {
                     Some(format!(
                         "disk {t} is {}, which cannot track changes (qcow2 v3 can)",

@@ -122,6 +122,18 @@ impl KvmConnector {
         };
         let base_disks: Vec<&str> =
             plan.base.as_ref().map(|b| b.disks.iter().map(|(k, _)| k.as_str()).collect()).unwrap_or_default();
+        if plan.change_tracking == ChangeTracking::On {
+            for t in chosen {
+                let format = disks.iter().find(|d| d.target == *t).and_then(|d| d.format.clone());
+                let format = format.unwrap_or_else(|| "raw".into());
+                if format != "qcow2" {
+                    return Err(fail(
+                        "checking change tracking",
+                        format!("it is required, but disk {t} is {format}, which cannot track changes (qcow2 v3 can)"),
+                    ));
+                }
+            }
+        }
         let dir = self.work_dir.join(format!("offline-{}", vds_store::fslock::random_hex(6)));
         std::fs::create_dir_all(&dir).map_err(|e| fail("creating the backup work directory", e.to_string()))?;
         let mut session =
@@ -142,6 +154,9 @@ impl KvmConnector {
             // Which bitmaps hold everything written since the base.
             let (since, reason): (Vec<String>, Option<String>) = match (&base_cp, plan.requested) {
                 (_, BackupType::Full) => (vec![], None),
+                _ if plan.change_tracking == ChangeTracking::Off => {
+                    (vec![], Some("change tracking is off for this backup".into()))
+                }
                 (None, _) => (vec![], Some("no earlier backup with a checkpoint".into())),
                 (Some(_), _) if format != "qcow2" => {
                     (vec![], Some(format!("disk {t} is {format}, which cannot track changes (qcow2 v3 can)")))
