@@ -3,7 +3,7 @@
 //! states, log and point, the catalog rebuilt from the store, bad input, lockout, and a service
 //! killed mid-job recovering on restart.
 
-use holdfast_tests::kvm::{TestVm, MIB};
+use holdfast_tests::kvm::{TestVm, MIB, TCP_PASSWORD, TCP_URI, TCP_USER};
 use holdfast_tests::service::Server;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -861,4 +861,88 @@ fn change_tracking_is_auto_on_or_off_per_rule() {
     assert_eq!(inc["state"], "completed", "{inc}");
     assert!(log_of(&inc).contains("disk vdc read in full: disk vdc is raw"), "{}", log_of(&inc));
     assert_eq!(c.get("/api/points")[0]["type"], "incremental");
+}
+
+#[test]
+fn the_configuration_exports_with_sealed_passwords_and_imports_into_a_new_appliance() {
+    let mut vm = TestVm::start("config");
+    let server = Server::start(&vm.dir.join("data"));
+    let c = server.admin("correct horse battery");
+    c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let remote =
+        json!({ "name": "remote", "kind": "kvm", "uri": TCP_URI, "username": TCP_USER, "password": TCP_PASSWORD });
+    let remote = c.post("/api/platforms", remote, 201);
+    let rule = json!({ "name": "nightly", "platform": remote["id"], "vms": [vm.name], "disks": ["vda"],
+                       "full": { "kind": "weekly", "days": ["sun"], "times": ["03:00"] },
+                       "partial": { "kind": "incremental", "schedule": { "kind": "daily", "times": ["01:30"] } },
+                       "retention": { "keep_last": 7 }, "quiesce": "off", "change_tracking": "on" });
+    let rule = c.post("/api/rules", rule, 201);
+    let windows = json!([{ "days": ["mon"], "from": "08:00", "to": "18:00", "mb_per_second": 25.5 }]);
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&windows)).0, 204);
+    let alerts = json!({ "enabled": true, "smtp_host": "mail.example.com", "smtp_port": 587, "security": "starttls",
+                         "username": "hf", "password": "smtp-secret", "from": "hf@example.com", "to": ["ops@example.com"] });
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&alerts)).0, 204);
+
+    // Without a passphrase no password leaves the appliance, and the notes say so.
+    let bare = c.post("/api/config/export", json!({}), 200);
+    assert!(!bare.to_string().contains(TCP_PASSWORD) && !bare.to_string().contains("smtp-secret"));
+    assert!(bare["platforms"].as_array().unwrap().iter().all(|p| p.get("password").is_none()), "{bare}");
+    assert_eq!(bare["notes"].as_array().unwrap().len(), 2, "{bare}");
+    let v = c.post("/api/config/export", json!({ "passphrase": "short" }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("passphrase:"), "{v}");
+    let file = c.post("/api/config/export", json!({ "passphrase": "keep this in the safe" }), 200);
+    assert!(!file.to_string().contains(TCP_PASSWORD), "sealed, not plain");
+    assert_eq!(file["rules"][0]["platform"], "remote");
+
+    // A new appliance: a wrong or missing passphrase and a broken file are refused, naming
+    // the field, and leave nothing behind.
+    let fresh = Server::start(&vm.dir.join("data2"));
+    let d = fresh.admin("correct horse battery");
+    let import = |body: Value, want: u16| d.post("/api/config/import", body, want);
+    let v = import(json!({ "config": file }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("passphrase:"), "{v}");
+    let v = import(json!({ "config": file, "passphrase": "not the passphrase" }), 400);
+    assert!(v["error"].as_str().unwrap().contains("does not open"), "{v}");
+    let mut broken = file.clone();
+    broken["rules"][0]["full"]["times"] = json!(["27:00"]);
+    let v = import(json!({ "config": broken, "passphrase": "keep this in the safe" }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("config.rules[0].full.times[0]"), "{v}");
+    let mut other = file.clone();
+    other["format"] = json!("something-else");
+    let v = import(json!({ "config": other, "passphrase": "keep this in the safe" }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("config.format"), "{v}");
+    assert_eq!((d.get("/api/platforms"), d.get("/api/rules")), (json!([]), json!([])), "nothing half-saved");
+
+    let report = import(json!({ "config": file, "passphrase": "keep this in the safe" }), 200);
+    assert_eq!(report["platforms_added"], json!(["lab", "remote"]), "{report}");
+    assert_eq!(report["rules_added"], json!(["nightly"]), "{report}");
+    let platforms = d.get("/api/platforms");
+    let r = platforms.as_array().unwrap().iter().find(|p| p["name"] == "remote").unwrap();
+    assert_eq!((r["uri"].as_str(), r["has_password"].as_bool()), (Some(TCP_URI), Some(true)), "{r}");
+    let imported = d.get("/api/rules")[0].clone();
+    for k in ["vms", "full", "partial", "retention", "quiesce", "disks", "change_tracking", "enabled"] {
+        assert_eq!(imported[k], rule[k], "{k}");
+    }
+    assert_eq!(d.get("/api/bandwidth"), windows);
+    assert_eq!(d.get("/api/alerts")["has_password"], true);
+
+    // The imported password works: the rule backs up through the SASL-authenticated platform.
+    vm.write(0, 0x61, 0, MIB);
+    let jobs = d.post(&format!("/api/rules/{}/run", imported["id"]), json!({ "type": "full" }), 202);
+    let done = wait_job(&d, jobs[0]["id"].as_i64().unwrap());
+    assert_eq!(done["state"], "completed", "{done}");
+
+    // Importing again adds nothing and keeps what is there.
+    let again = import(json!({ "config": file, "passphrase": "keep this in the safe" }), 200);
+    assert_eq!(
+        (again["platforms_kept"].as_array().unwrap().len(), again["rules_kept"].clone()),
+        (2, json!(["nightly"]))
+    );
+    assert_eq!(d.get("/api/platforms").as_array().unwrap().len(), 2);
+    // Only admins move configurations.
+    d.post("/api/users", json!({ "name": "op", "role": "operator", "password": "operator password 1" }), 201);
+    let mut op = fresh.client();
+    op.login("op", "operator password 1");
+    op.post("/api/password", json!({ "old": "operator password 1", "new": "operator password 2" }), 204);
+    assert_eq!(op.request("POST", "/api/config/export", Some(&json!({}))).0, 403);
 }

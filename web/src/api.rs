@@ -91,6 +91,7 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
         let admin_only = path.starts_with("/api/users")
             || path.starts_with("/api/alerts")
             || (changes && path.starts_with("/api/bandwidth"))
+            || path.starts_with("/api/config")
             || (changes && path.starts_with("/api/platforms"));
         if admin_only && session.role != Role::Admin {
             return Err(ApiError::new(
@@ -158,6 +159,22 @@ async fn job<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>
 
 async fn job_log<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Vec<LogLine>>> {
     Ok(Json(b.job_log(id).await?))
+}
+
+async fn export_config<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(e): Body<ConfigExport>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(b.export_config(&s, e).await?))
+}
+
+async fn import_config<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(i): Body<ConfigImport>,
+) -> ApiResult<Json<ImportReport>> {
+    Ok(Json(b.import_config(&s, i).await?))
 }
 
 async fn stop_job<B: Backend>(
@@ -356,6 +373,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/jobs/{id}/log", get(job_log::<B>))
         .route("/api/jobs/{id}/stop", post(stop_job::<B>))
         .route("/api/bandwidth", get(bandwidth::<B>).put(set_bandwidth::<B>))
+        .route("/api/config/export", post(export_config::<B>))
+        .route("/api/config/import", post(import_config::<B>))
         .route("/api/points", get(points::<B>))
         .route("/api/audit", get(audit::<B>))
         .route("/api/rules", get(rules::<B>).post(create_rule::<B>))

@@ -214,7 +214,7 @@ pub struct Job {
 /// A backup rule: VMs of one platform, a full schedule and an optional incremental or
 /// differential one, a retention policy. Schedules and retention are checked by the backend,
 /// which names the offending field.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewRule {
     pub name: String,
@@ -260,6 +260,34 @@ pub struct Rule {
     pub delete_data_with_rule: bool,
     pub change_tracking: String,
     pub created: String,
+}
+
+/// What `POST /api/config/export` takes: a passphrase seals platform and mail passwords into
+/// the file; without one they are left out (and must be entered again after an import).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigExport {
+    #[serde(default)]
+    pub passphrase: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigImport {
+    /// The exported file's JSON.
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub passphrase: Option<String>,
+}
+
+/// What an import did. Platforms and rules whose names exist already are kept as they are.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportReport {
+    pub platforms_added: Vec<String>,
+    pub platforms_kept: Vec<String>,
+    pub rules_added: Vec<String>,
+    pub rules_kept: Vec<String>,
+    pub notes: Vec<String>,
 }
 
 /// Enables or disables several rules at once (the scheduler's group start and stop).
@@ -374,6 +402,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Replaces a rule's settings (its platform stays); checked like a new rule.
     fn update_rule(&self, s: &Session, id: i64, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;
     fn set_rules_enabled(&self, s: &Session, r: RulesState) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
+    /// The configuration (platforms, rules, bandwidth windows, alert settings) as one file.
+    fn export_config(&self, s: &Session, e: ConfigExport) -> impl Future<Output = ApiResult<serde_json::Value>> + Send;
+    /// Adds what an exported file holds, all or nothing.
+    fn import_config(&self, s: &Session, i: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send;
     fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send;
     fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> impl Future<Output = ApiResult<()>> + Send;

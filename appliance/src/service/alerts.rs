@@ -3,7 +3,7 @@
 //! same alert (kind and VM) is mailed at most once per `repeat_minutes`; the next mail says how
 //! many were held back. A mail that cannot be sent never fails the job; it is logged.
 
-use super::catalog::now;
+use super::catalog::{now, put_setting};
 use super::Service;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
@@ -11,9 +11,9 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 use web::*;
 
-const SETTING: &str = "alerts";
+pub(super) const SETTING: &str = "alerts";
 
-fn check(a: &AlertSettings) -> ApiResult<()> {
+pub(super) fn check(a: &AlertSettings) -> ApiResult<()> {
     if a.smtp_host.trim().is_empty() {
         return Err(ApiError::field("smtp_host", "must not be empty"));
     }
@@ -67,7 +67,7 @@ fn send(a: &AlertSettings, password: Option<&str>, subject: &str, body: &str) ->
 
 impl Service {
     /// The saved settings and the stored password (sealed in the catalog).
-    async fn load_alerts(&self) -> ApiResult<Option<(AlertSettings, Option<String>)>> {
+    pub(super) async fn load_alerts(&self) -> ApiResult<Option<(AlertSettings, Option<String>)>> {
         let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
             .bind(SETTING)
             .fetch_optional(&self.db)
@@ -83,6 +83,22 @@ impl Service {
         Ok(Some((a, password)))
     }
 
+    /// The settings as stored: the password (if any) sealed under `key` inside the JSON.
+    /// `password` is skipped when settings are serialized for the API, hence the JSON value.
+    pub(super) fn alerts_json(
+        &self,
+        a: &mut AlertSettings,
+        password: Option<&str>,
+        key: &[u8; 32],
+    ) -> ApiResult<serde_json::Value> {
+        a.has_password = password.is_some();
+        let mut json = serde_json::to_value(&*a).map_err(ApiError::internal)?;
+        if let Some(p) = password {
+            json["password"] = serde_json::Value::String(super::seal_with(key, p));
+        }
+        Ok(json)
+    }
+
     pub(super) async fn get_alerts(&self) -> ApiResult<Option<AlertSettings>> {
         Ok(self.load_alerts().await?.map(|(a, _)| a))
     }
@@ -94,25 +110,9 @@ impl Service {
             Some(p) => Some(p),
             None => self.load_alerts().await?.and_then(|(_, p)| p),
         };
-        a.has_password = password.is_some();
-        // The password is kept sealed inside the stored JSON; `password` is skipped when the
-        // settings are serialized for the API, so store it through a JSON value.
-        let mut json = serde_json::to_value(&a).map_err(ApiError::internal)?;
-        if let Some(p) = &password {
-            json["password"] = serde_json::Value::String(self.seal(p));
-        }
+        let json = self.alerts_json(&mut a, password.as_deref(), &self.secret)?;
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
-        sqlx::query("DELETE FROM settings WHERE name = $1")
-            .bind(SETTING)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
-            .bind(SETTING)
-            .bind(json.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
+        put_setting(&mut tx, SETTING, &json.to_string()).await.map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
         self.audit_log(
             &s.user,

@@ -8,13 +8,13 @@ use super::Service;
 use chrono::{Datelike, Timelike};
 use web::*;
 
-const SETTING: &str = "bandwidth";
+pub(super) const SETTING: &str = "bandwidth";
 /// Minutes after midnight of an HH:MM time.
 fn minutes(field: &str, hhmm: &str) -> Result<u32, String> {
     time_of(field, hhmm).map(|t| t.hour() * 60 + t.minute())
 }
 
-fn check(windows: &[BandwidthWindow]) -> ApiResult<()> {
+pub(super) fn check(windows: &[BandwidthWindow]) -> ApiResult<()> {
     for (i, w) in windows.iter().enumerate() {
         let field = |f: &str| format!("[{i}].{f}");
         if w.days.is_empty() {
@@ -75,17 +75,7 @@ impl Service {
         check(&windows)?;
         let json = serde_json::to_string(&windows).map_err(ApiError::internal)?;
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
-        sqlx::query("DELETE FROM settings WHERE name = $1")
-            .bind(SETTING)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
-            .bind(SETTING)
-            .bind(&json)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
+        super::catalog::put_setting(&mut tx, SETTING, &json).await.map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
         let described = windows
             .iter()

@@ -63,6 +63,13 @@ async fn migrate(db: &Db, sqlite: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replaces the setting `name` (JSON text) inside the caller's transaction.
+pub async fn put_setting(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str, value: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM settings WHERE name = $1").bind(name).execute(&mut **tx).await?;
+    sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)").bind(name).bind(value).execute(&mut **tx).await?;
+    Ok(())
+}
+
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

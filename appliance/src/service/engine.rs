@@ -159,6 +159,52 @@ struct Progress {
     changed: bool,
 }
 
+/// Saves a platform (its password already sealed); a taken name is a 409.
+pub(super) async fn insert_platform<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
+    db: E,
+    p: &NewPlatform,
+    secret: Option<&str>,
+    reached: &str,
+) -> ApiResult<i64> {
+    sqlx::query_as::<_, (i64,)>(
+        "INSERT INTO platforms (name, kind, uri, username, secret, reached, created) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         RETURNING id",
+    )
+    .bind(&p.name)
+    .bind(&p.kind)
+    .bind(&p.uri)
+    .bind(&p.username)
+    .bind(secret)
+    .bind(reached)
+    .bind(now())
+    .fetch_one(db)
+    .await
+    .map(|(id,)| id)
+    .map_err(|e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            ApiError::new(409, format!("a platform named {:?} exists already", p.name))
+        }
+        e => ApiError::internal(e),
+    })
+}
+
+/// What a platform must say to be saved (before its connection test).
+pub(super) fn check_platform(p: &NewPlatform) -> ApiResult<()> {
+    if p.name.trim().is_empty() {
+        return Err(ApiError::field("name", "must not be empty"));
+    }
+    if p.kind != "kvm" {
+        return Err(ApiError::field("kind", format!("{:?} is not supported yet (kvm is)", p.kind)));
+    }
+    if !p.uri.contains("://") {
+        return Err(ApiError::field("uri", format!("{:?} is not a libvirt URI (qemu:///system, qemu+ssh://…)", p.uri)));
+    }
+    if p.password.is_some() && p.username.is_none() {
+        return Err(ApiError::field("username", "is needed with a password"));
+    }
+    Ok(())
+}
+
 impl Service {
     async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
         let row: Option<(String, String, Option<String>, Option<String>)> =
@@ -194,21 +240,7 @@ impl Service {
 
     /// Saves a platform after its connection test passes (the test's words say what failed).
     pub(super) async fn add_platform(&self, s: &Session, p: NewPlatform) -> ApiResult<Platform> {
-        if p.name.trim().is_empty() {
-            return Err(ApiError::field("name", "must not be empty"));
-        }
-        if p.kind != "kvm" {
-            return Err(ApiError::field("kind", format!("{:?} is not supported yet (kvm is)", p.kind)));
-        }
-        if !p.uri.contains("://") {
-            return Err(ApiError::field(
-                "uri",
-                format!("{:?} is not a libvirt URI (qemu:///system, qemu+ssh://…)", p.uri),
-            ));
-        }
-        if p.password.is_some() && p.username.is_none() {
-            return Err(ApiError::field("username", "is needed with a password"));
-        }
+        check_platform(&p)?;
         let target = Target {
             uri: p.uri.clone(),
             credentials: p
@@ -221,25 +253,7 @@ impl Service {
             .await
             .map_err(|e| ApiError::field("uri", format!("the connection test failed: {}", e.message)))?;
         let secret = p.password.as_deref().map(|pw| self.seal(pw));
-        let id = sqlx::query_as::<_, (i64,)>(
-            "INSERT INTO platforms (name, kind, uri, username, secret, reached, created) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(&p.name)
-        .bind(&p.kind)
-        .bind(&p.uri)
-        .bind(&p.username)
-        .bind(&secret)
-        .bind(&reached)
-        .bind(now())
-        .fetch_one(&self.db)
-        .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                ApiError::new(409, format!("a platform named {:?} exists already", p.name))
-            }
-            e => ApiError::internal(e),
-        })?
-        .0;
+        let id = insert_platform(&self.db, &p, secret.as_deref(), &reached).await?;
         self.audit_log(&s.user, "platform added", &format!("{} ({})", p.name, p.uri)).await?;
         Ok(Platform {
             id,

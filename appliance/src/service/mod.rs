@@ -10,6 +10,7 @@ mod alerts;
 mod auth;
 mod bandwidth;
 pub mod catalog;
+mod config;
 mod engine;
 mod rules;
 mod schedule;
@@ -126,25 +127,31 @@ fn tls_files(dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((std::fs::read(&cert)?, std::fs::read(&key)?))
 }
 
+/// Seals a secret under `key` (XChaCha20-Poly1305, random nonce): hex of nonce and ciphertext.
+fn seal_with(key: &[u8; 32], plain: &str) -> String {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let mut nonce = [0u8; 24];
+    getrandom::getrandom(&mut nonce).expect("OS randomness");
+    let ct = cipher.encrypt(XNonce::from_slice(&nonce), plain.as_bytes()).expect("encryption cannot fail");
+    hex::encode([&nonce[..], &ct].concat())
+}
+
+/// Opens what `seal_with` sealed; None when it is damaged or `key` is not the one.
+fn open_with(key: &[u8; 32], sealed: &str) -> Option<String> {
+    let bytes = hex::decode(sealed).ok().filter(|b| b.len() >= 24)?;
+    let plain = XChaCha20Poly1305::new(key.into()).decrypt(XNonce::from_slice(&bytes[..24]), &bytes[24..]).ok()?;
+    String::from_utf8(plain).ok()
+}
+
 impl Service {
     fn seal(&self, plain: &str) -> String {
-        let cipher = XChaCha20Poly1305::new((&self.secret).into());
-        let mut nonce = [0u8; 24];
-        getrandom::getrandom(&mut nonce).expect("OS randomness");
-        let ct = cipher.encrypt(XNonce::from_slice(&nonce), plain.as_bytes()).expect("encryption cannot fail");
-        hex::encode([&nonce[..], &ct].concat())
+        seal_with(&self.secret, plain)
     }
 
     fn open_sealed(&self, sealed: &str) -> Result<String, ApiError> {
-        let bytes = hex::decode(sealed).map_err(ApiError::internal)?;
-        if bytes.len() < 24 {
-            return Err(ApiError::internal("a stored credential is damaged"));
-        }
-        let cipher = XChaCha20Poly1305::new((&self.secret).into());
-        let plain = cipher
-            .decrypt(XNonce::from_slice(&bytes[..24]), &bytes[24..])
-            .map_err(|_| ApiError::internal("a stored credential cannot be decrypted: wrong secret.key?"))?;
-        String::from_utf8(plain).map_err(ApiError::internal)
+        open_with(&self.secret, sealed).ok_or_else(|| {
+            ApiError::internal("a stored credential cannot be decrypted: damaged, or the wrong secret.key")
+        })
     }
 
     async fn audit_log(&self, user: &str, action: &str, detail: &str) -> Result<(), ApiError> {
@@ -314,6 +321,12 @@ impl Backend for Api {
     }
     async fn set_rules_enabled(&self, s: &Session, r: RulesState) -> ApiResult<Vec<Rule>> {
         self.0.enable_rules(s, r).await
+    }
+    async fn export_config(&self, s: &Session, e: ConfigExport) -> ApiResult<serde_json::Value> {
+        self.0.export_config(s, e).await
+    }
+    async fn import_config(&self, s: &Session, i: ConfigImport) -> ApiResult<ImportReport> {
+        self.0.import_config(s, i).await
     }
     async fn stop_job(&self, s: &Session, id: i64) -> ApiResult<Job> {
         self.0.stop(s, id).await

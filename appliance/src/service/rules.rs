@@ -44,7 +44,7 @@ struct Stored {
 }
 
 /// A rule's settings, checked (everything but the name's uniqueness, which the insert checks).
-struct Checked {
+pub(super) struct Checked {
     full: Schedule,
     partial: Option<(BackupType, Schedule)>,
     retention: RetentionPolicy,
@@ -152,47 +152,7 @@ impl Service {
 
     /// Checks a rule's settings; `own` is the rule being edited (its VMs are not "taken").
     async fn check_rule(&self, r: &NewRule, own: Option<i64>) -> ApiResult<Checked> {
-        let clock = Clock::from_env();
-        if r.name.trim().is_empty() {
-            return Err(ApiError::field("name", "must not be empty"));
-        }
-        let full = parse_schedule("full", &r.full, &clock)?;
-        let partial = match &r.partial {
-            None => None,
-            Some(p) => {
-                let kind = p["kind"].as_str().unwrap_or_default();
-                let kind = match BackupType::parse(kind) {
-                    Some(k @ (BackupType::Incremental | BackupType::Differential)) => k,
-                    _ => {
-                        return Err(ApiError::field(
-                            "partial.kind",
-                            format!("{kind:?}: use incremental or differential"),
-                        ))
-                    }
-                };
-                Some((kind, parse_schedule("partial.schedule", &p["schedule"], &clock)?))
-            }
-        };
-        let retention: RetentionPolicy = if r.retention.is_null() {
-            RetentionPolicy::default()
-        } else {
-            serde_json::from_value(r.retention.clone()).map_err(|e| ApiError::field("retention", e))?
-        };
-        retention.validate().map_err(|e| ApiError::field("retention", e))?;
-        let quiesce = r.quiesce.clone().unwrap_or_else(|| "auto".into());
-        quiesce_of(&quiesce)
-            .ok_or_else(|| ApiError::field("quiesce", format!("{quiesce:?}: use auto, off or required")))?;
-        let change_tracking = r.change_tracking.clone().unwrap_or_else(|| "auto".into());
-        ChangeTracking::parse(&change_tracking)
-            .ok_or_else(|| ApiError::field("change_tracking", format!("{change_tracking:?}: use auto, on or off")))?;
-        if r.vms.is_empty() {
-            return Err(ApiError::field("vms", "at least one VM is needed"));
-        }
-        for (i, d) in r.disks.iter().enumerate() {
-            if d.trim().is_empty() || r.disks[..i].contains(d) {
-                return Err(ApiError::field(&format!("disks[{i}]"), format!("{d:?} is empty or given twice")));
-            }
-        }
+        let checked = check_settings(r)?;
         let known = self.vms_of(r.platform).await.map_err(|e| {
             if e.status == 404 {
                 ApiError::field("platform", e.message)
@@ -204,19 +164,7 @@ impl Service {
             if !known.iter().any(|k| &k.name == vm || &k.uuid == vm) {
                 return Err(ApiError::field(&format!("vms[{i}]"), format!("no VM {vm:?} on platform {}", r.platform)));
             }
-            if r.vms[..i].contains(vm) {
-                return Err(ApiError::field(&format!("vms[{i}]"), format!("{vm} is given twice")));
-            }
-            let taken: Option<(i64, String)> = sqlx::query_as(
-                "SELECT r.id, r.name FROM rule_vms v JOIN rules r ON r.id = v.rule_id \
-                 WHERE v.platform_id = $1 AND v.vm = $2",
-            )
-            .bind(r.platform)
-            .bind(vm)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-            if let Some((id, rule)) = taken.filter(|(id, _)| Some(*id) != own) {
+            if let Some((id, rule)) = rule_of_vm(&self.db, r.platform, vm).await?.filter(|(id, _)| Some(*id) != own) {
                 return Err(ApiError::new(409, format!("vms[{i}]: VM {vm} is already in rule {rule} (id {id})")));
             }
             if !r.disks.is_empty() {
@@ -229,11 +177,110 @@ impl Service {
                 })?;
             }
         }
-        let now_t = clock.now();
-        let first = partial.as_ref().map(|(_, p)| p.first_check(now_t)).unwrap_or(now_t).min(full.first_check(now_t));
-        Ok(Checked { full, partial, retention, quiesce, change_tracking, first_check: first.to_rfc3339() })
+        Ok(checked)
     }
+}
 
+/// The rule (id, name) that has `vm` of `platform`, if any.
+pub(super) async fn rule_of_vm<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
+    db: E,
+    platform: i64,
+    vm: &str,
+) -> ApiResult<Option<(i64, String)>> {
+    sqlx::query_as(
+        "SELECT r.id, r.name FROM rule_vms v JOIN rules r ON r.id = v.rule_id WHERE v.platform_id = $1 AND v.vm = $2",
+    )
+    .bind(platform)
+    .bind(vm)
+    .fetch_optional(db)
+    .await
+    .map_err(ApiError::internal)
+}
+
+/// Checks what a rule says without asking the hypervisor (schedules, retention, options, lists).
+pub(super) fn check_settings(r: &NewRule) -> ApiResult<Checked> {
+    let clock = Clock::from_env();
+    if r.name.trim().is_empty() {
+        return Err(ApiError::field("name", "must not be empty"));
+    }
+    let full = parse_schedule("full", &r.full, &clock)?;
+    let partial = match &r.partial {
+        None => None,
+        Some(p) => {
+            let kind = p["kind"].as_str().unwrap_or_default();
+            let kind = match BackupType::parse(kind) {
+                Some(k @ (BackupType::Incremental | BackupType::Differential)) => k,
+                _ => return Err(ApiError::field("partial.kind", format!("{kind:?}: use incremental or differential"))),
+            };
+            Some((kind, parse_schedule("partial.schedule", &p["schedule"], &clock)?))
+        }
+    };
+    let retention: RetentionPolicy = if r.retention.is_null() {
+        RetentionPolicy::default()
+    } else {
+        serde_json::from_value(r.retention.clone()).map_err(|e| ApiError::field("retention", e))?
+    };
+    retention.validate().map_err(|e| ApiError::field("retention", e))?;
+    let quiesce = r.quiesce.clone().unwrap_or_else(|| "auto".into());
+    quiesce_of(&quiesce)
+        .ok_or_else(|| ApiError::field("quiesce", format!("{quiesce:?}: use auto, off or required")))?;
+    let change_tracking = r.change_tracking.clone().unwrap_or_else(|| "auto".into());
+    ChangeTracking::parse(&change_tracking)
+        .ok_or_else(|| ApiError::field("change_tracking", format!("{change_tracking:?}: use auto, on or off")))?;
+    if r.vms.is_empty() {
+        return Err(ApiError::field("vms", "at least one VM is needed"));
+    }
+    for (i, d) in r.disks.iter().enumerate() {
+        if d.trim().is_empty() || r.disks[..i].contains(d) {
+            return Err(ApiError::field(&format!("disks[{i}]"), format!("{d:?} is empty or given twice")));
+        }
+    }
+    for (i, vm) in r.vms.iter().enumerate() {
+        if vm.trim().is_empty() || r.vms[..i].contains(vm) {
+            return Err(ApiError::field(&format!("vms[{i}]"), format!("{vm:?} is empty or given twice")));
+        }
+    }
+    let now_t = clock.now();
+    let first = partial.as_ref().map(|(_, p)| p.first_check(now_t)).unwrap_or(now_t).min(full.first_check(now_t));
+    Ok(Checked { full, partial, retention, quiesce, change_tracking, first_check: first.to_rfc3339() })
+}
+
+/// Inserts a checked rule and its VMs (in the caller's transaction); returns its id.
+pub(super) async fn insert_rule(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    r: &NewRule,
+    c: &Checked,
+    platform: i64,
+) -> ApiResult<i64> {
+    let id = sqlx::query_as::<_, (i64,)>(
+        "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
+         checked_until, enabled, disks, delete_data, change_tracking) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13) RETURNING id",
+    )
+    .bind(&r.name)
+    .bind(platform)
+    .bind(serde_json::to_string(&c.full).map_err(ApiError::internal)?)
+    .bind(c.partial.as_ref().map(|(k, _)| k.as_str()))
+    .bind(c.partial.as_ref().map(|(_, s)| serde_json::to_string(s).unwrap_or_default()))
+    .bind(serde_json::to_string(&c.retention).map_err(ApiError::internal)?)
+    .bind(&c.quiesce)
+    .bind(now())
+    .bind(&c.first_check)
+    .bind(r.enabled.unwrap_or(true) as i64)
+    .bind(serde_json::to_string(&r.disks).map_err(ApiError::internal)?)
+    .bind(r.delete_data_with_rule as i64)
+    .bind(&c.change_tracking)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(|e| name_taken(e, &r.name))?
+    .0;
+    let mut r = r.clone();
+    r.platform = platform;
+    Service::save_rule_vms(tx, id, &r).await?;
+    Ok(id)
+}
+
+impl Service {
     /// Saves a rule's VMs (replacing any), inside the rule's transaction.
     async fn save_rule_vms(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: i64, r: &NewRule) -> ApiResult<()> {
         sqlx::query("DELETE FROM rule_vms WHERE rule_id = $1")
@@ -265,29 +312,7 @@ impl Service {
     pub(super) async fn add_rule(&self, s: &Session, r: NewRule) -> ApiResult<Rule> {
         let c = self.check_rule(&r, None).await?;
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
-        let id = sqlx::query_as::<_, (i64,)>(
-            "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
-             checked_until, enabled, disks, delete_data, change_tracking) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13) RETURNING id",
-        )
-        .bind(&r.name)
-        .bind(r.platform)
-        .bind(serde_json::to_string(&c.full).map_err(ApiError::internal)?)
-        .bind(c.partial.as_ref().map(|(k, _)| k.as_str()))
-        .bind(c.partial.as_ref().map(|(_, s)| serde_json::to_string(s).unwrap_or_default()))
-        .bind(serde_json::to_string(&c.retention).map_err(ApiError::internal)?)
-        .bind(&c.quiesce)
-        .bind(now())
-        .bind(&c.first_check)
-        .bind(r.enabled.unwrap_or(true) as i64)
-        .bind(serde_json::to_string(&r.disks).map_err(ApiError::internal)?)
-        .bind(r.delete_data_with_rule as i64)
-        .bind(&c.change_tracking)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| name_taken(e, &r.name))?
-        .0;
-        Self::save_rule_vms(&mut tx, id, &r).await?;
+        let id = insert_rule(&mut tx, &r, &c, r.platform).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         self.audit_log(&s.user, "rule added", &format!("{} ({} VMs)", r.name, r.vms.len())).await?;
         self.rule_by_id(id).await

@@ -1,0 +1,303 @@
+//! Configuration export and import: platforms, rules, bandwidth windows and alert settings in one
+//! JSON file an admin keeps, to rebuild an appliance (its store re-imported from its own files)
+//! or to copy settings to another. Passwords are in the file only when the admin gives a
+//! passphrase: each sealed with XChaCha20-Poly1305 under an argon2id key of the passphrase,
+//! whose salt and costs the file records. An import adds everything or nothing; platforms and
+//! rules whose names exist already are kept as they are.
+
+use super::catalog::put_setting;
+use super::engine::{check_platform, insert_platform};
+use super::rules::{check_settings, insert_rule, rule_of_vm};
+use super::{open_with, seal_with, Service};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use web::*;
+
+const FORMAT: &str = "holdfast-config";
+type PlatformDbRow = (i64, String, String, String, Option<String>, Option<String>);
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    format: String,
+    version: u32,
+    exported: String,
+    /// How the passwords in this file are sealed; None: the file holds none.
+    #[serde(default)]
+    sealing: Option<Sealing>,
+    #[serde(default)]
+    platforms: Vec<PlatformEntry>,
+    /// Rules as `NewRule`, with the platform's name in place of its id.
+    #[serde(default)]
+    rules: Vec<serde_json::Value>,
+    #[serde(default)]
+    bandwidth: Vec<BandwidthWindow>,
+    /// Alert settings; `password` sealed.
+    #[serde(default)]
+    alerts: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sealing {
+    kdf: String,
+    salt: String,
+    m_cost_kib: u32,
+    t_cost: u32,
+    p_cost: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlatformEntry {
+    name: String,
+    kind: String,
+    uri: String,
+    #[serde(default)]
+    username: Option<String>,
+    /// Sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+}
+
+fn file_key(passphrase: &str, s: &Sealing) -> ApiResult<[u8; 32]> {
+    if s.kdf != "argon2id" {
+        return Err(ApiError::field("config.sealing.kdf", format!("{:?} is not argon2id", s.kdf)));
+    }
+    let salt = hex::decode(&s.salt).map_err(|e| ApiError::field("config.sealing.salt", e))?;
+    let params = argon2::Params::new(s.m_cost_kib, s.t_cost, s.p_cost, Some(32))
+        .map_err(|e| ApiError::field("config.sealing", e))?;
+    let mut key = [0u8; 32];
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password_into(passphrase.as_bytes(), &salt, &mut key)
+        .map_err(|e| ApiError::field("config.sealing", e))?;
+    Ok(key)
+}
+
+fn new_sealing() -> Sealing {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).expect("OS randomness");
+    // OWASP's argon2id minimum: the file may travel, the passphrase is all that guards it.
+    Sealing { kdf: "argon2id".into(), salt: hex::encode(salt), m_cost_kib: 19456, t_cost: 2, p_cost: 1 }
+}
+
+/// Prefixes a field error with where in the file it is.
+fn within(prefix: &str, e: ApiError) -> ApiError {
+    ApiError::new(e.status, format!("{prefix}.{}", e.message))
+}
+
+impl Service {
+    pub(super) async fn export_config(&self, s: &Session, e: ConfigExport) -> ApiResult<serde_json::Value> {
+        let passphrase = e.passphrase.filter(|p| !p.is_empty());
+        if passphrase.as_ref().is_some_and(|p| p.len() < 10) {
+            return Err(ApiError::field("passphrase", "use at least 10 characters: it alone guards the passwords"));
+        }
+        let sealing = passphrase.as_ref().map(|_| new_sealing());
+        let key = match (&passphrase, &sealing) {
+            (Some(p), Some(s)) => Some(file_key(p, s)?),
+            _ => None,
+        };
+        let reseal = |plain: &str| key.as_ref().map(|k| seal_with(k, plain));
+        let mut notes = Vec::new();
+        let rows: Vec<PlatformDbRow> =
+            sqlx::query_as("SELECT id, name, kind, uri, username, secret FROM platforms ORDER BY name")
+                .fetch_all(&self.db)
+                .await
+                .map_err(ApiError::internal)?;
+        let mut names = HashMap::new();
+        let mut platforms = Vec::new();
+        for (id, name, kind, uri, username, secret) in rows {
+            let password = match &secret {
+                Some(sealed) => reseal(&self.open_sealed(sealed)?),
+                None => None,
+            };
+            if secret.is_some() && password.is_none() {
+                notes.push(format!("platform {name}: password left out (no passphrase)"));
+            }
+            names.insert(id, name.clone());
+            platforms.push(PlatformEntry { name, kind, uri, username, password });
+        }
+        let mut rules = Vec::new();
+        for r in self.list_rules().await? {
+            let rule = NewRule {
+                name: r.name,
+                platform: r.platform,
+                vms: r.vms,
+                full: r.full,
+                partial: r.partial,
+                retention: r.retention,
+                quiesce: Some(r.quiesce),
+                enabled: Some(r.enabled),
+                disks: r.disks,
+                delete_data_with_rule: r.delete_data_with_rule,
+                change_tracking: Some(r.change_tracking),
+            };
+            let mut v = serde_json::to_value(&rule).map_err(ApiError::internal)?;
+            v["platform"] = serde_json::Value::String(names.get(&r.platform).cloned().unwrap_or_default());
+            rules.push(v);
+        }
+        let alerts = match self.load_alerts().await? {
+            None => None,
+            Some((a, password)) => {
+                let sealed = password.as_deref().and_then(reseal);
+                if password.is_some() && sealed.is_none() {
+                    notes.push("alert mail: SMTP password left out (no passphrase)".into());
+                }
+                let mut v = serde_json::to_value(&a).map_err(ApiError::internal)?;
+                if let Some(p) = sealed {
+                    v["password"] = serde_json::Value::String(p);
+                }
+                Some(v)
+            }
+        };
+        let file = ConfigFile {
+            format: FORMAT.into(),
+            version: VERSION,
+            exported: super::catalog::now(),
+            sealing,
+            platforms,
+            rules,
+            bandwidth: self.bandwidth.read().expect("bandwidth lock").clone(),
+            alerts,
+        };
+        let detail = format!(
+            "{} platforms, {} rules, passwords {}",
+            file.platforms.len(),
+            file.rules.len(),
+            if key.is_some() { "sealed with a passphrase" } else { "left out" }
+        );
+        self.audit_log(&s.user, "configuration exported", &detail).await?;
+        let mut v = serde_json::to_value(&file).map_err(ApiError::internal)?;
+        v["notes"] = serde_json::json!(notes);
+        Ok(v)
+    }
+
+    pub(super) async fn import_config(&self, s: &Session, i: ConfigImport) -> ApiResult<ImportReport> {
+        let mut config = i.config;
+        // What the export added for people; not part of the file's content.
+        if let Some(o) = config.as_object_mut() {
+            o.remove("notes");
+        }
+        let file: ConfigFile = serde_json::from_value(config).map_err(|e| ApiError::field("config", e))?;
+        if file.format != FORMAT {
+            return Err(ApiError::field("config.format", format!("{:?} is not {FORMAT}", file.format)));
+        }
+        if file.version != VERSION {
+            return Err(ApiError::field(
+                "config.version",
+                format!("{} is not supported (this appliance reads {VERSION})", file.version),
+            ));
+        }
+        let sealed_inside = file.platforms.iter().any(|p| p.password.is_some())
+            || file.alerts.as_ref().is_some_and(|a| a.get("password").is_some_and(|p| p.is_string()));
+        let key = match (&file.sealing, i.passphrase.as_deref().filter(|p| !p.is_empty())) {
+            (Some(sealing), Some(p)) => Some(file_key(p, sealing)?),
+            (_, None) if sealed_inside => {
+                return Err(ApiError::field("passphrase", "the file holds sealed passwords: give its passphrase"))
+            }
+            _ => None,
+        };
+        let open = |what: &str, sealed: &str| -> ApiResult<String> {
+            let k = key.as_ref().ok_or_else(|| ApiError::field("config.sealing", "is missing"))?;
+            open_with(k, sealed)
+                .ok_or_else(|| ApiError::field("passphrase", format!("does not open the password of {what}")))
+        };
+
+        // Everything checked before anything is saved.
+        let mut report = ImportReport::default();
+        let mut new_platforms = Vec::new();
+        for (n, p) in file.platforms.iter().enumerate() {
+            let password =
+                p.password.as_deref().map(|sealed| open(&format!("platform {}", p.name), sealed)).transpose()?;
+            let np = NewPlatform {
+                name: p.name.clone(),
+                kind: p.kind.clone(),
+                uri: p.uri.clone(),
+                username: p.username.clone(),
+                password,
+            };
+            check_platform(&np).map_err(|e| within(&format!("config.platforms[{n}]"), e))?;
+            new_platforms.push(np);
+        }
+        super::bandwidth::check(&file.bandwidth)
+            .map_err(|e| ApiError::new(400, format!("config.bandwidth{}", e.message)))?;
+        let alerts = match &file.alerts {
+            None => None,
+            Some(v) => {
+                let mut v = v.clone();
+                let password = match v.get("password").and_then(|p| p.as_str()) {
+                    Some(sealed) => Some(open("the alert mail settings", sealed)?),
+                    None => None,
+                };
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("password");
+                }
+                let a: AlertSettings = serde_json::from_value(v).map_err(|e| ApiError::field("config.alerts", e))?;
+                super::alerts::check(&a).map_err(|e| within("config.alerts", e))?;
+                Some((a, password))
+            }
+        };
+
+        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let existing: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, name FROM platforms").fetch_all(&mut *tx).await.map_err(ApiError::internal)?;
+        let mut ids: HashMap<String, i64> = existing.into_iter().map(|(id, n)| (n, id)).collect();
+        for p in &new_platforms {
+            if ids.contains_key(&p.name) {
+                report.platforms_kept.push(p.name.clone());
+                continue;
+            }
+            let secret = p.password.as_deref().map(|pw| self.seal(pw));
+            let reached = "imported: the connection is tested at its first use";
+            let id = insert_platform(&mut *tx, p, secret.as_deref(), reached).await?;
+            ids.insert(p.name.clone(), id);
+            report.platforms_added.push(p.name.clone());
+            if p.username.is_some() && p.password.is_none() {
+                report.notes.push(format!("platform {}: no password in the file: set it again", p.name));
+            }
+        }
+        let rule_names: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM rules").fetch_all(&mut *tx).await.map_err(ApiError::internal)?;
+        for (n, v) in file.rules.iter().enumerate() {
+            let at = format!("config.rules[{n}]");
+            let platform = v["platform"].as_str().unwrap_or_default().to_string();
+            let id = *ids.get(&platform).ok_or_else(|| {
+                ApiError::field(&format!("{at}.platform"), format!("no platform {platform:?} in the file or here"))
+            })?;
+            let mut v = v.clone();
+            v["platform"] = serde_json::json!(id);
+            let r: NewRule = serde_json::from_value(v).map_err(|e| ApiError::field(&at, e))?;
+            if rule_names.iter().any(|(name,)| name == &r.name) {
+                report.rules_kept.push(r.name.clone());
+                continue;
+            }
+            let c = check_settings(&r).map_err(|e| within(&at, e))?;
+            for (k, vm) in r.vms.iter().enumerate() {
+                if let Some((_, other)) = rule_of_vm(&mut *tx, id, vm).await? {
+                    return Err(ApiError::new(409, format!("{at}.vms[{k}]: VM {vm} is already in rule {other}")));
+                }
+            }
+            insert_rule(&mut tx, &r, &c, id).await.map_err(|e| within(&at, e))?;
+            report.rules_added.push(r.name.clone());
+        }
+        if !file.bandwidth.is_empty() {
+            let json = serde_json::to_string(&file.bandwidth).map_err(ApiError::internal)?;
+            put_setting(&mut tx, super::bandwidth::SETTING, &json).await.map_err(ApiError::internal)?;
+        }
+        if let Some((mut a, password)) = alerts {
+            let json = self.alerts_json(&mut a, password.as_deref(), &self.secret)?;
+            put_setting(&mut tx, super::alerts::SETTING, &json.to_string()).await.map_err(ApiError::internal)?;
+        }
+        tx.commit().await.map_err(ApiError::internal)?;
+        if !file.bandwidth.is_empty() {
+            *self.bandwidth.write().expect("bandwidth lock") = file.bandwidth.clone();
+        }
+        let detail = format!(
+            "platforms added {:?}, kept {:?}; rules added {:?}, kept {:?}",
+            report.platforms_added, report.platforms_kept, report.rules_added, report.rules_kept
+        );
+        self.audit_log(&s.user, "configuration imported", &detail).await?;
+        Ok(report)
+    }
+}
