@@ -9,7 +9,7 @@ use connectors::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use vds_store::{BackupType, Labels, Store};
+use vds_store::{BackupType, Store};
 
 #[derive(Args)]
 pub struct KvmArgs {
@@ -228,16 +228,9 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                     .expect("valid template")
                     .progress_chars("=> "),
             );
-            let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
-            let opts = BackupOptions {
-                requested,
-                include: disks,
-                labels: Labels::default(),
-                threads,
-                quiesce,
-                change_tracking,
-                control: connectors::JobControl::new(),
-            };
+            let defaults = BackupOptions::new(requested);
+            let threads = threads.unwrap_or(defaults.threads);
+            let opts = BackupOptions { include: disks, threads, quiesce, change_tracking, ..defaults };
             let mut results = backup_vms(&conn, &store, &vm, &opts, mode, &mut |vm, p| {
                 pb.set_length(p.all_total_bytes);
                 pb.set_position(p.all_done_bytes);

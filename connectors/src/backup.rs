@@ -41,6 +41,22 @@ pub struct BackupOptions {
     pub control: Arc<JobControl>,
 }
 
+impl BackupOptions {
+    /// A backup of every disk with the defaults: no labels, one thread per core, quiesce if the
+    /// guest agent answers, change tracking where the disks support it, its own controls.
+    pub fn new(requested: BackupType) -> BackupOptions {
+        BackupOptions {
+            requested,
+            include: Vec::new(),
+            labels: Labels::default(),
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            quiesce: Quiesce::IfPossible,
+            change_tracking: ChangeTracking::Auto,
+            control: JobControl::new(),
+        }
+    }
+}
+
 /// The point an incremental or differential counts from: the newest point for incremental,
 /// the newest full for differential; only points that recorded a change id qualify.
 fn base_point(store: &Store, vm_key: &str, requested: BackupType) -> Result<Option<RestorePoint>, StoreError> {

@@ -37,15 +37,7 @@ fn bed(tag: &str) -> (TestVm, Store, KvmConnector) {
 }
 
 fn opts(requested: BackupType, quiesce: Quiesce) -> BackupOptions {
-    BackupOptions {
-        requested,
-        include: vec![],
-        labels: Labels::default(),
-        threads: 2,
-        quiesce,
-        change_tracking: Default::default(),
-        control: JobControl::new(),
-    }
+    BackupOptions { threads: 2, quiesce, ..BackupOptions::new(requested) }
 }
 
 fn backup(conn: &KvmConnector, store: &Store, vm: &TestVm, kind: BackupType) -> RestorePoint {

@@ -1,20 +1,12 @@
 //! libvirtd restarted while a backup runs. Alone in its test binary: the restart breaks every
 //! other libvirt connection, and cargo runs test binaries one at a time.
 
-use connectors::{backup_vm, BackupOptions, JobControl, KvmConnector, Quiesce};
+use connectors::{backup_vm, BackupOptions, KvmConnector, Quiesce};
 use holdfast_tests::kvm::{assert_point_matches, restart_libvirtd, TestVm, MIB, URI};
 use vds_store::*;
 
 fn opts(requested: BackupType) -> BackupOptions {
-    BackupOptions {
-        requested,
-        include: vec![],
-        labels: Labels::default(),
-        threads: 2,
-        quiesce: Quiesce::Off,
-        change_tracking: Default::default(),
-        control: JobControl::new(),
-    }
+    BackupOptions { threads: 2, quiesce: Quiesce::Off, ..BackupOptions::new(requested) }
 }
 
 #[test]

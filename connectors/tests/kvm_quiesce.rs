@@ -3,7 +3,7 @@
 //! frozen shows in the backup itself: ext4 clears its needs_recovery flag when frozen, and sets
 //! it while mounted read-write otherwise.
 
-use connectors::{backup_vm, BackupOptions, JobControl, KvmConnector, Quiesce};
+use connectors::{backup_vm, BackupOptions, KvmConnector, Quiesce};
 use holdfast_tests::kvm::{TestGuest, URI};
 use std::process::Command;
 use vds_store::*;
@@ -26,15 +26,7 @@ fn a_quiesced_backup_captures_a_frozen_filesystem_and_the_guest_is_thawed_after(
     let store = Store::init(&guest.dir.join("store"), InitOptions::default()).unwrap();
     let conn = KvmConnector::open(URI, &guest.dir.join("work"), None).unwrap();
     let run = |requested, quiesce| {
-        let opts = BackupOptions {
-            requested,
-            include: vec![],
-            labels: Labels::default(),
-            threads: 2,
-            quiesce,
-            change_tracking: Default::default(),
-            control: JobControl::new(),
-        };
+        let opts = BackupOptions { threads: 2, quiesce, ..BackupOptions::new(requested) };
         backup_vm(&conn, &store, &guest.name, opts, &mut |_| {}).unwrap()
     };
 

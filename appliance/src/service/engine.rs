@@ -7,7 +7,7 @@ use super::schedule::Clock;
 use super::Service;
 use connectors::{backup_vm, BackupOptions, Connector, Credentials, JobControl, KvmConnector, Phase, Quiesce};
 use std::sync::{Arc, Mutex};
-use vds_store::{BackupType, Labels, RestorePoint};
+use vds_store::{BackupType, RestorePoint};
 use web::*;
 
 pub(super) async fn log(db: &Db, job: i64, level: &str, message: &str) {
@@ -591,15 +591,12 @@ impl Service {
         let change_tracking = rule.as_ref().map(|r| r.change_tracking).unwrap_or_default();
         let task = tokio::task::spawn_blocking(move || {
             let conn = target.connect(&work).map_err(|e| e.to_string())?;
-            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
             let opts = BackupOptions {
-                requested,
                 include,
-                labels: Labels::default(),
-                threads,
                 quiesce,
                 change_tracking,
                 control: backup_control,
+                ..BackupOptions::new(requested)
             };
             backup_vm(&conn, &store, &vm, opts, &mut |p| {
                 let mut g = shared.lock().expect("progress lock");
