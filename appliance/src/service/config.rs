@@ -94,10 +94,7 @@ impl Service {
             return Err(ApiError::field("passphrase", "use at least 10 characters: it alone guards the passwords"));
         }
         let sealing = passphrase.as_ref().map(|_| new_sealing());
-        let key = match (&passphrase, &sealing) {
-            (Some(p), Some(s)) => Some(file_key(p, s)?),
-            _ => None,
-        };
+        let key = passphrase.as_deref().zip(sealing.as_ref()).map(|(p, s)| file_key(p, s)).transpose()?;
         let reseal = |plain: &str| key.as_ref().map(|k| seal_with(k, plain));
         let mut notes = Vec::new();
         let rows: Vec<PlatformDbRow> =
@@ -139,16 +136,14 @@ impl Service {
         }
         let alerts = match self.load_alerts().await? {
             None => None,
-            Some((a, password)) => {
-                let sealed = password.as_deref().and_then(reseal);
-                if password.is_some() && sealed.is_none() {
+            Some((mut a, password)) => {
+                if password.is_some() && key.is_none() {
                     notes.push("alert mail: SMTP password left out (no passphrase)".into());
                 }
-                let mut v = serde_json::to_value(&a).map_err(ApiError::internal)?;
-                if let Some(p) = sealed {
-                    v["password"] = serde_json::Value::String(p);
+                match &key {
+                    Some(k) => Some(self.alerts_json(&mut a, password.as_deref(), k)?),
+                    None => Some(self.alerts_json(&mut a, None, &self.secret)?),
                 }
-                Some(v)
             }
         };
         let file = ConfigFile {

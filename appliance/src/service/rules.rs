@@ -63,6 +63,10 @@ fn quiesce_of(s: &str) -> Option<Quiesce> {
     }
 }
 
+fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<serde_json::Value> {
+    serde_json::to_value(v).map_err(ApiError::internal)
+}
+
 fn name_taken(e: sqlx::Error, name: &str) -> ApiError {
     match e {
         sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -124,27 +128,24 @@ impl Service {
     pub(super) async fn list_rules(&self) -> ApiResult<Vec<Rule>> {
         let mut out = Vec::new();
         for r in self.rule_rows().await? {
-            let partial = match (&r.5, &r.6) {
-                (Some(kind), Some(s)) => Some(serde_json::json!({
-                    "kind": kind,
-                    "schedule": serde_json::from_str::<serde_json::Value>(s).map_err(ApiError::internal)?,
-                })),
-                _ => None,
-            };
+            let st = Self::stored(&r).map_err(|e| ApiError::internal(format!("rule {}: {e}", r.1)))?;
             out.push(Rule {
-                id: r.0,
-                name: r.1.clone(),
-                platform: r.2,
-                vms: self.rule_vms(r.0).await?,
-                enabled: r.3 != 0,
-                full: serde_json::from_str(&r.4).map_err(ApiError::internal)?,
-                partial,
-                retention: serde_json::from_str(&r.7).map_err(ApiError::internal)?,
-                quiesce: r.8.clone(),
-                disks: serde_json::from_str(&r.11).map_err(ApiError::internal)?,
+                id: st.id,
+                name: r.1,
+                platform: st.platform,
+                vms: self.rule_vms(st.id).await?,
+                enabled: st.enabled,
+                full: to_json(&st.full)?,
+                partial: match &st.partial {
+                    Some((kind, s)) => Some(serde_json::json!({ "kind": kind.as_str(), "schedule": to_json(s)? })),
+                    None => None,
+                },
+                retention: to_json(&st.retention)?,
+                quiesce: r.8,
+                disks: st.disks,
                 delete_data_with_rule: r.12 != 0,
-                change_tracking: r.13.clone(),
-                created: r.9.clone(),
+                change_tracking: r.13,
+                created: r.9,
             });
         }
         Ok(out)
@@ -274,24 +275,27 @@ pub(super) async fn insert_rule(
     .await
     .map_err(|e| name_taken(e, &r.name))?
     .0;
-    let mut r = r.clone();
-    r.platform = platform;
-    Service::save_rule_vms(tx, id, &r).await?;
+    Service::save_rule_vms(tx, id, platform, &r.vms).await?;
     Ok(id)
 }
 
 impl Service {
     /// Saves a rule's VMs (replacing any), inside the rule's transaction.
-    async fn save_rule_vms(tx: &mut sqlx::Transaction<'_, sqlx::Any>, id: i64, r: &NewRule) -> ApiResult<()> {
+    async fn save_rule_vms(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: i64,
+        platform: i64,
+        vms: &[String],
+    ) -> ApiResult<()> {
         sqlx::query("DELETE FROM rule_vms WHERE rule_id = $1")
             .bind(id)
             .execute(&mut **tx)
             .await
             .map_err(ApiError::internal)?;
-        for vm in &r.vms {
+        for vm in vms {
             sqlx::query("INSERT INTO rule_vms (rule_id, platform_id, vm) VALUES ($1, $2, $3)")
                 .bind(id)
-                .bind(r.platform)
+                .bind(platform)
                 .bind(vm)
                 .execute(&mut **tx)
                 .await
@@ -346,7 +350,7 @@ impl Service {
         .execute(&mut *tx)
         .await
         .map_err(|e| name_taken(e, &r.name))?;
-        Self::save_rule_vms(&mut tx, id, &r).await?;
+        Self::save_rule_vms(&mut tx, id, r.platform, &r.vms).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         let added: Vec<&String> = r.vms.iter().filter(|v| !old.vms.contains(v)).collect();
         let removed: Vec<&String> = old.vms.iter().filter(|v| !r.vms.contains(v)).collect();
