@@ -171,6 +171,33 @@ impl Client {
     }
 
     /// Logs in (cookie jar and CSRF token kept); returns the reply.
+    /// Waits for job `id` to end (completed, failed or stopped); returns it.
+    pub fn wait_job(&self, id: i64) -> Value {
+        let t = Instant::now();
+        loop {
+            let j = self.get(&format!("/api/jobs/{id}"));
+            if ["completed", "failed", "stopped"].contains(&j["state"].as_str().unwrap_or_default()) {
+                return j;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "job {id} did not finish: {j}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until job `id` is in `state` (failing if it ends otherwise); returns it.
+    pub fn wait_state(&self, id: i64, state: &str) -> Value {
+        let t = Instant::now();
+        loop {
+            let j = self.get(&format!("/api/jobs/{id}"));
+            if j["state"] == state {
+                return j;
+            }
+            assert!(j["finished"].is_null(), "job {id} ended before reaching {state}: {j}");
+            assert!(t.elapsed() < Duration::from_secs(120), "job {id} did not reach {state}: {j}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn login(&mut self, user: &str, password: &str) -> (u16, Value) {
         self.jar = Some(tempfile::NamedTempFile::new().unwrap());
         let (code, v) =

@@ -8,18 +8,6 @@ use holdfast_tests::service::Server;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-fn wait_job(c: &holdfast_tests::service::Client, id: i64) -> Value {
-    let t = Instant::now();
-    loop {
-        let j = c.get(&format!("/api/jobs/{id}"));
-        if ["completed", "failed", "stopped"].contains(&j["state"].as_str().unwrap()) {
-            return j;
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "job {id} did not finish: {j}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn the_service_runs_a_kvm_backup_through_its_api_and_recovers_from_a_kill() {
     service_end_to_end(None);
@@ -84,7 +72,7 @@ fn service_end_to_end(catalog: Option<String>) {
     let v = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "weekly" }), 400);
     assert!(v["error"].as_str().unwrap().starts_with("type:"), "{v}");
     let job = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
-    let done = wait_job(&c, job["id"].as_i64().unwrap());
+    let done = c.wait_job(job["id"].as_i64().unwrap());
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(done["percent"], 100.0);
     assert!(done["rate"].is_i64() && done["total_bytes"].as_i64() > Some(0), "{done}");
@@ -114,7 +102,7 @@ fn service_end_to_end(catalog: Option<String>) {
 
     // A job for a VM that is not there fails with the connector's words.
     let bad = c.post("/api/jobs", json!({ "platform": pid, "vm": "no-such-vm", "type": "full" }), 202);
-    let bad = wait_job(&c, bad["id"].as_i64().unwrap());
+    let bad = c.wait_job(bad["id"].as_i64().unwrap());
     assert!(bad["error"].as_str().unwrap().contains("no-such-vm"), "{bad}");
 
     // Statistics: successes and failures, bytes protected and stored, unread errors until read.
@@ -165,7 +153,7 @@ fn service_end_to_end(catalog: Option<String>) {
         assert!(k["error"].as_str().unwrap().contains("service stopped"), "{k}");
     }
     let next = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
-    let next = wait_job(&c, next["id"].as_i64().unwrap());
+    let next = c.wait_job(next["id"].as_i64().unwrap());
     assert_eq!(next["state"], "completed", "{next}");
     assert!(!vm.has_job());
     let ids: Vec<String> =
@@ -349,7 +337,7 @@ fn twelve_queued_vms_never_run_over_the_global_and_per_host_limits() {
                 .unwrap()
         })
         .collect();
-    let done: Vec<Value> = ids.iter().map(|id| wait_job(&c, *id)).collect();
+    let done: Vec<Value> = ids.iter().map(|id| c.wait_job(*id)).collect();
     for j in &done {
         assert_eq!(j["state"], "completed", "{j}");
     }
@@ -525,7 +513,7 @@ fn alerts_are_mailed_over_starttls_and_repeats_are_capped() {
     let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
     let run = |vm: &str| {
         let j = c.post("/api/jobs", json!({ "platform": p["id"], "vm": vm, "type": "full" }), 202);
-        wait_job(&c, j["id"].as_i64().unwrap())
+        c.wait_job(j["id"].as_i64().unwrap())
     };
     // Two failures of the same VM in the window: one mail.
     assert_eq!(run(&late_name)["state"], "failed");
@@ -542,20 +530,6 @@ fn alerts_are_mailed_over_starttls_and_repeats_are_capped() {
     assert!(got.iter().any(|s| s.starts_with("Holdfast: store ") && s.ends_with("% full")), "{got:?}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.subjects().iter().filter(|s| **s == failed).count(), 1, "the repeated failure was mailed twice");
-}
-
-/// Waits until the job reaches `state` (failing if it ends otherwise).
-fn wait_state(c: &holdfast_tests::service::Client, id: i64, state: &str) -> Value {
-    let t = Instant::now();
-    loop {
-        let j = c.get(&format!("/api/jobs/{id}"));
-        if j["state"] == state {
-            return j;
-        }
-        assert!(j["finished"].is_null(), "job {id} ended before reaching {state}: {j}");
-        assert!(t.elapsed() < Duration::from_secs(120), "job {id} did not reach {state}: {j}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The states the live events showed for `job`, in order.
@@ -612,12 +586,12 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     std::thread::sleep(Duration::from_millis(300));
     let full = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
     let fid = full["id"].as_i64().unwrap();
-    wait_state(&c, fid, "running");
+    c.wait_state(fid, "running");
     std::thread::sleep(Duration::from_secs(2));
     let held = c.get(&format!("/api/jobs/{fid}"));
     assert_eq!((held["state"].as_str(), held["done_bytes"].as_i64()), (Some("running"), Some(0)), "{held}");
     assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
-    let done = wait_job(&c, fid);
+    let done = c.wait_job(fid);
     assert_eq!(done["state"], "completed", "{done}");
     let log = c.get(&format!("/api/jobs/{fid}/log"));
     let lines: Vec<&str> = log.as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
@@ -630,7 +604,7 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     // An incremental also queries the changed blocks.
     vm.write(1, 0x22, 2 * MIB, MIB);
     let inc = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
-    let inc_done = wait_job(&c, inc["id"].as_i64().unwrap());
+    let inc_done = c.wait_job(inc["id"].as_i64().unwrap());
     assert_eq!(inc_done["state"], "completed", "{inc_done}");
     std::thread::sleep(Duration::from_millis(300));
     let full_states = streamed_states(&events_file, &full);
@@ -657,7 +631,7 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     vm.write(0, 0x33, 6 * MIB, MIB);
     let running = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
     let rid = running["id"].as_i64().unwrap();
-    wait_state(&c, rid, "running");
+    c.wait_state(rid, "running");
     assert!(vm.has_job());
     let queued = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
     let qid = queued["id"].as_i64().unwrap();
@@ -668,7 +642,7 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     assert!(q["error"].as_str().unwrap().contains("before it started"), "{q}");
     let r = c.post(&format!("/api/jobs/{rid}/stop"), json!({}), 200);
     assert_eq!(r["state"], "stopping", "{r}");
-    let r = wait_job(&c, rid);
+    let r = c.wait_job(rid);
     assert_eq!(r["state"], "stopped", "{r}");
     assert!(r["error"].as_str().unwrap().contains("nothing of this run was committed"), "{r}");
     assert!(r["point_id"].is_null(), "{r}");
@@ -684,7 +658,7 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     // The next run starts clean and is still incremental from the last committed point.
     assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
     let next = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
-    let next = wait_job(&c, next["id"].as_i64().unwrap());
+    let next = c.wait_job(next["id"].as_i64().unwrap());
     assert_eq!(next["state"], "completed", "{next}");
     let points = c.get("/api/points");
     assert_eq!(points[0]["type"], "incremental", "{points}");
@@ -821,7 +795,7 @@ fn change_tracking_is_auto_on_or_off_per_rule() {
     let id = rule["id"].as_i64().unwrap();
     let run = |kind: &str| {
         let jobs = c.post(&format!("/api/rules/{id}/run"), json!({ "type": kind }), 202);
-        wait_job(&c, jobs[0]["id"].as_i64().unwrap())
+        c.wait_job(jobs[0]["id"].as_i64().unwrap())
     };
     vm.write(0, 0x41, 0, MIB);
     assert_eq!(run("full")["state"], "completed");
@@ -929,7 +903,7 @@ fn the_configuration_exports_with_sealed_passwords_and_imports_into_a_new_applia
     // The imported password works: the rule backs up through the SASL-authenticated platform.
     vm.write(0, 0x61, 0, MIB);
     let jobs = d.post(&format!("/api/rules/{}/run", imported["id"]), json!({ "type": "full" }), 202);
-    let done = wait_job(&d, jobs[0]["id"].as_i64().unwrap());
+    let done = d.wait_job(jobs[0]["id"].as_i64().unwrap());
     assert_eq!(done["state"], "completed", "{done}");
 
     // Importing again adds nothing and keeps what is there.
