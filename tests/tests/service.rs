@@ -230,7 +230,7 @@ fn a_rule_runs_on_schedule_with_fallback_to_full_retention_and_skips() {
 
     let r = c.post("/api/rules", rule(weekly.clone(), json!({ "keep_last": 2 }), json!([vm.name])), 201);
     let rid = r["id"].as_i64().unwrap();
-    let mut other = rule(weekly, json!({}), json!([vm.name]));
+    let mut other = rule(weekly.clone(), json!({}), json!([vm.name]));
     other["name"] = json!("another");
     let v = c.post("/api/rules", other, 409);
     assert!(v["error"].as_str().unwrap().contains("already in rule nightly"), "{v}");
@@ -275,18 +275,35 @@ fn a_rule_runs_on_schedule_with_fallback_to_full_retention_and_skips() {
     assert_eq!(jobs.len(), 5, "{jobs:?}");
     assert_eq!((jobs[0]["type"].as_str(), jobs[0]["state"].as_str()), (Some("full"), Some("completed")));
 
+    // Retention by days counts calendar days on the service's clock, and points carry its time:
+    // on Tuesday, keep_days 1 keeps Monday's and Tuesday's points: only the new one (Saturday's and
+    // Sunday's, the two keep_last 2 left, go).
+    let edit = rule(weekly, json!({ "keep_days": 1 }), json!([vm.name]));
+    let (code, v) = c.request("PUT", &format!("/api/rules/{rid}"), Some(&edit));
+    assert_eq!(code, 200, "{v}");
+    set_clock(&clock, "2026-12-01T02:00:30Z");
+    let jobs = wait_rule_jobs(&c, rid, 6);
+    assert_eq!(jobs[0]["state"], "completed", "{jobs:?}");
+    let points = c.get("/api/points");
+    let points = points.as_array().unwrap();
+    assert_eq!(points.len(), 1, "{points:?}");
+    assert_eq!(points[0]["point_id"], jobs[0]["point_id"]);
+    assert!(points[0]["started"].as_str().unwrap().starts_with("2026-12-01T02:0"), "{points:?}");
+    let log = c.get(&format!("/api/jobs/{}/log", jobs[0]["id"]));
+    assert_eq!(log.to_string().matches("retention removed point").count(), 2, "{log}");
+
     // Run now, twice at once: the second finds the first still going and is skipped.
     let started = c.post(&format!("/api/rules/{rid}/run"), json!({ "type": "full" }), 202);
     let again = c.post(&format!("/api/rules/{rid}/run"), json!({ "type": "full" }), 202);
     assert_eq!((started.as_array().unwrap().len(), again.as_array().unwrap().len()), (1, 0));
-    let jobs = wait_rule_jobs(&c, rid, 6);
+    let jobs = wait_rule_jobs(&c, rid, 7);
     assert!(jobs
         .iter()
         .any(|j| j["state"] == "skipped" && j["error"].as_str().unwrap().contains("still queued or running")));
 
     c.request("DELETE", &format!("/api/rules/{rid}"), None);
     assert_eq!(c.get("/api/rules"), json!([]));
-    assert!(c.get("/api/jobs").as_array().unwrap().len() >= 7, "jobs keep their history");
+    assert!(c.get("/api/jobs").as_array().unwrap().len() >= 8, "jobs keep their history");
 }
 
 /// Seconds since the epoch of an RFC 3339 time the service wrote.

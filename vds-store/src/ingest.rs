@@ -11,7 +11,7 @@ use crate::fslock::{flock, set_immutable, set_read_only, write_atomic, WriterReg
 use crate::manifest::{BackupType, Labels, PointDisk, PointStats, RestorePoint};
 use crate::store::{validate_key, Store};
 use crate::vm::VmDescription;
-use chrono::Utc;
+
 use dedupe::{BlobId, BlobKind, DedupeError, ExtentData, ExtentOutcome, Pipeline};
 use std::fs::File;
 use std::ops::Range;
@@ -175,7 +175,7 @@ impl Store {
         }
         let writer = WriterRegistration::register(self.root())?;
         let chunks = self.chunks();
-        let started = Utc::now();
+        let started = self.now();
 
         let (parent, parent_reason) = match (req.backup_type, &req.parent) {
             (BackupType::Full, _) => (None, None),
@@ -318,7 +318,7 @@ impl Store {
             backup_type: if used_parent { req.backup_type } else { BackupType::Full },
             parent: if used_parent { parent.as_ref().map(|p| p.point.point_id.clone()) } else { None },
             started,
-            finished: Utc::now(),
+            finished: self.now(),
             disks,
             stats,
             consistency: req.consistency,
@@ -339,7 +339,7 @@ impl Store {
         }
         let manifest = self.manifest_path(vm, &point.point_id);
         write_atomic(tmp, &manifest, &point.encode())?;
-        if labels.locked_at(Utc::now()).is_some() {
+        if labels.locked_at(self.now()).is_some() {
             for p in [&labels_path, &manifest] {
                 let _ = set_read_only(p, true);
                 set_immutable(p, true);

@@ -23,6 +23,6 @@ pub use ingest::{DiskSource, FileSource, IngestDisk, IngestProgress, IngestReque
 pub use manifest::{BackupType, Labels, PointDisk, PointStats, RestorePoint};
 pub use reader::{DiskReader, ExportStats};
 pub use retention::{PruneDecision, RetentionPolicy};
-pub use store::{InitOptions, PointEntry, Store};
+pub use store::{Clock, InitOptions, PointEntry, Store};
 pub use verify::VerifyReport;
 pub use vm::{NativeConfig, VmDescription, VmDisk, VmNic};

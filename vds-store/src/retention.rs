@@ -169,7 +169,7 @@ impl Store {
                 .into_iter()
                 .map(|p| PointInfo { vm: p.vm, point_id: p.point_id, time: p.manifest.started, labels: p.labels })
                 .collect();
-            for mut d in policy.plan(&infos, Local::now()) {
+            for mut d in policy.plan(&infos, self.now().with_timezone(&Local)) {
                 if !d.keep && !dry_run {
                     match self.delete_point(&d.vm, &d.point_id) {
                         Ok(()) => {}

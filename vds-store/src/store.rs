@@ -20,7 +20,11 @@ pub struct Store {
     root: PathBuf,
     config: StoreConfig,
     chunks: ChunkStore,
+    clock: Option<Clock>,
 }
+
+/// Where a store's "now" comes from when it is not the system clock (a service's test clock).
+pub type Clock = std::sync::Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// Choices made once, when a store is created.
 #[derive(Clone, Debug)]
@@ -135,7 +139,17 @@ impl Store {
             }
         };
         let chunks = ChunkStore::new(root.join("blobs"), root.join("tmp"), codec);
-        Ok(Store { root: root.to_path_buf(), config, chunks })
+        Ok(Store { root: root.to_path_buf(), config, chunks, clock: None })
+    }
+
+    /// Takes "now" from `clock`: the times points are stamped with, the day retention counts
+    /// from and the end of retention locks all follow it.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = Some(clock);
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.as_ref().map_or_else(Utc::now, |c| c())
     }
 
     pub fn root(&self) -> &Path {
@@ -297,7 +311,7 @@ impl Store {
         }
         let bytes = serde_json::to_vec_pretty(labels).expect("labels serialise");
         write_atomic(tmp, &path, &bytes)?;
-        if labels.locked_at(Utc::now()).is_some() {
+        if labels.locked_at(self.now()).is_some() {
             for p in [&path, &manifest] {
                 if p.exists() {
                     let _ = set_read_only(p, true);
@@ -310,7 +324,7 @@ impl Store {
 
     pub fn set_star(&self, point: &str, star: bool) -> Result<Labels> {
         let entry = self.find(point)?;
-        if let Some(until) = entry.labels.locked_at(Utc::now()) {
+        if let Some(until) = entry.labels.locked_at(self.now()) {
             if !star {
                 return Err(StoreError::Locked { point: point.into(), until: until.to_rfc3339() });
             }
@@ -323,7 +337,7 @@ impl Store {
     /// Makes a point immutable until `until`. A lock can be extended, never shortened.
     pub fn lock(&self, point: &str, until: DateTime<Utc>) -> Result<Labels> {
         let entry = self.find(point)?;
-        if let Some(current) = entry.labels.locked_at(Utc::now()) {
+        if let Some(current) = entry.labels.locked_at(self.now()) {
             if until < current {
                 return Err(StoreError::Locked { point: point.into(), until: current.to_rfc3339() });
             }
@@ -337,7 +351,7 @@ impl Store {
     /// Refused while it is locked or while a running backup uses it as its base.
     pub fn delete_point(&self, vm: &str, point: &str) -> Result<()> {
         let labels = self.labels(vm, point)?;
-        if let Some(until) = labels.locked_at(Utc::now()) {
+        if let Some(until) = labels.locked_at(self.now()) {
             return Err(StoreError::Locked { point: point.into(), until: until.to_rfc3339() });
         }
         let path = self.manifest_path(vm, point);

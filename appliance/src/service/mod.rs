@@ -64,6 +64,12 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         Store::init(&store_dir, vds_store::InitOptions::default())
     }
     .with_context(|| format!("opening the store {}", store_dir.display()))?;
+    let mut store = store;
+    if std::env::var_os("HOLDFAST_TEST_CLOCK").is_some() {
+        // Points are stamped, and retention counts days, on the same clock as the schedules.
+        let clock = schedule::Clock::from_env();
+        store.set_clock(Arc::new(move || clock.now().with_timezone(&chrono::Utc)));
+    }
     let url = opts.catalog.clone().unwrap_or_else(|| format!("sqlite://{}", data.join("catalog.db").display()));
     let db = catalog::open(&url).await.context("opening the catalog")?;
     let secret = secret_key(&data.join("secret.key"))?;
