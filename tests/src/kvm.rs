@@ -43,12 +43,21 @@ pub fn ensure_libvirtd() {
 /// Stops libvirtd and starts it again (QEMU processes keep running). Only for tests that run
 /// alone in their test binary: every other libvirt connection breaks.
 pub fn restart_libvirtd() {
+    stop_libvirtd();
+    start_libvirtd();
+}
+
+/// Stops libvirtd and waits until it has gone (QEMU and its VMs keep running).
+pub fn stop_libvirtd() {
     let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
     let t = std::time::Instant::now();
     while Command::new("pgrep").args(["-x", "libvirtd"]).output().is_ok_and(|o| o.status.success()) {
         assert!(t.elapsed() < std::time::Duration::from_secs(30), "libvirtd did not stop");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+pub fn start_libvirtd() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/start-libvirtd.sh");
     assert!(Command::new("bash").arg(&script).status().is_ok_and(|s| s.success()), "libvirtd did not restart");
 }

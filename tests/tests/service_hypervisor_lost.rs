@@ -2,7 +2,7 @@
 //! restarted while a job transfers. Alone in its test binary: restarting libvirtd breaks every
 //! other libvirt connection, and cargo runs test binaries one at a time.
 
-use holdfast_tests::kvm::{restart_libvirtd, TestVm, MIB};
+use holdfast_tests::kvm::{restart_libvirtd, start_libvirtd, stop_libvirtd, TestVm, MIB};
 use holdfast_tests::service::Server;
 use serde_json::json;
 use std::process::Command;
@@ -29,7 +29,8 @@ fn a_lost_hypervisor_fails_a_starting_job_clearly_and_a_restart_mid_transfer_is_
     assert!(vm.checkpoints().is_empty() && !vm.has_job());
 
     // libvirtd restarted while the job transfers (held at 0 MB/s so the restart surely falls
-    // mid-transfer): QEMU keeps serving, the point commits, and the log says ending the
+    // mid-transfer): while the host does not answer the job shows unknown with the cause, then
+    // its phase again; QEMU keeps serving, the point commits, and the log says ending the
     // hypervisor's backup job failed; the next incremental ends that job and runs clean.
     let window = json!([{ "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "from": "00:00",
                           "to": "23:59", "mb_per_second": 0 }]);
@@ -38,11 +39,18 @@ fn a_lost_hypervisor_fails_a_starting_job_clearly_and_a_restart_mid_transfer_is_
     let job = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
     let id = job["id"].as_i64().unwrap();
     c.wait_state(id, "running");
-    restart_libvirtd();
+    stop_libvirtd();
+    let lost = c.wait_state(id, "unknown");
+    let why = lost["error"].as_str().unwrap_or_default();
+    assert!(why.starts_with("node unreachable") && why.contains("qemu:///system"), "{lost}");
+    start_libvirtd();
+    let back = c.wait_state(id, "running");
+    assert!(back["error"].is_null(), "{back}");
     assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
     let done = c.wait_job(id);
     assert_eq!(done["state"], "completed", "{done}");
-    assert!(log_of(id).contains("ending it on the hypervisor failed"), "{}", log_of(id));
+    let log = log_of(id);
+    assert!(log.contains("ending it on the hypervisor failed") && log.contains("the host answers again"), "{log}");
     assert!(vm.has_job(), "libvirt could not be told to end the job");
 
     vm.write(1, 0x72, 2 * MIB, MIB);

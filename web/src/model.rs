@@ -191,8 +191,9 @@ pub struct Job {
     #[serde(rename = "type")]
     pub backup_type: String,
     /// queued, preparing, saving_configuration, snapshotting, querying_changes, running,
-    /// checking_data, stopping; then completed, failed, stopped (by a user) or skipped (the
-    /// VM's previous run was still queued or running).
+    /// checking_data, stopping, unknown (the host does not answer; `error` says why); then
+    /// completed, failed, stopped (by a user) or skipped (the VM's previous run was still
+    /// queued or running).
     pub state: String,
     /// Of the whole backup (every disk).
     pub percent: f64,

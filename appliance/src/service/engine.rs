@@ -95,7 +95,19 @@ type PointDbRow = (String, String, String, String, String, String, Option<String
 
 /// The states of a job that has not ended, for SQL (`state IN …`).
 pub(super) const ACTIVE_STATES: &str = "('queued', 'preparing', 'saving_configuration', 'snapshotting', \
-                                         'querying_changes', 'running', 'checking_data', 'stopping')";
+                                         'querying_changes', 'running', 'checking_data', 'stopping', 'unknown')";
+
+/// How often a running job's host is asked whether it answers (one probe serves every job of
+/// that platform), and how long an answer may take before the host counts as unreachable.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The last look at one platform's host: when, and why it did not answer.
+#[derive(Default)]
+pub(super) struct NodeProbe {
+    at: Option<std::time::Instant>,
+    unreachable: Option<String>,
+}
 
 /// What the job log says when a job enters a phase.
 fn phase_words(p: Phase) -> &'static str {
@@ -551,13 +563,66 @@ impl Service {
     }
 
     /// Shows the phases the backup entered since the last look, in order, each as the job's
-    /// state and a log line (a stop requested meanwhile keeps the state at stopping).
-    async fn show_phases(&self, id: i64, control: &JobControl) {
+    /// state and a log line (a stop requested meanwhile keeps the state at stopping, an
+    /// unreachable host keeps it at unknown); `current` follows the phase.
+    async fn show_phases(&self, id: i64, control: &JobControl, current: &mut &'static str, unknown: bool) {
         for phase in control.take_phases() {
             log(&self.db, id, "info", phase_words(phase)).await;
-            if !control.stopped() {
+            *current = phase.state();
+            if !control.stopped() && !unknown {
                 self.set_state(id, phase.state()).await;
             }
+        }
+    }
+
+    /// Why the platform's host does not answer, or None when it does: probed at most every
+    /// PROBE_EVERY, one probe at a time per platform, shared by all its jobs.
+    async fn node_unreachable(&self, platform: i64, target: &Target) -> Option<String> {
+        let node = self.nodes.lock().expect("nodes lock").entry(platform).or_default().clone();
+        let mut node = node.lock().await;
+        if node.at.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
+            return node.unreachable.clone();
+        }
+        let (target, work) = (target.clone(), self.work_dir.clone());
+        let probe = tokio::task::spawn_blocking(move || target.connect(&work)?.test_connection());
+        node.unreachable = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(Ok(_))) => None,
+            Ok(Ok(Err(e))) => Some(e.to_string()),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+        };
+        node.at = Some(std::time::Instant::now());
+        node.unreachable.clone()
+    }
+
+    /// A running job whose host stops answering shows `unknown` (the transfer goes on where it
+    /// can: the data path need not be the management path) and the cause as its error; when the
+    /// host answers again the job shows its phase again.
+    async fn show_node(&self, id: i64, control: &JobControl, lost: Option<String>, unknown: &mut bool, current: &str) {
+        match (lost, *unknown) {
+            (Some(why), false) => {
+                *unknown = true;
+                let why = format!("node unreachable: {why}");
+                log(&self.db, id, "warning", &format!("{why}; the job's state is unknown until the host answers"))
+                    .await;
+                if !control.stopped() {
+                    let _ = sqlx::query("UPDATE jobs SET state = 'unknown', error = $1 WHERE id = $2")
+                        .bind(&why)
+                        .bind(id)
+                        .execute(&self.db)
+                        .await;
+                    self.publish(id).await;
+                }
+            }
+            (None, true) => {
+                *unknown = false;
+                log(&self.db, id, "info", "the host answers again").await;
+                let _ = sqlx::query("UPDATE jobs SET error = NULL WHERE id = $1").bind(id).execute(&self.db).await;
+                if !control.stopped() {
+                    self.set_state(id, current).await;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -587,6 +652,7 @@ impl Service {
         let shared = progress.clone();
         let vm_name = vm.clone();
         let backup_control = control.clone();
+        let probe_target = target.clone();
         let include = rule.as_ref().map(|r| r.disks.clone()).unwrap_or_default();
         let change_tracking = rule.as_ref().map(|r| r.change_tracking).unwrap_or_default();
         let task = tokio::task::spawn_blocking(move || {
@@ -607,10 +673,25 @@ impl Service {
         tokio::pin!(task);
         let mut running_since: Option<std::time::Instant> = None;
         let mut paused = false;
+        let (mut current, mut unknown) = ("preparing", false);
+        let mut probe: Option<tokio::task::JoinHandle<Option<String>>> = None;
         let outcome = loop {
             tokio::select! {
                 done = &mut task => break done.map_err(|e| e.to_string()).and_then(|r| r),
                 () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+            // The host's probe runs beside the loop, so a host slow to answer never holds up
+            // progress or the end of the job.
+            match probe.take() {
+                Some(p) if p.is_finished() => {
+                    let lost = p.await.unwrap_or(None);
+                    self.show_node(id, &control, lost, &mut unknown, current).await;
+                }
+                Some(p) => probe = Some(p),
+                None => {
+                    let (me, t) = (self.clone(), probe_target.clone());
+                    probe = Some(tokio::spawn(async move { me.node_unreachable(platform, &t).await }));
+                }
             }
             let limit = self.job_limit(&clock);
             control.set_limit(limit);
@@ -620,7 +701,7 @@ impl Service {
                     if paused { "transfer paused: a bandwidth window allows 0 MB/s" } else { "transfer resumed" };
                 log(&self.db, id, "info", words).await;
             }
-            self.show_phases(id, &control).await;
+            self.show_phases(id, &control, &mut current, unknown).await;
             let (done, total, changed) = {
                 let mut g = progress.lock().expect("progress lock");
                 let c = g.changed;
@@ -648,8 +729,11 @@ impl Service {
                 self.publish(id).await;
             }
         };
+        if let Some(p) = probe {
+            p.abort();
+        }
         // A job faster than one look still shows every phase it went through.
-        self.show_phases(id, &control).await;
+        self.show_phases(id, &control, &mut current, false).await;
         let bytes = {
             let g = progress.lock().expect("progress lock");
             (g.done, g.total)

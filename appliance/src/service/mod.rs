@@ -47,6 +47,8 @@ pub struct Service {
     controls: std::sync::Mutex<std::collections::HashMap<i64, Arc<connectors::JobControl>>>,
     bandwidth: std::sync::RwLock<Vec<BandwidthWindow>>,
     hosts: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
+    /// Whether each platform's host answered its last probe (while it has jobs running).
+    nodes: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<engine::NodeProbe>>>>,
     /// Job changes for the API's live events.
     events: tokio::sync::broadcast::Sender<Job>,
     /// One alert decided and sent at a time, so two quick failures cannot both pass the cap.
@@ -84,6 +86,7 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         controls: Default::default(),
         bandwidth: Default::default(),
         hosts: Default::default(),
+        nodes: Default::default(),
         events: tokio::sync::broadcast::channel(1024).0,
         alert_lock: tokio::sync::Mutex::new(()),
     };
