@@ -114,6 +114,8 @@ impl Service {
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
         put_setting(&mut tx, SETTING, &json.to_string()).await.map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
+        // A new threshold is checked now, not at the next look.
+        self.storage_check.notify_one();
         self.audit_log(
             &s.user,
             "alert settings changed",
@@ -216,6 +218,12 @@ impl Service {
                 }
             }
         }
+        self.check_storage().await;
+    }
+
+    /// Mails the storage alert when the store's filesystem is over the threshold (the repeat
+    /// cap keeps it to one mail per window).
+    pub(super) async fn check_storage(&self) {
         let Ok(Some((a, _))) = self.load_alerts().await else { return };
         if let Some(used) = used_percent(self.store.root()) {
             if used >= f64::from(a.storage_full_percent) {
@@ -227,6 +235,23 @@ impl Service {
                 self.alert("storage", &format!("Holdfast: store {root} is {used:.0}% full"), &body).await;
             }
         }
+    }
+}
+
+impl Service {
+    /// Watches the store's filesystem outside jobs too (other data can fill it): every
+    /// `every`, and at once when the alert settings change.
+    pub(super) fn start_storage_watch(self: &std::sync::Arc<Self>, every: std::time::Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.check_storage().await;
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = me.storage_check.notified() => {}
+                }
+            }
+        });
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Service {
     events: tokio::sync::broadcast::Sender<Job>,
     /// One alert decided and sent at a time, so two quick failures cannot both pass the cap.
     alert_lock: tokio::sync::Mutex<()>,
+    /// Wakes the storage watch (the alert settings changed).
+    storage_check: tokio::sync::Notify,
 }
 
 /// Creates what a first start needs, returns the service.
@@ -89,6 +91,7 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         nodes: Default::default(),
         events: tokio::sync::broadcast::channel(1024).0,
         alert_lock: tokio::sync::Mutex::new(()),
+        storage_check: tokio::sync::Notify::new(),
     };
     service.ensure_admin(&data.join("initial-admin-password")).await?;
     service.recover_jobs().await?;
@@ -216,6 +219,7 @@ pub fn run(opts: ServeOptions) -> Result<i32> {
     rt.block_on(async {
         let service = Arc::new(setup(&opts).await?);
         service.start_scheduler();
+        service.start_storage_watch(std::time::Duration::from_secs(300));
         let (cert, key) = tls_files(&opts.data_dir.join("tls"))?;
         let listener = tokio::net::TcpListener::bind(&opts.listen)
             .await
