@@ -21,6 +21,9 @@ pub struct Store {
     config: StoreConfig,
     chunks: ChunkStore,
     clock: Option<Clock>,
+    /// The last time `now` gave from `clock`: a clock held still (a test's) still gives each
+    /// point its own, later time, so "the newest point" stays well defined.
+    last: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 /// Where a store's "now" comes from when it is not the system clock (a service's test clock).
@@ -139,7 +142,7 @@ impl Store {
             }
         };
         let chunks = ChunkStore::new(root.join("blobs"), root.join("tmp"), codec);
-        Ok(Store { root: root.to_path_buf(), config, chunks, clock: None })
+        Ok(Store { root: root.to_path_buf(), config, chunks, clock: None, last: Default::default() })
     }
 
     /// Takes "now" from `clock`: the times points are stamped with, the day retention counts
@@ -149,7 +152,14 @@ impl Store {
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        self.clock.as_ref().map_or_else(Utc::now, |c| c())
+        let Some(clock) = &self.clock else { return Utc::now() };
+        let mut last = self.last.lock().expect("clock lock");
+        let t = match (clock(), *last) {
+            (t, Some(l)) if t <= l => l + chrono::Duration::microseconds(1),
+            (t, _) => t,
+        };
+        *last = Some(t);
+        t
     }
 
     pub fn root(&self) -> &Path {
