@@ -4,8 +4,8 @@
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
 use connectors::{
-    backup_vms, BackupOptions, BackupOutcome, Connector, Credentials, KvmConnector, NewVmSpec, Quiesce, RestoreDisk,
-    SnapshotMode, TlsFiles,
+    backup_vms, BackupOptions, BackupOutcome, Connector, Credentials, JobControl, KvmConnector, NewVmSpec, Quiesce,
+    RestoreDisk, SnapshotMode, TlsFiles,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -279,7 +279,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
             if in_place {
                 let vm = &entry.manifest.vm;
-                conn.restore_in_place(&vm.key, &disks)?;
+                conn.restore_in_place(&vm.key, &disks, &JobControl::default())?;
                 if args.json {
                     println!("{}", serde_json::json!({ "vm": vm.name, "point": point, "in_place": true }));
                 } else {
@@ -289,7 +289,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
             }
             let name = name.expect("clap requires --name without --in-place");
             let spec = NewVmSpec { name, cpus, memory_mib, pool, network, disk_format: Some(disk_format), start };
-            let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec)?;
+            let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec, &JobControl::default())?;
             if args.json {
                 println!("{}", serde_json::json!({ "vm": vm, "point": point, "started": start }));
             } else {

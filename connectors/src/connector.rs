@@ -3,6 +3,7 @@
 //! store see only this; a capability a platform lacks is `ConnectorError::Unsupported`, never a
 //! silent no-op.
 
+use crate::control::JobControl;
 use std::ops::Range;
 use vds_store::{BackupType, DiskReader, DiskSource, VmDescription};
 
@@ -195,14 +196,19 @@ pub trait Connector {
     fn describe(&self, vm: &str) -> Result<VmDescription, ConnectorError>;
     fn begin_backup(&self, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError>;
     /// Creates a new VM (new identity: name, UUID, MAC addresses) from a restore point's
-    /// description and disks. Returns the new VM's name. Nothing is left behind on failure.
+    /// description and disks. Returns the new VM's name. Nothing is left behind on failure,
+    /// nor when `control` stops it; its writes keep to `control`'s limit and count as its
+    /// progress.
     fn restore_as_new_vm(
         &self,
         source: &VmDescription,
         disks: &[RestoreDisk<'_>],
         spec: &NewVmSpec,
+        control: &JobControl,
     ) -> Result<String, ConnectorError>;
     /// Overwrites the disks of an existing, stopped VM with a restore point's contents (holes
-    /// stay holes). Each disk must have the size it has in the point.
-    fn restore_in_place(&self, vm: &str, disks: &[RestoreDisk<'_>]) -> Result<(), ConnectorError>;
+    /// stay holes). Each disk must have the size it has in the point. `control` as above (a
+    /// stop leaves the disks part-written: the VM stays stopped and the restore can be rerun).
+    fn restore_in_place(&self, vm: &str, disks: &[RestoreDisk<'_>], control: &JobControl)
+        -> Result<(), ConnectorError>;
 }

@@ -1,9 +1,10 @@
-//! A running backup's controls, shared between the job that runs it and whoever watches it: a
-//! stop request, a transfer limit that may change while it runs (0 pauses), and the phases it
-//! passes through, for the user's view of the job. Platform-neutral: connectors report their
-//! own phases; the limit and the stop act on every disk read through [`Governed`].
+//! A running job's controls, shared between the job that runs it and whoever watches it: a
+//! stop request, a transfer limit that may change while it runs (0 pauses), the phases it
+//! passes through and its progress, for the user's view of the job. Platform-neutral:
+//! connectors report their own phases; the limit and the stop act on every disk read of a
+//! backup through [`Governed`], and on every write of a restore through [`Throttle`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vds_store::DiskSource;
@@ -46,6 +47,9 @@ pub struct JobControl {
     limit: Mutex<Option<u64>>,
     /// Phases entered and not yet taken by the watcher.
     phases: Mutex<Vec<Phase>>,
+    /// Bytes done and to do, of the whole job.
+    done: AtomicU64,
+    total: AtomicU64,
 }
 
 impl JobControl {
@@ -79,6 +83,24 @@ impl JobControl {
     pub fn take_phases(&self) -> Vec<Phase> {
         std::mem::take(&mut *self.phases.lock().expect("phases lock"))
     }
+
+    pub fn set_progress(&self, done: u64, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(done, Ordering::Relaxed);
+    }
+
+    pub fn add_total(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes done and to do.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+    }
 }
 
 /// How long to wait before sending more, having sent `sent` bytes in `elapsed` under a limit of
@@ -90,27 +112,29 @@ fn wait_needed(sent: u64, limit: u64, elapsed: Duration) -> Duration {
 /// Longest single sleep: a stop or a changed limit is noticed within this.
 const TICK: Duration = Duration::from_millis(100);
 
-/// A disk source whose reads obey a [`JobControl`]: they fail once the job is stopped, wait
-/// while it is paused, and keep to its limit on average (a new limit starts a new average).
-pub struct Governed {
-    inner: Box<dyn DiskSource>,
-    control: Arc<JobControl>,
+/// Transfers that obey a [`JobControl`]: `admit` fails once the job is stopped, waits while it
+/// is paused, and keeps the bytes admitted to its limit on average (a new limit starts a new
+/// average).
+pub struct Throttle {
     since: Instant,
     sent: u64,
     limit_seen: Option<u64>,
 }
 
-impl Governed {
-    pub fn new(inner: Box<dyn DiskSource>, control: Arc<JobControl>) -> Governed {
-        Governed { inner, control, since: Instant::now(), sent: 0, limit_seen: None }
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle { since: Instant::now(), sent: 0, limit_seen: None }
     }
+}
 
-    fn admit(&mut self, n: usize) -> std::io::Result<()> {
+impl Throttle {
+    /// Waits until `n` more bytes may go; fails when the job is stopped.
+    pub fn admit(&mut self, control: &JobControl, n: usize) -> std::io::Result<()> {
         loop {
-            if self.control.stopped() {
+            if control.stopped() {
                 return Err(std::io::Error::other(STOPPED));
             }
-            let limit = self.control.limit();
+            let limit = control.limit();
             if limit != self.limit_seen {
                 (self.since, self.sent, self.limit_seen) = (Instant::now(), 0, limit);
             }
@@ -129,13 +153,26 @@ impl Governed {
     }
 }
 
+/// A disk source whose reads obey a [`JobControl`] through a [`Throttle`].
+pub struct Governed {
+    inner: Box<dyn DiskSource>,
+    control: Arc<JobControl>,
+    throttle: Throttle,
+}
+
+impl Governed {
+    pub fn new(inner: Box<dyn DiskSource>, control: Arc<JobControl>) -> Governed {
+        Governed { inner, control, throttle: Throttle::default() }
+    }
+}
+
 impl DiskSource for Governed {
     fn size(&self) -> u64 {
         self.inner.size()
     }
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.admit(buf.len())?;
+        self.throttle.admit(&self.control, buf.len())?;
         self.inner.read_at(offset, buf)
     }
 

@@ -137,7 +137,7 @@ fn full_incremental_differential_chain_restores_every_state() {
         disk_format: None,
         start: true,
     };
-    assert_eq!(conn.restore_as_new_vm(&p2.vm, &disks, &spec).unwrap(), restored.0);
+    assert_eq!(conn.restore_as_new_vm(&p2.vm, &disks, &spec, &JobControl::default()).unwrap(), restored.0);
     let new = conn.describe(&restored.0).unwrap();
     assert_ne!(new.uuid, p2.vm.uuid);
     assert_eq!((new.cpus, new.memory_mib), (2, 256));
@@ -150,7 +150,7 @@ fn full_incremental_differential_chain_restores_every_state() {
         let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
         assert!(allocated < 16 * MIB as u64, "restored {dev} is not sparse: {allocated} bytes allocated");
     }
-    let again = conn.restore_as_new_vm(&p2.vm, &disks, &spec).unwrap_err().to_string();
+    let again = conn.restore_as_new_vm(&p2.vm, &disks, &spec, &JobControl::default()).unwrap_err().to_string();
     assert!(again.contains("exists already"), "{again}");
     // The restored VM has raw disks: it backs up (full every time, saying why), no checkpoint.
     for kind in [BackupType::Full, BackupType::Incremental] {
@@ -318,11 +318,11 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
     let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p1.point_id, k).unwrap()).collect();
     let disks: Vec<RestoreDisk<'_>> =
         ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
-    let running = conn.restore_in_place(&vm.name, &disks).unwrap_err().to_string();
+    let running = conn.restore_in_place(&vm.name, &disks, &JobControl::default()).unwrap_err().to_string();
     assert!(running.contains("running"), "{running}");
 
     virsh(&["destroy", &vm.name]);
-    conn.restore_in_place(&vm.name, &disks).unwrap();
+    conn.restore_in_place(&vm.name, &disks, &JobControl::default()).unwrap();
     for (i, dev) in ["vda", "vdb"].iter().enumerate() {
         let raw = vm.dir.join(format!("inplace-{dev}.raw"));
         let st = std::process::Command::new("qemu-img")
@@ -436,7 +436,7 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
         disk_format: Some("qcow2".into()),
         start: true,
     };
-    conn.restore_as_new_vm(&inc.vm, &disks, &spec).unwrap();
+    conn.restore_as_new_vm(&inc.vm, &disks, &spec, &JobControl::default()).unwrap();
     // qcow2 volumes (converted on the host after the raw upload, nothing else left in the pool)
     // holding the point's data; the new VM's backups are incremental, like any qcow2 VM's.
     let mut files: Vec<String> =

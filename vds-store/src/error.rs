@@ -21,7 +21,9 @@ pub enum StoreError {
     ManifestDamaged { point: String, path: PathBuf, cause: String },
     #[error("restore point {point} is locked (immutable) until {until}; it cannot be deleted or changed")]
     Locked { point: String, until: String },
-    #[error("restore point {point} is the base of a running backup; try again when it ends")]
+    #[error(
+        "restore point {point} is in use (the base of a running backup, or being restored); try again when that ends"
+    )]
     InUse { point: String },
     #[error("invalid {what} {value:?}: {why}")]
     InvalidName { what: &'static str, value: String, why: &'static str },

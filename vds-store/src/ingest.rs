@@ -153,11 +153,15 @@ pub enum IngestStage {
     Checking,
 }
 
-struct Parent {
-    point: RestorePoint,
-    // Held for the whole ingest: a shared lock that keeps the parent from being deleted.
+/// A restore point held open: a shared lock on its manifest keeps it from being deleted
+/// (retention keeps it, saying it is in use) until this is dropped. An ingest holds its parent
+/// so; a restore holds the point it reads.
+pub struct PointHold {
+    pub point: RestorePoint,
     _lock: File,
 }
+
+type Parent = PointHold;
 
 impl Store {
     pub fn ingest(&self, req: IngestRequest, progress: &mut dyn FnMut(&IngestProgress)) -> Result<RestorePoint> {
@@ -346,6 +350,11 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Holds a point (see [`PointHold`]).
+    pub fn hold_point(&self, vm: &str, point: &str) -> Result<PointHold> {
+        self.lock_parent(vm, point)
     }
 
     fn lock_parent(&self, vm: &str, point: &str) -> Result<Parent> {

@@ -19,7 +19,9 @@ pub mod vm;
 pub use disk_map::DiskMap;
 pub use error::{Result, StoreError};
 pub use gc::GcReport;
-pub use ingest::{DiskSource, FileSource, IngestDisk, IngestProgress, IngestRequest, IngestStage, MemorySource};
+pub use ingest::{
+    DiskSource, FileSource, IngestDisk, IngestProgress, IngestRequest, IngestStage, MemorySource, PointHold,
+};
 pub use manifest::{BackupType, Labels, PointDisk, PointStats, RestorePoint};
 pub use reader::{DiskReader, ExportStats};
 pub use retention::{PruneDecision, RetentionPolicy};

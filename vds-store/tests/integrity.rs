@@ -139,6 +139,23 @@ fn a_running_backups_base_point_cannot_be_deleted() {
 }
 
 #[test]
+fn a_held_point_survives_retention_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = small_store(dir.path(), None);
+    let data = noise(2 * EXTENT as usize, 5);
+    let old = ingest(&store, "vm", BackupType::Full, None, vec![("d", data.clone(), None)]).unwrap();
+    ingest(&store, "vm", BackupType::Full, None, vec![("d", data, None)]).unwrap();
+    let last_only = RetentionPolicy { keep_last: Some(1), ..Default::default() };
+    let hold = store.hold_point("vm", &old.point_id).unwrap();
+    let decided = store.prune(&last_only, None, false).unwrap();
+    let d = decided.iter().find(|d| d.point_id == old.point_id).unwrap();
+    assert!(d.keep && d.reasons[0].contains("in use"), "{d:?}");
+    drop(hold);
+    store.prune(&last_only, None, false).unwrap();
+    assert!(store.find(&old.point_id).is_err(), "released, the point goes");
+}
+
+#[test]
 fn damage_is_attributed_to_exactly_the_points_it_affects() {
     let dir = tempfile::tempdir().unwrap();
     let store = small_store(dir.path(), None);

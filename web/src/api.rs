@@ -149,6 +149,14 @@ async fn start_job<B: Backend>(
     Ok((StatusCode::ACCEPTED, Json(b.start_job(&s, j).await?)))
 }
 
+async fn start_restore<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(r): Body<NewRestore>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    Ok((StatusCode::ACCEPTED, Json(b.start_restore(&s, r).await?)))
+}
+
 async fn jobs<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Job>>> {
     Ok(Json(b.jobs().await?))
 }
@@ -369,6 +377,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/platforms", get(platforms::<B>).post(create_platform::<B>))
         .route("/api/platforms/{id}/vms", get(platform_vms::<B>))
         .route("/api/jobs", get(jobs::<B>).post(start_job::<B>))
+        .route("/api/restores", post(start_restore::<B>))
         .route("/api/jobs/{id}", get(job::<B>))
         .route("/api/jobs/{id}/log", get(job_log::<B>))
         .route("/api/jobs/{id}/stop", post(stop_job::<B>))

@@ -183,11 +183,45 @@ pub struct NewJob {
     pub backup_type: String,
 }
 
+/// A restore of a point onto a platform: as a new VM (new name, UUID and MAC addresses, with
+/// the settings given) or in place, onto the VM it was taken from (which must be shut off).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRestore {
+    pub point: String,
+    /// Platform id to restore onto.
+    pub platform: i64,
+    /// new_vm or in_place.
+    pub mode: String,
+    /// The new VM's name (new_vm).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Storage pool for the new disks (new_vm); default "default".
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Network for every NIC; None keeps each NIC's original network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// raw or qcow2 (default: qcow2, which keeps change tracking).
+    #[serde(default)]
+    pub disk_format: Option<String>,
+    #[serde(default)]
+    pub start: bool,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Job {
     pub id: i64,
+    /// backup or restore.
+    pub kind: String,
     pub platform: i64,
+    /// The VM backed up, or the VM restored onto (the new VM's name for new_vm).
     pub vm: String,
+    /// full, incremental or differential; for a restore: new_vm or in_place.
     #[serde(rename = "type")]
     pub backup_type: String,
     /// queued, preparing, saving_configuration, snapshotting, querying_changes, running,
@@ -204,6 +238,7 @@ pub struct Job {
     /// Seconds left at that rate.
     pub eta_seconds: Option<i64>,
     pub error: Option<String>,
+    /// The point a backup made, or the point a restore reads.
     pub point_id: Option<String>,
     /// The rule that started it; None for a job run by hand.
     pub rule: Option<i64>,
@@ -408,6 +443,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Adds what an exported file holds, all or nothing.
     fn import_config(&self, s: &Session, i: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send;
     fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
+    fn start_restore(&self, s: &Session, r: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send;
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send;
     fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> impl Future<Output = ApiResult<()>> + Send;
 }

@@ -201,7 +201,7 @@ impl Service {
             }
             None => {
                 let previous: Option<(String,)> = sqlx::query_as(
-                    "SELECT state FROM jobs WHERE platform_id = $1 AND vm = $2 AND id < $3 \
+                    "SELECT state FROM jobs WHERE kind = 'backup' AND platform_id = $1 AND vm = $2 AND id < $3 \
                      AND state IN ('completed', 'failed') ORDER BY id DESC LIMIT 1",
                 )
                 .bind(platform)

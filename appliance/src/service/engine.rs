@@ -6,7 +6,7 @@ use super::catalog::{now, Db};
 use super::schedule::Clock;
 use super::Service;
 use connectors::{backup_vm, BackupOptions, Connector, Credentials, JobControl, KvmConnector, Phase, Quiesce};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use vds_store::{BackupType, RestorePoint};
 use web::*;
 
@@ -47,48 +47,33 @@ pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>
 }
 
 type PlatformRow = (i64, String, String, String, Option<String>, Option<String>, String);
-type JobRow = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    f64,
-    i64,
-    i64,
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    String,
-    Option<String>,
-    Option<String>,
-);
 
 fn platform(r: PlatformRow) -> Platform {
     Platform { id: r.0, name: r.1, kind: r.2, uri: r.3, username: r.4, has_password: r.5.is_some(), reached: r.6 }
 }
 
-fn job(r: JobRow) -> Job {
-    Job {
-        id: r.0,
-        platform: r.1,
-        vm: r.2,
-        backup_type: r.3,
-        state: r.4,
-        percent: r.5,
-        done_bytes: r.6,
-        total_bytes: r.7,
-        rate: r.8,
-        eta_seconds: r.9,
-        error: r.10,
-        point_id: r.11,
-        rule: r.12,
-        created: r.13,
-        started: r.14,
-        finished: r.15,
-    }
+/// A job from a row of JOB_COLUMNS.
+fn job(r: &sqlx::any::AnyRow) -> sqlx::Result<Job> {
+    use sqlx::Row;
+    Ok(Job {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        platform: r.try_get("platform_id")?,
+        vm: r.try_get("vm")?,
+        backup_type: r.try_get("backup_type")?,
+        state: r.try_get("state")?,
+        percent: r.try_get("percent")?,
+        done_bytes: r.try_get("done_bytes")?,
+        total_bytes: r.try_get("total_bytes")?,
+        rate: r.try_get("rate")?,
+        eta_seconds: r.try_get("eta_seconds")?,
+        error: r.try_get("error")?,
+        point_id: r.try_get("point_id")?,
+        rule: r.try_get("rule_id")?,
+        created: r.try_get("created")?,
+        started: r.try_get("started")?,
+        finished: r.try_get("finished")?,
+    })
 }
 
 type PointDbRow = (String, String, String, String, String, String, Option<String>, i64);
@@ -121,13 +106,13 @@ fn phase_words(p: Phase) -> &'static str {
 }
 
 /// How a job ended.
-enum End<'a> {
+pub(super) enum End<'a> {
     Completed(&'a str),
     Failed(&'a str),
     Stopped(&'a str),
 }
 
-const JOB_COLUMNS: &str = "id, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, rate, \
+const JOB_COLUMNS: &str = "id, kind, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, rate, \
                            eta_seconds, error, point_id, rule_id, created, started, finished";
 
 /// A job a rule started: its retention runs after a successful backup (never after a failed one).
@@ -141,13 +126,13 @@ pub(super) struct RuleRun {
 
 /// What a job needs to reach its platform, on a blocking thread.
 #[derive(Clone)]
-struct Target {
+pub(super) struct Target {
     uri: String,
     credentials: Option<Credentials>,
 }
 
 impl Target {
-    fn connect(&self, work_dir: &std::path::Path) -> Result<KvmConnector, connectors::ConnectorError> {
+    pub(super) fn connect(&self, work_dir: &std::path::Path) -> Result<KvmConnector, connectors::ConnectorError> {
         KvmConnector::open(&self.uri, work_dir, self.credentials.as_ref())
     }
 }
@@ -162,13 +147,6 @@ pub(super) struct Queued {
     quiesce: Quiesce,
     rule: Option<RuleRun>,
     control: Arc<JobControl>,
-}
-
-#[derive(Default)]
-struct Progress {
-    done: u64,
-    total: u64,
-    changed: bool,
 }
 
 /// Saves a platform (its password already sealed); a taken name is a 409.
@@ -218,7 +196,7 @@ pub(super) fn check_platform(p: &NewPlatform) -> ApiResult<()> {
 }
 
 impl Service {
-    async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
+    pub(super) async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
         let row: Option<(String, String, Option<String>, Option<String>)> =
             sqlx::query_as("SELECT name, uri, username, secret FROM platforms WHERE id = $1")
                 .bind(id)
@@ -235,7 +213,7 @@ impl Service {
     }
 
     /// Runs blocking connector work off the async threads.
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T, connectors::ConnectorError> + Send + 'static,
     ) -> ApiResult<T> {
         tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?.map_err(|e| ApiError::new(502, e.to_string()))
@@ -299,20 +277,24 @@ impl Service {
     }
 
     pub(super) async fn job_by_id(&self, id: i64) -> ApiResult<Job> {
-        let row: Option<JobRow> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.db)
             .await
             .map_err(ApiError::internal)?;
-        row.map(job).ok_or_else(|| ApiError::not_found(format!("job {id}")))
+        row.as_ref()
+            .map(job)
+            .transpose()
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found(format!("job {id}")))
     }
 
     pub(super) async fn list_jobs(&self) -> ApiResult<Vec<Job>> {
-        let rows: Vec<JobRow> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT 500"))
+        let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT 500"))
             .fetch_all(&self.db)
             .await
             .map_err(ApiError::internal)?;
-        Ok(rows.into_iter().map(job).collect())
+        rows.iter().map(job).collect::<sqlx::Result<_>>().map_err(ApiError::internal)
     }
 
     pub(super) async fn log_of(&self, id: i64) -> ApiResult<Vec<LogLine>> {
@@ -525,7 +507,7 @@ impl Service {
 
     /// Records a job's end (its point, or why it failed or stopped), tells listeners, sends
     /// alerts (not for a stop: a user asked for it).
-    async fn finish_job(&self, id: i64, platform: i64, vm: &str, end: End<'_>, bytes: (u64, u64)) {
+    pub(super) async fn finish_job(&self, id: i64, platform: i64, vm: &str, end: End<'_>, bytes: (u64, u64)) {
         let (state, point, error) = match end {
             End::Completed(point) => ("completed", Some(point), None),
             End::Failed(e) => ("failed", None, Some(e)),
@@ -550,13 +532,14 @@ impl Service {
             eprintln!("holdfast: job {id}: cannot record that it {state}: {e}");
         }
         self.publish(id).await;
-        if state != "stopped" {
+        let backup = self.job_by_id(id).await.is_ok_and(|j| j.kind == "backup");
+        if state != "stopped" && backup {
             self.alerts_after_job(id, platform, vm, error).await;
         }
     }
 
     /// Tells live-event listeners the job's current state (nobody listening is fine).
-    async fn publish(&self, id: i64) {
+    pub(super) async fn publish(&self, id: i64) {
         if let Ok(job) = self.job_by_id(id).await {
             let _ = self.events.send(job);
         }
@@ -626,8 +609,15 @@ impl Service {
         }
     }
 
-    async fn run_job(self: &Arc<Self>, job: Queued) {
-        let Queued { id, platform, target, vm, requested, quiesce, rule, control } = job;
+    /// Waits for the job's turn under the host's and the global limits; None when the job was
+    /// stopped meanwhile (already recorded as such). Then shows it preparing.
+    pub(super) async fn take_turn(
+        &self,
+        id: i64,
+        platform: i64,
+        target: &Target,
+        control: &JobControl,
+    ) -> Option<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit)> {
         // The host's limit first, then the global one: a job waiting for its busy host must not
         // hold a global slot that another host's job could use.
         let host = self
@@ -637,42 +627,34 @@ impl Service {
             .entry(platform)
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_host)))
             .clone();
-        let Ok(_host_permit) = host.acquire_owned().await else { return };
-        let Ok(_permit) = self.jobs.clone().acquire_owned().await else { return };
+        let host_permit = host.acquire_owned().await.ok()?;
+        let permit = self.jobs.clone().acquire_owned().await.ok()?;
         if control.stopped() {
-            // Stopped while queued: already recorded as such.
-            return;
+            return None;
         }
         self.set_state(id, "preparing").await;
         log(&self.db, id, "info", &format!("connecting to {}", target.uri)).await;
+        Some((host_permit, permit))
+    }
+
+    /// Watches a job's blocking task until it ends: its phases, progress (percent, bytes,
+    /// rate, ETA, from `control`) and its host's answers go to the catalog and the live
+    /// events; the bandwidth windows set its limit as they open and close. Returns the task's
+    /// result and the last progress seen.
+    pub(super) async fn watch<T: Send + 'static>(
+        self: &Arc<Self>,
+        id: i64,
+        platform: i64,
+        target: &Target,
+        control: &JobControl,
+        task: tokio::task::JoinHandle<Result<T, String>>,
+    ) -> (Result<T, String>, (u64, u64)) {
         let clock = Clock::from_env();
         control.set_limit(self.job_limit(&clock));
-        let progress = Arc::new(Mutex::new(Progress::default()));
-        let (store, work) = (self.store.clone(), self.work_dir.clone());
-        let shared = progress.clone();
-        let vm_name = vm.clone();
-        let backup_control = control.clone();
-        let probe_target = target.clone();
-        let include = rule.as_ref().map(|r| r.disks.clone()).unwrap_or_default();
-        let change_tracking = rule.as_ref().map(|r| r.change_tracking).unwrap_or_default();
-        let task = tokio::task::spawn_blocking(move || {
-            let conn = target.connect(&work).map_err(|e| e.to_string())?;
-            let opts = BackupOptions {
-                include,
-                quiesce,
-                change_tracking,
-                control: backup_control,
-                ..BackupOptions::new(requested)
-            };
-            backup_vm(&conn, &store, &vm, opts, &mut |p| {
-                let mut g = shared.lock().expect("progress lock");
-                (g.done, g.total, g.changed) = (p.all_done_bytes, p.all_total_bytes, true);
-            })
-            .map_err(|e| e.to_string())
-        });
         tokio::pin!(task);
         let mut running_since: Option<std::time::Instant> = None;
         let mut paused = false;
+        let mut seen = (0, 0);
         let (mut current, mut unknown) = ("preparing", false);
         let mut probe: Option<tokio::task::JoinHandle<Option<String>>> = None;
         let outcome = loop {
@@ -685,11 +667,11 @@ impl Service {
             match probe.take() {
                 Some(p) if p.is_finished() => {
                     let lost = p.await.unwrap_or(None);
-                    self.show_node(id, &control, lost, &mut unknown, current).await;
+                    self.show_node(id, control, lost, &mut unknown, current).await;
                 }
                 Some(p) => probe = Some(p),
                 None => {
-                    let (me, t) = (self.clone(), probe_target.clone());
+                    let (me, t) = (self.clone(), target.clone());
                     probe = Some(tokio::spawn(async move { me.node_unreachable(platform, &t).await }));
                 }
             }
@@ -701,14 +683,10 @@ impl Service {
                     if paused { "transfer paused: a bandwidth window allows 0 MB/s" } else { "transfer resumed" };
                 log(&self.db, id, "info", words).await;
             }
-            self.show_phases(id, &control, &mut current, unknown).await;
-            let (done, total, changed) = {
-                let mut g = progress.lock().expect("progress lock");
-                let c = g.changed;
-                g.changed = false;
-                (g.done, g.total, c)
-            };
-            if changed {
+            self.show_phases(id, control, &mut current, unknown).await;
+            let (done, total) = control.progress();
+            if (done, total) != seen {
+                seen = (done, total);
                 let since = *running_since.get_or_insert_with(std::time::Instant::now);
                 let percent = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
                 let secs = since.elapsed().as_secs_f64();
@@ -733,11 +711,33 @@ impl Service {
             p.abort();
         }
         // A job faster than one look still shows every phase it went through.
-        self.show_phases(id, &control, &mut current, false).await;
-        let bytes = {
-            let g = progress.lock().expect("progress lock");
-            (g.done, g.total)
-        };
+        self.show_phases(id, control, &mut current, false).await;
+        (outcome, control.progress())
+    }
+
+    async fn run_job(self: &Arc<Self>, job: Queued) {
+        let Queued { id, platform, target, vm, requested, quiesce, rule, control } = job;
+        let Some(_permits) = self.take_turn(id, platform, &target, &control).await else { return };
+        let (store, work) = (self.store.clone(), self.work_dir.clone());
+        let vm_name = vm.clone();
+        let backup_control = control.clone();
+        let task_target = target.clone();
+        let include = rule.as_ref().map(|r| r.disks.clone()).unwrap_or_default();
+        let change_tracking = rule.as_ref().map(|r| r.change_tracking).unwrap_or_default();
+        let task = tokio::task::spawn_blocking(move || {
+            let conn = task_target.connect(&work).map_err(|e| e.to_string())?;
+            let progress = backup_control.clone();
+            let opts = BackupOptions {
+                include,
+                quiesce,
+                change_tracking,
+                control: backup_control,
+                ..BackupOptions::new(requested)
+            };
+            backup_vm(&conn, &store, &vm, opts, &mut |p| progress.set_progress(p.all_done_bytes, p.all_total_bytes))
+                .map_err(|e| e.to_string())
+        });
+        let (outcome, bytes) = self.watch(id, platform, &target, &control, task).await;
         match outcome {
             Ok(o) => {
                 let p = &o.point;

@@ -12,6 +12,7 @@ mod bandwidth;
 pub mod catalog;
 mod config;
 mod engine;
+mod restore;
 mod rules;
 mod schedule;
 mod stats;
@@ -343,6 +344,9 @@ impl Backend for Api {
     }
     async fn stop_job(&self, s: &Session, id: i64) -> ApiResult<Job> {
         self.0.stop(s, id).await
+    }
+    async fn start_restore(&self, s: &Session, r: NewRestore) -> ApiResult<Job> {
+        self.0.queue_restore(s, r).await
     }
     async fn bandwidth(&self) -> ApiResult<Vec<BandwidthWindow>> {
         Ok(self.0.bandwidth.read().expect("bandwidth lock").clone())

@@ -408,6 +408,24 @@ impl Service {
         {
             return Err(ApiError::new(409, format!("rule {name} has job {job} running: stop it or wait")));
         }
+        // A restore reading a point this rule made depends on the rule.
+        if let Some((job, point)) = sqlx::query_as::<_, (i64, String)>(&format!(
+            "SELECT id, point_id FROM jobs WHERE kind = 'restore' AND state IN {} AND point_id IN \
+             (SELECT point_id FROM jobs WHERE rule_id = $1 AND point_id IS NOT NULL)",
+            super::engine::ACTIVE_STATES
+        ))
+        .bind(id)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(ApiError::internal)?
+        {
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "rule {name}: restore job {job} reads point {point}, which this rule made: wait for it or stop it"
+                ),
+            ));
+        }
         // The points this rule's jobs made, read before the jobs forget their rule.
         let made: Vec<String> = if delete_data {
             sqlx::query_as::<_, (String,)>("SELECT point_id FROM jobs WHERE rule_id = $1 AND point_id IS NOT NULL")

@@ -36,7 +36,7 @@ impl Service {
         let vm_sql = format!(
             "SELECT platform_id, vm, {coalesced}, \
              CAST(COALESCE(SUM(CASE WHEN state = 'failed' AND error_read = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) \
-             FROM jobs GROUP BY platform_id, vm ORDER BY vm"
+             FROM jobs WHERE kind = 'backup' GROUP BY platform_id, vm ORDER BY vm"
         );
         let vms: Vec<VmRow> =
             sqlx::query_as(&vm_sql).bind(&week).bind(&month).bind(&year).fetch_all(&self.db).await.map_err(err)?;
@@ -45,7 +45,7 @@ impl Service {
             // The VM's points in the store, found through its newest committed job.
             let key: Option<(String,)> = sqlx::query_as(
                 "SELECT p.vm_key FROM jobs j JOIN points p ON p.point_id = j.point_id \
-                 WHERE j.platform_id = $1 AND j.vm = $2 ORDER BY j.id DESC LIMIT 1",
+                 WHERE j.kind = 'backup' AND j.platform_id = $1 AND j.vm = $2 ORDER BY j.id DESC LIMIT 1",
             )
             .bind(platform)
             .bind(&vm)

@@ -9,6 +9,7 @@ mod offline;
 mod restore;
 
 use crate::connector::*;
+use crate::control::JobControl;
 use crate::nbd::NbdAddress;
 use crate::nbd_source::NbdSource;
 use domain_xml::{backup_xml, checkpoint_xml, BackupDisk, NbdServer};
@@ -393,12 +394,18 @@ impl Connector for KvmConnector {
         source: &VmDescription,
         disks: &[RestoreDisk<'_>],
         spec: &NewVmSpec,
+        control: &JobControl,
     ) -> Result<String, ConnectorError> {
-        restore::restore_as_new_vm(self, source, disks, spec)
+        restore::restore_as_new_vm(self, source, disks, spec, control)
     }
 
-    fn restore_in_place(&self, vm: &str, disks: &[RestoreDisk<'_>]) -> Result<(), ConnectorError> {
-        restore::restore_in_place(self, vm, disks)
+    fn restore_in_place(
+        &self,
+        vm: &str,
+        disks: &[RestoreDisk<'_>],
+        control: &JobControl,
+    ) -> Result<(), ConnectorError> {
+        restore::restore_in_place(self, vm, disks, control)
     }
 
     fn platform(&self) -> &'static str {

@@ -5,6 +5,7 @@
 use super::domain_xml::{new_domain_xml, volume_xml};
 use super::{last_error, KvmConnector, PLATFORM};
 use crate::connector::{ConnectorError, NewVmSpec, RestoreDisk};
+use crate::control::{JobControl, Throttle};
 use crate::nbd::{NbdAddress, NbdClient};
 use std::process::{Child, Command, Stdio};
 use vds_store::{DiskReader, VmDescription};
@@ -38,8 +39,16 @@ fn send_hole(stream: &Stream, len: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Counts an extent of a disk as done, after waiting for the job's limit (data only: holes
+/// cost no transfer) and failing when it was stopped.
+fn govern(control: &JobControl, throttle: &mut Throttle, len: usize, data: bool) -> Result<(), String> {
+    throttle.admit(control, if data { len } else { 0 }).map_err(|e| e.to_string())?;
+    control.add_done(len as u64);
+    Ok(())
+}
+
 /// Streams a disk of a restore point into `vol`, holes as holes.
-fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader) -> Result<(), String> {
+fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader, control: &JobControl) -> Result<(), String> {
     let stream = Stream::new(&conn.conn, 0).map_err(|e| e.to_string())?;
     let size = reader.size();
     vol.upload(&stream, 0, size, sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM).map_err(|e| e.to_string())?;
@@ -48,8 +57,10 @@ fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader) -> Result<
         let es = map.extent_size as u64;
         let mut buf = vec![0u8; es as usize];
         let mut hole = 0u64;
+        let mut throttle = Throttle::default();
         for (i, id) in map.extents.iter().enumerate() {
             let len = map.extent_len(i as u64);
+            govern(control, &mut throttle, len, !id.is_hole())?;
             if id.is_hole() {
                 hole += len as u64;
                 continue;
@@ -86,6 +97,7 @@ pub(super) fn restore_as_new_vm(
     source: &VmDescription,
     disks: &[RestoreDisk<'_>],
     spec: &NewVmSpec,
+    control: &JobControl,
 ) -> Result<String, ConnectorError> {
     let name = &spec.name;
     if conn.conn.lookup_domain_by_name(name).is_ok() {
@@ -100,6 +112,7 @@ pub(super) fn restore_as_new_vm(
         return Err(failed(name, "restoring as a new VM", format!("disk format {format:?}: use raw or qcow2")));
     }
     let mut created: Vec<StorageVol> = Vec::new();
+    control.add_total(disks.iter().map(|d| d.reader.size()).sum());
     let result = (|| {
         let mut paths = Vec::new();
         for d in disks {
@@ -111,7 +124,7 @@ pub(super) fn restore_as_new_vm(
                 .map_err(|e| failed(name, &format!("creating volume {raw_name}"), e.to_string()))?;
             created.push(raw);
             let raw = created.last().expect("just pushed");
-            upload(conn, raw, d.reader)
+            upload(conn, raw, d.reader, control)
                 .map_err(|e| failed(name, &format!("uploading disk {} into {raw_name}", d.key), e))?;
             let vol = if format == "raw" {
                 raw
@@ -246,8 +259,9 @@ impl Drop for ImageServer {
 
 /// Writes a restore point's disk through NBD: data blocks as writes, holes and all-zero blocks
 /// as write-zeroes (which the image may turn back into holes).
-fn write_disk(client: &mut NbdClient, reader: &DiskReader) -> Result<(), String> {
+fn write_disk(client: &mut NbdClient, reader: &DiskReader, control: &JobControl) -> Result<(), String> {
     let map = reader.map();
+    let mut throttle = Throttle::default();
     let es = map.extent_size as u64;
     let mut buf = vec![0u8; es as usize];
     let mut zero_from: Option<u64> = None;
@@ -260,6 +274,7 @@ fn write_disk(client: &mut NbdClient, reader: &DiskReader) -> Result<(), String>
     };
     for (i, id) in map.extents.iter().enumerate() {
         let len = map.extent_len(i as u64);
+        govern(control, &mut throttle, len, !id.is_hole())?;
         if id.is_hole() {
             zero_from.get_or_insert(pos);
             pos += len as u64;
@@ -280,7 +295,12 @@ fn write_disk(client: &mut NbdClient, reader: &DiskReader) -> Result<(), String>
     client.flush().map_err(|e| e.to_string())
 }
 
-pub(super) fn restore_in_place(conn: &KvmConnector, vm: &str, disks: &[RestoreDisk<'_>]) -> Result<(), ConnectorError> {
+pub(super) fn restore_in_place(
+    conn: &KvmConnector,
+    vm: &str,
+    disks: &[RestoreDisk<'_>],
+    control: &JobControl,
+) -> Result<(), ConnectorError> {
     if !conn.is_local() {
         return Err(ConnectorError::Unsupported {
             platform: PLATFORM,
@@ -321,6 +341,7 @@ pub(super) fn restore_in_place(conn: &KvmConnector, vm: &str, disks: &[RestoreDi
         }
         plan.push((d, source, target.format.clone().unwrap_or_else(|| "raw".into())));
     }
+    control.add_total(disks.iter().map(|d| d.reader.size()).sum());
     let dir = conn.work_dir.join(format!("restore-{}", vds_store::fslock::random_hex(6)));
     std::fs::create_dir_all(&dir).map_err(|e| failed(vm, "creating a work directory", e.to_string()))?;
     let result = (|| {
@@ -328,7 +349,7 @@ pub(super) fn restore_in_place(conn: &KvmConnector, vm: &str, disks: &[RestoreDi
             let server = ImageServer::start(&source, &format, dir.join(format!("{}.sock", d.key)))
                 .map_err(|e| failed(vm, &format!("opening disk {} ({source})", d.key), e))?;
             let mut client = NbdClient::connect(&NbdAddress::Unix(server.socket.clone()), "disk", &[])?;
-            write_disk(&mut client, d.reader)
+            write_disk(&mut client, d.reader, control)
                 .map_err(|e| failed(vm, &format!("writing disk {} ({source})", d.key), e))?;
             client.disconnect()?;
             server.finish().map_err(|e| failed(vm, &format!("closing disk {} ({source})", d.key), e))?;

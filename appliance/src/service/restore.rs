@@ -1,0 +1,194 @@
+//! Restores through the service: a point restored as a new VM or in place, run as a job like a
+//! backup (queued under the same limits, states, progress, log, stop, bandwidth windows). The
+//! point is held for the whole restore, so retention cannot delete it meanwhile, and a rule
+//! whose point a restore reads cannot be deleted until the restore ends.
+
+use super::catalog::now;
+use super::engine::{log, End, Target};
+use super::Service;
+use connectors::{Connector, JobControl, NewVmSpec, Phase, RestoreDisk};
+use std::sync::Arc;
+use vds_store::RestorePoint;
+use web::*;
+
+/// What a restore writes, checked before it is queued.
+enum Mode {
+    NewVm(NewVmSpec),
+    InPlace,
+}
+
+/// Checks a restore request's own fields; the error names the field.
+fn check(r: &NewRestore) -> ApiResult<Mode> {
+    match r.mode.as_str() {
+        "in_place" => {
+            for (field, given) in [
+                ("name", r.name.is_some()),
+                ("pool", r.pool.is_some()),
+                ("cpus", r.cpus.is_some()),
+                ("memory_mib", r.memory_mib.is_some()),
+                ("network", r.network.is_some()),
+                ("disk_format", r.disk_format.is_some()),
+                ("start", r.start),
+            ] {
+                if given {
+                    return Err(ApiError::field(field, "applies to a restore as a new VM only"));
+                }
+            }
+            Ok(Mode::InPlace)
+        }
+        "new_vm" => {
+            let name = r.name.clone().unwrap_or_default();
+            if name.trim().is_empty() {
+                return Err(ApiError::field("name", "the new VM needs a name"));
+            }
+            let format = r.disk_format.clone().unwrap_or_else(|| "qcow2".into());
+            if format != "raw" && format != "qcow2" {
+                return Err(ApiError::field("disk_format", format!("{format:?}: use raw or qcow2")));
+            }
+            if r.cpus.is_some_and(|c| !(1..=1024).contains(&c)) {
+                return Err(ApiError::field("cpus", "must be 1-1024"));
+            }
+            if r.memory_mib.is_some_and(|m| m < 16) {
+                return Err(ApiError::field("memory_mib", "must be at least 16"));
+            }
+            Ok(Mode::NewVm(NewVmSpec {
+                name,
+                cpus: r.cpus,
+                memory_mib: r.memory_mib,
+                pool: r.pool.clone().unwrap_or_else(|| "default".into()),
+                network: r.network.clone(),
+                disk_format: Some(format),
+                start: r.start,
+            }))
+        }
+        other => Err(ApiError::field("mode", format!("{other:?}: use new_vm or in_place"))),
+    }
+}
+
+impl Service {
+    /// Queues a restore; it runs when the concurrency limits allow.
+    pub(super) async fn queue_restore(self: &Arc<Self>, s: &Session, r: NewRestore) -> ApiResult<Job> {
+        let mode = check(&r)?;
+        let store = self.store.clone();
+        let point_id = r.point.clone();
+        let point = tokio::task::spawn_blocking(move || store.find(&point_id))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::field("point", e.to_string()))?
+            .manifest;
+        let (platform_name, target) = self.target(r.platform).await.map_err(|e| {
+            if e.status == 404 {
+                ApiError::field("platform", e.message)
+            } else {
+                e
+            }
+        })?;
+        let (vm, kind) = match &mode {
+            Mode::NewVm(spec) => (spec.name.clone(), "new_vm"),
+            Mode::InPlace => (point.vm.name.clone(), "in_place"),
+        };
+        if let Some(busy) = self.active_job(r.platform, &vm).await? {
+            return Err(ApiError::new(
+                409,
+                format!("VM {vm} has job {busy} queued or running: wait for it or stop it"),
+            ));
+        }
+        let id = sqlx::query_as::<_, (i64,)>(
+            "INSERT INTO jobs (kind, platform_id, vm, backup_type, state, point_id, created) \
+             VALUES ('restore', $1, $2, $3, 'queued', $4, $5) RETURNING id",
+        )
+        .bind(r.platform)
+        .bind(&vm)
+        .bind(kind)
+        .bind(&point.point_id)
+        .bind(now())
+        .fetch_one(&self.db)
+        .await
+        .map_err(ApiError::internal)?
+        .0;
+        let what = match &mode {
+            Mode::NewVm(_) => format!("as new VM {vm}"),
+            Mode::InPlace => format!("in place onto VM {vm}"),
+        };
+        let words = format!(
+            "restore of point {} ({} backup of {}, {}) {what} on {platform_name}",
+            point.point_id,
+            point.backup_type.as_str(),
+            point.vm.name,
+            point.started.to_rfc3339()
+        );
+        log(&self.db, id, "info", &format!("queued by {}: {words}", s.user)).await;
+        self.audit_log(&s.user, "restore started", &format!("job {id}: {words}")).await?;
+        self.publish(id).await;
+        let control = JobControl::new();
+        self.controls.lock().expect("controls lock").insert(id, control.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.run_restore(id, r.platform, target, point, mode, control).await;
+            me.controls.lock().expect("controls lock").remove(&id);
+        });
+        self.job_by_id(id).await
+    }
+
+    async fn run_restore(
+        self: &Arc<Self>,
+        id: i64,
+        platform: i64,
+        target: Target,
+        point: RestorePoint,
+        mode: Mode,
+        control: Arc<JobControl>,
+    ) {
+        let Some(_permits) = self.take_turn(id, platform, &target, &control).await else { return };
+        let (store, work) = (self.store.clone(), self.work_dir.clone());
+        let (task_target, task_control) = (target.clone(), control.clone());
+        let (vm, in_place) = match &mode {
+            Mode::NewVm(spec) => (spec.name.clone(), false),
+            Mode::InPlace => (point.vm.name.clone(), true),
+        };
+        let task = tokio::task::spawn_blocking(move || {
+            // Held until the restore ends: retention keeps the point meanwhile.
+            let _hold = store.hold_point(&point.vm.key, &point.point_id).map_err(|e| e.to_string())?;
+            let conn = task_target.connect(&work).map_err(|e| e.to_string())?;
+            let readers = point
+                .disks
+                .iter()
+                .map(|d| Ok((d.key.clone(), store.open_disk(&point.point_id, &d.key)?)))
+                .collect::<Result<Vec<_>, vds_store::StoreError>>()
+                .map_err(|e| e.to_string())?;
+            let disks: Vec<RestoreDisk<'_>> =
+                readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
+            task_control.enter(Phase::Transferring);
+            match &mode {
+                Mode::NewVm(spec) => conn
+                    .restore_as_new_vm(&point.vm, &disks, spec, &task_control)
+                    .map(|vm| format!("restored as new VM {vm}{}", if spec.start { " (started)" } else { "" })),
+                Mode::InPlace => conn
+                    .restore_in_place(&point.vm.key, &disks, &task_control)
+                    .map(|()| format!("restored in place onto VM {} ({})", point.vm.name, point.vm.key)),
+            }
+            .map_err(|e| e.to_string())
+        });
+        let (outcome, bytes) = self.watch(id, platform, &target, &control, task).await;
+        let point_id = self.job_by_id(id).await.ok().and_then(|j| j.point_id).unwrap_or_default();
+        match outcome {
+            Ok(done) => {
+                log(&self.db, id, "info", &format!("completed: {done}")).await;
+                self.finish_job(id, platform, &vm, End::Completed(&point_id), bytes).await;
+            }
+            Err(e) if control.stopped() => {
+                log(&self.db, id, "warning", &format!("stopped: {e}")).await;
+                let why = if in_place {
+                    "stopped by a user: the VM's disks are part-written; it stays shut off until restored again"
+                } else {
+                    "stopped by a user: the new VM's volumes were removed"
+                };
+                self.finish_job(id, platform, &vm, End::Stopped(why), bytes).await;
+            }
+            Err(e) => {
+                log(&self.db, id, "error", &format!("failed: {e}")).await;
+                self.finish_job(id, platform, &vm, End::Failed(&e), bytes).await;
+            }
+        }
+    }
+}
