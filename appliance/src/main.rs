@@ -1,7 +1,9 @@
 //! `holdfast`: the appliance binary: the store CLI (`holdfast store …`), the KVM CLI
-//! (`holdfast kvm …`) and the service (`holdfast serve`: catalog, job engine, HTTPS API).
+//! (`holdfast kvm …`), the service (`holdfast serve`: catalog, job engine, HTTPS API) and its
+//! command-line client (`holdfast client …`).
 //! Errors reach the user here, once, with their whole cause chain.
 
+mod client_cli;
 mod kvm_cli;
 mod service;
 mod store_cli;
@@ -23,6 +25,9 @@ enum Command {
     Kvm(kvm_cli::KvmArgs),
     /// Run the appliance service: catalog, job engine and the HTTPS API.
     Serve(ServeArgs),
+    /// Drive a running appliance through its API with an API token: jobs, backups, restores,
+    /// rules, points.
+    Client(client_cli::ClientArgs),
 }
 
 #[derive(clap::Args)]
@@ -51,6 +56,7 @@ fn main() {
     let result = match cli.command {
         Command::Store(args) => store_cli::run(args),
         Command::Kvm(args) => kvm_cli::run(args),
+        Command::Client(args) => client_cli::run(args),
         Command::Serve(a) => {
             let data_dir = a
                 .data_dir

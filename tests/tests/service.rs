@@ -943,3 +943,69 @@ fn the_configuration_exports_with_sealed_passwords_and_imports_into_a_new_applia
     op.post("/api/password", json!({ "old": "operator password 1", "new": "operator password 2" }), 204);
     assert_eq!(op.request("POST", "/api/config/export", Some(&json!({}))).0, 403);
 }
+
+#[test]
+fn the_command_line_drives_the_service_with_an_api_token() {
+    let mut vm = TestVm::start("client");
+    let server = Server::start(&vm.dir.join("data"));
+    let c = server.admin("correct horse battery");
+    let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let token = c.post("/api/tokens", json!({ "name": "shell" }), 201)["token"].as_str().unwrap().to_string();
+    let cert = server.data.join("tls/cert.pem");
+    let client = |token: &str, ca: &std::path::Path| {
+        let mut cmd = std::process::Command::new(holdfast_tests::holdfast_bin());
+        cmd.args(["client", "--server", &format!("https://127.0.0.1:{}", server.port), "--ca"])
+            .arg(ca)
+            .env("HOLDFAST_TOKEN", token);
+        cmd
+    };
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // A backup, followed to its end: the exit status says it completed.
+    vm.write(0, 0x51, 0, MIB);
+    let (code, out, err) = run(client(&token, &cert).args([
+        "backup",
+        "--platform",
+        &p["id"].to_string(),
+        "--vm",
+        &vm.name,
+        "--type",
+        "full",
+        "--wait",
+    ]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("completed") && err.contains("job 1: "), "{out}{err}");
+    let (_, points, _) = run(client(&token, &cert).args(["points", "--json"]));
+    let points: Value = serde_json::from_str(&points).unwrap();
+    let point = points[0]["point_id"].as_str().unwrap();
+    assert!(out.contains(point), "the job line names its point: {out}");
+    let (code, log, _) = run(client(&token, &cert).args(["job", "1"]));
+    assert_eq!(code, Some(0));
+    assert!(log.contains("transferring data") && log.contains("completed: full point"), "{log}");
+    let (_, any, _) = run(client(&token, &cert).args(["call", "get", "/api/stats"]));
+    assert!(any.contains(&vm.name), "{any}");
+
+    // A backup of a VM that does not exist fails with the job's cause and a non-zero status.
+    let (code, out, _) = run(client(&token, &cert).args(["backup", "--platform", "1", "--vm", "no-such-vm", "--wait"]));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("failed") && out.contains("no-such-vm"), "{out}");
+
+    // Refusals are clear: a wrong token, a certificate that is not the appliance's, no token.
+    let (code, _, err) = run(client("hf_wrong", &cert).arg("jobs"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401") && err.contains("unknown or revoked API token"), "{err}");
+    let other_ca = std::path::Path::new("/var/tmp/holdfast-testbed/pki/ca-cert.pem");
+    let (code, _, err) = run(client(&token, other_ca).arg("jobs"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&format!("127.0.0.1:{}", server.port)) && err.contains("TLS handshake"), "{err}");
+    let (code, _, err) = run(client(&token, &cert).env_remove("HOLDFAST_TOKEN").arg("jobs"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no API token"), "{err}");
+}

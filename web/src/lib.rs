@@ -8,9 +8,11 @@
 //! only `POST /api/password` and `POST /api/logout` are allowed.
 
 mod api;
+mod client;
 mod model;
 mod tls;
 
 pub use api::router;
+pub use client::ApiClient;
 pub use model::*;
 pub use tls::serve;
