@@ -37,6 +37,9 @@ pub struct BackupOptions {
     pub threads: usize,
     pub quiesce: Quiesce,
     pub change_tracking: ChangeTracking,
+    /// Move the data over the storage network (SAN) where the platform offers it; where it
+    /// does not, the backup goes over the usual transport and says so in a warning.
+    pub lan_free: bool,
     /// Stop, transfer limit and phases, shared with whoever runs the job.
     pub control: Arc<JobControl>,
 }
@@ -52,6 +55,7 @@ impl BackupOptions {
             threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             quiesce: Quiesce::IfPossible,
             change_tracking: ChangeTracking::Auto,
+            lan_free: false,
             control: JobControl::new(),
         }
     }
@@ -98,6 +102,7 @@ fn start(connector: &dyn Connector, store: &Store, vm: &str, opts: &BackupOption
         keep_change_ids: newest_full.iter().flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone())).collect(),
         quiesce: opts.quiesce,
         change_tracking: opts.change_tracking,
+        lan_free: opts.lan_free,
         control: control.clone(),
     };
     if control.stopped() {
@@ -119,6 +124,10 @@ fn complete(
     let change_id = session.change_id();
     let transport = session.transport();
     let consistency = session.consistency();
+    let mut warnings = Vec::new();
+    if opts.lan_free && !session.lan_free() {
+        warnings.push(format!("LAN-free transport was asked for but is not available for this VM; used {transport}"));
+    }
     let disks = session
         .take_disks()
         .into_iter()
@@ -151,13 +160,11 @@ fn complete(
     );
     let finished = session.finish(result.is_ok());
     match (result, finished) {
-        (Ok(point), Ok(())) => Ok(BackupOutcome { point, transport, consistency, warnings: Vec::new() }),
-        (Ok(point), Err(e)) => Ok(BackupOutcome {
-            point,
-            transport,
-            consistency,
-            warnings: vec![format!("the backup is committed, but ending it on the hypervisor failed: {e}")],
-        }),
+        (Ok(point), Ok(())) => Ok(BackupOutcome { point, transport, consistency, warnings }),
+        (Ok(point), Err(e)) => {
+            warnings.push(format!("the backup is committed, but ending it on the hypervisor failed: {e}"));
+            Ok(BackupOutcome { point, transport, consistency, warnings })
+        }
         (Err(store), Ok(())) => Err(BackupError::Store(store)),
         (Err(store), Err(cleanup)) => {
             Err(BackupError::StoreAndCleanup { store: Box::new(store), cleanup: Box::new(cleanup) })

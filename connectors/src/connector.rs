@@ -109,6 +109,8 @@ pub struct BackupPlan {
     pub keep_change_ids: Vec<String>,
     pub quiesce: Quiesce,
     pub change_tracking: ChangeTracking,
+    /// Use a LAN-free (SAN) transport where the platform offers one for this VM.
+    pub lan_free: bool,
     /// Where the connector reports its phases (e.g. querying changed blocks).
     pub control: std::sync::Arc<crate::control::JobControl>,
 }
@@ -156,6 +158,10 @@ pub trait BackupSession {
     fn change_id(&self) -> Option<String>;
     /// The transport in use, for the job log and UI ("nbd+unix", "hot-add", …).
     fn transport(&self) -> String;
+    /// Whether the data moves over the storage network (SAN) rather than the LAN.
+    fn lan_free(&self) -> bool {
+        false
+    }
     /// How consistent the captured state is, in words for the job log and the restore point.
     fn consistency(&self) -> String;
     fn take_disks(&mut self) -> Vec<SessionDisk>;

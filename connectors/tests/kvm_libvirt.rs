@@ -207,6 +207,7 @@ fn a_killed_run_is_cleaned_up_and_a_failed_ingest_leaves_nothing_behind() {
         keep_change_ids: vec![],
         quiesce: Quiesce::Off,
         change_tracking: Default::default(),
+        lan_free: false,
         control: JobControl::new(),
     };
     let session = conn.begin_backup(&vm.name, &plan).unwrap();

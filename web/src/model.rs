@@ -279,6 +279,10 @@ pub struct NewRule {
     /// auto (default: where the VM's disks support it), on (required), off (read whole disks).
     #[serde(default)]
     pub change_tracking: Option<String>,
+    /// Move the data over the storage network (SAN) where the platform offers it; elsewhere
+    /// the usual transport is used and the job log says so.
+    #[serde(default)]
+    pub lan_free: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -295,6 +299,7 @@ pub struct Rule {
     pub disks: Vec<String>,
     pub delete_data_with_rule: bool,
     pub change_tracking: String,
+    pub lan_free: bool,
     pub created: String,
 }
 

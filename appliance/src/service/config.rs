@@ -129,6 +129,7 @@ impl Service {
                 disks: r.disks,
                 delete_data_with_rule: r.delete_data_with_rule,
                 change_tracking: Some(r.change_tracking),
+                lan_free: r.lan_free,
             };
             let mut v = serde_json::to_value(&rule).map_err(ApiError::internal)?;
             v["platform"] = serde_json::Value::String(names.get(&r.platform).cloned().unwrap_or_default());

@@ -122,6 +122,7 @@ pub(super) struct RuleRun {
     /// Disk keys to back up; empty: all.
     pub disks: Vec<String>,
     pub change_tracking: connectors::ChangeTracking,
+    pub lan_free: bool,
 }
 
 /// What a job needs to reach its platform, on a blocking thread.
@@ -724,6 +725,7 @@ impl Service {
         let task_target = target.clone();
         let include = rule.as_ref().map(|r| r.disks.clone()).unwrap_or_default();
         let change_tracking = rule.as_ref().map(|r| r.change_tracking).unwrap_or_default();
+        let lan_free = rule.as_ref().is_some_and(|r| r.lan_free);
         let task = tokio::task::spawn_blocking(move || {
             let conn = task_target.connect(&work).map_err(|e| e.to_string())?;
             let progress = backup_control.clone();
@@ -731,6 +733,7 @@ impl Service {
                 include,
                 quiesce,
                 change_tracking,
+                lan_free,
                 control: backup_control,
                 ..BackupOptions::new(requested)
             };

@@ -28,6 +28,7 @@ type RuleDbRow = (
     String,
     i64,
     String,
+    i64,
 );
 
 struct Stored {
@@ -41,6 +42,7 @@ struct Stored {
     checked_until: String,
     disks: Vec<String>,
     change_tracking: ChangeTracking,
+    lan_free: bool,
 }
 
 /// A rule's settings, checked (everything but the name's uniqueness, which the insert checks).
@@ -86,7 +88,7 @@ impl Service {
     async fn rule_rows(&self) -> ApiResult<Vec<RuleDbRow>> {
         sqlx::query_as(
             "SELECT id, name, platform_id, enabled, full_schedule, partial_kind, partial_schedule, retention, quiesce, \
-             created, checked_until, disks, delete_data, change_tracking FROM rules ORDER BY name",
+             created, checked_until, disks, delete_data, change_tracking, lan_free FROM rules ORDER BY name",
         )
         .fetch_all(&self.db)
         .await
@@ -122,6 +124,7 @@ impl Service {
             checked_until: r.10.clone(),
             disks: serde_json::from_str(&r.11).map_err(|e| e.to_string())?,
             change_tracking: ChangeTracking::parse(&r.13).ok_or("bad change tracking")?,
+            lan_free: r.14 != 0,
         })
     }
 
@@ -145,6 +148,7 @@ impl Service {
                 disks: st.disks,
                 delete_data_with_rule: r.12 != 0,
                 change_tracking: r.13,
+                lan_free: st.lan_free,
                 created: r.9,
             });
         }
@@ -255,8 +259,8 @@ pub(super) async fn insert_rule(
 ) -> ApiResult<i64> {
     let id = sqlx::query_as::<_, (i64,)>(
         "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
-         checked_until, enabled, disks, delete_data, change_tracking) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13) RETURNING id",
+         checked_until, enabled, disks, delete_data, change_tracking, lan_free) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+         $9, $10, $11, $12, $13, $14) RETURNING id",
     )
     .bind(&r.name)
     .bind(platform)
@@ -271,6 +275,7 @@ pub(super) async fn insert_rule(
     .bind(serde_json::to_string(&r.disks).map_err(ApiError::internal)?)
     .bind(r.delete_data_with_rule as i64)
     .bind(&c.change_tracking)
+    .bind(r.lan_free as i64)
     .fetch_one(&mut **tx)
     .await
     .map_err(|e| name_taken(e, &r.name))?
@@ -332,8 +337,8 @@ impl Service {
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
         sqlx::query(
             "UPDATE rules SET name = $1, full_schedule = $2, partial_kind = $3, partial_schedule = $4, retention = $5, \
-             quiesce = $6, checked_until = $7, enabled = $8, disks = $9, delete_data = $10, change_tracking = $11 \
-             WHERE id = $12",
+             quiesce = $6, checked_until = $7, enabled = $8, disks = $9, delete_data = $10, change_tracking = $11, \
+             lan_free = $12 WHERE id = $13",
         )
         .bind(&r.name)
         .bind(serde_json::to_string(&c.full).map_err(ApiError::internal)?)
@@ -346,6 +351,7 @@ impl Service {
         .bind(serde_json::to_string(&r.disks).map_err(ApiError::internal)?)
         .bind(r.delete_data_with_rule as i64)
         .bind(&c.change_tracking)
+        .bind(r.lan_free as i64)
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -517,6 +523,7 @@ impl Service {
                 retention: rule.retention.clone(),
                 disks: rule.disks.clone(),
                 change_tracking: rule.change_tracking,
+                lan_free: rule.lan_free,
             };
             jobs.push(self.enqueue(user, rule.platform, &vm, requested, rule.quiesce, Some(run)).await?);
         }
