@@ -17,8 +17,8 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
     let mut vm = TestVm::start("restore");
     let clock = vm.dir.join("clock");
     std::fs::write(&clock, "2026-11-23T12:00:00Z").unwrap(); // far from the rule's Sunday run
-    let server = Server::start_with_clock(&vm.dir.join("data"), Some(&clock));
-    let c = server.admin("correct horse battery");
+    let mut server = Server::start_with_clock(&vm.dir.join("data"), Some(&clock));
+    let mut c = server.admin("correct horse battery");
     let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
     let pid = p["id"].as_i64().unwrap();
     let pool = format!("{}-pool", vm.name);
@@ -97,10 +97,24 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
     c.post(&format!("/api/jobs/{id}/stop"), json!({}), 200);
     let stopped = c.wait_job(id);
     assert_eq!(stopped["state"], "stopped", "{stopped}");
+    assert_eq!(stopped["point_id"], point.as_str(), "a restore that ended keeps the point it read");
     let left: Vec<_> = std::fs::read_dir(&pool_dir).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.iter().all(|f| !f.to_string_lossy().starts_with(&held)), "volumes left behind: {left:?}");
     let defined = Command::new("virsh").args(["-c", "qemu:///system", "dominfo", &held]).output().unwrap();
     assert!(!defined.status.success(), "a stopped restore defined VM {held}");
+
+    // The service killed during a restore: on restart the job is failed, saying what a killed
+    // restore leaves, and it still names its point.
+    let job = c.post("/api/restores", new_vm(&format!("{}-killed", vm.name)), 202);
+    let id = job["id"].as_i64().unwrap();
+    c.wait_state(id, "running");
+    server.kill();
+    server = Server::start_with_clock(&vm.dir.join("data"), Some(&clock));
+    c = server.client();
+    assert_eq!(c.login("admin", "correct horse battery").0, 200);
+    let killed = c.get(&format!("/api/jobs/{id}"));
+    assert_eq!((killed["state"].as_str(), killed["point_id"].as_str()), (Some("failed"), Some(point.as_str())));
+    assert!(killed["error"].as_str().unwrap().contains("stopped while this restore ran"), "{killed}");
     assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
 
     // In place: refused while the VM runs (saying so), then done once it is shut off.

@@ -147,7 +147,6 @@ pub(super) struct Queued {
     requested: BackupType,
     quiesce: Quiesce,
     rule: Option<RuleRun>,
-    control: Arc<JobControl>,
 }
 
 /// Saves a platform (its password already sealed); a taken name is a 409.
@@ -197,6 +196,11 @@ pub(super) fn check_platform(p: &NewPlatform) -> ApiResult<()> {
 }
 
 impl Service {
+    /// The platform a job names: an unknown one is a 400 on the job's `platform` field.
+    pub(super) async fn job_target(&self, id: i64) -> ApiResult<(String, Target)> {
+        self.target(id).await.map_err(|e| if e.status == 404 { ApiError::field("platform", e.message) } else { e })
+    }
+
     pub(super) async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
         let row: Option<(String, String, Option<String>, Option<String>)> =
             sqlx::query_as("SELECT name, uri, username, secret FROM platforms WHERE id = $1")
@@ -402,13 +406,7 @@ impl Service {
         quiesce: Quiesce,
         rule: Option<RuleRun>,
     ) -> ApiResult<Job> {
-        let (platform_name, target) = self.target(platform).await.map_err(|e| {
-            if e.status == 404 {
-                ApiError::field("platform", e.message)
-            } else {
-                e
-            }
-        })?;
+        let (platform_name, target) = self.job_target(platform).await?;
         let id = sqlx::query_as::<_, (i64,)>(
             "INSERT INTO jobs (platform_id, vm, backup_type, state, rule_id, created) VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING id",
         )
@@ -429,18 +427,27 @@ impl Service {
             .await;
         self.audit_log(user, "backup started", &format!("job {id}: {} of {vm} on {platform_name}", requested.as_str()))
             .await?;
-        // Published before the job can start, so listeners see "queued" first.
-        self.publish(id).await;
+        let job = Queued { id, platform, target, vm: vm.to_string(), requested, quiesce, rule };
+        self.launch(id, move |me, control| async move { me.run_job(job, control).await });
+        self.job_by_id(id).await
+    }
+
+    /// Runs a job just queued in the background, with controls (stop, limit, progress) the API
+    /// reaches while it is queued or running. It is published first, so listeners see "queued"
+    /// before anything else.
+    pub(super) fn launch<F>(self: &Arc<Self>, id: i64, run: impl FnOnce(Arc<Self>, Arc<JobControl>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let control = JobControl::new();
         self.controls.lock().expect("controls lock").insert(id, control.clone());
         let me = self.clone();
-        let vm = vm.to_string();
-        let job = Queued { id, platform, target, vm, requested, quiesce, rule, control };
+        let job = run(self.clone(), control);
         tokio::spawn(async move {
-            me.run_job(job).await;
+            me.publish(id).await;
+            job.await;
             me.controls.lock().expect("controls lock").remove(&id);
         });
-        self.job_by_id(id).await
     }
 
     /// Applies a rule's retention to the VM of a point it just committed.
@@ -517,7 +524,7 @@ impl Service {
         // The last progress seen: a job faster than one progress update still shows its bytes.
         let r = sqlx::query(
             "UPDATE jobs SET state = $1, percent = CASE WHEN $1 = 'completed' THEN 100 ELSE percent END, \
-             point_id = $2, error = $3, finished = $4, done_bytes = $5, total_bytes = $6, eta_seconds = NULL \
+             point_id = COALESCE($2, point_id), error = $3, finished = $4, done_bytes = $5, total_bytes = $6, eta_seconds = NULL \
              WHERE id = $7",
         )
         .bind(state)
@@ -532,18 +539,17 @@ impl Service {
         if let Err(e) = r {
             eprintln!("holdfast: job {id}: cannot record that it {state}: {e}");
         }
-        self.publish(id).await;
-        let backup = self.job_by_id(id).await.is_ok_and(|j| j.kind == "backup");
+        let backup = self.publish(id).await.is_some_and(|j| j.kind == "backup");
         if state != "stopped" && backup {
             self.alerts_after_job(id, platform, vm, error).await;
         }
     }
 
-    /// Tells live-event listeners the job's current state (nobody listening is fine).
-    pub(super) async fn publish(&self, id: i64) {
-        if let Ok(job) = self.job_by_id(id).await {
-            let _ = self.events.send(job);
-        }
+    /// Tells live-event listeners the job's current state (nobody listening is fine); returns it.
+    pub(super) async fn publish(&self, id: i64) -> Option<Job> {
+        let job = self.job_by_id(id).await.ok()?;
+        let _ = self.events.send(job.clone());
+        Some(job)
     }
 
     /// Shows the phases the backup entered since the last look, in order, each as the job's
@@ -716,8 +722,8 @@ impl Service {
         (outcome, control.progress())
     }
 
-    async fn run_job(self: &Arc<Self>, job: Queued) {
-        let Queued { id, platform, target, vm, requested, quiesce, rule, control } = job;
+    async fn run_job(self: Arc<Self>, job: Queued, control: Arc<JobControl>) {
+        let Queued { id, platform, target, vm, requested, quiesce, rule } = job;
         let Some(_permits) = self.take_turn(id, platform, &target, &control).await else { return };
         let (store, work) = (self.store.clone(), self.work_dir.clone());
         let vm_name = vm.clone();

@@ -63,13 +63,12 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
     let data = &opts.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating the data directory {}", data.display()))?;
     let store_dir = data.join("store");
-    let store = if store_dir.join("store.json").exists() {
+    let mut store = if store_dir.join("store.json").exists() {
         Store::open(&store_dir, None)
     } else {
         Store::init(&store_dir, vds_store::InitOptions::default())
     }
     .with_context(|| format!("opening the store {}", store_dir.display()))?;
-    let mut store = store;
     if std::env::var_os("HOLDFAST_TEST_CLOCK").is_some() {
         // Points are stamped, and retention counts days, on the same clock as the schedules.
         let clock = schedule::Clock::from_env();
@@ -181,12 +180,17 @@ impl Service {
 
     /// Jobs a stopped service left unfinished are failed, with that reason.
     async fn recover_jobs(&self) -> Result<()> {
-        let stale: Vec<(i64,)> =
-            sqlx::query_as(&format!("SELECT id FROM jobs WHERE state IN {}", engine::ACTIVE_STATES))
+        let stale: Vec<(i64, String)> =
+            sqlx::query_as(&format!("SELECT id, kind FROM jobs WHERE state IN {}", engine::ACTIVE_STATES))
                 .fetch_all(&self.db)
                 .await?;
-        for (id,) in stale {
-            let why = "the service stopped while this job ran; the next backup of this VM cleans up on the hypervisor";
+        for (id, kind) in stale {
+            let why = if kind == "restore" {
+                "the service stopped while this restore ran; a new VM's volumes it had made stay in the pool \
+                 (named after the new VM), an in-place restore left the disks part-written: restore again"
+            } else {
+                "the service stopped while this job ran; the next backup of this VM cleans up on the hypervisor"
+            };
             sqlx::query("UPDATE jobs SET state = 'failed', error = $1, finished = $2 WHERE id = $3")
                 .bind(why)
                 .bind(now())

@@ -17,6 +17,17 @@ enum Mode {
     InPlace,
 }
 
+/// A restore waiting for its turn.
+struct Queued {
+    id: i64,
+    platform: i64,
+    target: Target,
+    point: RestorePoint,
+    mode: Mode,
+    /// The VM it writes: the new one's name, or the point's VM.
+    vm: String,
+}
+
 /// Checks a restore request's own fields; the error names the field.
 fn check(r: &NewRestore) -> ApiResult<Mode> {
     match r.mode.as_str() {
@@ -76,13 +87,7 @@ impl Service {
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::field("point", e.to_string()))?
             .manifest;
-        let (platform_name, target) = self.target(r.platform).await.map_err(|e| {
-            if e.status == 404 {
-                ApiError::field("platform", e.message)
-            } else {
-                e
-            }
-        })?;
+        let (platform_name, target) = self.job_target(r.platform).await?;
         let (vm, kind) = match &mode {
             Mode::NewVm(spec) => (spec.name.clone(), "new_vm"),
             Mode::InPlace => (point.vm.name.clone(), "in_place"),
@@ -119,43 +124,23 @@ impl Service {
         );
         log(&self.db, id, "info", &format!("queued by {}: {words}", s.user)).await;
         self.audit_log(&s.user, "restore started", &format!("job {id}: {words}")).await?;
-        self.publish(id).await;
-        let control = JobControl::new();
-        self.controls.lock().expect("controls lock").insert(id, control.clone());
-        let me = self.clone();
-        tokio::spawn(async move {
-            me.run_restore(id, r.platform, target, point, mode, control).await;
-            me.controls.lock().expect("controls lock").remove(&id);
-        });
+        let job = Queued { id, platform: r.platform, target, point, mode, vm };
+        self.launch(id, move |me, control| async move { me.run_restore(job, control).await });
         self.job_by_id(id).await
     }
 
-    async fn run_restore(
-        self: &Arc<Self>,
-        id: i64,
-        platform: i64,
-        target: Target,
-        point: RestorePoint,
-        mode: Mode,
-        control: Arc<JobControl>,
-    ) {
+    async fn run_restore(self: Arc<Self>, job: Queued, control: Arc<JobControl>) {
+        let Queued { id, platform, target, point, mode, vm } = job;
         let Some(_permits) = self.take_turn(id, platform, &target, &control).await else { return };
         let (store, work) = (self.store.clone(), self.work_dir.clone());
         let (task_target, task_control) = (target.clone(), control.clone());
-        let (vm, in_place) = match &mode {
-            Mode::NewVm(spec) => (spec.name.clone(), false),
-            Mode::InPlace => (point.vm.name.clone(), true),
-        };
+        let in_place = matches!(mode, Mode::InPlace);
+        let point_id = point.point_id.clone();
         let task = tokio::task::spawn_blocking(move || {
             // Held until the restore ends: retention keeps the point meanwhile.
             let _hold = store.hold_point(&point.vm.key, &point.point_id).map_err(|e| e.to_string())?;
             let conn = task_target.connect(&work).map_err(|e| e.to_string())?;
-            let readers = point
-                .disks
-                .iter()
-                .map(|d| Ok((d.key.clone(), store.open_disk(&point.point_id, &d.key)?)))
-                .collect::<Result<Vec<_>, vds_store::StoreError>>()
-                .map_err(|e| e.to_string())?;
+            let readers = store.open_disks(&point.point_id).map_err(|e| e.to_string())?;
             let disks: Vec<RestoreDisk<'_>> =
                 readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
             task_control.enter(Phase::Transferring);
@@ -170,7 +155,6 @@ impl Service {
             .map_err(|e| e.to_string())
         });
         let (outcome, bytes) = self.watch(id, platform, &target, &control, task).await;
-        let point_id = self.job_by_id(id).await.ok().and_then(|j| j.point_id).unwrap_or_default();
         match outcome {
             Ok(done) => {
                 log(&self.db, id, "info", &format!("completed: {done}")).await;
