@@ -52,24 +52,8 @@ enum ClientCommand {
         point: String,
         #[arg(long)]
         platform: i64,
-        /// The new VM's name
-        #[arg(long, required_unless_present = "in_place", conflicts_with = "in_place")]
-        name: Option<String>,
-        #[arg(long)]
-        in_place: bool,
-        #[arg(long)]
-        pool: Option<String>,
-        #[arg(long)]
-        cpus: Option<u32>,
-        #[arg(long)]
-        memory_mib: Option<u64>,
-        #[arg(long)]
-        network: Option<String>,
-        /// raw or qcow2
-        #[arg(long)]
-        disk_format: Option<String>,
-        #[arg(long)]
-        start: bool,
+        #[command(flatten)]
+        to: crate::kvm_cli::RestoreTo,
         #[arg(long)]
         wait: bool,
     },
@@ -220,36 +204,11 @@ pub fn run(args: ClientArgs) -> Result<i32> {
                 s.call("POST", "/api/jobs", Some(json!({ "platform": platform, "vm": vm, "type": backup_type })))?;
             return started(&j, *wait);
         }
-        ClientCommand::Restore {
-            point,
-            platform,
-            name,
-            in_place,
-            pool,
-            cpus,
-            memory_mib,
-            network,
-            disk_format,
-            start,
-            wait,
-        } => {
-            let mut body =
-                json!({ "point": point, "platform": platform, "mode": if *in_place { "in_place" } else { "new_vm" } });
-            for (k, v) in [
-                ("name", json!(name)),
-                ("pool", json!(pool)),
-                ("cpus", json!(cpus)),
-                ("memory_mib", json!(memory_mib)),
-                ("network", json!(network)),
-                ("disk_format", json!(disk_format)),
-            ] {
-                if !v.is_null() {
-                    body[k] = v;
-                }
-            }
-            if *start {
-                body["start"] = json!(true);
-            }
+        ClientCommand::Restore { point, platform, to, wait } => {
+            // The API's NewRestore: these settings, with a mode instead of the --in-place flag.
+            let mut body = serde_json::to_value(to)?;
+            let mode = if to.in_place { "in_place" } else { "new_vm" };
+            (body["point"], body["platform"], body["mode"]) = (json!(point), json!(platform), json!(mode));
             let j = s.call("POST", "/api/restores", Some(body))?;
             return started(&j, *wait);
         }

@@ -85,33 +85,49 @@ enum KvmCommand {
         /// The restore point id
         #[arg(long)]
         point: String,
-        /// The new VM's name
-        #[arg(long, required_unless_present = "in_place", conflicts_with = "in_place")]
-        name: Option<String>,
-        /// Overwrite the original VM's disks instead (the VM must be shut off)
-        #[arg(long)]
-        in_place: bool,
-        /// libvirt storage pool for the new disks
-        #[arg(long, default_value = "default")]
-        pool: String,
-        #[arg(long)]
-        cpus: Option<u32>,
-        #[arg(long)]
-        memory_mib: Option<u64>,
-        /// Network for every NIC (default: each NIC's original network)
-        #[arg(long)]
-        network: Option<String>,
-        /// Start the VM once it is defined
-        #[arg(long)]
-        start: bool,
-        /// Disk image format of the new VM: raw, or qcow2 (keeps change tracking, so its own
-        /// backups can be incremental)
-        #[arg(long, default_value = "qcow2")]
-        disk_format: String,
+        #[command(flatten)]
+        to: RestoreTo,
         /// The store directory [env: HOLDFAST_STORE]
         #[arg(long)]
         store: Option<PathBuf>,
     },
+}
+
+/// Where a point is restored: as a new VM with these settings, or in place. Shared by `holdfast
+/// kvm restore` and `holdfast client restore`; the defaults are the service's.
+#[derive(Args, serde::Serialize)]
+pub struct RestoreTo {
+    /// The new VM's name
+    #[arg(long, required_unless_present = "in_place", conflicts_with = "in_place")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Overwrite the original VM's disks instead (the VM must be shut off)
+    #[arg(long)]
+    #[serde(skip)]
+    pub in_place: bool,
+    /// Storage pool for the new disks [default: default]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Network for every NIC (default: each NIC's original network)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Start the VM once it is defined
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub start: bool,
+    /// Disk image format of the new VM: raw, or qcow2 (keeps change tracking, so its own
+    /// backups can be incremental) [default: qcow2]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_format: Option<String>,
 }
 
 fn open_store(store: Option<PathBuf>) -> Result<Store> {
@@ -266,18 +282,13 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 return Ok(1);
             }
         }
-        KvmCommand::Restore { point, name, in_place, pool, cpus, memory_mib, network, start, disk_format, store } => {
+        KvmCommand::Restore { point, to, store } => {
             let store = open_store(store)?;
             let entry = store.find(&point)?;
-            let readers = entry
-                .manifest
-                .disks
-                .iter()
-                .map(|d| Ok((d.key.clone(), store.open_disk(&point, &d.key)?)))
-                .collect::<Result<Vec<_>>>()?;
+            let readers = store.open_disks(&point)?;
             let disks: Vec<RestoreDisk<'_>> =
                 readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
-            if in_place {
+            if to.in_place {
                 let vm = &entry.manifest.vm;
                 conn.restore_in_place(&vm.key, &disks, &JobControl::default())?;
                 if args.json {
@@ -287,8 +298,11 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 }
                 return Ok(0);
             }
+            let RestoreTo { name, pool, cpus, memory_mib, network, start, disk_format, .. } = to;
             let name = name.expect("clap requires --name without --in-place");
-            let spec = NewVmSpec { name, cpus, memory_mib, pool, network, disk_format: Some(disk_format), start };
+            let pool = pool.unwrap_or_else(|| "default".into());
+            let disk_format = Some(disk_format.unwrap_or_else(|| "qcow2".into()));
+            let spec = NewVmSpec { name, cpus, memory_mib, pool, network, disk_format, start };
             let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec, &JobControl::default())?;
             if args.json {
                 println!("{}", serde_json::json!({ "vm": vm, "point": point, "started": start }));

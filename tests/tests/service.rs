@@ -992,6 +992,25 @@ fn the_command_line_drives_the_service_with_an_api_token() {
     let (code, log, _) = run(client(&token, &cert).args(["job", "1"]));
     assert_eq!(code, Some(0));
     assert!(log.contains("transferring data") && log.contains("completed: full point"), "{log}");
+    // Restores: the options reach the API as a NewRestore (a field it refuses is named; in place
+    // onto the running VM fails as a job, with the exit status saying so).
+    let (code, _, err) = run(client(&token, &cert).args([
+        "restore",
+        "--point",
+        point,
+        "--platform",
+        "1",
+        "--name",
+        "x",
+        "--disk-format",
+        "vmdk",
+    ]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("400: disk_format"), "{err}");
+    let (code, out, _) =
+        run(client(&token, &cert).args(["restore", "--point", point, "--platform", "1", "--in-place", "--wait"]));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("restore") && out.contains("in_place") && out.contains("shut it down first"), "{out}");
     let (_, any, _) = run(client(&token, &cert).args(["call", "get", "/api/stats"]));
     assert!(any.contains(&vm.name), "{any}");
 

@@ -103,6 +103,12 @@ impl Store {
             }),
         })
     }
+
+    /// Opens every disk of a point, as (disk key, reader), in the point's order.
+    pub fn open_disks(&self, point: &str) -> Result<Vec<(String, DiskReader)>> {
+        let entry = self.find(point)?;
+        entry.manifest.disks.iter().map(|d| Ok((d.key.clone(), self.open_disk(point, &d.key)?))).collect()
+    }
 }
 
 impl Inner {
