@@ -87,12 +87,13 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
         if changes && session.role == Role::Auditor && !own_account {
             return Err(ApiError::new(403, format!("user {} is an auditor: read-only", session.user)));
         }
-        // Users and platforms (credentials) are the admin's.
+        // Users, platforms (credentials) and storage targets are the admin's.
         let admin_only = path.starts_with("/api/users")
             || path.starts_with("/api/alerts")
             || (changes && path.starts_with("/api/bandwidth"))
             || path.starts_with("/api/config")
-            || (changes && path.starts_with("/api/platforms"));
+            || (changes && path.starts_with("/api/platforms"))
+            || (changes && path.starts_with("/api/storage"));
         if admin_only && session.role != Role::Admin {
             return Err(ApiError::new(
                 403,
@@ -203,6 +204,27 @@ async fn set_bandwidth<B: Backend>(
     Body(w): Body<Vec<BandwidthWindow>>,
 ) -> ApiResult<StatusCode> {
     b.set_bandwidth(&s, w).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn storage<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<StorageTarget>>> {
+    Ok(Json(b.storage().await?))
+}
+
+async fn create_storage<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(t): Body<NewStorage>,
+) -> ApiResult<(StatusCode, Json<StorageTarget>)> {
+    Ok((StatusCode::CREATED, Json(b.create_storage(&s, t).await?)))
+}
+
+async fn delete_storage<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    b.delete_storage(&s, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -385,6 +407,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/config/export", post(export_config::<B>))
         .route("/api/config/import", post(import_config::<B>))
         .route("/api/points", get(points::<B>))
+        .route("/api/storage", get(storage::<B>).post(create_storage::<B>))
+        .route("/api/storage/{id}", axum::routing::delete(delete_storage::<B>))
         .route("/api/audit", get(audit::<B>))
         .route("/api/rules", get(rules::<B>).post(create_rule::<B>))
         .route("/api/rules/state", post(rules_state::<B>))

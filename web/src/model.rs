@@ -181,6 +181,9 @@ pub struct NewJob {
     /// full, incremental or differential.
     #[serde(rename = "type")]
     pub backup_type: String,
+    /// Storage target id to write into; default 1, the appliance's own store.
+    #[serde(default)]
+    pub storage: Option<i64>,
 }
 
 /// A restore of a point onto a platform: as a new VM (new name, UUID and MAC addresses, with
@@ -242,6 +245,8 @@ pub struct Job {
     pub point_id: Option<String>,
     /// The rule that started it; None for a job run by hand.
     pub rule: Option<i64>,
+    /// The storage target a backup writes into (None for a restore).
+    pub storage: Option<i64>,
     pub created: String,
     pub started: Option<String>,
     pub finished: Option<String>,
@@ -283,6 +288,10 @@ pub struct NewRule {
     /// the usual transport is used and the job log says so.
     #[serde(default)]
     pub lan_free: bool,
+    /// Storage target id the rule's backups go into; default 1, the appliance's own store.
+    /// Moving a rule to another target makes each VM's next backup a full there.
+    #[serde(default)]
+    pub storage: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -300,6 +309,7 @@ pub struct Rule {
     pub delete_data_with_rule: bool,
     pub change_tracking: String,
     pub lan_free: bool,
+    pub storage: i64,
     pub created: String,
 }
 
@@ -321,13 +331,17 @@ pub struct ConfigImport {
     pub passphrase: Option<String>,
 }
 
-/// What an import did. Platforms and rules whose names exist already are kept as they are.
+/// What an import did. Platforms, storage targets and rules whose names exist already are kept
+/// as they are.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ImportReport {
     pub platforms_added: Vec<String>,
     pub platforms_kept: Vec<String>,
     pub rules_added: Vec<String>,
     pub rules_kept: Vec<String>,
+    /// Storage targets added (their stores adopted with their points, or made new).
+    pub storage_added: Vec<String>,
+    pub storage_kept: Vec<String>,
     pub notes: Vec<String>,
 }
 
@@ -365,6 +379,46 @@ pub struct PointRow {
     pub finished: String,
     pub parent: Option<String>,
     pub stored_bytes: i64,
+    /// The storage target that holds it.
+    pub storage: i64,
+}
+
+/// A storage target to add: a directory for a Holdfast store, on another disk or a mount. A
+/// missing or empty directory gets a new store; a directory that holds a store already (another
+/// appliance's, or one moved here) is adopted, and its points join the catalog.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewStorage {
+    pub name: String,
+    /// An absolute path.
+    pub path: String,
+    /// Encrypts a new store (XChaCha20-Poly1305 under an Argon2id-wrapped key); an adopted
+    /// encrypted store needs its own. Kept sealed with the appliance's key.
+    #[serde(default)]
+    pub passphrase: Option<String>,
+    /// zstd level of a new store (1 to 19; default 3). An adopted store keeps its own.
+    #[serde(default)]
+    pub zstd_level: Option<i32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StorageTarget {
+    pub id: i64,
+    pub name: String,
+    pub path: String,
+    pub encrypted: bool,
+    /// Whether the store opens now; `error` says why not (a disk not mounted, a damaged
+    /// store.json). An unavailable target is tried again at its next use.
+    pub available: bool,
+    pub error: Option<String>,
+    /// Of the filesystem that holds the store (what non-root users may use).
+    pub total_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+    pub used_percent: Option<f64>,
+    /// Its points in the catalog, and the bytes they added to it.
+    pub points: i64,
+    pub stored_bytes: i64,
+    pub created: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -451,4 +505,9 @@ pub trait Backend: Send + Sync + 'static {
     fn start_restore(&self, s: &Session, r: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send;
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send;
     fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> impl Future<Output = ApiResult<()>> + Send;
+    fn storage(&self) -> impl Future<Output = ApiResult<Vec<StorageTarget>>> + Send;
+    /// Adds a storage target: a new store, or an existing one adopted with its points.
+    fn create_storage(&self, s: &Session, t: NewStorage) -> impl Future<Output = ApiResult<StorageTarget>> + Send;
+    /// Forgets a target no rule uses (its files stay where they are).
+    fn delete_storage(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
 }

@@ -4,6 +4,7 @@
 //! many were held back. A mail that cannot be sent never fails the job; it is logged.
 
 use super::catalog::{now, put_setting};
+use super::storage::used_percent;
 use super::Service;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
@@ -221,18 +222,20 @@ impl Service {
         self.check_storage().await;
     }
 
-    /// Mails the storage alert when the store's filesystem is over the threshold (the repeat
-    /// cap keeps it to one mail per window).
+    /// Mails the storage alert for each storage target whose filesystem is over the threshold
+    /// (the repeat cap keeps it to one mail per target and window).
     pub(super) async fn check_storage(&self) {
         let Ok(Some((a, _))) = self.load_alerts().await else { return };
-        if let Some(used) = used_percent(self.store.root()) {
+        for (id, name, store) in self.open_stores().await {
+            let Some(used) = used_percent(store.root()) else { continue };
             if used >= f64::from(a.storage_full_percent) {
-                let root = self.store.root().display().to_string();
+                let root = store.root().display().to_string();
                 let body = format!(
-                    "The filesystem of the store {root} is {used:.0}% full (alert at {}%).",
+                    "The filesystem of storage target {name} (store {root}) is {used:.0}% full (alert at {}%).",
                     a.storage_full_percent
                 );
-                self.alert("storage", &format!("Holdfast: store {root} is {used:.0}% full"), &body).await;
+                let subject = format!("Holdfast: store {name} ({root}) is {used:.0}% full");
+                self.alert(&format!("storage:{id}"), &subject, &body).await;
             }
         }
     }
@@ -253,18 +256,4 @@ impl Service {
             }
         });
     }
-}
-
-/// How full the filesystem holding `path` is, in percent of what non-root users may use.
-fn used_percent(path: &std::path::Path) -> Option<f64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the struct we pass; `c` is a valid NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let total = st.f_blocks as f64;
-    let free = st.f_bavail as f64;
-    (total > 0.0).then(|| 100.0 * (total - free) / total)
 }

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../../migrations/0008_change_tracking.sql")),
     (9, include_str!("../../migrations/0009_restores.sql")),
     (10, include_str!("../../migrations/0010_lan_free.sql")),
+    (11, include_str!("../../migrations/0011_storage_targets.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.

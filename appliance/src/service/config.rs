@@ -1,13 +1,15 @@
-//! Configuration export and import: platforms, rules, bandwidth windows and alert settings in one
-//! JSON file an admin keeps, to rebuild an appliance (its store re-imported from its own files)
-//! or to copy settings to another. Passwords are in the file only when the admin gives a
-//! passphrase: each sealed with XChaCha20-Poly1305 under an argon2id key of the passphrase,
-//! whose salt and costs the file records. An import adds everything or nothing; platforms and
-//! rules whose names exist already are kept as they are.
+//! Configuration export and import: platforms, storage targets, rules, bandwidth windows and
+//! alert settings in one JSON file an admin keeps, to rebuild an appliance (its storage targets'
+//! stores adopted again from their own files) or to copy settings to another. Passwords and
+//! store passphrases are in the file only when the admin gives a passphrase: each sealed with
+//! XChaCha20-Poly1305 under an argon2id key of the passphrase, whose salt and costs the file
+//! records. An import adds everything or nothing (a store it made is removed again); platforms,
+//! targets and rules whose names exist already are kept as they are.
 
 use super::catalog::put_setting;
 use super::engine::{check_platform, insert_platform};
 use super::rules::{check_settings, insert_rule, rule_of_vm};
+use super::storage::{check_new, open_blocking, MadeStores, Opened, OWN_TARGET};
 use super::{open_with, seal_with, Service};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -28,7 +30,10 @@ struct ConfigFile {
     sealing: Option<Sealing>,
     #[serde(default)]
     platforms: Vec<PlatformEntry>,
-    /// Rules as `NewRule`, with the platform's name in place of its id.
+    /// Storage targets besides the appliance's own store (which every appliance has).
+    #[serde(default)]
+    storage: Vec<StorageEntry>,
+    /// Rules as `NewRule`, with the platform's and the storage target's names in place of ids.
     #[serde(default)]
     rules: Vec<serde_json::Value>,
     #[serde(default)]
@@ -59,6 +64,16 @@ struct PlatformEntry {
     /// Sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     password: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageEntry {
+    name: String,
+    path: String,
+    /// An encrypted store's passphrase, sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    passphrase: Option<String>,
 }
 
 fn file_key(passphrase: &str, s: &Sealing) -> ApiResult<[u8; 32]> {
@@ -115,6 +130,27 @@ impl Service {
             names.insert(id, name.clone());
             platforms.push(PlatformEntry { name, kind, uri, username, password });
         }
+        let mut targets = HashMap::new();
+        let mut storage = Vec::new();
+        let rows: Vec<(i64, String, String, Option<String>)> =
+            sqlx::query_as("SELECT id, name, path, secret FROM storage_targets ORDER BY id")
+                .fetch_all(&self.db)
+                .await
+                .map_err(ApiError::internal)?;
+        for (id, name, path, secret) in rows {
+            targets.insert(id, name.clone());
+            if id == OWN_TARGET {
+                continue;
+            }
+            let passphrase = match &secret {
+                Some(sealed) => reseal(&self.open_sealed(sealed)?),
+                None => None,
+            };
+            if secret.is_some() && passphrase.is_none() {
+                notes.push(format!("storage target {name}: store passphrase left out (no passphrase)"));
+            }
+            storage.push(StorageEntry { name, path, passphrase });
+        }
         let mut rules = Vec::new();
         for r in self.list_rules().await? {
             let rule = NewRule {
@@ -130,9 +166,11 @@ impl Service {
                 delete_data_with_rule: r.delete_data_with_rule,
                 change_tracking: Some(r.change_tracking),
                 lan_free: r.lan_free,
+                storage: Some(r.storage),
             };
             let mut v = serde_json::to_value(&rule).map_err(ApiError::internal)?;
             v["platform"] = serde_json::Value::String(names.get(&r.platform).cloned().unwrap_or_default());
+            v["storage"] = serde_json::Value::String(targets.get(&r.storage).cloned().unwrap_or_default());
             rules.push(v);
         }
         let alerts = match self.load_alerts().await? {
@@ -153,6 +191,7 @@ impl Service {
             exported: super::catalog::now(),
             sealing,
             platforms,
+            storage,
             rules,
             bandwidth: self.bandwidth.read().expect("bandwidth lock").clone(),
             alerts,
@@ -186,6 +225,7 @@ impl Service {
             ));
         }
         let sealed_inside = file.platforms.iter().any(|p| p.password.is_some())
+            || file.storage.iter().any(|t| t.passphrase.is_some())
             || file.alerts.as_ref().is_some_and(|a| a.get("password").is_some_and(|p| p.is_string()));
         let key = match (&file.sealing, i.passphrase.as_deref().filter(|p| !p.is_empty())) {
             (Some(sealing), Some(p)) => Some(file_key(p, sealing)?),
@@ -215,6 +255,43 @@ impl Service {
             };
             check_platform(&np).map_err(|e| within(&format!("config.platforms[{n}]"), e))?;
             new_platforms.push(np);
+        }
+        // Storage targets: each store adopted or made before anything is saved; a store made
+        // here is removed again if the import does not finish.
+        let mut targets: HashMap<String, i64> =
+            sqlx::query_as::<_, (i64, String)>("SELECT id, name FROM storage_targets")
+                .fetch_all(&self.db)
+                .await
+                .map_err(ApiError::internal)?
+                .into_iter()
+                .map(|(id, n)| (n, id))
+                .collect();
+        let mut made = MadeStores::default();
+        let mut new_targets = Vec::new();
+        for (n, t) in file.storage.iter().enumerate() {
+            if targets.contains_key(&t.name) {
+                report.storage_kept.push(t.name.clone());
+                continue;
+            }
+            let at = format!("config.storage[{n}].");
+            let passphrase = t
+                .passphrase
+                .as_deref()
+                .map(|sealed| open(&format!("storage target {}", t.name), sealed))
+                .transpose()?;
+            let nt = NewStorage { name: t.name.clone(), path: t.path.clone(), passphrase, zstd_level: None };
+            let path = check_new(&nt, &at)?;
+            self.check_free(&nt, &path, &at).await?;
+            if new_targets.iter().any(|(o, p, _): &(NewStorage, std::path::PathBuf, Opened)| {
+                o.name == nt.name || path.starts_with(p) || p.starts_with(&path)
+            }) {
+                return Err(ApiError::new(409, format!("{at}name: the file names this target or its path twice")));
+            }
+            let (nt, opened) = open_blocking(nt, &path, &at).await?;
+            if matches!(opened, Opened::Made(_)) {
+                made.add(&path);
+            }
+            new_targets.push((nt, path, opened));
         }
         super::bandwidth::check(&file.bandwidth)
             .map_err(|e| ApiError::new(400, format!("config.bandwidth{}", e.message)))?;
@@ -253,6 +330,13 @@ impl Service {
                 report.notes.push(format!("platform {}: no password in the file: set it again", p.name));
             }
         }
+        let mut attach = Vec::new();
+        for (t, path, opened) in new_targets {
+            let id = self.insert_target(&mut tx, &t, &path).await?;
+            targets.insert(t.name.clone(), id);
+            report.storage_added.push(t.name.clone());
+            attach.push((id, opened));
+        }
         let rule_names: Vec<(String,)> =
             sqlx::query_as("SELECT name FROM rules").fetch_all(&mut *tx).await.map_err(ApiError::internal)?;
         for (n, v) in file.rules.iter().enumerate() {
@@ -263,6 +347,16 @@ impl Service {
             })?;
             let mut v = v.clone();
             v["platform"] = serde_json::json!(id);
+            // Files from before storage targets name none: the appliance's own store.
+            if let Some(target) = v.get("storage").and_then(|s| s.as_str()).map(str::to_string) {
+                let tid = *targets.get(&target).ok_or_else(|| {
+                    ApiError::field(
+                        &format!("{at}.storage"),
+                        format!("no storage target {target:?} in the file or here"),
+                    )
+                })?;
+                v["storage"] = serde_json::json!(tid);
+            }
             let r: NewRule = serde_json::from_value(v).map_err(|e| ApiError::field(&at, e))?;
             if rule_names.iter().any(|(name,)| name == &r.name) {
                 report.rules_kept.push(r.name.clone());
@@ -286,12 +380,24 @@ impl Service {
             put_setting(&mut tx, super::alerts::SETTING, &json.to_string()).await.map_err(ApiError::internal)?;
         }
         tx.commit().await.map_err(ApiError::internal)?;
+        made.keep();
+        for (id, opened) in attach {
+            let points = self.attach_target(id, opened.into_store()).await?;
+            if points > 0 {
+                report.notes.push(format!("storage target {id}: {points} points adopted into the catalog"));
+            }
+        }
         if !file.bandwidth.is_empty() {
             *self.bandwidth.write().expect("bandwidth lock") = file.bandwidth.clone();
         }
         let detail = format!(
-            "platforms added {:?}, kept {:?}; rules added {:?}, kept {:?}",
-            report.platforms_added, report.platforms_kept, report.rules_added, report.rules_kept
+            "platforms added {:?}, kept {:?}; storage targets added {:?}, kept {:?}; rules added {:?}, kept {:?}",
+            report.platforms_added,
+            report.platforms_kept,
+            report.storage_added,
+            report.storage_kept,
+            report.rules_added,
+            report.rules_kept
         );
         self.audit_log(&s.user, "configuration imported", &detail).await?;
         Ok(report)

@@ -4,6 +4,7 @@
 
 use super::catalog::{now, Db};
 use super::schedule::Clock;
+use super::storage::OWN_TARGET;
 use super::Service;
 use connectors::{backup_vm, BackupOptions, Connector, Credentials, JobControl, KvmConnector, Phase, Quiesce};
 use std::sync::Arc;
@@ -24,13 +25,15 @@ pub(super) async fn log(db: &Db, job: i64, level: &str, message: &str) {
     }
 }
 
+/// Indexes a point of storage target `storage` in the catalog.
 pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
     db: E,
     p: &RestorePoint,
+    storage: i64,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO points (point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes, \
-         protected_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (point_id) DO NOTHING",
+         protected_bytes, storage_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (point_id) DO NOTHING",
     )
     .bind(&p.point_id)
     .bind(&p.vm.key)
@@ -41,6 +44,7 @@ pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>
     .bind(&p.parent)
     .bind(p.stats.new_stored_bytes as i64)
     .bind(p.disks.iter().map(|d| d.size as i64).sum::<i64>())
+    .bind(storage)
     .execute(db)
     .await
     .map(|_| ())
@@ -70,13 +74,14 @@ fn job(r: &sqlx::any::AnyRow) -> sqlx::Result<Job> {
         error: r.try_get("error")?,
         point_id: r.try_get("point_id")?,
         rule: r.try_get("rule_id")?,
+        storage: r.try_get("storage_id")?,
         created: r.try_get("created")?,
         started: r.try_get("started")?,
         finished: r.try_get("finished")?,
     })
 }
 
-type PointDbRow = (String, String, String, String, String, String, Option<String>, i64);
+type PointDbRow = (String, String, String, String, String, String, Option<String>, i64, i64);
 
 /// The states of a job that has not ended, for SQL (`state IN …`).
 pub(super) const ACTIVE_STATES: &str = "('queued', 'preparing', 'saving_configuration', 'snapshotting', \
@@ -113,7 +118,7 @@ pub(super) enum End<'a> {
 }
 
 const JOB_COLUMNS: &str = "id, kind, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, rate, \
-                           eta_seconds, error, point_id, rule_id, created, started, finished";
+                           eta_seconds, error, point_id, rule_id, storage_id, created, started, finished";
 
 /// A job a rule started: its retention runs after a successful backup (never after a failed one).
 pub(super) struct RuleRun {
@@ -123,6 +128,14 @@ pub(super) struct RuleRun {
     pub disks: Vec<String>,
     pub change_tracking: connectors::ChangeTracking,
     pub lan_free: bool,
+}
+
+/// How a backup job runs beside its VM and type: quiesce, the rule that started it (None: by
+/// hand) and the storage target its point goes into.
+pub(super) struct JobPlan {
+    pub quiesce: Quiesce,
+    pub rule: Option<RuleRun>,
+    pub storage: i64,
 }
 
 /// What a job needs to reach its platform, on a blocking thread.
@@ -147,6 +160,8 @@ pub(super) struct Queued {
     requested: BackupType,
     quiesce: Quiesce,
     rule: Option<RuleRun>,
+    /// The storage target the point goes into.
+    storage: i64,
 }
 
 /// Saves a platform (its password already sealed); a taken name is a 409.
@@ -321,8 +336,8 @@ impl Service {
 
     pub(super) async fn list_points(&self) -> ApiResult<Vec<PointRow>> {
         let rows: Vec<PointDbRow> = sqlx::query_as(
-            "SELECT point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes FROM points \
-             ORDER BY started DESC",
+            "SELECT point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes, storage_id \
+             FROM points ORDER BY started DESC",
         )
         .fetch_all(&self.db)
         .await
@@ -338,6 +353,7 @@ impl Service {
                 finished: r.5,
                 parent: r.6,
                 stored_bytes: r.7,
+                storage: r.8,
             })
             .collect())
     }
@@ -359,7 +375,10 @@ impl Service {
         if j.vm.trim().is_empty() {
             return Err(ApiError::field("vm", "must not be empty"));
         }
-        self.enqueue(&s.user, j.platform, &j.vm, requested, Quiesce::IfPossible, None).await
+        let storage = j.storage.unwrap_or(OWN_TARGET);
+        self.check_target("storage", storage).await?;
+        let plan = JobPlan { quiesce: Quiesce::IfPossible, rule: None, storage };
+        self.enqueue(&s.user, j.platform, &j.vm, requested, plan).await
     }
 
     /// A job of `vm` still queued or running, if any.
@@ -403,17 +422,19 @@ impl Service {
         platform: i64,
         vm: &str,
         requested: BackupType,
-        quiesce: Quiesce,
-        rule: Option<RuleRun>,
+        plan: JobPlan,
     ) -> ApiResult<Job> {
+        let JobPlan { quiesce, rule, storage } = plan;
         let (platform_name, target) = self.job_target(platform).await?;
         let id = sqlx::query_as::<_, (i64,)>(
-            "INSERT INTO jobs (platform_id, vm, backup_type, state, rule_id, created) VALUES ($1, $2, $3, 'queued', $4, $5) RETURNING id",
+            "INSERT INTO jobs (platform_id, vm, backup_type, state, rule_id, storage_id, created) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6) RETURNING id",
         )
         .bind(platform)
         .bind(vm)
         .bind(requested.as_str())
         .bind(rule.as_ref().map(|r| r.rule_id))
+        .bind(storage)
         .bind(now())
         .fetch_one(&self.db)
         .await
@@ -427,7 +448,7 @@ impl Service {
             .await;
         self.audit_log(user, "backup started", &format!("job {id}: {} of {vm} on {platform_name}", requested.as_str()))
             .await?;
-        let job = Queued { id, platform, target, vm: vm.to_string(), requested, quiesce, rule };
+        let job = Queued { id, platform, target, vm: vm.to_string(), requested, quiesce, rule, storage };
         self.launch(id, move |me, control| async move { me.run_job(job, control).await });
         self.job_by_id(id).await
     }
@@ -450,9 +471,9 @@ impl Service {
         });
     }
 
-    /// Applies a rule's retention to the VM of a point it just committed.
-    async fn retain(&self, id: i64, vm_key: &str, rule: &RuleRun) {
-        let (store, policy, key) = (self.store.clone(), rule.retention.clone(), vm_key.to_string());
+    /// Applies a rule's retention to the VM of a point it just committed, in the point's store.
+    async fn retain(&self, id: i64, store: Arc<vds_store::Store>, vm_key: &str, rule: &RuleRun) {
+        let (policy, key) = (rule.retention.clone(), vm_key.to_string());
         let decided = tokio::task::spawn_blocking(move || store.prune(&policy, Some(&key), false)).await;
         match decided {
             Ok(Ok(decisions)) => {
@@ -723,9 +744,19 @@ impl Service {
     }
 
     async fn run_job(self: Arc<Self>, job: Queued, control: Arc<JobControl>) {
-        let Queued { id, platform, target, vm, requested, quiesce, rule } = job;
+        let Queued { id, platform, target, vm, requested, quiesce, rule, storage } = job;
         let Some(_permits) = self.take_turn(id, platform, &target, &control).await else { return };
-        let (store, work) = (self.store.clone(), self.work_dir.clone());
+        // An unavailable target fails the job before anything is made on the hypervisor.
+        let store = match self.store(storage).await {
+            Ok(s) => s,
+            Err(e) => {
+                log(&self.db, id, "error", &format!("failed: {}", e.message)).await;
+                self.finish_job(id, platform, &vm, End::Failed(&e.message), (0, 0)).await;
+                return;
+            }
+        };
+        let work = self.work_dir.clone();
+        let point_store = store.clone();
         let vm_name = vm.clone();
         let backup_control = control.clone();
         let task_target = target.clone();
@@ -759,12 +790,12 @@ impl Service {
                 for w in &o.warnings {
                     log(&self.db, id, "warning", w).await;
                 }
-                if let Err(e) = insert_point(&self.db, p).await {
+                if let Err(e) = insert_point(&self.db, p, storage).await {
                     log(&self.db, id, "error", &format!("point {} is stored but not in the catalog: {e}", p.point_id))
                         .await;
                 }
                 if let Some(rule) = &rule {
-                    self.retain(id, &p.vm.key, rule).await;
+                    self.retain(id, point_store, &p.vm.key, rule).await;
                 }
                 log(
                     &self.db,

@@ -3,8 +3,9 @@
 //! First start on an empty data directory creates the store, the catalog, a self-signed TLS
 //! certificate, a secret key for credentials at rest and the initial admin, whose random password
 //! is written to `initial-admin-password` and must be changed at first login. Every start
-//! rebuilds the catalog's index of points from the store and marks jobs a stopped service left
-//! unfinished as failed (their hypervisor jobs are ended by the next backup of that VM).
+//! rebuilds the catalog's index of points from the storage targets' stores and marks jobs a
+//! stopped service left unfinished as failed (their hypervisor jobs are ended by the next backup
+//! of that VM).
 
 mod alerts;
 mod auth;
@@ -16,6 +17,7 @@ mod restore;
 mod rules;
 mod schedule;
 mod stats;
+mod storage;
 
 use anyhow::{Context, Result};
 use catalog::{now, Db};
@@ -23,7 +25,6 @@ use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vds_store::Store;
 use web::*;
 
 pub struct ServeOptions {
@@ -38,7 +39,10 @@ pub struct ServeOptions {
 
 pub struct Service {
     db: Db,
-    store: Arc<Store>,
+    /// The open stores of the storage targets, by target id (storage.rs).
+    stores: std::sync::RwLock<std::collections::HashMap<i64, Arc<vds_store::Store>>>,
+    /// The test clock given to every store opened (points stamped, retention counted on it).
+    store_clock: Option<vds_store::Clock>,
     work_dir: PathBuf,
     secret: [u8; 32],
     jobs: Arc<tokio::sync::Semaphore>,
@@ -62,24 +66,18 @@ pub struct Service {
 async fn setup(opts: &ServeOptions) -> Result<Service> {
     let data = &opts.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating the data directory {}", data.display()))?;
-    let store_dir = data.join("store");
-    let mut store = if store_dir.join("store.json").exists() {
-        Store::open(&store_dir, None)
-    } else {
-        Store::init(&store_dir, vds_store::InitOptions::default())
-    }
-    .with_context(|| format!("opening the store {}", store_dir.display()))?;
-    if std::env::var_os("HOLDFAST_TEST_CLOCK").is_some() {
+    let store_clock: Option<vds_store::Clock> = std::env::var_os("HOLDFAST_TEST_CLOCK").map(|_| {
         // Points are stamped, and retention counts days, on the same clock as the schedules.
         let clock = schedule::Clock::from_env();
-        store.set_clock(Arc::new(move || clock.now().with_timezone(&chrono::Utc)));
-    }
+        Arc::new(move || clock.now().with_timezone(&chrono::Utc)) as vds_store::Clock
+    });
     let url = opts.catalog.clone().unwrap_or_else(|| format!("sqlite://{}", data.join("catalog.db").display()));
     let db = catalog::open(&url).await.context("opening the catalog")?;
     let secret = secret_key(&data.join("secret.key"))?;
     let service = Service {
         db,
-        store: Arc::new(store),
+        stores: Default::default(),
+        store_clock,
         work_dir: data.join("work"),
         secret,
         jobs: Arc::new(tokio::sync::Semaphore::new(opts.max_jobs.max(1))),
@@ -93,6 +91,7 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         alert_lock: tokio::sync::Mutex::new(()),
         storage_check: tokio::sync::Notify::new(),
     };
+    service.open_targets(&data.join("store")).await?;
     service.ensure_admin(&data.join("initial-admin-password")).await?;
     service.recover_jobs().await?;
     *service.bandwidth.write().expect("bandwidth lock") = service.load_bandwidth().await?;
@@ -202,19 +201,12 @@ impl Service {
         Ok(())
     }
 
-    /// The catalog's index of points, rebuilt from the store (the store is the truth).
+    /// The catalog's index of points, rebuilt from every open target's store (the stores are
+    /// the truth); a target that is unavailable keeps what the catalog said of it.
     async fn reindex_points(&self) -> Result<()> {
-        let store = self.store.clone();
-        let (points, damaged) = tokio::task::spawn_blocking(move || store.scan(None)).await??;
-        for (vm, point, e) in damaged {
-            eprintln!("holdfast: point {point} of VM {vm} cannot be read and is not in the catalog: {e}");
+        for (id, name, store) in self.open_stores().await {
+            self.index_target(id, store).await.with_context(|| format!("indexing storage target {name}"))?;
         }
-        let mut tx = self.db.begin().await?;
-        sqlx::query("DELETE FROM points").execute(&mut *tx).await?;
-        for p in points {
-            engine::insert_point(&mut *tx, &p.manifest).await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 }
@@ -357,5 +349,14 @@ impl Backend for Api {
     }
     async fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> ApiResult<()> {
         self.0.put_bandwidth(s, w).await
+    }
+    async fn storage(&self) -> ApiResult<Vec<StorageTarget>> {
+        self.0.list_storage().await
+    }
+    async fn create_storage(&self, s: &Session, t: NewStorage) -> ApiResult<StorageTarget> {
+        self.0.add_storage(s, t).await
+    }
+    async fn delete_storage(&self, s: &Session, id: i64) -> ApiResult<()> {
+        self.0.remove_storage(s, id).await
     }
 }

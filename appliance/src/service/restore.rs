@@ -23,6 +23,8 @@ struct Queued {
     platform: i64,
     target: Target,
     point: RestorePoint,
+    /// The store of the storage target that holds the point.
+    store: Arc<vds_store::Store>,
     mode: Mode,
     /// The VM it writes: the new one's name, or the point's VM.
     vm: String,
@@ -80,9 +82,9 @@ impl Service {
     /// Queues a restore; it runs when the concurrency limits allow.
     pub(super) async fn queue_restore(self: &Arc<Self>, s: &Session, r: NewRestore) -> ApiResult<Job> {
         let mode = check(&r)?;
-        let store = self.store.clone();
-        let point_id = r.point.clone();
-        let point = tokio::task::spawn_blocking(move || store.find(&point_id))
+        let (_, store) = self.point_store(&r.point).await.map_err(|e| ApiError::field("point", e.message))?;
+        let (finder, point_id) = (store.clone(), r.point.clone());
+        let point = tokio::task::spawn_blocking(move || finder.find(&point_id))
             .await
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::field("point", e.to_string()))?
@@ -124,15 +126,15 @@ impl Service {
         );
         log(&self.db, id, "info", &format!("queued by {}: {words}", s.user)).await;
         self.audit_log(&s.user, "restore started", &format!("job {id}: {words}")).await?;
-        let job = Queued { id, platform: r.platform, target, point, mode, vm };
+        let job = Queued { id, platform: r.platform, target, point, store, mode, vm };
         self.launch(id, move |me, control| async move { me.run_restore(job, control).await });
         self.job_by_id(id).await
     }
 
     async fn run_restore(self: Arc<Self>, job: Queued, control: Arc<JobControl>) {
-        let Queued { id, platform, target, point, mode, vm } = job;
+        let Queued { id, platform, target, point, store, mode, vm } = job;
         let Some(_permits) = self.take_turn(id, platform, &target, &control).await else { return };
-        let (store, work) = (self.store.clone(), self.work_dir.clone());
+        let work = self.work_dir.clone();
         let (task_target, task_control) = (target.clone(), control.clone());
         let in_place = matches!(mode, Mode::InPlace);
         let point_id = point.point_id.clone();

@@ -5,7 +5,7 @@
 //! VM whose previous run is still queued or running is skipped, and the skip is recorded.
 
 use super::catalog::now;
-use super::engine::RuleRun;
+use super::engine::{JobPlan, RuleRun};
 use super::schedule::{Clock, Schedule};
 use super::Service;
 use connectors::{ChangeTracking, Quiesce};
@@ -29,6 +29,7 @@ type RuleDbRow = (
     i64,
     String,
     i64,
+    i64,
 );
 
 struct Stored {
@@ -43,6 +44,7 @@ struct Stored {
     disks: Vec<String>,
     change_tracking: ChangeTracking,
     lan_free: bool,
+    storage: i64,
 }
 
 /// A rule's settings, checked (everything but the name's uniqueness, which the insert checks).
@@ -52,6 +54,7 @@ pub(super) struct Checked {
     retention: RetentionPolicy,
     quiesce: String,
     change_tracking: String,
+    storage: i64,
     /// When the scheduler starts looking (now, or earlier for a `once` earlier today).
     first_check: String,
 }
@@ -88,7 +91,7 @@ impl Service {
     async fn rule_rows(&self) -> ApiResult<Vec<RuleDbRow>> {
         sqlx::query_as(
             "SELECT id, name, platform_id, enabled, full_schedule, partial_kind, partial_schedule, retention, quiesce, \
-             created, checked_until, disks, delete_data, change_tracking, lan_free FROM rules ORDER BY name",
+             created, checked_until, disks, delete_data, change_tracking, lan_free, storage_id FROM rules ORDER BY name",
         )
         .fetch_all(&self.db)
         .await
@@ -125,6 +128,7 @@ impl Service {
             disks: serde_json::from_str(&r.11).map_err(|e| e.to_string())?,
             change_tracking: ChangeTracking::parse(&r.13).ok_or("bad change tracking")?,
             lan_free: r.14 != 0,
+            storage: r.15,
         })
     }
 
@@ -149,6 +153,7 @@ impl Service {
                 delete_data_with_rule: r.12 != 0,
                 change_tracking: r.13,
                 lan_free: st.lan_free,
+                storage: st.storage,
                 created: r.9,
             });
         }
@@ -158,6 +163,7 @@ impl Service {
     /// Checks a rule's settings; `own` is the rule being edited (its VMs are not "taken").
     async fn check_rule(&self, r: &NewRule, own: Option<i64>) -> ApiResult<Checked> {
         let checked = check_settings(r)?;
+        self.check_target("storage", checked.storage).await?;
         let known = self.vms_of(r.platform).await.map_err(|e| {
             if e.status == 404 {
                 ApiError::field("platform", e.message)
@@ -247,7 +253,8 @@ pub(super) fn check_settings(r: &NewRule) -> ApiResult<Checked> {
     }
     let now_t = clock.now();
     let first = partial.as_ref().map(|(_, p)| p.first_check(now_t)).unwrap_or(now_t).min(full.first_check(now_t));
-    Ok(Checked { full, partial, retention, quiesce, change_tracking, first_check: first.to_rfc3339() })
+    let storage = r.storage.unwrap_or(super::storage::OWN_TARGET);
+    Ok(Checked { full, partial, retention, quiesce, change_tracking, storage, first_check: first.to_rfc3339() })
 }
 
 /// Inserts a checked rule and its VMs (in the caller's transaction); returns its id.
@@ -259,8 +266,8 @@ pub(super) async fn insert_rule(
 ) -> ApiResult<i64> {
     let id = sqlx::query_as::<_, (i64,)>(
         "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
-         checked_until, enabled, disks, delete_data, change_tracking, lan_free) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-         $9, $10, $11, $12, $13, $14) RETURNING id",
+         checked_until, enabled, disks, delete_data, change_tracking, lan_free, storage_id) VALUES ($1, $2, $3, $4, $5, \
+         $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
     )
     .bind(&r.name)
     .bind(platform)
@@ -276,6 +283,7 @@ pub(super) async fn insert_rule(
     .bind(r.delete_data_with_rule as i64)
     .bind(&c.change_tracking)
     .bind(r.lan_free as i64)
+    .bind(c.storage)
     .fetch_one(&mut **tx)
     .await
     .map_err(|e| name_taken(e, &r.name))?
@@ -338,7 +346,7 @@ impl Service {
         sqlx::query(
             "UPDATE rules SET name = $1, full_schedule = $2, partial_kind = $3, partial_schedule = $4, retention = $5, \
              quiesce = $6, checked_until = $7, enabled = $8, disks = $9, delete_data = $10, change_tracking = $11, \
-             lan_free = $12 WHERE id = $13",
+             lan_free = $12, storage_id = $13 WHERE id = $14",
         )
         .bind(&r.name)
         .bind(serde_json::to_string(&c.full).map_err(ApiError::internal)?)
@@ -352,6 +360,7 @@ impl Service {
         .bind(r.delete_data_with_rule as i64)
         .bind(&c.change_tracking)
         .bind(r.lan_free as i64)
+        .bind(c.storage)
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -472,7 +481,16 @@ impl Service {
     async fn delete_points(&self, points: &[String]) -> (usize, Vec<String>) {
         let (mut deleted, mut kept) = (0, Vec::new());
         for point in points {
-            let (store, p) = (self.store.clone(), point.clone());
+            let store = match self.point_store(point).await {
+                Ok((_, store)) => store,
+                // Already gone (retention) is what was asked.
+                Err(e) if e.status == 404 => continue,
+                Err(e) => {
+                    kept.push(format!("{point} ({})", e.message));
+                    continue;
+                }
+            };
+            let p = point.clone();
             let r = tokio::task::spawn_blocking(move || {
                 let entry = store.find(&p)?;
                 if entry.labels.star {
@@ -525,7 +543,8 @@ impl Service {
                 change_tracking: rule.change_tracking,
                 lan_free: rule.lan_free,
             };
-            jobs.push(self.enqueue(user, rule.platform, &vm, requested, rule.quiesce, Some(run)).await?);
+            let plan = JobPlan { quiesce: rule.quiesce, rule: Some(run), storage: rule.storage };
+            jobs.push(self.enqueue(user, rule.platform, &vm, requested, plan).await?);
         }
         Ok(jobs)
     }
