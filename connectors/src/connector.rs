@@ -201,6 +201,10 @@ pub trait Connector {
     fn inventory(&self) -> Result<Inventory, ConnectorError>;
     fn describe(&self, vm: &str) -> Result<VmDescription, ConnectorError>;
     fn begin_backup(&self, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError>;
+    /// Ends what a backup of `vm` left on the platform when Holdfast was killed during it (its
+    /// backup job, the snapshot or checkpoint it made), as an appliance does at its restart.
+    /// Says what it removed; None when nothing was left. What is not Holdfast's stays.
+    fn clean_up_killed_backup(&self, vm: &str) -> Result<Option<String>, ConnectorError>;
     /// Creates a new VM (new identity: name, UUID, MAC addresses) from a restore point's
     /// description and disks. Returns the new VM's name. Nothing is left behind on failure,
     /// nor when `control` stops it; its writes keep to `control`'s limit and count as its

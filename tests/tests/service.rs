@@ -139,8 +139,8 @@ fn service_end_to_end(catalog: Option<String>) {
     }
 
     // Killed while a job is queued or running: on restart the job is failed with that reason,
-    // the catalog comes back from the store, and the next backup runs (cleaning up after the
-    // killed one on the hypervisor).
+    // what it left on the hypervisor is removed (its log says so), the catalog comes back from
+    // the store, and the next backup runs.
     vm.write(1, 0x6b, 8 * MIB, MIB);
     let killed = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
     server.kill();
@@ -151,6 +151,7 @@ fn service_end_to_end(catalog: Option<String>) {
     if k["state"] != "completed" {
         assert_eq!(k["state"], "failed", "{k}");
         assert!(k["error"].as_str().unwrap().contains("service stopped"), "{k}");
+        wait_log(&c, killed["id"].as_i64().unwrap(), "after the restart");
     }
     let next = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
     let next = c.wait_job(next["id"].as_i64().unwrap());
@@ -175,6 +176,73 @@ fn service_end_to_end(catalog: Option<String>) {
     assert!(v["error"].as_str().unwrap().contains("locked"), "{v}");
     assert_eq!(c.request("POST", "/api/logout", None).0, 204);
     assert_eq!(c.get_status("/api/jobs").0, 401);
+}
+
+/// Waits until job `id`'s log has a line containing `needle`; returns the log.
+fn wait_log(c: &holdfast_tests::service::Client, id: i64, needle: &str) -> String {
+    let t = Instant::now();
+    loop {
+        let log = c.get(&format!("/api/jobs/{id}/log")).to_string();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "job {id}: no {needle:?} in its log: {log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A service killed while a backup transfers (held at 0 MB/s, so the kill surely lands
+/// mid-transfer): at restart the job is failed and, before any new backup of the VM may start,
+/// the libvirt backup job it left is ended and the checkpoint it made deleted, as its log says.
+/// The VM's next backup is an incremental from the last committed point.
+#[test]
+fn a_restarted_service_removes_what_its_killed_backup_left_on_the_hypervisor() {
+    let mut vm = TestVm::start("killed");
+    let data = vm.dir.join("data");
+    let mut server = Server::start(&data);
+    let c = server.admin("correct horse battery");
+    let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system" }), 201);
+    let pid = p["id"].as_i64().unwrap();
+    vm.write(0, 0x21, 0, MIB);
+    let first = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
+    let first = c.wait_job(first["id"].as_i64().unwrap());
+    assert_eq!(first["state"], "completed", "{first}");
+    let committed = vm.checkpoints();
+
+    let window = json!([{ "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "from": "00:00",
+                          "to": "23:59", "mb_per_second": 0 }]);
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&window)).0, 204);
+    vm.write(1, 0x22, 2 * MIB, MIB);
+    let job = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
+    let id = job["id"].as_i64().unwrap();
+    c.wait_state(id, "running");
+    // A second backup of the VM meanwhile is refused, naming the one that runs.
+    let v = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 409);
+    assert!(v["error"].as_str().unwrap().contains(&format!("job {id}")), "{v}");
+    assert!(vm.has_job() && vm.checkpoints().len() > committed.len(), "the backup job and its checkpoint run");
+    server.kill();
+    assert!(vm.has_job(), "libvirt keeps the job of a killed appliance");
+
+    let server = Server::start(&data);
+    let mut c = server.client();
+    assert_eq!(c.login("admin", "correct horse battery").0, 200);
+    let log = wait_log(&c, id, "after the restart");
+    assert!(log.contains("ended the backup job") && log.contains("deleted its checkpoint"), "{log}");
+    assert!(!vm.has_job(), "the killed run's backup job is ended");
+    assert_eq!(vm.checkpoints(), committed, "the killed run's checkpoint is deleted, the committed one kept");
+    let k = c.get(&format!("/api/jobs/{id}"));
+    assert_eq!(k["state"], "failed", "{k}");
+    assert!(k["error"].as_str().unwrap().contains("service stopped"), "{k}");
+
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
+    let next = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "incremental" }), 202);
+    let next = c.wait_job(next["id"].as_i64().unwrap());
+    assert_eq!(next["state"], "completed", "{next}");
+    let log = c.get(&format!("/api/jobs/{}/log", next["id"])).to_string();
+    assert!(!log.contains("read in full"), "an incremental from the committed point: {log}");
+    let points = c.get("/api/points");
+    let newest = points.as_array().unwrap().iter().find(|p| p["point_id"] == next["point_id"]).unwrap().clone();
+    assert_eq!((newest["type"].as_str(), newest["parent"].as_str()), (Some("incremental"), first["point_id"].as_str()));
 }
 
 /// Sets the service's clock (UTC), atomically.
@@ -656,7 +724,8 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     let rid = running["id"].as_i64().unwrap();
     c.wait_state(rid, "running");
     assert!(vm.has_job());
-    let queued = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
+    // (Another VM: a second backup of the running one would be refused.)
+    let queued = c.post("/api/jobs", json!({ "platform": pid, "vm": "waits-its-turn", "type": "full" }), 202);
     let qid = queued["id"].as_i64().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(c.get(&format!("/api/jobs/{qid}"))["state"], "queued", "--max-jobs 1 holds it back");

@@ -377,12 +377,23 @@ impl Service {
         }
         let storage = j.storage.unwrap_or(OWN_TARGET);
         self.check_target("storage", storage).await?;
+        // Two backups of one VM at once would collide on the hypervisor (one backup job per VM).
+        if let Some(busy) = self.active_job(j.platform, &j.vm).await? {
+            return Err(ApiError::new(
+                409,
+                format!("VM {} has job {busy} queued or running: wait for it or stop it", j.vm),
+            ));
+        }
         let plan = JobPlan { quiesce: Quiesce::IfPossible, rule: None, storage };
         self.enqueue(&s.user, j.platform, &j.vm, requested, plan).await
     }
 
-    /// A job of `vm` still queued or running, if any.
+    /// A job of `vm` still queued or running, if any (a killed backup being cleaned up after
+    /// a restart counts).
     pub(super) async fn active_job(&self, platform: i64, vm: &str) -> ApiResult<Option<i64>> {
+        if let Some(id) = self.cleaning.lock().expect("cleaning lock").get(&(platform, vm.to_string())) {
+            return Ok(Some(*id));
+        }
         let row: Option<(i64,)> = sqlx::query_as(&format!(
             "SELECT id FROM jobs WHERE platform_id = $1 AND vm = $2 AND state IN {ACTIVE_STATES}"
         ))

@@ -4,8 +4,8 @@
 //! certificate, a secret key for credentials at rest and the initial admin, whose random password
 //! is written to `initial-admin-password` and must be changed at first login. Every start
 //! rebuilds the catalog's index of points from the storage targets' stores and marks jobs a
-//! stopped service left unfinished as failed (their hypervisor jobs are ended by the next backup
-//! of that VM).
+//! stopped service left unfinished as failed, then ends what those backups left on their
+//! hypervisors (backup jobs, checkpoints) while their VMs take no new backup.
 
 mod alerts;
 mod auth;
@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use catalog::{now, Db};
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use connectors::Connector;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use web::*;
@@ -60,10 +61,17 @@ pub struct Service {
     alert_lock: tokio::sync::Mutex<()>,
     /// Wakes the storage watch (the alert settings changed).
     storage_check: tokio::sync::Notify,
+    /// VMs whose killed backup is being cleaned up on the hypervisor after a restart, with that
+    /// job's id: no new backup of them starts meanwhile.
+    cleaning: std::sync::Mutex<std::collections::HashMap<(i64, String), i64>>,
 }
 
-/// Creates what a first start needs, returns the service.
-async fn setup(opts: &ServeOptions) -> Result<Service> {
+/// A backup job a stopped service left unfinished: (job id, platform id, VM).
+type Killed = (i64, i64, String);
+
+/// Creates what a first start needs, returns the service and the backups a stopped service
+/// left unfinished (failed now; their hypervisor state is cleaned up once the service runs).
+async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
     let data = &opts.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating the data directory {}", data.display()))?;
     let store_clock: Option<vds_store::Clock> = std::env::var_os("HOLDFAST_TEST_CLOCK").map(|_| {
@@ -90,13 +98,14 @@ async fn setup(opts: &ServeOptions) -> Result<Service> {
         events: tokio::sync::broadcast::channel(1024).0,
         alert_lock: tokio::sync::Mutex::new(()),
         storage_check: tokio::sync::Notify::new(),
+        cleaning: Default::default(),
     };
     service.open_targets(&data.join("store")).await?;
     service.ensure_admin(&data.join("initial-admin-password")).await?;
-    service.recover_jobs().await?;
+    let killed = service.recover_jobs().await?;
     *service.bandwidth.write().expect("bandwidth lock") = service.load_bandwidth().await?;
     service.reindex_points().await?;
-    Ok(service)
+    Ok((service, killed))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -177,18 +186,23 @@ impl Service {
         Ok(())
     }
 
-    /// Jobs a stopped service left unfinished are failed, with that reason.
-    async fn recover_jobs(&self) -> Result<()> {
-        let stale: Vec<(i64, String)> =
-            sqlx::query_as(&format!("SELECT id, kind FROM jobs WHERE state IN {}", engine::ACTIVE_STATES))
-                .fetch_all(&self.db)
-                .await?;
-        for (id, kind) in stale {
+    /// Jobs a stopped service left unfinished are failed, with that reason; returns the backups.
+    async fn recover_jobs(&self) -> Result<Vec<Killed>> {
+        let stale: Vec<(i64, String, i64, String)> = sqlx::query_as(&format!(
+            "SELECT id, kind, platform_id, vm FROM jobs WHERE state IN {}",
+            engine::ACTIVE_STATES
+        ))
+        .fetch_all(&self.db)
+        .await?;
+        let mut killed = Vec::new();
+        for (id, kind, platform, vm) in stale {
             let why = if kind == "restore" {
                 "the service stopped while this restore ran; a new VM's volumes it had made stay in the pool \
                  (named after the new VM), an in-place restore left the disks part-written: restore again"
             } else {
-                "the service stopped while this job ran; the next backup of this VM cleans up on the hypervisor"
+                killed.push((id, platform, vm));
+                "the service stopped while this job ran; what it left on the hypervisor is removed now that the \
+                 service runs again (the job's log says what), and nothing of it was committed"
             };
             sqlx::query("UPDATE jobs SET state = 'failed', error = $1, finished = $2 WHERE id = $3")
                 .bind(why)
@@ -198,7 +212,41 @@ impl Service {
                 .await?;
             engine::log(&self.db, id, "error", why).await;
         }
-        Ok(())
+        Ok(killed)
+    }
+
+    /// Removes what each killed backup left on its hypervisor (its backup job and checkpoint),
+    /// one task per VM beside the running service; the VM takes no new backup until its cleanup
+    /// has ended, so a cleanup can never end a new backup's job. A host that does not answer
+    /// holds only its own VMs; the next backup of such a VM cleans up before it starts.
+    fn clean_up_killed(self: &Arc<Self>, killed: Vec<Killed>) {
+        for (id, platform, vm) in killed {
+            self.cleaning.lock().expect("cleaning lock").insert((platform, vm.clone()), id);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let outcome = match me.target(platform).await {
+                    Ok((_, target)) => {
+                        let (work, name) = (me.work_dir.clone(), vm.clone());
+                        Self::blocking(move || target.connect(&work)?.clean_up_killed_backup(&name)).await
+                    }
+                    Err(e) => Err(e),
+                };
+                let (level, words) = match outcome {
+                    Ok(Some(done)) => ("info", format!("after the restart, on the hypervisor: {done}")),
+                    Ok(None) => ("info", "after the restart: this job had left nothing on the hypervisor".to_string()),
+                    Err(e) => (
+                        "warning",
+                        format!(
+                            "after the restart, cleaning up on the hypervisor failed: {}; the next backup of this \
+                             VM cleans up before it starts",
+                            e.message
+                        ),
+                    ),
+                };
+                engine::log(&me.db, id, level, &words).await;
+                me.cleaning.lock().expect("cleaning lock").remove(&(platform, vm));
+            });
+        }
     }
 
     /// The catalog's index of points, rebuilt from every open target's store (the stores are
@@ -214,7 +262,9 @@ impl Service {
 pub fn run(opts: ServeOptions) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let service = Arc::new(setup(&opts).await?);
+        let (service, killed) = setup(&opts).await?;
+        let service = Arc::new(service);
+        service.clean_up_killed(killed);
         service.start_scheduler();
         service.start_storage_watch(std::time::Duration::from_secs(300));
         let (cert, key) = tls_files(&opts.data_dir.join("tls"))?;

@@ -207,31 +207,33 @@ impl KvmConnector {
         ConnectorError::Failed { platform: PLATFORM, vm: vm.into(), action: action.into(), cause: cause.into() }
     }
 
-    /// Ends a backup job a killed Holdfast left on `dom`, and deletes the checkpoint it made.
-    /// A job that is not ours (no marker of ours names it) is left alone.
-    fn clear_stale_backup(&self, dom: &Domain, vm: &str) -> Result<(), ConnectorError> {
+    /// Ends a backup job a killed Holdfast left on `dom`, and deletes the checkpoint it made;
+    /// says what it did (None: nothing was left). A job that is not ours (no marker of ours
+    /// names it) is left alone.
+    fn clear_stale_backup(&self, dom: &Domain, vm: &str) -> Result<Option<String>, ConnectorError> {
         let marker = self.marker(dom);
         let dir = std::fs::read_to_string(&marker).ok().map(PathBuf::from).filter(|d| d.starts_with(&self.work_dir));
         let job = backup_job_xml(dom).map_err(|e| Self::failed(vm, "looking for a running backup job", e))?;
         if job.is_none() {
             // A killed run whose job ended with the VM: its checkpoint, if it made one, goes with
             // the next successful backup's pruning.
-            if let Some(dir) = dir {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+            let Some(dir) = dir else { return Ok(None) };
+            let _ = std::fs::remove_dir_all(dir);
             let _ = std::fs::remove_file(&marker);
-            return Ok(());
+            return Ok(Some("the backup job had ended; its work files were removed".into()));
         }
         let Some(dir) = dir else {
             return Err(Self::failed(vm, "starting a backup", "another backup job is running on this VM"));
         };
         end_backup_job(dom).map_err(|e| Self::failed(vm, "ending a stale backup job", e))?;
+        let mut done = "ended the backup job libvirt still ran".to_string();
         if let Ok(cp) = std::fs::read_to_string(dir.join(CHECKPOINT_FILE)) {
             delete_checkpoint(dom, cp.trim()).map_err(|e| Self::failed(vm, "deleting a stale checkpoint", e))?;
+            done += &format!(" and deleted its checkpoint {}", cp.trim());
         }
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_file(&marker);
-        Ok(())
+        Ok(Some(done))
     }
 }
 
@@ -493,6 +495,11 @@ impl Connector for KvmConnector {
                 .capacity;
         }
         Ok(d)
+    }
+
+    fn clean_up_killed_backup(&self, vm: &str) -> Result<Option<String>, ConnectorError> {
+        let dom = self.domain(vm)?;
+        self.clear_stale_backup(&dom, vm)
     }
 
     fn begin_backup(&self, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError> {
