@@ -438,8 +438,9 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
         start: true,
     };
     conn.restore_as_new_vm(&inc.vm, &disks, &spec, &JobControl::default()).unwrap();
-    // qcow2 volumes (converted on the host after the raw upload, nothing else left in the pool)
-    // holding the point's data; the new VM's backups are incremental, like any qcow2 VM's.
+    // qcow2 volumes (written in one pass and uploaded as they are, nothing else left in the
+    // pool) that QEMU checks clean, holding the point's data; the new VM's backups are
+    // incremental, like any qcow2 VM's.
     let mut files: Vec<String> =
         std::fs::read_dir(&pool_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     files.sort();
@@ -454,6 +455,12 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
             .output()
             .unwrap();
         assert!(cmp.status.success(), "restored {dev}: {}", String::from_utf8_lossy(&cmp.stdout));
+        let check = std::process::Command::new("qemu-img")
+            .args(["check", "-U"])
+            .arg(pool_dir.join(format!("{}-{dev}.qcow2", restored.0)))
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "restored {dev}: {}", String::from_utf8_lossy(&check.stdout));
     }
     let restored_full = backup_vm(&conn, &store, &restored.0, opts(BackupType::Full, Quiesce::Off), &mut |_| {});
     assert_point_matches(&store, &restored_full.unwrap().point, &vm.model, &vm.dir);

@@ -218,6 +218,37 @@ impl DiskReader {
         &self.inner.map
     }
 
+    /// The byte ranges of extent `index` that hold data, as disk offsets: not the holes, not
+    /// the all-zero chunks. Read from the extent record alone (no chunk is read), so a writer
+    /// can plan a layout (a qcow2 image's allocated clusters) before it copies any data.
+    pub fn data_ranges(&self, index: u64) -> Result<Vec<std::ops::Range<u64>>> {
+        let inner = &self.inner;
+        let Some(id) = inner.map.extents.get(index as usize).copied() else {
+            return Err(StoreError::Invalid(format!(
+                "point {} disk {}: no extent {index} (the disk has {})",
+                inner.point,
+                inner.disk,
+                inner.map.extents.len()
+            )));
+        };
+        if id.is_hole() {
+            return Ok(Vec::new());
+        }
+        let mut pos = index * inner.map.extent_size as u64;
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+        for c in &inner.record(&id)?.chunks {
+            let end = pos + c.len as u64;
+            if !c.id.is_hole() {
+                match out.last_mut() {
+                    Some(last) if last.end == pos => last.end = end,
+                    _ => out.push(pos..end),
+                }
+            }
+            pos = end;
+        }
+        Ok(out)
+    }
+
     /// Reads `buf.len()` bytes at `offset`; ranges past the end are an error.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let inner = &self.inner;

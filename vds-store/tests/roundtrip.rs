@@ -184,3 +184,33 @@ fn progress_covers_the_whole_backup_across_disks() {
     assert_eq!(seen.last().map(|p| p.all_done_bytes), Some(want));
     assert_eq!(seen.iter().filter(|p| p.disk == "b").map(|p| p.total_bytes).max(), Some(2 * EXTENT as u64 + 100));
 }
+
+/// `data_ranges` names exactly the bytes that are not zero, up to chunk granularity: every byte
+/// outside the ranges reads as zero, a hole extent has none, and long zero runs inside an
+/// extent (cut into all-zero chunks) are left out, without any chunk being read.
+#[test]
+fn data_ranges_cover_every_nonzero_byte_and_leave_out_zero_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let store = small_store(d.path(), None);
+    let ext = EXTENT as usize;
+    let mut disk = vec![0u8; ext * 6];
+    disk[100..5000].copy_from_slice(&noise(4900, 1)); // extent 0: data, then a long zero run
+    disk[3 * ext + 40_000..3 * ext + 40_010].copy_from_slice(&noise(10, 2)); // extent 3: 10 bytes
+    disk[6 * ext - 1] = 9; // the very last byte
+    let p = ingest(&store, "vm1", BackupType::Full, None, vec![("vda", disk.clone(), None)]).unwrap();
+    let reader = store.open_disk(&p.point_id, "vda").unwrap();
+    let ranges: Vec<Vec<std::ops::Range<u64>>> = (0..6).map(|i| reader.data_ranges(i).unwrap()).collect();
+    for (i, r) in ranges.iter().enumerate() {
+        let covered = |pos: usize| r.iter().any(|x| x.contains(&(pos as u64)));
+        for (pos, b) in disk.iter().enumerate().skip(i * ext).take(ext) {
+            assert!(*b == 0 || covered(pos), "extent {i}: byte {pos} is data but not in {r:?}");
+        }
+        assert!(r.iter().all(|x| x.start >= (i * ext) as u64 && x.end <= ((i + 1) * ext) as u64), "{r:?}");
+    }
+    for i in [1, 2, 4] {
+        assert!(ranges[i].is_empty(), "extent {i} is a hole: {:?}", ranges[i]);
+    }
+    let in_extent_0: u64 = ranges[0].iter().map(|r| r.end - r.start).sum();
+    assert!(in_extent_0 <= ext as u64 / 2, "the zero run after the data is left out: {:?}", ranges[0]);
+    assert!(reader.data_ranges(6).is_err(), "past the last extent");
+}

@@ -6,6 +6,7 @@
 
 pub mod domain_xml;
 mod offline;
+mod qcow2;
 mod restore;
 
 use crate::connector::*;

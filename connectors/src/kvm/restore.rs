@@ -1,8 +1,10 @@
-//! Restore as a new VM through libvirt: raw volumes in a storage pool, filled over libvirt's
-//! sparse upload streams (holes and all-zero blocks are sent as holes, so they stay holes and
-//! this works against a remote host), then a new domain defined from the neutral description.
+//! Restore as a new VM through libvirt: volumes in a storage pool filled over libvirt's upload
+//! streams, so this works against a remote host (raw: a sparse stream, holes and all-zero
+//! blocks sent as holes; qcow2: an image written in one pass by qcow2.rs, holes left out of the
+//! file), then a new domain defined from the neutral description.
 
 use super::domain_xml::{new_domain_xml, volume_xml};
+use super::qcow2::{Qcow2Plan, CLUSTER};
 use super::{last_error, KvmConnector, PLATFORM};
 use crate::connector::{ConnectorError, NewVmSpec, RestoreDisk};
 use crate::control::{JobControl, Throttle};
@@ -92,6 +94,65 @@ fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader, control: &
     }
 }
 
+/// Streams a disk of a restore point into the qcow2 volume `vol` as a whole qcow2 image: the
+/// layout is planned from the point's maps (which clusters hold data), the metadata sent, then
+/// each data cluster in guest order. One pass, one write on the host, holes never sent.
+fn upload_qcow2(
+    conn: &KvmConnector,
+    vol: &StorageVol,
+    reader: &DiskReader,
+    control: &JobControl,
+) -> Result<(), String> {
+    let map = reader.map();
+    let (es, size) = (map.extent_size as u64, reader.size());
+    let mut plan = Qcow2Plan::new(size);
+    for i in 0..map.extents.len() as u64 {
+        for r in reader.data_ranges(i).map_err(|e| e.to_string())? {
+            plan.mark(r);
+        }
+    }
+    let layout = plan.layout();
+    let stream = Stream::new(&conn.conn, 0).map_err(|e| e.to_string())?;
+    vol.upload(&stream, 0, layout.file_size(), 0).map_err(|e| e.to_string())?;
+    let result = (|| {
+        layout.write_metadata(&mut |c| send_all(&stream, c))?;
+        let mut clusters = layout.data_clusters().peekable();
+        let mut buf = vec![0u8; es as usize];
+        let mut tail = vec![0u8; CLUSTER as usize];
+        let mut throttle = Throttle::default();
+        for i in 0..map.extents.len() as u64 {
+            let (start, len) = (i * es, map.extent_len(i));
+            let end = start + len as u64;
+            let has_data = clusters.peek().is_some_and(|&g| g * CLUSTER < end);
+            govern(control, &mut throttle, len, has_data)?;
+            if !has_data {
+                continue;
+            }
+            reader.read_at(&mut buf[..len], start).map_err(|e| e.to_string())?;
+            while let Some(g) = clusters.next_if(|&g| g * CLUSTER < end) {
+                let at = (g * CLUSTER - start) as usize;
+                let n = (len - at).min(CLUSTER as usize);
+                if n == CLUSTER as usize {
+                    send_all(&stream, &buf[at..at + n])?;
+                } else {
+                    // The disk's last, partial cluster: a whole cluster in the file.
+                    tail.fill(0);
+                    tail[..n].copy_from_slice(&buf[at..at + n]);
+                    send_all(&stream, &tail)?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => stream.finish().map_err(|e| e.to_string()),
+        Err(e) => {
+            let _ = stream.abort();
+            Err(e)
+        }
+    }
+}
+
 pub(super) fn restore_as_new_vm(
     conn: &KvmConnector,
     source: &VmDescription,
@@ -116,27 +177,17 @@ pub(super) fn restore_as_new_vm(
     let result = (|| {
         let mut paths = Vec::new();
         for d in disks {
-            // Uploads are raw bytes: a qcow2 disk is uploaded raw first, then converted by
-            // libvirt on the host (a volume cloned with another format), so remote hosts work.
-            let raw_name =
-                if format == "raw" { format!("{name}-{}.raw", d.key) } else { format!("{name}-{}.upload.raw", d.key) };
-            let raw = StorageVol::create_xml(&pool, &volume_xml(&raw_name, d.reader.size(), "raw"), 0)
-                .map_err(|e| failed(name, &format!("creating volume {raw_name}"), e.to_string()))?;
-            created.push(raw);
-            let raw = created.last().expect("just pushed");
-            upload(conn, raw, d.reader, control)
-                .map_err(|e| failed(name, &format!("uploading disk {} into {raw_name}", d.key), e))?;
-            let vol = if format == "raw" {
-                raw
+            let vol_name = format!("{name}-{}.{format}", d.key);
+            let vol = StorageVol::create_xml(&pool, &volume_xml(&vol_name, d.reader.size(), &format), 0)
+                .map_err(|e| failed(name, &format!("creating volume {vol_name}"), e.to_string()))?;
+            created.push(vol);
+            let vol = created.last().expect("just pushed");
+            let uploaded = if format == "raw" {
+                upload(conn, vol, d.reader, control)
             } else {
-                let vol_name = format!("{name}-{}.qcow2", d.key);
-                let vol = StorageVol::create_xml_from(&pool, &volume_xml(&vol_name, d.reader.size(), "qcow2"), raw, 0)
-                    .map_err(|e| failed(name, &format!("converting {raw_name} into {vol_name}"), e.to_string()))?;
-                let _ = raw.delete(0);
-                created.pop();
-                created.push(vol);
-                created.last().expect("just pushed")
+                upload_qcow2(conn, vol, d.reader, control)
             };
+            uploaded.map_err(|e| failed(name, &format!("uploading disk {} into {vol_name}", d.key), e))?;
             let path = vol.path().map_err(|e| failed(name, "reading a volume's path", e.to_string()))?;
             paths.push((d.key.clone(), path, format.clone()));
         }
