@@ -152,6 +152,33 @@ fn full_incremental_differential_chain_restores_every_state() {
     }
     let again = conn.restore_as_new_vm(&p2.vm, &disks, &spec, &JobControl::default()).unwrap_err().to_string();
     assert!(again.contains("exists already"), "{again}");
+    // As qcow2 on this host: the volumes are written in place, as compact qcow2 v3 images that
+    // QEMU checks clean and reads as the point (the remote test below covers the stream path).
+    let as_qcow2 = NewVmSpec { name: format!("{}-q", restored.0), disk_format: Some("qcow2".into()), ..spec.clone() };
+    conn.restore_as_new_vm(&p2.vm, &disks, &as_qcow2, &JobControl::default()).unwrap();
+    virsh(&["destroy", &as_qcow2.name]);
+    virsh(&["undefine", &as_qcow2.name]);
+    for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+        let image = pool_dir.join(format!("{}-{dev}.qcow2", as_qcow2.name));
+        let want = vm.dir.join(format!("p2-{dev}.raw"));
+        std::fs::write(&want, &model_p2[i]).unwrap();
+        let check = std::process::Command::new("qemu-img").args(["check", "-U"]).arg(&image).output().unwrap();
+        assert!(check.status.success(), "{dev}: {}", String::from_utf8_lossy(&check.stdout));
+        let cmp = std::process::Command::new("qemu-img")
+            .args(["compare", "-U", "-f", "qcow2", "-F", "raw"])
+            .arg(&image)
+            .arg(&want)
+            .output()
+            .unwrap();
+        assert!(
+            cmp.status.success(),
+            "{dev} differs from point {}: {}",
+            p2.point_id,
+            String::from_utf8_lossy(&cmp.stdout)
+        );
+        let size = std::fs::metadata(&image).unwrap().len();
+        assert!(size < 16 * MIB as u64, "restored {dev} as qcow2 holds only its data: {size} bytes");
+    }
     // The restored VM has raw disks: it backs up (full every time, saying why), no checkpoint.
     for kind in [BackupType::Full, BackupType::Incremental] {
         let opts = opts(kind, Quiesce::IfPossible);

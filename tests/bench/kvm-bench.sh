@@ -61,6 +61,16 @@ bytes() { du -sb "$1" | awk '{print $1}'; }
 mb() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1e6}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
+# Every timed run starts alike: dirty data flushed, the page cache dropped (a cache full of an
+# earlier step's files made the first tool after a build pay for reclaim: Holdfast's full took
+# 4.2 s right after a release build and 2.8 s in the next run), then the run's own input read
+# once, so each tool starts warm on what it reads and cold on everything else.
+settle() {
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  find "$@" -type f -exec cat {} + > /dev/null
+}
+
 # A fresh VM on the day-1 disk. OS-less; <boot dev='fd'/> keeps it idle.
 fresh_vm() {
   virsh -c $URI destroy $VM >/dev/null 2>&1 || true
@@ -76,7 +86,7 @@ XML
   virsh -c $URI start $VM >/dev/null
   # The copy's writeback must not land in the next tool's run (Holdfast's final syncfs would
   # otherwise wait for the VM's 650 MB disk copy, which shares the filesystem).
-  sync
+  settle "$K/vm.qcow2"
 }
 
 # Day 2: every changed range written by the "guest" through QEMU's block layer.
@@ -85,6 +95,7 @@ day2() {
     virsh -c $URI qemu-monitor-command $VM --hmp \
       "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \"write -s $file $off $len\"" >/dev/null
   done < "$K/plan.txt"
+  settle "$K/vm.qcow2"
 }
 
 # Holdfast
@@ -124,11 +135,13 @@ vnbz_bytes=$(bytes "$K/vnbz")
 
 # Restores of the day-2 state: Holdfast as a new VM in a pool; virtnbdrestore to image files.
 virsh -c $URI pool-create-as $VM-pool dir --target "$K/pool" >/dev/null
-sync
+settle "$K/hf"
 timed hf.restore "$HF" kvm --uri $URI restore --point "$point" --name $VM-r --pool $VM-pool --store "$K/hf"
 qemu-img compare -q "$K/pool/$VM-r-vda.qcow2" "$W/disk2.raw" || { echo "Holdfast's restore differs from the day-2 disk" >&2; exit 1; }
+settle "$K/hf"
 timed hf.restore.raw "$HF" kvm --uri $URI restore --point "$point" --name $VM-r2 --pool $VM-pool --disk-format raw --store "$K/hf"
 cmp "$K/pool/$VM-r2-vda.raw" "$W/disk2.raw" || { echo "Holdfast's raw restore differs from the day-2 disk" >&2; exit 1; }
+settle "$K/vnb"
 timed vnb.restore virtnbdrestore -i "$K/vnb" -o "$K/vnbrestore"
 restored=$(find "$K/vnbrestore" -maxdepth 1 -type f -name '*.qcow2' | head -1)
 qemu-img compare -q "$restored" "$W/disk2.raw" || { echo "virtnbdrestore's restore differs from the day-2 disk" >&2; exit 1; }
@@ -137,7 +150,8 @@ cat <<REPORT
 ## KVM benchmark: $(date -u +%Y-%m-%d), $(nproc) cores, libvirt $(virsh -c $URI version | awk '/Using library/ {print $4}'), QEMU $(virsh -c $URI version | awk '/Running hypervisor/ {print $4}'), virtnbdbackup $(virtnbdbackup -V 2>&1 | tail -1)
 
 One VM, one 4 GiB virtio disk holding the store benchmark's image ($(mb "$($tool allocated-bytes "$W/disk1.raw")") MB allocated); day 2 replays
-$(wc -l < "$K/plan.txt") changed ranges ($(mb "$(awk '{s += $3} END {print s}' "$K/plan.txt")") MB) as guest writes. Times are the client's wall and CPU time.
+$(wc -l < "$K/plan.txt") changed ranges ($(mb "$(awk '{s += $3} END {print s}' "$K/plan.txt")") MB) as guest writes. Times are the client's wall and CPU time; each run
+starts with the page cache dropped and its own input read once.
 
 | run | wall s | on disk s | CPU s | peak RSS MiB | stored MB after |
 |---|---|---|---|---|---|
@@ -149,7 +163,7 @@ $(wc -l < "$K/plan.txt") changed ranges ($(mb "$(awk '{s += $3} END {print s}' "
 | virtnbdbackup incremental | $(wall vnb.inc) | $(ondisk vnb.inc) | $(cpu vnb.inc) | $(rss vnb.inc) | $(mb "$vnb_bytes") |
 | virtnbdbackup --compress full | $(wall vnbz.full) | $(ondisk vnbz.full) | $(cpu vnbz.full) | $(rss vnbz.full) | $(mb "$vnbz_full_bytes") |
 | virtnbdbackup --compress incremental | $(wall vnbz.inc) | $(ondisk vnbz.inc) | $(cpu vnbz.inc) | $(rss vnbz.inc) | $(mb "$vnbz_bytes") |
-| Holdfast restore as a new VM (qcow2 volume: sparse upload, converted on the host) | $(wall hf.restore) | $(ondisk hf.restore) | $(cpu hf.restore) | $(rss hf.restore) | |
+| Holdfast restore as a new VM (qcow2 volume) | $(wall hf.restore) | $(ondisk hf.restore) | $(cpu hf.restore) | $(rss hf.restore) | |
 | Holdfast restore as a new VM (sparse raw volume) | $(wall hf.restore.raw) | $(ondisk hf.restore.raw) | $(cpu hf.restore.raw) | $(rss hf.restore.raw) | |
 | virtnbdrestore to an image file | $(wall vnb.restore) | $(ondisk vnb.restore) | $(cpu vnb.restore) | $(rss vnb.restore) | |
 

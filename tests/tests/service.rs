@@ -757,6 +757,19 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     let audit = c.get("/api/audit");
     let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|a| a["action"].as_str().unwrap()).collect();
     assert!(actions.contains(&"job stopped") && actions.contains(&"bandwidth limits changed"), "{actions:?}");
+
+    // A limit above 0 holds the transfer to it: a full reading four 4 MiB data extents at
+    // 4 MB/s cannot end in under 2 s even if its first two extents went out at once (the limit
+    // reaching the job after its first read starts a new average), where unlimited it takes
+    // a fraction of a second.
+    vm.write(0, 0x44, 8 * MIB, MIB);
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&window(4.0))).0, 204);
+    let limited = c.post("/api/jobs", json!({ "platform": pid, "vm": vm.name, "type": "full" }), 202);
+    let limited = c.wait_job(limited["id"].as_i64().unwrap());
+    assert_eq!(limited["state"], "completed", "{limited}");
+    let took = secs(&limited["finished"]) - secs(&limited["started"]);
+    assert!(took >= 2.0, "4 data extents at 4 MB/s took {took:.2} s: the limit did not hold");
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
     let _ = events.kill();
     let _ = events.wait();
 }

@@ -289,11 +289,28 @@ impl DiskReader {
             return Err(StoreError::Invalid(format!("export of point {}: the output file is not empty", inner.point)));
         }
         out.set_len(inner.map.size).map_err(|e| StoreError::io("sizing the export file", e))?;
-        let next = AtomicU64::new(0);
         let done = AtomicU64::new(0);
+        let total = inner.map.size;
+        self.copy_out(threads, &|offset, data| out.write_all_at(data, offset), &|len| {
+            progress(done.fetch_add(len, Ordering::Relaxed) + len, total);
+            Ok(())
+        })
+    }
+
+    /// Hands every data chunk of the disk to `write(disk offset, bytes)` on `threads` threads,
+    /// an extent at a time (an extent's chunks in order, extents in any order); holes and
+    /// all-zero chunks are not handed out. `extent_done(length)` follows each extent, holes too.
+    /// The first error of either, or of the store, stops every thread and is returned.
+    pub fn copy_out(
+        &self,
+        threads: usize,
+        write: &(dyn Fn(u64, &[u8]) -> std::io::Result<()> + Sync),
+        extent_done: &(dyn Fn(u64) -> std::io::Result<()> + Sync),
+    ) -> Result<ExportStats> {
+        let inner = &self.inner;
+        let next = AtomicU64::new(0);
         let data_bytes = AtomicU64::new(0);
         let count = inner.map.extents.len() as u64;
-        let total = inner.map.size;
         let failure: Mutex<Option<StoreError>> = Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..threads.max(1) {
@@ -303,10 +320,13 @@ impl DiskReader {
                         return;
                     }
                     let len = inner.map.extent_len(i) as u64;
-                    match self.export_extent(out, i) {
+                    let outcome = self.copy_extent(i, write).and_then(|n| {
+                        extent_done(len).map_err(|e| StoreError::io(format!("after extent {i}"), e))?;
+                        Ok(n)
+                    });
+                    match outcome {
                         Ok(n) => {
                             data_bytes.fetch_add(n, Ordering::Relaxed);
-                            progress(done.fetch_add(len, Ordering::Relaxed) + len, total);
                         }
                         Err(e) => {
                             *failure.lock().expect("failure lock") = Some(e);
@@ -319,10 +339,10 @@ impl DiskReader {
         if let Some(e) = failure.into_inner().expect("failure lock") {
             return Err(e);
         }
-        Ok(ExportStats { size: total, data_bytes: data_bytes.into_inner() })
+        Ok(ExportStats { size: inner.map.size, data_bytes: data_bytes.into_inner() })
     }
 
-    fn export_extent(&self, out: &File, index: u64) -> Result<u64> {
+    fn copy_extent(&self, index: u64, write: &(dyn Fn(u64, &[u8]) -> std::io::Result<()> + Sync)) -> Result<u64> {
         let inner = &self.inner;
         let id = inner.map.extents[index as usize];
         if id.is_hole() {
@@ -341,8 +361,7 @@ impl DiskReader {
                         inner.point, c.id
                     )));
                 }
-                out.write_all_at(&data, offset)
-                    .map_err(|e| StoreError::io(format!("writing export at offset {offset}"), e))?;
+                write(offset, &data).map_err(|e| StoreError::io(format!("writing disk offset {offset}"), e))?;
                 written += data.len() as u64;
             }
             offset += c.len as u64;

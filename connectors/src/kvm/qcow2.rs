@@ -4,8 +4,9 @@
 //! header, refcount table, refcount blocks, L1 table, L2 tables, then the data clusters in guest
 //! order. Every cluster of such a file is used exactly once, so every refcount is 1 and the
 //! refcount blocks need no bookkeeping. Memory: one bit per guest cluster (4 MiB for a 2 TiB
-//! disk) and one cluster of metadata at a time. It never reads guest data: the caller sends the
-//! data clusters after the metadata, in the order `data_clusters` gives.
+//! disk), a running count per 64 clusters, and one cluster of metadata at a time. It never reads
+//! guest data: a caller streaming the image sends the data clusters after the metadata in the
+//! order `data_clusters` gives; one writing a file places them with `file_offset`.
 //! Format: QEMU's docs/interop/qcow2.txt (header fields, L1/L2 entries, refcount structures).
 
 use std::ops::Range;
@@ -33,6 +34,8 @@ pub struct Qcow2Plan {
 /// Where everything goes, in clusters from the start of the file.
 pub struct Qcow2Layout {
     plan: Qcow2Plan,
+    /// Data clusters before each word of the bitmap: a used cluster's rank in O(1).
+    ranks: Vec<u64>,
     l1_entries: u64,
     /// Per L1 entry: the index of its L2 table among the tables present, if it has one.
     l2_index: Vec<Option<u64>>,
@@ -103,8 +106,18 @@ impl Qcow2Plan {
         let l1 = refcount_table + table_clusters + blocks;
         let l2 = l1 + l1_clusters;
         let data = l2 + tables;
+        let ranks = self
+            .used
+            .iter()
+            .scan(0u64, |before, w| {
+                let r = *before;
+                *before += w.count_ones() as u64;
+                Some(r)
+            })
+            .collect();
         Qcow2Layout {
             plan: self,
+            ranks,
             l1_entries,
             l2_index,
             refcount_table,
@@ -123,6 +136,16 @@ impl Qcow2Layout {
     /// The size of the whole image file.
     pub fn file_size(&self) -> u64 {
         self.total_clusters * CLUSTER
+    }
+
+    /// Where guest cluster `g`'s data lies in the file; None when it holds no data.
+    pub fn file_offset(&self, g: u64) -> Option<u64> {
+        if g >= clusters_for(self.plan.size) || !self.plan.is_used(g) {
+            return None;
+        }
+        let (w, bit) = ((g / 64) as usize, g % 64);
+        let below = (self.plan.used[w] & ((1u64 << bit) - 1)).count_ones() as u64;
+        Some((self.data + self.ranks[w] + below) * CLUSTER)
     }
 
     /// Guest clusters holding data, in the order their data follows the metadata.
@@ -328,6 +351,11 @@ mod tests {
         assert!(layout.refcount_blocks * REFCOUNTS_PER_BLOCK >= layout.total_clusters);
         assert!(layout.refcount_table_clusters * L2_ENTRIES >= layout.refcount_blocks);
         assert_eq!(layout.data_clusters().count(), 40_000);
+        // A writer placing clusters itself puts each where the stream would.
+        for (k, g) in layout.data_clusters().enumerate().step_by(997) {
+            assert_eq!(layout.file_offset(g), Some((layout.data + k as u64) * CLUSTER));
+        }
+        assert_eq!(layout.file_offset(40_000), None);
         assert_eq!(layout.total_clusters, layout.data + 40_000);
     }
 }
