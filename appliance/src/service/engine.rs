@@ -502,12 +502,16 @@ impl Service {
 
     async fn set_state(&self, id: i64, state: &str) {
         let started = (state == "preparing").then(now);
-        let r = sqlx::query("UPDATE jobs SET state = $1, started = COALESCE($2, started) WHERE id = $3")
-            .bind(state)
-            .bind(started)
-            .bind(id)
-            .execute(&self.db)
-            .await;
+        // A job that has ended keeps its final state: a stop's "stopping" can arrive after the
+        // job already ended as stopped.
+        let r = sqlx::query(
+            "UPDATE jobs SET state = $1, started = COALESCE($2, started) WHERE id = $3 AND finished IS NULL",
+        )
+        .bind(state)
+        .bind(started)
+        .bind(id)
+        .execute(&self.db)
+        .await;
         if let Err(e) = r {
             eprintln!("holdfast: job {id}: cannot record state {state}: {e}");
         }
@@ -522,10 +526,9 @@ impl Service {
         let Some(control) = control else {
             return Err(ApiError::new(409, format!("job {id} has ended already ({})", job.state)));
         };
-        control.stop();
-        self.audit_log(&s.user, "job stopped", &format!("job {id}: {} of {}", job.backup_type, job.vm)).await?;
-        log(&self.db, id, "warning", &format!("stop requested by {}", s.user)).await;
-        // Still queued: it never starts (its task sees the stop when its turn comes).
+        // The state first, then the signal: a job that sees the stop ends (as stopped) only after
+        // it shows stopping, so the reply and the live events never go back from stopped. Still
+        // queued: it never starts (its task sees the stop when its turn comes).
         let why = format!("stopped by {} before it started", s.user);
         let queued = sqlx::query(
             "UPDATE jobs SET state = 'stopped', error = $1, finished = $2 WHERE id = $3 AND state = 'queued'",
@@ -539,9 +542,13 @@ impl Service {
         .rows_affected();
         if queued == 0 {
             self.set_state(id, "stopping").await;
-        } else {
+        }
+        log(&self.db, id, "warning", &format!("stop requested by {}", s.user)).await;
+        control.stop();
+        if queued != 0 {
             self.publish(id).await;
         }
+        self.audit_log(&s.user, "job stopped", &format!("job {id}: {} of {}", job.backup_type, job.vm)).await?;
         self.job_by_id(id).await
     }
 
@@ -628,11 +635,12 @@ impl Service {
                 log(&self.db, id, "warning", &format!("{why}; the job's state is unknown until the host answers"))
                     .await;
                 if !control.stopped() {
-                    let _ = sqlx::query("UPDATE jobs SET state = 'unknown', error = $1 WHERE id = $2")
-                        .bind(&why)
-                        .bind(id)
-                        .execute(&self.db)
-                        .await;
+                    let _ =
+                        sqlx::query("UPDATE jobs SET state = 'unknown', error = $1 WHERE id = $2 AND finished IS NULL")
+                            .bind(&why)
+                            .bind(id)
+                            .execute(&self.db)
+                            .await;
                     self.publish(id).await;
                 }
             }
