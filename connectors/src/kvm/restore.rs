@@ -52,12 +52,29 @@ fn govern(control: &JobControl, throttle: &mut Throttle, len: usize, data: bool)
     Ok(())
 }
 
+/// Uploads `length` bytes into `vol` over a new stream that `fill` writes; the stream is
+/// finished when `fill` succeeds and aborted (libvirt discards the upload) when it fails.
+fn stream_into(
+    conn: &KvmConnector,
+    vol: &StorageVol,
+    length: u64,
+    flags: u32,
+    fill: impl FnOnce(&Stream) -> Result<(), String>,
+) -> Result<(), String> {
+    let stream = Stream::new(&conn.conn, 0).map_err(|e| e.to_string())?;
+    vol.upload(&stream, 0, length, flags).map_err(|e| e.to_string())?;
+    match fill(&stream) {
+        Ok(()) => stream.finish().map_err(|e| e.to_string()),
+        Err(e) => {
+            let _ = stream.abort();
+            Err(e)
+        }
+    }
+}
+
 /// Streams a disk of a restore point into `vol`, holes as holes.
 fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader, control: &JobControl) -> Result<(), String> {
-    let stream = Stream::new(&conn.conn, 0).map_err(|e| e.to_string())?;
-    let size = reader.size();
-    vol.upload(&stream, 0, size, sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM).map_err(|e| e.to_string())?;
-    let result = (|| {
+    stream_into(conn, vol, reader.size(), sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM, |stream| {
         let map = reader.map();
         let es = map.extent_size as u64;
         let mut buf = vec![0u8; es as usize];
@@ -77,24 +94,17 @@ fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader, control: &
                     continue;
                 }
                 if hole > 0 {
-                    send_hole(&stream, hole)?;
+                    send_hole(stream, hole)?;
                     hole = 0;
                 }
-                send_all(&stream, block)?;
+                send_all(stream, block)?;
             }
         }
         if hole > 0 {
-            send_hole(&stream, hole)?;
+            send_hole(stream, hole)?;
         }
         Ok(())
-    })();
-    match result {
-        Ok(()) => stream.finish().map_err(|e| e.to_string()),
-        Err(e) => {
-            let _ = stream.abort();
-            Err(e)
-        }
-    }
+    })
 }
 
 /// The qcow2 layout of a point's disk: the clusters its maps say hold data.
@@ -175,11 +185,8 @@ fn upload_qcow2(
     let map = reader.map();
     let es = map.extent_size as u64;
     let layout = qcow2_layout(reader)?;
-
-    let stream = Stream::new(&conn.conn, 0).map_err(|e| e.to_string())?;
-    vol.upload(&stream, 0, layout.file_size(), 0).map_err(|e| e.to_string())?;
-    let result = (|| {
-        layout.write_metadata(&mut |c| send_all(&stream, c))?;
+    stream_into(conn, vol, layout.file_size(), 0, |stream| {
+        layout.write_metadata(&mut |c| send_all(stream, c))?;
         let mut clusters = layout.data_clusters().peekable();
         let mut buf = vec![0u8; es as usize];
         let mut tail = vec![0u8; CLUSTER as usize];
@@ -197,24 +204,17 @@ fn upload_qcow2(
                 let at = (g * CLUSTER - start) as usize;
                 let n = (len - at).min(CLUSTER as usize);
                 if n == CLUSTER as usize {
-                    send_all(&stream, &buf[at..at + n])?;
+                    send_all(stream, &buf[at..at + n])?;
                 } else {
                     // The disk's last, partial cluster: a whole cluster in the file.
                     tail.fill(0);
                     tail[..n].copy_from_slice(&buf[at..at + n]);
-                    send_all(&stream, &tail)?;
+                    send_all(stream, &tail)?;
                 }
             }
         }
         Ok(())
-    })();
-    match result {
-        Ok(()) => stream.finish().map_err(|e| e.to_string()),
-        Err(e) => {
-            let _ = stream.abort();
-            Err(e)
-        }
-    }
+    })
 }
 
 pub(super) fn restore_as_new_vm(
