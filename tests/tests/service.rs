@@ -98,7 +98,12 @@ fn service_end_to_end(catalog: Option<String>) {
     assert!(lines.last().unwrap().contains(&point), "{lines:?}");
     let points = c.get("/api/points");
     assert_eq!(points[0]["point_id"], point.as_str());
-    assert_eq!(points[0]["type"], "full");
+    assert_eq!((points[0]["type"].as_str(), points[0]["storage"].as_i64()), (Some("full"), Some(1)));
+    // The appliance's own store is storage target 1, and counts the point (on either catalog).
+    let storage = c.get("/api/storage");
+    assert_eq!((storage[0]["id"].as_i64(), storage[0]["name"].as_str()), (Some(1), Some("local")), "{storage}");
+    assert_eq!((storage[0]["points"].as_i64(), storage[0]["available"].as_bool()), (Some(1), Some(true)), "{storage}");
+    assert!(storage[0]["stored_bytes"].as_i64().unwrap() > 0, "{storage}");
 
     // A job for a VM that is not there fails with the connector's words.
     let bad = c.post("/api/jobs", json!({ "platform": pid, "vm": "no-such-vm", "type": "full" }), 202);
