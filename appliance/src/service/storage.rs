@@ -73,9 +73,14 @@ pub(super) fn fs_space(path: &Path) -> Option<(u64, u64)> {
     (st.f_blocks > 0).then(|| (st.f_blocks as u64 * block, st.f_bavail as u64 * block))
 }
 
+/// How full a filesystem of `total` bytes with `free` left is, in percent.
+fn percent_used((total, free): (u64, u64)) -> f64 {
+    100.0 * (total - free) as f64 / total as f64
+}
+
 /// How full the filesystem holding `path` is, in percent.
 pub(super) fn used_percent(path: &Path) -> Option<f64> {
-    fs_space(path).map(|(total, free)| 100.0 * (total - free) as f64 / total as f64)
+    fs_space(path).map(percent_used)
 }
 
 /// What a new target must say, checked before anything is made (`at` prefixes the fields).
@@ -333,7 +338,7 @@ impl Service {
             error,
             total_bytes: space.map(|s| s.0),
             free_bytes: space.map(|s| s.1),
-            used_percent: used_percent(Path::new(&path)),
+            used_percent: space.map(percent_used),
             points,
             stored_bytes,
             created,
