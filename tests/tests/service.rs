@@ -626,6 +626,21 @@ fn alerts_are_mailed_over_starttls_and_repeats_are_capped() {
     let subjects = sink.subjects();
     assert_eq!(subjects.iter().filter(|s| **s == failed).count(), 1, "the repeated failure was mailed twice");
     assert_eq!(subjects.iter().filter(|s| s.starts_with("Holdfast: store ")).count(), 1, "{subjects:?}");
+
+    // A storage target whose disk goes away is mailed at the next look (here: at once, as the
+    // settings change), once per window, and shown unavailable.
+    let nas = dir.path().join("nas");
+    c.post("/api/storage", json!({ "name": "nas", "path": nas }), 201);
+    std::fs::rename(&nas, dir.path().join("nas-unmounted")).unwrap();
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&settings)).0, 204);
+    let got = sink.wait_for(5);
+    let offline = "Holdfast: storage target nas is unavailable";
+    assert!(got.iter().any(|s| s == offline), "{got:?}");
+    let nas_target = c.get("/api/storage").as_array().unwrap().iter().find(|t| t["name"] == "nas").cloned().unwrap();
+    assert_eq!(nas_target["available"], false, "{nas_target}");
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&settings)).0, 204);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.subjects().iter().filter(|s| *s == offline).count(), 1, "mailed once per window");
 }
 
 /// The states the live events showed for `job`, in order.

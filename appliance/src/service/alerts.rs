@@ -222,10 +222,16 @@ impl Service {
         self.check_storage().await;
     }
 
-    /// Mails the storage alert for each storage target whose filesystem is over the threshold
-    /// (the repeat cap keeps it to one mail per target and window).
+    /// Mails the storage alerts: a storage target whose store does not open (its disk or share
+    /// gone), and one whose filesystem is over the threshold (the repeat cap keeps each to one
+    /// mail per target and window).
     pub(super) async fn check_storage(&self) {
         let Ok(Some((a, _))) = self.load_alerts().await else { return };
+        for (id, name, why) in self.unavailable_targets().await {
+            let subject = format!("Holdfast: storage target {name} is unavailable");
+            let body = format!("{why}\n\nBackups into it fail until it is back; it is opened again at its next use.");
+            self.alert(&format!("unavailable:{id}"), &subject, &body).await;
+        }
         for (id, name, store) in self.open_stores().await {
             let Some(used) = used_percent(store.root()) else { continue };
             if used >= f64::from(a.storage_full_percent) {

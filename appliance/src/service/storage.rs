@@ -274,6 +274,25 @@ impl Service {
         rows.into_iter().filter_map(|(id, name, ..)| stores.get(&id).map(|s| (id, name, s.clone()))).collect()
     }
 
+    /// Targets whose store does not open now, with why. An open store whose directory has gone
+    /// (a disk unmounted under it) is closed first, so its next use opens it again.
+    pub(super) async fn unavailable_targets(&self) -> Vec<(i64, String, String)> {
+        let mut out = Vec::new();
+        for (id, name, ..) in self.target_rows().await.unwrap_or_default() {
+            let open = self.stores.read().expect("stores lock").get(&id).cloned();
+            if let Some(store) = open {
+                if store.root().join("store.json").exists() {
+                    continue;
+                }
+                self.stores.write().expect("stores lock").remove(&id);
+            }
+            if let Err(e) = self.store(id).await {
+                out.push((id, name, e.message));
+            }
+        }
+        out
+    }
+
     /// The target holding `point` and its store: the catalog says which, and a point the
     /// catalog does not know yet (made beside the service) is looked for in every open store.
     pub(super) async fn point_store(&self, point: &str) -> ApiResult<(i64, Arc<Store>)> {
