@@ -132,12 +132,7 @@ impl Service {
         }
         let mut targets = HashMap::new();
         let mut storage = Vec::new();
-        let rows: Vec<(i64, String, String, Option<String>)> =
-            sqlx::query_as("SELECT id, name, path, secret FROM storage_targets ORDER BY id")
-                .fetch_all(&self.db)
-                .await
-                .map_err(ApiError::internal)?;
-        for (id, name, path, secret) in rows {
+        for (id, name, path, secret, _) in self.target_rows().await? {
             targets.insert(id, name.clone());
             if id == OWN_TARGET {
                 continue;
@@ -259,13 +254,7 @@ impl Service {
         // Storage targets: each store adopted or made before anything is saved; a store made
         // here is removed again if the import does not finish.
         let mut targets: HashMap<String, i64> =
-            sqlx::query_as::<_, (i64, String)>("SELECT id, name FROM storage_targets")
-                .fetch_all(&self.db)
-                .await
-                .map_err(ApiError::internal)?
-                .into_iter()
-                .map(|(id, n)| (n, id))
-                .collect();
+            self.target_rows().await?.into_iter().map(|(id, name, ..)| (name, id)).collect();
         let mut made = MadeStores::default();
         let mut new_targets = Vec::new();
         for (n, t) in file.storage.iter().enumerate() {
@@ -335,7 +324,7 @@ impl Service {
             let id = self.insert_target(&mut tx, &t, &path).await?;
             targets.insert(t.name.clone(), id);
             report.storage_added.push(t.name.clone());
-            attach.push((id, opened));
+            attach.push((id, t.name, opened));
         }
         let rule_names: Vec<(String,)> =
             sqlx::query_as("SELECT name FROM rules").fetch_all(&mut *tx).await.map_err(ApiError::internal)?;
@@ -381,10 +370,10 @@ impl Service {
         }
         tx.commit().await.map_err(ApiError::internal)?;
         made.keep();
-        for (id, opened) in attach {
+        for (id, name, opened) in attach {
             let points = self.attach_target(id, opened.into_store()).await?;
             if points > 0 {
-                report.notes.push(format!("storage target {id}: {points} points adopted into the catalog"));
+                report.notes.push(format!("storage target {name}: {points} points adopted into the catalog"));
             }
         }
         if !file.bandwidth.is_empty() {

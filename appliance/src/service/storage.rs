@@ -229,7 +229,7 @@ impl Service {
         Ok(())
     }
 
-    async fn target_rows(&self) -> ApiResult<Vec<TargetRow>> {
+    pub(super) async fn target_rows(&self) -> ApiResult<Vec<TargetRow>> {
         sqlx::query_as("SELECT id, name, path, secret, created FROM storage_targets ORDER BY id")
             .fetch_all(&self.db)
             .await
