@@ -208,9 +208,14 @@ fn storage_targets_hold_rules_points_retention_and_restores_and_survive_restarts
     let d = fresh.admin("correct horse battery");
     let mut broken = file.clone();
     broken["rules"][0]["storage"] = json!("nowhere");
+    // A target in a new directory gets a store made before the rules are checked; the failed
+    // import removes it again.
+    let made = vm.dir.join("made-by-import");
+    broken["storage"].as_array_mut().unwrap().push(json!({ "name": "fresh", "path": made }));
     let v = d.post("/api/config/import", json!({ "config": broken, "passphrase": "keep this in the safe" }), 400);
     assert!(v["error"].as_str().unwrap().starts_with("config.rules[0].storage"), "{v}");
     assert_eq!(d.get("/api/storage").as_array().unwrap().len(), 1, "nothing half-saved");
+    assert!(!made.exists(), "the store the failed import made is removed");
     let report = d.post("/api/config/import", json!({ "config": file, "passphrase": "keep this in the safe" }), 200);
     assert_eq!(report["storage_added"], json!(["offsite", "archive"]), "{report}");
     let oid2 = target(&d, "offsite")["id"].as_i64().unwrap();
