@@ -37,7 +37,52 @@ pub fn ensure_libvirtd() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        sweep_dead_runs();
     });
+}
+
+/// The test run that made a test-bed object: its name is `hf-test-<tag>-<pid>[-<suffix>]`
+/// (see vm_dir), and the last all-digit part is the pid.
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix("hf-test-")?
+        .split('-')
+        .rev()
+        .find(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()
+}
+
+/// Removes the domains, pools and directories that test runs which no longer exist left behind
+/// (a run killed by a timeout or a crash never reaches its Drop): each would otherwise keep a QEMU
+/// process and its memory for good. Objects of a live process, another test binary running now,
+/// are left alone.
+fn sweep_dead_runs() {
+    let dead = |name: &str| owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+    let list = |args: &[&str]| -> Vec<String> {
+        Command::new("virsh")
+            .arg("-c")
+            .arg(URI)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(|l| l.trim().to_string()).collect())
+            .unwrap_or_default()
+    };
+    for vm in list(&["list", "--all", "--name"]).into_iter().filter(|n| dead(n)) {
+        eprintln!("test bed: removing domain {vm}, left by a test run that has ended");
+        let _ = Command::new("virsh").args(["-c", URI, "destroy", &vm]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "undefine", "--checkpoints-metadata", &vm]).output();
+    }
+    for pool in list(&["pool-list", "--all", "--name"]).into_iter().filter(|n| dead(n)) {
+        let _ = Command::new("virsh").args(["-c", URI, "pool-destroy", &pool]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "pool-undefine", &pool]).output();
+    }
+    if let Ok(dirs) = std::fs::read_dir("/var/tmp/holdfast-kvm-tests") {
+        for d in dirs.flatten() {
+            if d.file_name().to_str().is_some_and(dead) {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
+    }
 }
 
 /// Stops libvirtd and starts it again (QEMU processes keep running). Only for tests that run
@@ -68,7 +113,7 @@ pub fn create_qcow2(path: &Path) {
     assert!(matches!(st, Ok(s) if s.success()), "qemu-img create {}", path.display());
 }
 
-/// A test domain's name and its empty directory, under /var/tmp with open permissions: QEMU
+/// A test domain's name (sweep_dead_runs reads the pid in it) and its empty directory, under /var/tmp with open permissions: QEMU
 /// runs as libvirt-qemu and must reach the disks.
 fn vm_dir(tag: &str) -> (String, PathBuf) {
     let name = format!("hf-test-{tag}-{}", std::process::id());
@@ -255,5 +300,21 @@ pub fn assert_point_matches(store: &Store, point: &RestorePoint, model: &[Vec<u8
             "point {} disk {dev} differs from the disk at backup time",
             point.point_id
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn a_test_bed_name_gives_the_pid_of_the_run_that_made_it() {
+        assert_eq!(owner_pid("hf-test-chain-4242"), Some(4242));
+        assert_eq!(owner_pid("hf-test-chain-4242-restored-q"), Some(4242));
+        assert_eq!(owner_pid("hf-test-two-disks-77-pool"), Some(77));
+        assert_eq!(owner_pid("hf-test-tag2-9-copy"), Some(9));
+        assert_eq!(owner_pid("hfbench"), None);
+        assert_eq!(owner_pid("production-vm-12"), None);
+        assert_eq!(owner_pid("hf-test-nopid"), None);
     }
 }
