@@ -167,6 +167,16 @@ timed hfb.full "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type 
 fresh_vm busy
 timed vnbb.full virtnbdbackup -U $URI -d $VM -l full -o "$K/vnbb"
 
+# A second full of the same disk (a weekly full, or a second VM made from the same template):
+# where dedupe has something to find. Holdfast into its store beside the chain above;
+# virtnbdbackup --compress as a new full beside its chain.
+fresh_vm
+timed hf.full2 "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hf"
+hf2_bytes=$(bytes "$K/hf")
+fresh_vm
+timed vnbz.full2 virtnbdbackup -U $URI -d $VM -l full -z -o "$K/vnbz2"
+vnbz2_bytes=$(( vnbz_bytes + $(bytes "$K/vnbz2") ))
+
 # Restores of the day-2 state: Holdfast as a new VM in a pool; virtnbdrestore to image files.
 virsh -c $URI pool-create-as $VM-pool dir --target "$K/pool" >/dev/null
 settle "$K/hf"
@@ -199,6 +209,8 @@ starts with the page cache dropped and its own input read once.
 | Holdfast full, guest busy | $(wall hfb.full) | $(ondisk hfb.full) | $(cpu hfb.full) | $(rss hfb.full) | |
 | virtnbdbackup full, guest busy | $(wall vnbb.full) | $(ondisk vnbb.full) | $(cpu vnbb.full) | $(rss vnbb.full) | |
 | virtnbdbackup --compress incremental | $(wall vnbz.inc) | $(ondisk vnbz.inc) | $(cpu vnbz.inc) | $(rss vnbz.inc) | $(mb "$vnbz_bytes") |
+| Holdfast second full of the same disk, into the same store | $(wall hf.full2) | $(ondisk hf.full2) | $(cpu hf.full2) | $(rss hf.full2) | $(mb "$hf2_bytes") |
+| virtnbdbackup --compress second full | $(wall vnbz.full2) | $(ondisk vnbz.full2) | $(cpu vnbz.full2) | $(rss vnbz.full2) | $(mb "$vnbz2_bytes") |
 | Holdfast restore as a new VM (qcow2 volume) | $(wall hf.restore) | $(ondisk hf.restore) | $(cpu hf.restore) | $(rss hf.restore) | |
 | Holdfast restore as a new VM (sparse raw volume) | $(wall hf.restore.raw) | $(ondisk hf.restore.raw) | $(cpu hf.restore.raw) | $(rss hf.restore.raw) | |
 | virtnbdrestore to an image file | $(wall vnb.restore) | $(ondisk vnb.restore) | $(cpu vnb.restore) | $(rss vnb.restore) | |
@@ -208,6 +220,7 @@ Ratios (same run; "on disk" counts each tool until its data is on disk):
 - full with the guest busy (its vCPU spinning one of the two cores): virtnbdbackup / Holdfast = $(ratio "$(wall vnbb.full)" "$(wall hfb.full)"), on disk $(ratio "$(ondisk vnbb.full)" "$(ondisk hfb.full)")
 - stored after the full: Holdfast / virtnbdbackup --compress = $(ratio "$hf_full_bytes" "$vnbz_full_bytes"); at zstd level 9: $(ratio "$hf9_full_bytes" "$vnbz_full_bytes")
 - stored after full + incremental: Holdfast / virtnbdbackup --compress = $(ratio "$hf_bytes" "$vnbz_bytes") (target <= 0.75)
+- stored after full + incremental + a second full of the same disk (not the issue's target: what dedupe adds): Holdfast / virtnbdbackup --compress = $(ratio "$hf2_bytes" "$vnbz2_bytes")
 - incremental: virtnbdbackup time / Holdfast time = $(ratio "$(wall vnb.inc)" "$(wall hf.inc)") (target >= 1), on disk $(ratio "$(ondisk vnb.inc)" "$(ondisk hf.inc)")
 - restore: virtnbdrestore time / Holdfast time = $(ratio "$(wall vnb.restore)" "$(wall hf.restore)") as qcow2, $(ratio "$(wall vnb.restore)" "$(wall hf.restore.raw)") as raw (target >= 2); on disk $(ratio "$(ondisk vnb.restore)" "$(ondisk hf.restore)") and $(ratio "$(ondisk vnb.restore)" "$(ondisk hf.restore.raw)")
 REPORT
