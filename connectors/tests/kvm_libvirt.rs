@@ -2,7 +2,8 @@
 //! NBD. A two-disk VM is written to through QEMU's block layer (qemu-io on the monitor), backed
 //! up as full, incremental, differential and incremental points, and every point is compared
 //! byte for byte with what the disks held when it was taken. Failure paths: a checkpoint deleted
-//! behind our back, a run killed mid-backup, an ingest that fails.
+//! behind our back, a run killed mid-backup, an ingest that fails, the VM powered off and the NBD
+//! connection cut mid-read.
 
 use connectors::{
     backup_vm, backup_vms, BackupOptions, BackupPlan, Connector, Credentials, JobControl, KvmConnector, NewVmSpec,
@@ -404,6 +405,58 @@ fn a_vm_powered_off_mid_read_fails_the_backup_cleanly_and_the_next_run_succeeds(
     virsh(&["start", &vm.name]);
     let p = backup(&conn, &store, &vm, BackupType::Full);
     assert_point_matches(&store, &p, &vm.model, &vm.dir);
+}
+
+#[test]
+fn an_nbd_connection_cut_while_the_vm_runs_ends_the_job_and_the_next_run_counts_from_the_last_point() {
+    let (mut vm, store, conn) = bed("nbdcut");
+    vm.write(0, 0x71, 0, 2 * MIB);
+    let p1 = backup(&conn, &store, &vm, BackupType::Full);
+    let after_p1 = vm.checkpoints();
+
+    // A new disk with 256 MiB of incompressible data: the incremental reads it whole, long
+    // enough to cut the connection in the middle.
+    vm.hotplug_qcow2("big.qcow2", "vdc", "1G");
+    let noise = vm.dir.join("noise.bin");
+    std::fs::write(&noise, holdfast_tests::noise(256 * MIB, 11)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&noise, std::fs::Permissions::from_mode(0o644)).unwrap();
+    vm.qemu_io(2, &format!("write -s {} 0 {}", noise.display(), 256 * MIB));
+    vm.write(1, 0x72, 3 * MIB, MIB);
+
+    // At the first progress report QEMU's NBD server is stopped under the backup job: every
+    // client is disconnected while the VM, its backup job and the new checkpoint live on, as
+    // when the network between the appliance and the host fails.
+    let mut cut = false;
+    let err = backup_vm(&conn, &store, &vm.name, opts(BackupType::Incremental, Quiesce::Off), &mut |_| {
+        if !cut {
+            cut = true;
+            virsh(&["qemu-monitor-command", &vm.name, r#"{"execute":"nbd-server-stop"}"#]);
+        }
+    })
+    .err()
+    .expect("a backup whose NBD connection was cut fails");
+    let text = err.to_string();
+    assert!(cut);
+    assert!(text.contains(&vm.name) && text.contains("disk vdc") && text.contains("NBD"), "{text}");
+    assert_eq!(virsh(&["domstate", &vm.name]).trim(), "running", "the VM kept running");
+    assert!(!vm.has_job(), "the failed run left its backup job");
+    assert_eq!(vm.checkpoints(), after_p1, "the failed run's checkpoint is gone, p1's kept");
+    assert_eq!(store.scan(None).unwrap().0.len(), 1, "no half point");
+
+    // The next run is an incremental from p1 (the new disk a full), whole and exact.
+    let p2 = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_eq!(p2.backup_type, BackupType::Incremental);
+    assert_eq!(p2.parent.as_deref(), Some(p1.point_id.as_str()));
+    assert_eq!(p2.disks.iter().find(|d| d.key == "vdc").unwrap().backup_type, BackupType::Full);
+    assert_point_matches(&store, &p2, &vm.model, &vm.dir);
+    let out = vm.dir.join("vdc.raw");
+    let f = std::fs::File::options().write(true).create_new(true).open(&out).unwrap();
+    store.open_disk(&p2.point_id, "vdc").unwrap().export(&f, 2, &|_, _| ()).unwrap();
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), 1 << 30);
+    assert!(got[..256 * MIB] == std::fs::read(&noise).unwrap()[..], "the new disk's data differs");
+    assert!(got[256 * MIB..].iter().all(|&b| b == 0), "the new disk's unwritten part is not zero");
 }
 
 #[test]

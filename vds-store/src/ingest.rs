@@ -279,7 +279,9 @@ impl Store {
                         Ok(())
                     },
                 )
-                .map_err(|e| StoreError::Invalid(format!("VM {} disk {}: {e}", req.vm.key, disk.key)))?;
+                .map_err(|e| {
+                    StoreError::Invalid(format!("VM {} ({}) disk {}: {e}", req.vm.name, req.vm.key, disk.key))
+                })?;
             let (map_id, ins) = chunks.insert(BlobKind::DiskMap, &map.encode())?;
             let allocated_bytes =
                 (0..count).filter(|&i| !map.extents[i as usize].is_hole()).map(|i| map.extent_len(i) as u64).sum();
