@@ -658,7 +658,9 @@ fn a_shut_off_vm_is_backed_up_from_its_images_incrementally_through_its_bitmaps(
             start_refused = Some(!st.status.success());
         }
     })
-    .unwrap()
+    .unwrap_or_else(|e| {
+        panic!("the backup of the shut-off VM failed (a start tried meanwhile refused: {start_refused:?}): {e}")
+    })
     .point;
     assert_eq!(start_refused, Some(true), "the VM started while its disks were being read");
     assert_eq!(p3.backup_type, BackupType::Incremental);
