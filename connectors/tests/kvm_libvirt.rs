@@ -375,13 +375,7 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
 fn a_vm_powered_off_mid_read_fails_the_backup_cleanly_and_the_next_run_succeeds() {
     let (mut vm, store, conn) = bed("nbddrop");
     // A third disk with 256 MiB of incompressible data, so the reads outlast `virsh destroy`.
-    vm.hotplug_qcow2("big.qcow2", "vdc", "1G");
-    let noise = vm.dir.join("noise.bin");
-    let data = holdfast_tests::noise(256 * MIB, 9);
-    std::fs::write(&noise, &data).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&noise, std::fs::Permissions::from_mode(0o644)).unwrap();
-    vm.qemu_io(2, &format!("write -s {} 0 {}", noise.display(), 256 * MIB));
+    vm.hotplug_noise("big.qcow2", "vdc", 2, 9);
     vm.write(0, 0x91, 0, 4 * MIB);
 
     // At the first progress report the VM is powered off: QEMU, and with it the NBD server, is
@@ -416,12 +410,7 @@ fn an_nbd_connection_cut_while_the_vm_runs_ends_the_job_and_the_next_run_counts_
 
     // A new disk with 256 MiB of incompressible data: the incremental reads it whole, long
     // enough to cut the connection in the middle.
-    vm.hotplug_qcow2("big.qcow2", "vdc", "1G");
-    let noise = vm.dir.join("noise.bin");
-    std::fs::write(&noise, holdfast_tests::noise(256 * MIB, 11)).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&noise, std::fs::Permissions::from_mode(0o644)).unwrap();
-    vm.qemu_io(2, &format!("write -s {} 0 {}", noise.display(), 256 * MIB));
+    let noise = vm.hotplug_noise("big.qcow2", "vdc", 2, 11);
     vm.write(1, 0x72, 3 * MIB, MIB);
 
     // At the first progress report QEMU's NBD server is stopped under the backup job: every

@@ -256,6 +256,19 @@ impl TestVm {
         self.hotplug(file, dev, size, "qcow2")
     }
 
+    /// Hot-plugs a new 1 GiB qcow2 disk as `dev` and writes 256 MiB of incompressible data at
+    /// its start through QEMU: a disk whose backup takes long enough to break in the middle.
+    /// Returns the file holding that data.
+    pub fn hotplug_noise(&self, file: &str, dev: &str, disk: usize, seed: u64) -> PathBuf {
+        self.hotplug_qcow2(file, dev, "1G");
+        let noise = self.dir.join(format!("{file}.noise"));
+        std::fs::write(&noise, crate::noise(256 * MIB, seed)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&noise, std::fs::Permissions::from_mode(0o644)).unwrap();
+        self.qemu_io(disk, &format!("write -s {} 0 {}", noise.display(), 256 * MIB));
+        noise
+    }
+
     /// Hot-plugs a new empty disk image of `format` (qcow2, raw) as `dev`; returns its path.
     pub fn hotplug(&self, file: &str, dev: &str, size: &str, format: &str) -> PathBuf {
         let img = self.dir.join(file);
