@@ -10,7 +10,8 @@ use connectors::{
     Quiesce, RestoreDisk, SnapshotMode, TlsFiles,
 };
 use holdfast_tests::kvm::{
-    assert_point_matches, virsh, TestVm, DISK, MIB, TCP_PASSWORD, TCP_URI, TCP_USER, TLS_CLIENT_DIR, URI,
+    assert_point_matches, virsh, TestVm, DISK, MIB, SSH_URI, TCP_PASSWORD, TCP_URI, TCP_USER, TLS_CLIENT_DIR, TLS_URI,
+    URI,
 };
 use vds_store::*;
 
@@ -606,6 +607,58 @@ fn remote_backups_can_require_nbd_over_tls_with_a_client_certificate() {
     }
     let local = KvmConnector::open(URI, &work, None).unwrap().set_nbd_tls(files).unwrap_err().to_string();
     assert!(local.contains("local URI"), "{local}");
+}
+
+#[test]
+fn ssh_and_tls_uris_reach_libvirt_back_up_over_nbd_tcp_and_name_what_failed() {
+    holdfast_tests::kvm::ensure_sshd();
+    let (mut vm, store, _) = bed("ssh-tls");
+    let name = vm.name.clone();
+    for (i, uri) in [SSH_URI, TLS_URI].into_iter().enumerate() {
+        let conn = KvmConnector::open(uri, &vm.dir.join(format!("work-{i}")), None).unwrap();
+        assert!(conn.test_connection().unwrap().contains("libvirt"), "{uri}");
+        assert!(conn.list_vms().unwrap().iter().any(|v| v.name == name), "{uri}: the VM is listed");
+        vm.write(i, 0x50 + i as u8, (8 + i) * MIB, 2 * MIB);
+        let full = backup_vm(&conn, &store, &name, opts(BackupType::Full, Quiesce::Off), &mut |_| {}).unwrap();
+        assert!(full.transport.contains("TCP to 127.0.0.1:"), "{uri}: {}", full.transport);
+        assert_point_matches(&store, &full.point, &vm.model, &vm.dir);
+        vm.write(1 - i, 0x60 + i as u8, 30 * MIB, MIB);
+        let inc = backup_vm(&conn, &store, &name, opts(BackupType::Incremental, Quiesce::Off), &mut |_| {}).unwrap();
+        assert_eq!(inc.point.backup_type, BackupType::Incremental, "{uri}");
+        assert_eq!(inc.point.disks.iter().map(|d| d.read_bytes).sum::<u64>(), 4 * MIB as u64, "{uri}");
+        assert_point_matches(&store, &inc.point, &vm.model, &vm.dir);
+        assert!(!vm.has_job(), "{uri}: the backup job was left running");
+    }
+
+    // A key the host does not accept, and a host certificate from a CA we were not told to trust:
+    // each refused at connect time, with the URI and libvirt's reason.
+    let stranger = vm.dir.join("stranger_ed25519");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bad_ssh = SSH_URI.replace("/var/tmp/holdfast-testbed/ssh/id_ed25519", stranger.to_str().unwrap());
+    // Another CA, and a client certificate it signed: libvirt's own checks of the client's files
+    // pass, and the handshake meets a host certificate that CA did not sign.
+    let untrusted = vm.dir.join("untrusted-pki");
+    std::fs::create_dir_all(&untrusted).unwrap();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("bash").arg("-ec").arg(script).current_dir(&untrusted).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca-key.pem -subj /CN=stranger \
+        -days 2 -addext basicConstraints=critical,CA:true -addext keyUsage=critical,keyCertSign -out cacert.pem
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout clientkey.pem -subj /CN=holdfast -out c.csr
+        openssl x509 -req -in c.csr -CA cacert.pem -CAkey ca-key.pem -CAcreateserial -days 2 -out clientcert.pem \
+          -extfile <(printf 'extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n')");
+    let bad_tls = format!("qemu+tls://127.0.0.1/system?pkipath={}", untrusted.display());
+    for (uri, want) in [(bad_ssh.as_str(), "Permission denied"), (bad_tls.as_str(), "verify peer's certificate")] {
+        let err = KvmConnector::open(uri, &vm.dir.join("work-bad"), None).err().expect("refused").to_string();
+        assert!(err.contains(uri) && err.contains(want), "{err}");
+        assert!(!err.contains("user name and password"), "a key or certificate problem, not a password: {err}");
+    }
 }
 
 #[test]

@@ -21,6 +21,12 @@ pub fn virsh(args: &[&str]) -> String {
 pub const TCP_URI: &str = "qemu+tcp://127.0.0.1/system";
 pub const TCP_USER: &str = "holdfast";
 pub const TCP_PASSWORD: &str = "testbed-pass";
+/// The test bed's libvirtd over TLS (client certificate required), with the client's files in
+/// the directory libvirt's `pkipath` names (cacert.pem, clientcert.pem, clientkey.pem).
+pub const TLS_URI: &str = "qemu+tls://127.0.0.1/system?pkipath=/var/tmp/holdfast-testbed/pki/libvirt-client";
+/// The test bed's libvirt through ssh (tests/testbed/start-sshd.sh: port 2222, its own key).
+pub const SSH_URI: &str =
+    "qemu+ssh://root@127.0.0.1:2222/system?keyfile=/var/tmp/holdfast-testbed/ssh/id_ed25519&no_verify=1";
 /// The test bed's client side of NBD over TLS: ca-cert.pem, client-cert.pem, client-key.pem.
 pub const TLS_CLIENT_DIR: &str = "/var/tmp/holdfast-testbed/pki/client";
 
@@ -83,6 +89,16 @@ fn sweep_dead_runs() {
             }
         }
     }
+}
+
+/// Starts the test bed's sshd for SSH_URI unless it answers already.
+pub fn ensure_sshd() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/start-sshd.sh");
+        let out = Command::new("bash").arg(&script).output().expect("bash runs");
+        assert!(out.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    });
 }
 
 /// Stops libvirtd and starts it again (QEMU processes keep running). Only for tests that run

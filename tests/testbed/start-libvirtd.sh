@@ -5,13 +5,17 @@
 # Pull-mode backups asked for TLS serve NBD with the certificates in $state/pki/server (a test CA,
 # a server certificate for 127.0.0.1, a client certificate in $state/pki/client): qemu.conf
 # gains backup_tls_x509_cert_dir and backup_tls_x509_verify lines for that.
-# Restarts a libvirtd that answers locally but not on TCP, or that predates the qemu.conf lines.
+# The same CA signs libvirtd's own TLS listener on 127.0.0.1:16514 (qemu+tls://, client
+# certificates required: auth_tls none, the certificate is the credential); $state/pki/libvirt-client
+# holds the client side under the names libvirt looks for (pkipath=).
+# Restarts a libvirtd that answers locally but not on TCP or TLS, or that predates the qemu.conf
+# lines.
 # Safe to call when all is up already.
 set -euo pipefail
 state=/var/tmp/holdfast-testbed
 user=holdfast
 pass=testbed-pass
-tcp_up() { (exec 3<>/dev/tcp/127.0.0.1/16509) 2>/dev/null; }
+tcp_up() { (exec 3<>/dev/tcp/127.0.0.1/16509) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/16514) 2>/dev/null; }
 local_up() { virsh -c qemu:///system version >/dev/null 2>&1; }
 pki="$state/pki"
 if [ ! -f "$pki/client/client-key.pem" ]; then
@@ -34,6 +38,12 @@ extendedKeyUsage=serverAuth"
   mv "$pki/client-cert.pem" "$pki/client-key.pem" "$pki/client/"
   chmod 755 "$state" "$pki" "$pki/server"; chmod 644 "$pki/server/"*
 fi
+if [ ! -f "$pki/libvirt-client/clientkey.pem" ]; then
+  mkdir -p "$pki/libvirt-client"
+  cp "$pki/ca-cert.pem" "$pki/libvirt-client/cacert.pem"
+  cp "$pki/client/client-cert.pem" "$pki/libvirt-client/clientcert.pem"
+  cp "$pki/client/client-key.pem" "$pki/libvirt-client/clientkey.pem"
+fi
 qemu_conf=/etc/libvirt/qemu.conf
 conf_changed=0
 if ! grep -q "^backup_tls_x509_cert_dir = \"$pki/server\"" "$qemu_conf"; then
@@ -45,11 +55,16 @@ if [ $conf_changed = 0 ] && local_up && tcp_up; then exit 0; fi
 
 mkdir -p "$state/sasl2"
 cat >"$state/libvirtd.conf" <<CONF
-listen_tls = 0
+listen_tls = 1
 listen_tcp = 1
 listen_addr = "127.0.0.1"
 tcp_port = "16509"
 auth_tcp = "sasl"
+tls_port = "16514"
+auth_tls = "none"
+ca_file = "$pki/ca-cert.pem"
+cert_file = "$pki/server/server-cert.pem"
+key_file = "$pki/server/server-key.pem"
 CONF
 cat >"$state/sasl2/libvirt.conf" <<CONF
 mech_list: digest-md5
@@ -65,6 +80,6 @@ pgrep -x virtlogd >/dev/null || virtlogd -d
 SASL_CONF_PATH="$state/sasl2" libvirtd -d --listen --config "$state/libvirtd.conf"
 for _ in $(seq 100); do local_up && break; sleep 0.2; done
 local_up || { echo "libvirtd did not start" >&2; exit 1; }
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/16509) 2>/dev/null && exit 0; sleep 0.2; done
-echo "libvirtd does not listen on 127.0.0.1:16509" >&2
+for _ in $(seq 50); do tcp_up && exit 0; sleep 0.2; done
+echo "libvirtd does not listen on 127.0.0.1:16509 (TCP) and 16514 (TLS)" >&2
 exit 1

@@ -138,7 +138,7 @@ impl KvmConnector {
         let conn = match credentials {
             None => Connect::open(Some(uri)).map_err(|e| {
                 let e = e.to_string();
-                if e.contains("authentication") {
+                if e.contains("authentication") && !e.contains("certificate") {
                     unreachable(format!("{e} (the host asks for credentials: give a user name and password)"))
                 } else {
                     unreachable(e)
