@@ -236,7 +236,9 @@ impl TestVm {
             );
         }
         let kind = if Path::new("/dev/kvm").exists() { "kvm" } else { "qemu" };
-        // <boot dev='fd'/>: no OS and an absent floppy, so the guest idles instead of spinning.
+        // No OS: the disks start blank, with no boot signature, so SeaBIOS finds nothing to boot and
+        // the vCPU idles. (A disk with an MBR signature but no boot code would be booted and spin a
+        // core, <boot dev='fd'/> or not: see tests/bench/kvm-bench.sh.)
         let xml = format!(
             "<domain type='{kind}'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
              <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='fd'/></os><features><acpi/></features>\
