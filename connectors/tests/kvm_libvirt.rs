@@ -335,6 +335,39 @@ fn a_disk_added_since_the_last_backup_gets_a_full_while_the_others_stay_incremen
 }
 
 #[test]
+fn a_disk_grown_since_the_last_backup_is_read_whole_and_says_so_then_goes_incremental_again() {
+    let (mut vm, store, conn) = bed("resize");
+    vm.write(0, 0x31, 0, MIB);
+    vm.write(1, 0x32, 10 * MIB, MIB);
+    let p1 = backup(&conn, &store, &vm, BackupType::Full);
+
+    // vdb grows from 64 MiB to 96 MiB while the VM runs; the guest writes into the new part.
+    virsh(&["blockresize", &vm.name, "vdb", &format!("{}B", 96 * MIB)]);
+    vm.model[1].resize(96 * MIB, 0);
+    vm.write(1, 0x33, 80 * MIB, MIB);
+    vm.write(0, 0x34, 20 * MIB, MIB);
+    let p2 = backup(&conn, &store, &vm, BackupType::Incremental);
+    assert_eq!(p2.backup_type, BackupType::Incremental);
+    assert_eq!(p2.parent.as_deref(), Some(p1.point_id.as_str()));
+    let by_key = |p: &RestorePoint, k: &str| p.disks.iter().find(|d| d.key == k).unwrap().clone();
+    assert_eq!(by_key(&p2, "vda").backup_type, BackupType::Incremental);
+    let vdb = by_key(&p2, "vdb");
+    assert_eq!(vdb.backup_type, BackupType::Full, "a grown disk is read whole");
+    let reason = vdb.full_reason.unwrap_or_default();
+    assert!(reason.contains("resized") && reason.contains(&(96 * MIB).to_string()), "{reason}");
+    assert_eq!(vdb.size, 96 * MIB as u64);
+    assert_point_matches(&store, &p2, &vm.model, &vm.dir);
+
+    // The next run counts from p2 on the new size.
+    vm.write(1, 0x35, 90 * MIB, 64 * 1024);
+    let p3 = backup(&conn, &store, &vm, BackupType::Incremental);
+    let vdb = by_key(&p3, "vdb");
+    assert_eq!(vdb.backup_type, BackupType::Incremental, "{:?}", vdb.full_reason);
+    assert!(vdb.read_bytes <= 4 * MIB as u64, "{} bytes read", vdb.read_bytes);
+    assert_point_matches(&store, &p3, &vm.model, &vm.dir);
+}
+
+#[test]
 fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
     let (mut vm, store, conn) = bed("inplace");
     vm.write(0, 0x81, MIB, 3 * MIB);
