@@ -183,7 +183,39 @@ pub struct NewVmSpec {
     /// keeps change tracking, so the new VM's backups can be incremental). None: the
     /// platform's default (raw on KVM).
     pub disk_format: Option<String>,
+    /// New sizes in bytes by disk key, each a multiple of 512 and at least the point's size:
+    /// the data is restored as it was and the added space is empty. Disks not named keep the
+    /// point's size.
+    pub disk_sizes: std::collections::BTreeMap<String, u64>,
     pub start: bool,
+}
+
+/// The size a restore gives each of the point's disks (key, size): its own, or a larger one from
+/// `sizes`. The error names the disk and why (not in the point, smaller than the point's disk,
+/// not whole sectors).
+pub fn restore_sizes(
+    disks: &[(&str, u64)],
+    sizes: &std::collections::BTreeMap<String, u64>,
+) -> Result<Vec<u64>, String> {
+    if let Some(key) = sizes.keys().find(|k| !disks.iter().any(|(d, _)| d == k)) {
+        let have: Vec<&str> = disks.iter().map(|(d, _)| *d).collect();
+        return Err(format!("disk {key}: not in the restore point (it has {})", have.join(", ")));
+    }
+    disks
+        .iter()
+        .map(|&(key, had)| {
+            match sizes.get(key) {
+                None => Ok(had),
+                Some(&want) if want < had => Err(format!(
+                    "disk {key}: {want} bytes is smaller than the point's {had}: a restore can grow a disk, never shrink it"
+                )),
+                Some(&want) if want % 512 != 0 => {
+                    Err(format!("disk {key}: {want} bytes is not a whole number of 512-byte sectors"))
+                }
+                Some(&want) => Ok(want),
+            }
+        })
+        .collect()
 }
 
 /// One disk to restore, read from a restore point.

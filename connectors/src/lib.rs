@@ -10,6 +10,7 @@ pub mod nbd;
 pub mod nbd_source;
 
 pub use backup::{backup_vm, backup_vms, BackupError, BackupOptions, BackupOutcome, SnapshotMode};
+pub use connector::restore_sizes;
 pub use connector::{
     BackupBase, BackupPlan, BackupSession, ChangeTracking, Connector, ConnectorError, Credentials, HostInfo, Inventory,
     NetworkInfo, NewVmSpec, Quiesce, RestoreDisk, SessionDisk, StorageInfo, VmSummary,

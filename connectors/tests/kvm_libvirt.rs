@@ -30,6 +30,67 @@ impl Drop for Restored {
     }
 }
 
+/// Restores `disks` as two more VMs (raw and qcow2) with vdb grown from 64 to 96 MiB, checks each
+/// volume's size and contents against `model` (vdb's added space empty), then removes them; and
+/// checks that a smaller size and a disk the point lacks are refused, leaving no volume behind.
+fn check_grown_restores(
+    conn: &KvmConnector,
+    source: &VmDescription,
+    disks: &[RestoreDisk<'_>],
+    spec: &NewVmSpec,
+    pool_dir: &std::path::Path,
+    model: &[Vec<u8>],
+    dir: &std::path::Path,
+) {
+    let grown = 96 * MIB;
+    for format in ["raw", "qcow2"] {
+        let name = format!("{}-grown-{format}", spec.name);
+        let sizes = [("vdb".to_string(), grown as u64)].into();
+        let want = NewVmSpec {
+            name: name.clone(),
+            disk_format: Some(format.into()),
+            disk_sizes: sizes,
+            start: false,
+            ..spec.clone()
+        };
+        conn.restore_as_new_vm(source, disks, &want, &JobControl::default()).unwrap();
+        for (i, dev) in ["vda", "vdb"].iter().enumerate() {
+            let image = pool_dir.join(format!("{name}-{dev}.{format}"));
+            let raw = dir.join(format!("grown-{dev}.raw"));
+            let out = std::process::Command::new("qemu-img")
+                .args(["convert", "-U", "-f", format, "-O", "raw"])
+                .arg(&image)
+                .arg(&raw)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let got = std::fs::read(&raw).unwrap();
+            let size = if *dev == "vdb" { grown } else { DISK };
+            assert_eq!(got.len(), size, "{format} {dev}: the volume's size");
+            assert!(got[..DISK] == model[i][..], "{format} {dev}: the point's data");
+            assert!(got[DISK..].iter().all(|&b| b == 0), "{format} {dev}: the added space is not empty");
+            std::fs::remove_file(&raw).unwrap();
+            std::fs::remove_file(&image).unwrap();
+        }
+        virsh(&["undefine", &name]);
+    }
+    let before = std::fs::read_dir(pool_dir).unwrap().count();
+    for (sizes, want) in [
+        (vec![("vdb", DISK as u64 - 512)], "never shrink"),
+        (vec![("vdb", DISK as u64 + 100)], "512-byte sectors"),
+        (vec![("vdz", DISK as u64 * 2)], "disk vdz: not in the restore point"),
+    ] {
+        let bad = NewVmSpec {
+            name: format!("{}-refused", spec.name),
+            disk_sizes: sizes.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ..spec.clone()
+        };
+        let err = conn.restore_as_new_vm(source, disks, &bad, &JobControl::default()).unwrap_err().to_string();
+        assert!(err.contains(want) && err.contains(&bad.name), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(pool_dir).unwrap().count(), before, "a refused restore made a volume");
+}
+
 /// A running test VM, an empty store beside it, and a connector to its libvirt.
 fn bed(tag: &str) -> (TestVm, Store, KvmConnector) {
     let vm = TestVm::start(tag);
@@ -137,6 +198,7 @@ fn full_incremental_differential_chain_restores_every_state() {
         pool: pool.clone(),
         network: None,
         disk_format: None,
+        disk_sizes: Default::default(),
         start: true,
     };
     assert_eq!(conn.restore_as_new_vm(&p2.vm, &disks, &spec, &JobControl::default()).unwrap(), restored.0);
@@ -181,6 +243,10 @@ fn full_incremental_differential_chain_restores_every_state() {
         let size = std::fs::metadata(&image).unwrap().len();
         assert!(size < 16 * MIB as u64, "restored {dev} as qcow2 holds only its data: {size} bytes");
     }
+    // Restored with vdb grown from 64 to 96 MiB, as raw and as qcow2: the point's data, then empty
+    // space. A smaller size or a disk the point lacks is refused before any volume is made.
+    check_grown_restores(&conn, &p2.vm, &disks, &spec, &pool_dir, &model_p2, &vm.dir);
+
     // The restored VM has raw disks: it backs up (full every time, saying why), no checkpoint.
     for kind in [BackupType::Full, BackupType::Incremental] {
         let opts = opts(kind, Quiesce::IfPossible);
@@ -538,6 +604,7 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
         pool: pool.clone(),
         network: None,
         disk_format: Some("qcow2".into()),
+        disk_sizes: Default::default(),
         start: true,
     };
     conn.restore_as_new_vm(&inc.vm, &disks, &spec, &JobControl::default()).unwrap();
@@ -565,6 +632,9 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
             .unwrap();
         assert!(check.status.success(), "restored {dev}: {}", String::from_utf8_lossy(&check.stdout));
     }
+    // Grown, through the upload stream (raw: a sparse stream ending in one hole; qcow2: the
+    // image planned at the new size).
+    check_grown_restores(&conn, &inc.vm, &disks, &spec, &pool_dir, &vm.model, &vm.dir);
     let restored_full = backup_vm(&conn, &store, &restored.0, opts(BackupType::Full, Quiesce::Off), &mut |_| {});
     assert_point_matches(&store, &restored_full.unwrap().point, &vm.model, &vm.dir);
     let again = backup_vm(&conn, &store, &restored.0, opts(BackupType::Incremental, Quiesce::Off), &mut |_| {});

@@ -1109,6 +1109,20 @@ fn the_command_line_drives_the_service_with_an_api_token() {
     ]));
     assert_eq!(code, Some(1));
     assert!(err.contains("400: disk_format"), "{err}");
+    // --disk-size reaches the API as disk_sizes (in bytes): a size below the point's is refused.
+    let (code, _, err) = run(client(&token, &cert).args([
+        "restore",
+        "--point",
+        point,
+        "--platform",
+        "1",
+        "--name",
+        "x",
+        "--disk-size",
+        "vdb=1M",
+    ]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("400: disk_sizes") && err.contains("1048576 bytes") && err.contains("never shrink"), "{err}");
     let (code, out, _) =
         run(client(&token, &cert).args(["restore", "--point", point, "--platform", "1", "--in-place", "--wait"]));
     assert_eq!(code, Some(1), "{out}");

@@ -51,12 +51,18 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
         ("disk_format", "disk_format", json!("vmdk")),
         ("platform", "platform", json!(99)),
         ("cpus", "cpus", json!(0)),
+        ("disk_sizes", "disk_sizes", json!({ "vdb": DISK - 512 })),
+        ("disk_sizes", "disk_sizes", json!({ "sdz": 2 * DISK })),
     ] {
         let mut body = new_vm("x");
         body[key] = value;
         cases.push((body, field));
     }
     cases.push((json!({ "point": point, "platform": pid, "mode": "in_place", "name": "x" }), "name"));
+    cases.push((
+        json!({ "point": point, "platform": pid, "mode": "in_place", "disk_sizes": { "vdb": 2 * DISK } }),
+        "disk_sizes",
+    ));
     let before = c.get("/api/jobs").as_array().unwrap().len();
     for (body, field) in cases {
         let v = c.post("/api/restores", body, 400);
@@ -64,9 +70,12 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
     }
     assert_eq!(c.get("/api/jobs").as_array().unwrap().len(), before);
 
-    // As a new VM: a job of kind restore whose disks match the point, not the later write.
+    // As a new VM: a job of kind restore whose disks match the point, not the later write; vdb
+    // grown to twice its size, the added space empty.
     let copy = format!("{}-copy", vm.name);
-    let job = c.post("/api/restores", new_vm(&copy), 202);
+    let mut body = new_vm(&copy);
+    body["disk_sizes"] = json!({ "vdb": 2 * DISK });
+    let job = c.post("/api/restores", body, 202);
     assert_eq!((job["kind"].as_str(), job["type"].as_str()), (Some("restore"), Some("new_vm")), "{job}");
     assert_eq!((job["vm"].as_str(), job["point_id"].as_str()), (Some(copy.as_str()), Some(point.as_str())));
     let done = c.wait_job(job["id"].as_i64().unwrap());
@@ -75,10 +84,13 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
         (done["done_bytes"].as_i64(), done["total_bytes"].as_i64()),
         (Some(2 * DISK as i64), Some(2 * DISK as i64))
     );
-    let same = (0..2).all(|i| restored_disk(&pool_dir, &copy, ["vda", "vdb"][i]) == model[i]);
+    let vdb = restored_disk(&pool_dir, &copy, "vdb");
+    let grown = vdb.len() == 2 * DISK && vdb[DISK..].iter().all(|&b| b == 0);
+    let same = restored_disk(&pool_dir, &copy, "vda") == model[0] && vdb[..DISK.min(vdb.len())] == model[1][..];
     let log = c.get(&format!("/api/jobs/{}/log", done["id"])).to_string();
     virsh(&["undefine", &copy]);
     assert!(same, "the restored disks differ from the point");
+    assert!(grown, "vdb was not grown to {} bytes with empty space: {} bytes", 2 * DISK, vdb.len());
     assert!(log.contains(&format!("restored as new VM {copy}")), "{log}");
 
     // Held at 0 MB/s, a restore runs and holds what it reads: the rule that made the point

@@ -212,6 +212,10 @@ pub struct NewRestore {
     /// raw or qcow2 (default: qcow2, which keeps change tracking).
     #[serde(default)]
     pub disk_format: Option<String>,
+    /// New disk sizes in bytes by disk key (new_vm): each at least the point's size and a
+    /// multiple of 512; the data is restored as it was and the added space is empty.
+    #[serde(default)]
+    pub disk_sizes: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub start: bool,
 }

@@ -41,6 +41,7 @@ fn check(r: &NewRestore) -> ApiResult<Mode> {
                 ("memory_mib", r.memory_mib.is_some()),
                 ("network", r.network.is_some()),
                 ("disk_format", r.disk_format.is_some()),
+                ("disk_sizes", !r.disk_sizes.is_empty()),
                 ("start", r.start),
             ] {
                 if given {
@@ -71,11 +72,19 @@ fn check(r: &NewRestore) -> ApiResult<Mode> {
                 pool: r.pool.clone().unwrap_or_else(|| "default".into()),
                 network: r.network.clone(),
                 disk_format: Some(format),
+                disk_sizes: r.disk_sizes.clone(),
                 start: r.start,
             }))
         }
         other => Err(ApiError::field("mode", format!("{other:?}: use new_vm or in_place"))),
     }
+}
+
+/// New disk sizes against the point's disks, before anything is queued (the connector checks
+/// again when it writes).
+fn check_sizes(point: &RestorePoint, sizes: &std::collections::BTreeMap<String, u64>) -> ApiResult<()> {
+    let disks: Vec<(&str, u64)> = point.disks.iter().map(|d| (d.key.as_str(), d.size)).collect();
+    connectors::restore_sizes(&disks, sizes).map(|_| ()).map_err(|e| ApiError::field("disk_sizes", e))
 }
 
 impl Service {
@@ -89,6 +98,9 @@ impl Service {
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::field("point", e.to_string()))?
             .manifest;
+        if let Mode::NewVm(spec) = &mode {
+            check_sizes(&point, &spec.disk_sizes)?;
+        }
         let (platform_name, target) = self.job_target(r.platform).await?;
         let (vm, kind) = match &mode {
             Mode::NewVm(spec) => (spec.name.clone(), "new_vm"),

@@ -72,9 +72,16 @@ fn stream_into(
     }
 }
 
-/// Streams a disk of a restore point into `vol`, holes as holes.
-fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader, control: &JobControl) -> Result<(), String> {
-    stream_into(conn, vol, reader.size(), sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM, |stream| {
+/// Streams a disk of a restore point into `vol` of `size` bytes (at least the point's disk),
+/// holes as holes, the space beyond the point's disk as one.
+fn upload(
+    conn: &KvmConnector,
+    vol: &StorageVol,
+    reader: &DiskReader,
+    size: u64,
+    control: &JobControl,
+) -> Result<(), String> {
+    stream_into(conn, vol, size, sys::VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM, |stream| {
         let map = reader.map();
         let es = map.extent_size as u64;
         let mut buf = vec![0u8; es as usize];
@@ -100,6 +107,7 @@ fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader, control: &
                 send_all(stream, block)?;
             }
         }
+        hole += size - reader.size();
         if hole > 0 {
             send_hole(stream, hole)?;
         }
@@ -107,9 +115,10 @@ fn upload(conn: &KvmConnector, vol: &StorageVol, reader: &DiskReader, control: &
     })
 }
 
-/// The qcow2 layout of a point's disk: the clusters its maps say hold data.
-fn qcow2_layout(reader: &DiskReader) -> Result<Qcow2Layout, String> {
-    let mut plan = Qcow2Plan::new(reader.size());
+/// The qcow2 layout of a point's disk in an image of `size` bytes: the clusters its maps say
+/// hold data.
+fn qcow2_layout(reader: &DiskReader, size: u64) -> Result<Qcow2Layout, String> {
+    let mut plan = Qcow2Plan::new(size);
     for i in 0..reader.map().extents.len() as u64 {
         for r in reader.data_ranges(i).map_err(|e| e.to_string())? {
             plan.mark(r);
@@ -124,7 +133,13 @@ fn qcow2_layout(reader: &DiskReader) -> Result<Qcow2Layout, String> {
 /// metadata, then each piece at its cluster's place in the file), then fsynced, so the restore
 /// is on disk when it ends. It skips libvirtd's upload stream, which carries every byte
 /// through two more processes.
-fn write_local(file: &std::fs::File, reader: &DiskReader, format: &str, control: &JobControl) -> Result<(), String> {
+fn write_local(
+    file: &std::fs::File,
+    reader: &DiskReader,
+    size: u64,
+    format: &str,
+    control: &JobControl,
+) -> Result<(), String> {
     let io = |e: std::io::Error| e.to_string();
     let throttle = Mutex::new(Throttle::default());
     let admit = |n: usize| throttle.lock().expect("throttle lock").admit(control, n);
@@ -136,14 +151,14 @@ fn write_local(file: &std::fs::File, reader: &DiskReader, format: &str, control:
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
     file.set_len(0).map_err(io)?;
     if format == "raw" {
-        file.set_len(reader.size()).map_err(io)?;
+        file.set_len(size).map_err(io)?;
         let write = |offset: u64, data: &[u8]| {
             admit(data.len())?;
             file.write_all_at(data, offset)
         };
         reader.copy_out(threads, &write, &extent_done).map_err(|e| e.to_string())?;
     } else {
-        let layout = qcow2_layout(reader)?;
+        let layout = qcow2_layout(reader, size)?;
         let mut at = 0u64;
         layout
             .write_metadata(&mut |c: &[u8]| -> std::io::Result<()> {
@@ -180,11 +195,12 @@ fn upload_qcow2(
     conn: &KvmConnector,
     vol: &StorageVol,
     reader: &DiskReader,
+    size: u64,
     control: &JobControl,
 ) -> Result<(), String> {
     let map = reader.map();
     let es = map.extent_size as u64;
-    let layout = qcow2_layout(reader)?;
+    let layout = qcow2_layout(reader, size)?;
     stream_into(conn, vol, layout.file_size(), 0, |stream| {
         layout.write_metadata(&mut |c| send_all(stream, c))?;
         let mut clusters = layout.data_clusters().peekable();
@@ -236,13 +252,16 @@ pub(super) fn restore_as_new_vm(
     if format != "raw" && format != "qcow2" {
         return Err(failed(name, "restoring as a new VM", format!("disk format {format:?}: use raw or qcow2")));
     }
+    let points: Vec<(&str, u64)> = disks.iter().map(|d| (d.key.as_str(), d.reader.size())).collect();
+    let sizes =
+        crate::restore_sizes(&points, &spec.disk_sizes).map_err(|e| failed(name, "restoring as a new VM", e))?;
     let mut created: Vec<StorageVol> = Vec::new();
     control.add_total(disks.iter().map(|d| d.reader.size()).sum());
     let result = (|| {
         let mut paths = Vec::new();
-        for d in disks {
+        for (d, &size) in disks.iter().zip(&sizes) {
             let vol_name = format!("{name}-{}.{format}", d.key);
-            let vol = StorageVol::create_xml(&pool, &volume_xml(&vol_name, d.reader.size(), &format), 0)
+            let vol = StorageVol::create_xml(&pool, &volume_xml(&vol_name, size, &format), 0)
                 .map_err(|e| failed(name, &format!("creating volume {vol_name}"), e.to_string()))?;
             created.push(vol);
             let vol = created.last().expect("just pushed");
@@ -254,9 +273,9 @@ pub(super) fn restore_as_new_vm(
                 .flatten()
                 .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
             let filled = match (&here, format.as_str()) {
-                (Some(file), _) => write_local(file, d.reader, &format, control),
-                (None, "raw") => upload(conn, vol, d.reader, control),
-                (None, _) => upload_qcow2(conn, vol, d.reader, control),
+                (Some(file), _) => write_local(file, d.reader, size, &format, control),
+                (None, "raw") => upload(conn, vol, d.reader, size, control),
+                (None, _) => upload_qcow2(conn, vol, d.reader, size, control),
             };
             filled.map_err(|e| failed(name, &format!("writing disk {} into {path}", d.key), e))?;
             paths.push((d.key.clone(), path, format.clone()));
