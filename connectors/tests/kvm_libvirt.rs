@@ -188,6 +188,8 @@ fn full_incremental_differential_chain_restores_every_state() {
     std::fs::create_dir_all(&pool_dir).unwrap();
     virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
     let restored = Restored(format!("{}-restored", vm.name), pool.clone());
+    // The network the user picks: an isolated libvirt network (a bridge, no addresses) of this test.
+    let net = holdfast_tests::kvm::TestNetwork::create(&vm.name);
     let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p2.point_id, k).unwrap()).collect();
     let disks: Vec<RestoreDisk<'_>> =
         ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
@@ -196,7 +198,7 @@ fn full_incremental_differential_chain_restores_every_state() {
         cpus: Some(2),
         memory_mib: Some(256),
         pool: pool.clone(),
-        network: None,
+        network: Some(net.0.clone()),
         disk_format: None,
         disk_sizes: Default::default(),
         start: true,
@@ -205,6 +207,9 @@ fn full_incremental_differential_chain_restores_every_state() {
     let new = conn.describe(&restored.0).unwrap();
     assert_ne!(new.uuid, p2.vm.uuid);
     assert_eq!((new.cpus, new.memory_mib), (2, 256));
+    assert_eq!(p2.vm.nics[0].network, None, "the original NIC is user-mode");
+    assert_eq!(new.nics[0].network.as_deref(), Some(net.0.as_str()), "the NIC joins the chosen network");
+    assert!(virsh(&["domiflist", &restored.0]).contains(&net.0), "the running VM's NIC is on {}", net.0);
     assert!(new.nics[0].mac.is_some() && new.nics[0].mac != p2.vm.nics[0].mac, "a new MAC address");
     assert!(conn.list_vms().unwrap().iter().any(|v| v.name == restored.0 && v.running));
     for (i, dev) in ["vda", "vdb"].iter().enumerate() {

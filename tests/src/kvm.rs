@@ -78,6 +78,10 @@ fn sweep_dead_runs() {
         let _ = Command::new("virsh").args(["-c", URI, "destroy", &vm]).output();
         let _ = Command::new("virsh").args(["-c", URI, "undefine", "--checkpoints-metadata", &vm]).output();
     }
+    for net in list(&["net-list", "--all", "--name"]).into_iter().filter(|n| dead(n)) {
+        let _ = Command::new("virsh").args(["-c", URI, "net-destroy", &net]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "net-undefine", &net]).output();
+    }
     for pool in list(&["pool-list", "--all", "--name"]).into_iter().filter(|n| dead(n)) {
         let _ = Command::new("virsh").args(["-c", URI, "pool-destroy", &pool]).output();
         let _ = Command::new("virsh").args(["-c", URI, "pool-undefine", &pool]).output();
@@ -88,6 +92,32 @@ fn sweep_dead_runs() {
                 let _ = std::fs::remove_dir_all(d.path());
             }
         }
+    }
+}
+
+/// An isolated libvirt network (a bridge without addresses, so no dnsmasq), removed on drop.
+/// Named after the test's VM, so sweep_dead_runs knows whose it is.
+pub struct TestNetwork(pub String);
+
+impl TestNetwork {
+    pub fn create(vm: &str) -> TestNetwork {
+        let name = format!("{vm}-net");
+        // Bridge names are at most 15 bytes: "hfbr" and the pid's last digits.
+        let pid = std::process::id();
+        let n = NETWORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let xml = format!("<network><name>{name}</name><bridge name='hfbr{}{n}'/></network>", pid % 1_000_000);
+        let path = std::env::temp_dir().join(format!("{name}.xml"));
+        std::fs::write(&path, xml).unwrap();
+        virsh(&["net-create", path.to_str().unwrap()]);
+        TestNetwork(name)
+    }
+}
+
+static NETWORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh").args(["-c", URI, "net-destroy", &self.0]).output();
     }
 }
 
