@@ -237,6 +237,10 @@ pub trait Connector {
     /// backup job, the snapshot or checkpoint it made), as an appliance does at its restart.
     /// Says what it removed; None when nothing was left. What is not Holdfast's stays.
     fn clean_up_killed_backup(&self, vm: &str) -> Result<Option<String>, ConnectorError>;
+    /// Removes what a restore as the new VM `vm` had made when Holdfast was killed during it
+    /// (its volumes), unless the VM was defined by then. Says what it removed; None when
+    /// nothing was left.
+    fn clean_up_killed_restore(&self, vm: &str) -> Result<Option<String>, ConnectorError>;
     /// Creates a new VM (new identity: name, UUID, MAC addresses) from a restore point's
     /// description and disks. Returns the new VM's name. Nothing is left behind on failure,
     /// nor when `control` stops it; its writes keep to `control`'s limit and count as its

@@ -115,11 +115,17 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
     let defined = Command::new("virsh").args(["-c", "qemu:///system", "dominfo", &held]).output().unwrap();
     assert!(!defined.status.success(), "a stopped restore defined VM {held}");
 
-    // The service killed during a restore: on restart the job is failed, saying what a killed
-    // restore leaves, and it still names its point.
-    let job = c.post("/api/restores", new_vm(&format!("{}-killed", vm.name)), 202);
+    // The service killed during a restore: on restart the job is failed, it still names its
+    // point, and the volume the restore had made is removed (the job's log says so).
+    let killed_vm = format!("{}-killed", vm.name);
+    let job = c.post("/api/restores", new_vm(&killed_vm), 202);
     let id = job["id"].as_i64().unwrap();
     c.wait_state(id, "running");
+    let made = |dir: &std::path::Path| -> Vec<String> {
+        let files = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+        files.filter(|f| f.starts_with(&killed_vm)).collect()
+    };
+    assert_eq!(made(&pool_dir), [format!("{killed_vm}-vda.raw")], "held at 0 MB/s in its first disk");
     server.kill();
     server = Server::start_with_clock(&vm.dir.join("data"), Some(&clock));
     c = server.client();
@@ -127,6 +133,17 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
     let killed = c.get(&format!("/api/jobs/{id}"));
     assert_eq!((killed["state"].as_str(), killed["point_id"].as_str()), (Some("failed"), Some(point.as_str())));
     assert!(killed["error"].as_str().unwrap().contains("stopped while this restore ran"), "{killed}");
+    let t = std::time::Instant::now();
+    let log = loop {
+        let log = c.get(&format!("/api/jobs/{id}/log")).to_string();
+        if log.contains("after the restart") || t.elapsed() > std::time::Duration::from_secs(30) {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(log.contains(&format!("removed the volumes the restore had made: {killed_vm}-vda.raw")), "{log}");
+    virsh(&["pool-refresh", &pool]);
+    assert!(made(&pool_dir).is_empty(), "left in the pool: {:?}", made(&pool_dir));
     assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
 
     // In place: refused while the VM runs (saying so), then done once it is shut off.

@@ -66,8 +66,9 @@ pub struct Service {
     cleaning: std::sync::Mutex<std::collections::HashMap<(i64, String), i64>>,
 }
 
-/// A backup job a stopped service left unfinished: (job id, platform id, VM).
-type Killed = (i64, i64, String);
+/// A job the service was killed during: (job id, platform id, VM, whether it was a restore as a
+/// new VM rather than a backup).
+type Killed = (i64, i64, String, bool);
 
 /// Creates what a first start needs, returns the service and the backups a stopped service
 /// left unfinished (failed now; their hypervisor state is cleaned up once the service runs).
@@ -186,21 +187,25 @@ impl Service {
         Ok(())
     }
 
-    /// Jobs a stopped service left unfinished are failed, with that reason; returns the backups.
+    /// Jobs a stopped service left unfinished are failed, with that reason; returns the backups
+    /// and new-VM restores, whose leftovers clean_up_killed removes.
     async fn recover_jobs(&self) -> Result<Vec<Killed>> {
-        let stale: Vec<(i64, String, i64, String)> = sqlx::query_as(&format!(
-            "SELECT id, kind, platform_id, vm FROM jobs WHERE state IN {}",
+        let stale: Vec<(i64, String, i64, String, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT id, kind, platform_id, vm, backup_type FROM jobs WHERE state IN {}",
             engine::ACTIVE_STATES
         ))
         .fetch_all(&self.db)
         .await?;
         let mut killed = Vec::new();
-        for (id, kind, platform, vm) in stale {
-            let why = if kind == "restore" {
-                "the service stopped while this restore ran; a new VM's volumes it had made stay in the pool \
-                 (named after the new VM), an in-place restore left the disks part-written: restore again"
+        for (id, kind, platform, vm, mode) in stale {
+            let why = if kind == "restore" && mode.as_deref() == Some("new_vm") {
+                killed.push((id, platform, vm, true));
+                "the service stopped while this restore ran; the volumes it had made are removed now that the \
+                 service runs again, unless it had defined the new VM (the job's log says what)"
+            } else if kind == "restore" {
+                "the service stopped while this restore ran; it left the VM's disks part-written: restore again"
             } else {
-                killed.push((id, platform, vm));
+                killed.push((id, platform, vm, false));
                 "the service stopped while this job ran; what it left on the hypervisor is removed now that the \
                  service runs again (the job's log says what), and nothing of it was committed"
             };
@@ -216,18 +221,27 @@ impl Service {
     }
 
     /// Removes what each killed backup left on its hypervisor (its backup job and checkpoint),
-    /// one task per VM beside the running service; the VM takes no new backup until its cleanup
+    /// and each killed restore as a new VM (its volumes), one task per VM beside the running
+    /// service; the VM takes no new backup until its cleanup
     /// has ended, so a cleanup can never end a new backup's job. A host that does not answer
     /// holds only its own VMs; the next backup of such a VM cleans up before it starts.
     fn clean_up_killed(self: &Arc<Self>, killed: Vec<Killed>) {
-        for (id, platform, vm) in killed {
+        for (id, platform, vm, restore) in killed {
             self.cleaning.lock().expect("cleaning lock").insert((platform, vm.clone()), id);
             let me = self.clone();
             tokio::spawn(async move {
                 let outcome = match me.target(platform).await {
                     Ok((_, target)) => {
                         let (work, name) = (me.work_dir.clone(), vm.clone());
-                        Self::blocking(move || target.connect(&work)?.clean_up_killed_backup(&name)).await
+                        Self::blocking(move || {
+                            let conn = target.connect(&work)?;
+                            if restore {
+                                conn.clean_up_killed_restore(&name)
+                            } else {
+                                conn.clean_up_killed_backup(&name)
+                            }
+                        })
+                        .await
                     }
                     Err(e) => Err(e),
                 };
@@ -237,9 +251,13 @@ impl Service {
                     Err(e) => (
                         "warning",
                         format!(
-                            "after the restart, cleaning up on the hypervisor failed: {}; the next backup of this \
-                             VM cleans up before it starts",
-                            e.message
+                            "after the restart, cleaning up on the hypervisor failed: {}{}",
+                            e.message,
+                            if restore {
+                                "; remove the new VM's volumes by hand"
+                            } else {
+                                "; the next backup of this VM cleans up before it starts"
+                            }
                         ),
                     ),
                 };

@@ -146,11 +146,13 @@ impl KvmConnector {
             })?,
             Some(c) => open_with_credentials(uri, c).map_err(unreachable)?,
         };
-        std::fs::create_dir_all(work_dir.join("active")).map_err(|e| ConnectorError::Unreachable {
-            platform: PLATFORM,
-            target: work_dir.display().to_string(),
-            cause: format!("cannot create the work directory: {e}"),
-        })?;
+        std::fs::create_dir_all(work_dir.join("active"))
+            .and_then(|()| std::fs::create_dir_all(work_dir.join("restoring")))
+            .map_err(|e| ConnectorError::Unreachable {
+                platform: PLATFORM,
+                target: work_dir.display().to_string(),
+                cause: format!("cannot create the work directory: {e}"),
+            })?;
         let nbd_host = uri_host(uri);
         Ok(KvmConnector {
             conn,
@@ -190,6 +192,13 @@ impl KvmConnector {
     fn marker(&self, dom: &Domain) -> PathBuf {
         let id = dom.uuid_string().unwrap_or_else(|_| dom.name().unwrap_or_default());
         self.work_dir.join("active").join(id)
+    }
+
+    /// Where a running restore as the new VM `vm` lists the volumes it has made (pool, volume
+    /// per line), so a restart can remove them if it was killed before defining the VM.
+    pub(super) fn restore_marker(&self, vm: &str) -> PathBuf {
+        let hex: String = vm.bytes().map(|b| format!("{b:02x}")).collect();
+        self.work_dir.join("restoring").join(hex)
     }
 
     fn domain(&self, vm: &str) -> Result<Domain, ConnectorError> {
@@ -400,6 +409,10 @@ impl Connector for KvmConnector {
         control: &JobControl,
     ) -> Result<String, ConnectorError> {
         restore::restore_as_new_vm(self, source, disks, spec, control)
+    }
+
+    fn clean_up_killed_restore(&self, vm: &str) -> Result<Option<String>, ConnectorError> {
+        restore::clean_up_killed_restore(self, vm)
     }
 
     fn restore_in_place(

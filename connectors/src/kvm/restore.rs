@@ -257,6 +257,7 @@ pub(super) fn restore_as_new_vm(
         crate::restore_sizes(&points, &spec.disk_sizes).map_err(|e| failed(name, "restoring as a new VM", e))?;
     let mut created: Vec<StorageVol> = Vec::new();
     control.add_total(disks.iter().map(|d| d.reader.size()).sum());
+    let marker = conn.restore_marker(name);
     let result = (|| {
         let mut paths = Vec::new();
         for (d, &size) in disks.iter().zip(&sizes) {
@@ -264,6 +265,12 @@ pub(super) fn restore_as_new_vm(
             let vol = StorageVol::create_xml(&pool, &volume_xml(&vol_name, size, &format), 0)
                 .map_err(|e| failed(name, &format!("creating volume {vol_name}"), e.to_string()))?;
             created.push(vol);
+            // Recorded once it exists, so a restart after a kill removes it (and nothing else).
+            let mut list = std::fs::OpenOptions::new().create(true).append(true).open(&marker).map_err(|e| {
+                failed(name, &format!("recording volume {vol_name} in {}", marker.display()), e.to_string())
+            })?;
+            std::io::Write::write_all(&mut list, format!("{}\t{vol_name}\n", spec.pool).as_bytes())
+                .map_err(|e| failed(name, &format!("recording volume {vol_name}"), e.to_string()))?;
             let vol = created.last().expect("just pushed");
             let path = vol.path().map_err(|e| failed(name, "reading a volume's path", e.to_string()))?;
             // Written in place when the volume is a file here; streamed through libvirt otherwise.
@@ -302,7 +309,29 @@ pub(super) fn restore_as_new_vm(
             let _ = vol.delete(0);
         }
     }
+    let _ = std::fs::remove_file(&marker);
     result
+}
+
+/// What a restore as the new VM `vm` left when Holdfast was killed during it: the volumes its
+/// marker lists, removed unless the VM was defined by then (the restore had got that far; the
+/// volumes are the VM's disks).
+pub(super) fn clean_up_killed_restore(conn: &KvmConnector, vm: &str) -> Result<Option<String>, ConnectorError> {
+    let marker = conn.restore_marker(vm);
+    let Ok(list) = std::fs::read_to_string(&marker) else { return Ok(None) };
+    if conn.conn.lookup_domain_by_name(vm).is_ok() {
+        let _ = std::fs::remove_file(&marker);
+        return Ok(Some(format!("VM {vm} had been defined: its volumes are kept")));
+    }
+    let mut removed = Vec::new();
+    for (pool, vol) in list.lines().filter_map(|l| l.split_once('\t')) {
+        let found = conn.conn.lookup_storage_pool_by_name(pool).and_then(|p| p.lookup_storage_vol_by_name(vol));
+        let Ok(v) = found else { continue }; // gone already
+        v.delete(0).map_err(|e| failed(vm, &format!("removing volume {vol} from pool {pool}"), e.to_string()))?;
+        removed.push(format!("{vol} (pool {pool})"));
+    }
+    let _ = std::fs::remove_file(&marker);
+    Ok((!removed.is_empty()).then(|| format!("removed the volumes the restore had made: {}", removed.join(", "))))
 }
 
 /// qemu-nbd serving one disk image on a private socket (export "disk"); killed on drop.
