@@ -640,6 +640,7 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
     // Grown, through the upload stream (raw: a sparse stream ending in one hole; qcow2: the
     // image planned at the new size).
     check_grown_restores(&conn, &inc.vm, &disks, &spec, &pool_dir, &vm.model, &vm.dir);
+    assert!(std::fs::read_dir(work.join("restoring")).unwrap().next().is_none(), "a restore left its volume list");
     let restored_full = backup_vm(&conn, &store, &restored.0, opts(BackupType::Full, Quiesce::Off), &mut |_| {});
     assert_point_matches(&store, &restored_full.unwrap().point, &vm.model, &vm.dir);
     let again = backup_vm(&conn, &store, &restored.0, opts(BackupType::Incremental, Quiesce::Off), &mut |_| {});

@@ -952,8 +952,9 @@ fn change_tracking_is_auto_on_or_off_per_rule() {
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
     };
     let work = left(&data.join("work"));
-    assert!(work.iter().all(|f| f == "active"), "no backup work directory left: {work:?}");
+    assert!(work.iter().all(|f| f == "active" || f == "restoring"), "no backup work directory left: {work:?}");
     assert!(left(&data.join("work/active")).is_empty(), "no running-backup marker left");
+    assert!(left(&data.join("work/restoring")).is_empty(), "no running-restore marker left");
     edit["change_tracking"] = json!("auto");
     assert_eq!(c.request("PUT", &format!("/api/rules/{id}"), Some(&edit)).0, 200);
     assert_eq!(run("full")["state"], "completed");
