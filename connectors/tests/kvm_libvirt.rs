@@ -406,6 +406,83 @@ fn a_disk_added_since_the_last_backup_gets_a_full_while_the_others_stay_incremen
 }
 
 #[test]
+fn a_restore_killed_midway_is_cleaned_up_from_its_volume_list_and_a_defined_vm_is_kept() {
+    let (mut vm, store, conn) = bed("killedrestore");
+    vm.write(0, 0x21, 0, 2 * MIB);
+    let p = backup(&conn, &store, &vm, BackupType::Full);
+    let pool = format!("{}-pool", vm.name);
+    let pool_dir = vm.dir.join("pool");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
+    let _cleanup = Restored(format!("{}-held", vm.name), pool.clone());
+    let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p.point_id, k).unwrap()).collect();
+    let disks: Vec<RestoreDisk<'_>> =
+        ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
+    let spec = |name: &str| NewVmSpec {
+        name: name.into(),
+        cpus: None,
+        memory_mib: None,
+        pool: pool.clone(),
+        network: None,
+        disk_format: Some("raw".into()),
+        disk_sizes: Default::default(),
+        start: false,
+    };
+    // A restore held at 0 MB/s in its first disk stands for one whose process was killed there:
+    // a second connector on the same work directory, as after a restart, cleans up after it.
+    let held = |name: String, then: &dyn Fn(&str)| {
+        let control = JobControl::new();
+        control.set_limit(Some(0));
+        std::thread::scope(|s| {
+            let running = s.spawn(|| {
+                let other = KvmConnector::open(URI, &vm.dir.join("work"), None).unwrap();
+                other.restore_as_new_vm(&p.vm, &disks, &spec(&name), &control)
+            });
+            let volume = pool_dir.join(format!("{name}-vda.raw"));
+            let t = std::time::Instant::now();
+            while !volume.exists() {
+                assert!(t.elapsed().as_secs() < 30, "the restore made no volume");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // Stopped even when a check in `then` fails, so a failure ends the test, not hangs it.
+            struct StopOnDrop<'a>(&'a JobControl);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.stop();
+                }
+            }
+            let stop = StopOnDrop(&control);
+            then(&name);
+            drop(stop);
+            let err = running.join().unwrap().unwrap_err().to_string();
+            assert!(err.contains("stopped"), "{err}");
+        });
+    };
+    // The VM defined by the time of the cleanup (the restore had got that far): kept as it is.
+    held(format!("{}-held", vm.name), &|name| {
+        let xml = vm.dir.join("held.xml");
+        std::fs::write(&xml, format!("<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>")).unwrap();
+        virsh(&["define", xml.to_str().unwrap()]);
+        let said = conn.clean_up_killed_restore(name).unwrap().unwrap_or_default();
+        assert!(said.contains("had been defined") && said.contains("kept"), "{said}");
+        assert!(pool_dir.join(format!("{name}-vda.raw")).exists(), "a defined VM's volume was removed");
+        virsh(&["undefine", name]);
+    });
+    // Not defined: the volumes on its list go, and only those; a second cleanup finds nothing.
+    let bystander = pool_dir.join(format!("{}-killed-vdb.raw", vm.name));
+    std::fs::write(&bystander, b"not the restore's").unwrap();
+    held(format!("{}-killed", vm.name), &|name| {
+        virsh(&["pool-refresh", &pool]);
+        let said = conn.clean_up_killed_restore(name).unwrap().unwrap_or_default();
+        assert_eq!(said, format!("removed the volumes the restore had made: {name}-vda.raw (pool {pool})"));
+        assert!(!pool_dir.join(format!("{name}-vda.raw")).exists(), "the restore's volume is still there");
+        assert!(bystander.exists(), "a volume the restore had not made was removed");
+        assert_eq!(conn.clean_up_killed_restore(name).unwrap(), None);
+    });
+    assert!(std::fs::read_dir(vm.dir.join("work/restoring")).unwrap().next().is_none(), "a volume list was left");
+}
+
+#[test]
 fn a_disk_grown_since_the_last_backup_is_read_whole_and_says_so_then_goes_incremental_again() {
     let (mut vm, store, conn) = bed("resize");
     vm.write(0, 0x31, 0, MIB);
