@@ -259,18 +259,19 @@ pub(super) fn restore_as_new_vm(
     control.add_total(disks.iter().map(|d| d.reader.size()).sum());
     let marker = conn.restore_marker(name);
     let result = (|| {
+        // Each volume is listed once it exists, so a restart after a kill removes it (and
+        // nothing else).
+        let mut list = std::fs::File::create(&marker)
+            .map_err(|e| failed(name, &format!("creating {}", marker.display()), e.to_string()))?;
         let mut paths = Vec::new();
         for (d, &size) in disks.iter().zip(&sizes) {
             let vol_name = format!("{name}-{}.{format}", d.key);
             let vol = StorageVol::create_xml(&pool, &volume_xml(&vol_name, size, &format), 0)
                 .map_err(|e| failed(name, &format!("creating volume {vol_name}"), e.to_string()))?;
             created.push(vol);
-            // Recorded once it exists, so a restart after a kill removes it (and nothing else).
-            let mut list = std::fs::OpenOptions::new().create(true).append(true).open(&marker).map_err(|e| {
+            std::io::Write::write_all(&mut list, format!("{}\t{vol_name}\n", spec.pool).as_bytes()).map_err(|e| {
                 failed(name, &format!("recording volume {vol_name} in {}", marker.display()), e.to_string())
             })?;
-            std::io::Write::write_all(&mut list, format!("{}\t{vol_name}\n", spec.pool).as_bytes())
-                .map_err(|e| failed(name, &format!("recording volume {vol_name}"), e.to_string()))?;
             let vol = created.last().expect("just pushed");
             let path = vol.path().map_err(|e| failed(name, "reading a volume's path", e.to_string()))?;
             // Written in place when the volume is a file here; streamed through libvirt otherwise.
