@@ -213,6 +213,18 @@ impl Qcow2Layout {
         Ok(())
     }
 
+    /// The metadata written at the start of `file`; returns its length, where the data begins.
+    pub fn write_metadata_to(&self, file: &std::fs::File) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut at = 0u64;
+        self.write_metadata(&mut |c: &[u8]| -> std::io::Result<()> {
+            file.write_all_at(c, at)?;
+            at += c.len() as u64;
+            Ok(())
+        })?;
+        Ok(at)
+    }
+
     fn header(&self, c: &mut [u8]) {
         c.fill(0);
         let mut w = Writer(c, 0);
@@ -287,14 +299,7 @@ mod tests {
         let layout = plan.layout();
         let qcow = dir.join(format!("{name}.qcow2"));
         let out = std::fs::File::create(&qcow).unwrap();
-        let mut at = 0u64;
-        layout
-            .write_metadata(&mut |c: &[u8]| -> std::io::Result<()> {
-                out.write_all_at(c, at)?;
-                at += c.len() as u64;
-                Ok(())
-            })
-            .unwrap();
+        let mut at = layout.write_metadata_to(&out).unwrap();
         for g in layout.data_clusters() {
             let c: Vec<u8> =
                 (g * CLUSTER..(g + 1) * CLUSTER).map(|p| if p < size { byte(ranges, p) } else { 0 }).collect();

@@ -159,14 +159,7 @@ fn write_local(
         reader.copy_out(threads, &write, &extent_done).map_err(|e| e.to_string())?;
     } else {
         let layout = qcow2_layout(reader, size)?;
-        let mut at = 0u64;
-        layout
-            .write_metadata(&mut |c: &[u8]| -> std::io::Result<()> {
-                file.write_all_at(c, at)?;
-                at += c.len() as u64;
-                Ok(())
-            })
-            .map_err(io)?;
+        layout.write_metadata_to(file).map_err(io)?;
         file.set_len(layout.file_size()).map_err(io)?;
         let write = |offset: u64, data: &[u8]| {
             admit(data.len())?;
