@@ -36,12 +36,23 @@ pub struct Inserted {
     pub stored_bytes: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What `presence` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Touched,
+    /// Present with the immutable attribute (chattr +i): its time was left as it was.
+    Immutable,
+    Missing,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepStats {
     pub removed: u64,
     pub removed_bytes: u64,
     pub kept: u64,
     pub kept_bytes: u64,
+    /// Blobs older than the cutoff that were kept because they are immutable.
+    pub immutable: Vec<BlobId>,
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -70,17 +81,47 @@ impl ChunkStore {
     }
 
     /// Marks a blob as referenced now. Ok(false) when it does not exist.
+    pub fn touch(&self, id: &BlobId) -> Result<bool, DedupeError> {
+        Ok(self.presence(id)? != Presence::Missing)
+    }
+
+    /// Marks a blob as referenced now, telling an immutable blob (whose time cannot change) from
+    /// a touched one.
     ///
     /// The timestamp update can land on an inode the sweep has already renamed aside (it looked the
     /// path up first) and then deleted, so the blob is only reported present when the path still
     /// names a file after the update: any later sweep of that file re-checks and sees our time.
-    pub fn touch(&self, id: &BlobId) -> Result<bool, DedupeError> {
+    /// An immutable blob needs no time: the sweep cannot move it, and whoever clears the
+    /// attribute touches it at once (`release`).
+    pub fn presence(&self, id: &BlobId) -> Result<Presence, DedupeError> {
         let path = self.path(id);
         match touch_path(&path).and_then(|()| fs::symlink_metadata(&path).map(|_| ())) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Ok(()) => Ok(Presence::Touched),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Presence::Missing),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && is_immutable(&path) => Ok(Presence::Immutable),
             Err(e) => Err(DedupeError::io(format!("touching blob {}", path.display()), e)),
         }
+    }
+
+    /// Sets or clears a blob's immutable attribute; false where the filesystem or our
+    /// privileges do not allow it (or the blob is gone).
+    pub fn set_immutable(&self, id: &BlobId, on: bool) -> bool {
+        set_immutable(&self.path(id), on)
+    }
+
+    pub fn is_immutable(&self, id: &BlobId) -> bool {
+        is_immutable(&self.path(id))
+    }
+
+    /// Clears a blob's immutable attribute and marks it referenced now, in that order: a writer
+    /// that found it immutable (and so could not touch it) since started is covered by this
+    /// time, so a sweep cannot take the blob from under that writer's backup.
+    pub fn release(&self, id: &BlobId) -> Result<(), DedupeError> {
+        let path = self.path(id);
+        if !set_immutable(&path, false) && is_immutable(&path) {
+            return Err(DedupeError::Invalid(format!("blob {id}: its immutable attribute cannot be cleared")));
+        }
+        self.touch(id).map(|_| ())
     }
 
     /// Stores `plain` as a blob unless it is present already (then it is only touched).
@@ -136,10 +177,17 @@ impl ChunkStore {
 
     /// Moves a damaged blob aside (to `<name>.bad`) so the next backup that needs it stores it
     /// again instead of deduplicating against the damaged copy.
+    /// A damaged blob of a locked point is moved too: its bytes protect nothing.
     pub fn quarantine(&self, id: &BlobId) -> Result<(), DedupeError> {
         let path = self.path(id);
         let bad = path.with_extension("bad");
-        fs::rename(&path, &bad).map_err(|e| DedupeError::io(format!("moving damaged blob {} aside", path.display()), e))
+        let io = |e| DedupeError::io(format!("moving damaged blob {} aside", path.display()), e);
+        match fs::rename(&path, &bad) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && set_immutable(&path, false) => {
+                fs::rename(&path, &bad).map_err(io)
+            }
+            other => other.map_err(io),
+        }
     }
 
     /// Calls `f` for every blob file (id, size, mtime), fan-out directory by directory.
@@ -193,6 +241,7 @@ impl ChunkStore {
     }
 
     /// Deletes every blob whose mtime is older than `cutoff` (dry run: only counts them).
+    /// Immutable blobs are kept and listed (see `release`).
     pub fn sweep(&self, cutoff: SystemTime, dry_run: bool) -> Result<SweepStats, DedupeError> {
         let mut stats = SweepStats::default();
         let trash = self.tmp.join("gc-trash");
@@ -221,6 +270,12 @@ impl ChunkStore {
             match fs::rename(&path, &trash) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) && is_immutable(&path) => {
+                    stats.kept += 1;
+                    stats.kept_bytes += size;
+                    stats.immutable.push(id);
+                    return Ok(());
+                }
                 Err(e) => return Err(DedupeError::io(format!("sweeping {}", path.display()), e)),
             }
             let touched = fs::metadata(&trash).and_then(|m| m.modified()).map(|m| m >= cutoff).unwrap_or(false);
@@ -276,6 +331,33 @@ fn touch_path(path: &Path) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+
+fn file_flags(f: &fs::File) -> Option<libc::c_int> {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int through the pointer we pass, on a descriptor we own.
+    (unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) } == 0).then_some(flags)
+}
+
+/// Sets or clears the immutable attribute (chattr +i) where the filesystem and our privileges
+/// allow it. Returns whether the attribute is now as asked.
+pub fn set_immutable(path: &Path, on: bool) -> bool {
+    let Ok(f) = fs::File::open(path) else {
+        return false;
+    };
+    let Some(flags) = file_flags(&f) else { return false };
+    let want = if on { flags | FS_IMMUTABLE_FL } else { flags & !FS_IMMUTABLE_FL };
+    // SAFETY: FS_IOC_SETFLAGS reads one int through the pointer we pass.
+    want == flags || unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS as _, &want) } == 0
+}
+
+/// Whether the file has the immutable attribute (false when it cannot be read).
+pub fn is_immutable(path: &Path) -> bool {
+    fs::File::open(path).ok().and_then(|f| file_flags(&f)).is_some_and(|f| f & FS_IMMUTABLE_FL != 0)
 }
 
 /// Flushes every file of the filesystem holding `dir` to stable storage (syncfs): one call makes

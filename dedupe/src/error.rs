@@ -15,18 +15,15 @@ pub enum DedupeError {
     WrongKey { id: BlobId },
     #[error("the passphrase does not open this store's key (wrong passphrase or key file)")]
     WrongPassphrase,
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message (not a `source`), so a printed chain names it once.
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl DedupeError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        DedupeError::Io { what: what.into(), source }
+        DedupeError::Io { what: what.into(), cause: source }
     }
 }

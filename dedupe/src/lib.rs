@@ -12,7 +12,7 @@ pub mod id;
 pub mod pipeline;
 pub mod zero;
 
-pub use chunk_store::{ChunkStore, Inserted, SweepStats};
+pub use chunk_store::{ChunkStore, Inserted, Presence, SweepStats};
 pub use chunker::ChunkerParams;
 pub use codec::{BlobCodec, BlobHeader, BlobKind, Compression};
 pub use crypto::{KdfParams, MasterKey, WrappedKey};

@@ -70,8 +70,9 @@ impl Drop for WriterRegistration {
 }
 
 /// Start times of the writers running now. Registrations left by killed writers (their lock is
-/// free) are removed, with their staging directories.
-pub fn active_writers(root: &Path) -> Result<Vec<SystemTime>> {
+/// free) are removed with their staging directories, once `on_dead(staging directory)` says
+/// nothing is left to do there (Ok(true)); Ok(false) keeps them for a later look.
+pub fn active_writers(root: &Path, on_dead: &mut dyn FnMut(&Path) -> Result<bool>) -> Result<Vec<SystemTime>> {
     let dir = root.join("locks").join("writers");
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
@@ -85,9 +86,12 @@ pub fn active_writers(root: &Path) -> Result<Vec<SystemTime>> {
             continue;
         };
         if flock(&file, false, true).map_err(|e| StoreError::io(format!("probing {}", path.display()), e))? {
-            // Nobody holds it: a writer that died. Clear what it left.
-            let _ = fs::remove_dir_all(root.join("tmp").join(entry.file_name()));
-            let _ = fs::remove_file(&path);
+            // Nobody holds it: a writer that died. Finish and clear what it left.
+            let tmp = root.join("tmp").join(entry.file_name());
+            if on_dead(&tmp)? {
+                let _ = fs::remove_dir_all(&tmp);
+                let _ = fs::remove_file(&path);
+            }
             continue;
         }
         let started = fs::read_to_string(&path)
@@ -107,29 +111,7 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(b)
 }
 
-const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
-const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
-const FS_IMMUTABLE_FL: libc::c_int = 0x10;
-
-/// Sets or clears the immutable attribute (chattr +i) where the filesystem and our privileges
-/// allow it. Returns whether the attribute is now as asked.
-pub fn set_immutable(path: &Path, on: bool) -> bool {
-    let Ok(f) = File::open(path) else {
-        return false;
-    };
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one int through the pointer we pass.
-    unsafe {
-        if libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) != 0 {
-            return false;
-        }
-        let want = if on { flags | FS_IMMUTABLE_FL } else { flags & !FS_IMMUTABLE_FL };
-        if want == flags {
-            return true;
-        }
-        libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS as _, &want) == 0
-    }
-}
+pub use dedupe::chunk_store::{is_immutable, set_immutable};
 
 pub fn set_read_only(path: &Path, read_only: bool) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

@@ -6,12 +6,24 @@
 //! running backup wrote or deduplicated against (writers touch what they reuse) is never swept.
 //! Points committed while the mark runs are picked up by listing again until nothing is new; a
 //! backup's base point cannot be deleted while the backup runs (it holds a shared lock on it).
+//!
+//! Locked points (protect.rs): before the mark, every blob a locked point needs is given the
+//! immutable attribute again (someone may have cleared it) and remembered. Immutable blobs keep
+//! their time (it cannot change) and the sweep cannot move them; those that no locked point
+//! needs any more are released at the end, the attribute cleared and the blob touched in that
+//! order, so a writer that met the blob while it was immutable (and could not touch it) is
+//! covered by the new time: the blob is swept at the earliest by a later run, once unreferenced.
+//! Points locked while this runs are looked for again before anything is released. The blobs of
+//! locked points are held in memory (about 40 bytes each) for the run.
+//!
+//! Labels whose point does not exist (an ingest killed between the two) are removed once older
+//! than the cutoff, so a running ingest's labels are never taken.
 
 use crate::disk_map::DiskMap;
 use crate::error::{Result, StoreError};
-use crate::fslock::{active_writers, flock};
-use crate::store::Store;
-use dedupe::{BlobId, BlobKind, DedupeError, ExtentRecord};
+use crate::fslock::flock;
+use crate::store::{PointEntry, Store};
+use dedupe::{BlobId, BlobKind, DedupeError, ExtentRecord, Presence};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
@@ -31,6 +43,14 @@ pub struct GcReport {
     pub removed_bytes: u64,
     pub kept_blobs: u64,
     pub kept_bytes: u64,
+    /// Points locked now, whose blobs were (re)protected.
+    pub locked_points: u64,
+    /// Blobs those points need, immutable where the filesystem allows it.
+    pub protected_blobs: u64,
+    /// Immutable blobs no locked point needs any more, released (not counted by a dry run).
+    pub released_blobs: u64,
+    /// Labels files of points that do not exist, removed.
+    pub orphan_labels: u64,
 }
 
 impl Store {
@@ -47,10 +67,27 @@ impl Store {
             return Err(StoreError::GcRunning);
         }
         let start = SystemTime::now();
-        let oldest_writer = active_writers(self.root())?.into_iter().min().unwrap_or(start);
+        let oldest_writer = self.reap_dead_writers()?.into_iter().min().unwrap_or(start);
         let cutoff = start.min(oldest_writer) - CLOCK_MARGIN;
 
         let mut report = GcReport { dry_run, ..Default::default() };
+        // Locked points first: their blobs protected again, and known, so the mark can tell
+        // the immutable blobs to keep from those to release.
+        let locked_at_start = self.locked_points()?;
+        let mut protected: HashSet<BlobId> = HashSet::new();
+        for p in &locked_at_start {
+            if dry_run {
+                self.for_each_point_blob(&p.manifest, &mut |id| {
+                    protected.insert(*id);
+                    Ok(())
+                })?;
+            } else {
+                self.protect_point(&p.vm, &p.manifest, &mut protected)?;
+            }
+        }
+        report.locked_points = locked_at_start.len() as u64;
+        let mut release: HashSet<BlobId> = HashSet::new();
+
         let mut reachable: HashSet<BlobId> = HashSet::new();
         let mut records_seen: HashSet<BlobId> = HashSet::new();
         let mut points_seen: HashSet<(String, String)> = HashSet::new();
@@ -68,8 +105,15 @@ impl Store {
                     continue;
                 }
                 new += 1;
+                let mut marks = Marks {
+                    dry_run,
+                    reachable: &mut reachable,
+                    records_seen: &mut records_seen,
+                    protected: &protected,
+                    release: &mut release,
+                };
                 for disk in &p.manifest.disks {
-                    self.mark_disk(&p.point_id, disk, dry_run, &mut reachable, &mut records_seen, &mut report)?;
+                    self.mark_disk(&p.point_id, disk, &mut marks, &mut report)?;
                 }
             }
             if new == 0 {
@@ -81,7 +125,7 @@ impl Store {
         let chunks = self.chunks();
         if dry_run {
             chunks.for_each(|id, size, mtime| {
-                if mtime < cutoff && !reachable.contains(&id) {
+                if mtime < cutoff && !reachable.contains(&id) && !chunks.is_immutable(&id) {
                     report.removed_blobs += 1;
                     report.removed_bytes += size;
                 } else {
@@ -96,27 +140,93 @@ impl Store {
             report.removed_bytes = s.removed_bytes;
             report.kept_blobs = s.kept;
             report.kept_bytes = s.kept_bytes;
+            release.extend(s.immutable.into_iter().filter(|id| !protected.contains(id)));
             self.clear_stale_tmp(cutoff);
         }
+        // A point locked while this ran protected its own blobs: never release those.
+        let before: HashSet<(String, String)> =
+            locked_at_start.iter().map(|p| (p.point_id.clone(), format!("{:?}", p.labels.retain_until))).collect();
+        for p in self.locked_points()? {
+            if !before.contains(&(p.point_id.clone(), format!("{:?}", p.labels.retain_until))) {
+                self.for_each_point_blob(&p.manifest, &mut |id| {
+                    protected.insert(*id);
+                    Ok(())
+                })?;
+            }
+        }
+        release.retain(|id| !protected.contains(id));
+        report.protected_blobs = protected.len() as u64;
+        report.released_blobs = release.len() as u64;
+        if !dry_run {
+            for id in &release {
+                chunks.release(id)?;
+            }
+        }
+        report.orphan_labels = self.remove_orphan_labels(cutoff, dry_run)?;
         Ok(report)
+    }
+
+    /// The points whose lock holds now.
+    fn locked_points(&self) -> Result<Vec<PointEntry>> {
+        let now = self.now();
+        let (points, _) = self.scan(None)?;
+        Ok(points.into_iter().filter(|p| p.labels.locked_at(now).is_some()).collect())
+    }
+
+    /// Removes `<point>.labels` files older than `cutoff` that have no manifest beside them.
+    fn remove_orphan_labels(&self, cutoff: SystemTime, dry_run: bool) -> Result<u64> {
+        let mut removed = 0;
+        for vm in self.vms()? {
+            let dir = self.vm_dir(&vm);
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(point) = name.strip_suffix(".labels") else { continue };
+                if self.manifest_path(&vm, point).exists() {
+                    continue;
+                }
+                let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|m| m < cutoff);
+                if !old {
+                    continue;
+                }
+                removed += 1;
+                if !dry_run {
+                    crate::fslock::set_immutable(&e.path(), false);
+                    fs::remove_file(e.path())
+                        .map_err(|err| StoreError::io(format!("removing orphan labels {}", e.path().display()), err))?;
+                }
+            }
+            // A VM directory left with nothing in it goes too (fails harmlessly when not empty).
+            if !dry_run {
+                let _ = fs::remove_dir(&dir);
+            }
+        }
+        Ok(removed)
     }
 
     fn mark_disk(
         &self,
         point: &str,
         disk: &crate::manifest::PointDisk,
-        dry_run: bool,
-        reachable: &mut HashSet<BlobId>,
-        records_seen: &mut HashSet<BlobId>,
+        marks: &mut Marks,
         report: &mut GcReport,
     ) -> Result<()> {
         let chunks = self.chunks();
         let mut mark = |id: &BlobId, report: &mut GcReport| -> Result<bool> {
-            let present = if dry_run {
-                reachable.insert(*id);
+            let present = if marks.dry_run {
+                marks.reachable.insert(*id);
                 chunks.exists(id)
             } else {
-                chunks.touch(id)?
+                match chunks.presence(id)? {
+                    Presence::Touched => true,
+                    Presence::Immutable => {
+                        if !marks.protected.contains(id) {
+                            marks.release.insert(*id);
+                        }
+                        true
+                    }
+                    Presence::Missing => false,
+                }
             };
             if present {
                 report.marked_blobs += 1;
@@ -138,7 +248,7 @@ impl Store {
             Err(e) => return Err(unreadable(point, e)),
         };
         for rid in map.extents.iter().filter(|r| !r.is_hole()) {
-            if !records_seen.insert(*rid) {
+            if !marks.records_seen.insert(*rid) {
                 continue;
             }
             if !mark(rid, report)? {
@@ -167,6 +277,18 @@ impl Store {
             }
         }
     }
+}
+
+/// What the mark walks with.
+struct Marks<'a> {
+    dry_run: bool,
+    /// Every blob reached (dry runs only: a real run marks by touching).
+    reachable: &'a mut HashSet<BlobId>,
+    records_seen: &'a mut HashSet<BlobId>,
+    /// Blobs locked points need.
+    protected: &'a HashSet<BlobId>,
+    /// Immutable blobs met that no locked point needs.
+    release: &'a mut HashSet<BlobId>,
 }
 
 fn unreadable(point: &str, e: DedupeError) -> StoreError {

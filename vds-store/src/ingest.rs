@@ -7,7 +7,7 @@
 
 use crate::disk_map::{extent_count, DiskMap};
 use crate::error::{Result, StoreError};
-use crate::fslock::{flock, set_immutable, set_read_only, write_atomic, WriterRegistration};
+use crate::fslock::{flock, write_atomic, WriterRegistration};
 use crate::manifest::{BackupType, Labels, PointDisk, PointStats, RestorePoint};
 use crate::store::{validate_key, Store};
 use crate::vm::VmDescription;
@@ -16,7 +16,7 @@ use dedupe::{BlobId, BlobKind, DedupeError, ExtentData, ExtentOutcome, Pipeline}
 use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Where a disk's bytes come from: an image file, a block device, an NBD export.
@@ -40,7 +40,20 @@ pub struct FileSource {
 }
 
 impl FileSource {
+    /// Opens a raw image file or a block device; anything else (a directory, a character
+    /// device such as /dev/zero, a fifo, a socket) is refused naming the path and what it is,
+    /// before it is opened (opening a fifo would wait for a writer).
     pub fn open(path: &Path) -> Result<FileSource> {
+        let meta =
+            std::fs::metadata(path).map_err(|e| StoreError::io(format!("opening disk image {}", path.display()), e))?;
+        let disk_kind = |m: &std::fs::Metadata| m.is_file() || m.file_type().is_block_device();
+        if !disk_kind(&meta) {
+            return Err(StoreError::Invalid(format!(
+                "{} is {}, not a disk: give a raw image file or a block device",
+                path.display(),
+                crate::export::kind_of(&meta)
+            )));
+        }
         let file = File::open(path).map_err(|e| StoreError::io(format!("opening disk image {}", path.display()), e))?;
         let meta = file.metadata().map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
         let size = if meta.is_file() {
@@ -176,6 +189,9 @@ impl Store {
         }
         if req.disks.is_empty() {
             return Err(StoreError::Invalid(format!("VM {}: no disks to back up", req.vm.key)));
+        }
+        if let Some(until) = req.labels.retain_until {
+            crate::store::check_lock_until(until, self.now())?;
         }
         let writer = WriterRegistration::register(self.root())?;
         let chunks = self.chunks();
@@ -329,27 +345,33 @@ impl Store {
             stats,
             consistency: req.consistency,
         };
-        self.commit(&point, &req.labels, &writer.tmp_dir)?;
+        self.commit(&point, &req.labels, &writer)?;
         drop(parent);
         Ok(point)
     }
 
-    fn commit(&self, point: &RestorePoint, labels: &Labels, tmp: &Path) -> Result<()> {
-        dedupe::chunk_store::sync_filesystem(self.root())?;
+    /// Blobs first (one syncfs), then the labels, then the manifest. A lock is committed with
+    /// the point: its intent is recorded before the labels and the point protected before the
+    /// intent goes, so a kill anywhere leaves a point shown locked only when it is (protect.rs).
+    fn commit(&self, point: &RestorePoint, labels: &Labels, writer: &WriterRegistration) -> Result<()> {
         let vm = &point.vm.key;
+        let locked = labels.locked_at(self.now()).is_some();
+        if locked {
+            self.begin_lock_intent(writer, vm, &point.point_id)?;
+        }
+        dedupe::chunk_store::sync_filesystem(self.root())?;
         let dir = self.vm_dir(vm);
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let tmp = &writer.tmp_dir;
         let labels_path = self.labels_path(vm, &point.point_id);
         if *labels != Labels::default() {
             write_atomic(tmp, &labels_path, &serde_json::to_vec_pretty(labels).expect("labels serialise"))?;
         }
         let manifest = self.manifest_path(vm, &point.point_id);
         write_atomic(tmp, &manifest, &point.encode())?;
-        if labels.locked_at(self.now()).is_some() {
-            for p in [&labels_path, &manifest] {
-                let _ = set_read_only(p, true);
-                set_immutable(p, true);
-            }
+        if locked {
+            self.protect_point(vm, point, &mut std::collections::HashSet::new())?;
+            self.end_lock_intent(writer);
         }
         Ok(())
     }
@@ -373,7 +395,7 @@ impl Store {
         let mut bytes = Vec::new();
         use std::io::Read;
         (&file).read_to_end(&mut bytes).map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
-        let p = RestorePoint::decode(point, &path, &bytes)?;
+        let p = self.decode_point(point, &path, &bytes)?;
         Ok(Parent { point: p, _lock: file })
     }
 
@@ -383,9 +405,8 @@ impl Store {
         let bytes = self
             .chunks()
             .read(&id, BlobKind::DiskMap)
-            .map_err(|source| StoreError::PointBlob { point: point.into(), source })?;
-        let map =
-            DiskMap::decode(&id, &bytes).map_err(|source| StoreError::PointBlob { point: point.into(), source })?;
+            .map_err(|cause| StoreError::PointBlob { point: point.into(), cause })?;
+        let map = DiskMap::decode(&id, &bytes).map_err(|cause| StoreError::PointBlob { point: point.into(), cause })?;
         if map.size != disk.size || map.extent_size != disk.extent_size {
             return Err(StoreError::Invalid(format!(
                 "point {point} disk {}: map does not match the manifest's size",

@@ -112,8 +112,14 @@ impl Store {
 }
 
 impl Inner {
+    /// "POINT disk DISK, bytes A..B": extent `index`'s place, for errors.
+    fn range_name(&self, index: u64) -> String {
+        let start = index * self.map.extent_size as u64;
+        format!("{} disk {}, bytes {start}..{}", self.point, self.disk, start + self.map.extent_len(index) as u64)
+    }
+
     fn blob_err(&self, source: dedupe::DedupeError) -> StoreError {
-        StoreError::PointBlob { point: format!("{} disk {}", self.point, self.disk), source }
+        StoreError::PointBlob { point: format!("{} disk {}", self.point, self.disk), cause: source }
     }
 
     fn record(&self, id: &BlobId) -> Result<Arc<ExtentRecord>> {
@@ -300,7 +306,8 @@ impl DiskReader {
     /// Hands every data chunk of the disk to `write(disk offset, bytes)` on `threads` threads,
     /// an extent at a time (an extent's chunks in order, extents in any order); holes and
     /// all-zero chunks are not handed out. `extent_done(length)` follows each extent, holes too.
-    /// The first error of either, or of the store, stops every thread and is returned.
+    /// The first error of either, or of the store, stops every thread; of the errors met by
+    /// then, the one of the lowest extent is returned, naming that extent's byte range.
     pub fn copy_out(
         &self,
         threads: usize,
@@ -311,7 +318,7 @@ impl DiskReader {
         let next = AtomicU64::new(0);
         let data_bytes = AtomicU64::new(0);
         let count = inner.map.extents.len() as u64;
-        let failure: Mutex<Option<StoreError>> = Mutex::new(None);
+        let failure: Mutex<Option<(u64, StoreError)>> = Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..threads.max(1) {
                 s.spawn(|| loop {
@@ -321,7 +328,7 @@ impl DiskReader {
                     }
                     let len = inner.map.extent_len(i) as u64;
                     let outcome = self.copy_extent(i, write).and_then(|n| {
-                        extent_done(len).map_err(|e| StoreError::io(format!("after extent {i}"), e))?;
+                        extent_done(len).map_err(|e| StoreError::io(format!("after {}", inner.range_name(i)), e))?;
                         Ok(n)
                     });
                     match outcome {
@@ -329,14 +336,17 @@ impl DiskReader {
                             data_bytes.fetch_add(n, Ordering::Relaxed);
                         }
                         Err(e) => {
-                            *failure.lock().expect("failure lock") = Some(e);
+                            let mut f = failure.lock().expect("failure lock");
+                            if f.as_ref().is_none_or(|(at, _)| i < *at) {
+                                *f = Some((i, e));
+                            }
                             return;
                         }
                     }
                 });
             }
         });
-        if let Some(e) = failure.into_inner().expect("failure lock") {
+        if let Some((_, e)) = failure.into_inner().expect("failure lock") {
             return Err(e);
         }
         Ok(ExportStats { size: inner.map.size, data_bytes: data_bytes.into_inner() })
@@ -348,20 +358,27 @@ impl DiskReader {
         if id.is_hole() {
             return Ok(0);
         }
-        let record = inner.record(&id)?;
+        let at = |cause| StoreError::PointBlob { point: inner.range_name(index), cause };
+        let bytes = inner.chunks.read(&id, BlobKind::ExtentRecord).map_err(at)?;
+        let record = ExtentRecord::decode(&id, &bytes).map_err(at)?;
         let mut offset = index * inner.map.extent_size as u64;
         let mut written = 0;
         for c in &record.chunks {
             if !c.id.is_hole() {
                 // Streamed, not cached: an export reads each chunk once.
-                let data = inner.chunks.read(&c.id, BlobKind::Chunk).map_err(|e| inner.blob_err(e))?;
+                let data = inner.chunks.read(&c.id, BlobKind::Chunk).map_err(at)?;
                 if data.len() != c.len as usize {
                     return Err(StoreError::Invalid(format!(
-                        "point {}: chunk {} has the wrong length",
-                        inner.point, c.id
+                        "restore point {}: chunk {} is {} bytes, its record says {}",
+                        inner.range_name(index),
+                        c.id,
+                        data.len(),
+                        c.len
                     )));
                 }
-                write(offset, &data).map_err(|e| StoreError::io(format!("writing disk offset {offset}"), e))?;
+                write(offset, &data).map_err(|e| {
+                    StoreError::io(format!("writing bytes {offset}..{} of the disk", offset + c.len as u64), e)
+                })?;
                 written += data.len() as u64;
             }
             offset += c.len as u64;

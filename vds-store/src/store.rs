@@ -9,7 +9,7 @@
 
 use crate::config::*;
 use crate::error::{Result, StoreError};
-use crate::fslock::{self, flock, set_immutable, set_read_only, write_atomic};
+use crate::fslock::{self, flock, set_immutable, set_read_only, write_atomic, WriterRegistration};
 use crate::manifest::{Labels, RestorePoint};
 use chrono::{DateTime, Utc};
 use dedupe::{BlobCodec, ChunkStore, ChunkerParams, Compression, KdfParams, MasterKey, WrappedKey};
@@ -77,11 +77,62 @@ pub fn validate_key(what: &'static str, value: &str) -> Result<()> {
     }
 }
 
+/// The longest lock a point can be given.
+pub const MAX_LOCK_DAYS: u32 = 36_500;
+
+/// `now` plus `days`, refused past [`MAX_LOCK_DAYS`] (and never overflowing).
+pub fn lock_until_days(now: DateTime<Utc>, days: u32) -> Result<DateTime<Utc>> {
+    if days == 0 || days > MAX_LOCK_DAYS {
+        return Err(StoreError::Invalid(format!("a lock of {days} days: give 1 to {MAX_LOCK_DAYS} days (100 years)")));
+    }
+    Ok(now + chrono::Duration::days(days as i64))
+}
+
+/// A lock must end after `now` and at most [`MAX_LOCK_DAYS`] later: one in the past protects
+/// nothing, and one beyond that is a typing error, not a retention policy.
+pub fn check_lock_until(until: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+    if until <= now {
+        return Err(StoreError::Invalid(format!(
+            "a lock until {} protects nothing: that time has passed (now {})",
+            until.to_rfc3339(),
+            now.to_rfc3339()
+        )));
+    }
+    if until > now + chrono::Duration::days(MAX_LOCK_DAYS as i64) {
+        return Err(StoreError::Invalid(format!(
+            "a lock until {} is more than {MAX_LOCK_DAYS} days (100 years) away",
+            until.to_rfc3339()
+        )));
+    }
+    Ok(())
+}
+
+/// A new store goes into a missing or empty directory (a filesystem's own lost+found aside), so
+/// `init` never mixes a store into someone's files.
+fn check_empty(root: &Path) -> Result<()> {
+    let entries = match fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(format!("looking into {}", root.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("looking into {}", root.display()), e))?;
+        if entry.file_name() != "lost+found" {
+            return Err(StoreError::NotEmpty {
+                path: root.to_path_buf(),
+                example: entry.file_name().to_string_lossy().into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn init(root: &Path, opts: InitOptions) -> Result<Store> {
         if root.join(CONFIG_FILE).exists() {
             return Err(StoreError::AlreadyAStore { path: root.to_path_buf() });
         }
+        check_empty(root)?;
         let (hash, encryption) = match &opts.passphrase {
             None => ("blake3", None),
             Some(pass) => {
@@ -120,11 +171,15 @@ impl Store {
         Store::open_with(root, cfg, opts.passphrase.as_deref())
     }
 
-    /// Opens a store. An encrypted store opened without its passphrase can be listed, pruned,
-    /// garbage-collected and checked for bit rot, but not read or written.
+    /// Opens a store, first finishing what killed writers left unfinished (a lock half
+    /// committed: protect.rs). An encrypted store opened without its passphrase can be listed,
+    /// pruned and checked for bit rot, but not read, written, locked or garbage-collected (its
+    /// disk maps and extent records, which name the chunks, are encrypted too).
     pub fn open(root: &Path, passphrase: Option<&[u8]>) -> Result<Store> {
         let cfg = StoreConfig::load(root)?;
-        Store::open_with(root, cfg, passphrase)
+        let store = Store::open_with(root, cfg, passphrase)?;
+        store.reap_dead_writers()?;
+        Ok(store)
     }
 
     fn open_with(root: &Path, config: StoreConfig, passphrase: Option<&[u8]>) -> Result<Store> {
@@ -283,7 +338,22 @@ impl Store {
     pub fn load_point(&self, vm: &str, point: &str) -> Result<RestorePoint> {
         let path = self.manifest_path(vm, point);
         let bytes = fs::read(&path).map_err(|e| StoreError::manifest_io(point, &path, e))?;
-        RestorePoint::decode(point, &path, &bytes)
+        self.decode_point(point, &path, &bytes)
+    }
+
+    /// A manifest's point, once it is proven to belong to this store: a point records the
+    /// store it was written into, so a changed `store_id` in store.json (or a manifest copied
+    /// in from another store) is named, never read as this store's.
+    pub(crate) fn decode_point(&self, point: &str, path: &Path, bytes: &[u8]) -> Result<RestorePoint> {
+        let p = RestorePoint::decode(point, path, bytes)?;
+        if p.store_id != self.config.store_id {
+            return Err(StoreError::ForeignPoint {
+                point: point.into(),
+                recorded: p.store_id,
+                store: self.config.store_id.clone(),
+            });
+        }
+        Ok(p)
     }
 
     /// Finds a point by id alone (ids are unique across VMs).
@@ -310,24 +380,32 @@ impl Store {
         }
     }
 
-    /// Writes a point's labels; a point locked now keeps its files read-only and immutable.
-    pub(crate) fn write_labels(&self, vm: &str, point: &str, labels: &Labels, tmp: &Path) -> Result<()> {
+    /// Writes a point's labels. A point locked by them is protected (protect.rs) before this
+    /// returns; `blobs` false protects only its manifest and labels, for a change that leaves an
+    /// existing lock as it was (its blobs are protected already).
+    pub(crate) fn write_labels(&self, vm: &str, point: &str, labels: &Labels, blobs: bool) -> Result<()> {
+        let writer = WriterRegistration::register(self.root())?;
+        let locked = labels.locked_at(self.now()).is_some();
+        if locked {
+            self.begin_lock_intent(&writer, vm, point)?;
+        }
         let path = self.labels_path(vm, point);
-        let manifest = self.manifest_path(vm, point);
-        for p in [&path, &manifest] {
-            if p.exists() {
-                set_immutable(p, false);
-            }
+        if path.exists() {
+            set_immutable(&path, false);
         }
         let bytes = serde_json::to_vec_pretty(labels).expect("labels serialise");
-        write_atomic(tmp, &path, &bytes)?;
-        if labels.locked_at(self.now()).is_some() {
-            for p in [&path, &manifest] {
-                if p.exists() {
+        write_atomic(&writer.tmp_dir, &path, &bytes)?;
+        if locked {
+            if blobs {
+                let manifest = self.load_point(vm, point)?;
+                self.protect_point(vm, &manifest, &mut std::collections::HashSet::new())?;
+            } else {
+                for p in [&path, &self.manifest_path(vm, point)] {
                     let _ = set_read_only(p, true);
                     set_immutable(p, true);
                 }
             }
+            self.end_lock_intent(&writer);
         }
         Ok(())
     }
@@ -340,12 +418,14 @@ impl Store {
             }
         }
         let labels = Labels { star, ..entry.labels };
-        self.write_labels(&entry.vm, point, &labels, &self.root.join("tmp"))?;
+        self.write_labels(&entry.vm, point, &labels, false)?;
         Ok(labels)
     }
 
     /// Makes a point immutable until `until`. A lock can be extended, never shortened.
     pub fn lock(&self, point: &str, until: DateTime<Utc>) -> Result<Labels> {
+        check_lock_until(until, self.now())?;
+        self.require_key()?;
         let entry = self.find(point)?;
         if let Some(current) = entry.labels.locked_at(self.now()) {
             if until < current {
@@ -353,7 +433,7 @@ impl Store {
             }
         }
         let labels = Labels { retain_until: Some(until), ..entry.labels };
-        self.write_labels(&entry.vm, point, &labels, &self.root.join("tmp"))?;
+        self.write_labels(&entry.vm, point, &labels, true)?;
         Ok(labels)
     }
 

@@ -85,3 +85,21 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Clears the immutable attribute under a directory when dropped, so a test's temporary
+/// directory holding locked points can be removed after it (even when the test failed).
+pub struct Unprotect(pub std::path::PathBuf);
+
+impl Drop for Unprotect {
+    fn drop(&mut self) {
+        fn walk(p: &Path) {
+            vds_store::fslock::set_immutable(p, false);
+            if let Ok(entries) = std::fs::read_dir(p) {
+                for e in entries.flatten() {
+                    walk(&e.path());
+                }
+            }
+        }
+        walk(&self.0);
+    }
+}

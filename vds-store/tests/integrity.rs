@@ -224,6 +224,7 @@ fn damage_is_attributed_to_exactly_the_points_it_affects() {
 #[test]
 fn locked_points_survive_delete_and_prune() {
     let dir = tempfile::tempdir().unwrap();
+    let _unprotect = Unprotect(dir.path().to_path_buf());
     let store = small_store(dir.path(), None);
     let old = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(70_000, 1), None)]).unwrap();
     let starred = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(70_000, 2), None)]).unwrap();
@@ -255,10 +256,6 @@ fn locked_points_survive_delete_and_prune() {
         vec![starred.point_id.clone()]
     );
     assert_eq!(store.point_ids("vm").unwrap().len(), 2);
-    // Let the temporary directory be removed.
-    for p in [manifest, store.labels_path("vm", &old.point_id)] {
-        assert!(vds_store::fslock::set_immutable(&p, false));
-    }
 }
 
 #[test]
