@@ -63,9 +63,12 @@ enum StoreCommand {
         changed: Vec<String>,
         #[arg(long)]
         star: bool,
-        /// Lock the new point (immutable) for this many days
+        /// Lock the new point (immutable) for this many days (1 to 36500)
         #[arg(long)]
         lock_days: Option<u32>,
+        /// Accept a disk of 0 bytes (refused otherwise: an empty image is usually a mistake)
+        #[arg(long)]
+        allow_empty: bool,
         #[arg(long)]
         threads: Option<usize>,
         #[arg(long)]
@@ -80,7 +83,8 @@ enum StoreCommand {
     Show {
         point: String,
     },
-    /// Write a disk of a point to a sparse raw file.
+    /// Write a disk of a point to a sparse raw file (replaced only when the export succeeded), or
+    /// in place onto a block device at least as large as the disk.
     Export {
         point: String,
         #[arg(long)]
@@ -144,6 +148,7 @@ enum StoreCommand {
         point: String,
         #[arg(long, conflicts_with = "days")]
         until: Option<String>,
+        /// 1 to 36500
         #[arg(long)]
         days: Option<u32>,
     },
@@ -228,9 +233,12 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             changed,
             star,
             lock_days,
+            allow_empty,
             threads: t,
             zstd_level,
         } => {
+            // Checked before any disk is read.
+            let retain_until = lock_days.map(|d| lock_until_days(Utc::now(), d)).transpose()?;
             if let Some(level) = zstd_level {
                 store.set_zstd_level(level)?;
             }
@@ -252,6 +260,9 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             for d in &disks {
                 let (key, path) = d.split_once('=').ok_or_else(|| anyhow!("--disk {d:?}: expected DISK=PATH"))?;
                 let source = FileSource::open(Path::new(path))?;
+                if source.size() == 0 && !allow_empty {
+                    bail!("--disk {key}={path}: the disk is empty (0 bytes); give --allow-empty to back it up anyway");
+                }
                 vm_disks.push(VmDisk { key: key.into(), size: source.size(), bus: None });
                 ingest_disks.push(IngestDisk {
                     key: key.into(),
@@ -264,8 +275,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
             if let Some(k) = changed_by_disk.keys().next() {
                 bail!("--changed names disk {k:?}, which is not among the --disk arguments");
             }
-            let labels =
-                Labels { star, retain_until: lock_days.map(|d| Utc::now() + chrono::Duration::days(d as i64)) };
+            let labels = Labels { star, retain_until };
             let description = VmDescription {
                 key: vm.clone(),
                 name: name.unwrap_or_else(|| vm.clone()),
@@ -377,29 +387,29 @@ pub fn run(args: StoreArgs) -> Result<i32> {
         }
         StoreCommand::Export { point, disk, out, threads: t, no_sync } => {
             let reader = store.open_disk(&point, &disk)?;
-            // Replace, never truncate, an existing file (see DiskReader::export).
-            match std::fs::remove_file(&out) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("replacing {}", out.display()));
-                }
-                _ => {}
-            }
-            let file = std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .open(&out)
-                .with_context(|| format!("creating {}", out.display()))?;
             let pb = bar(reader.size(), "export");
-            let stats = reader.export(&file, threads(t), &|done, _| pb.set_position(done))?;
-            if !no_sync {
-                file.sync_all().with_context(|| format!("syncing {}", out.display()))?;
-            }
+            let cancel = stop_on_signals();
+            let opts = ExportOptions { threads: threads(t), sync: !no_sync, cancel: Some(cancel) };
+            let report = reader.export_to(&out, &opts, &|done, _| pb.set_position(done));
             pb.finish_and_clear();
+            let report = report?;
+            let stats = report.stats;
             if json {
-                print_json(&serde_json::json!({"size": stats.size, "data_bytes": stats.data_bytes, "out": out}))?;
+                print_json(&serde_json::json!({
+                    "size": stats.size, "data_bytes": stats.data_bytes, "out": out, "target": report.target,
+                }))?;
             } else {
+                let onto = match report.target {
+                    ExportTarget::NewFile => String::new(),
+                    ExportTarget::ReplacedFile => ", replacing the file that was there".into(),
+                    ExportTarget::Device { size } if size > stats.size => format!(
+                        ", written in place onto the device; its last {} past the disk were left as they were",
+                        human(size - stats.size)
+                    ),
+                    ExportTarget::Device { .. } => ", written in place onto the device".into(),
+                };
                 println!(
-                    "exported {point} disk {disk} to {} ({} of data, {} in all)",
+                    "exported {point} disk {disk} to {} ({} of data, {} in all{onto})",
                     out.display(),
                     human(stats.data_bytes),
                     human(stats.size)
@@ -509,7 +519,7 @@ pub fn run(args: StoreArgs) -> Result<i32> {
         StoreCommand::Lock { point, until, days } => {
             let until = match (until, days) {
                 (Some(u), _) => parse_time(&u)?,
-                (None, Some(d)) => Utc::now() + chrono::Duration::days(d as i64),
+                (None, Some(d)) => lock_until_days(Utc::now(), d)?,
                 (None, None) => bail!("lock needs --until DATE or --days N"),
             };
             store.lock(&point, until)?;
@@ -608,16 +618,20 @@ impl Summary {
 }
 
 fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
+    vds_store::human_bytes(n)
+}
+
+/// A flag that SIGINT and SIGTERM set (instead of ending the process), so a long write stops at
+/// its next block and removes what it had made.
+fn stop_on_signals() -> &'static std::sync::atomic::AtomicBool {
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn on_signal(_: libc::c_int) {
+        STOP.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    &STOP
 }

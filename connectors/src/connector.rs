@@ -17,8 +17,15 @@ pub enum ConnectorError {
     Failed { platform: &'static str, vm: String, action: String, cause: String },
     #[error("{platform} does not support {what}")]
     Unsupported { platform: &'static str, what: String },
+    /// Its message holds the NBD error's (so not also its `source`: a chain says it once).
     #[error("transport: {0}")]
-    Transport(#[from] crate::nbd::NbdError),
+    Transport(crate::nbd::NbdError),
+}
+
+impl From<crate::nbd::NbdError> for ConnectorError {
+    fn from(e: crate::nbd::NbdError) -> Self {
+        ConnectorError::Transport(e)
+    }
 }
 
 /// Credentials from a platform record. Debug never shows the password.

@@ -69,12 +69,8 @@ const MAX_OPTION_REPLY: u32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NbdError {
-    #[error("NBD {what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("NBD {what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("NBD server sent a malformed reply: {0}")]
     Protocol(String),
     #[error("NBD server refused {what}: {message}")]
@@ -90,7 +86,7 @@ pub enum NbdError {
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> NbdError + '_ {
-    move |source| NbdError::Io { what: what.to_string(), source }
+    move |cause| NbdError::Io { what: what.to_string(), cause }
 }
 
 fn protocol(msg: impl Into<String>) -> NbdError {
@@ -250,7 +246,7 @@ fn read_exact<R: Read + ?Sized>(r: &mut R, buf: &mut [u8], what: &str) -> Result
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             protocol(format!("connection closed in the middle of {what}"))
         } else {
-            NbdError::Io { what: format!("reading {what}"), source: e }
+            NbdError::Io { what: format!("reading {what}"), cause: e }
         }
     })
 }
@@ -431,7 +427,7 @@ impl NbdClient {
         let r = std::mem::replace(&mut self.reader, BufReader::new(Box::new(std::io::empty()))).into_inner();
         let w = std::mem::replace(&mut self.writer, BufWriter::new(Box::new(std::io::sink())))
             .into_inner()
-            .map_err(|e| NbdError::Io { what: "sending options".into(), source: e.into_error() })?;
+            .map_err(|e| NbdError::Io { what: "sending options".into(), cause: e.into_error() })?;
         let conn = rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
             .map_err(|e| NbdError::Tls(e.to_string()))?;
         let mut stream = rustls::StreamOwned::new(conn, Duplex { r, w });

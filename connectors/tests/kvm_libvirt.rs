@@ -524,7 +524,7 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
     let model_p1 = vm.model.clone();
     vm.write(0, 0x83, 2 * MIB, 8 * MIB);
     vm.write(1, 0x84, 40 * MIB, 2 * MIB);
-    backup(&conn, &store, &vm, BackupType::Incremental);
+    let p2 = backup(&conn, &store, &vm, BackupType::Incremental);
 
     let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p1.point_id, k).unwrap()).collect();
     let disks: Vec<RestoreDisk<'_>> =
@@ -533,6 +533,38 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
     assert!(running.contains("running"), "{running}");
 
     virsh(&["destroy", &vm.name]);
+    // A chunk only the second point has, damaged: restoring that point says how far it got.
+    let mut p1_blobs = std::collections::HashSet::new();
+    store
+        .for_each_point_blob(&p1, &mut |id| {
+            p1_blobs.insert(*id);
+            Ok(())
+        })
+        .unwrap();
+    let mut vda_only = p2.clone();
+    vda_only.disks.retain(|d| d.key == "vda");
+    let map = vda_only.disks[0].map.clone();
+    let mut own = None;
+    store
+        .for_each_point_blob(&vda_only, &mut |id| {
+            if !p1_blobs.contains(id) && id.to_hex() != map {
+                own = Some(*id);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let blob = store.chunks().path(&own.expect("the second point has chunks of its own"));
+    let good = std::fs::read(&blob).unwrap();
+    let mut bad = good.clone();
+    // The payload's last byte (the header's checksum field is not what a keyed read checks).
+    bad[good.len() - 1] ^= 1;
+    std::fs::write(&blob, bad).unwrap();
+    let damaged: Vec<DiskReader> = ["vda"].iter().map(|k| store.open_disk(&p2.point_id, k).unwrap()).collect();
+    let one = [RestoreDisk { key: "vda".into(), reader: &damaged[0] }];
+    let err = conn.restore_in_place(&vm.name, &one, &JobControl::default()).unwrap_err().to_string();
+    assert!(err.contains("partly overwritten") && err.contains("reading bytes"), "{err}");
+    std::fs::write(&blob, good).unwrap();
+
     conn.restore_in_place(&vm.name, &disks, &JobControl::default()).unwrap();
     for (i, dev) in ["vda", "vdb"].iter().enumerate() {
         let raw = vm.dir.join(format!("inplace-{dev}.raw"));

@@ -76,3 +76,30 @@ pub fn export(store: &Path, point: &str, disk: &str, out: &Path) -> Vec<u8> {
     ok(holdfast(store).args(["export", point, "--disk", disk, "--out"]).arg(out));
     std::fs::read(out).expect("read export")
 }
+
+/// Clears the immutable attribute under a directory when dropped (`chattr -R -i`), so a test's
+/// temporary directory holding locked points can be removed after it, even when the test failed.
+pub struct Unprotect(pub PathBuf);
+
+impl Drop for Unprotect {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").args(["-R", "-f", "-i"]).arg(&self.0).status();
+    }
+}
+
+/// A loop device over a file, detached when dropped.
+pub struct LoopDevice(pub PathBuf);
+
+impl LoopDevice {
+    pub fn attach(file: &Path) -> LoopDevice {
+        let out = Command::new("losetup").args(["-f", "--show"]).arg(file).output().expect("losetup runs");
+        assert!(out.status.success(), "losetup (needs root): {}", String::from_utf8_lossy(&out.stderr));
+        LoopDevice(PathBuf::from(String::from_utf8(out.stdout).expect("device name").trim()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}

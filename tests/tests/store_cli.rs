@@ -128,6 +128,7 @@ fn a_full_disk_fails_the_ingest_cleanly_and_loses_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No space left") && err.contains("vda"), "unclear error: {err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "the cause is said once: {err}");
     assert_eq!(point_ids(&store), kept, "no half point");
     let v = run(holdfast(&store).arg("verify"));
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));

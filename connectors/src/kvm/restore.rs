@@ -421,7 +421,8 @@ impl Drop for ImageServer {
 }
 
 /// Writes a restore point's disk through NBD: data blocks as writes, holes and all-zero blocks
-/// as write-zeroes (which the image may turn back into holes).
+/// as write-zeroes (which the image may turn back into holes). In order, so a read failure can
+/// say how far the disk was overwritten.
 fn write_disk(client: &mut NbdClient, reader: &DiskReader, control: &JobControl) -> Result<(), String> {
     let map = reader.map();
     let mut throttle = Throttle::default();
@@ -443,7 +444,13 @@ fn write_disk(client: &mut NbdClient, reader: &DiskReader, control: &JobControl)
             pos += len as u64;
             continue;
         }
-        reader.read_at(&mut buf[..len], pos).map_err(|e| e.to_string())?;
+        reader.read_at(&mut buf[..len], pos).map_err(|e| {
+            format!(
+                "the disk is partly overwritten: bytes 0..{pos} hold the point, the rest its earlier contents; \
+                 reading bytes {pos}..{} of the point failed: {e}",
+                pos + len as u64
+            )
+        })?;
         for block in buf[..len].chunks(BLOCK) {
             if dedupe::zero::is_zero(block) {
                 zero_from.get_or_insert(pos);
