@@ -20,6 +20,28 @@ fn image_with_holes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+/// A new store in `dir` with one point of an image with holes (made with `extra` ingest
+/// arguments): the store, the image's bytes, the point.
+fn store_with_one_point(dir: &Path, extra: &[&str]) -> (PathBuf, Vec<u8>, String) {
+    let store = dir.join("store");
+    ok(holdfast(&store).arg("init"));
+    let image = dir.join("disk.raw");
+    let want = image_with_holes(&image);
+    ok(holdfast(&store)
+        .args(["ingest", "--vm", "vm1"])
+        .args(extra)
+        .arg("--disk")
+        .arg(format!("vda={}", image.display())));
+    let point = point_ids(&store)[0].clone();
+    (store, want, point)
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
 fn failure(cmd: &mut std::process::Command) -> String {
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(1), "{cmd:?} should fail with exit 1: {}", String::from_utf8_lossy(&out.stderr));
@@ -57,12 +79,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 #[test]
 fn a_failed_export_leaves_the_file_it_would_replace_untouched_and_nothing_beside_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    ok(holdfast(&store).arg("init"));
-    let image = dir.path().join("disk.raw");
-    let want = image_with_holes(&image);
-    ok(holdfast(&store).args(["ingest", "--vm", "vm1", "--disk"]).arg(format!("vda={}", image.display())));
-    let point = point_ids(&store)[0].clone();
+    let (store, want, point) = store_with_one_point(dir.path(), &[]);
     let out = dir.path().join("out.raw");
     assert_eq!(export(&store, &point, "vda", &out), want);
     let again = ok(holdfast(&store).args(["export", &point, "--disk", "vda", "--out"]).arg(&out));
@@ -87,12 +104,7 @@ fn a_failed_export_leaves_the_file_it_would_replace_untouched_and_nothing_beside
 #[test]
 fn export_writes_a_block_device_in_place_and_refuses_other_special_files() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    ok(holdfast(&store).arg("init"));
-    let image = dir.path().join("disk.raw");
-    let want = image_with_holes(&image);
-    ok(holdfast(&store).args(["ingest", "--vm", "vm1", "--disk"]).arg(format!("vda={}", image.display())));
-    let point = point_ids(&store)[0].clone();
+    let (store, want, point) = store_with_one_point(dir.path(), &[]);
     let export_to = |out: &Path| {
         let mut c = holdfast(&store);
         c.args(["export", &point, "--disk", "vda", "--out"]).arg(out);
@@ -127,9 +139,7 @@ fn export_writes_a_block_device_in_place_and_refuses_other_special_files() {
 
     // Character devices, fifos, sockets and directories are refused and left as they were.
     let fifo = dir.path().join("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    mkfifo(&fifo);
     let sock = dir.path().join("sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let a_dir = dir.path().join("a-dir");
@@ -154,9 +164,7 @@ fn inputs_that_are_not_disks_are_refused_naming_them() {
     let store = dir.path().join("store");
     ok(holdfast(&store).arg("init"));
     let fifo = dir.path().join("fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: mkfifo with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    mkfifo(&fifo);
     let ingest = |disk: &Path| {
         let mut c = holdfast(&store);
         c.args(["ingest", "--vm", "v", "--disk"]).arg(format!("vda={}", disk.display()));
@@ -207,12 +215,8 @@ fn inputs_that_are_not_disks_are_refused_naming_them() {
 fn lock_dates_that_overflow_or_protect_nothing_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _unprotect = Unprotect(dir.path().to_path_buf());
-    let store = dir.path().join("store");
-    ok(holdfast(&store).arg("init"));
+    let (store, _, point) = store_with_one_point(dir.path(), &[]);
     let image = dir.path().join("disk.raw");
-    image_with_holes(&image);
-    ok(holdfast(&store).args(["ingest", "--vm", "vm1", "--disk"]).arg(format!("vda={}", image.display())));
-    let point = point_ids(&store)[0].clone();
     let err = failure(holdfast(&store).args(["lock", &point, "--days", "100000000"]));
     assert!(err.contains("1 to 36500"), "{err}");
     let err = failure(holdfast(&store).args(["lock", &point, "--until", "2020-01-01"]));
@@ -378,14 +382,7 @@ fn an_ingest_killed_across_its_locking_commit_leaves_the_lock_whole_or_absent() 
 fn a_locked_points_chunks_survive_rm_and_gc_removes_orphan_labels() {
     let dir = tempfile::tempdir().unwrap();
     let _unprotect = Unprotect(dir.path().to_path_buf());
-    let store = dir.path().join("store");
-    ok(holdfast(&store).arg("init"));
-    let image = dir.path().join("disk.raw");
-    let want = image_with_holes(&image);
-    ok(holdfast(&store)
-        .args(["ingest", "--vm", "vm1", "--lock-days", "7", "--disk"])
-        .arg(format!("vda={}", image.display())));
-    let point = point_ids(&store)[0].clone();
+    let (store, want, point) = store_with_one_point(dir.path(), &["--lock-days", "7"]);
     // As root: rm -rf of every blob directory removes nothing the point needs.
     let st = std::process::Command::new("sh")
         .arg("-c")
