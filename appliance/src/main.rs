@@ -53,6 +53,13 @@ struct ServeArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command line piped into `head` or `grep -q` ends quietly when the pipe closes, as
+        // other Unix tools do, instead of panicking on a failed print. (The service keeps
+        // Rust's default: a vanished reader of any of its pipes must not end it.)
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Store(args) => store_cli::run(args),
         Command::Kvm(args) => kvm_cli::run(args),

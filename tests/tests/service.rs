@@ -44,7 +44,9 @@ fn service_end_to_end(catalog: Option<String>) {
     c.csrf = csrf;
     let v = c.post("/api/password", json!({ "old": initial, "new": "short" }), 400);
     assert!(v["error"].as_str().unwrap().starts_with("new:"), "{v}");
+    assert!(server.data.join("initial-admin-password").exists());
     c.post("/api/password", json!({ "old": initial, "new": "correct horse battery" }), 204);
+    assert!(!server.data.join("initial-admin-password").exists(), "the stale initial password was kept");
 
     // A platform is saved only when its connection test passes; bad input names the field.
     let v =

@@ -190,3 +190,18 @@ fn bad_input_is_refused_with_a_message_that_names_it() {
     std::fs::write(&pass, "wrong\n").unwrap();
     expect_err(holdfast(&enc).arg("ls").arg("--passphrase-file").arg(&pass), "passphrase does not open");
 }
+
+#[test]
+fn a_command_whose_output_pipe_closes_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    ok(holdfast(&store).arg("init"));
+    // Stdout is a pipe whose reader is gone before the command starts, as after `| head -0`.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = holdfast(&store).arg("ls").stdout(writer).stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "it printed to stderr: {err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}

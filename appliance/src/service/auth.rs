@@ -31,8 +31,10 @@ fn token_hash(token: &str) -> String {
 type UserRow = (i64, String, String, i64, i64, Option<String>);
 
 impl Service {
-    /// The first start makes user "admin" with a random password, written to `path` (0600).
-    pub(super) async fn ensure_admin(&self, path: &std::path::Path) -> Result<()> {
+    /// The first start makes user "admin" with a random password, written to the initial
+    /// password file (0600) until admin changes it.
+    pub(super) async fn ensure_admin(&self) -> Result<()> {
+        let path = &self.initial_password;
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users").fetch_one(&self.db).await?;
         if n > 0 {
             return Ok(());
@@ -156,6 +158,10 @@ impl Service {
             .execute(&self.db)
             .await
             .map_err(ApiError::internal)?;
+        if s.user == "admin" {
+            // The file's password no longer opens anything: leave nothing that looks like one.
+            let _ = std::fs::remove_file(&self.initial_password);
+        }
         self.audit_log(&s.user, "password changed", "").await
     }
 

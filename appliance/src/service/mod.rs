@@ -64,6 +64,8 @@ pub struct Service {
     /// VMs whose killed backup is being cleaned up on the hypervisor after a restart, with that
     /// job's id: no new backup of them starts meanwhile.
     cleaning: std::sync::Mutex<std::collections::HashMap<(i64, String), i64>>,
+    /// Where the first start wrote admin's initial password; removed once it is changed.
+    initial_password: PathBuf,
 }
 
 /// A job the service was killed during: (job id, platform id, VM, whether it was a restore as a
@@ -100,9 +102,10 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
         alert_lock: tokio::sync::Mutex::new(()),
         storage_check: tokio::sync::Notify::new(),
         cleaning: Default::default(),
+        initial_password: data.join("initial-admin-password"),
     };
     service.open_targets(&data.join("store")).await?;
-    service.ensure_admin(&data.join("initial-admin-password")).await?;
+    service.ensure_admin().await?;
     let killed = service.recover_jobs().await?;
     *service.bandwidth.write().expect("bandwidth lock") = service.load_bandwidth().await?;
     service.reindex_points().await?;
