@@ -29,6 +29,9 @@ use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::time::{Duration, SystemTime};
 
+/// `locks/<this>`: the blobs a collection is releasing, one hex id a line, while it does.
+const RELEASE_JOURNAL: &str = "gc-release";
+
 /// Filesystem timestamps come from a coarse clock that may lag the system clock slightly.
 pub const CLOCK_MARGIN: Duration = Duration::from_secs(2);
 
@@ -66,6 +69,7 @@ impl Store {
         if !flock(&lock, true, true).map_err(|e| StoreError::io(format!("locking {}", lock_path.display()), e))? {
             return Err(StoreError::GcRunning);
         }
+        self.finish_killed_release(dry_run)?;
         let start = SystemTime::now();
         let oldest_writer = self.reap_dead_writers()?.into_iter().min().unwrap_or(start);
         let cutoff = start.min(oldest_writer) - CLOCK_MARGIN;
@@ -143,7 +147,9 @@ impl Store {
             release.extend(s.immutable.into_iter().filter(|id| !protected.contains(id)));
             self.clear_stale_tmp(cutoff);
         }
-        // A point locked while this ran protected its own blobs: never release those.
+        // A point locked while this ran protected its own blobs: never release those. Lockers
+        // wait from here until the releases are done (`locks/protect`).
+        let _no_lockers = self.protect_lock(true)?;
         let before: HashSet<(String, String)> =
             locked_at_start.iter().map(|p| (p.point_id.clone(), format!("{:?}", p.labels.retain_until))).collect();
         for p in self.locked_points()? {
@@ -156,14 +162,31 @@ impl Store {
         }
         release.retain(|id| !protected.contains(id));
         report.protected_blobs = protected.len() as u64;
-        report.released_blobs = release.len() as u64;
-        if !dry_run {
-            for id in &release {
-                chunks.release(id)?;
-            }
+        if !dry_run && !release.is_empty() {
+            // Journaled first: a run killed between clearing a blob's attribute and touching it
+            // would leave a blob a writer met immutable (untouched) to the next sweep.
+            let ids: Vec<String> = release.iter().map(|id| id.to_hex()).collect();
+            let journal = self.root().join("locks").join(RELEASE_JOURNAL);
+            crate::fslock::write_atomic(&self.root().join("tmp"), &journal, ids.join("\n").as_bytes())?;
+            report.released_blobs = release.iter().filter(|id| chunks.release(id).is_ok()).count() as u64;
+            let _ = fs::remove_file(&journal);
         }
         report.orphan_labels = self.remove_orphan_labels(cutoff, dry_run)?;
         Ok(report)
+    }
+
+    /// Releases what a killed collection had journaled to release (clearing the attribute
+    /// again where it was not yet, touching every blob), before anything is swept.
+    fn finish_killed_release(&self, dry_run: bool) -> Result<()> {
+        let journal = self.root().join("locks").join(RELEASE_JOURNAL);
+        let Ok(text) = fs::read_to_string(&journal) else { return Ok(()) };
+        if dry_run {
+            return Ok(());
+        }
+        for id in text.lines().filter_map(BlobId::from_hex) {
+            let _ = self.chunks().release(&id);
+        }
+        fs::remove_file(&journal).map_err(|e| StoreError::io(format!("removing {}", journal.display()), e))
     }
 
     /// The points whose lock holds now.
@@ -195,10 +218,6 @@ impl Store {
                     fs::remove_file(e.path())
                         .map_err(|err| StoreError::io(format!("removing orphan labels {}", e.path().display()), err))?;
                 }
-            }
-            // A VM directory left with nothing in it goes too (fails harmlessly when not empty).
-            if !dry_run {
-                let _ = fs::remove_dir(&dir);
             }
         }
         Ok(removed)

@@ -356,22 +356,32 @@ impl Store {
     fn commit(&self, point: &RestorePoint, labels: &Labels, writer: &WriterRegistration) -> Result<()> {
         let vm = &point.vm.key;
         let locked = labels.locked_at(self.now()).is_some();
-        if locked {
-            self.begin_lock_intent(writer, vm, &point.point_id)?;
-        }
+        let intent = if locked { Some(self.begin_lock_intent(writer, vm, &point.point_id)?) } else { None };
         dedupe::chunk_store::sync_filesystem(self.root())?;
         let dir = self.vm_dir(vm);
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let tmp = &writer.tmp_dir;
         let labels_path = self.labels_path(vm, &point.point_id);
-        if *labels != Labels::default() {
-            write_atomic(tmp, &labels_path, &serde_json::to_vec_pretty(labels).expect("labels serialise"))?;
-        }
         let manifest = self.manifest_path(vm, &point.point_id);
-        write_atomic(tmp, &manifest, &point.encode())?;
-        if locked {
+        // Into the VM's directory, made again should a delete of the VM's last point have
+        // removed it meanwhile (it removes the directory when it empties it).
+        let put = |path: &Path, bytes: &[u8]| {
+            for _ in 0..3 {
+                std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+                match write_atomic(tmp, path, bytes) {
+                    Err(StoreError::Io { cause, .. })
+                        if cause.kind() == std::io::ErrorKind::NotFound && !dir.exists() => {}
+                    other => return other,
+                }
+            }
+            write_atomic(tmp, path, bytes)
+        };
+        if *labels != Labels::default() {
+            put(&labels_path, &serde_json::to_vec_pretty(labels).expect("labels serialise"))?;
+        }
+        put(&manifest, &point.encode())?;
+        if let Some(intent) = intent {
             self.protect_point(vm, point, &mut std::collections::HashSet::new())?;
-            self.end_lock_intent(writer);
+            intent.done();
         }
         Ok(())
     }

@@ -14,7 +14,7 @@
 
 use crate::disk_map::DiskMap;
 use crate::error::{Result, StoreError};
-use crate::fslock::{active_writers, set_immutable, set_read_only, write_atomic, WriterRegistration};
+use crate::fslock::{active_writers, flock, set_immutable, set_read_only, write_atomic, WriterRegistration};
 use crate::manifest::RestorePoint;
 use crate::store::Store;
 use dedupe::{BlobId, BlobKind, ExtentRecord};
@@ -30,6 +30,31 @@ const INTENT: &str = "lock-intent";
 struct Intent {
     vm: String,
     point: String,
+}
+
+/// A lock being committed (see `Store::begin_lock_intent`).
+pub(crate) struct LockIntent<'a> {
+    store: &'a Store,
+    tmp: std::path::PathBuf,
+    done: bool,
+    _shared: std::fs::File,
+}
+
+impl LockIntent<'_> {
+    /// The point is protected: the intent goes.
+    pub(crate) fn done(mut self) {
+        let _ = std::fs::remove_file(self.tmp.join(INTENT));
+        self.done = true;
+    }
+}
+
+impl Drop for LockIntent<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Best effort; what fails here is finished by the next open or gc.
+            let _ = self.store.finish_lock_intent(&self.tmp);
+        }
+    }
 }
 
 /// What protecting a point did.
@@ -87,7 +112,8 @@ impl Store {
         let chunks = self.chunks();
         let mut blobs = 0;
         self.for_each_point_blob(point, &mut |id| {
-            if !immutable || !done.insert(*id) {
+            // Recorded whatever happens below: gc must never release a blob a locked point needs.
+            if !done.insert(*id) || !immutable {
                 return Ok(());
             }
             if chunks.set_immutable(id, true) {
@@ -107,15 +133,35 @@ impl Store {
         Ok(Protection { immutable, blobs })
     }
 
-    /// Records that `writer` is about to lock `point` (see the module's text).
-    pub(crate) fn begin_lock_intent(&self, writer: &WriterRegistration, vm: &str, point: &str) -> Result<()> {
+    /// Records that `writer` is about to lock `point` (see the module's text). Until the
+    /// returned intent is `done`, gc does not release blobs (it waits for the shared lock on
+    /// `locks/protect`); dropped on an error path, it finishes the lock at once, as a later
+    /// open would: protects the point if its manifest was committed, else removes its labels.
+    pub(crate) fn begin_lock_intent(
+        &self,
+        writer: &WriterRegistration,
+        vm: &str,
+        point: &str,
+    ) -> Result<LockIntent<'_>> {
+        let shared = self.protect_lock(false)?;
         let intent = Intent { vm: vm.into(), point: point.into() };
         let bytes = serde_json::to_vec(&intent).expect("an intent serialises");
-        write_atomic(&writer.tmp_dir, &writer.tmp_dir.join(INTENT), &bytes)
+        write_atomic(&writer.tmp_dir, &writer.tmp_dir.join(INTENT), &bytes)?;
+        Ok(LockIntent { store: self, tmp: writer.tmp_dir.clone(), done: false, _shared: shared })
     }
 
-    pub(crate) fn end_lock_intent(&self, writer: &WriterRegistration) {
-        let _ = std::fs::remove_file(writer.tmp_dir.join(INTENT));
+    /// `locks/protect`: shared while a lock is committed, exclusive while gc decides and
+    /// releases, so a blob a new lock needs is never released under it.
+    pub(crate) fn protect_lock(&self, exclusive: bool) -> Result<std::fs::File> {
+        let path = self.root().join("locks").join("protect");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        flock(&file, exclusive, false).map_err(|e| StoreError::io(format!("locking {}", path.display()), e))?;
+        Ok(file)
     }
 
     /// Start times of the writers running now. Writers that were killed are cleared away, each

@@ -107,8 +107,9 @@ pub fn check_lock_until(until: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> 
     Ok(())
 }
 
-/// A new store goes into a missing or empty directory (a filesystem's own lost+found aside), so
-/// `init` never mixes a store into someone's files.
+/// A new store goes into a missing or empty directory (a filesystem's own lost+found, and the
+/// empty directories of an interrupted `init`, aside), so `init` never mixes a store into
+/// someone's files.
 fn check_empty(root: &Path) -> Result<()> {
     let entries = match fs::read_dir(root) {
         Ok(e) => e,
@@ -117,7 +118,11 @@ fn check_empty(root: &Path) -> Result<()> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(format!("looking into {}", root.display()), e))?;
-        if entry.file_name() != "lost+found" {
+        let name = entry.file_name();
+        // The empty skeleton of an `init` killed before it wrote store.json may be reused.
+        let skeleton = ["blobs", "points", "locks", "tmp"].iter().any(|d| name == *d)
+            && fs::read_dir(entry.path()).is_ok_and(|mut d| d.next().is_none());
+        if name != "lost+found" && !skeleton {
             return Err(StoreError::NotEmpty {
                 path: root.to_path_buf(),
                 example: entry.file_name().to_string_lossy().into_owned(),
@@ -386,16 +391,14 @@ impl Store {
     pub(crate) fn write_labels(&self, vm: &str, point: &str, labels: &Labels, blobs: bool) -> Result<()> {
         let writer = WriterRegistration::register(self.root())?;
         let locked = labels.locked_at(self.now()).is_some();
-        if locked {
-            self.begin_lock_intent(&writer, vm, point)?;
-        }
+        let intent = if locked { Some(self.begin_lock_intent(&writer, vm, point)?) } else { None };
         let path = self.labels_path(vm, point);
         if path.exists() {
             set_immutable(&path, false);
         }
         let bytes = serde_json::to_vec_pretty(labels).expect("labels serialise");
         write_atomic(&writer.tmp_dir, &path, &bytes)?;
-        if locked {
+        if let Some(intent) = intent {
             if blobs {
                 let manifest = self.load_point(vm, point)?;
                 self.protect_point(vm, &manifest, &mut std::collections::HashSet::new())?;
@@ -405,7 +408,7 @@ impl Store {
                     set_immutable(p, true);
                 }
             }
-            self.end_lock_intent(&writer);
+            intent.done();
         }
         Ok(())
     }

@@ -146,8 +146,55 @@ fn init_refuses_a_directory_holding_other_files() {
     let e = Store::init(dir.path(), InitOptions::default()).err().unwrap();
     assert!(matches!(e, StoreError::NotEmpty { .. }) && e.to_string().contains("notes.txt"), "{e}");
     assert!(!dir.path().join("store.json").exists() && !dir.path().join("blobs").exists());
-    // A fresh filesystem's lost+found is no reason to refuse.
+    // A fresh filesystem's lost+found is no reason to refuse, nor the empty directories of an
+    // init killed before its store.json; a skeleton with something in it is.
     let fresh = tempfile::tempdir().unwrap();
     std::fs::create_dir(fresh.path().join("lost+found")).unwrap();
+    for d in ["blobs", "points", "locks", "tmp"] {
+        std::fs::create_dir(fresh.path().join(d)).unwrap();
+    }
+    std::fs::write(fresh.path().join("points/x"), b"").unwrap();
+    assert!(matches!(Store::init(fresh.path(), InitOptions::default()), Err(StoreError::NotEmpty { .. })));
+    std::fs::remove_file(fresh.path().join("points/x")).unwrap();
     assert!(Store::init(fresh.path(), InitOptions { kdf_memory_kib: 64, ..Default::default() }).is_ok());
+}
+
+#[test]
+fn a_lock_waits_while_gc_decides_what_to_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let _unprotect = Unprotect(dir.path().to_path_buf());
+    let store = small_store(dir.path(), None);
+    let p = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(100_000, 5), None)]).unwrap();
+    // Hold what gc holds from its last look at the locks to its last release.
+    let gc_side = std::fs::OpenOptions::new().write(true).open(dir.path().join("locks/protect")).ok();
+    let gc_side = gc_side.unwrap_or_else(|| std::fs::File::create(dir.path().join("locks/protect")).unwrap());
+    assert!(vds_store::fslock::flock(&gc_side, true, false).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| tx.send(store.lock(&p.point_id, Utc::now() + Duration::days(2)).map(|_| ())).unwrap());
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(400)).is_err(), "the lock did not wait for gc");
+        drop(gc_side);
+        rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap().unwrap();
+    });
+    assert!(blobs_of(&store, &p).iter().all(|id| store.chunks().is_immutable(id)));
+}
+
+#[test]
+fn a_release_a_killed_gc_had_begun_is_finished_before_anything_is_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = small_store(dir.path(), None);
+    let p = ingest(&store, "vm", BackupType::Full, None, vec![("d", noise(100_000, 6), None)]).unwrap();
+    let blobs: Vec<_> = blobs_of(&store, &p).into_iter().collect();
+    store.delete_point("vm", &p.point_id).unwrap();
+    // Every blob old and unreferenced; the first was being released by a gc that was killed
+    // after clearing its attribute, before touching it (a writer may have met it immutable).
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for id in &blobs {
+        std::fs::File::options().write(true).open(store.chunks().path(id)).unwrap().set_modified(old).unwrap();
+    }
+    std::fs::write(dir.path().join("locks/gc-release"), blobs[0].to_hex()).unwrap();
+    let report = store.gc(false).unwrap();
+    assert!(store.chunks().exists(&blobs[0]), "a blob being released was swept");
+    assert_eq!(report.removed_blobs, blobs.len() as u64 - 1, "{report:?}");
+    assert!(!dir.path().join("locks/gc-release").exists());
 }
