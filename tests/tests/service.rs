@@ -33,6 +33,26 @@ fn service_end_to_end(catalog: Option<String>) {
     assert_eq!(anon.request("POST", "/api/jobs", Some(&json!({}))).0, 401);
     let mut c = server.client();
     assert_eq!(c.login("admin", "not-the-password").0, 401);
+    // A body that is not declared JSON is refused, not read as JSON; the front page says where
+    // the API is.
+    let plain = std::process::Command::new("curl")
+        .args(["-sk", "-o", "-", "-w", "\n%{http_code}", "-H", "content-type: text/plain", "--data-binary"])
+        .arg(json!({ "user": "admin", "password": server.initial_password() }).to_string())
+        .arg(format!("https://127.0.0.1:{}/api/login", server.port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(text.ends_with("415") && text.contains("application/json"), "{text}");
+    let page = std::process::Command::new("curl")
+        .args(["-sk", "-i"])
+        .arg(format!("https://127.0.0.1:{}/", server.port))
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("text/html") && page.contains("/api/openapi.json"),
+        "{page}"
+    );
     let initial = server.initial_password();
     let (code, reply) = c.login("admin", &initial);
     assert_eq!(code, 200, "{reply}");
@@ -178,9 +198,14 @@ fn service_end_to_end(catalog: Option<String>) {
     for _ in 0..5 {
         assert_eq!(other.login("admin", "wrong").0, 401);
     }
-    let (code, v) = other.login("admin", "correct horse battery");
-    assert_eq!(code, 403, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("locked"), "{v}");
+    let (code, locked) = other.login("admin", "correct horse battery");
+    assert_eq!(code, 401, "{locked}");
+    assert!(locked["error"].as_str().unwrap().contains("locked"), "{locked}");
+    // A name that does not exist gets the very same reply, however often it is tried.
+    for _ in 0..5 {
+        assert_eq!(other.login("nobody", "wrong").0, 401);
+    }
+    assert_eq!(other.login("nobody", "correct horse battery"), (401, locked), "the reply tells which users exist");
     assert_eq!(c.request("POST", "/api/logout", None).0, 204);
     assert_eq!(c.get_status("/api/jobs").0, 401);
 }

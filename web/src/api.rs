@@ -31,6 +31,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
             Err(JsonRejection::JsonDataError(e)) => {
                 Err(ApiError::new(400, format!("invalid request: {}", e.body_text())))
             }
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::new(415, "the request body must be JSON, sent with Content-Type: application/json"))
+            }
             Err(e) => Err(ApiError::new(400, format!("invalid request: {}", e.body_text()))),
         }
     }
@@ -386,6 +389,15 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
 }
 
+/// What a browser finds at the appliance's address until the web UI is served there.
+async fn front_page() -> Response {
+    let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Holdfast</title></head>\
+                <body><h1>Holdfast backup appliance</h1><p>The web console is not built yet. The HTTPS JSON API is \
+                at <code>/api</code>, described by <a href=\"/api/openapi.json\">/api/openapi.json</a>; the \
+                command line <code>holdfast client</code> drives it with an API token.</p></body></html>";
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(404, "no such API route")
 }
@@ -393,6 +405,7 @@ async fn not_found() -> ApiError {
 /// The API's routes over `backend`.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     Router::new()
+        .route("/", get(front_page))
         .route("/api/login", post(login::<B>))
         .route("/api/logout", post(logout::<B>))
         .route("/api/password", post(password::<B>))

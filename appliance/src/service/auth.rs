@@ -55,7 +55,17 @@ impl Service {
     }
 
     pub(super) async fn login_user(&self, l: Login) -> ApiResult<(String, Session)> {
-        let refused = || ApiError::new(401, "wrong user name or password");
+        // One reply for an unknown name, a wrong password and a locked account, so it tells
+        // nobody which user names exist; the audit log says which it was.
+        let refused = || {
+            ApiError::new(
+                401,
+                format!(
+                    "wrong user name or password, or the account is locked after {MAX_FAILED} failed logins \
+                     (for {LOCK_MINUTES} minutes)"
+                ),
+            )
+        };
         let row: Option<UserRow> = sqlx::query_as(
             "SELECT id, role, password_hash, must_change, failed_logins, locked_until FROM users WHERE name = $1",
         )
@@ -70,11 +80,10 @@ impl Service {
         };
         let now_s = now();
         if let Some(until) = locked_until.filter(|u| u.as_str() > now_s.as_str()) {
-            self.audit_log(&l.user, "login refused", "account locked").await?;
-            return Err(ApiError::new(
-                403,
-                format!("user {} is locked after repeated failed logins until {until}", l.user),
-            ));
+            // The same work as any other refusal, so timing does not tell either.
+            verify_password(&l.password, &hash);
+            self.audit_log(&l.user, "login refused", &format!("account locked until {until}")).await?;
+            return Err(refused());
         }
         if !verify_password(&l.password, &hash) {
             let failed = failed + 1;
