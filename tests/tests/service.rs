@@ -731,6 +731,10 @@ fn jobs_show_their_phases_follow_bandwidth_windows_and_stop_cleanly() {
     assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
     let done = c.wait_job(fid);
     assert_eq!(done["state"], "completed", "{done}");
+    // The ended job keeps its average rate (its 2 s at 0 MB/s counted in); no ETA.
+    let rate = done["rate"].as_i64().unwrap();
+    assert!(rate > 0 && (rate as u64) < done["done_bytes"].as_u64().unwrap(), "{done}");
+    assert!(done["eta_seconds"].is_null(), "{done}");
     let log = c.get(&format!("/api/jobs/{fid}/log"));
     let lines: Vec<&str> = log.as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
     for want in

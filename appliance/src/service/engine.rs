@@ -699,9 +699,12 @@ impl Service {
         let clock = Clock::from_env();
         control.set_limit(self.job_limit(&clock));
         tokio::pin!(task);
+        let watched_since = std::time::Instant::now();
+        // The rate counts from the first byte the job had to move: snapshots and plans before
+        // it are not transfer time.
         let mut running_since: Option<std::time::Instant> = None;
         let mut paused = false;
-        let mut seen = (0, 0);
+        let mut seen = (0, 0, 0, None);
         let (mut current, mut unknown) = ("preparing", false);
         let mut probe: Option<tokio::task::JoinHandle<Option<String>>> = None;
         let outcome = loop {
@@ -732,13 +735,16 @@ impl Service {
             }
             self.show_phases(id, control, &mut current, unknown).await;
             let (done, total) = control.progress();
-            if (done, total) != seen {
-                seen = (done, total);
-                let since = *running_since.get_or_insert_with(std::time::Instant::now);
+            if total > 0 {
+                running_since.get_or_insert_with(std::time::Instant::now);
+            }
+            // Looked at every tick, not only when bytes move: a held job's rate falls and its
+            // ETA grows while it waits.
+            let rate = running_since.map_or(0, |since| average_rate(done, since, false));
+            let eta = (rate > 0).then(|| (total.saturating_sub(done) / rate as u64) as i64);
+            if (done, total, rate, eta) != seen {
+                seen = (done, total, rate, eta);
                 let percent = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
-                let secs = since.elapsed().as_secs_f64();
-                let rate = if secs > 0.5 { (done as f64 / secs) as i64 } else { 0 };
-                let eta = (rate > 0).then(|| (total.saturating_sub(done) / rate as u64) as i64);
                 let _ = sqlx::query(
                     "UPDATE jobs SET percent = $1, done_bytes = $2, total_bytes = $3, rate = $4, eta_seconds = $5 \
                      WHERE id = $6",
@@ -757,6 +763,11 @@ impl Service {
         if let Some(p) = probe {
             p.abort();
         }
+        // The average rate stays on the ended job (a job faster than one look counts from its
+        // start).
+        let (done, _) = control.progress();
+        let rate = average_rate(done, running_since.unwrap_or(watched_since), true);
+        let _ = sqlx::query("UPDATE jobs SET rate = $1 WHERE id = $2").bind(rate).bind(id).execute(&self.db).await;
         // A job faster than one look still shows every phase it went through.
         self.show_phases(id, control, &mut current, false).await;
         (outcome, control.progress())
@@ -844,5 +855,16 @@ impl Service {
                 self.finish_job(id, platform, &vm_name, End::Failed(&e), bytes).await;
             }
         }
+    }
+}
+
+/// Bytes per second moved since `since`; 0 while under half a second has passed (too short to
+/// say), unless `ended` (then the real time counts, however short).
+fn average_rate(done: u64, since: std::time::Instant, ended: bool) -> i64 {
+    let secs = since.elapsed().as_secs_f64();
+    if ended || secs > 0.5 {
+        (done as f64 / secs.max(0.001)) as i64
+    } else {
+        0
     }
 }
