@@ -113,8 +113,9 @@ fn wait_needed(sent: u64, limit: u64, elapsed: Duration) -> Duration {
 const TICK: Duration = Duration::from_millis(100);
 
 /// Transfers that obey a [`JobControl`]: `admit` fails once the job is stopped, waits while it
-/// is paused, and keeps the bytes admitted to its limit on average (a new limit starts a new
-/// average).
+/// is paused, and keeps the bytes admitted to its limit from the first byte: a request waits
+/// until the bytes sent with it fit the limit, so not even the first goes early (a new limit
+/// starts a new count).
 pub struct Throttle {
     since: Instant,
     sent: u64,
@@ -141,7 +142,7 @@ impl Throttle {
             let wait = match limit {
                 None => break,
                 Some(0) => TICK,
-                Some(l) => wait_needed(self.sent, l, self.since.elapsed()),
+                Some(l) => wait_needed(self.sent + n as u64, l, self.since.elapsed()),
             };
             if wait.is_zero() {
                 break;
@@ -213,6 +214,22 @@ mod tests {
         assert_eq!(wait_needed(0, mb, Duration::ZERO), Duration::ZERO);
         assert_eq!(wait_needed(2 * mb, mb, Duration::from_millis(500)), Duration::from_millis(1500));
         assert_eq!(wait_needed(2 * mb, mb, Duration::from_secs(3)), Duration::ZERO);
+    }
+
+    /// A 1 MB/s window once let a 4 MiB incremental through in 150 ms: the first request went
+    /// at once and only the next one waited.
+    #[test]
+    fn the_limit_holds_from_the_first_byte() {
+        let control = JobControl::new();
+        control.set_limit(Some(1_000_000));
+        let mut t = Throttle::default();
+        let start = Instant::now();
+        t.admit(&control, 400_000).unwrap();
+        let first = start.elapsed();
+        assert!(first >= Duration::from_millis(390), "400 kB at 1 MB/s went in {first:?}");
+        t.admit(&control, 200_000).unwrap();
+        let both = start.elapsed();
+        assert!(both >= Duration::from_millis(590) && both < Duration::from_secs(3), "{both:?}");
     }
 
     #[test]
