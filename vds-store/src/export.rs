@@ -105,7 +105,7 @@ impl DiskReader {
             .open(&staging)
             .map_err(|e| StoreError::io(format!("creating {} beside {}", staging.display(), target.display()), e))?;
         let result = (|| {
-            let stats = self.export_cancellable(&file, opts, progress)?;
+            let stats = self.fill_file(&file, opts, progress)?;
             if opts.sync {
                 file.sync_all().map_err(|e| StoreError::io(format!("syncing {}", staging.display()), e))?;
             }
@@ -135,14 +135,13 @@ impl DiskReader {
     }
 
     /// Fills `file`, new and empty, as a sparse image of the disk.
-    fn export_cancellable(
+    pub(crate) fn fill_file(
         &self,
         file: &File,
         opts: &ExportOptions,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<ExportStats> {
-        let total = self.size();
-        file.set_len(total).map_err(|e| StoreError::io("sizing the export file", e))?;
+        file.set_len(self.size()).map_err(|e| StoreError::io("sizing the export file", e))?;
         self.copy_to(opts, progress, &|offset, data| file.write_all_at(data, offset))
     }
 
@@ -155,15 +154,14 @@ impl DiskReader {
     ) -> Result<ExportStats> {
         let total = self.size();
         let done = AtomicU64::new(0);
-        let stopped = || opts.cancel.map_or(Ok(()), stop_if);
         self.copy_out(
             opts.threads,
             &|offset, data| {
-                stopped()?;
+                opts.check_stop()?;
                 write(offset, data)
             },
             &|len| {
-                stopped()?;
+                opts.check_stop()?;
                 progress(done.fetch_add(len, Ordering::Relaxed) + len, total);
                 Ok(())
             },
@@ -200,9 +198,7 @@ impl DiskReader {
         // What the point holds as holes becomes zeroes first; then the data goes on top.
         let zero_ranges = self.hole_ranges()?;
         for r in &zero_ranges {
-            if let Some(c) = opts.cancel {
-                stop_if(c).map_err(|e| partly(StoreError::io("zeroing the point's holes", e)))?;
-            }
+            opts.check_stop().map_err(|e| partly(StoreError::io("zeroing the point's holes", e)))?;
             zero_range(&dev, r.clone(), sector).map_err(|e| {
                 partly(StoreError::io(format!("zeroing bytes {}..{} of {}", r.start, r.end, path.display()), e))
             })?;
@@ -242,11 +238,15 @@ impl DiskReader {
     }
 }
 
-fn stop_if(cancel: &AtomicBool) -> std::io::Result<()> {
-    if cancel.load(Ordering::Relaxed) {
-        Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped by a signal"))
-    } else {
-        Ok(())
+impl ExportOptions<'_> {
+    /// Fails once the cancel flag is set.
+    fn check_stop(&self) -> std::io::Result<()> {
+        match self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => {
+                Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped by a signal"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -81,10 +81,7 @@ impl Store {
         let mut protected: HashSet<BlobId> = HashSet::new();
         for p in &locked_at_start {
             if dry_run {
-                self.for_each_point_blob(&p.manifest, &mut |id| {
-                    protected.insert(*id);
-                    Ok(())
-                })?;
+                self.collect_blobs(&p.manifest, &mut protected)?;
             } else {
                 self.protect_point(&p.vm, &p.manifest, &mut protected)?;
             }
@@ -150,14 +147,11 @@ impl Store {
         // A point locked while this ran protected its own blobs: never release those. Lockers
         // wait from here until the releases are done (`locks/protect`).
         let _no_lockers = self.protect_lock(true)?;
-        let before: HashSet<(String, String)> =
-            locked_at_start.iter().map(|p| (p.point_id.clone(), format!("{:?}", p.labels.retain_until))).collect();
+        let before: HashSet<(&str, Option<chrono::DateTime<chrono::Utc>>)> =
+            locked_at_start.iter().map(|p| (p.point_id.as_str(), p.labels.retain_until)).collect();
         for p in self.locked_points()? {
-            if !before.contains(&(p.point_id.clone(), format!("{:?}", p.labels.retain_until))) {
-                self.for_each_point_blob(&p.manifest, &mut |id| {
-                    protected.insert(*id);
-                    Ok(())
-                })?;
+            if !before.contains(&(p.point_id.as_str(), p.labels.retain_until)) {
+                self.collect_blobs(&p.manifest, &mut protected)?;
             }
         }
         release.retain(|id| !protected.contains(id));
@@ -187,6 +181,13 @@ impl Store {
             let _ = self.chunks().release(&id);
         }
         fs::remove_file(&journal).map_err(|e| StoreError::io(format!("removing {}", journal.display()), e))
+    }
+
+    fn collect_blobs(&self, point: &crate::manifest::RestorePoint, into: &mut HashSet<BlobId>) -> Result<()> {
+        self.for_each_point_blob(point, &mut |id| {
+            into.insert(*id);
+            Ok(())
+        })
     }
 
     /// The points whose lock holds now.

@@ -124,13 +124,21 @@ impl Store {
             }
             Ok(())
         })?;
-        for p in [self.labels_path(vm, &point.point_id), self.manifest_path(vm, &point.point_id)] {
+        immutable &= self.protect_files(vm, &point.point_id);
+        Ok(Protection { immutable, blobs })
+    }
+
+    /// Makes a locked point's labels, then its manifest, read-only and immutable; false where
+    /// the attribute could not be set.
+    pub(crate) fn protect_files(&self, vm: &str, point: &str) -> bool {
+        let mut immutable = true;
+        for p in [self.labels_path(vm, point), self.manifest_path(vm, point)] {
             if p.exists() {
                 let _ = set_read_only(&p, true);
                 immutable &= set_immutable(&p, true);
             }
         }
-        Ok(Protection { immutable, blobs })
+        immutable
     }
 
     /// Records that `writer` is about to lock `point` (see the module's text). Until the
@@ -186,12 +194,7 @@ impl Store {
             Ok(entry) if entry.labels.locked_at(self.now()).is_some() => {
                 if self.require_key().is_err() {
                     // Manifest and labels now; the blobs when the key is given.
-                    for p in
-                        [self.manifest_path(&intent.vm, &intent.point), self.labels_path(&intent.vm, &intent.point)]
-                    {
-                        let _ = set_read_only(&p, true);
-                        set_immutable(&p, true);
-                    }
+                    self.protect_files(&intent.vm, &intent.point);
                     return Ok(false);
                 }
                 self.protect_point(&intent.vm, &entry.manifest, &mut HashSet::new())?;

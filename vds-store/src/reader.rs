@@ -9,7 +9,6 @@ use crate::store::Store;
 use dedupe::{BlobId, BlobKind, ChunkStore, ExtentRecord};
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -294,13 +293,7 @@ impl DiskReader {
         if len != 0 {
             return Err(StoreError::Invalid(format!("export of point {}: the output file is not empty", inner.point)));
         }
-        out.set_len(inner.map.size).map_err(|e| StoreError::io("sizing the export file", e))?;
-        let done = AtomicU64::new(0);
-        let total = inner.map.size;
-        self.copy_out(threads, &|offset, data| out.write_all_at(data, offset), &|len| {
-            progress(done.fetch_add(len, Ordering::Relaxed) + len, total);
-            Ok(())
-        })
+        self.fill_file(out, &crate::ExportOptions { threads, sync: false, cancel: None }, progress)
     }
 
     /// Hands every data chunk of the disk to `write(disk offset, bytes)` on `threads` threads,

@@ -9,7 +9,7 @@
 
 use crate::config::*;
 use crate::error::{Result, StoreError};
-use crate::fslock::{self, flock, set_immutable, set_read_only, write_atomic, WriterRegistration};
+use crate::fslock::{self, flock, set_immutable, write_atomic, WriterRegistration};
 use crate::manifest::{Labels, RestorePoint};
 use chrono::{DateTime, Utc};
 use dedupe::{BlobCodec, ChunkStore, ChunkerParams, Compression, KdfParams, MasterKey, WrappedKey};
@@ -403,10 +403,7 @@ impl Store {
                 let manifest = self.load_point(vm, point)?;
                 self.protect_point(vm, &manifest, &mut std::collections::HashSet::new())?;
             } else {
-                for p in [&path, &self.manifest_path(vm, point)] {
-                    let _ = set_read_only(p, true);
-                    set_immutable(p, true);
-                }
+                self.protect_files(vm, point);
             }
             intent.done();
         }
