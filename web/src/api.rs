@@ -391,7 +391,9 @@ async fn openapi() -> Response {
 
 /// What a browser finds at the appliance's address until the web UI is served there.
 async fn front_page() -> Response {
-    let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Holdfast</title></head>\
+    let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Holdfast</title>\
+                <style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;\
+                line-height:1.5}h1{font-size:1.6rem}</style></head>\
                 <body><h1>Holdfast backup appliance</h1><p>The web console is not built yet. The HTTPS JSON API is \
                 at <code>/api</code>, described by <a href=\"/api/openapi.json\">/api/openapi.json</a>; the \
                 command line <code>holdfast client</code> drives it with an API token.</p></body></html>";
