@@ -735,7 +735,9 @@ impl Service {
             }
             self.show_phases(id, control, &mut current, unknown).await;
             let (done, total) = control.progress();
-            if total > 0 {
+            // From the transfer phase on (a paused transfer has not reported its total yet, and
+            // its pause is transfer time), or from the first progress of jobs without phases.
+            if total > 0 || current == Phase::Transferring.state() {
                 running_since.get_or_insert_with(std::time::Instant::now);
             }
             // Looked at every tick, not only when bytes move: a held job's rate falls and its
