@@ -53,7 +53,7 @@ enum ClientCommand {
         #[arg(long)]
         platform: i64,
         #[command(flatten)]
-        to: crate::kvm_cli::RestoreTo,
+        to: crate::restore_args::RestoreTo,
         #[arg(long)]
         wait: bool,
     },

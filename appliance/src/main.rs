@@ -4,7 +4,9 @@
 //! Errors reach the user here, once, with their whole cause chain.
 
 mod client_cli;
+#[cfg(feature = "kvm")]
 mod kvm_cli;
+mod restore_args;
 mod service;
 mod store_cli;
 
@@ -22,6 +24,7 @@ enum Command {
     /// Work with a backup store directly: create, ingest images, list, export, verify, prune, gc.
     Store(store_cli::StoreArgs),
     /// KVM through libvirt: test a connection, list VMs, back a VM up into a store.
+    #[cfg(feature = "kvm")]
     Kvm(kvm_cli::KvmArgs),
     /// Run the appliance service: catalog, job engine and the HTTPS API.
     Serve(ServeArgs),
@@ -62,6 +65,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Store(args) => store_cli::run(args),
+        #[cfg(feature = "kvm")]
         Command::Kvm(args) => kvm_cli::run(args),
         Command::Client(args) => client_cli::run(args),
         Command::Serve(a) => {

@@ -2,7 +2,7 @@
 //! session, ingest its disks, and finish the session on every path (success, ingest failure),
 //! so the platform never keeps a job, snapshot or checkpoint the store does not know of.
 
-use crate::connector::{BackupBase, BackupPlan, ChangeTracking, Connector, ConnectorError, Quiesce};
+use crate::connector::{BackupBase, BackupPlan, BaseDisk, ChangeTracking, Connector, ConnectorError, Quiesce};
 use crate::control::{Governed, JobControl, Phase};
 use std::sync::Arc;
 use vds_store::{
@@ -95,8 +95,11 @@ fn start(connector: &dyn Connector, store: &Store, vm: &str, opts: &BackupOption
     let plan = BackupPlan {
         requested: opts.requested,
         base: base.as_ref().map(|p| BackupBase {
-            change_id: p.disks.iter().find_map(|d| d.change_id.clone()),
-            disks: p.disks.iter().map(|d| (d.key.clone(), d.size)).collect(),
+            disks: p
+                .disks
+                .iter()
+                .map(|d| BaseDisk { key: d.key.clone(), size: d.size, change_id: d.change_id.clone() })
+                .collect(),
         }),
         include: opts.include.clone(),
         keep_change_ids: newest_full.iter().flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone())).collect(),
@@ -121,7 +124,6 @@ fn complete(
     progress: &mut dyn FnMut(&IngestProgress),
 ) -> Result<BackupOutcome, BackupError> {
     let Started { description, parent, mut session } = started;
-    let change_id = session.change_id();
     let transport = session.transport();
     let consistency = session.consistency();
     let mut warnings = Vec::new();
@@ -132,10 +134,10 @@ fn complete(
         .take_disks()
         .into_iter()
         .map(|d| IngestDisk {
+            change_id: session.change_id(&d.key),
             key: d.key,
             source: Box::new(Governed::new(d.source, opts.control.clone())),
             changed: d.changed,
-            change_id: change_id.clone(),
             full_reason: d.full_reason,
         })
         .collect();

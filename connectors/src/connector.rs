@@ -83,15 +83,34 @@ pub struct Inventory {
     pub storage: Vec<StorageInfo>,
 }
 
-/// What the last restore points say about each disk, so the connector can ask the platform for
+/// What the base restore point says about each disk, so the connector can ask the platform for
 /// the right changes.
 #[derive(Clone, Debug, Default)]
 pub struct BackupBase {
-    /// The platform change id (e.g. checkpoint name) the changes are counted from, and the
-    /// store point it belongs to.
+    pub disks: Vec<BaseDisk>,
+}
+
+/// One disk of the base point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseDisk {
+    pub key: String,
+    /// Its size in bytes at the base.
+    pub size: u64,
+    /// The platform change id the disk's changes are counted from (a checkpoint name, a CBT
+    /// changeId, an RCT id); None when the base did not track this disk.
     pub change_id: Option<String>,
-    /// Disk key -> size in bytes at the base.
-    pub disks: Vec<(String, u64)>,
+}
+
+impl BackupBase {
+    /// The base's change id where a platform keeps one per VM (a libvirt checkpoint): the first
+    /// disk's that has one.
+    pub fn vm_change_id(&self) -> Option<String> {
+        self.disks.iter().find_map(|d| d.change_id.clone())
+    }
+
+    pub fn disk(&self, key: &str) -> Option<&BaseDisk> {
+        self.disks.iter().find(|d| d.key == key)
+    }
 }
 
 /// Whether to freeze the guest's filesystems (through its agent) while the snapshot is taken.
@@ -161,8 +180,8 @@ pub struct SessionDisk {
 /// called on every path: it ends the job and, when the backup did not commit, removes what
 /// the session created so the next run starts clean.
 pub trait BackupSession {
-    /// The platform change id this backup creates (the next incremental's base).
-    fn change_id(&self) -> Option<String>;
+    /// The platform change id this backup creates for `disk` (the next incremental's base).
+    fn change_id(&self, disk: &str) -> Option<String>;
     /// The transport in use, for the job log and UI ("nbd+unix", "hot-add", …).
     fn transport(&self) -> String;
     /// Whether the data moves over the storage network (SAN) rather than the LAN.
@@ -182,8 +201,9 @@ pub struct NewVmSpec {
     pub name: String,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u64>,
-    /// Storage pool (or the platform's equivalent) for the new disks.
-    pub pool: String,
+    /// Where the new disks go: a storage pool, a datastore (the platform's word is in its
+    /// capabilities).
+    pub storage: String,
     /// Network for every NIC; None keeps each NIC's original network.
     pub network: Option<String>,
     /// Disk image format where the platform offers a choice (KVM: "raw" or "qcow2"; qcow2
@@ -225,6 +245,51 @@ pub fn restore_sizes(
         .collect()
 }
 
+/// What a restore will do, for the connector to check before it is queued.
+#[derive(Clone, Copy, Debug)]
+pub enum RestoreCheck<'a> {
+    NewVm(&'a NewVmSpec),
+    /// Onto the VM with this key (the point's VM).
+    InPlace {
+        vm: &'a str,
+    },
+}
+
+/// Why a platform refuses a request before anything is queued: the request's field, and
+/// whether it is a conflict with the platform's state (a name taken, a VM running) rather
+/// than a bad value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Refusal {
+    pub field: String,
+    pub message: String,
+    pub conflict: bool,
+}
+
+impl Refusal {
+    pub fn field(field: &str, message: impl Into<String>) -> Refusal {
+        Refusal { field: field.into(), message: message.into(), conflict: false }
+    }
+    pub fn conflict(field: &str, message: impl Into<String>) -> Refusal {
+        Refusal { field: field.into(), message: message.into(), conflict: true }
+    }
+}
+
+/// Why a check could not be made or refused the request.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Refused(Refusal),
+    #[error(transparent)]
+    Platform(ConnectorError),
+}
+
+impl From<ConnectorError> for CheckError {
+    fn from(e: ConnectorError) -> Self {
+        CheckError::Platform(e)
+    }
+}
+
 /// One disk to restore, read from a restore point.
 pub struct RestoreDisk<'a> {
     pub key: String,
@@ -236,6 +301,16 @@ pub trait Connector {
     /// Checks the connection and says what it reached (versions), or exactly what failed.
     fn test_connection(&self) -> Result<String, ConnectorError>;
     fn list_vms(&self) -> Result<Vec<VmSummary>, ConnectorError>;
+    /// The VM with this name or platform id.
+    fn find_vm(&self, vm: &str) -> Result<VmSummary, ConnectorError> {
+        self.list_vms()?
+            .into_iter()
+            .find(|v| v.name == vm || v.uuid == vm)
+            .ok_or_else(|| ConnectorError::NoSuchVm { platform: self.platform(), vm: vm.into() })
+    }
+    /// Checks a restore against the platform before it is queued: the new VM's name is free,
+    /// its storage and network exist; the VM restored in place exists and is shut off.
+    fn check_restore(&self, restore: RestoreCheck<'_>) -> Result<(), CheckError>;
     /// Hosts, VMs, networks and storage the connection reaches.
     fn inventory(&self) -> Result<Inventory, ConnectorError>;
     fn describe(&self, vm: &str) -> Result<VmDescription, ConnectorError>;

@@ -197,7 +197,7 @@ fn full_incremental_differential_chain_restores_every_state() {
         name: restored.0.clone(),
         cpus: Some(2),
         memory_mib: Some(256),
-        pool: pool.clone(),
+        storage: pool.clone(),
         network: Some(net.0.clone()),
         disk_format: None,
         disk_sizes: Default::default(),
@@ -212,6 +212,12 @@ fn full_incremental_differential_chain_restores_every_state() {
     assert!(virsh(&["domiflist", &restored.0]).contains(&net.0), "the running VM's NIC is on {}", net.0);
     assert!(new.nics[0].mac.is_some() && new.nics[0].mac != p2.vm.nics[0].mac, "a new MAC address");
     assert!(conn.list_vms().unwrap().iter().any(|v| v.name == restored.0 && v.running));
+    // The domain comes back as it was defined (a fresh one would boot from hd), of its type.
+    let xml = virsh(&["dumpxml", "--inactive", &restored.0]);
+    let native = &p2.vm.native.as_ref().unwrap().text;
+    let kind = if native.contains("<domain type='qemu'") { "qemu" } else { "kvm" };
+    let kept = xml.contains(&format!("<domain type='{kind}'")) && xml.contains("<boot dev='fd'/>");
+    assert!(kept, "the definition is not kept: {xml}");
     for (i, dev) in ["vda", "vdb"].iter().enumerate() {
         let path = pool_dir.join(format!("{}-{dev}.raw", restored.0));
         assert!(std::fs::read(&path).unwrap() == model_p2[i], "restored {dev} differs from point {}", p2.point_id);
@@ -422,7 +428,7 @@ fn a_restore_killed_midway_is_cleaned_up_from_its_volume_list_and_a_defined_vm_i
         name: name.into(),
         cpus: None,
         memory_mib: None,
-        pool: pool.clone(),
+        storage: pool.clone(),
         network: None,
         disk_format: Some("raw".into()),
         disk_sizes: Default::default(),
@@ -715,7 +721,7 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
         name: restored.0.clone(),
         cpus: None,
         memory_mib: None,
-        pool: pool.clone(),
+        storage: pool.clone(),
         network: None,
         disk_format: Some("qcow2".into()),
         disk_sizes: Default::default(),

@@ -8,14 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The binary under test: $HOLDFAST_BIN, or `holdfast` in the same target directory as this
-/// test (the test script builds it first with `cargo build -p appliance`).
+/// test (the test script builds it first with `cargo build -p appliance --features sim`).
 pub fn holdfast_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("HOLDFAST_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
     let bin = exe.parent().and_then(Path::parent).expect("target dir").join("holdfast");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p appliance` first (the test script does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p appliance --features sim` first (the test script does)",
+        bin.display()
+    );
     bin
 }
 

@@ -68,6 +68,18 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
         let v = c.post("/api/restores", body, 400);
         assert!(v["error"].as_str().unwrap().starts_with(field), "{field}: {v}");
     }
+    // What the platform knows is checked before queueing too: a name taken (409), a pool or a
+    // network the host lacks (400, naming what it has).
+    let v = c.post("/api/restores", new_vm(&vm.name), 409);
+    assert!(v["error"].as_str().unwrap().starts_with("name: a VM named"), "{v}");
+    let mut body = new_vm("x");
+    body["pool"] = json!("no-such-pool");
+    let v = c.post("/api/restores", body, 400);
+    assert!(v["error"].as_str().unwrap().starts_with("storage: no storage pool \"no-such-pool\""), "{v}");
+    let mut body = new_vm("x");
+    body["network"] = json!("no-such-net");
+    let v = c.post("/api/restores", body, 400);
+    assert!(v["error"].as_str().unwrap().starts_with("network: no network \"no-such-net\""), "{v}");
     assert_eq!(c.get("/api/jobs").as_array().unwrap().len(), before);
 
     // As a new VM: a job of kind restore whose disks match the point, not the later write; vdb
@@ -146,10 +158,16 @@ fn restores_run_as_jobs_hold_their_rule_and_stop_cleanly() {
     assert!(made(&pool_dir).is_empty(), "left in the pool: {:?}", made(&pool_dir));
     assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
 
-    // In place: refused while the VM runs (saying so), then done once it is shut off.
-    let refused = c.wait_job(c.post("/api/restores", in_place.clone(), 202)["id"].as_i64().unwrap());
-    assert_eq!(refused["state"], "failed", "{refused}");
-    assert!(refused["error"].as_str().unwrap().contains("shut it down first"), "{refused}");
+    // In place: refused before queueing while the VM runs (409, saying so), then done once it
+    // is shut off.
+    let jobs = c.get("/api/jobs").as_array().unwrap().len();
+    let refused = c.post("/api/restores", in_place.clone(), 409);
+    assert!(
+        refused["error"].as_str().unwrap().starts_with("mode: VM ")
+            && refused["error"].as_str().unwrap().contains("is running"),
+        "{refused}"
+    );
+    assert_eq!(c.get("/api/jobs").as_array().unwrap().len(), jobs, "nothing queued");
     virsh(&["destroy", &vm.name]);
     let job = c.post("/api/restores", in_place, 202);
     assert_eq!((job["vm"].as_str(), job["type"].as_str()), (Some(vm.name.as_str()), Some("in_place")));

@@ -141,6 +141,28 @@ async fn create_platform<B: Backend>(
     Ok((StatusCode::CREATED, Json(b.create_platform(&s, p).await?)))
 }
 
+async fn platform_kinds<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<PlatformKindInfo>>> {
+    Ok(Json(b.platform_kinds().await?))
+}
+
+async fn update_platform<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+    Body(p): Body<NewPlatform>,
+) -> ApiResult<Json<Platform>> {
+    Ok(Json(b.update_platform(&s, id, p).await?))
+}
+
+async fn delete_platform<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    b.delete_platform(&s, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn platform_vms<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Vec<Vm>>> {
     Ok(Json(b.platform_vms(id).await?))
 }
@@ -412,6 +434,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/logout", post(logout::<B>))
         .route("/api/password", post(password::<B>))
         .route("/api/platforms", get(platforms::<B>).post(create_platform::<B>))
+        .route("/api/platform-kinds", get(platform_kinds::<B>))
+        .route("/api/platforms/{id}", axum::routing::put(update_platform::<B>).delete(delete_platform::<B>))
         .route("/api/platforms/{id}/vms", get(platform_vms::<B>))
         .route("/api/jobs", get(jobs::<B>).post(start_job::<B>))
         .route("/api/restores", post(start_restore::<B>))

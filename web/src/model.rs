@@ -137,18 +137,19 @@ pub struct Token {
     pub token: Option<String>,
 }
 
+/// A platform record as given: its kind (one of `GET /api/platform-kinds`), and beside the
+/// fields below that kind's settings (for example a libvirt URI), which the kind checks: an
+/// unknown or malformed one is refused by name.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NewPlatform {
     pub name: String,
-    /// "kvm" (VMware and Hyper-V come later).
     pub kind: String,
-    /// For KVM: a libvirt URI.
-    pub uri: String,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -156,12 +157,24 @@ pub struct Platform {
     pub id: i64,
     pub name: String,
     pub kind: String,
-    pub uri: String,
+    /// The kind's settings, beside the fields here.
+    #[serde(flatten)]
+    pub settings: serde_json::Map<String, serde_json::Value>,
     pub username: Option<String>,
     /// Whether a password is stored (it is never sent back).
     pub has_password: bool,
     /// What the connection test reached when the platform was saved.
     pub reached: String,
+}
+
+/// A kind of platform this appliance can reach: its settings form (fields with name, label,
+/// help, required, example) and what it can do.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlatformKindInfo {
+    pub kind: String,
+    pub title: String,
+    pub fields: serde_json::Value,
+    pub capabilities: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -199,9 +212,10 @@ pub struct NewRestore {
     /// The new VM's name (new_vm).
     #[serde(default)]
     pub name: Option<String>,
-    /// Storage pool for the new disks (new_vm); default "default".
-    #[serde(default)]
-    pub pool: Option<String>,
+    /// Where the new disks go (new_vm): a storage pool, a datastore (the platform kind's
+    /// `storage_word`); default: the kind's `default_storage`. Also accepted as `pool`.
+    #[serde(default, alias = "pool")]
+    pub storage: Option<String>,
     #[serde(default)]
     pub cpus: Option<u32>,
     #[serde(default)]
@@ -209,7 +223,7 @@ pub struct NewRestore {
     /// Network for every NIC; None keeps each NIC's original network.
     #[serde(default)]
     pub network: Option<String>,
-    /// raw or qcow2 (default: qcow2, which keeps change tracking).
+    /// One of the platform kind's `disk_formats` (default: the first).
     #[serde(default)]
     pub disk_format: Option<String>,
     /// New disk sizes in bytes by disk key (new_vm): each at least the point's size and a
@@ -474,6 +488,11 @@ pub trait Backend: Send + Sync + 'static {
     fn delete_token(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
     fn logout(&self, token: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn change_password(&self, s: &Session, change: PasswordChange) -> impl Future<Output = ApiResult<()>> + Send;
+    /// The kinds of platform this appliance can reach.
+    fn platform_kinds(&self) -> impl Future<Output = ApiResult<Vec<PlatformKindInfo>>> + Send;
+    fn update_platform(&self, s: &Session, id: i64, p: NewPlatform)
+        -> impl Future<Output = ApiResult<Platform>> + Send;
+    fn delete_platform(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
     fn platforms(&self) -> impl Future<Output = ApiResult<Vec<Platform>>> + Send;
     fn create_platform(&self, s: &Session, p: NewPlatform) -> impl Future<Output = ApiResult<Platform>> + Send;
     fn platform_vms(&self, id: i64) -> impl Future<Output = ApiResult<Vec<Vm>>> + Send;

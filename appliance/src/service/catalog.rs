@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (9, include_str!("../../migrations/0009_restores.sql")),
     (10, include_str!("../../migrations/0010_lan_free.sql")),
     (11, include_str!("../../migrations/0011_storage_targets.sql")),
+    (12, include_str!("../../migrations/0012_platform_settings.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.
@@ -35,17 +36,17 @@ pub async fn open(url: &str) -> anyhow::Result<Db> {
     if sqlite {
         sqlx::raw_sql("PRAGMA journal_mode = WAL").execute(&db).await?;
     }
-    migrate(&db, sqlite).await?;
+    migrate(&db, sqlite, i64::MAX).await?;
     Ok(db)
 }
 
 /// The SQL is written for SQLite; on PostgreSQL an `INTEGER PRIMARY KEY` (SQLite's row id)
 /// becomes a `BIGSERIAL` key. Other integer columns are BIGINT on both.
-async fn migrate(db: &Db, sqlite: bool) -> anyhow::Result<()> {
+async fn migrate(db: &Db, sqlite: bool, upto: i64) -> anyhow::Result<()> {
     sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied TEXT NOT NULL)")
         .execute(db)
         .await?;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= upto) {
         let done: Option<(i64,)> = sqlx::query_as("SELECT version FROM schema_version WHERE version = $1")
             .bind(version)
             .fetch_optional(db)
@@ -81,4 +82,30 @@ pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     getrandom::getrandom(&mut b).expect("OS randomness");
     hex::encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog of the schema before platform settings (version 11) keeps its platforms: the
+    /// URI, quotes and backslashes included, becomes the settings object.
+    #[tokio::test]
+    async fn platform_uris_migrate_into_settings() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+        let db = AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        migrate(&db, true, 11).await.unwrap();
+        let uri = r#"qemu+ssh://root@h/system?keyfile=/k/"a"\b"#;
+        sqlx::query("INSERT INTO platforms (name, kind, uri, reached, created) VALUES ('lab', 'kvm', $1, 'x', 'y')")
+            .bind(uri)
+            .execute(&db)
+            .await
+            .unwrap();
+        migrate(&db, true, i64::MAX).await.unwrap();
+        let (settings,): (String,) = sqlx::query_as("SELECT settings FROM platforms").fetch_one(&db).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&settings).unwrap();
+        assert_eq!(v, serde_json::json!({ "uri": uri }));
+    }
 }

@@ -7,7 +7,7 @@
 //! targets and rules whose names exist already are kept as they are.
 
 use super::catalog::put_setting;
-use super::engine::{check_platform, insert_platform};
+use super::platforms::{check_platform, insert_platform};
 use super::rules::{check_settings, insert_rule, rule_of_vm};
 use super::storage::{check_new, open_blocking, MadeStores, Opened, OWN_TARGET};
 use super::{open_with, seal_with, Service};
@@ -53,17 +53,19 @@ struct Sealing {
     p_cost: u32,
 }
 
+/// A platform: beside these fields its kind's settings (files from before the registry, with
+/// only a `uri`, read the same way). The kind checks them on import.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PlatformEntry {
     name: String,
     kind: String,
-    uri: String,
     #[serde(default)]
     username: Option<String>,
     /// Sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     password: Option<String>,
+    #[serde(flatten)]
+    settings: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -113,13 +115,14 @@ impl Service {
         let reseal = |plain: &str| key.as_ref().map(|k| seal_with(k, plain));
         let mut notes = Vec::new();
         let rows: Vec<PlatformDbRow> =
-            sqlx::query_as("SELECT id, name, kind, uri, username, secret FROM platforms ORDER BY name")
+            sqlx::query_as("SELECT id, name, kind, settings, username, secret FROM platforms ORDER BY name")
                 .fetch_all(&self.db)
                 .await
                 .map_err(ApiError::internal)?;
         let mut names = HashMap::new();
         let mut platforms = Vec::new();
-        for (id, name, kind, uri, username, secret) in rows {
+        for (id, name, kind, settings, username, secret) in rows {
+            let settings = serde_json::from_str(&settings).map_err(ApiError::internal)?;
             let password = match &secret {
                 Some(sealed) => reseal(&self.open_sealed(sealed)?),
                 None => None,
@@ -128,7 +131,7 @@ impl Service {
                 notes.push(format!("platform {name}: password left out (no passphrase)"));
             }
             names.insert(id, name.clone());
-            platforms.push(PlatformEntry { name, kind, uri, username, password });
+            platforms.push(PlatformEntry { name, kind, settings, username, password });
         }
         let mut targets = HashMap::new();
         let mut storage = Vec::new();
@@ -244,7 +247,7 @@ impl Service {
             let np = NewPlatform {
                 name: p.name.clone(),
                 kind: p.kind.clone(),
-                uri: p.uri.clone(),
+                settings: p.settings.clone(),
                 username: p.username.clone(),
                 password,
             };

@@ -1,12 +1,13 @@
-//! Platforms and the job engine: a backup job runs the platform-neutral `backup_vm` on a
+//! The job engine: a backup job runs the platform-neutral `backup_vm` on a
 //! blocking thread, under a global limit on concurrent jobs; its state, progress and log lines
 //! go to the catalog as it runs, and its point into the catalog's index when it commits.
 
 use super::catalog::{now, Db};
+use super::platforms::Target;
 use super::schedule::Clock;
 use super::storage::OWN_TARGET;
 use super::Service;
-use connectors::{backup_vm, BackupOptions, Connector, Credentials, JobControl, KvmConnector, Phase, Quiesce};
+use connectors::{backup_vm, BackupOptions, JobControl, Phase, Quiesce};
 use std::sync::Arc;
 use vds_store::{BackupType, RestorePoint};
 use web::*;
@@ -48,12 +49,6 @@ pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>
     .execute(db)
     .await
     .map(|_| ())
-}
-
-type PlatformRow = (i64, String, String, String, Option<String>, Option<String>, String);
-
-fn platform(r: PlatformRow) -> Platform {
-    Platform { id: r.0, name: r.1, kind: r.2, uri: r.3, username: r.4, has_password: r.5.is_some(), reached: r.6 }
 }
 
 /// A job from a row of JOB_COLUMNS.
@@ -138,19 +133,6 @@ pub(super) struct JobPlan {
     pub storage: i64,
 }
 
-/// What a job needs to reach its platform, on a blocking thread.
-#[derive(Clone)]
-pub(super) struct Target {
-    uri: String,
-    credentials: Option<Credentials>,
-}
-
-impl Target {
-    pub(super) fn connect(&self, work_dir: &std::path::Path) -> Result<KvmConnector, connectors::ConnectorError> {
-        KvmConnector::open(&self.uri, work_dir, self.credentials.as_ref())
-    }
-}
-
 /// A job waiting for its turn.
 pub(super) struct Queued {
     id: i64,
@@ -164,138 +146,7 @@ pub(super) struct Queued {
     storage: i64,
 }
 
-/// Saves a platform (its password already sealed); a taken name is a 409.
-pub(super) async fn insert_platform<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
-    db: E,
-    p: &NewPlatform,
-    secret: Option<&str>,
-    reached: &str,
-) -> ApiResult<i64> {
-    sqlx::query_as::<_, (i64,)>(
-        "INSERT INTO platforms (name, kind, uri, username, secret, reached, created) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         RETURNING id",
-    )
-    .bind(&p.name)
-    .bind(&p.kind)
-    .bind(&p.uri)
-    .bind(&p.username)
-    .bind(secret)
-    .bind(reached)
-    .bind(now())
-    .fetch_one(db)
-    .await
-    .map(|(id,)| id)
-    .map_err(|e| match e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
-            ApiError::new(409, format!("a platform named {:?} exists already", p.name))
-        }
-        e => ApiError::internal(e),
-    })
-}
-
-/// What a platform must say to be saved (before its connection test).
-pub(super) fn check_platform(p: &NewPlatform) -> ApiResult<()> {
-    if p.name.trim().is_empty() {
-        return Err(ApiError::field("name", "must not be empty"));
-    }
-    if p.kind != "kvm" {
-        return Err(ApiError::field("kind", format!("{:?} is not supported yet (kvm is)", p.kind)));
-    }
-    if !p.uri.contains("://") {
-        return Err(ApiError::field("uri", format!("{:?} is not a libvirt URI (qemu:///system, qemu+ssh://…)", p.uri)));
-    }
-    if p.password.is_some() && p.username.is_none() {
-        return Err(ApiError::field("username", "is needed with a password"));
-    }
-    Ok(())
-}
-
 impl Service {
-    /// The platform a job names: an unknown one is a 400 on the job's `platform` field.
-    pub(super) async fn job_target(&self, id: i64) -> ApiResult<(String, Target)> {
-        self.target(id).await.map_err(|e| if e.status == 404 { ApiError::field("platform", e.message) } else { e })
-    }
-
-    pub(super) async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
-        let row: Option<(String, String, Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT name, uri, username, secret FROM platforms WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.db)
-                .await
-                .map_err(ApiError::internal)?;
-        let (name, uri, username, secret) = row.ok_or_else(|| ApiError::not_found(format!("platform {id}")))?;
-        let credentials = match (username, secret) {
-            (Some(username), Some(s)) => Some(Credentials { username, password: self.open_sealed(&s)? }),
-            (Some(username), None) => Some(Credentials { username, password: String::new() }),
-            _ => None,
-        };
-        Ok((name, Target { uri, credentials }))
-    }
-
-    /// Runs blocking connector work off the async threads.
-    pub(super) async fn blocking<T: Send + 'static>(
-        f: impl FnOnce() -> Result<T, connectors::ConnectorError> + Send + 'static,
-    ) -> ApiResult<T> {
-        tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?.map_err(|e| ApiError::new(502, e.to_string()))
-    }
-
-    pub(super) async fn list_platforms(&self) -> ApiResult<Vec<Platform>> {
-        let rows: Vec<PlatformRow> =
-            sqlx::query_as("SELECT id, name, kind, uri, username, secret, reached FROM platforms ORDER BY name")
-                .fetch_all(&self.db)
-                .await
-                .map_err(ApiError::internal)?;
-        Ok(rows.into_iter().map(platform).collect())
-    }
-
-    /// Saves a platform after its connection test passes (the test's words say what failed).
-    pub(super) async fn add_platform(&self, s: &Session, p: NewPlatform) -> ApiResult<Platform> {
-        check_platform(&p)?;
-        let target = Target {
-            uri: p.uri.clone(),
-            credentials: p
-                .username
-                .clone()
-                .map(|u| Credentials { username: u, password: p.password.clone().unwrap_or_default() }),
-        };
-        let work = self.work_dir.clone();
-        let reached = Self::blocking(move || target.connect(&work)?.test_connection())
-            .await
-            .map_err(|e| ApiError::field("uri", format!("the connection test failed: {}", e.message)))?;
-        let secret = p.password.as_deref().map(|pw| self.seal(pw));
-        let id = insert_platform(&self.db, &p, secret.as_deref(), &reached).await?;
-        self.audit_log(&s.user, "platform added", &format!("{} ({})", p.name, p.uri)).await?;
-        Ok(Platform {
-            id,
-            name: p.name,
-            kind: p.kind,
-            uri: p.uri,
-            username: p.username,
-            has_password: secret.is_some(),
-            reached,
-        })
-    }
-
-    /// Checks that `vm` has every disk in `disks`; the error names the VM and its disks.
-    pub(super) async fn check_disks(&self, platform: i64, vm: &str, disks: &[String]) -> ApiResult<()> {
-        let (_, target) = self.target(platform).await?;
-        let work = self.work_dir.clone();
-        let name = vm.to_string();
-        let d = Self::blocking(move || target.connect(&work)?.describe(&name)).await?;
-        let has: Vec<&str> = d.disks.iter().map(|x| x.key.as_str()).collect();
-        match disks.iter().find(|k| !has.contains(&k.as_str())) {
-            Some(k) => Err(ApiError::new(400, format!("VM {vm} has no disk {k:?} (it has {})", has.join(", ")))),
-            None => Ok(()),
-        }
-    }
-
-    pub(super) async fn vms_of(&self, id: i64) -> ApiResult<Vec<Vm>> {
-        let (_, target) = self.target(id).await?;
-        let work = self.work_dir.clone();
-        let vms = Self::blocking(move || target.connect(&work)?.list_vms()).await?;
-        Ok(vms.into_iter().map(|v| Vm { name: v.name, uuid: v.uuid, running: v.running }).collect())
-    }
-
     pub(super) async fn job_by_id(&self, id: i64) -> ApiResult<Job> {
         let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id)
@@ -377,6 +228,7 @@ impl Service {
         }
         let storage = j.storage.unwrap_or(OWN_TARGET);
         self.check_target("storage", storage).await?;
+        self.check_vm(j.platform, &j.vm).await?;
         // Two backups of one VM at once would collide on the hypervisor (one backup job per VM).
         if let Some(busy) = self.active_job(j.platform, &j.vm).await? {
             return Err(ApiError::new(
@@ -680,7 +532,7 @@ impl Service {
             return None;
         }
         self.set_state(id, "preparing").await;
-        log(&self.db, id, "info", &format!("connecting to {}", target.uri)).await;
+        log(&self.db, id, "info", &format!("connecting to {}", target.summary())).await;
         Some((host_permit, permit))
     }
 
@@ -806,7 +658,7 @@ impl Service {
                 control: backup_control,
                 ..BackupOptions::new(requested)
             };
-            backup_vm(&conn, &store, &vm, opts, &mut |p| progress.set_progress(p.all_done_bytes, p.all_total_bytes))
+            backup_vm(&*conn, &store, &vm, opts, &mut |p| progress.set_progress(p.all_done_bytes, p.all_total_bytes))
                 .map_err(|e| e.to_string())
         });
         let (outcome, bytes) = self.watch(id, platform, &target, &control, task).await;

@@ -13,6 +13,7 @@ mod bandwidth;
 pub mod catalog;
 mod config;
 mod engine;
+mod platforms;
 mod restore;
 mod rules;
 mod schedule;
@@ -23,7 +24,6 @@ use anyhow::{Context, Result};
 use catalog::{now, Db};
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use connectors::Connector;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use web::*;
@@ -348,6 +348,15 @@ impl Backend for Api {
     }
     async fn create_platform(&self, s: &Session, p: NewPlatform) -> ApiResult<Platform> {
         self.0.add_platform(s, p).await
+    }
+    async fn platform_kinds(&self) -> ApiResult<Vec<PlatformKindInfo>> {
+        Ok(platforms::kinds())
+    }
+    async fn update_platform(&self, s: &Session, id: i64, p: NewPlatform) -> ApiResult<Platform> {
+        self.0.edit_platform(s, id, p).await
+    }
+    async fn delete_platform(&self, s: &Session, id: i64) -> ApiResult<()> {
+        self.0.remove_platform(s, id).await
     }
     async fn platform_vms(&self, id: i64) -> ApiResult<Vec<Vm>> {
         self.0.vms_of(id).await

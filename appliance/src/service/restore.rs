@@ -4,9 +4,10 @@
 //! whose point a restore reads cannot be deleted until the restore ends.
 
 use super::catalog::now;
-use super::engine::{log, End, Target};
+use super::engine::{log, End};
+use super::platforms::Target;
 use super::Service;
-use connectors::{Connector, JobControl, NewVmSpec, Phase, RestoreDisk};
+use connectors::{Capabilities, CheckError, JobControl, NewVmSpec, Phase, RestoreCheck, RestoreDisk};
 use std::sync::Arc;
 use vds_store::RestorePoint;
 use web::*;
@@ -30,13 +31,14 @@ struct Queued {
     vm: String,
 }
 
-/// Checks a restore request's own fields; the error names the field.
-fn check(r: &NewRestore) -> ApiResult<Mode> {
+/// Checks a restore request's own fields against what the target platform offers; the error
+/// names the field.
+fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
     match r.mode.as_str() {
         "in_place" => {
             for (field, given) in [
                 ("name", r.name.is_some()),
-                ("pool", r.pool.is_some()),
+                ("storage", r.storage.is_some()),
                 ("cpus", r.cpus.is_some()),
                 ("memory_mib", r.memory_mib.is_some()),
                 ("network", r.network.is_some()),
@@ -55,10 +57,22 @@ fn check(r: &NewRestore) -> ApiResult<Mode> {
             if name.trim().is_empty() {
                 return Err(ApiError::field("name", "the new VM needs a name"));
             }
-            let format = r.disk_format.clone().unwrap_or_else(|| "qcow2".into());
-            if format != "raw" && format != "qcow2" {
-                return Err(ApiError::field("disk_format", format!("{format:?}: use raw or qcow2")));
-            }
+            let formats: Vec<&str> = caps.disk_formats.iter().map(|f| f.name).collect();
+            let format = match &r.disk_format {
+                Some(f) if !formats.contains(&f.as_str()) => {
+                    return Err(ApiError::field("disk_format", format!("{f:?}: use {}", formats.join(" or "))));
+                }
+                Some(f) => Some(f.clone()),
+                None => formats.first().map(|f| f.to_string()),
+            };
+            let storage = match (&r.storage, caps.default_storage) {
+                (Some(s), _) if s.trim().is_empty() => return Err(ApiError::field("storage", "must not be empty")),
+                (Some(s), _) => s.clone(),
+                (None, Some(d)) => d.to_string(),
+                (None, None) => {
+                    return Err(ApiError::field("storage", format!("name the {} for the new disks", caps.storage_word)))
+                }
+            };
             if r.cpus.is_some_and(|c| !(1..=1024).contains(&c)) {
                 return Err(ApiError::field("cpus", "must be 1-1024"));
             }
@@ -69,9 +83,9 @@ fn check(r: &NewRestore) -> ApiResult<Mode> {
                 name,
                 cpus: r.cpus,
                 memory_mib: r.memory_mib,
-                pool: r.pool.clone().unwrap_or_else(|| "default".into()),
+                storage,
                 network: r.network.clone(),
-                disk_format: Some(format),
+                disk_format: format,
                 disk_sizes: r.disk_sizes.clone(),
                 start: r.start,
             }))
@@ -90,7 +104,19 @@ fn check_sizes(point: &RestorePoint, sizes: &std::collections::BTreeMap<String, 
 impl Service {
     /// Queues a restore; it runs when the concurrency limits allow.
     pub(super) async fn queue_restore(self: &Arc<Self>, s: &Session, r: NewRestore) -> ApiResult<Job> {
-        let mode = check(&r)?;
+        let (platform_name, target) = self.job_target(r.platform).await?;
+        let caps = target.kind().capabilities();
+        let mode = check(&r, &caps)?;
+        let offered = match mode {
+            Mode::InPlace => caps.restore_in_place,
+            Mode::NewVm(_) => caps.restore_as_new_vm,
+        };
+        if !offered {
+            return Err(ApiError::field(
+                "mode",
+                format!("{} platforms do not restore {}", target.kind().title(), r.mode),
+            ));
+        }
         let (_, store) = self.point_store(&r.point).await.map_err(|e| ApiError::field("point", e.message))?;
         let (finder, point_id) = (store.clone(), r.point.clone());
         let point = tokio::task::spawn_blocking(move || finder.find(&point_id))
@@ -101,7 +127,29 @@ impl Service {
         if let Mode::NewVm(spec) = &mode {
             check_sizes(&point, &spec.disk_sizes)?;
         }
-        let (platform_name, target) = self.job_target(r.platform).await?;
+        // What the platform can say now is said now, not as a failed job later.
+        let check_target = target.clone();
+        let (work, point_vm) = (self.work_dir.clone(), point.vm.key.clone());
+        let spec = match &mode {
+            Mode::NewVm(spec) => Some(spec.clone()),
+            Mode::InPlace => None,
+        };
+        let checked = tokio::task::spawn_blocking(move || -> Result<(), CheckError> {
+            let conn = check_target.connect(&work)?;
+            match &spec {
+                Some(spec) => conn.check_restore(RestoreCheck::NewVm(spec)),
+                None => conn.check_restore(RestoreCheck::InPlace { vm: &point_vm }),
+            }
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        match checked {
+            Ok(()) => {}
+            Err(CheckError::Refused(r)) => {
+                return Err(ApiError::new(if r.conflict { 409 } else { 400 }, format!("{}: {}", r.field, r.message)))
+            }
+            Err(CheckError::Platform(e)) => return Err(ApiError::new(502, e.to_string())),
+        }
         let (vm, kind) = match &mode {
             Mode::NewVm(spec) => (spec.name.clone(), "new_vm"),
             Mode::InPlace => (point.vm.name.clone(), "in_place"),

@@ -3,6 +3,9 @@
 
 use vds_store::{NativeConfig, VmDescription, VmDisk, VmNic};
 
+/// The format name of the domain XML a point keeps as its VM's native configuration.
+pub const NATIVE_FORMAT: &str = "libvirt-domain-xml";
+
 /// A disk of the domain as libvirt describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainDisk {
@@ -78,7 +81,7 @@ pub fn parse(xml: &str) -> Result<(VmDescription, Vec<DomainDisk>), String> {
         firmware: Some(if efi { "efi" } else { "bios" }.into()),
         disks: disks.iter().map(|d| VmDisk { key: d.target.clone(), size: 0, bus: d.bus.clone() }).collect(),
         nics,
-        native: Some(NativeConfig { format: "libvirt-domain-xml".into(), text: xml.to_string() }),
+        native: Some(NativeConfig { format: NATIVE_FORMAT.into(), text: xml.to_string() }),
     };
     Ok((description, disks))
 }
@@ -209,6 +212,122 @@ pub fn new_domain_xml(
     x + "  </devices>\n</domain>\n"
 }
 
+/// The new VM's settings a restore on the same platform changes in the saved domain.
+pub struct Restored<'a> {
+    pub name: &'a str,
+    /// None keeps the domain's.
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    /// Each restored disk: target, volume path, format.
+    pub disks: &'a [(String, String, String)],
+    /// Every NIC onto this network; None keeps each NIC's source.
+    pub network: Option<&'a str>,
+}
+
+/// The source text of `n` with the children `drop` names left out.
+fn without(src: &str, n: roxmltree::Node<'_, '_>, drop: impl Fn(roxmltree::Node<'_, '_>) -> bool) -> String {
+    let r = n.range();
+    let mut kids = n.children().peekable();
+    let Some(first) = kids.peek().map(|k| k.range().start) else { return src[r].to_string() };
+    let last = n.last_child().map_or(r.end, |k| k.range().end);
+    let mut out = src[r.start..first].to_string();
+    for k in n.children() {
+        if !drop(k) {
+            out += &src[k.range()];
+        }
+    }
+    out + &src[last..r.end]
+}
+
+/// The inner text of `n`'s children other than those `drop` names (verbatim).
+fn children_text(src: &str, n: roxmltree::Node<'_, '_>, drop: impl Fn(roxmltree::Node<'_, '_>) -> bool) -> String {
+    n.children().filter(|k| !drop(*k)).map(|k| &src[k.range()]).collect()
+}
+
+/// A restore as a new VM onto the platform the point came from: the saved domain XML with only
+/// its identity (name; UUID, MAC addresses and the UEFI variable store left for libvirt to make
+/// new), the user's edits (CPUs, memory, network) and the disk sources changed. Domain type,
+/// machine, firmware, boot order, CPU model, consoles, direct kernel boot and every other device
+/// stay as they were. Disks the point does not hold are left out (they would be the original
+/// VM's), and so are runtime-only parts of a live domain's XML (security labels, tap devices).
+pub fn restored_domain_xml(native: &str, new: &Restored<'_>) -> Result<String, String> {
+    let doc = roxmltree::Document::parse(native).map_err(|e| format!("the saved domain XML does not parse: {e}"))?;
+    let root = doc.root_element();
+    if !root.has_tag_name("domain") {
+        return Err("the saved configuration is not a libvirt domain".into());
+    }
+    let tag = |n: roxmltree::Node<'_, '_>, t: &str| n.is_element() && n.has_tag_name(t);
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    for n in root.children().filter(|n| n.is_element()) {
+        let r = n.range();
+        match n.tag_name().name() {
+            "name" => edits.push((r, format!("<name>{}</name>", escape(new.name)))),
+            "uuid" | "seclabel" => edits.push((r, String::new())),
+            "memory" | "currentMemory" if new.memory_mib.is_some() => {
+                let t = n.tag_name().name();
+                edits.push((r, format!("<{t} unit='MiB'>{}</{t}>", new.memory_mib.unwrap_or_default())));
+            }
+            "vcpu" if new.cpus.is_some() => {
+                edits.push((r, format!("<vcpu placement='static'>{}</vcpu>", new.cpus.unwrap_or(1))))
+            }
+            // A changed CPU count no longer matches a fixed topology: libvirt derives one.
+            "cpu" if new.cpus.is_some() => edits.push((r, without(native, n, |k| tag(k, "topology")))),
+            "os" => edits.push((r, without(native, n, |k| tag(k, "nvram")))),
+            "devices" => {
+                let mut inner = String::new();
+                for d in n.children() {
+                    let is_disk = tag(d, "disk") && d.attribute("device").unwrap_or("disk") == "disk";
+                    if is_disk {
+                        let Some(target) = child(d, "target") else { continue };
+                        let dev = target.attribute("dev").unwrap_or_default();
+                        let Some((_, path, format)) = new.disks.iter().find(|(k, ..)| k == dev) else { continue };
+                        let kept = children_text(native, d, |k| {
+                            !k.is_element()
+                                || ["source", "driver", "backingStore", "target", "alias"]
+                                    .contains(&k.tag_name().name())
+                        });
+                        inner += &format!(
+                            "<disk type='file' device='disk'><driver name='qemu' type='{}'/><source file='{}'/>{}{kept}</disk>",
+                            escape(format),
+                            escape(path),
+                            &native[target.range()]
+                        );
+                    } else if tag(d, "interface") {
+                        let drop = |k: roxmltree::Node<'_, '_>| {
+                            tag(k, "mac")
+                                || tag(k, "target")
+                                || tag(k, "alias")
+                                || (new.network.is_some() && tag(k, "source"))
+                        };
+                        match new.network {
+                            Some(net) => {
+                                inner += &format!(
+                                    "<interface type='network'><source network='{}'/>{}</interface>",
+                                    escape(net),
+                                    children_text(native, d, |k| !k.is_element() || drop(k))
+                                )
+                            }
+                            None => inner += &without(native, d, drop),
+                        }
+                    } else {
+                        inner += &native[d.range()];
+                    }
+                }
+                let open = &native[r.start..n.first_child().map_or(r.end, |k| k.range().start)];
+                edits.push((r, format!("{open}{inner}</devices>")));
+            }
+            _ => {}
+        }
+    }
+    let mut out = native.to_string();
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    for (r, text) in edits {
+        out.replace_range(r, &text);
+    }
+    roxmltree::Document::parse(&out).map_err(|e| format!("the restored domain XML does not parse: {e}"))?;
+    Ok(out)
+}
+
 /// A raw volume of `size` bytes.
 pub fn volume_xml(name: &str, size: u64, format: &str) -> String {
     format!(
@@ -287,6 +406,88 @@ mod tests {
         assert!(x.contains("<source network='lan2'/>"));
         assert!(new_domain_xml(&d, "n", 1, 64, &[], None).contains("<source network='default'/>"));
         assert!(roxmltree::Document::parse(&volume_xml("a&b", 5, "qcow2")).is_ok());
+    }
+
+    /// A domain with what a fresh definition would lose: QEMU (TCG) type, a q35 machine, UEFI
+    /// with its variable store, boot from floppy first, a host CPU model with a topology, direct
+    /// kernel boot, a serial console, a watchdog and an RNG device; and what a copy must not
+    /// keep: UUID, MACs, the NVRAM path, a disk the point lacks, a live security label.
+    const RICH: &str = r#"<domain type='qemu' id='7'>
+  <name>app</name>
+  <uuid>11111111-2222-3333-4444-555555555555</uuid>
+  <memory unit='KiB'>524288</memory>
+  <currentMemory unit='KiB'>524288</currentMemory>
+  <vcpu placement='static'>2</vcpu>
+  <os firmware='efi'>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>
+    <nvram>/var/lib/libvirt/qemu/nvram/app_VARS.fd</nvram>
+    <kernel>/boot/vmlinuz</kernel>
+    <cmdline>console=ttyS0 root=/dev/vda</cmdline>
+    <boot dev='fd'/>
+    <boot dev='hd'/>
+  </os>
+  <cpu mode='custom' match='exact'><model fallback='allow'>Skylake-Client</model><topology sockets='1' cores='2' threads='1'/></cpu>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/v/app.qcow2'/><backingStore/><target dev='vda' bus='virtio'/><alias name='virtio-disk0'/><address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/v/scratch.raw'/><target dev='vdb' bus='virtio'/></disk>
+    <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/><target dev='vnet3'/><model type='e1000e'/></interface>
+    <serial type='pty'><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
+    <watchdog model='i6300esb' action='reset'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+  <seclabel type='dynamic' model='dac' relabel='yes'><label>+64055:+64055</label></seclabel>
+</domain>"#;
+
+    #[test]
+    fn a_restore_on_its_platform_keeps_the_domain_and_changes_only_identity_edits_and_disks() {
+        let disks = [("vda".to_string(), "/pool/app-copy-vda.qcow2".to_string(), "qcow2".to_string())];
+        let new = Restored { name: "app-copy", cpus: None, memory_mib: None, disks: &disks, network: None };
+        let x = restored_domain_xml(RICH, &new).unwrap();
+        let doc = roxmltree::Document::parse(&x).unwrap();
+        let root = doc.root_element();
+        assert_eq!(root.attribute("type"), Some("qemu"));
+        assert_eq!(text(child(root, "name")).as_deref(), Some("app-copy"));
+        for gone in ["uuid", "mac", "nvram", "seclabel", "backingStore"] {
+            assert!(doc.descendants().all(|n| !n.has_tag_name(gone)), "{gone} kept: {x}");
+        }
+        for kept in [
+            "machine='pc-q35-7.2'",
+            "firmware='efi'",
+            "OVMF_CODE_4M.fd",
+            "<boot dev='fd'/>\n    <boot dev='hd'/>",
+            "<kernel>/boot/vmlinuz</kernel>",
+            "console=ttyS0",
+            "<model fallback='allow'>Skylake-Client</model>",
+            "<topology sockets='1' cores='2' threads='1'/>",
+            "<console type='pty'>",
+            "<watchdog model='i6300esb'",
+            "<rng model='virtio'>",
+            "<model type='e1000e'/>",
+            "<source network='default'/>",
+            "<memory unit='KiB'>524288</memory>",
+            "slot='0x00'",
+        ] {
+            assert!(x.contains(kept), "{kept} lost: {x}");
+        }
+        assert!(x.contains("<source file='/pool/app-copy-vda.qcow2'/><target dev='vda' bus='virtio'/>"), "{x}");
+        assert!(!x.contains("/v/app.qcow2") && !x.contains("scratch.raw") && !x.contains("vnet3"), "{x}");
+
+        // The user's edits: CPUs (the fixed topology goes with the old count), memory, network.
+        let new = Restored { name: "n", cpus: Some(4), memory_mib: Some(2048), disks: &disks, network: Some("lab") };
+        let x = restored_domain_xml(RICH, &new).unwrap();
+        assert!(x.contains("<vcpu placement='static'>4</vcpu>") && !x.contains("<topology"), "{x}");
+        assert!(
+            x.contains("<memory unit='MiB'>2048</memory>")
+                && x.contains("<currentMemory unit='MiB'>2048</currentMemory>")
+        );
+        assert!(
+            x.contains("<interface type='network'><source network='lab'/><model type='e1000e'/></interface>"),
+            "{x}"
+        );
+        assert!(restored_domain_xml("<vm/>", &new).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! through its `sys` bindings here, each in one small function.
 
 pub mod domain_xml;
+mod kind;
 mod offline;
 mod qcow2;
 mod restore;
@@ -20,6 +21,8 @@ use vds_store::{BackupType, VmDescription};
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
+
+pub use kind::KIND;
 
 const PLATFORM: &str = "kvm";
 /// Names of the checkpoints Holdfast makes; it touches no others.
@@ -424,6 +427,10 @@ impl Connector for KvmConnector {
         restore::restore_in_place(self, vm, disks, control)
     }
 
+    fn check_restore(&self, restore: RestoreCheck<'_>) -> Result<(), CheckError> {
+        restore::check_restore(self, restore)
+    }
+
     fn platform(&self) -> &'static str {
         PLATFORM
     }
@@ -545,7 +552,7 @@ impl Connector for KvmConnector {
 
         // Incremental or differential from the base's checkpoint, when it still exists.
         let mut reason_all: Option<String> = None;
-        let base_cp = match (plan.requested, plan.base.as_ref().and_then(|b| b.change_id.clone())) {
+        let base_cp = match (plan.requested, plan.base.as_ref().and_then(|b| b.vm_change_id())) {
             (BackupType::Full, _) => None,
             (_, None) => {
                 reason_all = Some("no earlier backup with a checkpoint".into());
@@ -559,7 +566,7 @@ impl Connector for KvmConnector {
         };
         let base_cp = base_cp.filter(|_| plan.change_tracking != ChangeTracking::Off);
         let base_disks: Vec<&str> =
-            plan.base.as_ref().map(|b| b.disks.iter().map(|(k, _)| k.as_str()).collect()).unwrap_or_default();
+            plan.base.as_ref().map(|b| b.disks.iter().map(|d| d.key.as_str()).collect()).unwrap_or_default();
 
         let dir = self.work_dir.join(format!("backup-{}", vds_store::fslock::random_hex(6)));
         std::fs::create_dir_all(&dir)
@@ -807,7 +814,7 @@ impl KvmSession {
 }
 
 impl BackupSession for KvmSession {
-    fn change_id(&self) -> Option<String> {
+    fn change_id(&self, _disk: &str) -> Option<String> {
         self.checkpoint.clone()
     }
 

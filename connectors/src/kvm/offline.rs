@@ -74,7 +74,7 @@ struct OfflineSession {
 }
 
 impl BackupSession for OfflineSession {
-    fn change_id(&self) -> Option<String> {
+    fn change_id(&self, _disk: &str) -> Option<String> {
         self.change_id.clone()
     }
     fn transport(&self) -> String {
@@ -118,10 +118,10 @@ impl KvmConnector {
         let fail = |action: &str, cause: String| KvmConnector::failed(vm, action, cause);
         let base_cp = match plan.requested {
             BackupType::Full => None,
-            _ => plan.base.as_ref().and_then(|b| b.change_id.clone()),
+            _ => plan.base.as_ref().and_then(|b| b.vm_change_id()),
         };
         let base_disks: Vec<&str> =
-            plan.base.as_ref().map(|b| b.disks.iter().map(|(k, _)| k.as_str()).collect()).unwrap_or_default();
+            plan.base.as_ref().map(|b| b.disks.iter().map(|d| d.key.as_str()).collect()).unwrap_or_default();
         if plan.change_tracking == ChangeTracking::On {
             for t in chosen {
                 let format = disks.iter().find(|d| d.target == *t).and_then(|d| d.format.clone());

@@ -4,10 +4,10 @@
 //! block device) is filled over libvirt's upload streams (raw: a sparse stream, holes and
 //! all-zero blocks sent as holes; qcow2: an image written in one pass by qcow2.rs).
 
-use super::domain_xml::{new_domain_xml, volume_xml};
+use super::domain_xml::{new_domain_xml, restored_domain_xml, volume_xml, Restored, NATIVE_FORMAT};
 use super::qcow2::{Qcow2Layout, Qcow2Plan, CLUSTER};
 use super::{last_error, KvmConnector, PLATFORM};
-use crate::connector::{ConnectorError, NewVmSpec, RestoreDisk};
+use crate::connector::{CheckError, ConnectorError, NewVmSpec, Refusal, RestoreCheck, RestoreDisk};
 use crate::control::{JobControl, Throttle};
 use crate::nbd::{NbdAddress, NbdClient};
 use std::os::unix::fs::FileExt;
@@ -239,8 +239,8 @@ pub(super) fn restore_as_new_vm(
     }
     let pool = conn
         .conn
-        .lookup_storage_pool_by_name(&spec.pool)
-        .map_err(|e| failed(name, &format!("finding storage pool {:?}", spec.pool), e.to_string()))?;
+        .lookup_storage_pool_by_name(&spec.storage)
+        .map_err(|e| failed(name, &format!("finding storage pool {:?}", spec.storage), e.to_string()))?;
     let format = spec.disk_format.clone().unwrap_or_else(|| "raw".into());
     if format != "raw" && format != "qcow2" {
         return Err(failed(name, "restoring as a new VM", format!("disk format {format:?}: use raw or qcow2")));
@@ -262,9 +262,9 @@ pub(super) fn restore_as_new_vm(
             let vol = StorageVol::create_xml(&pool, &volume_xml(&vol_name, size, &format), 0)
                 .map_err(|e| failed(name, &format!("creating volume {vol_name}"), e.to_string()))?;
             created.push(vol);
-            std::io::Write::write_all(&mut list, format!("{}\t{vol_name}\n", spec.pool).as_bytes()).map_err(|e| {
-                failed(name, &format!("recording volume {vol_name} in {}", marker.display()), e.to_string())
-            })?;
+            std::io::Write::write_all(&mut list, format!("{}\t{vol_name}\n", spec.storage).as_bytes()).map_err(
+                |e| failed(name, &format!("recording volume {vol_name} in {}", marker.display()), e.to_string()),
+            )?;
             let vol = created.last().expect("just pushed");
             let path = vol.path().map_err(|e| failed(name, "reading a volume's path", e.to_string()))?;
             // Written in place when the volume is a file here; streamed through libvirt otherwise.
@@ -281,14 +281,30 @@ pub(super) fn restore_as_new_vm(
             filled.map_err(|e| failed(name, &format!("writing disk {} into {path}", d.key), e))?;
             paths.push((d.key.clone(), path, format.clone()));
         }
-        let xml = new_domain_xml(
-            source,
-            name,
-            spec.cpus.unwrap_or(source.cpus.max(1)),
-            spec.memory_mib.unwrap_or(if source.memory_mib > 0 { source.memory_mib } else { 1024 }),
-            &paths,
-            spec.network.as_deref(),
-        );
+        // On its own platform the VM comes back as it was defined, with a new identity; from
+        // another platform's description, a fresh domain.
+        let native = source.native.as_ref().filter(|n| source.platform == PLATFORM && n.format == NATIVE_FORMAT);
+        let xml = match native {
+            Some(n) => restored_domain_xml(
+                &n.text,
+                &Restored {
+                    name,
+                    cpus: spec.cpus,
+                    memory_mib: spec.memory_mib,
+                    disks: &paths,
+                    network: spec.network.as_deref(),
+                },
+            )
+            .map_err(|e| failed(name, "building the new VM's definition", e))?,
+            None => new_domain_xml(
+                source,
+                name,
+                spec.cpus.unwrap_or(source.cpus.max(1)),
+                spec.memory_mib.unwrap_or(if source.memory_mib > 0 { source.memory_mib } else { 1024 }),
+                &paths,
+                spec.network.as_deref(),
+            ),
+        };
         let dom = conn.conn.define_domain_xml(&xml).map_err(|e| failed(name, "defining the new VM", e.to_string()))?;
         if spec.start {
             if let Err(e) = dom.create() {
@@ -528,4 +544,58 @@ pub(super) fn restore_in_place(
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// A restore checked against the host before it is queued (the restore itself checks again).
+pub(super) fn check_restore(conn: &KvmConnector, restore: RestoreCheck<'_>) -> Result<(), CheckError> {
+    let names = |list: Vec<String>| if list.is_empty() { "none".to_string() } else { list.join(", ") };
+    match restore {
+        RestoreCheck::NewVm(spec) => {
+            if conn.conn.lookup_domain_by_name(&spec.name).is_ok() {
+                return Err(CheckError::Refused(Refusal::conflict(
+                    "name",
+                    format!("a VM named {:?} exists already on this host", spec.name),
+                )));
+            }
+            if conn.conn.lookup_storage_pool_by_name(&spec.storage).is_err() {
+                let pools = conn.conn.list_storage_pools().unwrap_or_default();
+                let defined = conn.conn.list_defined_storage_pools().unwrap_or_default();
+                return Err(CheckError::Refused(Refusal::field(
+                    "storage",
+                    format!(
+                        "no storage pool {:?} on this host (it has {})",
+                        spec.storage,
+                        names([pools, defined].concat())
+                    ),
+                )));
+            }
+            if let Some(net) = &spec.network {
+                if conn.conn.lookup_network_by_name(net).is_err() {
+                    let nets = conn.conn.list_networks().unwrap_or_default();
+                    let defined = conn.conn.list_defined_networks().unwrap_or_default();
+                    return Err(CheckError::Refused(Refusal::field(
+                        "network",
+                        format!("no network {net:?} on this host (it has {})", names([nets, defined].concat())),
+                    )));
+                }
+            }
+            Ok(())
+        }
+        RestoreCheck::InPlace { vm } => {
+            let dom = conn.domain(vm).map_err(|_| {
+                CheckError::Refused(Refusal::field(
+                    "point",
+                    format!("its VM ({vm}) is not on this host: restore it as a new VM"),
+                ))
+            })?;
+            if dom.is_active().unwrap_or(false) {
+                let name = dom.name().unwrap_or_else(|_| vm.to_string());
+                return Err(CheckError::Refused(Refusal::conflict(
+                    "mode",
+                    format!("VM {name} is running: shut it off before restoring in place"),
+                )));
+            }
+            Ok(())
+        }
+    }
 }

@@ -1,0 +1,616 @@
+//! The job engine against the simulated platform (connectors' `sim` feature): backups and
+//! restores byte for byte, incrementals that read only what the guest wrote, the global and
+//! per-platform limits, bandwidth windows, stops, faults (host unreachable, snapshot refused, a
+//! read error mid-disk), retention after a successful run only, alert mails, and a service
+//! killed mid-backup cleaning up after its restart. No libvirt: these run in seconds; what only a real hypervisor
+//! shows stays in service.rs.
+
+use connectors::sim::{Faults, SimHost};
+use holdfast_tests::service::{Client, Server};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const PASSWORD: &str = "correct horse battery";
+
+/// Bytes that do not compress or deduplicate: `seed` picks the stream.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Bed {
+    _tmp: tempfile::TempDir,
+    host: SimHost,
+    server: Server,
+    c: Client,
+    platform: i64,
+}
+
+impl Bed {
+    fn start(args: &[&str]) -> Bed {
+        Bed::start_with_clock(args, None)
+    }
+
+    fn start_with_clock(args: &[&str], clock: Option<&str>) -> Bed {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = SimHost::create(&tmp.path().join("sim"));
+        let clock_file = tmp.path().join("clock");
+        if let Some(t) = clock {
+            std::fs::write(&clock_file, t).unwrap();
+        }
+        let server = Server::start_with(&tmp.path().join("data"), clock.map(|_| clock_file.as_path()), args);
+        let c = server.admin(PASSWORD);
+        let platform = add_platform(&c, "sim", &host);
+        Bed { _tmp: tmp, host, server, c, platform }
+    }
+
+    fn dir(&self) -> &Path {
+        self._tmp.path()
+    }
+
+    fn backup(&self, vm: &str, kind: &str) -> Value {
+        let j = self.c.post("/api/jobs", json!({ "platform": self.platform, "vm": vm, "type": kind }), 202);
+        self.c.wait_job(j["id"].as_i64().unwrap())
+    }
+
+    fn log(&self, job: &Value) -> String {
+        self.c.get(&format!("/api/jobs/{}/log", job["id"])).to_string()
+    }
+
+    fn points(&self) -> Vec<Value> {
+        self.c.get("/api/points").as_array().unwrap().clone()
+    }
+
+    fn set_bandwidth(&self, mb: Option<f64>) {
+        let every_day = json!(["mon", "tue", "wed", "thu", "fri", "sat", "sun"]);
+        let body = match mb {
+            Some(mb) => json!([{ "days": every_day, "from": "00:00", "to": "23:59", "mb_per_second": mb }]),
+            None => json!([]),
+        };
+        assert_eq!(self.c.request("PUT", "/api/bandwidth", Some(&body)).0, 204);
+    }
+}
+
+fn add_platform(c: &Client, name: &str, host: &SimHost) -> i64 {
+    let mut body = host.settings();
+    body["name"] = json!(name);
+    body["kind"] = json!("sim");
+    let (code, v) = c.request("POST", "/api/platforms", Some(&body));
+    assert_eq!(
+        code, 201,
+        "{v}: is the binary built with the simulated platform (cargo build -p appliance --features sim)?"
+    );
+    v["id"].as_i64().unwrap()
+}
+
+#[test]
+fn backups_and_restores_are_byte_identical_and_incrementals_read_only_what_changed() {
+    let bed = Bed::start(&[]);
+    bed.host.add_vm("web", &[("vda", 8 * MIB), ("vdb", 4 * MIB)]);
+    bed.host.write("web", "vda", 0, &noise(1, 3 * MIB as usize));
+    bed.host.write("web", "vdb", MIB, &noise(2, MIB as usize));
+
+    let full = bed.backup("web", "full");
+    assert_eq!(full["state"], "completed", "{full}");
+    let log = bed.log(&full);
+    assert!(log.contains("simulated file read"), "the transport is logged: {log}");
+
+    // 64 KiB written on one disk: the incremental reads those bytes, not the disks.
+    bed.host.write("web", "vda", 5 * MIB, &noise(3, 64 << 10));
+    let inc = bed.backup("web", "incremental");
+    assert_eq!(inc["state"], "completed", "{inc}");
+    assert!(!bed.log(&inc).contains("read in full"), "{}", bed.log(&inc));
+    // (The store reads changes by its 4 MiB extents: one extent of 12 MiB of disks.)
+    let read = inc["total_bytes"].as_u64().unwrap();
+    assert!(read <= 4 * MIB, "the incremental read {read} bytes for 64 KiB written");
+    assert_eq!(full["total_bytes"].as_u64(), Some(12 * MIB), "{full}");
+    let points = bed.points();
+    let newest = points.iter().find(|p| p["point_id"] == inc["point_id"]).unwrap();
+    assert_eq!((newest["type"].as_str(), newest["parent"].as_str()), (Some("incremental"), full["point_id"].as_str()));
+    assert!(newest["stored_bytes"].as_u64().unwrap() < MIB, "{newest}");
+
+    // Restored as a new VM: every disk equals the source at the incremental.
+    let want = (bed.host.disk("web", "vda"), bed.host.disk("web", "vdb"));
+    let r = bed.c.post(
+        "/api/restores",
+        json!({ "point": inc["point_id"], "platform": bed.platform, "mode": "new_vm", "name": "web-copy", "cpus": 4 }),
+        202,
+    );
+    let r = bed.c.wait_job(r["id"].as_i64().unwrap());
+    assert_eq!(r["state"], "completed", "{r}");
+    assert_eq!((bed.host.disk("web-copy", "vda"), bed.host.disk("web-copy", "vdb")), want);
+    let copy = bed.host.vm("web-copy").unwrap();
+    assert_eq!(copy.cpus, 4);
+    assert_ne!(copy.uuid, bed.host.vm("web").unwrap().uuid, "a new VM gets a new identity");
+
+    // In place onto the (shut off) VM after the guest wrote on: back to the full's bytes.
+    let after_inc = bed.host.disk("web", "vda");
+    bed.host.write("web", "vda", 0, &noise(4, MIB as usize));
+    let r = bed.c.post(
+        "/api/restores",
+        json!({ "point": full["point_id"], "platform": bed.platform, "mode": "in_place" }),
+        202,
+    );
+    let r = bed.c.wait_job(r["id"].as_i64().unwrap());
+    assert_eq!(r["state"], "completed", "{r}");
+    assert_ne!(bed.host.disk("web", "vda"), after_inc, "the full's bytes differ from the incremental's");
+    let mut expect = after_inc.clone();
+    expect[5 * MIB as usize..(5 * MIB + (64 << 10)) as usize].copy_from_slice(&vec![0; 64 << 10]);
+    assert_eq!(bed.host.disk("web", "vda"), expect, "the full had zeros where the incremental wrote");
+    assert!(!bed.host.has_snapshot("web"));
+}
+
+/// The most jobs whose [started, finished] intervals overlap at one instant.
+fn max_overlap(jobs: &[&Value]) -> usize {
+    let secs = |t: &Value| chrono_secs(t.as_str().unwrap());
+    let mut edges: Vec<(f64, i32)> = Vec::new();
+    for j in jobs {
+        edges.push((secs(&j["started"]), 1));
+        edges.push((secs(&j["finished"]), -1));
+    }
+    edges.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// Seconds of an RFC 3339 UTC time the service wrote ("2026-12-03T09:01:02.345Z"), from midnight.
+fn chrono_secs(t: &str) -> f64 {
+    let time = t.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    let day: f64 = t[8..10].parse().unwrap();
+    day * 86400.0 + h * 3600.0 + m * 60.0 + s
+}
+
+#[test]
+fn queued_jobs_keep_to_the_global_and_per_platform_limits() {
+    let bed = Bed::start(&["--max-jobs", "3", "--max-jobs-per-host", "2"]);
+    let other = SimHost::create(&bed.dir().join("sim-b"));
+    let second = add_platform(&bed.c, "sim-b", &other);
+    // Slow reads, so that jobs overlap for long enough to see the limits.
+    for h in [&bed.host, &other] {
+        h.set_faults(&Faults { read_delay_ms: 150, ..Faults::default() });
+    }
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (host, platform) = if i % 2 == 0 { (&bed.host, bed.platform) } else { (&other, second) };
+        let name = format!("vm{i}");
+        host.add_vm(&name, &[("vda", 2 * MIB)]);
+        host.write(&name, "vda", 0, &noise(i, 2 * MIB as usize));
+        let j = bed.c.post("/api/jobs", json!({ "platform": platform, "vm": name, "type": "full" }), 202);
+        ids.push(j["id"].as_i64().unwrap());
+    }
+    let done: Vec<Value> = ids.iter().map(|id| bed.c.wait_job(*id)).collect();
+    for j in &done {
+        assert_eq!(j["state"], "completed", "{j}");
+    }
+    let all: Vec<&Value> = done.iter().collect();
+    let overall = max_overlap(&all);
+    assert!((2..=3).contains(&overall), "{overall} jobs ran at once with --max-jobs 3");
+    for p in [bed.platform, second] {
+        let on: Vec<&Value> = done.iter().filter(|j| j["platform"] == p).collect();
+        let n = max_overlap(&on);
+        assert!(n <= 2, "{n} jobs ran at once on platform {p} with --max-jobs-per-host 2");
+    }
+}
+
+#[test]
+fn bandwidth_windows_pause_and_limit_and_a_stopped_job_leaves_nothing() {
+    let bed = Bed::start(&["--max-jobs", "1"]);
+    bed.host.add_vm("db", &[("vda", 16 * MIB)]);
+    bed.host.add_vm("waits", &[("vda", MIB)]);
+    bed.host.write("db", "vda", 0, &noise(1, 4 * MIB as usize));
+
+    // 0 MB/s holds the transfer; lifting the window lets it finish.
+    bed.set_bandwidth(Some(0.0));
+    let j = bed.c.post("/api/jobs", json!({ "platform": bed.platform, "vm": "db", "type": "full" }), 202);
+    let id = j["id"].as_i64().unwrap();
+    bed.c.wait_state(id, "running");
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = bed.c.get(&format!("/api/jobs/{id}"));
+    assert_eq!((held["state"].as_str(), held["done_bytes"].as_i64()), (Some("running"), Some(0)), "{held}");
+    bed.set_bandwidth(None);
+    let full = bed.c.wait_job(id);
+    assert_eq!(full["state"], "completed", "{full}");
+    let rate = full["rate"].as_u64().unwrap();
+    assert!(rate > 0 && rate < full["done_bytes"].as_u64().unwrap(), "the pause counts in the average: {full}");
+    let log = bed.log(&full);
+    for want in ["saving the VM configuration", "taking the snapshot", "transfer paused", "transfer resumed"] {
+        assert!(log.contains(want), "{want} missing: {log}");
+    }
+
+    // A stop while paused mid-transfer: nothing committed, the snapshot and checkpoint gone; a
+    // queued job stopped never starts.
+    let checkpoints = bed.host.vm("db").unwrap().checkpoints;
+    bed.set_bandwidth(Some(0.0));
+    bed.host.write("db", "vda", 8 * MIB, &noise(2, MIB as usize));
+    let running = bed.c.post("/api/jobs", json!({ "platform": bed.platform, "vm": "db", "type": "incremental" }), 202);
+    let rid = running["id"].as_i64().unwrap();
+    bed.c.wait_state(rid, "running");
+    assert!(bed.host.has_snapshot("db"));
+    let queued = bed.c.post("/api/jobs", json!({ "platform": bed.platform, "vm": "waits", "type": "full" }), 202);
+    let qid = queued["id"].as_i64().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(bed.c.get(&format!("/api/jobs/{qid}"))["state"], "queued", "--max-jobs 1 holds it back");
+    let q = bed.c.post(&format!("/api/jobs/{qid}/stop"), json!({}), 200);
+    assert_eq!(q["state"], "stopped", "{q}");
+    let r = bed.c.post(&format!("/api/jobs/{rid}/stop"), json!({}), 200);
+    assert_eq!(r["state"], "stopping", "{r}");
+    let r = bed.c.wait_job(rid);
+    assert_eq!(r["state"], "stopped", "{r}");
+    assert!(r["point_id"].is_null(), "{r}");
+    assert!(!bed.host.has_snapshot("db"), "the stopped run's snapshot is removed");
+    assert_eq!(bed.host.vm("db").unwrap().checkpoints, checkpoints, "the stopped run's checkpoint is removed");
+    assert!(bed.c.get(&format!("/api/jobs/{qid}"))["started"].is_null());
+
+    // A limit holds from the first byte: 4 MiB at 2 MB/s takes about 2 s, unlimited a blink.
+    bed.set_bandwidth(Some(2.0));
+    let t = Instant::now();
+    let limited = bed.backup("db", "incremental");
+    assert_eq!(limited["state"], "completed", "{limited}");
+    assert!(!bed.log(&limited).contains("read in full"), "incremental from the last committed point");
+    let took = t.elapsed().as_secs_f64();
+    let moved = limited["done_bytes"].as_f64().unwrap();
+    assert!(took >= moved / 2e6 * 0.9, "{moved} bytes at 2 MB/s took {took:.2} s: the limit did not hold");
+    bed.set_bandwidth(None);
+}
+
+#[test]
+fn faults_fail_the_job_naming_the_cause_and_leave_nothing_on_the_platform() {
+    let bed = Bed::start(&[]);
+    bed.host.add_vm("app", &[("vda", 8 * MIB)]);
+    bed.host.write("app", "vda", 0, &noise(1, 8 * MIB as usize));
+    let full = bed.backup("app", "full");
+    assert_eq!(full["state"], "completed", "{full}");
+    let committed = bed.host.vm("app").unwrap().checkpoints;
+
+    // A read error mid-disk fails the run; the snapshot and its checkpoint go, the earlier
+    // point stays whole.
+    bed.host.write("app", "vda", 0, &noise(2, 8 * MIB as usize));
+    bed.host.set_faults(&Faults { read_error: Some(("app".into(), "vda".into(), 5 * MIB + 17)), ..Faults::default() });
+    let bad = bed.backup("app", "incremental");
+    assert_eq!(bad["state"], "failed", "{bad}");
+    let e = bad["error"].as_str().unwrap();
+    assert!(e.contains("simulated read error at byte 5242897"), "{e}");
+    assert!(!bed.host.has_snapshot("app"));
+    assert_eq!(bed.host.vm("app").unwrap().checkpoints, committed);
+    // The statistics count the failure as an unread error until its log is read.
+    let row = |c: &Client| c.get("/api/stats")["vms"].as_array().unwrap().iter().find(|v| v["vm"] == "app").cloned();
+    let app = row(&bed.c).unwrap();
+    let counts = (app["succeeded"]["week"].as_i64(), app["failed"]["week"].as_i64(), app["unread_errors"].as_i64());
+    assert_eq!(counts, (Some(1), Some(1), Some(1)), "{app}");
+    bed.log(&bad);
+    assert_eq!(row(&bed.c).unwrap()["unread_errors"].as_i64(), Some(0), "reading the log clears it");
+
+    // A refused snapshot, then an unreachable host: each named.
+    bed.host.set_faults(&Faults { snapshot_refused: vec!["app".into()], ..Faults::default() });
+    let refused = bed.backup("app", "incremental");
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("refused the snapshot"), "{refused}");
+    bed.host.set_faults(&Faults { unreachable: Some("no route to host".into()), ..Faults::default() });
+    let lost = bed.backup("app", "incremental");
+    assert_eq!(lost["state"], "failed", "{lost}");
+    assert!(lost["error"].as_str().unwrap().contains("no route to host"), "{lost}");
+
+    // Healed: the next incremental counts from the committed full.
+    bed.host.set_faults(&Faults::default());
+    let next = bed.backup("app", "incremental");
+    assert_eq!(next["state"], "completed", "{next}");
+    let points = bed.points();
+    let newest = points.iter().find(|p| p["point_id"] == next["point_id"]).unwrap();
+    assert_eq!(newest["parent"], full["point_id"], "{newest}");
+    let r = bed.c.post(
+        "/api/restores",
+        json!({ "point": next["point_id"], "platform": bed.platform, "mode": "new_vm", "name": "app-check" }),
+        202,
+    );
+    assert_eq!(bed.c.wait_job(r["id"].as_i64().unwrap())["state"], "completed");
+    assert_eq!(bed.host.disk("app-check", "vda"), bed.host.disk("app", "vda"));
+}
+
+/// Waits until the rule has `n` finished jobs; returns them newest first.
+fn rule_jobs(c: &Client, rule: i64, n: usize) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        let jobs: Vec<Value> =
+            c.get("/api/jobs").as_array().unwrap().iter().filter(|j| j["rule"] == rule).cloned().collect();
+        let ended = jobs.iter().filter(|j| ["completed", "failed", "skipped"].contains(&j["state"].as_str().unwrap()));
+        if ended.count() >= n {
+            return jobs;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "rule {rule}: waiting for {n} jobs: {jobs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn retention_runs_after_a_successful_run_only() {
+    // A Monday night: the rule's schedule (Sundays) does not fire while the test runs.
+    let bed = Bed::start_with_clock(&[], Some("2026-11-23T01:00:00Z"));
+    bed.host.add_vm("mail", &[("vda", 4 * MIB)]);
+    bed.host.write("mail", "vda", 0, &noise(1, MIB as usize));
+    let weekly = json!({ "kind": "weekly", "days": ["sun"], "times": ["03:00"] });
+    let rule = bed.c.post(
+        "/api/rules",
+        json!({ "name": "mail", "platform": bed.platform, "vms": ["mail"], "full": weekly,
+                "retention": { "keep_last": 1 } }),
+        201,
+    );
+    let rid = rule["id"].as_i64().unwrap();
+    let run = |n: usize| {
+        bed.c.post(&format!("/api/rules/{rid}/run"), json!({ "type": "full" }), 202);
+        rule_jobs(&bed.c, rid, n)[0].clone()
+    };
+    let first = run(1);
+    assert_eq!(first["state"], "completed", "{first}");
+
+    // A failed run removes nothing, even though keep_last 1 is met by the old point.
+    bed.host.set_faults(&Faults { read_error: Some(("mail".into(), "vda".into(), 1000)), ..Faults::default() });
+    let failed = run(2);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let ids: Vec<Value> = bed.points().iter().map(|p| p["point_id"].clone()).collect();
+    assert_eq!(ids, vec![first["point_id"].clone()]);
+
+    // The next successful one replaces it.
+    bed.host.set_faults(&Faults::default());
+    let third = run(3);
+    assert_eq!(third["state"], "completed", "{third}");
+    let ids: Vec<Value> = bed.points().iter().map(|p| p["point_id"].clone()).collect();
+    assert_eq!(ids, vec![third["point_id"].clone()]);
+    assert!(bed.log(&third).contains(&format!("retention removed point {}", first["point_id"].as_str().unwrap())));
+}
+
+#[test]
+fn a_service_killed_mid_backup_cleans_the_platform_after_its_restart() {
+    let mut bed = Bed::start(&[]);
+    bed.host.add_vm("erp", &[("vda", 4 * MIB)]);
+    bed.host.write("erp", "vda", 0, &noise(1, 2 * MIB as usize));
+    let full = bed.backup("erp", "full");
+    assert_eq!(full["state"], "completed", "{full}");
+    let committed = bed.host.vm("erp").unwrap().checkpoints;
+
+    bed.set_bandwidth(Some(0.0));
+    bed.host.write("erp", "vda", 2 * MIB, &noise(2, MIB as usize));
+    let job = bed.c.post("/api/jobs", json!({ "platform": bed.platform, "vm": "erp", "type": "incremental" }), 202);
+    let id = job["id"].as_i64().unwrap();
+    bed.c.wait_state(id, "running");
+    assert!(bed.host.has_snapshot("erp"));
+    bed.server.kill();
+
+    let data = bed.dir().join("data");
+    let server = Server::start(&data);
+    let mut c = server.client();
+    assert_eq!(c.login("admin", PASSWORD).0, 200);
+    let t = Instant::now();
+    let log = loop {
+        let log = c.get(&format!("/api/jobs/{id}/log")).to_string();
+        if log.contains("after the restart") {
+            break log;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(log.contains("removed the snapshot") && log.contains("deleted its checkpoint"), "{log}");
+    assert!(!bed.host.has_snapshot("erp"));
+    assert_eq!(bed.host.vm("erp").unwrap().checkpoints, committed);
+    let k = c.get(&format!("/api/jobs/{id}"));
+    assert_eq!(k["state"], "failed", "{k}");
+    assert!(k["error"].as_str().unwrap().contains("service stopped"), "{k}");
+
+    assert_eq!(c.request("PUT", "/api/bandwidth", Some(&json!([]))).0, 204);
+    let next = c.post("/api/jobs", json!({ "platform": bed.platform, "vm": "erp", "type": "incremental" }), 202);
+    let next = c.wait_job(next["id"].as_i64().unwrap());
+    assert_eq!(next["state"], "completed", "{next}");
+    assert!(!c.get(&format!("/api/jobs/{}/log", next["id"])).to_string().contains("read in full"));
+}
+
+/// A local SMTP sink (aiosmtpd, STARTTLS required, the test bed's server certificate) that
+/// stores every mail it gets in a maildir.
+struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    maildir: std::path::PathBuf,
+}
+
+impl SmtpSink {
+    fn start(dir: &std::path::Path) -> SmtpSink {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let maildir = dir.join("maildir");
+        let pki = std::path::Path::new("/var/tmp/holdfast-testbed/pki/server");
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg("--tlscert")
+            .arg(pki.join("server-cert.pem"))
+            .arg("--tlskey")
+            .arg(pki.join("server-key.pem"))
+            .arg(&maildir)
+            .spawn()
+            .expect("aiosmtpd runs (package python3-aiosmtpd)");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "the SMTP sink did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        SmtpSink { child, port, maildir }
+    }
+
+    /// The subjects of the mails received so far.
+    fn subjects(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else { return vec![] };
+        let mut out: Vec<String> = entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("Subject: ").map(String::from)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn wait_for(&self, n: usize) -> Vec<String> {
+        let t = Instant::now();
+        loop {
+            let s = self.subjects();
+            if s.len() >= n {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "waiting for {n} mails, got {s:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn alerts_are_mailed_over_starttls_and_repeats_are_capped() {
+    holdfast_tests::kvm::ensure_libvirtd(); // the test bed's certificates
+    let bed = Bed::start(&[]);
+    let dir = bed.dir();
+    let sink = SmtpSink::start(dir);
+    let c = &bed.c;
+    let ca = std::fs::read_to_string("/var/tmp/holdfast-testbed/pki/ca-cert.pem").unwrap();
+    let mut settings = json!({
+        "enabled": true, "smtp_host": "127.0.0.1", "smtp_port": sink.port, "security": "starttls",
+        "from": "holdfast@example.com", "to": ["ops@example.com"], "ca_pem": ca,
+        "storage_full_percent": 100, "repeat_minutes": 60,
+    });
+    let mut bad = settings.clone();
+    bad["to"] = json!(["not an address"]);
+    let v = c.request("PUT", "/api/alerts", Some(&bad)).1;
+    assert!(v["error"].as_str().unwrap().starts_with("to[0]:"), "{v}");
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&settings)).0, 204);
+    c.post("/api/alerts/test", json!({}), 204);
+    assert_eq!(sink.wait_for(1), ["Holdfast: test"]);
+    // Without our CA the sink's certificate is not trusted: the test mail fails, saying why.
+    let mut untrusted = settings.clone();
+    untrusted["ca_pem"] = json!(null);
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&untrusted)).0, 204);
+    let v = c.post("/api/alerts/test", json!({}), 502);
+    assert!(v["error"].as_str().unwrap().contains(&format!("127.0.0.1:{}", sink.port)), "{v}");
+    // The store's filesystem is watched outside jobs too: over 1% full, the alert comes with no
+    // job run (checked at once when the threshold changes).
+    settings["storage_full_percent"] = json!(1);
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&settings)).0, 204);
+    let got = sink.wait_for(2);
+    assert!(got.iter().any(|s| s.starts_with("Holdfast: store ") && s.ends_with("% full")), "{got:?}");
+
+    // A VM whose disk cannot be read fails its backups until the fault is healed.
+    let late_name = "late".to_string();
+    bed.host.add_vm(&late_name, &[("vda", MIB)]);
+    bed.host.set_faults(&Faults { read_error: Some((late_name.clone(), "vda".into(), 0)), ..Faults::default() });
+    let run = |vm: &str| bed.backup(vm, "full");
+    // Two failures of the same VM in the window: one mail.
+    assert_eq!(run(&late_name)["state"], "failed");
+    assert_eq!(run(&late_name)["state"], "failed");
+    let failed = format!("Holdfast: backup of {late_name} failed");
+    let got = sink.wait_for(3);
+    assert!(got.contains(&failed), "{got:?}");
+    // The disk reads again; its backup succeeds: a recovery mail (the store is still 1% full,
+    // but that alert went out within the repeat window).
+    bed.host.set_faults(&Faults::default());
+    assert_eq!(run(&late_name)["state"], "completed");
+    let got = sink.wait_for(4);
+    assert!(got.contains(&format!("Holdfast: backup of {late_name} succeeded after failures")), "{got:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let subjects = sink.subjects();
+    assert_eq!(subjects.iter().filter(|s| **s == failed).count(), 1, "the repeated failure was mailed twice");
+    assert_eq!(subjects.iter().filter(|s| s.starts_with("Holdfast: store ")).count(), 1, "{subjects:?}");
+
+    // A storage target whose disk goes away is mailed at the next look (here: at once, as the
+    // settings change), once per window, and shown unavailable.
+    let nas = dir.join("nas");
+    c.post("/api/storage", json!({ "name": "nas", "path": nas }), 201);
+    std::fs::rename(&nas, dir.join("nas-unmounted")).unwrap();
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&settings)).0, 204);
+    let got = sink.wait_for(5);
+    let offline = "Holdfast: storage target nas is unavailable";
+    assert!(got.iter().any(|s| s == offline), "{got:?}");
+    let nas_target = c.get("/api/storage").as_array().unwrap().iter().find(|t| t["name"] == "nas").cloned().unwrap();
+    assert_eq!(nas_target["available"], false, "{nas_target}");
+    assert_eq!(c.request("PUT", "/api/alerts", Some(&settings)).0, 204);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.subjects().iter().filter(|s| *s == offline).count(), 1, "mailed once per window");
+}
+
+#[test]
+fn platforms_are_described_edited_and_removed_only_when_nothing_needs_them() {
+    let bed = Bed::start(&[]);
+    let c = &bed.c;
+    let kinds = c.get("/api/platform-kinds");
+    let sim = kinds.as_array().unwrap().iter().find(|k| k["kind"] == "sim").unwrap().clone();
+    assert_eq!(sim["fields"][0]["name"], "dir", "{sim}");
+    assert_eq!(sim["capabilities"]["restore_in_place"], true, "{sim}");
+    assert!(kinds.as_array().unwrap().iter().any(|k| k["kind"] == "kvm"), "{kinds}");
+
+    // Settings are the kind's: an unknown one, a bad one are refused by name.
+    let id = bed.platform;
+    let path = format!("/api/platforms/{id}");
+    let edit = |body: Value, want: u16| {
+        let (code, v) = c.request("PUT", &path, Some(&body));
+        assert_eq!(code, want, "{body}: {v}");
+        v
+    };
+    let v = edit(json!({ "name": "sim", "kind": "sim", "dir": bed.host.settings()["dir"], "color": "red" }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("color: unknown field"), "{v}");
+    let v = edit(json!({ "name": "sim", "kind": "sim", "dir": "/nonexistent" }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("dir: /nonexistent holds no simulated platform"), "{v}");
+    let v = edit(json!({ "name": "sim", "kind": "kvm", "uri": "qemu:///system" }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("kind: stays \"sim\""), "{v}");
+
+    // New name, settings and credentials; a password left out later keeps the stored one.
+    let moved = SimHost::create(&bed.dir().join("sim-moved"));
+    let mut body = moved.settings();
+    body["name"] = json!("moved");
+    body["kind"] = json!("sim");
+    body["username"] = json!("ops");
+    body["password"] = json!("s3cret");
+    let p = edit(body.clone(), 200);
+    assert_eq!((p["name"].as_str(), p["dir"].as_str()), (Some("moved"), moved.settings()["dir"].as_str()), "{p}");
+    assert_eq!(p["has_password"], true);
+    body.as_object_mut().unwrap().remove("password");
+    assert_eq!(edit(body, 200)["has_password"], true, "the stored password is kept");
+    let audit = c.get("/api/audit").to_string();
+    assert!(audit.contains("platform changed") && audit.contains("moved"), "{audit}");
+
+    // Removal: refused while a rule uses the platform, then while its points are indexed.
+    moved.add_vm("vm1", &[("vda", MIB)]);
+    moved.write("vm1", "vda", 0, &noise(1, 4096));
+    let weekly = json!({ "kind": "weekly", "days": ["sun"], "times": ["03:00"] });
+    let rule = c.post("/api/rules", json!({ "name": "r", "platform": id, "vms": ["vm1"], "full": weekly }), 201);
+    let (code, v) = c.request("DELETE", &path, None);
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("used by rule r"), "{v}");
+    let done = bed.backup("vm1", "full");
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(c.request("DELETE", &format!("/api/rules/{}", rule["id"]), None).0, 204);
+    let (code, v) = c.request("DELETE", &path, None);
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("made the restore points of VM vm1"), "{v}");
+
+    // A platform nothing needs goes, with its job history.
+    let spare = SimHost::create(&bed.dir().join("spare"));
+    let sid = add_platform(c, "spare", &spare);
+    assert_eq!(c.request("DELETE", &format!("/api/platforms/{sid}"), None).0, 204);
+    let names: Vec<Value> = c.get("/api/platforms").as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
+    assert_eq!(names, vec![json!("moved")]);
+    assert_eq!(c.request("DELETE", &format!("/api/platforms/{sid}"), None).0, 404);
+}
