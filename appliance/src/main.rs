@@ -31,6 +31,18 @@ enum Command {
     /// Drive a running appliance through its API with an API token: jobs, backups, restores,
     /// rules, points.
     Client(client_cli::ClientArgs),
+    /// On the appliance's shell: give a user (the last admin, locked out or with a forgotten
+    /// password) a new password, printed once, to be changed at the next login.
+    ResetPassword {
+        /// [env: HOLDFAST_DATA; default /var/lib/holdfast]
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// [env: HOLDFAST_CATALOG; default: SQLite in the data directory]
+        #[arg(long)]
+        catalog: Option<String>,
+        #[arg(long, default_value = "admin")]
+        user: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -68,19 +80,18 @@ fn main() {
         #[cfg(feature = "kvm")]
         Command::Kvm(args) => kvm_cli::run(args),
         Command::Client(args) => client_cli::run(args),
-        Command::Serve(a) => {
-            let data_dir = a
-                .data_dir
-                .or_else(|| std::env::var_os("HOLDFAST_DATA").map(Into::into))
-                .unwrap_or_else(|| "/var/lib/holdfast".into());
-            service::run(service::ServeOptions {
-                data_dir,
-                catalog: a.catalog.or_else(|| std::env::var("HOLDFAST_CATALOG").ok()),
-                listen: a.listen,
-                max_jobs: a.max_jobs,
-                max_jobs_per_host: a.max_jobs_per_host,
-            })
-        }
+        Command::ResetPassword { data_dir, catalog, user } => service::reset_password_on_shell(
+            &data_dir_of(data_dir),
+            catalog.or_else(|| std::env::var("HOLDFAST_CATALOG").ok()),
+            &user,
+        ),
+        Command::Serve(a) => service::run(service::ServeOptions {
+            data_dir: data_dir_of(a.data_dir),
+            catalog: a.catalog.or_else(|| std::env::var("HOLDFAST_CATALOG").ok()),
+            listen: a.listen,
+            max_jobs: a.max_jobs,
+            max_jobs_per_host: a.max_jobs_per_host,
+        }),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -89,4 +100,9 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// --data-dir, else $HOLDFAST_DATA, else /var/lib/holdfast.
+fn data_dir_of(given: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    given.or_else(|| std::env::var_os("HOLDFAST_DATA").map(Into::into)).unwrap_or_else(|| "/var/lib/holdfast".into())
 }

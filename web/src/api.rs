@@ -363,6 +363,25 @@ async fn delete_user<B: Backend>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn unlock_user<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    b.unlock_user(&s, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn reset_password<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(name): Path<String>,
+    Body(r): Body<PasswordReset>,
+) -> ApiResult<StatusCode> {
+    b.reset_password(&s, &name, r).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn tokens<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> ApiResult<Json<Vec<Token>>> {
     Ok(Json(b.tokens(&s).await?))
 }
@@ -460,6 +479,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/api/alerts/test", post(test_alert::<B>))
         .route("/api/users", get(users::<B>).post(create_user::<B>))
         .route("/api/users/{name}", axum::routing::delete(delete_user::<B>))
+        .route("/api/users/{name}/unlock", post(unlock_user::<B>))
+        .route("/api/users/{name}/password", post(reset_password::<B>))
         .route("/api/tokens", get(tokens::<B>).post(create_token::<B>))
         .route("/api/tokens/{id}", axum::routing::delete(delete_token::<B>))
         .fallback(not_found)

@@ -64,6 +64,13 @@ pub struct NewUser {
     pub password: String,
 }
 
+/// A new password an admin gives another user, who must change it at the next login.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordReset {
+    pub password: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct User {
     pub name: String,
@@ -483,6 +490,8 @@ pub trait Backend: Send + Sync + 'static {
     fn users(&self) -> impl Future<Output = ApiResult<Vec<User>>> + Send;
     fn create_user(&self, s: &Session, u: NewUser) -> impl Future<Output = ApiResult<User>> + Send;
     fn delete_user(&self, s: &Session, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn unlock_user(&self, s: &Session, name: &str) -> impl Future<Output = ApiResult<()>> + Send;
+    fn reset_password(&self, s: &Session, name: &str, r: PasswordReset) -> impl Future<Output = ApiResult<()>> + Send;
     fn tokens(&self, s: &Session) -> impl Future<Output = ApiResult<Vec<Token>>> + Send;
     fn create_token(&self, s: &Session, t: NewToken) -> impl Future<Output = ApiResult<Token>> + Send;
     fn delete_token(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;

@@ -230,6 +230,32 @@ impl Service {
         Ok(User { name: u.name, role, must_change_password: true, locked_until: None })
     }
 
+    /// Lets a locked-out user log in again at once.
+    pub(super) async fn unlock_user(&self, s: &Session, name: &str) -> ApiResult<()> {
+        let done = sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE name = $1")
+            .bind(name)
+            .execute(&self.db)
+            .await
+            .map_err(ApiError::internal)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::not_found(format!("user {name}")));
+        }
+        self.audit_log(&s.user, "user unlocked", name).await
+    }
+
+    /// Gives a user a new password that must be changed at the next login, unlocks the user and
+    /// ends the user's sessions (a forgotten password is assumed known to someone else too).
+    pub(super) async fn reset_password(&self, s: &Session, name: &str, r: PasswordReset) -> ApiResult<()> {
+        if r.password.chars().count() < MIN_PASSWORD {
+            return Err(ApiError::field("password", format!("must have at least {MIN_PASSWORD} characters")));
+        }
+        if name == s.user {
+            return Err(ApiError::new(409, "change your own password with POST /api/password"));
+        }
+        reset(&self.db, name, &r.password).await?;
+        self.audit_log(&s.user, "password reset", name).await
+    }
+
     pub(super) async fn remove_user(&self, s: &Session, name: &str) -> ApiResult<()> {
         if name == s.user {
             return Err(ApiError::new(409, "you cannot delete your own user"));
@@ -298,4 +324,30 @@ impl Service {
         }
         self.audit_log(&s.user, "API token revoked", &id.to_string()).await
     }
+}
+
+/// Sets `name`'s password to `password`, to be changed at the next login; unlocks the user and
+/// ends its sessions. Shared by the API and `holdfast reset-password` on the appliance's shell.
+pub(super) async fn reset(db: &super::catalog::Db, name: &str, password: &str) -> ApiResult<()> {
+    let mut tx = db.begin().await.map_err(ApiError::internal)?;
+    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    let (id,) = row.ok_or_else(|| ApiError::not_found(format!("user {name}")))?;
+    sqlx::query(
+        "UPDATE users SET password_hash = $1, must_change = 1, failed_logins = 0, locked_until = NULL WHERE id = $2",
+    )
+    .bind(hash_password(password)?)
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .map_err(ApiError::internal)?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)
 }

@@ -21,7 +21,7 @@ mod stats;
 mod storage;
 
 use anyhow::{Context, Result};
-use catalog::{now, Db};
+use catalog::{now, random_hex, Db};
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use std::path::{Path, PathBuf};
@@ -306,6 +306,32 @@ pub fn run(opts: ServeOptions) -> Result<i32> {
     })
 }
 
+/// `holdfast reset-password`: on the appliance's own shell, for the last admin who is locked
+/// out or forgot the password. Prints a new password that must be changed at the next login.
+pub fn reset_password_on_shell(data_dir: &std::path::Path, catalog: Option<String>, user: &str) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let own = data_dir.join("catalog.db");
+        if catalog.is_none() && !own.exists() {
+            anyhow::bail!("no catalog at {}: is --data-dir the service's?", own.display());
+        }
+        let url = catalog.unwrap_or_else(|| format!("sqlite://{}", own.display()));
+        let db = catalog::open(&url).await.context("opening the catalog")?;
+        let password = random_hex(10);
+        auth::reset(&db, user, &password).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        sqlx::query("INSERT INTO audit (time, user_name, action, detail) VALUES ($1, $2, $3, $4)")
+            .bind(now())
+            .bind("(appliance shell)")
+            .bind("password reset")
+            .bind(user)
+            .execute(&db)
+            .await?;
+        println!("{password}");
+        eprintln!("holdfast: user {user} is unlocked; log in with the password above and change it");
+        Ok(0)
+    })
+}
+
 /// The service as the API's backend.
 pub struct Api(Arc<Service>);
 
@@ -327,6 +353,12 @@ impl Backend for Api {
     }
     async fn delete_user(&self, s: &Session, name: &str) -> ApiResult<()> {
         self.0.remove_user(s, name).await
+    }
+    async fn unlock_user(&self, s: &Session, name: &str) -> ApiResult<()> {
+        self.0.unlock_user(s, name).await
+    }
+    async fn reset_password(&self, s: &Session, name: &str, r: PasswordReset) -> ApiResult<()> {
+        self.0.reset_password(s, name, r).await
     }
     async fn tokens(&self, s: &Session) -> ApiResult<Vec<Token>> {
         self.0.list_tokens(s).await
