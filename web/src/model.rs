@@ -473,8 +473,19 @@ impl ApiError {
     pub fn not_found(what: impl std::fmt::Display) -> ApiError {
         ApiError::new(404, format!("no {what}"))
     }
+    /// A failure inside the service whose words are not for the client (a database or runtime
+    /// error): the client gets a reference, the service log the cause under that reference.
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
-        ApiError::new(500, e.to_string())
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let reference = format!("E{secs:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        eprintln!("holdfast: internal error {reference}: {e}");
+        ApiError::new(500, format!("internal error {reference}: the service log has its cause"))
+    }
+    /// A failure inside the service told in Holdfast's own words (no foreign error text).
+    pub fn server(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, message)
     }
 }
 
@@ -542,4 +553,19 @@ pub trait Backend: Send + Sync + 'static {
     fn create_storage(&self, s: &Session, t: NewStorage) -> impl Future<Output = ApiResult<StorageTarget>> + Send;
     /// Forgets a target no rule uses (its files stay where they are).
     fn delete_storage(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_gives_the_client_a_reference_never_its_text() {
+        let a = ApiError::internal("error returned from database: no such table: jobs");
+        let b = ApiError::internal("error returned from database: no such table: jobs");
+        assert_eq!(a.status, 500);
+        assert!(!a.message.contains("table") && !a.message.contains("database"), "{}", a.message);
+        assert!(a.message.starts_with("internal error E") && a.message.contains("service log"), "{}", a.message);
+        assert_ne!(a.message, b.message, "each failure has its own reference");
+    }
 }

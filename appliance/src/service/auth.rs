@@ -118,7 +118,7 @@ impl Service {
             .map_err(ApiError::internal)?;
         self.audit_log(&l.user, "login", "").await?;
         let role =
-            Role::parse(&role).ok_or_else(|| ApiError::internal(format!("user {} has an unknown role", l.user)))?;
+            Role::parse(&role).ok_or_else(|| ApiError::server(format!("user {} has an unknown role", l.user)))?;
         Ok((token, Session { user: l.user, role, csrf, must_change_password: must_change != 0 }))
     }
 

@@ -174,7 +174,7 @@ impl Service {
 
     fn open_sealed(&self, sealed: &str) -> Result<String, ApiError> {
         open_with(&self.secret, sealed).ok_or_else(|| {
-            ApiError::internal("a stored credential cannot be decrypted: damaged, or the wrong secret.key")
+            ApiError::server("a stored credential cannot be decrypted: damaged, or the wrong secret.key")
         })
     }
 

@@ -135,7 +135,7 @@ impl Service {
     pub(super) async fn list_rules(&self) -> ApiResult<Vec<Rule>> {
         let mut out = Vec::new();
         for r in self.rule_rows().await? {
-            let st = Self::stored(&r).map_err(|e| ApiError::internal(format!("rule {}: {e}", r.1)))?;
+            let st = Self::stored(&r).map_err(|e| ApiError::server(format!("rule {}: {e}", r.1)))?;
             out.push(Rule {
                 id: st.id,
                 name: r.1,
