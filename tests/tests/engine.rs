@@ -614,3 +614,46 @@ fn platforms_are_described_edited_and_removed_only_when_nothing_needs_them() {
     assert_eq!(names, vec![json!("moved")]);
     assert_eq!(c.request("DELETE", &format!("/api/platforms/{sid}"), None).0, 404);
 }
+
+#[test]
+fn a_renamed_vm_keeps_its_rule_and_its_chain() {
+    let bed = Bed::start_with_clock(&[], Some("2026-11-23T01:00:00Z"));
+    bed.host.add_vm("crm", &[("vda", 4 * MIB)]);
+    bed.host.write("crm", "vda", 0, &noise(1, MIB as usize));
+    let weekly = json!({ "kind": "weekly", "days": ["sun"], "times": ["03:00"] });
+    let rule = bed.c.post(
+        "/api/rules",
+        json!({ "name": "crm", "platform": bed.platform, "vms": ["crm"], "full": weekly,
+                "partial": { "kind": "incremental", "schedule": { "kind": "daily", "times": ["02:00"] } } }),
+        201,
+    );
+    let rid = rule["id"].as_i64().unwrap();
+    let run = |n: usize| {
+        bed.c.post(&format!("/api/rules/{rid}/run"), json!({ "type": "incremental" }), 202);
+        rule_jobs(&bed.c, rid, n)[0].clone()
+    };
+    let first = run(1);
+    assert_eq!(first["state"], "completed", "{first}");
+
+    // Renamed on the platform (same UUID): the rule still backs it up, incrementally from the
+    // point it made under its old name, and now shows the new name.
+    bed.host.rename("crm", "crm-2027");
+    bed.host.write("crm-2027", "vda", 2 * MIB, &noise(2, 4096));
+    let second = run(2);
+    assert_eq!(second["state"], "completed", "{second}");
+    assert_eq!(second["vm"], "crm-2027", "{second}");
+    let log = bed.log(&second);
+    assert!(log.contains("VM crm is now called crm-2027") && !log.contains("read in full"), "{log}");
+    let points = bed.points();
+    let newest = points.iter().find(|p| p["point_id"] == second["point_id"]).unwrap();
+    assert_eq!(
+        (newest["parent"].clone(), newest["vm_key"].clone()),
+        (first["point_id"].clone(), points[1]["vm_key"].clone())
+    );
+    let r = bed.c.get(&format!("/api/rules/{rid}"));
+    assert_eq!(r["vms"], json!(["crm-2027"]), "{r}");
+
+    // The old name is no VM of the platform any more: a manual job by it is refused.
+    let v = bed.c.post("/api/jobs", json!({ "platform": bed.platform, "vm": "crm", "type": "full" }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("vm: "), "{v}");
+}

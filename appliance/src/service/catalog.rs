@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../../migrations/0010_lan_free.sql")),
     (11, include_str!("../../migrations/0011_storage_targets.sql")),
     (12, include_str!("../../migrations/0012_platform_settings.sql")),
+    (13, include_str!("../../migrations/0013_vm_ids.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.
@@ -107,5 +108,38 @@ mod tests {
         let (settings,): (String,) = sqlx::query_as("SELECT settings FROM platforms").fetch_one(&db).await.unwrap();
         let v: serde_json::Value = serde_json::from_str(&settings).unwrap();
         assert_eq!(v, serde_json::json!({ "uri": uri }));
+    }
+
+    /// A catalog of today's schema before VM ids (version 12) keeps every rule, job and point;
+    /// its VMs have no id until their next backup.
+    #[tokio::test]
+    async fn rules_jobs_and_points_survive_the_vm_id_migration() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+        let db = AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        migrate(&db, true, 12).await.unwrap();
+        for sql in [
+            "INSERT INTO platforms (id, name, kind, settings, reached, created) VALUES (1, 'lab', 'kvm', '{}', 'x', 'y')",
+            "INSERT INTO rules (id, name, platform_id, full_schedule, retention, quiesce, created, checked_until) \
+             VALUES (1, 'nightly', 1, '{}', '{}', 'auto', 'y', 'y')",
+            "INSERT INTO rule_vms (rule_id, platform_id, vm) VALUES (1, 1, 'web01')",
+            "INSERT INTO jobs (id, platform_id, vm, backup_type, state, created, rule_id) \
+             VALUES (1, 1, 'web01', 'full', 'completed', 'y', 1)",
+            "INSERT INTO points (point_id, vm_key, vm_name, backup_type, started, finished, stored_bytes, \
+             protected_bytes, storage_id) VALUES ('p1', 'uuid-1', 'web01', 'full', 'a', 'b', 1, 2, 1)",
+        ] {
+            sqlx::query(sql).execute(&db).await.unwrap();
+        }
+        migrate(&db, true, i64::MAX).await.unwrap();
+        let rule: (String, Option<String>) =
+            sqlx::query_as("SELECT vm, vm_id FROM rule_vms WHERE rule_id = 1").fetch_one(&db).await.unwrap();
+        assert_eq!(rule, ("web01".to_string(), None));
+        let job: (String, Option<String>, i64) =
+            sqlx::query_as("SELECT vm, vm_id, rule_id FROM jobs WHERE id = 1").fetch_one(&db).await.unwrap();
+        assert_eq!(job, ("web01".to_string(), None, 1));
+        let point: (String, String) =
+            sqlx::query_as("SELECT vm_key, vm_name FROM points WHERE point_id = 'p1'").fetch_one(&db).await.unwrap();
+        assert_eq!(point, ("uuid-1".to_string(), "web01".to_string()));
     }
 }

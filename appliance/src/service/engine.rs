@@ -133,12 +133,27 @@ pub(super) struct JobPlan {
     pub storage: i64,
 }
 
+/// A VM as the catalog knows it: its name, and the platform's stable id where known (a VM
+/// renamed on the platform keeps its id, so its rule and its chain go on).
+#[derive(Clone, Debug)]
+pub(super) struct VmRef {
+    pub name: String,
+    pub id: Option<String>,
+}
+
+impl VmRef {
+    /// What the connector is asked for: the id where known, else the name.
+    pub fn key(&self) -> &str {
+        self.id.as_deref().unwrap_or(&self.name)
+    }
+}
+
 /// A job waiting for its turn.
 pub(super) struct Queued {
     id: i64,
     platform: i64,
     target: Target,
-    vm: String,
+    vm: VmRef,
     requested: BackupType,
     quiesce: Quiesce,
     rule: Option<RuleRun>,
@@ -228,16 +243,16 @@ impl Service {
         }
         let storage = j.storage.unwrap_or(OWN_TARGET);
         self.check_target("storage", storage).await?;
-        self.check_vm(j.platform, &j.vm).await?;
+        let vm = self.check_vm(j.platform, &j.vm).await?;
         // Two backups of one VM at once would collide on the hypervisor (one backup job per VM).
-        if let Some(busy) = self.active_job(j.platform, &j.vm).await? {
+        if let Some(busy) = self.active_job(j.platform, vm.key()).await? {
             return Err(ApiError::new(
                 409,
                 format!("VM {} has job {busy} queued or running: wait for it or stop it", j.vm),
             ));
         }
         let plan = JobPlan { quiesce: Quiesce::IfPossible, rule: None, storage };
-        self.enqueue(&s.user, j.platform, &j.vm, requested, plan).await
+        self.enqueue(&s.user, j.platform, vm, requested, plan).await
     }
 
     /// A job of `vm` still queued or running, if any (a killed backup being cleaned up after
@@ -247,7 +262,7 @@ impl Service {
             return Ok(Some(*id));
         }
         let row: Option<(i64,)> = sqlx::query_as(&format!(
-            "SELECT id FROM jobs WHERE platform_id = $1 AND vm = $2 AND state IN {ACTIVE_STATES}"
+            "SELECT id FROM jobs WHERE platform_id = $1 AND (vm = $2 OR vm_id = $2) AND state IN {ACTIVE_STATES}"
         ))
         .bind(platform)
         .bind(vm)
@@ -283,18 +298,19 @@ impl Service {
         self: &Arc<Self>,
         user: &str,
         platform: i64,
-        vm: &str,
+        vm: VmRef,
         requested: BackupType,
         plan: JobPlan,
     ) -> ApiResult<Job> {
         let JobPlan { quiesce, rule, storage } = plan;
         let (platform_name, target) = self.job_target(platform).await?;
         let id = sqlx::query_as::<_, (i64,)>(
-            "INSERT INTO jobs (platform_id, vm, backup_type, state, rule_id, storage_id, created) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6) RETURNING id",
+            "INSERT INTO jobs (platform_id, vm, vm_id, backup_type, state, rule_id, storage_id, created) \
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) RETURNING id",
         )
         .bind(platform)
-        .bind(vm)
+        .bind(&vm.name)
+        .bind(&vm.id)
         .bind(requested.as_str())
         .bind(rule.as_ref().map(|r| r.rule_id))
         .bind(storage)
@@ -307,11 +323,10 @@ impl Service {
             Some(r) => format!("rule {}", r.rule_id),
             None => user.to_string(),
         };
-        log(&self.db, id, "info", &format!("queued by {by}: {} backup of {vm} on {platform_name}", requested.as_str()))
-            .await;
-        self.audit_log(user, "backup started", &format!("job {id}: {} of {vm} on {platform_name}", requested.as_str()))
-            .await?;
-        let job = Queued { id, platform, target, vm: vm.to_string(), requested, quiesce, rule, storage };
+        let (name, kind) = (&vm.name, requested.as_str());
+        log(&self.db, id, "info", &format!("queued by {by}: {kind} backup of {name} on {platform_name}")).await;
+        self.audit_log(user, "backup started", &format!("job {id}: {kind} of {name} on {platform_name}")).await?;
+        let job = Queued { id, platform, target, vm, requested, quiesce, rule, storage };
         self.launch(id, move |me, control| async move { me.run_job(job, control).await });
         self.job_by_id(id).await
     }
@@ -635,13 +650,14 @@ impl Service {
             Ok(s) => s,
             Err(e) => {
                 log(&self.db, id, "error", &format!("failed: {}", e.message)).await;
-                self.finish_job(id, platform, &vm, End::Failed(&e.message), (0, 0)).await;
+                self.finish_job(id, platform, &vm.name, End::Failed(&e.message), (0, 0)).await;
                 return;
             }
         };
         let work = self.work_dir.clone();
         let point_store = store.clone();
-        let vm_name = vm.clone();
+        let vm_name = vm.name.clone();
+        let vm_key = vm.key().to_string();
         let backup_control = control.clone();
         let task_target = target.clone();
         let include = rule.as_ref().map(|r| r.disks.clone()).unwrap_or_default();
@@ -658,8 +674,10 @@ impl Service {
                 control: backup_control,
                 ..BackupOptions::new(requested)
             };
-            backup_vm(&*conn, &store, &vm, opts, &mut |p| progress.set_progress(p.all_done_bytes, p.all_total_bytes))
-                .map_err(|e| e.to_string())
+            backup_vm(&*conn, &store, &vm_key, opts, &mut |p| {
+                progress.set_progress(p.all_done_bytes, p.all_total_bytes)
+            })
+            .map_err(|e| e.to_string())
         });
         let (outcome, bytes) = self.watch(id, platform, &target, &control, task).await;
         match outcome {
@@ -674,6 +692,7 @@ impl Service {
                 for w in &o.warnings {
                     log(&self.db, id, "warning", w).await;
                 }
+                self.learn_vm(id, platform, &vm, &p.vm).await;
                 if let Err(e) = insert_point(&self.db, p, storage).await {
                     log(&self.db, id, "error", &format!("point {} is stored but not in the catalog: {e}", p.point_id))
                         .await;
@@ -708,6 +727,36 @@ impl Service {
                 log(&self.db, id, "error", &format!("failed: {e}")).await;
                 self.finish_job(id, platform, &vm_name, End::Failed(&e), bytes).await;
             }
+        }
+    }
+}
+
+impl Service {
+    /// After a backup: the job and the rule's entry learn the VM's stable id (rows from before
+    /// ids were kept) and its current name (a VM renamed on the platform).
+    async fn learn_vm(&self, job: i64, platform: i64, queued: &VmRef, found: &vds_store::VmDescription) {
+        if found.name != queued.name {
+            log(&self.db, job, "info", &format!("VM {} is now called {} on the platform", queued.name, found.name))
+                .await;
+        }
+        let jobs = sqlx::query("UPDATE jobs SET vm = $1, vm_id = $2 WHERE id = $3")
+            .bind(&found.name)
+            .bind(&found.key)
+            .bind(job)
+            .execute(&self.db)
+            .await;
+        let rules = sqlx::query(
+            "UPDATE rule_vms SET vm = $1, vm_id = $2 WHERE platform_id = $3 AND (vm_id = $2 OR (vm_id IS NULL AND vm = $4))",
+        )
+        .bind(&found.name)
+        .bind(&found.key)
+        .bind(platform)
+        .bind(&queued.name)
+        .execute(&self.db)
+        .await;
+        if let Some(e) = jobs.err().or(rules.err()) {
+            log(&self.db, job, "warning", &format!("the catalog could not record VM {}'s id or name: {e}", found.name))
+                .await;
         }
     }
 }

@@ -4,6 +4,7 @@
 //! validates the settings and opens the connection.
 
 use super::catalog::now;
+use super::engine::VmRef;
 use super::Service;
 use connectors::registry::{self, PlatformKind, Settings};
 use connectors::{Connector, ConnectorError, Credentials};
@@ -294,9 +295,10 @@ impl Service {
         }
     }
 
-    /// Refuses a job for a VM the platform does not have (400 on `vm`). A platform that does not
-    /// answer now is no reason to refuse: the job waits for it like a scheduled one.
-    pub(super) async fn check_vm(&self, platform: i64, vm: &str) -> ApiResult<()> {
+    /// The VM a job names (by name or id) as the platform knows it; refuses a VM the platform
+    /// does not have (400 on `vm`). A platform that does not answer now is no reason to refuse:
+    /// the job waits for it like a scheduled one, and learns the VM's id when it runs.
+    pub(super) async fn check_vm(&self, platform: i64, vm: &str) -> ApiResult<VmRef> {
         let (name, target) = self.job_target(platform).await?;
         let (work, wanted) = (self.work_dir.clone(), vm.to_string());
         match tokio::task::spawn_blocking(move || target.connect(&work)?.find_vm(&wanted))
@@ -306,7 +308,8 @@ impl Service {
             Err(ConnectorError::NoSuchVm { .. }) => {
                 Err(ApiError::field("vm", format!("platform {name} has no VM {vm:?} (by name or id)")))
             }
-            _ => Ok(()),
+            Ok(found) => Ok(VmRef { name: found.name, id: Some(found.uuid) }),
+            Err(_) => Ok(VmRef { name: vm.to_string(), id: None }),
         }
     }
 

@@ -5,7 +5,7 @@
 //! VM whose previous run is still queued or running is skipped, and the skip is recorded.
 
 use super::catalog::now;
-use super::engine::{JobPlan, RuleRun};
+use super::engine::{JobPlan, RuleRun, VmRef};
 use super::schedule::{Clock, Schedule};
 use super::Service;
 use connectors::{ChangeTracking, Quiesce};
@@ -57,6 +57,9 @@ pub(super) struct Checked {
     storage: i64,
     /// When the scheduler starts looking (now, or earlier for a `once` earlier today).
     first_check: String,
+    /// The platform's stable id of each of the rule's VMs (in the order of `vms`), where the
+    /// platform was asked (an imported rule learns them at each VM's next backup).
+    vm_ids: Vec<Option<String>>,
 }
 
 fn quiesce_of(s: &str) -> Option<Quiesce> {
@@ -162,7 +165,7 @@ impl Service {
 
     /// Checks a rule's settings; `own` is the rule being edited (its VMs are not "taken").
     async fn check_rule(&self, r: &NewRule, own: Option<i64>) -> ApiResult<Checked> {
-        let checked = check_settings(r)?;
+        let mut checked = check_settings(r)?;
         self.check_target("storage", checked.storage).await?;
         let known = self.vms_of(r.platform).await.map_err(|e| {
             if e.status == 404 {
@@ -172,9 +175,10 @@ impl Service {
             }
         })?;
         for (i, vm) in r.vms.iter().enumerate() {
-            if !known.iter().any(|k| &k.name == vm || &k.uuid == vm) {
+            let Some(found) = known.iter().find(|k| &k.name == vm || &k.uuid == vm) else {
                 return Err(ApiError::field(&format!("vms[{i}]"), format!("no VM {vm:?} on platform {}", r.platform)));
-            }
+            };
+            checked.vm_ids[i] = Some(found.uuid.clone());
             if let Some((id, rule)) = rule_of_vm(&self.db, r.platform, vm).await?.filter(|(id, _)| Some(*id) != own) {
                 return Err(ApiError::new(409, format!("vms[{i}]: VM {vm} is already in rule {rule} (id {id})")));
             }
@@ -254,7 +258,8 @@ pub(super) fn check_settings(r: &NewRule) -> ApiResult<Checked> {
     let now_t = clock.now();
     let first = partial.as_ref().map(|(_, p)| p.first_check(now_t)).unwrap_or(now_t).min(full.first_check(now_t));
     let storage = r.storage.unwrap_or(super::storage::OWN_TARGET);
-    Ok(Checked { full, partial, retention, quiesce, change_tracking, storage, first_check: first.to_rfc3339() })
+    let vm_ids = vec![None; r.vms.len()];
+    Ok(Checked { full, partial, retention, quiesce, change_tracking, storage, first_check: first.to_rfc3339(), vm_ids })
 }
 
 /// Inserts a checked rule and its VMs (in the caller's transaction); returns its id.
@@ -288,7 +293,7 @@ pub(super) async fn insert_rule(
     .await
     .map_err(|e| name_taken(e, &r.name))?
     .0;
-    Service::save_rule_vms(tx, id, platform, &r.vms).await?;
+    Service::save_rule_vms(tx, id, platform, &r.vms, &c.vm_ids).await?;
     Ok(id)
 }
 
@@ -299,17 +304,19 @@ impl Service {
         id: i64,
         platform: i64,
         vms: &[String],
+        ids: &[Option<String>],
     ) -> ApiResult<()> {
         sqlx::query("DELETE FROM rule_vms WHERE rule_id = $1")
             .bind(id)
             .execute(&mut **tx)
             .await
             .map_err(ApiError::internal)?;
-        for vm in vms {
-            sqlx::query("INSERT INTO rule_vms (rule_id, platform_id, vm) VALUES ($1, $2, $3)")
+        for (vm, vm_id) in vms.iter().zip(ids) {
+            sqlx::query("INSERT INTO rule_vms (rule_id, platform_id, vm, vm_id) VALUES ($1, $2, $3, $4)")
                 .bind(id)
                 .bind(platform)
                 .bind(vm)
+                .bind(vm_id)
                 .execute(&mut **tx)
                 .await
                 .map_err(ApiError::internal)?;
@@ -365,7 +372,7 @@ impl Service {
         .execute(&mut *tx)
         .await
         .map_err(|e| name_taken(e, &r.name))?;
-        Self::save_rule_vms(&mut tx, id, r.platform, &r.vms).await?;
+        Self::save_rule_vms(&mut tx, id, r.platform, &r.vms, &c.vm_ids).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         let added: Vec<&String> = r.vms.iter().filter(|v| !old.vms.contains(v)).collect();
         let removed: Vec<&String> = old.vms.iter().filter(|v| !r.vms.contains(v)).collect();
@@ -531,9 +538,16 @@ impl Service {
 
     async fn start_rule(self: &Arc<Self>, user: &str, rule: &Stored, requested: BackupType) -> ApiResult<Vec<Job>> {
         let mut jobs = Vec::new();
-        for vm in self.rule_vms(rule.id).await? {
-            if let Some(busy) = self.active_job(rule.platform, &vm).await? {
-                self.record_skipped(rule.platform, &vm, requested, rule.id, busy).await;
+        let vms: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT vm, vm_id FROM rule_vms WHERE rule_id = $1 ORDER BY vm")
+                .bind(rule.id)
+                .fetch_all(&self.db)
+                .await
+                .map_err(ApiError::internal)?;
+        for (name, id) in vms {
+            let vm = VmRef { name, id };
+            if let Some(busy) = self.active_job(rule.platform, vm.key()).await? {
+                self.record_skipped(rule.platform, &vm.name, requested, rule.id, busy).await;
                 continue;
             }
             let run = RuleRun {
@@ -544,7 +558,7 @@ impl Service {
                 lan_free: rule.lan_free,
             };
             let plan = JobPlan { quiesce: rule.quiesce, rule: Some(run), storage: rule.storage };
-            jobs.push(self.enqueue(user, rule.platform, &vm, requested, plan).await?);
+            jobs.push(self.enqueue(user, rule.platform, vm, requested, plan).await?);
         }
         Ok(jobs)
     }
