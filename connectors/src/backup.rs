@@ -92,6 +92,12 @@ fn start(connector: &dyn Connector, store: &Store, vm: &str, opts: &BackupOption
     let description = connector.describe(vm)?;
     let base = base_point(store, &description.key, opts.requested)?;
     let newest_full = base_point(store, &description.key, BackupType::Differential)?;
+    // A backup without change tracking makes no change id, so the next incremental still counts
+    // from the newest point that has one: its ids must stay on the platform too.
+    let newest_tracked = match opts.change_tracking {
+        ChangeTracking::Off => base_point(store, &description.key, BackupType::Incremental)?,
+        _ => None,
+    };
     let plan = BackupPlan {
         requested: opts.requested,
         base: base.as_ref().map(|p| BackupBase {
@@ -102,7 +108,11 @@ fn start(connector: &dyn Connector, store: &Store, vm: &str, opts: &BackupOption
                 .collect(),
         }),
         include: opts.include.clone(),
-        keep_change_ids: newest_full.iter().flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone())).collect(),
+        keep_change_ids: newest_full
+            .iter()
+            .chain(&newest_tracked)
+            .flat_map(|p| p.disks.iter().filter_map(|d| d.change_id.clone()))
+            .collect(),
         quiesce: opts.quiesce,
         change_tracking: opts.change_tracking,
         lan_free: opts.lan_free,

@@ -5,6 +5,7 @@
 //! names a platform: the service, CLIs and API reach a platform through [`registry`].
 
 pub mod backup;
+pub mod conformance;
 pub mod connector;
 pub mod control;
 #[cfg(feature = "kvm")]

@@ -706,6 +706,57 @@ impl Connector for SimHost {
 mod tests {
     use super::*;
 
+    struct SimBed {
+        host: SimHost,
+        dir: tempfile::TempDir,
+        seed: u8,
+    }
+
+    impl crate::conformance::Bed for SimBed {
+        fn connect(&self) -> Box<dyn Connector> {
+            Box::new(self.host.clone())
+        }
+        fn vm(&self) -> String {
+            "conf".into()
+        }
+        fn write(&mut self, key: &str, offset: u64, len: u64) {
+            self.seed = self.seed.wrapping_add(1).max(1);
+            let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ self.seed).collect();
+            self.host.write("conf", key, offset, &data);
+        }
+        fn disk(&self, vm: &str, key: &str) -> Vec<u8> {
+            self.host.disk(vm, key)
+        }
+        fn storage(&self) -> String {
+            "default".into()
+        }
+        fn leftovers(&self, vm: &str) -> Vec<String> {
+            let mut left = Vec::new();
+            if self.host.has_snapshot(vm) {
+                left.push("a snapshot".to_string());
+            }
+            if let Some(cp) = self.host.vm(vm).and_then(|v| v.pending) {
+                left.push(format!("checkpoint {cp}"));
+            }
+            left
+        }
+        fn remove(&self, vm: &str) {
+            let _ = fs::remove_dir_all(self.host.vm_dir(vm));
+        }
+        fn dir(&self) -> &Path {
+            self.dir.path()
+        }
+    }
+
+    #[test]
+    fn the_simulated_platform_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = SimHost::create(&dir.path().join("sim"));
+        host.add_vm("conf", &[("vda", 16 << 20), ("vdb", 8 << 20)]);
+        let mut bed = SimBed { host, dir, seed: 0 };
+        crate::conformance::run(&mut bed);
+    }
+
     #[test]
     fn writes_are_tracked_from_the_checkpoint_after_them() {
         let t = tempfile::tempdir().unwrap();
