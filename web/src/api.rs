@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use std::sync::Arc;
 
@@ -81,29 +81,21 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
             }
             (session, token)
         };
-        let changes = parts.method != Method::GET && parts.method != Method::HEAD;
-        let path = parts.uri.path();
-        let own_account = path == "/api/password" || path == "/api/logout";
-        if session.must_change_password && !own_account {
+        // Each route declares who may call it (see `routes`); a route without one is the admin's.
+        let access = parts.extensions.get::<Access>().copied().unwrap_or(Access::Admin);
+        if session.must_change_password && access != Access::Own {
             return Err(ApiError::new(403, "the password must be changed first (POST /api/password)"));
         }
-        if changes && session.role == Role::Auditor && !own_account {
-            return Err(ApiError::new(403, format!("user {} is an auditor: read-only", session.user)));
+        match (access, session.role) {
+            (Access::Operate, Role::Auditor) => {
+                Err(ApiError::new(403, format!("user {} is an auditor: read-only", session.user)))
+            }
+            (Access::Audit, Role::Operator) => Err(ApiError::new(403, "the audit log is for admins and auditors")),
+            (Access::Admin, role) if role != Role::Admin => {
+                Err(ApiError::new(403, format!("user {} is a {}: that needs an admin", session.user, role.as_str())))
+            }
+            _ => Ok(Authed(session, token)),
         }
-        // Users, platforms (credentials) and storage targets are the admin's.
-        let admin_only = path.starts_with("/api/users")
-            || path.starts_with("/api/alerts")
-            || (changes && path.starts_with("/api/bandwidth"))
-            || path.starts_with("/api/config")
-            || (changes && path.starts_with("/api/platforms"))
-            || (changes && path.starts_with("/api/storage"));
-        if admin_only && session.role != Role::Admin {
-            return Err(ApiError::new(
-                403,
-                format!("user {} is a {}: that needs an admin", session.user, session.role.as_str()),
-            ));
-        }
-        Ok(Authed(session, token))
     }
 }
 
@@ -257,10 +249,7 @@ async fn points<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Jso
     Ok(Json(b.points().await?))
 }
 
-async fn audit<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> ApiResult<Json<Vec<AuditRow>>> {
-    if s.role == Role::Operator {
-        return Err(ApiError::new(403, "the audit log is for admins and auditors"));
-    }
+async fn audit<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<AuditRow>>> {
     Ok(Json(b.audit().await?))
 }
 
@@ -445,44 +434,111 @@ async fn not_found() -> ApiError {
     ApiError::new(404, "no such API route")
 }
 
+/// Who may call a route. Declared beside each route in [`routes`] and published in the OpenAPI
+/// document as `x-access`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No session needed.
+    Public,
+    /// The caller's own account: allowed while the password must still be changed.
+    Own,
+    /// Every role, auditors included.
+    Read,
+    /// Operators and admins: runs, stops, rules, restores.
+    Operate,
+    /// Admins and auditors: the audit log.
+    Audit,
+    /// Admins: users, platforms (credentials), storage, alerts, bandwidth, configuration.
+    Admin,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Own => "own",
+            Access::Read => "read",
+            Access::Operate => "operate",
+            Access::Audit => "audit",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+type Route<B> = (&'static str, Method, Access, MethodRouter<Arc<B>>);
+
+/// Every route: path, method, who may call it, handler.
+fn routes<B: Backend>() -> Vec<Route<B>> {
+    use Access::*;
+    use Method as M;
+    vec![
+        ("/", M::GET, Public, get(front_page)),
+        ("/api/openapi.json", M::GET, Public, get(openapi)),
+        ("/api/login", M::POST, Public, post(login::<B>)),
+        ("/api/logout", M::POST, Own, post(logout::<B>)),
+        ("/api/password", M::POST, Own, post(password::<B>)),
+        ("/api/platform-kinds", M::GET, Read, get(platform_kinds::<B>)),
+        ("/api/platforms", M::GET, Read, get(platforms::<B>)),
+        ("/api/platforms", M::POST, Admin, post(create_platform::<B>)),
+        ("/api/platforms/{id}", M::PUT, Admin, put(update_platform::<B>)),
+        ("/api/platforms/{id}", M::DELETE, Admin, delete(delete_platform::<B>)),
+        ("/api/platforms/{id}/vms", M::GET, Read, get(platform_vms::<B>)),
+        ("/api/jobs", M::GET, Read, get(jobs::<B>)),
+        ("/api/jobs", M::POST, Operate, post(start_job::<B>)),
+        ("/api/restores", M::POST, Operate, post(start_restore::<B>)),
+        ("/api/jobs/{id}", M::GET, Read, get(job::<B>)),
+        ("/api/jobs/{id}/log", M::GET, Read, get(job_log::<B>)),
+        ("/api/jobs/{id}/stop", M::POST, Operate, post(stop_job::<B>)),
+        ("/api/bandwidth", M::GET, Read, get(bandwidth::<B>)),
+        ("/api/bandwidth", M::PUT, Admin, put(set_bandwidth::<B>)),
+        ("/api/config/export", M::POST, Admin, post(export_config::<B>)),
+        ("/api/config/import", M::POST, Admin, post(import_config::<B>)),
+        ("/api/points", M::GET, Read, get(points::<B>)),
+        ("/api/storage", M::GET, Read, get(storage::<B>)),
+        ("/api/storage", M::POST, Admin, post(create_storage::<B>)),
+        ("/api/storage/{id}", M::DELETE, Admin, delete(delete_storage::<B>)),
+        ("/api/audit", M::GET, Audit, get(audit::<B>)),
+        ("/api/rules", M::GET, Read, get(rules::<B>)),
+        ("/api/rules", M::POST, Operate, post(create_rule::<B>)),
+        ("/api/rules/state", M::POST, Operate, post(rules_state::<B>)),
+        ("/api/rules/{id}", M::GET, Read, get(rule::<B>)),
+        ("/api/rules/{id}", M::PUT, Operate, put(update_rule::<B>)),
+        ("/api/rules/{id}", M::DELETE, Operate, delete(delete_rule::<B>)),
+        ("/api/rules/{id}/run", M::POST, Operate, post(run_rule::<B>)),
+        ("/api/events", M::GET, Read, get(events::<B>)),
+        ("/api/stats", M::GET, Read, get(stats::<B>)),
+        ("/api/alerts", M::GET, Admin, get(alerts::<B>)),
+        ("/api/alerts", M::PUT, Admin, put(set_alerts::<B>)),
+        ("/api/alerts/test", M::POST, Admin, post(test_alert::<B>)),
+        ("/api/users", M::GET, Admin, get(users::<B>)),
+        ("/api/users", M::POST, Admin, post(create_user::<B>)),
+        ("/api/users/{name}", M::DELETE, Admin, delete(delete_user::<B>)),
+        ("/api/users/{name}/unlock", M::POST, Admin, post(unlock_user::<B>)),
+        ("/api/users/{name}/password", M::POST, Admin, post(reset_password::<B>)),
+        ("/api/tokens", M::GET, Read, get(tokens::<B>)),
+        ("/api/tokens", M::POST, Operate, post(create_token::<B>)),
+        ("/api/tokens/{id}", M::DELETE, Operate, delete(delete_token::<B>)),
+    ]
+}
+
+/// The routes as (path, method, access), for the OpenAPI check and the docs.
+pub fn route_table<B: Backend>() -> Vec<(&'static str, Method, Access)> {
+    routes::<B>().into_iter().map(|(p, m, a, _)| (p, m, a)).collect()
+}
+
 /// The API's routes over `backend`.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
-    Router::new()
-        .route("/", get(front_page))
-        .route("/api/login", post(login::<B>))
-        .route("/api/logout", post(logout::<B>))
-        .route("/api/password", post(password::<B>))
-        .route("/api/platforms", get(platforms::<B>).post(create_platform::<B>))
-        .route("/api/platform-kinds", get(platform_kinds::<B>))
-        .route("/api/platforms/{id}", axum::routing::put(update_platform::<B>).delete(delete_platform::<B>))
-        .route("/api/platforms/{id}/vms", get(platform_vms::<B>))
-        .route("/api/jobs", get(jobs::<B>).post(start_job::<B>))
-        .route("/api/restores", post(start_restore::<B>))
-        .route("/api/jobs/{id}", get(job::<B>))
-        .route("/api/jobs/{id}/log", get(job_log::<B>))
-        .route("/api/jobs/{id}/stop", post(stop_job::<B>))
-        .route("/api/bandwidth", get(bandwidth::<B>).put(set_bandwidth::<B>))
-        .route("/api/config/export", post(export_config::<B>))
-        .route("/api/config/import", post(import_config::<B>))
-        .route("/api/points", get(points::<B>))
-        .route("/api/storage", get(storage::<B>).post(create_storage::<B>))
-        .route("/api/storage/{id}", axum::routing::delete(delete_storage::<B>))
-        .route("/api/audit", get(audit::<B>))
-        .route("/api/rules", get(rules::<B>).post(create_rule::<B>))
-        .route("/api/rules/state", post(rules_state::<B>))
-        .route("/api/rules/{id}", get(rule::<B>).put(update_rule::<B>).delete(delete_rule::<B>))
-        .route("/api/rules/{id}/run", post(run_rule::<B>))
-        .route("/api/events", get(events::<B>))
-        .route("/api/stats", get(stats::<B>))
-        .route("/api/openapi.json", get(openapi))
-        .route("/api/alerts", get(alerts::<B>).put(set_alerts::<B>))
-        .route("/api/alerts/test", post(test_alert::<B>))
-        .route("/api/users", get(users::<B>).post(create_user::<B>))
-        .route("/api/users/{name}", axum::routing::delete(delete_user::<B>))
-        .route("/api/users/{name}/unlock", post(unlock_user::<B>))
-        .route("/api/users/{name}/password", post(reset_password::<B>))
-        .route("/api/tokens", get(tokens::<B>).post(create_token::<B>))
-        .route("/api/tokens/{id}", axum::routing::delete(delete_token::<B>))
+    let mut by_path: Vec<(&'static str, MethodRouter<Arc<B>>)> = Vec::new();
+    for (path, _, access, handler) in routes::<B>() {
+        let handler = handler.layer(axum::Extension(access));
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
+            None => by_path.push((path, handler)),
+        }
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
         .fallback(not_found)
         .with_state(backend)
 }

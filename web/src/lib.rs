@@ -12,7 +12,7 @@ mod client;
 mod model;
 mod tls;
 
-pub use api::router;
+pub use api::{route_table, router, Access};
 pub use client::ApiClient;
 pub use model::*;
 pub use tls::serve;

@@ -1,0 +1,268 @@
+//! The API's routes against a fake backend (no appliance, no database, no TLS), through tower's
+//! `oneshot`: every route is in the OpenAPI document with the access it declares, and the
+//! access matrix holds for every route: no session, an auditor, an operator, a user whose
+//! password must still be changed, and an admin (who is never refused by role).
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use std::future::Future;
+use std::sync::Arc;
+use tower::ServiceExt;
+use web::*;
+
+/// Knows four sessions by token (their role's name, and "fresh" for a pending password change);
+/// every operation answers 404 "fake", so a request that passes the access check says so.
+struct Fake(tokio::sync::broadcast::Sender<Job>);
+
+#[allow(clippy::manual_async_fn)]
+fn nope<T>() -> impl Future<Output = ApiResult<T>> + Send {
+    async { Err(ApiError::new(404, "fake")) }
+}
+
+impl Backend for Fake {
+    fn login(&self, _: Login) -> impl Future<Output = ApiResult<(String, Session)>> + Send {
+        nope()
+    }
+    async fn session(&self, token: &str) -> ApiResult<Option<Session>> {
+        let (role, fresh) = match token {
+            "admin" => (Role::Admin, false),
+            "operator" => (Role::Operator, false),
+            "auditor" => (Role::Auditor, false),
+            "fresh" => (Role::Admin, true),
+            _ => return Ok(None),
+        };
+        Ok(Some(Session { user: token.into(), role, csrf: "c".into(), must_change_password: fresh }))
+    }
+    async fn token_session(&self, _: &str) -> ApiResult<Option<Session>> {
+        Ok(None)
+    }
+    fn users(&self) -> impl Future<Output = ApiResult<Vec<User>>> + Send {
+        nope()
+    }
+    fn create_user(&self, _: &Session, _: NewUser) -> impl Future<Output = ApiResult<User>> + Send {
+        nope()
+    }
+    fn delete_user(&self, _: &Session, _: &str) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn unlock_user(&self, _: &Session, _: &str) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn reset_password(&self, _: &Session, _: &str, _: PasswordReset) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn tokens(&self, _: &Session) -> impl Future<Output = ApiResult<Vec<Token>>> + Send {
+        nope()
+    }
+    fn create_token(&self, _: &Session, _: NewToken) -> impl Future<Output = ApiResult<Token>> + Send {
+        nope()
+    }
+    fn delete_token(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn logout(&self, _: &str) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn change_password(&self, _: &Session, _: PasswordChange) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn platform_kinds(&self) -> impl Future<Output = ApiResult<Vec<PlatformKindInfo>>> + Send {
+        nope()
+    }
+    fn update_platform(&self, _: &Session, _: i64, _: NewPlatform) -> impl Future<Output = ApiResult<Platform>> + Send {
+        nope()
+    }
+    fn delete_platform(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn platforms(&self) -> impl Future<Output = ApiResult<Vec<Platform>>> + Send {
+        nope()
+    }
+    fn create_platform(&self, _: &Session, _: NewPlatform) -> impl Future<Output = ApiResult<Platform>> + Send {
+        nope()
+    }
+    fn platform_vms(&self, _: i64) -> impl Future<Output = ApiResult<Vec<Vm>>> + Send {
+        nope()
+    }
+    fn start_job(&self, _: &Session, _: NewJob) -> impl Future<Output = ApiResult<Job>> + Send {
+        nope()
+    }
+    fn jobs(&self) -> impl Future<Output = ApiResult<Vec<Job>>> + Send {
+        nope()
+    }
+    fn job(&self, _: i64) -> impl Future<Output = ApiResult<Job>> + Send {
+        nope()
+    }
+    fn job_log(&self, _: i64) -> impl Future<Output = ApiResult<Vec<LogLine>>> + Send {
+        nope()
+    }
+    fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send {
+        nope()
+    }
+    fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send {
+        nope()
+    }
+    fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send {
+        nope()
+    }
+    fn alert_settings(&self) -> impl Future<Output = ApiResult<Option<AlertSettings>>> + Send {
+        nope()
+    }
+    fn stats(&self) -> impl Future<Output = ApiResult<serde_json::Value>> + Send {
+        nope()
+    }
+    fn set_alert_settings(&self, _: &Session, _: AlertSettings) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn test_alert(&self, _: &Session) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
+        self.0.subscribe()
+    }
+    fn create_rule(&self, _: &Session, _: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send {
+        nope()
+    }
+    fn delete_rule(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn run_rule(&self, _: &Session, _: i64, _: RunRule) -> impl Future<Output = ApiResult<Vec<Job>>> + Send {
+        nope()
+    }
+    fn update_rule(&self, _: &Session, _: i64, _: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send {
+        nope()
+    }
+    fn set_rules_enabled(&self, _: &Session, _: RulesState) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send {
+        nope()
+    }
+    fn export_config(&self, _: &Session, _: ConfigExport) -> impl Future<Output = ApiResult<serde_json::Value>> + Send {
+        nope()
+    }
+    fn import_config(&self, _: &Session, _: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send {
+        nope()
+    }
+    fn stop_job(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<Job>> + Send {
+        nope()
+    }
+    fn start_restore(&self, _: &Session, _: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send {
+        nope()
+    }
+    fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send {
+        nope()
+    }
+    fn set_bandwidth(&self, _: &Session, _: Vec<BandwidthWindow>) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn storage(&self) -> impl Future<Output = ApiResult<Vec<StorageTarget>>> + Send {
+        nope()
+    }
+    fn create_storage(&self, _: &Session, _: NewStorage) -> impl Future<Output = ApiResult<StorageTarget>> + Send {
+        nope()
+    }
+    fn delete_storage(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+}
+
+fn app() -> axum::Router {
+    router(Arc::new(Fake(tokio::sync::broadcast::channel(4).0)))
+}
+
+/// A concrete path for a route's pattern.
+fn concrete(pattern: &str) -> String {
+    pattern.replace("{id}", "1").replace("{name}", "someone")
+}
+
+async fn call(method: &Method, path: &str, token: Option<&str>) -> (StatusCode, String) {
+    let mut req = Request::builder().method(method.clone()).uri(path).header("x-csrf-token", "c");
+    if let Some(t) = token {
+        req = req.header("cookie", format!("hf_session={t}"));
+    }
+    let body = if method == Method::GET { Body::empty() } else { Body::from("{}") };
+    let req = req.header("content-type", "application/json").body(body).unwrap();
+    let resp = app().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[test]
+fn every_route_is_in_the_openapi_document_with_its_access() {
+    let doc: serde_json::Value = serde_json::from_str(include_str!("../src/openapi.json")).unwrap();
+    let table = route_table::<Fake>();
+    for (path, method, access) in &table {
+        if *path == "/" {
+            continue;
+        }
+        let op = &doc["paths"][path][method.as_str().to_lowercase()];
+        assert!(op.is_object(), "{method} {path} is served but not in openapi.json");
+        assert_eq!(op["x-access"], access.as_str(), "{method} {path}: the document's x-access");
+    }
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let served = table.iter().any(|(p, m, _)| p == path && m.as_str().eq_ignore_ascii_case(method));
+            assert!(served, "{method} {path} is in openapi.json but not served");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_keeps_to_the_access_it_declares() {
+    for (path, method, access) in route_table::<Fake>() {
+        let path = concrete(path);
+        let refused = |who: Option<&str>, (code, body): (StatusCode, String)| {
+            assert!(
+                code == StatusCode::UNAUTHORIZED || code == StatusCode::FORBIDDEN,
+                "{method} {path} ({access:?}) let {who:?} through: {code} {body}"
+            );
+        };
+        let allowed = |who: Option<&str>, (code, body): (StatusCode, String)| {
+            assert!(
+                code != StatusCode::UNAUTHORIZED
+                    && code != StatusCode::FORBIDDEN
+                    && code != StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} ({access:?}) refused {who:?}: {code} {body}"
+            );
+            assert!(!body.contains("no such API route"), "{method} {path} is not routed: {body}");
+        };
+        if path.as_str() == "/api/events" {
+            // A stream that stays open: only its refusals are checked here.
+            refused(None, call(&method, &path, None).await);
+            continue;
+        }
+        for who in [None, Some("auditor"), Some("operator"), Some("fresh"), Some("admin")] {
+            let got = call(&method, &path, who).await;
+            let may = match (access, who) {
+                (Access::Public, _) => true,
+                (_, None) => false,
+                (Access::Own, _) => true,
+                (_, Some("fresh")) => false,
+                (Access::Read, _) => true,
+                (Access::Operate, Some(w)) => w != "auditor",
+                (Access::Audit, Some(w)) => w != "operator",
+                (Access::Admin, Some(w)) => w == "admin",
+            };
+            if may {
+                allowed(who, got);
+            } else {
+                refused(who, got);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_change_without_the_sessions_csrf_token_is_refused() {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/jobs")
+        .header("cookie", "hf_session=admin")
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let resp = app().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let (code, body) = call(&Method::GET, "/api/nowhere", Some("admin")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("no such API route"), "{body}");
+}
