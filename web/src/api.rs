@@ -1,7 +1,6 @@
 //! Routes, the session extractor (cookie, CSRF, password-change gate, roles) and JSON errors.
 
 use crate::model::*;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -26,16 +25,33 @@ pub struct Body<T>(pub T);
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(JsonRejection::JsonDataError(e)) => {
-                Err(ApiError::new(400, format!("invalid request: {}", e.body_text())))
-            }
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ApiError::new(415, "the request body must be JSON, sent with Content-Type: application/json"))
-            }
-            Err(e) => Err(ApiError::new(400, format!("invalid request: {}", e.body_text()))),
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim() == "application/json" || m.trim().ends_with("+json"));
+        if !json {
+            return Err(ApiError::new(415, "the request body must be JSON, sent with Content-Type: application/json"));
         }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(400, format!("invalid request: {}", e.body_text())))?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de);
+        if value.is_ok() {
+            de.end().map_err(|e| ApiError::new(400, format!("invalid request: {e}")))?;
+        }
+        value.map(Body).map_err(|e| {
+            // serde names the field's path (e.g. "mode", "retention.keep_days"); the position in
+            // the text adds nothing for a caller who sent one small object.
+            let inner = e.inner().to_string();
+            let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+            match e.path().to_string().as_str() {
+                "." | "" => ApiError::new(400, format!("invalid request: {inner}")),
+                path => ApiError::field(path, inner),
+            }
+        })
     }
 }
 

@@ -198,9 +198,8 @@ pub struct NewJob {
     pub platform: i64,
     /// VM name or UUID on that platform.
     pub vm: String,
-    /// full, incremental or differential.
     #[serde(rename = "type")]
-    pub backup_type: String,
+    pub backup_type: BackupKind,
     /// Storage target id to write into; default 1, the appliance's own store.
     #[serde(default)]
     pub storage: Option<i64>,
@@ -214,8 +213,7 @@ pub struct NewRestore {
     pub point: String,
     /// Platform id to restore onto.
     pub platform: i64,
-    /// new_vm or in_place.
-    pub mode: String,
+    pub mode: RestoreMode,
     /// The new VM's name (new_vm).
     #[serde(default)]
     pub name: Option<String>,
@@ -241,22 +239,104 @@ pub struct NewRestore {
     pub start: bool,
 }
 
+/// Declares a closed set of words the API sends and takes: a serde enum (snake_case), its words,
+/// and parsing from the catalog's text.
+macro_rules! words {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $word),+ }
+            }
+            pub fn parse(s: &str) -> Option<$name> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+words!(
+    /// What a job is.
+    JobKind { Backup = "backup", Restore = "restore" }
+);
+
+words!(
+    /// A backup's type, or a restore's mode.
+    JobType {
+        Full = "full",
+        Incremental = "incremental",
+        Differential = "differential",
+        NewVm = "new_vm",
+        InPlace = "in_place",
+    }
+);
+
+words!(
+    /// The backup types a run can ask for.
+    BackupKind { Full = "full", Incremental = "incremental", Differential = "differential" }
+);
+
+words!(
+    /// Where a restore writes.
+    RestoreMode {
+        /// A new VM: new name, UUID and MAC addresses.
+        NewVm = "new_vm",
+        /// Onto the VM the point was taken from, which must be shut off.
+        InPlace = "in_place",
+    }
+);
+
+words!(
+    /// A job's state: the active ones in the order a backup passes through them, then the ends.
+    JobState {
+        Queued = "queued",
+        Preparing = "preparing",
+        SavingConfiguration = "saving_configuration",
+        Snapshotting = "snapshotting",
+        QueryingChanges = "querying_changes",
+        Running = "running",
+        CheckingData = "checking_data",
+        Stopping = "stopping",
+        /// The host does not answer; `error` says why.
+        Unknown = "unknown",
+        Completed = "completed",
+        Failed = "failed",
+        /// By a user.
+        Stopped = "stopped",
+        /// The VM's previous run was still queued or running.
+        Skipped = "skipped",
+    }
+);
+
+impl JobState {
+    /// Whether the job has ended.
+    pub fn ended(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed | JobState::Stopped | JobState::Skipped)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Job {
     pub id: i64,
-    /// backup or restore.
-    pub kind: String,
+    pub kind: JobKind,
     pub platform: i64,
     /// The VM backed up, or the VM restored onto (the new VM's name for new_vm).
     pub vm: String,
     /// full, incremental or differential; for a restore: new_vm or in_place.
     #[serde(rename = "type")]
-    pub backup_type: String,
-    /// queued, preparing, saving_configuration, snapshotting, querying_changes, running,
-    /// checking_data, stopping, unknown (the host does not answer; `error` says why); then
-    /// completed, failed, stopped (by a user) or skipped (the VM's previous run was still
-    /// queued or running).
-    pub state: String,
+    pub backup_type: JobType,
+    pub state: JobState,
     /// Of the whole backup (every disk).
     pub percent: f64,
     pub done_bytes: i64,
@@ -381,9 +461,8 @@ pub struct RulesState {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunRule {
-    /// full, incremental or differential
     #[serde(rename = "type")]
-    pub backup_type: String,
+    pub backup_type: BackupKind,
 }
 
 #[derive(Clone, Debug, Serialize)]

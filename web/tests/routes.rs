@@ -266,3 +266,27 @@ async fn a_change_without_the_sessions_csrf_token_is_refused() {
     assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
     assert!(body.contains("no such API route"), "{body}");
 }
+
+#[test]
+fn the_documents_closed_sets_are_the_types_words() {
+    let doc: serde_json::Value = serde_json::from_str(include_str!("../src/openapi.json")).unwrap();
+    let words = |schema: &str, field: &str| -> Vec<String> {
+        let e = &doc["components"]["schemas"][schema]["properties"][field]["enum"];
+        e.as_array()
+            .unwrap_or_else(|| panic!("{schema}.{field} has no enum"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let of = |all: Vec<&str>| all.into_iter().map(String::from).collect::<Vec<_>>();
+    assert_eq!(words("Job", "state"), of(JobState::ALL.iter().map(|s| s.as_str()).collect()));
+    assert_eq!(words("Job", "kind"), of(JobKind::ALL.iter().map(|s| s.as_str()).collect()));
+    assert_eq!(words("Job", "type"), of(JobType::ALL.iter().map(|s| s.as_str()).collect()));
+    assert_eq!(words("NewJob", "type"), of(BackupKind::ALL.iter().map(|s| s.as_str()).collect()));
+    assert_eq!(words("RunRule", "type"), of(BackupKind::ALL.iter().map(|s| s.as_str()).collect()));
+    assert_eq!(words("NewRestore", "mode"), of(RestoreMode::ALL.iter().map(|s| s.as_str()).collect()));
+    // And serde speaks the same words.
+    for s in JobState::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+    }
+}

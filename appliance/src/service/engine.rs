@@ -51,16 +51,36 @@ pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>
     .map(|_| ())
 }
 
+/// One of a closed set of words from a catalog column; a word the API does not know is a
+/// decoding error naming the column.
+fn word<T>(r: &sqlx::any::AnyRow, column: &str, parse: fn(&str) -> Option<T>) -> sqlx::Result<T> {
+    use sqlx::Row;
+    let text: String = r.try_get(column)?;
+    parse(&text).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.into(),
+        source: format!("{text:?} is not a known value").into(),
+    })
+}
+
+/// The backup type a run asks for, in the store's terms.
+pub(super) fn backup_type(k: BackupKind) -> BackupType {
+    match k {
+        BackupKind::Full => BackupType::Full,
+        BackupKind::Incremental => BackupType::Incremental,
+        BackupKind::Differential => BackupType::Differential,
+    }
+}
+
 /// A job from a row of JOB_COLUMNS.
 fn job(r: &sqlx::any::AnyRow) -> sqlx::Result<Job> {
     use sqlx::Row;
     Ok(Job {
         id: r.try_get("id")?,
-        kind: r.try_get("kind")?,
+        kind: word(r, "kind", JobKind::parse)?,
         platform: r.try_get("platform_id")?,
         vm: r.try_get("vm")?,
-        backup_type: r.try_get("backup_type")?,
-        state: r.try_get("state")?,
+        backup_type: word(r, "backup_type", JobType::parse)?,
+        state: word(r, "state", JobState::parse)?,
         percent: r.try_get("percent")?,
         done_bytes: r.try_get("done_bytes")?,
         total_bytes: r.try_get("total_bytes")?,
@@ -235,9 +255,7 @@ impl Service {
 
     /// Queues a backup job run by hand; it runs when the concurrency limit allows.
     pub(super) async fn queue_job(self: &Arc<Self>, s: &Session, j: NewJob) -> ApiResult<Job> {
-        let requested = BackupType::parse(&j.backup_type).ok_or_else(|| {
-            ApiError::field("type", format!("{:?}: use full, incremental or differential", j.backup_type))
-        })?;
+        let requested = backup_type(j.backup_type);
         if j.vm.trim().is_empty() {
             return Err(ApiError::field("vm", "must not be empty"));
         }
@@ -445,7 +463,7 @@ impl Service {
         if let Err(e) = r {
             eprintln!("holdfast: job {id}: cannot record that it {state}: {e}");
         }
-        let backup = self.publish(id).await.is_some_and(|j| j.kind == "backup");
+        let backup = self.publish(id).await.is_some_and(|j| j.kind == JobKind::Backup);
         if state != "stopped" && backup {
             self.alerts_after_job(id, platform, vm, error).await;
         }

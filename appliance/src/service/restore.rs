@@ -34,8 +34,8 @@ struct Queued {
 /// Checks a restore request's own fields against what the target platform offers; the error
 /// names the field.
 fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
-    match r.mode.as_str() {
-        "in_place" => {
+    match r.mode {
+        RestoreMode::InPlace => {
             for (field, given) in [
                 ("name", r.name.is_some()),
                 ("storage", r.storage.is_some()),
@@ -52,7 +52,7 @@ fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
             }
             Ok(Mode::InPlace)
         }
-        "new_vm" => {
+        RestoreMode::NewVm => {
             let name = r.name.clone().unwrap_or_default();
             if name.trim().is_empty() {
                 return Err(ApiError::field("name", "the new VM needs a name"));
@@ -90,7 +90,6 @@ fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
                 start: r.start,
             }))
         }
-        other => Err(ApiError::field("mode", format!("{other:?}: use new_vm or in_place"))),
     }
 }
 

@@ -523,9 +523,7 @@ impl Service {
 
     /// Starts a rule's VMs now (each skipped if its previous run is still going).
     pub(super) async fn run_rule_now(self: &Arc<Self>, s: &Session, id: i64, r: RunRule) -> ApiResult<Vec<Job>> {
-        let requested = BackupType::parse(&r.backup_type).ok_or_else(|| {
-            ApiError::field("type", format!("{:?}: use full, incremental or differential", r.backup_type))
-        })?;
+        let requested = super::engine::backup_type(r.backup_type);
         let row = self
             .rule_rows()
             .await?
