@@ -84,7 +84,7 @@ fn storage_targets_hold_rules_points_retention_and_restores_and_survive_restarts
         (json!({ "name": "t", "path": old }), "passphrase", 400),
         (json!({ "name": "t", "path": old, "passphrase": "not the passphrase" }), "passphrase", 400),
         (json!({ "name": "t", "path": old, "passphrase": "old store passphrase", "zstd_level": 5 }), "zstd_level", 400),
-        (json!({ "name": "t", "path": offsite, "size": 5 }), "invalid request", 400),
+        (json!({ "name": "t", "path": offsite, "size": 5 }), "size: unknown field", 400),
     ] {
         let v = c.post("/api/storage", body.clone(), status);
         assert!(v["error"].as_str().unwrap().starts_with(field), "{body}: {v}");
