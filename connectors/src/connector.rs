@@ -17,14 +17,15 @@ pub enum ConnectorError {
     Failed { platform: &'static str, vm: String, action: String, cause: String },
     #[error("{platform} does not support {what}")]
     Unsupported { platform: &'static str, what: String },
-    /// Its message holds the NBD error's (so not also its `source`: a chain says it once).
-    #[error("transport: {0}")]
-    Transport(crate::nbd::NbdError),
+    /// The data path failed: which transport (NBD, VDDK, HTTPS datastore, …) and why. The
+    /// cause is kept as words, so a chain says it once and no transport's type leaks here.
+    #[error("{transport} transport: {cause}")]
+    Transport { transport: &'static str, cause: String },
 }
 
 impl From<crate::nbd::NbdError> for ConnectorError {
     fn from(e: crate::nbd::NbdError) -> Self {
-        ConnectorError::Transport(e)
+        ConnectorError::Transport { transport: "NBD", cause: e.to_string() }
     }
 }
 
