@@ -572,7 +572,8 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// What the appliance provides behind the API. Sessions come back from `login` as an opaque
 /// token (the cookie) plus the session; the API layer checks CSRF and roles.
-pub trait Backend: Send + Sync + 'static {
+/// Users, sessions, API tokens and the audit log.
+pub trait Accounts: Send + Sync + 'static {
     fn login(&self, login: Login) -> impl Future<Output = ApiResult<(String, Session)>> + Send;
     fn session(&self, token: &str) -> impl Future<Output = ApiResult<Option<Session>>> + Send;
     /// The session an API token (Authorization: Bearer) stands for.
@@ -587,6 +588,11 @@ pub trait Backend: Send + Sync + 'static {
     fn delete_token(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
     fn logout(&self, token: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn change_password(&self, s: &Session, change: PasswordChange) -> impl Future<Output = ApiResult<()>> + Send;
+    fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
+}
+
+/// The platforms the appliance reaches and the kinds it knows.
+pub trait Platforms: Send + Sync + 'static {
     /// The kinds of platform this appliance can reach.
     fn platform_kinds(&self) -> impl Future<Output = ApiResult<Vec<PlatformKindInfo>>> + Send;
     fn update_platform(&self, s: &Session, id: i64, p: NewPlatform)
@@ -595,22 +601,27 @@ pub trait Backend: Send + Sync + 'static {
     fn platforms(&self) -> impl Future<Output = ApiResult<Vec<Platform>>> + Send;
     fn create_platform(&self, s: &Session, p: NewPlatform) -> impl Future<Output = ApiResult<Platform>> + Send;
     fn platform_vms(&self, id: i64) -> impl Future<Output = ApiResult<Vec<Vm>>> + Send;
+}
+
+/// Backup and restore jobs, their logs and live events, the points they made, statistics.
+pub trait Jobs: Send + Sync + 'static {
     fn start_job(&self, s: &Session, j: NewJob) -> impl Future<Output = ApiResult<Job>> + Send;
     fn jobs(&self) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
     fn job(&self, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
     fn job_log(&self, id: i64) -> impl Future<Output = ApiResult<Vec<LogLine>>> + Send;
     fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send;
-    fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
-    fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
-    fn alert_settings(&self) -> impl Future<Output = ApiResult<Option<AlertSettings>>> + Send;
     /// Per VM and per rule: successes and failures (week, month, year), bytes protected and
     /// stored, unread errors.
     fn stats(&self) -> impl Future<Output = ApiResult<serde_json::Value>> + Send;
-    fn set_alert_settings(&self, s: &Session, a: AlertSettings) -> impl Future<Output = ApiResult<()>> + Send;
-    /// Sends a test mail now with the saved settings.
-    fn test_alert(&self, s: &Session) -> impl Future<Output = ApiResult<()>> + Send;
     /// Every job change (state, progress) as it happens, for server-sent events.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job>;
+    fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
+    fn start_restore(&self, s: &Session, r: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send;
+}
+
+/// Backup rules.
+pub trait Rules: Send + Sync + 'static {
+    fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
     fn create_rule(&self, s: &Session, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;
     fn delete_rule(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
     fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
@@ -619,12 +630,18 @@ pub trait Backend: Send + Sync + 'static {
     /// Replaces a rule's settings (its platform stays); checked like a new rule.
     fn update_rule(&self, s: &Session, id: i64, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;
     fn set_rules_enabled(&self, s: &Session, r: RulesState) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
+}
+
+/// Alerts, bandwidth windows, storage targets and the configuration file.
+pub trait Configuration: Send + Sync + 'static {
+    fn alert_settings(&self) -> impl Future<Output = ApiResult<Option<AlertSettings>>> + Send;
+    fn set_alert_settings(&self, s: &Session, a: AlertSettings) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Sends a test mail now with the saved settings.
+    fn test_alert(&self, s: &Session) -> impl Future<Output = ApiResult<()>> + Send;
     /// The configuration (platforms, rules, bandwidth windows, alert settings) as one file.
     fn export_config(&self, s: &Session, e: ConfigExport) -> impl Future<Output = ApiResult<serde_json::Value>> + Send;
     /// Adds what an exported file holds, all or nothing.
     fn import_config(&self, s: &Session, i: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send;
-    fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
-    fn start_restore(&self, s: &Session, r: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send;
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send;
     fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> impl Future<Output = ApiResult<()>> + Send;
     fn storage(&self) -> impl Future<Output = ApiResult<Vec<StorageTarget>>> + Send;
@@ -633,6 +650,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Forgets a target no rule uses (its files stay where they are).
     fn delete_storage(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
 }
+
+/// Everything the API needs from the appliance, one trait per resource.
+pub trait Backend: Accounts + Platforms + Jobs + Rules + Configuration {}
+
+impl<T: Accounts + Platforms + Jobs + Rules + Configuration> Backend for T {}
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ fn nope<T>() -> impl Future<Output = ApiResult<T>> + Send {
     async { Err(ApiError::new(404, "fake")) }
 }
 
-impl Backend for Fake {
+impl Accounts for Fake {
     fn login(&self, _: Login) -> impl Future<Output = ApiResult<(String, Session)>> + Send {
         nope()
     }
@@ -66,6 +66,12 @@ impl Backend for Fake {
     fn change_password(&self, _: &Session, _: PasswordChange) -> impl Future<Output = ApiResult<()>> + Send {
         nope()
     }
+    fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send {
+        nope()
+    }
+}
+
+impl Platforms for Fake {
     fn platform_kinds(&self) -> impl Future<Output = ApiResult<Vec<PlatformKindInfo>>> + Send {
         nope()
     }
@@ -84,6 +90,9 @@ impl Backend for Fake {
     fn platform_vms(&self, _: i64) -> impl Future<Output = ApiResult<Vec<Vm>>> + Send {
         nope()
     }
+}
+
+impl Jobs for Fake {
     fn start_job(&self, _: &Session, _: NewJob) -> impl Future<Output = ApiResult<Job>> + Send {
         nope()
     }
@@ -99,26 +108,23 @@ impl Backend for Fake {
     fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send {
         nope()
     }
-    fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send {
-        nope()
-    }
-    fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send {
-        nope()
-    }
-    fn alert_settings(&self) -> impl Future<Output = ApiResult<Option<AlertSettings>>> + Send {
-        nope()
-    }
     fn stats(&self) -> impl Future<Output = ApiResult<serde_json::Value>> + Send {
-        nope()
-    }
-    fn set_alert_settings(&self, _: &Session, _: AlertSettings) -> impl Future<Output = ApiResult<()>> + Send {
-        nope()
-    }
-    fn test_alert(&self, _: &Session) -> impl Future<Output = ApiResult<()>> + Send {
         nope()
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
         self.0.subscribe()
+    }
+    fn stop_job(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<Job>> + Send {
+        nope()
+    }
+    fn start_restore(&self, _: &Session, _: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send {
+        nope()
+    }
+}
+
+impl Rules for Fake {
+    fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send {
+        nope()
     }
     fn create_rule(&self, _: &Session, _: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send {
         nope()
@@ -135,16 +141,22 @@ impl Backend for Fake {
     fn set_rules_enabled(&self, _: &Session, _: RulesState) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send {
         nope()
     }
+}
+
+impl Configuration for Fake {
+    fn alert_settings(&self) -> impl Future<Output = ApiResult<Option<AlertSettings>>> + Send {
+        nope()
+    }
+    fn set_alert_settings(&self, _: &Session, _: AlertSettings) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn test_alert(&self, _: &Session) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
     fn export_config(&self, _: &Session, _: ConfigExport) -> impl Future<Output = ApiResult<serde_json::Value>> + Send {
         nope()
     }
     fn import_config(&self, _: &Session, _: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send {
-        nope()
-    }
-    fn stop_job(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<Job>> + Send {
-        nope()
-    }
-    fn start_restore(&self, _: &Session, _: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send {
         nope()
     }
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send {

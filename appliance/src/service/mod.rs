@@ -335,7 +335,7 @@ pub fn reset_password_on_shell(data_dir: &std::path::Path, catalog: Option<Strin
 /// The service as the API's backend.
 pub struct Api(Arc<Service>);
 
-impl Backend for Api {
+impl Accounts for Api {
     async fn login(&self, login: Login) -> ApiResult<(String, Session)> {
         self.0.login_user(login).await
     }
@@ -375,6 +375,12 @@ impl Backend for Api {
     async fn change_password(&self, s: &Session, change: PasswordChange) -> ApiResult<()> {
         self.0.set_password(s, change).await
     }
+    async fn audit(&self) -> ApiResult<Vec<AuditRow>> {
+        self.0.list_audit().await
+    }
+}
+
+impl Platforms for Api {
     async fn platforms(&self) -> ApiResult<Vec<Platform>> {
         self.0.list_platforms().await
     }
@@ -393,6 +399,9 @@ impl Backend for Api {
     async fn platform_vms(&self, id: i64) -> ApiResult<Vec<Vm>> {
         self.0.vms_of(id).await
     }
+}
+
+impl Jobs for Api {
     async fn start_job(&self, s: &Session, j: NewJob) -> ApiResult<Job> {
         self.0.queue_job(s, j).await
     }
@@ -408,24 +417,21 @@ impl Backend for Api {
     async fn points(&self) -> ApiResult<Vec<PointRow>> {
         self.0.list_points().await
     }
-    async fn audit(&self) -> ApiResult<Vec<AuditRow>> {
-        self.0.list_audit().await
-    }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
         self.0.events.subscribe()
     }
     async fn stats(&self) -> ApiResult<serde_json::Value> {
         self.0.stats().await
     }
-    async fn alert_settings(&self) -> ApiResult<Option<AlertSettings>> {
-        self.0.get_alerts().await
+    async fn stop_job(&self, s: &Session, id: i64) -> ApiResult<Job> {
+        self.0.stop(s, id).await
     }
-    async fn set_alert_settings(&self, s: &Session, a: AlertSettings) -> ApiResult<()> {
-        self.0.put_alerts(s, a).await
+    async fn start_restore(&self, s: &Session, r: NewRestore) -> ApiResult<Job> {
+        self.0.queue_restore(s, r).await
     }
-    async fn test_alert(&self, s: &Session) -> ApiResult<()> {
-        self.0.send_test_alert(s).await
-    }
+}
+
+impl Rules for Api {
     async fn rules(&self) -> ApiResult<Vec<Rule>> {
         self.0.list_rules().await
     }
@@ -444,17 +450,23 @@ impl Backend for Api {
     async fn set_rules_enabled(&self, s: &Session, r: RulesState) -> ApiResult<Vec<Rule>> {
         self.0.enable_rules(s, r).await
     }
+}
+
+impl Configuration for Api {
+    async fn alert_settings(&self) -> ApiResult<Option<AlertSettings>> {
+        self.0.get_alerts().await
+    }
+    async fn set_alert_settings(&self, s: &Session, a: AlertSettings) -> ApiResult<()> {
+        self.0.put_alerts(s, a).await
+    }
+    async fn test_alert(&self, s: &Session) -> ApiResult<()> {
+        self.0.send_test_alert(s).await
+    }
     async fn export_config(&self, s: &Session, e: ConfigExport) -> ApiResult<serde_json::Value> {
         self.0.export_config(s, e).await
     }
     async fn import_config(&self, s: &Session, i: ConfigImport) -> ApiResult<ImportReport> {
         self.0.import_config(s, i).await
-    }
-    async fn stop_job(&self, s: &Session, id: i64) -> ApiResult<Job> {
-        self.0.stop(s, id).await
-    }
-    async fn start_restore(&self, s: &Session, r: NewRestore) -> ApiResult<Job> {
-        self.0.queue_restore(s, r).await
     }
     async fn bandwidth(&self) -> ApiResult<Vec<BandwidthWindow>> {
         Ok(self.0.bandwidth.read().expect("bandwidth lock").clone())
