@@ -4,10 +4,11 @@
 
 use super::catalog::{now, Db};
 use super::platforms::Target;
+use super::runner::{self, Work};
 use super::schedule::Clock;
 use super::storage::OWN_TARGET;
 use super::Service;
-use connectors::{backup_vm, BackupOptions, JobControl, Phase, Quiesce};
+use connectors::{backup_vm, BackupOptions, BackupOutcome, Connector, JobControl, Phase, Quiesce};
 use std::sync::Arc;
 use vds_store::{BackupType, RestorePoint};
 use web::*;
@@ -168,17 +169,16 @@ impl VmRef {
     }
 }
 
-/// A job waiting for its turn.
-pub(super) struct Queued {
-    id: i64,
+/// A backup job: the runner's work for one VM into one storage target.
+pub(super) struct Backup {
     platform: i64,
-    target: Target,
     vm: VmRef,
     requested: BackupType,
     quiesce: Quiesce,
     rule: Option<RuleRun>,
-    /// The storage target the point goes into.
+    /// The storage target the point goes into, and its store once the job's turn has come.
     storage: i64,
+    store: Option<Arc<vds_store::Store>>,
 }
 
 impl Service {
@@ -344,8 +344,9 @@ impl Service {
         let (name, kind) = (&vm.name, requested.as_str());
         log(&self.db, id, "info", &format!("queued by {by}: {kind} backup of {name} on {platform_name}")).await;
         self.audit_log(user, "backup started", &format!("job {id}: {kind} of {name} on {platform_name}")).await?;
-        let job = Queued { id, platform, target, vm, requested, quiesce, rule, storage };
-        self.launch(id, move |me, control| async move { me.run_job(job, control).await });
+        let job = runner::Job { id, platform, target, vm: vm.name.clone() };
+        let work = Backup { platform, vm, requested, quiesce, rule, storage, store: None };
+        self.launch(id, move |me, control| async move { me.run_work(job, work, control).await });
         self.job_by_id(id).await
     }
 
@@ -659,94 +660,6 @@ impl Service {
         self.show_phases(id, control, &mut current, false).await;
         (outcome, control.progress())
     }
-
-    async fn run_job(self: Arc<Self>, job: Queued, control: Arc<JobControl>) {
-        let Queued { id, platform, target, vm, requested, quiesce, rule, storage } = job;
-        let Some(_permits) = self.take_turn(id, platform, &target, &control).await else { return };
-        // An unavailable target fails the job before anything is made on the hypervisor.
-        let store = match self.store(storage).await {
-            Ok(s) => s,
-            Err(e) => {
-                log(&self.db, id, "error", &format!("failed: {}", e.message)).await;
-                self.finish_job(id, platform, &vm.name, End::Failed(&e.message), (0, 0)).await;
-                return;
-            }
-        };
-        let work = self.work_dir.clone();
-        let point_store = store.clone();
-        let vm_name = vm.name.clone();
-        let vm_key = vm.key().to_string();
-        let backup_control = control.clone();
-        let task_target = target.clone();
-        let include = rule.as_ref().map(|r| r.disks.clone()).unwrap_or_default();
-        let change_tracking = rule.as_ref().map(|r| r.change_tracking).unwrap_or_default();
-        let lan_free = rule.as_ref().is_some_and(|r| r.lan_free);
-        let task = tokio::task::spawn_blocking(move || {
-            let conn = task_target.connect(&work).map_err(|e| e.to_string())?;
-            let progress = backup_control.clone();
-            let opts = BackupOptions {
-                include,
-                quiesce,
-                change_tracking,
-                lan_free,
-                control: backup_control,
-                ..BackupOptions::new(requested)
-            };
-            backup_vm(&*conn, &store, &vm_key, opts, &mut |p| {
-                progress.set_progress(p.all_done_bytes, p.all_total_bytes)
-            })
-            .map_err(|e| e.to_string())
-        });
-        let (outcome, bytes) = self.watch(id, platform, &target, &control, task).await;
-        match outcome {
-            Ok(o) => {
-                let p = &o.point;
-                log(&self.db, id, "info", &format!("transport: {}", o.transport)).await;
-                log(&self.db, id, "info", &o.consistency).await;
-                for d in p.disks.iter().filter(|d| d.full_reason.is_some()) {
-                    let why = d.full_reason.as_deref().unwrap_or_default();
-                    log(&self.db, id, "warning", &format!("disk {} read in full: {why}", d.key)).await;
-                }
-                for w in &o.warnings {
-                    log(&self.db, id, "warning", w).await;
-                }
-                self.learn_vm(id, platform, &vm, &p.vm).await;
-                if let Err(e) = insert_point(&self.db, p, storage).await {
-                    log(&self.db, id, "error", &format!("point {} is stored but not in the catalog: {e}", p.point_id))
-                        .await;
-                }
-                if let Some(rule) = &rule {
-                    self.retain(id, point_store, &p.vm.key, rule).await;
-                }
-                log(
-                    &self.db,
-                    id,
-                    "info",
-                    &format!(
-                        "completed: {} point {}, read {} bytes, stored {} new bytes",
-                        p.backup_type.as_str(),
-                        p.point_id,
-                        p.stats.read_bytes,
-                        p.stats.new_stored_bytes
-                    ),
-                )
-                .await;
-                if control.stopped() {
-                    log(&self.db, id, "warning", "the stop came after the point was committed: it is kept").await;
-                }
-                self.finish_job(id, platform, &vm_name, End::Completed(&p.point_id), bytes).await;
-            }
-            Err(e) if control.stopped() => {
-                let why = "stopped by a user; nothing of this run was committed and its snapshot was removed";
-                log(&self.db, id, "warning", &format!("stopped: {e}")).await;
-                self.finish_job(id, platform, &vm_name, End::Stopped(why), bytes).await;
-            }
-            Err(e) => {
-                log(&self.db, id, "error", &format!("failed: {e}")).await;
-                self.finish_job(id, platform, &vm_name, End::Failed(&e), bytes).await;
-            }
-        }
-    }
 }
 
 impl Service {
@@ -776,6 +689,69 @@ impl Service {
             log(&self.db, job, "warning", &format!("the catalog could not record VM {}'s id or name: {e}", found.name))
                 .await;
         }
+    }
+}
+
+impl Work for Backup {
+    type Done = BackupOutcome;
+
+    /// An unavailable target fails the job before anything is made on the hypervisor.
+    async fn prepare(&mut self, service: &Arc<Service>) -> Result<(), String> {
+        self.store = Some(service.store(self.storage).await.map_err(|e| e.message)?);
+        Ok(())
+    }
+
+    fn run(&mut self, conn: &dyn Connector, control: &Arc<JobControl>) -> Result<BackupOutcome, String> {
+        let store = self.store.as_ref().ok_or("the storage target was not opened")?;
+        let rule = self.rule.as_ref();
+        let opts = BackupOptions {
+            include: rule.map(|r| r.disks.clone()).unwrap_or_default(),
+            quiesce: self.quiesce,
+            change_tracking: rule.map(|r| r.change_tracking).unwrap_or_default(),
+            lan_free: rule.is_some_and(|r| r.lan_free),
+            control: control.clone(),
+            ..BackupOptions::new(self.requested)
+        };
+        let progress = control.clone();
+        backup_vm(conn, store, self.vm.key(), opts, &mut |p| progress.set_progress(p.all_done_bytes, p.all_total_bytes))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn completed(self, service: &Arc<Service>, id: i64, o: BackupOutcome, control: &Arc<JobControl>) -> String {
+        let db = &service.db;
+        let p = &o.point;
+        log(db, id, "info", &format!("transport: {}", o.transport)).await;
+        log(db, id, "info", &o.consistency).await;
+        for d in p.disks.iter().filter(|d| d.full_reason.is_some()) {
+            let why = d.full_reason.as_deref().unwrap_or_default();
+            log(db, id, "warning", &format!("disk {} read in full: {why}", d.key)).await;
+        }
+        for w in &o.warnings {
+            log(db, id, "warning", w).await;
+        }
+        service.learn_vm(id, self.platform, &self.vm, &p.vm).await;
+        if let Err(e) = insert_point(db, p, self.storage).await {
+            log(db, id, "error", &format!("point {} is stored but not in the catalog: {e}", p.point_id)).await;
+        }
+        if let (Some(rule), Some(store)) = (&self.rule, &self.store) {
+            service.retain(id, store.clone(), &p.vm.key, rule).await;
+        }
+        let words = format!(
+            "completed: {} point {}, read {} bytes, stored {} new bytes",
+            p.backup_type.as_str(),
+            p.point_id,
+            p.stats.read_bytes,
+            p.stats.new_stored_bytes
+        );
+        log(db, id, "info", &words).await;
+        if control.stopped() {
+            log(db, id, "warning", "the stop came after the point was committed: it is kept").await;
+        }
+        p.point_id.clone()
+    }
+
+    fn stopped(&self) -> &'static str {
+        "stopped by a user; nothing of this run was committed and its snapshot was removed"
     }
 }
 

@@ -16,6 +16,7 @@ mod engine;
 mod platforms;
 mod restore;
 mod rules;
+mod runner;
 mod schedule;
 mod stats;
 mod storage;

@@ -4,10 +4,10 @@
 //! whose point a restore reads cannot be deleted until the restore ends.
 
 use super::catalog::now;
-use super::engine::{log, End};
-use super::platforms::Target;
+use super::engine::log;
+use super::runner::{self, Work};
 use super::Service;
-use connectors::{Capabilities, CheckError, JobControl, NewVmSpec, Phase, RestoreCheck, RestoreDisk};
+use connectors::{Capabilities, CheckError, Connector, JobControl, NewVmSpec, Phase, RestoreCheck, RestoreDisk};
 use std::sync::Arc;
 use vds_store::RestorePoint;
 use web::*;
@@ -18,17 +18,12 @@ enum Mode {
     InPlace,
 }
 
-/// A restore waiting for its turn.
-struct Queued {
-    id: i64,
-    platform: i64,
-    target: Target,
+/// A restore: the runner's work of writing one point onto a platform.
+struct Restore {
     point: RestorePoint,
     /// The store of the storage target that holds the point.
     store: Arc<vds_store::Store>,
     mode: Mode,
-    /// The VM it writes: the new one's name, or the point's VM.
-    vm: String,
 }
 
 /// Checks a restore request's own fields against what the target platform offers; the error
@@ -185,55 +180,46 @@ impl Service {
         );
         log(&self.db, id, "info", &format!("queued by {}: {words}", s.user)).await;
         self.audit_log(&s.user, "restore started", &format!("job {id}: {words}")).await?;
-        let job = Queued { id, platform: r.platform, target, point, store, mode, vm };
-        self.launch(id, move |me, control| async move { me.run_restore(job, control).await });
+        let job = runner::Job { id, platform: r.platform, target, vm };
+        let work = Restore { point, store, mode };
+        self.launch(id, move |me, control| async move { me.run_work(job, work, control).await });
         self.job_by_id(id).await
     }
+}
 
-    async fn run_restore(self: Arc<Self>, job: Queued, control: Arc<JobControl>) {
-        let Queued { id, platform, target, point, store, mode, vm } = job;
-        let Some(_permits) = self.take_turn(id, platform, &target, &control).await else { return };
-        let work = self.work_dir.clone();
-        let (task_target, task_control) = (target.clone(), control.clone());
-        let in_place = matches!(mode, Mode::InPlace);
-        let point_id = point.point_id.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            // Held until the restore ends: retention keeps the point meanwhile.
-            let _hold = store.hold_point(&point.vm.key, &point.point_id).map_err(|e| e.to_string())?;
-            let conn = task_target.connect(&work).map_err(|e| e.to_string())?;
-            let readers = store.open_disks(&point.point_id).map_err(|e| e.to_string())?;
-            let disks: Vec<RestoreDisk<'_>> =
-                readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
-            task_control.enter(Phase::Transferring);
-            match &mode {
-                Mode::NewVm(spec) => conn
-                    .restore_as_new_vm(&point.vm, &disks, spec, &task_control)
-                    .map(|vm| format!("restored as new VM {vm}{}", if spec.start { " (started)" } else { "" })),
-                Mode::InPlace => conn
-                    .restore_in_place(&point.vm.key, &disks, &task_control)
-                    .map(|()| format!("restored in place onto VM {} ({})", point.vm.name, point.vm.key)),
+impl Work for Restore {
+    type Done = String;
+
+    fn run(&mut self, conn: &dyn Connector, control: &Arc<JobControl>) -> Result<String, String> {
+        let point = &self.point;
+        // Held until the restore ends: retention keeps the point meanwhile.
+        let _hold = self.store.hold_point(&point.vm.key, &point.point_id).map_err(|e| e.to_string())?;
+        let readers = self.store.open_disks(&point.point_id).map_err(|e| e.to_string())?;
+        let disks: Vec<RestoreDisk<'_>> =
+            readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
+        control.enter(Phase::Transferring);
+        match &self.mode {
+            Mode::NewVm(spec) => conn
+                .restore_as_new_vm(&point.vm, &disks, spec, control)
+                .map(|vm| format!("restored as new VM {vm}{}", if spec.start { " (started)" } else { "" })),
+            Mode::InPlace => conn
+                .restore_in_place(&point.vm.key, &disks, control)
+                .map(|()| format!("restored in place onto VM {} ({})", point.vm.name, point.vm.key)),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    async fn completed(self, service: &Arc<Service>, id: i64, done: String, _: &Arc<JobControl>) -> String {
+        log(&service.db, id, "info", &format!("completed: {done}")).await;
+        self.point.point_id
+    }
+
+    fn stopped(&self) -> &'static str {
+        match self.mode {
+            Mode::InPlace => {
+                "stopped by a user: the VM's disks are part-written; it stays shut off until restored again"
             }
-            .map_err(|e| e.to_string())
-        });
-        let (outcome, bytes) = self.watch(id, platform, &target, &control, task).await;
-        match outcome {
-            Ok(done) => {
-                log(&self.db, id, "info", &format!("completed: {done}")).await;
-                self.finish_job(id, platform, &vm, End::Completed(&point_id), bytes).await;
-            }
-            Err(e) if control.stopped() => {
-                log(&self.db, id, "warning", &format!("stopped: {e}")).await;
-                let why = if in_place {
-                    "stopped by a user: the VM's disks are part-written; it stays shut off until restored again"
-                } else {
-                    "stopped by a user: the new VM's volumes were removed"
-                };
-                self.finish_job(id, platform, &vm, End::Stopped(why), bytes).await;
-            }
-            Err(e) => {
-                log(&self.db, id, "error", &format!("failed: {e}")).await;
-                self.finish_job(id, platform, &vm, End::Failed(&e), bytes).await;
-            }
+            Mode::NewVm(_) => "stopped by a user: the new VM's volumes were removed",
         }
     }
 }
