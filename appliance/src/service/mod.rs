@@ -6,6 +6,10 @@
 //! rebuilds the catalog's index of points from the storage targets' stores and marks jobs a
 //! stopped service left unfinished as failed, then ends what those backups left on their
 //! hypervisors (backup jobs, checkpoints) while their VMs take no new backup.
+//!
+//! Platforms are reached only through the registry in `connectors` (platforms.rs); every job
+//! runs through the runner (runner.rs), backup (engine.rs) and restore (restore.rs) being its
+//! kinds of work.
 
 mod alerts;
 mod auth;
