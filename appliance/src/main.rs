@@ -1,11 +1,10 @@
-//! `holdfast`: the appliance binary: the store CLI (`holdfast store …`), the KVM CLI
-//! (`holdfast kvm …`), the service (`holdfast serve`: catalog, job engine, HTTPS API) and its
+//! `holdfast`: the appliance binary: the store CLI (`holdfast store …`), the platform CLI
+//! (`holdfast platform …`, any kind the build has), the service (`holdfast serve`: catalog, job engine, HTTPS API) and its
 //! command-line client (`holdfast client …`).
 //! Errors reach the user here, once, with their whole cause chain.
 
 mod client_cli;
-#[cfg(feature = "kvm")]
-mod kvm_cli;
+mod platform_cli;
 mod restore_args;
 mod service;
 mod store_cli;
@@ -23,9 +22,9 @@ struct Cli {
 enum Command {
     /// Work with a backup store directly: create, ingest images, list, export, verify, prune, gc.
     Store(store_cli::StoreArgs),
-    /// KVM through libvirt: test a connection, list VMs, back a VM up into a store.
-    #[cfg(feature = "kvm")]
-    Kvm(kvm_cli::KvmArgs),
+    /// A platform without the service: test a connection, list VMs and the inventory, back VMs
+    /// up into a store, restore a point.
+    Platform(platform_cli::PlatformArgs),
     /// Run the appliance service: catalog, job engine and the HTTPS API.
     Serve(ServeArgs),
     /// Drive a running appliance through its API with an API token: jobs, backups, restores,
@@ -77,8 +76,7 @@ fn main() {
     }
     let result = match cli.command {
         Command::Store(args) => store_cli::run(args),
-        #[cfg(feature = "kvm")]
-        Command::Kvm(args) => kvm_cli::run(args),
+        Command::Platform(args) => platform_cli::run(args),
         Command::Client(args) => client_cli::run(args),
         Command::ResetPassword { data_dir, catalog, user } => service::reset_password_on_shell(
             &data_dir_of(data_dir),

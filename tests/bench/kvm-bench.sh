@@ -128,17 +128,17 @@ day2() {
 # Holdfast
 fresh_vm
 "$HF" store --store "$K/hf" init >/dev/null
-timed hf.full "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hf"
+timed hf.full "$HF" platform --kind kvm --set uri=$URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hf"
 hf_full_bytes=$(bytes "$K/hf")
 day2
-timed hf.inc "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type incremental --store "$K/hf" --json
+timed hf.inc "$HF" platform --kind kvm --set uri=$URI --work-dir "$K/work" backup --vm $VM --type incremental --store "$K/hf" --json
 hf_bytes=$(bytes "$K/hf")
 point=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["point"]["point_id"])' "$K/out.hf.inc")
 
 # Holdfast full with zstd level 1: the speed/size trade-off the store's level setting offers.
 fresh_vm
 "$HF" store --store "$K/hf1" init --zstd-level 1 >/dev/null
-timed hf1.full "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hf1"
+timed hf1.full "$HF" platform --kind kvm --set uri=$URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hf1"
 hf1_full_bytes=$(bytes "$K/hf1")
 # How small per-chunk compression gets on this disk at a much higher level (zstd 9), without
 # timing it as a backup: the bound for the stored-bytes target short of cross-VM dedupe.
@@ -163,7 +163,7 @@ vnbz_bytes=$(bytes "$K/vnbz")
 # The same fulls with the guest busy: its vCPU spinning one of the two cores the tools share.
 fresh_vm busy
 "$HF" store --store "$K/hfb" init >/dev/null
-timed hfb.full "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hfb"
+timed hfb.full "$HF" platform --kind kvm --set uri=$URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hfb"
 fresh_vm busy
 timed vnbb.full virtnbdbackup -U $URI -d $VM -l full -o "$K/vnbb"
 
@@ -171,7 +171,7 @@ timed vnbb.full virtnbdbackup -U $URI -d $VM -l full -o "$K/vnbb"
 # where dedupe has something to find. Holdfast into its store beside the chain above;
 # virtnbdbackup --compress as a new full beside its chain.
 fresh_vm
-timed hf.full2 "$HF" kvm --uri $URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hf"
+timed hf.full2 "$HF" platform --kind kvm --set uri=$URI --work-dir "$K/work" backup --vm $VM --type full --store "$K/hf"
 hf2_bytes=$(bytes "$K/hf")
 fresh_vm
 timed vnbz.full2 virtnbdbackup -U $URI -d $VM -l full -z -o "$K/vnbz2"
@@ -180,10 +180,10 @@ vnbz2_bytes=$(( vnbz_bytes + $(bytes "$K/vnbz2") ))
 # Restores of the day-2 state: Holdfast as a new VM in a pool; virtnbdrestore to image files.
 virsh -c $URI pool-create-as $VM-pool dir --target "$K/pool" >/dev/null
 settle "$K/hf"
-timed hf.restore "$HF" kvm --uri $URI restore --point "$point" --name $VM-r --pool $VM-pool --store "$K/hf"
+timed hf.restore "$HF" platform --kind kvm --set uri=$URI restore --point "$point" --name $VM-r --pool $VM-pool --store "$K/hf"
 qemu-img compare -q "$K/pool/$VM-r-vda.qcow2" "$W/disk2.raw" || { echo "Holdfast's restore differs from the day-2 disk" >&2; exit 1; }
 settle "$K/hf"
-timed hf.restore.raw "$HF" kvm --uri $URI restore --point "$point" --name $VM-r2 --pool $VM-pool --disk-format raw --store "$K/hf"
+timed hf.restore.raw "$HF" platform --kind kvm --set uri=$URI restore --point "$point" --name $VM-r2 --pool $VM-pool --disk-format raw --store "$K/hf"
 cmp "$K/pool/$VM-r2-vda.raw" "$W/disk2.raw" || { echo "Holdfast's raw restore differs from the day-2 disk" >&2; exit 1; }
 settle "$K/vnb"
 timed vnb.restore virtnbdrestore -i "$K/vnb" -o "$K/vnbrestore"

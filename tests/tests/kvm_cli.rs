@@ -1,4 +1,4 @@
-//! `holdfast kvm` through the real binary against libvirtd: connection test, VM list, and a
+//! `holdfast platform --kind kvm` through the real binary against libvirtd: connection test, VM list, and a
 //! full then incremental backup that `holdfast store` lists and exports byte for byte.
 
 use holdfast_tests::kvm::{TestVm, MIB, URI};
@@ -7,7 +7,7 @@ use std::process::Command;
 
 fn kvm() -> Command {
     let mut c = Command::new(holdfast_bin());
-    c.args(["kvm", "--uri", URI]);
+    c.args(["platform", "--kind", "kvm", "--set", &format!("uri={URI}")]);
     c
 }
 

@@ -74,6 +74,13 @@ fn service_end_to_end(catalog: Option<String>) {
     assert!(v["error"].as_str().unwrap().starts_with("uri: the connection test failed"), "{v}");
     let v = c.post("/api/platforms", json!({ "name": "lab", "kind": "vmware", "uri": "https://vc" }), 400);
     assert!(v["error"].as_str().unwrap().starts_with("kind:"), "{v}");
+    // The kind's settings: unknown ones are named, the optional NBD ones are used.
+    let v =
+        c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system", "colour": 1 }), 400);
+    assert!(v["error"].as_str().unwrap().starts_with("colour: unknown field"), "{v}");
+    let tls = json!({ "name": "lab", "kind": "kvm", "uri": "qemu:///system", "nbd_tls_dir": "/nonexistent" });
+    let v = c.post("/api/platforms", tls, 400);
+    assert!(v["error"].as_str().unwrap().contains("/nonexistent/ca-cert.pem"), "{v}");
     let v = c.post("/api/platforms", json!({ "name": "lab", "uri": "qemu:///system" }), 400);
     assert!(v["error"].as_str().unwrap().contains("kind"), "{v}");
     assert_eq!(c.get("/api/platforms"), json!([]), "nothing half-saved");

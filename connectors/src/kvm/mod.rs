@@ -50,6 +50,26 @@ pub struct TlsFiles {
     pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+impl TlsFiles {
+    /// ca-cert.pem, and client-cert.pem with client-key.pem where there is a client certificate,
+    /// from `dir`; the error names the file.
+    pub fn from_dir(dir: &Path) -> Result<TlsFiles, ConnectorError> {
+        let read = |f: &str| {
+            std::fs::read(dir.join(f)).map_err(|e| ConnectorError::Unreachable {
+                platform: PLATFORM,
+                target: dir.join(f).display().to_string(),
+                cause: format!("cannot read the NBD TLS file: {e}"),
+            })
+        };
+        let client = if dir.join("client-cert.pem").exists() {
+            Some((read("client-cert.pem")?, read("client-key.pem")?))
+        } else {
+            None
+        };
+        Ok(TlsFiles { ca_pem: read("ca-cert.pem")?, client })
+    }
+}
+
 /// NBD's registered port and the ninety after it.
 pub const DEFAULT_NBD_PORTS: std::ops::Range<u16> = 10809..10900;
 

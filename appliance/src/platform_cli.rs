@@ -1,56 +1,54 @@
-//! `holdfast kvm …`: drive the KVM connector from the command line until the service does:
-//! test a connection, list VMs, back one up into a store. Logic lives in `connectors`.
+//! `holdfast platform …`: drive a platform's connector from the command line, without the
+//! service: test a connection, list VMs and the inventory, back VMs up into a store, restore a
+//! point. Any kind the build has (`--kind`, default the first), with that kind's settings given
+//! as `--set NAME=VALUE`; logic lives in `connectors`.
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
+use connectors::registry::{self, Settings};
 use connectors::{
-    backup_vms, BackupOptions, BackupOutcome, Connector, Credentials, JobControl, KvmConnector, NewVmSpec, Quiesce,
-    RestoreDisk, SnapshotMode, TlsFiles,
+    backup_vms, BackupOptions, BackupOutcome, Credentials, JobControl, NewVmSpec, Quiesce, RestoreDisk, SnapshotMode,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use vds_store::{BackupType, Store};
 
 #[derive(Args)]
-pub struct KvmArgs {
-    /// libvirt URI: qemu:///system, qemu+ssh://user@host/system, qemu+tcp://host/system,
-    /// qemu+tls://host/system
-    #[arg(long, default_value = "qemu:///system", global = true)]
-    uri: String,
-    /// User name for libvirt's authentication (SASL, libssh); the password comes from
-    /// --password-file or the HOLDFAST_KVM_PASSWORD environment variable
+pub struct PlatformArgs {
+    /// The kind of platform (GET /api/platform-kinds on a running appliance lists them)
+    /// [default: the first this build has]
+    #[arg(long, global = true)]
+    kind: Option<String>,
+    /// One of the kind's settings, as NAME=VALUE (KVM: uri=qemu+ssh://root@host/system,
+    /// nbd_host=…, nbd_tls_dir=…); repeat for more
+    #[arg(long = "set", value_name = "NAME=VALUE", global = true)]
+    settings: Vec<String>,
+    /// User name for the platform's authentication; the password comes from --password-file or
+    /// the HOLDFAST_PLATFORM_PASSWORD environment variable
     #[arg(long, global = true)]
     username: Option<String>,
     /// File holding the password for --username (first line)
     #[arg(long, global = true)]
     password_file: Option<PathBuf>,
-    /// Host name the hypervisor's NBD server listens on for remote URIs (default: the URI's host)
-    #[arg(long, global = true)]
-    nbd_host: Option<String>,
-    /// Remote backups over NBD with TLS: a directory with ca-cert.pem (the CA of the hypervisor's
-    /// backup_tls_x509_cert_dir) and, unless the host skips client checks, client-cert.pem and
-    /// client-key.pem
-    #[arg(long, global = true)]
-    nbd_tls_dir: Option<PathBuf>,
-    /// Where backup jobs keep their state; with a local URI also the NBD sockets and scratch
-    /// files (QEMU must be able to write there)
+    /// Where backup jobs keep their state (the connector's work files; for KVM on this host
+    /// also the NBD sockets and scratch files, which QEMU must be able to write)
     #[arg(long, default_value = "/var/tmp/holdfast", global = true)]
     work_dir: PathBuf,
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
-    command: KvmCommand,
+    command: PlatformCommand,
 }
 
 #[derive(Subcommand)]
-enum KvmCommand {
+enum PlatformCommand {
     /// Check the connection and show what it reached.
     Test,
     /// List the VMs.
     Vms,
-    /// Hosts, VMs, networks and storage pools (what rules and restores choose from).
+    /// Hosts, VMs, networks and storage (what rules and restores choose from).
     Inventory,
-    /// Back up VMs into a store (running: libvirt backup job; shut off, on this host: the images)
+    /// Back up VMs into a store
     Backup {
         /// VM name or UUID; repeat for a multi-VM job (each VM gets its own result)
         #[arg(long, required = true)]
@@ -79,7 +77,7 @@ enum KvmCommand {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Restore a point as a new VM (new name, UUID and MAC addresses) into a storage pool, or
+    /// Restore a point as a new VM (new name, UUID and MAC addresses) into the platform's storage, or
     /// with --in-place onto the VM it was taken from (which must be shut off).
     Restore {
         /// The restore point id
@@ -101,7 +99,7 @@ fn open_store(store: Option<PathBuf>) -> Result<Store> {
     Store::open(&root, pass.as_deref()).with_context(|| format!("opening store {}", root.display()))
 }
 
-fn credentials(args: &KvmArgs) -> Result<Option<Credentials>> {
+fn credentials(args: &PlatformArgs) -> Result<Option<Credentials>> {
     let Some(username) = args.username.clone() else {
         if args.password_file.is_some() {
             return Err(anyhow!("--password-file needs --username"));
@@ -115,36 +113,42 @@ fn credentials(args: &KvmArgs) -> Result<Option<Credentials>> {
             .next()
             .unwrap_or("")
             .to_string(),
-        None => std::env::var("HOLDFAST_KVM_PASSWORD")
-            .map_err(|_| anyhow!("--username {username} needs a password: --password-file or HOLDFAST_KVM_PASSWORD"))?,
+        None => std::env::var("HOLDFAST_PLATFORM_PASSWORD").map_err(|_| {
+            anyhow!("--username {username} needs a password: --password-file or HOLDFAST_PLATFORM_PASSWORD")
+        })?,
     };
     Ok(Some(Credentials { username, password }))
 }
 
-pub fn run(args: KvmArgs) -> Result<i32> {
-    let mut conn = KvmConnector::open(&args.uri, &args.work_dir, credentials(&args)?.as_ref())?;
-    if let Some(host) = &args.nbd_host {
-        conn.set_nbd_host(host);
+/// `--set NAME=VALUE` options as the kind's settings (each value a string).
+fn settings_of(given: &[String]) -> Result<Settings> {
+    let mut settings = Settings::new();
+    for s in given {
+        let (name, value) = s.split_once('=').ok_or_else(|| anyhow!("--set {s:?}: use NAME=VALUE"))?;
+        settings.insert(name.to_string(), serde_json::Value::String(value.to_string()));
     }
-    if let Some(dir) = &args.nbd_tls_dir {
-        let read = |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()));
-        let client = if dir.join("client-cert.pem").exists() {
-            Some((read("client-cert.pem")?, read("client-key.pem")?))
-        } else {
-            None
-        };
-        conn.set_nbd_tls(TlsFiles { ca_pem: read("ca-cert.pem")?, client })?;
-    }
+    Ok(settings)
+}
+
+pub fn run(args: PlatformArgs) -> Result<i32> {
+    let kind = match &args.kind {
+        Some(k) => registry::kind(k).map_err(|e| anyhow!("--kind: {}", e.message))?,
+        None => *registry::kinds().first().ok_or_else(|| anyhow!("this build has no platform kind"))?,
+    };
+    let settings = settings_of(&args.settings)?;
+    kind.check(&settings).map_err(|e| anyhow!("--set {}: {}", e.field, e.message))?;
+    let target = kind.summary(&settings);
+    let conn = kind.open(&settings, credentials(&args)?.as_ref(), &args.work_dir)?;
     match args.command {
-        KvmCommand::Test => {
+        PlatformCommand::Test => {
             let hello = conn.test_connection()?;
             if args.json {
-                println!("{}", serde_json::json!({ "uri": args.uri, "reached": hello }));
+                println!("{}", serde_json::json!({ "kind": kind.name(), "target": target, "reached": hello }));
             } else {
-                println!("{}: {hello}", args.uri);
+                println!("{target}: {hello}");
             }
         }
-        KvmCommand::Vms => {
+        PlatformCommand::Vms => {
             let vms = conn.list_vms()?;
             if args.json {
                 let rows: Vec<_> = vms
@@ -158,7 +162,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 }
             }
         }
-        KvmCommand::Inventory => {
+        PlatformCommand::Inventory => {
             let inv = conn.inventory()?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&inv)?);
@@ -176,7 +180,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 for p in &inv.storage {
                     let state = if p.active { "active" } else { "inactive" };
                     println!(
-                        "pool    {:<24} {state}, {:.1} of {:.1} GiB free",
+                        "storage {:<24} {state}, {:.1} of {:.1} GiB free",
                         p.name,
                         gib(p.available),
                         gib(p.capacity)
@@ -184,7 +188,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 }
             }
         }
-        KvmCommand::Backup { vm, snapshots, store, backup_type, disks, quiesce, change_tracking, threads } => {
+        PlatformCommand::Backup { vm, snapshots, store, backup_type, disks, quiesce, change_tracking, threads } => {
             let change_tracking = connectors::ChangeTracking::parse(&change_tracking)
                 .ok_or_else(|| anyhow!("--change-tracking {change_tracking:?}: use auto, on or off"))?;
             let store = open_store(store)?;
@@ -210,7 +214,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
             let defaults = BackupOptions::new(requested);
             let threads = threads.unwrap_or(defaults.threads);
             let opts = BackupOptions { include: disks, threads, quiesce, change_tracking, ..defaults };
-            let mut results = backup_vms(&conn, &store, &vm, &opts, mode, &mut |vm, p| {
+            let mut results = backup_vms(&*conn, &store, &vm, &opts, mode, &mut |vm, p| {
                 pb.set_length(p.all_total_bytes);
                 pb.set_position(p.all_done_bytes);
                 pb.set_message(format!("backup {vm} {}", p.disk));
@@ -245,7 +249,7 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 return Ok(1);
             }
         }
-        KvmCommand::Restore { point, to, store } => {
+        PlatformCommand::Restore { point, to, store } => {
             let store = open_store(store)?;
             let entry = store.find(&point)?;
             let readers = store.open_disks(&point)?;
@@ -273,8 +277,11 @@ pub fn run(args: KvmArgs) -> Result<i32> {
                 ..
             } = to;
             let name = name.expect("clap requires --name without --in-place");
-            let storage = storage.unwrap_or_else(|| "default".into());
-            let disk_format = Some(disk_format.unwrap_or_else(|| "qcow2".into()));
+            let caps = kind.capabilities();
+            let storage = storage
+                .or_else(|| caps.default_storage.map(String::from))
+                .ok_or_else(|| anyhow!("--storage: name the {} for the new disks", caps.storage_word))?;
+            let disk_format = disk_format.or_else(|| caps.disk_formats.first().map(|f| f.name.to_string()));
             let disk_sizes = disk_size.into_iter().collect();
             let spec = NewVmSpec { name, cpus, memory_mib, storage, network, disk_format, disk_sizes, start };
             let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec, &JobControl::default())?;
