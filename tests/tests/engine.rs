@@ -16,15 +16,7 @@ const PASSWORD: &str = "correct horse battery";
 
 /// Bytes that do not compress or deduplicate: `seed` picks the stream.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    holdfast_tests::noise(len, seed)
 }
 
 struct Bed {

@@ -261,12 +261,7 @@ impl Service {
             return Err(ApiError::new(409, "you cannot delete your own user"));
         }
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
-        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
-        let (id,) = row.ok_or_else(|| ApiError::not_found(format!("user {name}")))?;
+        let id = user_id(&mut tx, name).await?;
         for table in ["sessions", "api_tokens"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
                 .bind(id)
@@ -330,12 +325,7 @@ impl Service {
 /// ends its sessions. Shared by the API and `holdfast reset-password` on the appliance's shell.
 pub(super) async fn reset(db: &super::catalog::Db, name: &str, password: &str) -> ApiResult<()> {
     let mut tx = db.begin().await.map_err(ApiError::internal)?;
-    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(ApiError::internal)?;
-    let (id,) = row.ok_or_else(|| ApiError::not_found(format!("user {name}")))?;
+    let id = user_id(&mut tx, name).await?;
     sqlx::query(
         "UPDATE users SET password_hash = $1, must_change = 1, failed_logins = 0, locked_until = NULL WHERE id = $2",
     )
@@ -350,4 +340,14 @@ pub(super) async fn reset(db: &super::catalog::Db, name: &str, password: &str) -
         .await
         .map_err(ApiError::internal)?;
     tx.commit().await.map_err(ApiError::internal)
+}
+
+/// The id of user `name`, inside the caller's transaction; an unknown name is a 404.
+async fn user_id(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str) -> ApiResult<i64> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM users WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(ApiError::internal)?;
+    row.map(|(id,)| id).ok_or_else(|| ApiError::not_found(format!("user {name}")))
 }

@@ -75,6 +75,13 @@ pub async fn put_setting(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str, 
     Ok(())
 }
 
+/// The text of the first column of every row `sql` returns for the one parameter `id` (names
+/// of the rules that use something, and the like).
+pub async fn texts(db: &Db, sql: &str, id: i64) -> Result<Vec<String>, web::ApiError> {
+    let rows: Vec<(String,)> = sqlx::query_as(sql).bind(id).fetch_all(db).await.map_err(web::ApiError::internal)?;
+    Ok(rows.into_iter().map(|(t,)| t).collect())
+}
+
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -3,7 +3,7 @@
 //! holds its kind, that kind's settings (one JSON column) and sealed credentials; the kind
 //! validates the settings and opens the connection.
 
-use super::catalog::now;
+use super::catalog::{now, texts};
 use super::engine::VmRef;
 use super::Service;
 use connectors::registry::{self, PlatformKind, Settings};
@@ -124,14 +124,7 @@ impl Service {
     }
 
     pub(super) async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
-        let row: Option<PlatformRow> =
-            sqlx::query_as(&format!("SELECT {PLATFORM_COLUMNS} FROM platforms WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.db)
-                .await
-                .map_err(ApiError::internal)?;
-        let (_, name, kind, settings, username, secret, _) =
-            row.ok_or_else(|| ApiError::not_found(format!("platform {id}")))?;
+        let (_, name, kind, settings, username, secret, _) = self.platform_row(id).await?;
         let kind = registry::kind(&kind).map_err(|e| ApiError::new(409, format!("platform {name}: {}", e.message)))?;
         let password = secret.map(|s| self.open_sealed(&s)).transpose()?;
         Ok((name, Target { kind, settings: parse_settings(&settings)?, credentials: credentials(username, password) }))
@@ -152,14 +145,18 @@ impl Service {
         rows.into_iter().map(platform).collect()
     }
 
-    async fn platform_by_id(&self, id: i64) -> ApiResult<Platform> {
+    async fn platform_row(&self, id: i64) -> ApiResult<PlatformRow> {
         let row: Option<PlatformRow> =
             sqlx::query_as(&format!("SELECT {PLATFORM_COLUMNS} FROM platforms WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&self.db)
                 .await
                 .map_err(ApiError::internal)?;
-        platform(row.ok_or_else(|| ApiError::not_found(format!("platform {id}")))?)
+        row.ok_or_else(|| ApiError::not_found(format!("platform {id}")))
+    }
+
+    async fn platform_by_id(&self, id: i64) -> ApiResult<Platform> {
+        platform(self.platform_row(id).await?)
     }
 
     /// The connection test a platform must pass to be saved; its words say what failed, on the
@@ -227,16 +224,11 @@ impl Service {
     /// while a rule names it, a job of it is queued or running, or a point it made is indexed.
     pub(super) async fn remove_platform(&self, s: &Session, id: i64) -> ApiResult<()> {
         let p = self.platform_by_id(id).await?;
-        let rules: Vec<(String,)> = sqlx::query_as("SELECT name FROM rules WHERE platform_id = $1 ORDER BY name")
-            .bind(id)
-            .fetch_all(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
+        let rules = texts(&self.db, "SELECT name FROM rules WHERE platform_id = $1 ORDER BY name", id).await?;
         if !rules.is_empty() {
-            let names: Vec<String> = rules.into_iter().map(|(n,)| n).collect();
             return Err(ApiError::new(
                 409,
-                format!("platform {} is used by rule {}: delete or move those first", p.name, names.join(", ")),
+                format!("platform {} is used by rule {}: delete or move those first", p.name, rules.join(", ")),
             ));
         }
         if let Some((job,)) = sqlx::query_as::<_, (i64,)>(&format!(
@@ -250,16 +242,14 @@ impl Service {
         {
             return Err(ApiError::new(409, format!("platform {} has job {job} queued or running", p.name)));
         }
-        let points: Vec<(String,)> = sqlx::query_as(
+        let vms = texts(
+            &self.db,
             "SELECT DISTINCT p.vm_name FROM points p JOIN jobs j ON j.point_id = p.point_id \
              WHERE j.platform_id = $1 AND j.kind = 'backup' ORDER BY p.vm_name",
+            id,
         )
-        .bind(id)
-        .fetch_all(&self.db)
-        .await
-        .map_err(ApiError::internal)?;
-        if !points.is_empty() {
-            let vms: Vec<String> = points.into_iter().map(|(n,)| n).collect();
+        .await?;
+        if !vms.is_empty() {
             return Err(ApiError::new(
                 409,
                 format!(

@@ -445,13 +445,9 @@ impl Service {
         if id == OWN_TARGET {
             return Err(ApiError::new(409, format!("storage target {name} is the appliance's own store: it stays")));
         }
-        let rules: Vec<(String,)> = sqlx::query_as("SELECT name FROM rules WHERE storage_id = $1 ORDER BY name")
-            .bind(id)
-            .fetch_all(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-        if !rules.is_empty() {
-            let names: Vec<String> = rules.into_iter().map(|(n,)| n).collect();
+        let names =
+            super::catalog::texts(&self.db, "SELECT name FROM rules WHERE storage_id = $1 ORDER BY name", id).await?;
+        if !names.is_empty() {
             return Err(ApiError::new(
                 409,
                 format!(
