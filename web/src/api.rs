@@ -13,7 +13,7 @@ const COOKIE: &str = "hf_session";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.problem.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(serde_json::json!({ "error": self.message }))).into_response()
     }
 }
@@ -32,15 +32,18 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
             .and_then(|v| v.split(';').next())
             .is_some_and(|m| m.trim() == "application/json" || m.trim().ends_with("+json"));
         if !json {
-            return Err(ApiError::new(415, "the request body must be JSON, sent with Content-Type: application/json"));
+            return Err(ApiError::new(
+                Problem::NotJson,
+                "the request body must be JSON, sent with Content-Type: application/json",
+            ));
         }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::new(400, format!("invalid request: {}", e.body_text())))?;
+            .map_err(|e| ApiError::bad(format!("invalid request: {}", e.body_text())))?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de);
         if value.is_ok() {
-            de.end().map_err(|e| ApiError::new(400, format!("invalid request: {e}")))?;
+            de.end().map_err(|e| ApiError::bad(format!("invalid request: {e}")))?;
         }
         value.map(Body).map_err(|e| {
             // serde names the field's path (e.g. "mode", "retention.keep_days"); the position in
@@ -48,7 +51,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
             let inner = e.inner().to_string();
             let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
             match e.path().to_string().as_str() {
-                "." | "" => ApiError::new(400, format!("invalid request: {inner}")),
+                "." | "" => ApiError::bad(format!("invalid request: {inner}")),
                 path => ApiError::field(path, inner),
             }
         })
@@ -80,19 +83,21 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
             .map(str::to_string);
         let (session, token) = if let Some(t) = bearer {
             // API tokens are not sent by browsers on their own: no CSRF check for them.
-            let s =
-                backend.token_session(&t).await?.ok_or_else(|| ApiError::new(401, "unknown or revoked API token"))?;
+            let s = backend
+                .token_session(&t)
+                .await?
+                .ok_or_else(|| ApiError::new(Problem::NotLoggedIn, "unknown or revoked API token"))?;
             (s, t)
         } else {
-            let token = cookie_token(parts).ok_or_else(|| ApiError::new(401, "not logged in"))?;
+            let token = cookie_token(parts).ok_or_else(|| ApiError::new(Problem::NotLoggedIn, "not logged in"))?;
             let session = backend
                 .session(&token)
                 .await?
-                .ok_or_else(|| ApiError::new(401, "the session has expired: log in again"))?;
+                .ok_or_else(|| ApiError::new(Problem::NotLoggedIn, "the session has expired: log in again"))?;
             if parts.method != Method::GET && parts.method != Method::HEAD {
                 let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
                 if sent != session.csrf {
-                    return Err(ApiError::new(403, "missing or wrong X-CSRF-Token header"));
+                    return Err(ApiError::forbidden("missing or wrong X-CSRF-Token header"));
                 }
             }
             (session, token)
@@ -100,15 +105,15 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
         // Each route declares who may call it (see `routes`); a route without one is the admin's.
         let access = parts.extensions.get::<Access>().copied().unwrap_or(Access::Admin);
         if session.must_change_password && access != Access::Own {
-            return Err(ApiError::new(403, "the password must be changed first (POST /api/password)"));
+            return Err(ApiError::forbidden("the password must be changed first (POST /api/password)"));
         }
         match (access, session.role) {
             (Access::Operate, Role::Auditor) => {
-                Err(ApiError::new(403, format!("user {} is an auditor: read-only", session.user)))
+                Err(ApiError::forbidden(format!("user {} is an auditor: read-only", session.user)))
             }
-            (Access::Audit, Role::Operator) => Err(ApiError::new(403, "the audit log is for admins and auditors")),
+            (Access::Audit, Role::Operator) => Err(ApiError::forbidden("the audit log is for admins and auditors")),
             (Access::Admin, role) if role != Role::Admin => {
-                Err(ApiError::new(403, format!("user {} is a {}: that needs an admin", session.user, role.as_str())))
+                Err(ApiError::forbidden(format!("user {} is a {}: that needs an admin", session.user, role.as_str())))
             }
             _ => Ok(Authed(session, token)),
         }
@@ -447,7 +452,7 @@ async fn front_page() -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(404, "no such API route")
+    ApiError::new(Problem::NotFound, "no such API route")
 }
 
 /// Who may call a route. Declared beside each route in [`routes`] and published in the OpenAPI

@@ -533,24 +533,77 @@ pub struct AuditRow {
     pub detail: String,
 }
 
-/// An error with the HTTP status it maps to and a message naming the object and the cause.
+/// What kind of failure an error is, in the service's terms; `web` alone maps each to an HTTP
+/// status (see `Problem::status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The request is wrong: a field, a value, a shape.
+    BadRequest,
+    /// No session, or one that ended.
+    NotLoggedIn,
+    /// The caller may not do this (role, CSRF, a password change pending).
+    Forbidden,
+    /// The object named does not exist.
+    NotFound,
+    /// The request clashes with the state of things (a name taken, a VM running, a job going).
+    Conflict,
+    /// The body is not JSON.
+    NotJson,
+    /// A hypervisor, mail server or other system the service depends on failed.
+    Upstream,
+    /// Something the service needs is unavailable for now.
+    Unavailable,
+    /// A failure inside the service.
+    Internal,
+}
+
+impl Problem {
+    /// The HTTP status the API answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            Problem::BadRequest => 400,
+            Problem::NotLoggedIn => 401,
+            Problem::Forbidden => 403,
+            Problem::NotFound => 404,
+            Problem::Conflict => 409,
+            Problem::NotJson => 415,
+            Problem::Internal => 500,
+            Problem::Upstream => 502,
+            Problem::Unavailable => 503,
+        }
+    }
+}
+
+/// An error: its kind and a message naming the object and the cause.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
-    pub status: u16,
+    pub problem: Problem,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+    pub fn new(problem: Problem, message: impl Into<String>) -> ApiError {
+        ApiError { problem, message: message.into() }
     }
     /// A field of the request is wrong.
     pub fn field(field: &str, problem: impl std::fmt::Display) -> ApiError {
-        ApiError::new(400, format!("{field}: {problem}"))
+        ApiError::new(Problem::BadRequest, format!("{field}: {problem}"))
+    }
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(Problem::BadRequest, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(Problem::Conflict, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(Problem::Forbidden, message)
+    }
+    pub fn upstream(message: impl Into<String>) -> ApiError {
+        ApiError::new(Problem::Upstream, message)
     }
     pub fn not_found(what: impl std::fmt::Display) -> ApiError {
-        ApiError::new(404, format!("no {what}"))
+        ApiError::new(Problem::NotFound, format!("no {what}"))
     }
     /// A failure inside the service whose words are not for the client (a database or runtime
     /// error): the client gets a reference, the service log the cause under that reference.
@@ -560,11 +613,11 @@ impl ApiError {
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let reference = format!("E{secs:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
         eprintln!("holdfast: internal error {reference}: {e}");
-        ApiError::new(500, format!("internal error {reference}: the service log has its cause"))
+        ApiError::new(Problem::Internal, format!("internal error {reference}: the service log has its cause"))
     }
     /// A failure inside the service told in Holdfast's own words (no foreign error text).
     pub fn server(message: impl Into<String>) -> ApiError {
-        ApiError::new(500, message)
+        ApiError::new(Problem::Internal, message)
     }
 }
 
@@ -664,7 +717,7 @@ mod tests {
     fn an_internal_error_gives_the_client_a_reference_never_its_text() {
         let a = ApiError::internal("error returned from database: no such table: jobs");
         let b = ApiError::internal("error returned from database: no such table: jobs");
-        assert_eq!(a.status, 500);
+        assert_eq!(a.problem.status(), 500);
         assert!(!a.message.contains("table") && !a.message.contains("database"), "{}", a.message);
         assert!(a.message.starts_with("internal error E") && a.message.contains("service log"), "{}", a.message);
         assert_ne!(a.message, b.message, "each failure has its own reference");

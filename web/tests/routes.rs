@@ -11,12 +11,12 @@ use tower::ServiceExt;
 use web::*;
 
 /// Knows four sessions by token (their role's name, and "fresh" for a pending password change);
-/// every operation answers 404 "fake", so a request that passes the access check says so.
+/// every operation answers 404 "no fake", so a request that passes the access check says so.
 struct Fake(tokio::sync::broadcast::Sender<Job>);
 
 #[allow(clippy::manual_async_fn)]
 fn nope<T>() -> impl Future<Output = ApiResult<T>> + Send {
-    async { Err(ApiError::new(404, "fake")) }
+    async { Err(ApiError::not_found("fake")) }
 }
 
 impl Accounts for Fake {

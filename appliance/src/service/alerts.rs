@@ -129,12 +129,12 @@ impl Service {
         let (a, password) = self
             .load_alerts()
             .await?
-            .ok_or_else(|| ApiError::new(409, "no alert settings saved yet (PUT /api/alerts)"))?;
+            .ok_or_else(|| ApiError::conflict("no alert settings saved yet (PUT /api/alerts)"))?;
         let body = format!("A test of Holdfast's alert mail, sent by {} at {}.", s.user, now());
         tokio::task::spawn_blocking(move || send(&a, password.as_deref(), "Holdfast: test", &body))
             .await
             .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::new(502, e))
+            .map_err(ApiError::upstream)
     }
 
     /// Mails an alert unless the same one went out within the repeat window.

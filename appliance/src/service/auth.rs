@@ -59,7 +59,7 @@ impl Service {
         // nobody which user names exist; the audit log says which it was.
         let refused = || {
             ApiError::new(
-                401,
+                Problem::NotLoggedIn,
                 format!(
                     "wrong user name or password, or the account is locked after {MAX_FAILED} failed logins \
                      (for {LOCK_MINUTES} minutes)"
@@ -222,7 +222,7 @@ impl Service {
             .await
             .map_err(|e| match e {
                 sqlx::Error::Database(d) if d.is_unique_violation() => {
-                    ApiError::new(409, format!("name: a user {:?} exists already", u.name))
+                    ApiError::conflict(format!("name: a user {:?} exists already", u.name))
                 }
                 e => ApiError::internal(e),
             })?;
@@ -250,7 +250,7 @@ impl Service {
             return Err(ApiError::field("password", format!("must have at least {MIN_PASSWORD} characters")));
         }
         if name == s.user {
-            return Err(ApiError::new(409, "change your own password with POST /api/password"));
+            return Err(ApiError::conflict("change your own password with POST /api/password"));
         }
         reset(&self.db, name, &r.password).await?;
         self.audit_log(&s.user, "password reset", name).await
@@ -258,7 +258,7 @@ impl Service {
 
     pub(super) async fn remove_user(&self, s: &Session, name: &str) -> ApiResult<()> {
         if name == s.user {
-            return Err(ApiError::new(409, "you cannot delete your own user"));
+            return Err(ApiError::conflict("you cannot delete your own user"));
         }
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
         let id = user_id(&mut tx, name).await?;

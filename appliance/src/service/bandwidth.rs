@@ -21,10 +21,10 @@ pub(super) fn check(windows: &[BandwidthWindow]) -> ApiResult<()> {
             return Err(ApiError::field(&field("days"), "name at least one day (mon … sun)"));
         }
         for d in &w.days {
-            weekday(&field("days"), d).map_err(|e| ApiError::new(400, e))?;
+            weekday(&field("days"), d).map_err(ApiError::bad)?;
         }
-        let from = minutes(&field("from"), &w.from).map_err(|e| ApiError::new(400, e))?;
-        let to = minutes(&field("to"), &w.to).map_err(|e| ApiError::new(400, e))?;
+        let from = minutes(&field("from"), &w.from).map_err(ApiError::bad)?;
+        let to = minutes(&field("to"), &w.to).map_err(ApiError::bad)?;
         if from == to {
             return Err(ApiError::field(&field("to"), "equals from: the window would be empty"));
         }

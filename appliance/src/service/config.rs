@@ -101,7 +101,7 @@ fn new_sealing() -> Sealing {
 
 /// Prefixes a field error with where in the file it is.
 fn within(prefix: &str, e: ApiError) -> ApiError {
-    ApiError::new(e.status, format!("{prefix}.{}", e.message))
+    ApiError::new(e.problem, format!("{prefix}.{}", e.message))
 }
 
 impl Service {
@@ -277,7 +277,7 @@ impl Service {
             if new_targets.iter().any(|(o, p, _): &(NewStorage, std::path::PathBuf, Opened)| {
                 o.name == nt.name || path.starts_with(p) || p.starts_with(&path)
             }) {
-                return Err(ApiError::new(409, format!("{at}name: the file names this target or its path twice")));
+                return Err(ApiError::conflict(format!("{at}name: the file names this target or its path twice")));
             }
             let (nt, opened) = open_blocking(nt, &path, &at).await?;
             if matches!(opened, Opened::Made(_)) {
@@ -286,7 +286,7 @@ impl Service {
             new_targets.push((nt, path, opened));
         }
         super::bandwidth::check(&file.bandwidth)
-            .map_err(|e| ApiError::new(400, format!("config.bandwidth{}", e.message)))?;
+            .map_err(|e| ApiError::bad(format!("config.bandwidth{}", e.message)))?;
         let alerts = match &file.alerts {
             None => None,
             Some(v) => {
@@ -357,7 +357,7 @@ impl Service {
             let c = check_settings(&r).map_err(|e| within(&at, e))?;
             for (k, vm) in r.vms.iter().enumerate() {
                 if let Some((_, other)) = rule_of_vm(&mut *tx, id, vm).await? {
-                    return Err(ApiError::new(409, format!("{at}.vms[{k}]: VM {vm} is already in rule {other}")));
+                    return Err(ApiError::conflict(format!("{at}.vms[{k}]: VM {vm} is already in rule {other}")));
                 }
             }
             insert_rule(&mut tx, &r, &c, id).await.map_err(|e| within(&at, e))?;

@@ -264,10 +264,10 @@ impl Service {
         let vm = self.check_vm(j.platform, &j.vm).await?;
         // Two backups of one VM at once would collide on the hypervisor (one backup job per VM).
         if let Some(busy) = self.active_job(j.platform, vm.key()).await? {
-            return Err(ApiError::new(
-                409,
-                format!("VM {} has job {busy} queued or running: wait for it or stop it", j.vm),
-            ));
+            return Err(ApiError::conflict(format!(
+                "VM {} has job {busy} queued or running: wait for it or stop it",
+                j.vm
+            )));
         }
         let plan = JobPlan { quiesce: Quiesce::IfPossible, rule: None, storage };
         self.enqueue(&s.user, j.platform, vm, requested, plan).await
@@ -410,7 +410,7 @@ impl Service {
         let job = self.job_by_id(id).await?;
         let control = self.controls.lock().expect("controls lock").get(&id).cloned();
         let Some(control) = control else {
-            return Err(ApiError::new(409, format!("job {id} has ended already ({})", job.state)));
+            return Err(ApiError::conflict(format!("job {id} has ended already ({})", job.state)));
         };
         // The state first, then the signal: a job that sees the stop ends (as stopped) only after
         // it shows stopping, so the reply and the live events never go back from stopped. Still

@@ -80,7 +80,7 @@ pub(super) async fn insert_platform<'c, E: sqlx::Executor<'c, Database = sqlx::A
 fn taken_or_internal(e: sqlx::Error, name: &str) -> ApiError {
     match e {
         sqlx::Error::Database(d) if d.is_unique_violation() => {
-            ApiError::new(409, format!("a platform named {name:?} exists already"))
+            ApiError::conflict(format!("a platform named {name:?} exists already"))
         }
         e => ApiError::internal(e),
     }
@@ -120,12 +120,18 @@ pub(super) fn kinds() -> Vec<PlatformKindInfo> {
 impl Service {
     /// The platform a job names: an unknown one is a 400 on the job's `platform` field.
     pub(super) async fn job_target(&self, id: i64) -> ApiResult<(String, Target)> {
-        self.target(id).await.map_err(|e| if e.status == 404 { ApiError::field("platform", e.message) } else { e })
+        self.target(id).await.map_err(|e| {
+            if e.problem == Problem::NotFound {
+                ApiError::field("platform", e.message)
+            } else {
+                e
+            }
+        })
     }
 
     pub(super) async fn target(&self, id: i64) -> ApiResult<(String, Target)> {
         let (_, name, kind, settings, username, secret, _) = self.platform_row(id).await?;
-        let kind = registry::kind(&kind).map_err(|e| ApiError::new(409, format!("platform {name}: {}", e.message)))?;
+        let kind = registry::kind(&kind).map_err(|e| ApiError::conflict(format!("platform {name}: {}", e.message)))?;
         let password = secret.map(|s| self.open_sealed(&s)).transpose()?;
         Ok((name, Target { kind, settings: parse_settings(&settings)?, credentials: credentials(username, password) }))
     }
@@ -134,7 +140,7 @@ impl Service {
     pub(super) async fn blocking<T: Send + 'static>(
         f: impl FnOnce() -> Result<T, connectors::ConnectorError> + Send + 'static,
     ) -> ApiResult<T> {
-        tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?.map_err(|e| ApiError::new(502, e.to_string()))
+        tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?.map_err(|e| ApiError::upstream(e.to_string()))
     }
 
     pub(super) async fn list_platforms(&self) -> ApiResult<Vec<Platform>> {
@@ -226,10 +232,11 @@ impl Service {
         let p = self.platform_by_id(id).await?;
         let rules = texts(&self.db, "SELECT name FROM rules WHERE platform_id = $1 ORDER BY name", id).await?;
         if !rules.is_empty() {
-            return Err(ApiError::new(
-                409,
-                format!("platform {} is used by rule {}: delete or move those first", p.name, rules.join(", ")),
-            ));
+            return Err(ApiError::conflict(format!(
+                "platform {} is used by rule {}: delete or move those first",
+                p.name,
+                rules.join(", ")
+            )));
         }
         if let Some((job,)) = sqlx::query_as::<_, (i64,)>(&format!(
             "SELECT id FROM jobs WHERE platform_id = $1 AND state IN {} LIMIT 1",
@@ -240,7 +247,7 @@ impl Service {
         .await
         .map_err(ApiError::internal)?
         {
-            return Err(ApiError::new(409, format!("platform {} has job {job} queued or running", p.name)));
+            return Err(ApiError::conflict(format!("platform {} has job {job} queued or running", p.name)));
         }
         let vms = texts(
             &self.db,
@@ -250,15 +257,12 @@ impl Service {
         )
         .await?;
         if !vms.is_empty() {
-            return Err(ApiError::new(
-                409,
-                format!(
-                    "platform {} made the restore points of VM {}: delete those points first (their chains \
+            return Err(ApiError::conflict(format!(
+                "platform {} made the restore points of VM {}: delete those points first (their chains \
                      continue from this platform)",
-                    p.name,
-                    vms.join(", ")
-                ),
-            ));
+                p.name,
+                vms.join(", ")
+            )));
         }
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
         for sql in [
@@ -280,7 +284,7 @@ impl Service {
         let d = Self::blocking(move || target.connect(&work)?.describe(&name)).await?;
         let has: Vec<&str> = d.disks.iter().map(|x| x.key.as_str()).collect();
         match disks.iter().find(|k| !has.contains(&k.as_str())) {
-            Some(k) => Err(ApiError::new(400, format!("VM {vm} has no disk {k:?} (it has {})", has.join(", ")))),
+            Some(k) => Err(ApiError::bad(format!("VM {vm} has no disk {k:?} (it has {})", has.join(", ")))),
             None => Ok(()),
         }
     }

@@ -140,19 +140,21 @@ impl Service {
         match checked {
             Ok(()) => {}
             Err(CheckError::Refused(r)) => {
-                return Err(ApiError::new(if r.conflict { 409 } else { 400 }, format!("{}: {}", r.field, r.message)))
+                return Err(ApiError::new(
+                    if r.conflict { Problem::Conflict } else { Problem::BadRequest },
+                    format!("{}: {}", r.field, r.message),
+                ))
             }
-            Err(CheckError::Platform(e)) => return Err(ApiError::new(502, e.to_string())),
+            Err(CheckError::Platform(e)) => return Err(ApiError::upstream(e.to_string())),
         }
         let (vm, kind) = match &mode {
             Mode::NewVm(spec) => (spec.name.clone(), "new_vm"),
             Mode::InPlace => (point.vm.name.clone(), "in_place"),
         };
         if let Some(busy) = self.active_job(r.platform, &vm).await? {
-            return Err(ApiError::new(
-                409,
-                format!("VM {vm} has job {busy} queued or running: wait for it or stop it"),
-            ));
+            return Err(ApiError::conflict(format!(
+                "VM {vm} has job {busy} queued or running: wait for it or stop it"
+            )));
         }
         let id = sqlx::query_as::<_, (i64,)>(
             "INSERT INTO jobs (kind, platform_id, vm, backup_type, state, point_id, created) \

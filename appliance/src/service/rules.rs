@@ -78,7 +78,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<serde_json::Value> {
 fn name_taken(e: sqlx::Error, name: &str) -> ApiError {
     match e {
         sqlx::Error::Database(d) if d.is_unique_violation() => {
-            ApiError::new(409, format!("name: a rule named {name:?} exists already"))
+            ApiError::conflict(format!("name: a rule named {name:?} exists already"))
         }
         e => ApiError::internal(e),
     }
@@ -86,7 +86,7 @@ fn name_taken(e: sqlx::Error, name: &str) -> ApiError {
 
 fn parse_schedule(field: &str, v: &serde_json::Value, clock: &Clock) -> ApiResult<Schedule> {
     let s: Schedule = serde_json::from_value(v.clone()).map_err(|e| ApiError::field(field, e))?;
-    s.validate(field, clock.now()).map_err(|e| ApiError::new(400, e))?;
+    s.validate(field, clock.now()).map_err(ApiError::bad)?;
     Ok(s)
 }
 
@@ -168,7 +168,7 @@ impl Service {
         let mut checked = check_settings(r)?;
         self.check_target("storage", checked.storage).await?;
         let known = self.vms_of(r.platform).await.map_err(|e| {
-            if e.status == 404 {
+            if e.problem == Problem::NotFound {
                 ApiError::field("platform", e.message)
             } else {
                 e
@@ -180,11 +180,11 @@ impl Service {
             };
             checked.vm_ids[i] = Some(found.uuid.clone());
             if let Some((id, rule)) = rule_of_vm(&self.db, r.platform, vm).await?.filter(|(id, _)| Some(*id) != own) {
-                return Err(ApiError::new(409, format!("vms[{i}]: VM {vm} is already in rule {rule} (id {id})")));
+                return Err(ApiError::conflict(format!("vms[{i}]: VM {vm} is already in rule {rule} (id {id})")));
             }
             if !r.disks.is_empty() {
                 self.check_disks(r.platform, vm, &r.disks).await.map_err(|e| {
-                    if e.status == 400 {
+                    if e.problem == Problem::BadRequest {
                         ApiError::field("disks", e.message)
                     } else {
                         e
@@ -428,7 +428,7 @@ impl Service {
         .await
         .map_err(ApiError::internal)?
         {
-            return Err(ApiError::new(409, format!("rule {name} has job {job} running: stop it or wait")));
+            return Err(ApiError::conflict(format!("rule {name} has job {job} running: stop it or wait")));
         }
         // A restore reading a point this rule made depends on the rule.
         if let Some((job, point)) = sqlx::query_as::<_, (i64, String)>(&format!(
@@ -441,12 +441,9 @@ impl Service {
         .await
         .map_err(ApiError::internal)?
         {
-            return Err(ApiError::new(
-                409,
-                format!(
-                    "rule {name}: restore job {job} reads point {point}, which this rule made: wait for it or stop it"
-                ),
-            ));
+            return Err(ApiError::conflict(format!(
+                "rule {name}: restore job {job} reads point {point}, which this rule made: wait for it or stop it"
+            )));
         }
         // The points this rule's jobs made, read before the jobs forget their rule.
         let made: Vec<String> = if delete_data {
@@ -491,7 +488,7 @@ impl Service {
             let store = match self.point_store(point).await {
                 Ok((_, store)) => store,
                 // Already gone (retention) is what was asked.
-                Err(e) if e.status == 404 => continue,
+                Err(e) if e.problem == Problem::NotFound => continue,
                 Err(e) => {
                     kept.push(format!("{point} ({})", e.message));
                     continue;

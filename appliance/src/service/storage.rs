@@ -262,7 +262,9 @@ impl Service {
             tokio::task::spawn_blocking(move || Store::open(Path::new(&at), passphrase.as_deref().map(str::as_bytes)))
                 .await
                 .map_err(ApiError::internal)?
-                .map_err(|e| ApiError::new(503, format!("storage target {name} ({path}) is unavailable: {e}")))?;
+                .map_err(|e| {
+                    ApiError::new(Problem::Unavailable, format!("storage target {name} ({path}) is unavailable: {e}"))
+                })?;
         let ready = self.ready(opened);
         Ok(self.stores.write().expect("stores lock").entry(id).or_insert(ready).clone())
     }
@@ -368,18 +370,19 @@ impl Service {
     /// around it): two stores must not share files.
     pub(super) async fn check_free(&self, t: &NewStorage, path: &Path, at: &str) -> ApiResult<()> {
         if t.name == OWN_NAME {
-            return Err(ApiError::new(409, format!("{at}name: {OWN_NAME:?} is the appliance's own store")));
+            return Err(ApiError::conflict(format!("{at}name: {OWN_NAME:?} is the appliance's own store")));
         }
         for (_, name, other, ..) in self.target_rows().await? {
             if name == t.name {
-                return Err(ApiError::new(409, format!("{at}name: a storage target named {name:?} exists already")));
+                return Err(ApiError::conflict(format!("{at}name: a storage target named {name:?} exists already")));
             }
             let other = Path::new(&other);
             if path.starts_with(other) || other.starts_with(path) {
-                return Err(ApiError::new(
-                    409,
-                    format!("{at}path: {} overlaps storage target {name} ({})", path.display(), other.display()),
-                ));
+                return Err(ApiError::conflict(format!(
+                    "{at}path: {} overlaps storage target {name} ({})",
+                    path.display(),
+                    other.display()
+                )));
             }
         }
         Ok(())
@@ -405,7 +408,7 @@ impl Service {
         .map(|(id,)| id)
         .map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
-                ApiError::new(409, format!("name: a storage target named {:?} or at {} exists", t.name, path.display()))
+                ApiError::conflict(format!("name: a storage target named {:?} or at {} exists", t.name, path.display()))
             }
             e => ApiError::internal(e),
         })
@@ -443,18 +446,15 @@ impl Service {
     pub(super) async fn remove_storage(&self, s: &Session, id: i64) -> ApiResult<()> {
         let (_, name, path, ..) = self.target_row(id).await?;
         if id == OWN_TARGET {
-            return Err(ApiError::new(409, format!("storage target {name} is the appliance's own store: it stays")));
+            return Err(ApiError::conflict(format!("storage target {name} is the appliance's own store: it stays")));
         }
         let names =
             super::catalog::texts(&self.db, "SELECT name FROM rules WHERE storage_id = $1 ORDER BY name", id).await?;
         if !names.is_empty() {
-            return Err(ApiError::new(
-                409,
-                format!(
-                    "storage target {name} is used by rules {}: move them to another target first",
-                    names.join(", ")
-                ),
-            ));
+            return Err(ApiError::conflict(format!(
+                "storage target {name} is used by rules {}: move them to another target first",
+                names.join(", ")
+            )));
         }
         let busy: Option<(i64,)> = sqlx::query_as(&format!(
             "SELECT id FROM jobs WHERE state IN {ACTIVE_STATES} AND (storage_id = $1 OR (kind = 'restore' AND \
@@ -465,10 +465,9 @@ impl Service {
         .await
         .map_err(ApiError::internal)?;
         if let Some((job,)) = busy {
-            return Err(ApiError::new(
-                409,
-                format!("storage target {name} is in use by job {job}: wait for it or stop it"),
-            ));
+            return Err(ApiError::conflict(format!(
+                "storage target {name} is in use by job {job}: wait for it or stop it"
+            )));
         }
         let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
         let points = sqlx::query("DELETE FROM points WHERE storage_id = $1")
