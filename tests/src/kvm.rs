@@ -241,6 +241,11 @@ impl Drop for TestGuest {
     fn drop(&mut self) {
         let _ = Command::new("virsh").args(["-c", URI, "destroy", &self.name]).output();
         let _ = Command::new("virsh").args(["-c", URI, "undefine", "--checkpoints-metadata", &self.name]).output();
+        if std::thread::panicking() {
+            // The test failed: its files (the service's log among them) stay for a look.
+            eprintln!("kept {} for a look at what failed", self.dir.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -345,6 +350,11 @@ impl Drop for TestVm {
     fn drop(&mut self) {
         let _ = Command::new("virsh").args(["-c", URI, "destroy", &self.name]).output();
         let _ = Command::new("virsh").args(["-c", URI, "undefine", "--checkpoints-metadata", &self.name]).output();
+        if std::thread::panicking() {
+            // The test failed: its files (the service's log among them) stay for a look.
+            eprintln!("kept {} for a look at what failed", self.dir.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -112,7 +112,7 @@ impl Service {
             None => self.load_alerts().await?.and_then(|(_, p)| p),
         };
         let json = self.alerts_json(&mut a, password.as_deref(), &self.secret)?;
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         put_setting(&mut tx, SETTING, &json.to_string()).await.map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
         // A new threshold is checked now, not at the next look.

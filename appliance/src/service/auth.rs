@@ -260,7 +260,7 @@ impl Service {
         if name == s.user {
             return Err(ApiError::conflict("you cannot delete your own user"));
         }
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         let id = user_id(&mut tx, name).await?;
         for table in ["sessions", "api_tokens"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
@@ -324,7 +324,7 @@ impl Service {
 /// Sets `name`'s password to `password`, to be changed at the next login; unlocks the user and
 /// ends its sessions. Shared by the API and `holdfast reset-password` on the appliance's shell.
 pub(super) async fn reset(db: &super::catalog::Db, name: &str, password: &str) -> ApiResult<()> {
-    let mut tx = db.begin().await.map_err(ApiError::internal)?;
+    let mut tx = super::catalog::begin_write(db).await?;
     let id = user_id(&mut tx, name).await?;
     sqlx::query(
         "UPDATE users SET password_hash = $1, must_change = 1, failed_logins = 0, locked_until = NULL WHERE id = $2",

@@ -74,7 +74,7 @@ impl Service {
     pub(super) async fn put_bandwidth(&self, s: &Session, windows: Vec<BandwidthWindow>) -> ApiResult<()> {
         check(&windows)?;
         let json = serde_json::to_string(&windows).map_err(ApiError::internal)?;
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         super::catalog::put_setting(&mut tx, SETTING, &json).await.map_err(ApiError::internal)?;
         tx.commit().await.map_err(ApiError::internal)?;
         let described = windows

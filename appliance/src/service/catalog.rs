@@ -75,6 +75,19 @@ pub async fn put_setting(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str, 
     Ok(())
 }
 
+/// A transaction that holds the catalog's write lock from its start. SQLite's default
+/// transaction takes the lock only at its first write, and one that has read by then fails at
+/// once (it is not retried) when another connection wrote meanwhile; a transaction that reads
+/// before it writes (an import, a password reset) must start with the lock.
+pub async fn begin_write(db: &Db) -> Result<sqlx::Transaction<'static, sqlx::Any>, web::ApiError> {
+    let mut tx = db.begin().await.map_err(web::ApiError::internal)?;
+    sqlx::query("UPDATE schema_version SET applied = applied WHERE version < 0")
+        .execute(&mut *tx)
+        .await
+        .map_err(web::ApiError::internal)?;
+    Ok(tx)
+}
+
 /// The text of the first column of every row `sql` returns for the one parameter `id` (names
 /// of the rules that use something, and the like).
 pub async fn texts(db: &Db, sql: &str, id: i64) -> Result<Vec<String>, web::ApiError> {
@@ -148,5 +161,27 @@ mod tests {
         let point: (String, String) =
             sqlx::query_as("SELECT vm_key, vm_name FROM points WHERE point_id = 'p1'").fetch_one(&db).await.unwrap();
         assert_eq!(point, ("uuid-1".to_string(), "web01".to_string()));
+    }
+
+    /// A transaction that reads and then writes while another connection writes: with the lock
+    /// taken at its start the other write waits, and the transaction's own write succeeds
+    /// (a plain BEGIN fails it at once with "database is locked").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_that_reads_first_still_writes_while_others_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&format!("sqlite://{}", dir.path().join("c.db").display())).await.unwrap();
+        let insert = "INSERT INTO audit (time, user_name, action, detail) VALUES ('t', 'u', $1, '')";
+        let mut tx = begin_write(&db).await.unwrap();
+        let _: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit").fetch_one(&mut *tx).await.unwrap();
+        let other = {
+            let db = db.clone();
+            tokio::spawn(async move { sqlx::query(insert).bind("other").execute(&db).await.map(|_| ()) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query(insert).bind("mine").execute(&mut *tx).await.expect("the transaction's own write");
+        tx.commit().await.unwrap();
+        other.await.unwrap().expect("the other write, after the transaction");
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit").fetch_one(&db).await.unwrap();
+        assert_eq!(n, 2);
     }
 }

@@ -304,7 +304,7 @@ impl Service {
             }
         };
 
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         let existing: Vec<(i64, String)> =
             sqlx::query_as("SELECT id, name FROM platforms").fetch_all(&mut *tx).await.map_err(ApiError::internal)?;
         let mut ids: HashMap<String, i64> = existing.into_iter().map(|(id, n)| (n, id)).collect();

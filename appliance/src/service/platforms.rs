@@ -264,7 +264,7 @@ impl Service {
                 vms.join(", ")
             )));
         }
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         for sql in [
             "DELETE FROM job_logs WHERE job_id IN (SELECT id FROM jobs WHERE platform_id = $1)",
             "DELETE FROM jobs WHERE platform_id = $1",

@@ -335,7 +335,7 @@ impl Service {
     /// Checks everything before saving anything; the rule and its VMs are saved in one transaction.
     pub(super) async fn add_rule(&self, s: &Session, r: NewRule) -> ApiResult<Rule> {
         let c = self.check_rule(&r, None).await?;
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         let id = insert_rule(&mut tx, &r, &c, r.platform).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         self.audit_log(&s.user, "rule added", &format!("{} ({} VMs)", r.name, r.vms.len())).await?;
@@ -349,7 +349,7 @@ impl Service {
             return Err(ApiError::field("platform", "a rule's platform cannot change: make a new rule"));
         }
         let c = self.check_rule(&r, Some(id)).await?;
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         sqlx::query(
             "UPDATE rules SET name = $1, full_schedule = $2, partial_kind = $3, partial_schedule = $4, retention = $5, \
              quiesce = $6, checked_until = $7, enabled = $8, disks = $9, delete_data = $10, change_tracking = $11, \
@@ -393,7 +393,7 @@ impl Service {
             }
         }
         let clock = Clock::from_env();
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         for id in &r.ids {
             // Enabling counts from now: runs missed while disabled are not caught up.
             sqlx::query("UPDATE rules SET enabled = $1, checked_until = $2 WHERE id = $3")
@@ -458,7 +458,7 @@ impl Service {
         } else {
             Vec::new()
         };
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         // Jobs keep their history; they just no longer point at a rule.
         sqlx::query("UPDATE jobs SET rule_id = NULL WHERE rule_id = $1")
             .bind(id)

@@ -430,7 +430,7 @@ impl Service {
             made.add(&path);
         }
         let adopted = matches!(opened, Opened::Adopted(_));
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         let id = self.insert_target(&mut tx, &t, &path).await?;
         tx.commit().await.map_err(ApiError::internal)?;
         made.keep();
@@ -469,7 +469,7 @@ impl Service {
                 "storage target {name} is in use by job {job}: wait for it or stop it"
             )));
         }
-        let mut tx = self.db.begin().await.map_err(ApiError::internal)?;
+        let mut tx = super::catalog::begin_write(&self.db).await?;
         let points = sqlx::query("DELETE FROM points WHERE storage_id = $1")
             .bind(id)
             .execute(&mut *tx)
