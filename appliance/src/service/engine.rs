@@ -1,8 +1,10 @@
-//! The job engine: a backup job runs the platform-neutral `backup_vm` on a
-//! blocking thread, under a global limit on concurrent jobs; its state, progress and log lines
-//! go to the catalog as it runs, and its point into the catalog's index when it commits.
+//! The job engine: queueing under the global and per-platform limits, states, the watch that
+//! shows phases, progress, rate and a lost host, stops and ends; and the backup, the runner's
+//! work that runs the platform-neutral `backup_vm` and indexes its point when it commits. The
+//! jobs' SQL is in jobs.rs.
 
-use super::catalog::{now, Db};
+use super::catalog::now;
+use super::jobs::{insert_point, log};
 use super::platforms::Target;
 use super::runner::{self, Work};
 use super::schedule::Clock;
@@ -10,58 +12,8 @@ use super::storage::OWN_TARGET;
 use super::Service;
 use connectors::{backup_vm, BackupOptions, BackupOutcome, Connector, JobControl, Phase, Quiesce};
 use std::sync::Arc;
-use vds_store::{BackupType, RestorePoint};
+use vds_store::BackupType;
 use web::*;
-
-pub(super) async fn log(db: &Db, job: i64, level: &str, message: &str) {
-    // A log line that cannot be written must not fail the job; say so where someone looks.
-    if let Err(e) = sqlx::query("INSERT INTO job_logs (job_id, time, level, message) VALUES ($1, $2, $3, $4)")
-        .bind(job)
-        .bind(now())
-        .bind(level)
-        .bind(message)
-        .execute(db)
-        .await
-    {
-        eprintln!("holdfast: job {job}: cannot write a log line ({e}): {level}: {message}");
-    }
-}
-
-/// Indexes a point of storage target `storage` in the catalog.
-pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
-    db: E,
-    p: &RestorePoint,
-    storage: i64,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO points (point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes, \
-         protected_bytes, storage_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (point_id) DO NOTHING",
-    )
-    .bind(&p.point_id)
-    .bind(&p.vm.key)
-    .bind(&p.vm.name)
-    .bind(p.backup_type.as_str())
-    .bind(p.started.to_rfc3339())
-    .bind(p.finished.to_rfc3339())
-    .bind(&p.parent)
-    .bind(p.stats.new_stored_bytes as i64)
-    .bind(p.disks.iter().map(|d| d.size as i64).sum::<i64>())
-    .bind(storage)
-    .execute(db)
-    .await
-    .map(|_| ())
-}
-
-/// One of a closed set of words from a catalog column; a word the API does not know is a
-/// decoding error naming the column.
-fn word<T>(r: &sqlx::any::AnyRow, column: &str, parse: fn(&str) -> Option<T>) -> sqlx::Result<T> {
-    use sqlx::Row;
-    let text: String = r.try_get(column)?;
-    parse(&text).ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: column.into(),
-        source: format!("{text:?} is not a known value").into(),
-    })
-}
 
 /// The backup type a run asks for, in the store's terms.
 pub(super) fn backup_type(k: BackupKind) -> BackupType {
@@ -71,37 +23,6 @@ pub(super) fn backup_type(k: BackupKind) -> BackupType {
         BackupKind::Differential => BackupType::Differential,
     }
 }
-
-/// A job from a row of JOB_COLUMNS.
-fn job(r: &sqlx::any::AnyRow) -> sqlx::Result<Job> {
-    use sqlx::Row;
-    Ok(Job {
-        id: r.try_get("id")?,
-        kind: word(r, "kind", JobKind::parse)?,
-        platform: r.try_get("platform_id")?,
-        vm: r.try_get("vm")?,
-        backup_type: word(r, "backup_type", JobType::parse)?,
-        state: word(r, "state", JobState::parse)?,
-        percent: r.try_get("percent")?,
-        done_bytes: r.try_get("done_bytes")?,
-        total_bytes: r.try_get("total_bytes")?,
-        rate: r.try_get("rate")?,
-        eta_seconds: r.try_get("eta_seconds")?,
-        error: r.try_get("error")?,
-        point_id: r.try_get("point_id")?,
-        rule: r.try_get("rule_id")?,
-        storage: r.try_get("storage_id")?,
-        created: r.try_get("created")?,
-        started: r.try_get("started")?,
-        finished: r.try_get("finished")?,
-    })
-}
-
-type PointDbRow = (String, String, String, String, String, String, Option<String>, i64, i64);
-
-/// The states of a job that has not ended, for SQL (`state IN …`).
-pub(super) const ACTIVE_STATES: &str = "('queued', 'preparing', 'saving_configuration', 'snapshotting', \
-                                         'querying_changes', 'running', 'checking_data', 'stopping', 'unknown')";
 
 /// How often a running job's host is asked whether it answers (one probe serves every job of
 /// that platform), and how long an answer may take before the host counts as unreachable.
@@ -132,9 +53,6 @@ pub(super) enum End<'a> {
     Failed(&'a str),
     Stopped(&'a str),
 }
-
-const JOB_COLUMNS: &str = "id, kind, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, rate, \
-                           eta_seconds, error, point_id, rule_id, storage_id, created, started, finished";
 
 /// A job a rule started: its retention runs after a successful backup (never after a failed one).
 pub(super) struct RuleRun {
@@ -182,77 +100,6 @@ pub(super) struct Backup {
 }
 
 impl Service {
-    pub(super) async fn job_by_id(&self, id: i64) -> ApiResult<Job> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-        row.as_ref()
-            .map(job)
-            .transpose()
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::not_found(format!("job {id}")))
-    }
-
-    pub(super) async fn list_jobs(&self) -> ApiResult<Vec<Job>> {
-        let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT 500"))
-            .fetch_all(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-        rows.iter().map(job).collect::<sqlx::Result<_>>().map_err(ApiError::internal)
-    }
-
-    pub(super) async fn log_of(&self, id: i64) -> ApiResult<Vec<LogLine>> {
-        self.job_by_id(id).await?;
-        // Reading a job's log clears its error from the unread count.
-        sqlx::query("UPDATE jobs SET error_read = 1 WHERE id = $1")
-            .bind(id)
-            .execute(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT time, level, message FROM job_logs WHERE job_id = $1 ORDER BY id")
-                .bind(id)
-                .fetch_all(&self.db)
-                .await
-                .map_err(ApiError::internal)?;
-        Ok(rows.into_iter().map(|(time, level, message)| LogLine { time, level, message }).collect())
-    }
-
-    pub(super) async fn list_points(&self) -> ApiResult<Vec<PointRow>> {
-        let rows: Vec<PointDbRow> = sqlx::query_as(
-            "SELECT point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes, storage_id \
-             FROM points ORDER BY started DESC",
-        )
-        .fetch_all(&self.db)
-        .await
-        .map_err(ApiError::internal)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| PointRow {
-                point_id: r.0,
-                vm_key: r.1,
-                vm_name: r.2,
-                backup_type: r.3,
-                started: r.4,
-                finished: r.5,
-                parent: r.6,
-                stored_bytes: r.7,
-                storage: r.8,
-            })
-            .collect())
-    }
-
-    pub(super) async fn list_audit(&self) -> ApiResult<Vec<AuditRow>> {
-        let rows: Vec<(String, String, String, String)> =
-            sqlx::query_as("SELECT time, user_name, action, detail FROM audit ORDER BY id DESC LIMIT 1000")
-                .fetch_all(&self.db)
-                .await
-                .map_err(ApiError::internal)?;
-        Ok(rows.into_iter().map(|(time, user, action, detail)| AuditRow { time, user, action, detail }).collect())
-    }
-
     /// Queues a backup job run by hand; it runs when the concurrency limit allows.
     pub(super) async fn queue_job(self: &Arc<Self>, s: &Session, j: NewJob) -> ApiResult<Job> {
         let requested = backup_type(j.backup_type);
@@ -271,23 +118,6 @@ impl Service {
         }
         let plan = JobPlan { quiesce: Quiesce::IfPossible, rule: None, storage };
         self.enqueue(&s.user, j.platform, vm, requested, plan).await
-    }
-
-    /// A job of `vm` still queued or running, if any (a killed backup being cleaned up after
-    /// a restart counts).
-    pub(super) async fn active_job(&self, platform: i64, vm: &str) -> ApiResult<Option<i64>> {
-        if let Some(id) = self.cleaning.lock().expect("cleaning lock").get(&(platform, vm.to_string())) {
-            return Ok(Some(*id));
-        }
-        let row: Option<(i64,)> = sqlx::query_as(&format!(
-            "SELECT id FROM jobs WHERE platform_id = $1 AND (vm = $2 OR vm_id = $2) AND state IN {ACTIVE_STATES}"
-        ))
-        .bind(platform)
-        .bind(vm)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(ApiError::internal)?;
-        Ok(row.map(|(id,)| id))
     }
 
     /// Records a run that did not start because the VM's previous run is still going.

@@ -17,6 +17,7 @@ mod bandwidth;
 pub mod catalog;
 mod config;
 mod engine;
+mod jobs;
 mod platforms;
 mod restore;
 mod rules;
@@ -200,7 +201,7 @@ impl Service {
     async fn recover_jobs(&self) -> Result<Vec<Killed>> {
         let stale: Vec<(i64, String, i64, String, Option<String>)> = sqlx::query_as(&format!(
             "SELECT id, kind, platform_id, vm, backup_type FROM jobs WHERE state IN {}",
-            engine::ACTIVE_STATES
+            jobs::ACTIVE_STATES
         ))
         .fetch_all(&self.db)
         .await?;
@@ -223,7 +224,7 @@ impl Service {
                 .bind(id)
                 .execute(&self.db)
                 .await?;
-            engine::log(&self.db, id, "error", why).await;
+            jobs::log(&self.db, id, "error", why).await;
         }
         Ok(killed)
     }
@@ -269,7 +270,7 @@ impl Service {
                         ),
                     ),
                 };
-                engine::log(&me.db, id, level, &words).await;
+                jobs::log(&me.db, id, level, &words).await;
                 me.cleaning.lock().expect("cleaning lock").remove(&(platform, vm));
             });
         }

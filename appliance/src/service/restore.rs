@@ -4,7 +4,7 @@
 //! whose point a restore reads cannot be deleted until the restore ends.
 
 use super::catalog::now;
-use super::engine::log;
+use super::jobs::log;
 use super::runner::{self, Work};
 use super::Service;
 use connectors::{Capabilities, CheckError, Connector, JobControl, NewVmSpec, Phase, RestoreCheck, RestoreDisk};

@@ -4,7 +4,8 @@
 //! lost host, and the end (completed, stopped by a user, failed) with its log line and alerts.
 //! A kind of job says only what it does on the platform and what it records when it succeeds.
 
-use super::engine::{log, End};
+use super::engine::End;
+use super::jobs::log;
 use super::platforms::Target;
 use super::Service;
 use connectors::{Connector, JobControl};

@@ -6,7 +6,7 @@
 //! catalog meanwhile. This module never reads or writes blobs: that is the store's work.
 
 use super::catalog::now;
-use super::engine::{insert_point, ACTIVE_STATES};
+use super::jobs::{insert_point, ACTIVE_STATES};
 use super::Service;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
