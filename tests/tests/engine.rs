@@ -110,6 +110,17 @@ fn backups_and_restores_are_byte_identical_and_incrementals_read_only_what_chang
     assert_eq!((newest["type"].as_str(), newest["parent"].as_str()), (Some("incremental"), full["point_id"].as_str()));
     assert!(newest["stored_bytes"].as_u64().unwrap() < MIB, "{newest}");
 
+    // The restore options are the platform's: its disk formats, its storage, checked before
+    // anything is queued.
+    let restore = |extra: Value| {
+        let mut body = json!({ "point": inc["point_id"], "platform": bed.platform, "mode": "new_vm", "name": "x" });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        bed.c.post("/api/restores", body, 400)["error"].as_str().unwrap().to_string()
+    };
+    assert_eq!(restore(json!({ "disk_format": "qcow2" })), "disk_format: \"qcow2\": use raw");
+    assert!(restore(json!({ "storage": "nope" })).starts_with("storage: no storage \"nope\""));
+    assert!(bed.host.vm("x").is_none());
+
     // Restored as a new VM: every disk equals the source at the incremental.
     let want = (bed.host.disk("web", "vda"), bed.host.disk("web", "vdb"));
     let r = bed.c.post(
