@@ -246,6 +246,25 @@ pub fn restore_sizes(
         .collect()
 }
 
+/// `ranges` sorted and merged where they overlap or touch.
+pub fn union(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[test]
+fn union_merges_overlapping_and_touching_ranges() {
+    assert_eq!(union(vec![10..20, 0..5, 15..30, 30..31, 40..50]), vec![0..5, 10..31, 40..50]);
+}
+
 /// What a restore will do, for the connector to check before it is queued.
 #[derive(Clone, Copy, Debug)]
 pub enum RestoreCheck<'a> {

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vds_store::DiskSource;
+use vds_store::{DiskReader, DiskSource};
 
 /// What a backup is doing, in the order a backup passes through them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +152,57 @@ impl Throttle {
         self.sent += n as u64;
         Ok(())
     }
+}
+
+/// Copies a restore point's disk out of the store on several threads under `control` (its
+/// limit, its stop, its progress), handing each piece of data to `write` (holes and all-zero
+/// chunks are not handed out). Shared by every writer of restored disks on this machine.
+pub fn copy_governed(
+    reader: &DiskReader,
+    control: &JobControl,
+    write: &(dyn Fn(u64, &[u8]) -> std::io::Result<()> + Sync),
+) -> Result<(), String> {
+    let throttle = Mutex::new(Throttle::default());
+    let admit = |n: usize| throttle.lock().expect("throttle lock").admit(control, n);
+    let extent_done = |len: u64| {
+        admit(0)?;
+        control.add_done(len);
+        Ok(())
+    };
+    let governed = |offset: u64, data: &[u8]| {
+        admit(data.len())?;
+        write(offset, data)
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
+    reader.copy_out(threads, &governed, &extent_done).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Writes a restore point's disk into `file`, a raw image on this machine, `size` bytes long,
+/// then fsyncs. A new image keeps the point's holes sparse; an `existing` disk (a restore in
+/// place) gets them zeroed first, so nothing of its earlier contents stays.
+pub fn write_raw_file(
+    file: &std::fs::File,
+    reader: &DiskReader,
+    size: u64,
+    control: &JobControl,
+    existing: bool,
+) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let io = |e: std::io::Error| e.to_string();
+    if existing {
+        for r in reader.hole_ranges().map_err(|e| e.to_string())? {
+            if control.stopped() {
+                return Err(STOPPED.into());
+            }
+            vds_store::zero_range(file, r.clone(), 512)
+                .map_err(|e| format!("zeroing bytes {}..{}: {e}", r.start, r.end))?;
+        }
+    } else {
+        file.set_len(0).map_err(io)?;
+    }
+    file.set_len(size).map_err(io)?;
+    copy_governed(reader, control, &|offset, data| file.write_all_at(data, offset))?;
+    file.sync_all().map_err(io)
 }
 
 /// A disk source whose reads obey a [`JobControl`] through a [`Throttle`].

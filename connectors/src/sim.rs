@@ -14,7 +14,7 @@
 //! - `faults.json`: [`Faults`], read on every call.
 
 use crate::connector::*;
-use crate::control::{JobControl, Throttle};
+use crate::control::{write_raw_file, JobControl};
 use crate::registry::{typed, Capabilities, DiskFormat, FieldError, PlatformKind, SettingField, Settings};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -284,7 +284,7 @@ impl SimHost {
     /// The ranges of disk `key` written after generation `since`, merged.
     fn dirty_since(&self, vm: &str, key: &str, since: u64, size: u64) -> Vec<Range<u64>> {
         let text = fs::read_to_string(self.vm_dir(vm).join(format!("{key}.dirty"))).unwrap_or_default();
-        let mut ranges: Vec<Range<u64>> = text
+        let ranges = text
             .lines()
             .filter_map(|l| {
                 let mut it = l.split(' ').map(|n| n.parse::<u64>().ok());
@@ -292,15 +292,7 @@ impl SimHost {
                 (g > since && o < size).then(|| o..(o + n).min(size))
             })
             .collect();
-        ranges.sort_by_key(|r| r.start);
-        let mut merged: Vec<Range<u64>> = Vec::new();
-        for r in ranges {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        merged
+        union(ranges)
     }
 
     fn storage(&self) -> Vec<StorageInfo> {
@@ -397,40 +389,6 @@ impl BackupSession for SimSession {
         self.host.save(&self.vm, &state)?;
         removed
     }
-}
-
-/// Writes a point's disk into `path` (made `size` bytes long first), under `control`'s limit;
-/// holes are zeroed when `zero_holes` (an existing disk), else left sparse (a new file).
-fn write_disk(
-    path: &Path,
-    reader: &vds_store::DiskReader,
-    size: u64,
-    control: &JobControl,
-    zero_holes: bool,
-) -> Result<(), String> {
-    let f = fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map_err(|e| e.to_string())?;
-    f.set_len(size).map_err(|e| e.to_string())?;
-    let map = reader.map();
-    let mut throttle = Throttle::default();
-    let mut buf = vec![0u8; map.extent_size as usize];
-    let mut pos = 0u64;
-    for (i, id) in map.extents.iter().enumerate() {
-        let len = map.extent_len(i as u64);
-        throttle.admit(control, if id.is_hole() { 0 } else { len }).map_err(|e| e.to_string())?;
-        if id.is_hole() {
-            buf[..len].fill(0);
-        } else {
-            reader
-                .read_at(&mut buf[..len], pos)
-                .map_err(|e| format!("reading bytes {pos}..{}: {e}", pos + len as u64))?;
-        }
-        if !id.is_hole() || zero_holes {
-            f.write_all_at(&buf[..len], pos).map_err(|e| e.to_string())?;
-        }
-        control.add_done(len as u64);
-        pos += len as u64;
-    }
-    f.sync_all().map_err(|e| e.to_string())
 }
 
 impl Connector for SimHost {
@@ -583,14 +541,12 @@ impl Connector for SimHost {
         spec: &NewVmSpec,
         control: &JobControl,
     ) -> Result<String, ConnectorError> {
-        self.check_reachable()?;
         let name = &spec.name;
-        if self.vm_dir(name).exists() {
-            return Err(failed(name, "creating the VM", "a VM of that name exists"));
-        }
-        if !self.storage().iter().any(|s| s.name == spec.storage) {
-            return Err(failed(name, "creating the VM", format!("no storage {:?}", spec.storage)));
-        }
+        // The checks made before queueing hold again when the restore runs.
+        self.check_restore(RestoreCheck::NewVm(spec)).map_err(|e| match e {
+            CheckError::Refused(r) => failed(name, "creating the VM", r),
+            CheckError::Platform(e) => e,
+        })?;
         let have: Vec<(&str, u64)> = disks.iter().map(|d| (d.key.as_str(), d.reader.size())).collect();
         let sizes = restore_sizes(&have, &spec.disk_sizes).map_err(|e| failed(name, "sizing the disks", e))?;
         let dir = self.vm_dir(name);
@@ -599,8 +555,8 @@ impl Connector for SimHost {
             fs::write(dir.join("restoring"), b"").map_err(|e| e.to_string())?;
             control.add_total(disks.iter().map(|d| d.reader.size()).sum());
             for (d, size) in disks.iter().zip(&sizes) {
-                write_disk(&dir.join(format!("{}.img", d.key)), d.reader, *size, control, false)
-                    .map_err(|e| format!("disk {}: {e}", d.key))?;
+                let file = fs::File::create(dir.join(format!("{}.img", d.key))).map_err(|e| e.to_string())?;
+                write_raw_file(&file, d.reader, *size, control, false).map_err(|e| format!("disk {}: {e}", d.key))?;
             }
             let state = SimVm {
                 uuid: new_uuid(),
@@ -695,7 +651,12 @@ impl Connector for SimHost {
         control.add_total(disks.iter().map(|d| d.reader.size()).sum());
         let dir = self.vm_dir(&name);
         for d in disks {
-            write_disk(&dir.join(format!("{}.img", d.key)), d.reader, d.reader.size(), control, true)
+            let path = dir.join(format!("{}.img", d.key));
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|file| write_raw_file(&file, d.reader, d.reader.size(), control, true))
                 .map_err(|e| failed(&name, &format!("writing disk {}", d.key), e))?;
         }
         Ok(())

@@ -138,11 +138,12 @@ fn backups_and_restores_are_byte_identical_and_incrementals_read_only_what_chang
     // In place onto the (shut off) VM after the guest wrote on: back to the full's bytes.
     let after_inc = bed.host.disk("web", "vda");
     bed.host.write("web", "vda", 0, &noise(4, MIB as usize));
-    let r = bed.c.post(
-        "/api/restores",
-        json!({ "point": full["point_id"], "platform": bed.platform, "mode": "in_place" }),
-        202,
-    );
+    let in_place = json!({ "point": full["point_id"], "platform": bed.platform, "mode": "in_place" });
+    bed.host.set_running("web", true);
+    let v = bed.c.post("/api/restores", in_place.clone(), 409);
+    assert!(v["error"].as_str().unwrap().starts_with("mode: VM web is running"), "{v}");
+    bed.host.set_running("web", false);
+    let r = bed.c.post("/api/restores", in_place, 202);
     let r = bed.c.wait_job(r["id"].as_i64().unwrap());
     assert_eq!(r["state"], "completed", "{r}");
     assert_ne!(bed.host.disk("web", "vda"), after_inc, "the full's bytes differ from the incremental's");

@@ -293,10 +293,10 @@ fn sector_size(dev: &File) -> std::io::Result<u64> {
     Ok(n.max(512) as u64)
 }
 
-/// Makes `r` of the device read as zeroes: the sector-aligned middle discarded with a zeroing
-/// guarantee where the device can (fallocate punch-hole), else zeroed by the kernel (BLKZEROOUT),
+/// Makes `r` of the device (or file) read as zeroes: the sector-aligned middle discarded with a
+/// zeroing guarantee where it can (fallocate punch-hole), else zeroed by the kernel (BLKZEROOUT),
 /// the unaligned edges (and anything the kernel refuses) written as zeroes.
-fn zero_range(dev: &File, r: Range<u64>, sector: u64) -> std::io::Result<()> {
+pub fn zero_range(dev: &File, r: Range<u64>, sector: u64) -> std::io::Result<()> {
     let (a, b) = (r.start.div_ceil(sector) * sector, r.end / sector * sector);
     if a >= b {
         return write_zeroes(dev, r);

@@ -20,7 +20,7 @@ pub mod vm;
 
 pub use disk_map::DiskMap;
 pub use error::{Result, StoreError};
-pub use export::{ExportOptions, ExportReport, ExportTarget};
+pub use export::{zero_range, ExportOptions, ExportReport, ExportTarget};
 pub use gc::GcReport;
 pub use ingest::{
     DiskSource, FileSource, IngestDisk, IngestProgress, IngestRequest, IngestStage, MemorySource, PointHold,

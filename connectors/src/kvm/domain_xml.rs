@@ -227,16 +227,9 @@ pub struct Restored<'a> {
 /// The source text of `n` with the children `drop` names left out.
 fn without(src: &str, n: roxmltree::Node<'_, '_>, drop: impl Fn(roxmltree::Node<'_, '_>) -> bool) -> String {
     let r = n.range();
-    let mut kids = n.children().peekable();
-    let Some(first) = kids.peek().map(|k| k.range().start) else { return src[r].to_string() };
-    let last = n.last_child().map_or(r.end, |k| k.range().end);
-    let mut out = src[r.start..first].to_string();
-    for k in n.children() {
-        if !drop(k) {
-            out += &src[k.range()];
-        }
-    }
-    out + &src[last..r.end]
+    let (Some(first), Some(last)) = (n.first_child(), n.last_child()) else { return src[r].to_string() };
+    let (open, close) = (&src[r.start..first.range().start], &src[last.range().end..r.end]);
+    format!("{open}{}{close}", children_text(src, n, drop))
 }
 
 /// The inner text of `n`'s children other than those `drop` names (verbatim).
@@ -260,20 +253,15 @@ pub fn restored_domain_xml(native: &str, new: &Restored<'_>) -> Result<String, S
     let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     for n in root.children().filter(|n| n.is_element()) {
         let r = n.range();
-        match n.tag_name().name() {
-            "name" => edits.push((r, format!("<name>{}</name>", escape(new.name)))),
-            "uuid" | "seclabel" => edits.push((r, String::new())),
-            "memory" | "currentMemory" if new.memory_mib.is_some() => {
-                let t = n.tag_name().name();
-                edits.push((r, format!("<{t} unit='MiB'>{}</{t}>", new.memory_mib.unwrap_or_default())));
-            }
-            "vcpu" if new.cpus.is_some() => {
-                edits.push((r, format!("<vcpu placement='static'>{}</vcpu>", new.cpus.unwrap_or(1))))
-            }
+        match (n.tag_name().name(), new.memory_mib, new.cpus) {
+            ("name", ..) => edits.push((r, format!("<name>{}</name>", escape(new.name)))),
+            ("uuid" | "seclabel", ..) => edits.push((r, String::new())),
+            (t @ ("memory" | "currentMemory"), Some(m), _) => edits.push((r, format!("<{t} unit='MiB'>{m}</{t}>"))),
+            ("vcpu", _, Some(c)) => edits.push((r, format!("<vcpu placement='static'>{c}</vcpu>"))),
             // A changed CPU count no longer matches a fixed topology: libvirt derives one.
-            "cpu" if new.cpus.is_some() => edits.push((r, without(native, n, |k| tag(k, "topology")))),
-            "os" => edits.push((r, without(native, n, |k| tag(k, "nvram")))),
-            "devices" => {
+            ("cpu", _, Some(_)) => edits.push((r, without(native, n, |k| tag(k, "topology")))),
+            ("os", ..) => edits.push((r, without(native, n, |k| tag(k, "nvram")))),
+            ("devices", ..) => {
                 let mut inner = String::new();
                 for d in n.children() {
                     let is_disk = tag(d, "disk") && d.attribute("device").unwrap_or("disk") == "disk";

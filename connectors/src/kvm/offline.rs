@@ -11,7 +11,6 @@ use super::{checkpoint_exists, KvmConnector, CHECKPOINT_PREFIX, PLATFORM};
 use crate::connector::*;
 use crate::nbd::{NbdAddress, NbdClient};
 use crate::nbd_source::{dirty_ranges, NbdSource};
-use std::ops::Range;
 use std::path::PathBuf;
 use vds_store::BackupType;
 use virt::domain::Domain;
@@ -51,18 +50,6 @@ pub(super) fn is_qcow2_v2(image: &str) -> bool {
 /// The creation second encoded in our checkpoint names (`hf-<secs>-<hex>`), for ordering.
 fn checkpoint_secs(name: &str) -> Option<u64> {
     name.strip_prefix(CHECKPOINT_PREFIX)?.split('-').next()?.parse().ok()
-}
-
-fn union(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
-    ranges.sort_by_key(|r| r.start);
-    let mut out: Vec<Range<u64>> = Vec::new();
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
 }
 
 struct OfflineSession {
@@ -221,8 +208,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn union_merges_overlapping_and_touching_ranges() {
-        assert_eq!(union(vec![10..20, 0..5, 15..30, 30..31, 40..50]), vec![0..5, 10..31, 40..50]);
+    fn checkpoint_names_carry_their_time() {
         assert_eq!(checkpoint_secs("hf-1795331683-3b3c04"), Some(1795331683));
         assert_eq!(checkpoint_secs("virtnbdbackup.0"), None);
     }

@@ -8,11 +8,10 @@ use super::domain_xml::{new_domain_xml, restored_domain_xml, volume_xml, Restore
 use super::qcow2::{Qcow2Layout, Qcow2Plan, CLUSTER};
 use super::{last_error, KvmConnector, PLATFORM};
 use crate::connector::{CheckError, ConnectorError, NewVmSpec, Refusal, RestoreCheck, RestoreDisk};
-use crate::control::{JobControl, Throttle};
+use crate::control::{copy_governed, write_raw_file, JobControl, Throttle};
 use crate::nbd::{NbdAddress, NbdClient};
 use std::os::unix::fs::FileExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use vds_store::{DiskReader, VmDescription};
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
@@ -140,44 +139,28 @@ fn write_local(
     format: &str,
     control: &JobControl,
 ) -> Result<(), String> {
-    let io = |e: std::io::Error| e.to_string();
-    let throttle = Mutex::new(Throttle::default());
-    let admit = |n: usize| throttle.lock().expect("throttle lock").admit(control, n);
-    let extent_done = |len: u64| {
-        admit(0)?;
-        control.add_done(len);
-        Ok(())
-    };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(4);
-    file.set_len(0).map_err(io)?;
     if format == "raw" {
-        file.set_len(size).map_err(io)?;
-        let write = |offset: u64, data: &[u8]| {
-            admit(data.len())?;
-            file.write_all_at(data, offset)
-        };
-        reader.copy_out(threads, &write, &extent_done).map_err(|e| e.to_string())?;
-    } else {
-        let layout = qcow2_layout(reader, size)?;
-        layout.write_metadata_to(file).map_err(io)?;
-        file.set_len(layout.file_size()).map_err(io)?;
-        let write = |offset: u64, data: &[u8]| {
-            admit(data.len())?;
-            // A chunk may cross clusters: each piece goes to its own cluster's place.
-            let (mut pos, mut rest) = (offset, data);
-            while !rest.is_empty() {
-                let (g, within) = (pos / CLUSTER, pos % CLUSTER);
-                let n = ((CLUSTER - within) as usize).min(rest.len());
-                let base = layout.file_offset(g).ok_or_else(|| {
-                    std::io::Error::other(format!("disk offset {pos} holds data its map did not name"))
-                })?;
-                file.write_all_at(&rest[..n], base + within)?;
-                (pos, rest) = (pos + n as u64, &rest[n..]);
-            }
-            Ok(())
-        };
-        reader.copy_out(threads, &write, &extent_done).map_err(|e| e.to_string())?;
+        return write_raw_file(file, reader, size, control, false);
     }
+    let io = |e: std::io::Error| e.to_string();
+    file.set_len(0).map_err(io)?;
+    let layout = qcow2_layout(reader, size)?;
+    layout.write_metadata_to(file).map_err(io)?;
+    file.set_len(layout.file_size()).map_err(io)?;
+    copy_governed(reader, control, &|offset: u64, data: &[u8]| {
+        // A chunk may cross clusters: each piece goes to its own cluster's place.
+        let (mut pos, mut rest) = (offset, data);
+        while !rest.is_empty() {
+            let (g, within) = (pos / CLUSTER, pos % CLUSTER);
+            let n = ((CLUSTER - within) as usize).min(rest.len());
+            let base = layout
+                .file_offset(g)
+                .ok_or_else(|| std::io::Error::other(format!("disk offset {pos} holds data its map did not name")))?;
+            file.write_all_at(&rest[..n], base + within)?;
+            (pos, rest) = (pos + n as u64, &rest[n..]);
+        }
+        Ok(())
+    })?;
     file.sync_all().map_err(io)
 }
 
