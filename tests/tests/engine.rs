@@ -595,6 +595,17 @@ fn platforms_are_described_edited_and_removed_only_when_nothing_needs_them() {
     let audit = c.get("/api/audit").to_string();
     assert!(audit.contains("platform changed") && audit.contains("moved"), "{audit}");
 
+    // A connection test that fails saves nothing.
+    moved.set_faults(&Faults { unreachable: Some("host is down".into()), ..Faults::default() });
+    let mut down = moved.settings();
+    down["name"] = json!("renamed-while-down");
+    down["kind"] = json!("sim");
+    let v = edit(down, 400);
+    assert!(v["error"].as_str().unwrap().starts_with("dir: the connection test failed"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("host is down"), "{v}");
+    assert!(c.get("/api/platforms").to_string().contains("\"moved\""));
+    moved.set_faults(&Faults::default());
+
     // Removal: refused while a rule uses the platform, then while its points are indexed.
     moved.add_vm("vm1", &[("vda", MIB)]);
     moved.write("vm1", "vda", 0, &noise(1, 4096));
@@ -611,9 +622,23 @@ fn platforms_are_described_edited_and_removed_only_when_nothing_needs_them() {
     assert!(v["error"].as_str().unwrap().contains("made the restore points of VM vm1"), "{v}");
 
     // A platform nothing needs goes, with its job history.
+    // (Not while a job of it runs: a stopped job made no point, and then it can go.)
     let spare = SimHost::create(&bed.dir().join("spare"));
     let sid = add_platform(c, "spare", &spare);
+    spare.add_vm("tmp", &[("vda", MIB)]);
+    spare.write("tmp", "vda", 0, &noise(2, 4096));
+    bed.set_bandwidth(Some(0.0));
+    let job = c.post("/api/jobs", json!({ "platform": sid, "vm": "tmp", "type": "full" }), 202);
+    let jid = job["id"].as_i64().unwrap();
+    c.wait_state(jid, "running");
+    let (code, v) = c.request("DELETE", &format!("/api/platforms/{sid}"), None);
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&format!("has job {jid} queued or running")), "{v}");
+    c.post(&format!("/api/jobs/{jid}/stop"), json!({}), 200);
+    assert_eq!(c.wait_job(jid)["state"], "stopped");
+    bed.set_bandwidth(None);
     assert_eq!(c.request("DELETE", &format!("/api/platforms/{sid}"), None).0, 204);
+    assert_eq!(c.request("GET", &format!("/api/jobs/{jid}"), None).0, 404, "its job history goes with it");
     let names: Vec<Value> = c.get("/api/platforms").as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
     assert_eq!(names, vec![json!("moved")]);
     assert_eq!(c.request("DELETE", &format!("/api/platforms/{sid}"), None).0, 404);

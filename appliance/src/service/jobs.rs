@@ -85,8 +85,14 @@ fn job(r: &sqlx::any::AnyRow) -> sqlx::Result<Job> {
 type PointDbRow = (String, String, String, String, String, String, Option<String>, i64, i64);
 
 /// The states of a job that has not ended, for SQL (`state IN …`).
-pub(super) const ACTIVE_STATES: &str = "('queued', 'preparing', 'saving_configuration', 'snapshotting', \
-                                         'querying_changes', 'running', 'checking_data', 'stopping', 'unknown')";
+pub(super) fn active_states() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let words: Vec<String> =
+            JobState::ALL.iter().filter(|s| !s.ended()).map(|s| format!("'{}'", s.as_str())).collect();
+        format!("({})", words.join(", "))
+    })
+}
 
 const JOB_COLUMNS: &str = "id, kind, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, rate, \
                            eta_seconds, error, point_id, rule_id, storage_id, created, started, finished";
@@ -170,7 +176,8 @@ impl Service {
             return Ok(Some(*id));
         }
         let row: Option<(i64,)> = sqlx::query_as(&format!(
-            "SELECT id FROM jobs WHERE platform_id = $1 AND (vm = $2 OR vm_id = $2) AND state IN {ACTIVE_STATES}"
+            "SELECT id FROM jobs WHERE platform_id = $1 AND (vm = $2 OR vm_id = $2) AND state IN {}",
+            active_states()
         ))
         .bind(platform)
         .bind(vm)
@@ -179,4 +186,14 @@ impl Service {
         .map_err(ApiError::internal)?;
         Ok(row.map(|(id,)| id))
     }
+}
+
+#[cfg(test)]
+#[test]
+fn the_active_states_are_every_state_but_the_ends() {
+    assert_eq!(
+        active_states(),
+        "('queued', 'preparing', 'saving_configuration', 'snapshotting', 'querying_changes', 'running', \
+         'checking_data', 'stopping', 'unknown')"
+    );
 }

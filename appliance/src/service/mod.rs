@@ -201,7 +201,7 @@ impl Service {
     async fn recover_jobs(&self) -> Result<Vec<Killed>> {
         let stale: Vec<(i64, String, i64, String, Option<String>)> = sqlx::query_as(&format!(
             "SELECT id, kind, platform_id, vm, backup_type FROM jobs WHERE state IN {}",
-            jobs::ACTIVE_STATES
+            jobs::active_states()
         ))
         .fetch_all(&self.db)
         .await?;

@@ -240,7 +240,7 @@ impl Service {
         }
         if let Some((job,)) = sqlx::query_as::<_, (i64,)>(&format!(
             "SELECT id FROM jobs WHERE platform_id = $1 AND state IN {} LIMIT 1",
-            super::jobs::ACTIVE_STATES
+            super::jobs::active_states()
         ))
         .bind(id)
         .fetch_optional(&self.db)

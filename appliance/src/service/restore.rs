@@ -147,9 +147,9 @@ impl Service {
             }
             Err(CheckError::Platform(e)) => return Err(ApiError::upstream(e.to_string())),
         }
-        let (vm, kind) = match &mode {
-            Mode::NewVm(spec) => (spec.name.clone(), "new_vm"),
-            Mode::InPlace => (point.vm.name.clone(), "in_place"),
+        let vm = match &mode {
+            Mode::NewVm(spec) => spec.name.clone(),
+            Mode::InPlace => point.vm.name.clone(),
         };
         if let Some(busy) = self.active_job(r.platform, &vm).await? {
             return Err(ApiError::conflict(format!(
@@ -162,7 +162,7 @@ impl Service {
         )
         .bind(r.platform)
         .bind(&vm)
-        .bind(kind)
+        .bind(r.mode.as_str())
         .bind(&point.point_id)
         .bind(now())
         .fetch_one(&self.db)

@@ -421,7 +421,7 @@ impl Service {
         let delete_data = delete_data != 0;
         if let Some((job,)) = sqlx::query_as::<_, (i64,)>(&format!(
             "SELECT id FROM jobs WHERE rule_id = $1 AND state IN {}",
-            super::jobs::ACTIVE_STATES
+            super::jobs::active_states()
         ))
         .bind(id)
         .fetch_optional(&self.db)
@@ -434,7 +434,7 @@ impl Service {
         if let Some((job, point)) = sqlx::query_as::<_, (i64, String)>(&format!(
             "SELECT id, point_id FROM jobs WHERE kind = 'restore' AND state IN {} AND point_id IN \
              (SELECT point_id FROM jobs WHERE rule_id = $1 AND point_id IS NOT NULL)",
-            super::jobs::ACTIVE_STATES
+            super::jobs::active_states()
         ))
         .bind(id)
         .fetch_optional(&self.db)

@@ -6,7 +6,7 @@
 //! catalog meanwhile. This module never reads or writes blobs: that is the store's work.
 
 use super::catalog::now;
-use super::jobs::{insert_point, ACTIVE_STATES};
+use super::jobs::{active_states, insert_point};
 use super::Service;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -457,8 +457,9 @@ impl Service {
             )));
         }
         let busy: Option<(i64,)> = sqlx::query_as(&format!(
-            "SELECT id FROM jobs WHERE state IN {ACTIVE_STATES} AND (storage_id = $1 OR (kind = 'restore' AND \
-             point_id IN (SELECT point_id FROM points WHERE storage_id = $1)))"
+            "SELECT id FROM jobs WHERE state IN {} AND (storage_id = $1 OR (kind = 'restore' AND \
+             point_id IN (SELECT point_id FROM points WHERE storage_id = $1)))",
+            active_states()
         ))
         .bind(id)
         .fetch_optional(&self.db)
