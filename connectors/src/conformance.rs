@@ -164,7 +164,7 @@ pub fn run(bed: &mut dyn Bed) {
     conn.check_restore(RestoreCheck::NewVm(&spec)).expect("conformance: a restore with a free name passes");
     let taken = NewVmSpec { name: vm.clone(), ..spec.clone() };
     match conn.check_restore(RestoreCheck::NewVm(&taken)) {
-        Err(CheckError::Refused(r)) => assert!(r.field == "name" && r.conflict, "conformance: {r:?}"),
+        Err(CheckError::Conflict(r)) => assert_eq!(r.field, "name", "conformance: {r:?}"),
         other => panic!("conformance: a restore onto an existing name was not refused: {other:?}"),
     }
     let readers = store.open_disks(&after.point_id).expect("the point's disks open");

@@ -4,6 +4,7 @@
 //! silent no-op.
 
 use crate::control::JobControl;
+use crate::registry::FieldError;
 use std::ops::Range;
 use vds_store::{BackupType, DiskReader, DiskSource, VmDescription};
 
@@ -275,33 +276,27 @@ pub enum RestoreCheck<'a> {
     },
 }
 
-/// Why a platform refuses a request before anything is queued: the request's field, and
-/// whether it is a conflict with the platform's state (a name taken, a VM running) rather
-/// than a bad value.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct Refusal {
-    pub field: String,
-    pub message: String,
-    pub conflict: bool,
-}
-
-impl Refusal {
-    pub fn field(field: &str, message: impl Into<String>) -> Refusal {
-        Refusal { field: field.into(), message: message.into(), conflict: false }
-    }
-    pub fn conflict(field: &str, message: impl Into<String>) -> Refusal {
-        Refusal { field: field.into(), message: message.into(), conflict: true }
-    }
-}
-
-/// Why a check could not be made or refused the request.
+/// Why a check refused a request before anything was queued (naming the request's field), or
+/// could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// A value the platform does not have or take (a pool, a network).
     #[error(transparent)]
-    Refused(Refusal),
+    Invalid(FieldError),
+    /// The request clashes with the platform's state (a name taken, a VM running).
+    #[error(transparent)]
+    Conflict(FieldError),
     #[error(transparent)]
     Platform(ConnectorError),
+}
+
+impl CheckError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> CheckError {
+        CheckError::Invalid(FieldError::new(field, message))
+    }
+    pub fn conflict(field: &str, message: impl Into<String>) -> CheckError {
+        CheckError::Conflict(FieldError::new(field, message))
+    }
 }
 
 impl From<ConnectorError> for CheckError {

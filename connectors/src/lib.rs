@@ -20,7 +20,7 @@ pub use backup::{backup_vm, backup_vms, BackupError, BackupOptions, BackupOutcom
 pub use connector::restore_sizes;
 pub use connector::{
     BackupBase, BackupPlan, BackupSession, BaseDisk, ChangeTracking, CheckError, Connector, ConnectorError,
-    Credentials, HostInfo, Inventory, NetworkInfo, NewVmSpec, Quiesce, Refusal, RestoreCheck, RestoreDisk, SessionDisk,
+    Credentials, HostInfo, Inventory, NetworkInfo, NewVmSpec, Quiesce, RestoreCheck, RestoreDisk, SessionDisk,
     StorageInfo, VmSummary,
 };
 pub use control::{JobControl, Phase};

@@ -544,7 +544,7 @@ impl Connector for SimHost {
         let name = &spec.name;
         // The checks made before queueing hold again when the restore runs.
         self.check_restore(RestoreCheck::NewVm(spec)).map_err(|e| match e {
-            CheckError::Refused(r) => failed(name, "creating the VM", r),
+            CheckError::Invalid(r) | CheckError::Conflict(r) => failed(name, "creating the VM", r),
             CheckError::Platform(e) => e,
         })?;
         let have: Vec<(&str, u64)> = disks.iter().map(|d| (d.key.as_str(), d.reader.size())).collect();
@@ -594,32 +594,26 @@ impl Connector for SimHost {
             RestoreCheck::NewVm(spec) => {
                 self.check_reachable()?;
                 if self.vm_dir(&spec.name).exists() {
-                    return Err(CheckError::Refused(Refusal::conflict(
-                        "name",
-                        format!("a VM named {:?} exists", spec.name),
-                    )));
+                    return Err(CheckError::conflict("name", format!("a VM named {:?} exists", spec.name)));
                 }
                 if !self.storage().iter().any(|s| s.name == spec.storage) {
-                    return Err(CheckError::Refused(Refusal::field(
-                        "storage",
-                        format!("no storage {:?}", spec.storage),
-                    )));
+                    return Err(CheckError::invalid("storage", format!("no storage {:?}", spec.storage)));
                 }
                 if spec.network.as_ref().is_some_and(|n| n != "lan") {
-                    return Err(CheckError::Refused(Refusal::field("network", "no such network (it has lan)")));
+                    return Err(CheckError::invalid("network", "no such network (it has lan)"));
                 }
                 Ok(())
             }
             RestoreCheck::InPlace { vm } => match self.find(vm) {
-                Err(ConnectorError::NoSuchVm { .. }) => Err(CheckError::Refused(Refusal::field(
+                Err(ConnectorError::NoSuchVm { .. }) => Err(CheckError::invalid(
                     "point",
                     format!("its VM ({vm}) is not on this platform: restore it as a new VM"),
-                ))),
+                )),
                 Err(e) => Err(e.into()),
-                Ok((name, s)) if s.running => Err(CheckError::Refused(Refusal::conflict(
+                Ok((name, s)) if s.running => Err(CheckError::conflict(
                     "mode",
                     format!("VM {name} is running: shut it off before restoring in place"),
-                ))),
+                )),
                 Ok(_) => Ok(()),
             },
         }

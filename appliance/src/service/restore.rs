@@ -139,12 +139,8 @@ impl Service {
         .map_err(ApiError::internal)?;
         match checked {
             Ok(()) => {}
-            Err(CheckError::Refused(r)) => {
-                return Err(ApiError::new(
-                    if r.conflict { Problem::Conflict } else { Problem::BadRequest },
-                    format!("{}: {}", r.field, r.message),
-                ))
-            }
+            Err(CheckError::Invalid(r)) => return Err(ApiError::field(&r.field, r.message)),
+            Err(CheckError::Conflict(r)) => return Err(ApiError::conflict(r.to_string())),
             Err(CheckError::Platform(e)) => return Err(ApiError::upstream(e.to_string())),
         }
         let vm = match &mode {

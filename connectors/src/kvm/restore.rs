@@ -7,7 +7,7 @@
 use super::domain_xml::{new_domain_xml, restored_domain_xml, volume_xml, Restored, NATIVE_FORMAT};
 use super::qcow2::{Qcow2Layout, Qcow2Plan, CLUSTER};
 use super::{last_error, KvmConnector, PLATFORM};
-use crate::connector::{CheckError, ConnectorError, NewVmSpec, Refusal, RestoreCheck, RestoreDisk};
+use crate::connector::{CheckError, ConnectorError, NewVmSpec, RestoreCheck, RestoreDisk};
 use crate::control::{copy_governed, write_raw_file, JobControl, Throttle};
 use crate::nbd::{NbdAddress, NbdClient};
 use std::os::unix::fs::FileExt;
@@ -535,48 +535,45 @@ pub(super) fn check_restore(conn: &KvmConnector, restore: RestoreCheck<'_>) -> R
     match restore {
         RestoreCheck::NewVm(spec) => {
             if conn.conn.lookup_domain_by_name(&spec.name).is_ok() {
-                return Err(CheckError::Refused(Refusal::conflict(
+                return Err(CheckError::conflict(
                     "name",
                     format!("a VM named {:?} exists already on this host", spec.name),
-                )));
+                ));
             }
             if conn.conn.lookup_storage_pool_by_name(&spec.storage).is_err() {
                 let pools = conn.conn.list_storage_pools().unwrap_or_default();
                 let defined = conn.conn.list_defined_storage_pools().unwrap_or_default();
-                return Err(CheckError::Refused(Refusal::field(
+                return Err(CheckError::invalid(
                     "storage",
                     format!(
                         "no storage pool {:?} on this host (it has {})",
                         spec.storage,
                         names([pools, defined].concat())
                     ),
-                )));
+                ));
             }
             if let Some(net) = &spec.network {
                 if conn.conn.lookup_network_by_name(net).is_err() {
                     let nets = conn.conn.list_networks().unwrap_or_default();
                     let defined = conn.conn.list_defined_networks().unwrap_or_default();
-                    return Err(CheckError::Refused(Refusal::field(
+                    return Err(CheckError::invalid(
                         "network",
                         format!("no network {net:?} on this host (it has {})", names([nets, defined].concat())),
-                    )));
+                    ));
                 }
             }
             Ok(())
         }
         RestoreCheck::InPlace { vm } => {
             let dom = conn.domain(vm).map_err(|_| {
-                CheckError::Refused(Refusal::field(
-                    "point",
-                    format!("its VM ({vm}) is not on this host: restore it as a new VM"),
-                ))
+                CheckError::invalid("point", format!("its VM ({vm}) is not on this host: restore it as a new VM"))
             })?;
             if dom.is_active().unwrap_or(false) {
                 let name = dom.name().unwrap_or_else(|_| vm.to_string());
-                return Err(CheckError::Refused(Refusal::conflict(
+                return Err(CheckError::conflict(
                     "mode",
                     format!("VM {name} is running: shut it off before restoring in place"),
-                )));
+                ));
             }
             Ok(())
         }
