@@ -1,6 +1,7 @@
 //! Fixtures shared by the end-to-end tests: the `holdfast` binary under test, a way to run it,
 //! and reproducible disk images.
 
+pub mod browser;
 pub mod kvm;
 pub mod service;
 

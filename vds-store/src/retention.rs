@@ -17,7 +17,10 @@ use std::collections::HashSet;
 /// Maps a day to the GFS period it belongs to.
 type PeriodOf = dyn Fn(NaiveDate) -> (i32, u32);
 
+/// Which points a rule keeps: each `keep_*` that is set keeps points on its own (see above);
+/// none set keeps everything. `keep_days` and `keep_weeks` range 0-64.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RetentionPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_last: Option<u32>,

@@ -28,6 +28,7 @@ pub struct VmDescription {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VmDisk {
     pub key: String,
     pub size: u64,
@@ -36,6 +37,7 @@ pub struct VmDisk {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VmNic {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,

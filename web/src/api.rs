@@ -1,11 +1,13 @@
 //! Routes, the session extractor (cookie, CSRF, password-change gate, roles) and JSON errors.
 
 use crate::model::*;
+use crate::openapi::{Accepted, Created, ErrorReply, NoContent, Operation, Shape, WithCookie};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::handler::Handler;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put, MethodRouter};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ const COOKIE: &str = "hf_session";
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.problem.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(serde_json::json!({ "error": self.message }))).into_response()
+        (status, Json(ErrorReply { error: self.message })).into_response()
     }
 }
 
@@ -120,26 +122,28 @@ impl<B: Backend> FromRequestParts<Arc<B>> for Authed {
     }
 }
 
-async fn login<B: Backend>(State(b): State<Arc<B>>, Body(l): Body<Login>) -> Result<Response, ApiError> {
+async fn login<B: Backend>(State(b): State<Arc<B>>, Body(l): Body<Login>) -> ApiResult<WithCookie> {
     let (token, s) = b.login(l).await?;
-    let cookie = format!("{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/");
-    let mut resp = Json(s).into_response();
-    resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(ApiError::internal)?);
-    Ok(resp)
+    Ok(WithCookie(format!("{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/"), s))
 }
 
-async fn logout<B: Backend>(State(b): State<Arc<B>>, Authed(_, token): Authed) -> ApiResult<StatusCode> {
+/// The caller's session again (user, role, CSRF token), for a page loaded after the login.
+async fn session(Authed(s, _): Authed) -> Json<Session> {
+    Json(s)
+}
+
+async fn logout<B: Backend>(State(b): State<Arc<B>>, Authed(_, token): Authed) -> ApiResult<NoContent> {
     b.logout(&token).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn password<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(c): Body<PasswordChange>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.change_password(&s, c).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn platforms<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Platform>>> {
@@ -150,8 +154,8 @@ async fn create_platform<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(p): Body<NewPlatform>,
-) -> ApiResult<(StatusCode, Json<Platform>)> {
-    Ok((StatusCode::CREATED, Json(b.create_platform(&s, p).await?)))
+) -> ApiResult<Created<Platform>> {
+    Ok(Created(b.create_platform(&s, p).await?))
 }
 
 async fn platform_kinds<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<PlatformKindInfo>>> {
@@ -171,29 +175,45 @@ async fn delete_platform<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Path(id): Path<i64>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.delete_platform(&s, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn platform_vms<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Vec<Vm>>> {
     Ok(Json(b.platform_vms(id).await?))
 }
 
+async fn platform_inventory<B: Backend>(
+    State(b): State<Arc<B>>,
+    _: Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<PlatformInventory>> {
+    Ok(Json(b.platform_inventory(id).await?))
+}
+
+async fn platform_vm<B: Backend>(
+    State(b): State<Arc<B>>,
+    _: Authed,
+    Path((id, vm)): Path<(i64, String)>,
+) -> ApiResult<Json<VmDetails>> {
+    Ok(Json(b.platform_vm(id, &vm).await?))
+}
+
 async fn start_job<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(j): Body<NewJob>,
-) -> ApiResult<(StatusCode, Json<Job>)> {
-    Ok((StatusCode::ACCEPTED, Json(b.start_job(&s, j).await?)))
+) -> ApiResult<Accepted<Job>> {
+    Ok(Accepted(b.start_job(&s, j).await?))
 }
 
 async fn start_restore<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(r): Body<NewRestore>,
-) -> ApiResult<(StatusCode, Json<Job>)> {
-    Ok((StatusCode::ACCEPTED, Json(b.start_restore(&s, r).await?)))
+) -> ApiResult<Accepted<Job>> {
+    Ok(Accepted(b.start_restore(&s, r).await?))
 }
 
 async fn jobs<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Job>>> {
@@ -240,9 +260,9 @@ async fn set_bandwidth<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(w): Body<Vec<BandwidthWindow>>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.set_bandwidth(&s, w).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn storage<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<StorageTarget>>> {
@@ -253,17 +273,17 @@ async fn create_storage<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(t): Body<NewStorage>,
-) -> ApiResult<(StatusCode, Json<StorageTarget>)> {
-    Ok((StatusCode::CREATED, Json(b.create_storage(&s, t).await?)))
+) -> ApiResult<Created<StorageTarget>> {
+    Ok(Created(b.create_storage(&s, t).await?))
 }
 
 async fn delete_storage<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Path(id): Path<i64>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.delete_storage(&s, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn points<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<PointRow>>> {
@@ -282,8 +302,8 @@ async fn create_rule<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(r): Body<NewRule>,
-) -> ApiResult<(StatusCode, Json<Rule>)> {
-    Ok((StatusCode::CREATED, Json(b.create_rule(&s, r).await?)))
+) -> ApiResult<Created<Rule>> {
+    Ok(Created(b.create_rule(&s, r).await?))
 }
 
 async fn rule<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Rule>> {
@@ -312,9 +332,9 @@ async fn delete_rule<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Path(id): Path<i64>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.delete_rule(&s, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn run_rule<B: Backend>(
@@ -322,8 +342,8 @@ async fn run_rule<B: Backend>(
     Authed(s, _): Authed,
     Path(id): Path<i64>,
     Body(r): Body<RunRule>,
-) -> ApiResult<(StatusCode, Json<Vec<Job>>)> {
-    Ok((StatusCode::ACCEPTED, Json(b.run_rule(&s, id, r).await?)))
+) -> ApiResult<Accepted<Vec<Job>>> {
+    Ok(Accepted(b.run_rule(&s, id, r).await?))
 }
 
 /// Server-sent events: one `job` event (the job as JSON) per change of any job, and a comment
@@ -360,26 +380,26 @@ async fn create_user<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(u): Body<NewUser>,
-) -> ApiResult<(StatusCode, Json<User>)> {
-    Ok((StatusCode::CREATED, Json(b.create_user(&s, u).await?)))
+) -> ApiResult<Created<User>> {
+    Ok(Created(b.create_user(&s, u).await?))
 }
 
 async fn delete_user<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.delete_user(&s, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn unlock_user<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.unlock_user(&s, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn reset_password<B: Backend>(
@@ -387,9 +407,9 @@ async fn reset_password<B: Backend>(
     Authed(s, _): Authed,
     Path(name): Path<String>,
     Body(r): Body<PasswordReset>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.reset_password(&s, &name, r).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn tokens<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> ApiResult<Json<Vec<Token>>> {
@@ -400,17 +420,17 @@ async fn create_token<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(t): Body<NewToken>,
-) -> ApiResult<(StatusCode, Json<Token>)> {
-    Ok((StatusCode::CREATED, Json(b.create_token(&s, t).await?)))
+) -> ApiResult<Created<Token>> {
+    Ok(Created(b.create_token(&s, t).await?))
 }
 
 async fn delete_token<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Path(id): Path<i64>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.delete_token(&s, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn alerts<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Option<AlertSettings>>> {
@@ -421,34 +441,24 @@ async fn set_alerts<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Body(a): Body<AlertSettings>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<NoContent> {
     b.set_alert_settings(&s, a).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
-async fn test_alert<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> ApiResult<StatusCode> {
+async fn test_alert<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -> ApiResult<NoContent> {
     b.test_alert(&s).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 async fn stats<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(b.stats().await?))
 }
 
-/// The API's OpenAPI 3 description (public: it holds no data).
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
-}
-
-/// What a browser finds at the appliance's address until the web UI is served there.
-async fn front_page() -> Response {
-    let page = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Holdfast</title>\
-                <style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;\
-                line-height:1.5}h1{font-size:1.6rem}</style></head>\
-                <body><h1>Holdfast backup appliance</h1><p>The web console is not built yet. The HTTPS JSON API is \
-                at <code>/api</code>, described by <a href=\"/api/openapi.json\">/api/openapi.json</a>; the \
-                command line <code>holdfast client</code> drives it with an API token.</p></body></html>";
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+/// The API's OpenAPI 3.1 document, made from the route table once (public: it holds no data).
+async fn openapi<B: Backend>() -> Json<serde_json::Value> {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    Json(DOCUMENT.get_or_init(|| crate::openapi::document(&operations::<B>())).clone())
 }
 
 async fn not_found() -> ApiError {
@@ -486,72 +496,98 @@ impl Access {
     }
 }
 
-type Route<B> = (&'static str, Method, Access, MethodRouter<Arc<B>>);
+/// One served route: where, who may call it, what it is for, and its handler with the
+/// description its signature gives.
+struct Route<B> {
+    operation: Operation,
+    handler: MethodRouter<Arc<B>>,
+}
 
-/// Every route: path, method, who may call it, handler.
+fn r<B: Backend, H, T, M>(path: &'static str, method: Method, access: Access, summary: &'static str, h: H) -> Route<B>
+where
+    H: Handler<T, Arc<B>> + Shape<M>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a route's method is one axum routes");
+    Route {
+        operation: Operation { path, method, access, summary, shapes: <H as Shape<M>>::shapes },
+        handler: axum::routing::on(filter, h),
+    }
+}
+
+/// Every route: path, method, who may call it, what it does, handler.
 fn routes<B: Backend>() -> Vec<Route<B>> {
     use Access::*;
     use Method as M;
     vec![
-        ("/", M::GET, Public, get(front_page)),
-        ("/api/openapi.json", M::GET, Public, get(openapi)),
-        ("/api/login", M::POST, Public, post(login::<B>)),
-        ("/api/logout", M::POST, Own, post(logout::<B>)),
-        ("/api/password", M::POST, Own, post(password::<B>)),
-        ("/api/platform-kinds", M::GET, Read, get(platform_kinds::<B>)),
-        ("/api/platforms", M::GET, Read, get(platforms::<B>)),
-        ("/api/platforms", M::POST, Admin, post(create_platform::<B>)),
-        ("/api/platforms/{id}", M::PUT, Admin, put(update_platform::<B>)),
-        ("/api/platforms/{id}", M::DELETE, Admin, delete(delete_platform::<B>)),
-        ("/api/platforms/{id}/vms", M::GET, Read, get(platform_vms::<B>)),
-        ("/api/jobs", M::GET, Read, get(jobs::<B>)),
-        ("/api/jobs", M::POST, Operate, post(start_job::<B>)),
-        ("/api/restores", M::POST, Operate, post(start_restore::<B>)),
-        ("/api/jobs/{id}", M::GET, Read, get(job::<B>)),
-        ("/api/jobs/{id}/log", M::GET, Read, get(job_log::<B>)),
-        ("/api/jobs/{id}/stop", M::POST, Operate, post(stop_job::<B>)),
-        ("/api/bandwidth", M::GET, Read, get(bandwidth::<B>)),
-        ("/api/bandwidth", M::PUT, Admin, put(set_bandwidth::<B>)),
-        ("/api/config/export", M::POST, Admin, post(export_config::<B>)),
-        ("/api/config/import", M::POST, Admin, post(import_config::<B>)),
-        ("/api/points", M::GET, Read, get(points::<B>)),
-        ("/api/storage", M::GET, Read, get(storage::<B>)),
-        ("/api/storage", M::POST, Admin, post(create_storage::<B>)),
-        ("/api/storage/{id}", M::DELETE, Admin, delete(delete_storage::<B>)),
-        ("/api/audit", M::GET, Audit, get(audit::<B>)),
-        ("/api/rules", M::GET, Read, get(rules::<B>)),
-        ("/api/rules", M::POST, Operate, post(create_rule::<B>)),
-        ("/api/rules/state", M::POST, Operate, post(rules_state::<B>)),
-        ("/api/rules/{id}", M::GET, Read, get(rule::<B>)),
-        ("/api/rules/{id}", M::PUT, Operate, put(update_rule::<B>)),
-        ("/api/rules/{id}", M::DELETE, Operate, delete(delete_rule::<B>)),
-        ("/api/rules/{id}/run", M::POST, Operate, post(run_rule::<B>)),
-        ("/api/events", M::GET, Read, get(events::<B>)),
-        ("/api/stats", M::GET, Read, get(stats::<B>)),
-        ("/api/alerts", M::GET, Admin, get(alerts::<B>)),
-        ("/api/alerts", M::PUT, Admin, put(set_alerts::<B>)),
-        ("/api/alerts/test", M::POST, Admin, post(test_alert::<B>)),
-        ("/api/users", M::GET, Admin, get(users::<B>)),
-        ("/api/users", M::POST, Admin, post(create_user::<B>)),
-        ("/api/users/{name}", M::DELETE, Admin, delete(delete_user::<B>)),
-        ("/api/users/{name}/unlock", M::POST, Admin, post(unlock_user::<B>)),
-        ("/api/users/{name}/password", M::POST, Admin, post(reset_password::<B>)),
-        ("/api/tokens", M::GET, Read, get(tokens::<B>)),
-        ("/api/tokens", M::POST, Operate, post(create_token::<B>)),
-        ("/api/tokens/{id}", M::DELETE, Operate, delete(delete_token::<B>)),
+        r("/", M::GET, Public, "The web console", crate::ui::index),
+        r("/ui/{file}", M::GET, Public, "The web console's scripts and style sheet", crate::ui::asset),
+        r("/api/openapi.json", M::GET, Public, "This document", openapi::<B>),
+        r("/api/login", M::POST, Public, "Log in", login::<B>),
+        r("/api/logout", M::POST, Own, "End the session", logout::<B>),
+        r("/api/password", M::POST, Own, "Change your password", password::<B>),
+        r("/api/session", M::GET, Own, "Your session: user, role, CSRF token, whether the password must be changed", session),
+        r("/api/platform-kinds", M::GET, Read, "The kinds of platform this appliance reaches: settings form and capabilities", platform_kinds::<B>),
+        r("/api/platforms", M::GET, Read, "Platforms", platforms::<B>),
+        r("/api/platforms", M::POST, Admin, "Add a platform (admins); saved only when its connection test passes", create_platform::<B>),
+        r("/api/platforms/{id}", M::PUT, Admin, "Change a platform's name, settings or credentials (admins); saved only when the connection test passes", update_platform::<B>),
+        r("/api/platforms/{id}", M::DELETE, Admin, "Remove a platform (admins); refused while a rule, a running job or an indexed point needs it", delete_platform::<B>),
+        r("/api/platforms/{id}/vms", M::GET, Read, "The VMs a platform reaches", platform_vms::<B>),
+        r("/api/platforms/{id}/inventory", M::GET, Read, "What a platform offers: hosts, VMs, networks, storage", platform_inventory::<B>),
+        r("/api/platforms/{id}/vms/{vm}", M::GET, Read, "One VM as its platform describes it now: CPUs, memory, disks, NICs", platform_vm::<B>),
+        r("/api/jobs", M::GET, Read, "Jobs, newest first", jobs::<B>),
+        r("/api/jobs", M::POST, Operate, "Back up a VM now", start_job::<B>),
+        r("/api/restores", M::POST, Operate, "Restore a point as a new VM or in place (the VM shut off); runs as a job (kind restore) with progress, stop and the bandwidth windows; the point cannot be deleted while it runs", start_restore::<B>),
+        r("/api/jobs/{id}", M::GET, Read, "A job", job::<B>),
+        r("/api/jobs/{id}/log", M::GET, Read, "A job's log lines", job_log::<B>),
+        r("/api/jobs/{id}/stop", M::POST, Operate, "Stop a job: a queued one at once, a running one after its current read (nothing committed, the snapshot removed); its state goes to stopping, then stopped", stop_job::<B>),
+        r("/api/bandwidth", M::GET, Read, "Bandwidth limits by time window", bandwidth::<B>),
+        r("/api/bandwidth", M::PUT, Admin, "Replace the bandwidth windows (admins); running jobs follow within a second", set_bandwidth::<B>),
+        r("/api/config/export", M::POST, Admin, "The configuration (platforms, rules, bandwidth windows, alert settings) as one JSON file (admins). With a passphrase (10+ characters) the passwords are sealed into it (argon2id + XChaCha20-Poly1305); without, they are left out and listed in notes", export_config::<B>),
+        r("/api/config/import", M::POST, Admin, "Adds what an exported file holds, all or nothing (admins); platforms and rules whose names exist are kept", import_config::<B>),
+        r("/api/points", M::GET, Read, "Restore points, newest first", points::<B>),
+        r("/api/storage", M::GET, Read, "Storage targets: where backups go, whether each store opens now, its filesystem's space, its points", storage::<B>),
+        r("/api/storage", M::POST, Admin, "Add a storage target (admins): a new store in a missing or empty directory, or an existing store adopted with its points", create_storage::<B>),
+        r("/api/storage/{id}", M::DELETE, Admin, "Forget a storage target (admins); its files stay. Refused for the appliance's own store (1), a target a rule uses, and one a job writes into or a restore reads from", delete_storage::<B>),
+        r("/api/audit", M::GET, Audit, "Audit log (admins, auditors)", audit::<B>),
+        r("/api/rules", M::GET, Read, "Backup rules", rules::<B>),
+        r("/api/rules", M::POST, Operate, "Add a rule", create_rule::<B>),
+        r("/api/rules/state", M::POST, Operate, "Enable or disable several rules at once (group start/stop of their schedules)", rules_state::<B>),
+        r("/api/rules/{id}", M::GET, Read, "A rule", rule::<B>),
+        r("/api/rules/{id}", M::PUT, Operate, "Replace a rule's settings and VMs (checked like a new rule; the platform stays; the schedule counts from now)", update_rule::<B>),
+        r("/api/rules/{id}", M::DELETE, Operate, "Delete a rule (its jobs' history stays; its points too unless delete_data_with_rule)", delete_rule::<B>),
+        r("/api/rules/{id}/run", M::POST, Operate, "Run a rule's VMs now", run_rule::<B>),
+        r("/api/events", M::GET, Read, "Server-sent events: 'job' with the Job JSON at each change", events::<B>),
+        r("/api/stats", M::GET, Read, "Statistics per VM and per rule", stats::<B>),
+        r("/api/alerts", M::GET, Admin, "Alert mail settings (admins)", alerts::<B>),
+        r("/api/alerts", M::PUT, Admin, "Set alert mail settings (admins)", set_alerts::<B>),
+        r("/api/alerts/test", M::POST, Admin, "Send a test mail now (admins)", test_alert::<B>),
+        r("/api/users", M::GET, Admin, "Users (admins)", users::<B>),
+        r("/api/users", M::POST, Admin, "Add a user (admins)", create_user::<B>),
+        r("/api/users/{name}", M::DELETE, Admin, "Delete a user (admins)", delete_user::<B>),
+        r("/api/users/{name}/unlock", M::POST, Admin, "Unlock a user locked out by failed logins (admins)", unlock_user::<B>),
+        r("/api/users/{name}/password", M::POST, Admin, "Give another user a new password, to be changed at the next login; unlocks the user and ends its sessions (admins)", reset_password::<B>),
+        r("/api/tokens", M::GET, Read, "Your API tokens", tokens::<B>),
+        r("/api/tokens", M::POST, Operate, "Create an API token (shown once)", create_token::<B>),
+        r("/api/tokens/{id}", M::DELETE, Operate, "Revoke one of your API tokens", delete_token::<B>),
     ]
 }
 
-/// The routes as (path, method, access), for the OpenAPI check and the docs.
+/// The routes as the OpenAPI document describes them.
+pub fn operations<B: Backend>() -> Vec<Operation> {
+    routes::<B>().into_iter().map(|r| r.operation).collect()
+}
+
+/// The routes as (path, method, access), for the checks and the docs.
 pub fn route_table<B: Backend>() -> Vec<(&'static str, Method, Access)> {
-    routes::<B>().into_iter().map(|(p, m, a, _)| (p, m, a)).collect()
+    routes::<B>().into_iter().map(|r| (r.operation.path, r.operation.method, r.operation.access)).collect()
 }
 
 /// The API's routes over `backend`.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let mut by_path: Vec<(&'static str, MethodRouter<Arc<B>>)> = Vec::new();
-    for (path, _, access, handler) in routes::<B>() {
-        let handler = handler.layer(axum::Extension(access));
+    for Route { operation, handler } in routes::<B>() {
+        let (path, handler) = (operation.path, handler.layer(axum::Extension(operation.access)));
         match by_path.iter_mut().find(|(p, _)| *p == path) {
             Some((_, methods)) => *methods = std::mem::take(methods).merge(handler),
             None => by_path.push((path, handler)),
@@ -562,4 +598,5 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
         .fallback(not_found)
         .with_state(backend)
+        .layer(axum::middleware::map_response(crate::ui::security_headers))
 }

@@ -10,9 +10,13 @@
 mod api;
 mod client;
 mod model;
+mod openapi;
 mod tls;
+mod ui;
 
-pub use api::{route_table, router, Access};
+pub use api::{operations, route_table, router, Access};
 pub use client::ApiClient;
 pub use model::*;
+pub use openapi::{document, Accepted, Created, ErrorReply, NoContent, Operation};
 pub use tls::serve;
+pub use ui::CONTENT_SECURITY_POLICY;

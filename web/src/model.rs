@@ -1,9 +1,11 @@
 //! The JSON shapes of the API and the backend interface behind it.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+pub use vds_store::retention::RetentionPolicy;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
@@ -31,7 +33,7 @@ impl Role {
 }
 
 /// A logged-in user's session; also the reply to a login.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Session {
     pub user: String,
     pub role: Role,
@@ -40,21 +42,21 @@ pub struct Session {
     pub must_change_password: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     pub user: String,
     pub password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     pub old: String,
     pub new: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub name: String,
@@ -65,13 +67,13 @@ pub struct NewUser {
 }
 
 /// A new password an admin gives another user, who must change it at the next login.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordReset {
     pub password: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct User {
     pub name: String,
     pub role: Role,
@@ -83,7 +85,7 @@ pub struct User {
 /// (HH:MM, the appliance's local time; a `to` before `from` runs past midnight), backups read at
 /// most `mb_per_second` MB/s together (shared evenly by the jobs running; 0 pauses them, and
 /// their progress holds). Where windows overlap, the lowest limit applies.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BandwidthWindow {
     pub days: Vec<String>,
@@ -93,7 +95,7 @@ pub struct BandwidthWindow {
 }
 
 /// Alert mail settings. `password` is write-only; `has_password` says whether one is stored.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSettings {
     pub enabled: bool,
@@ -128,13 +130,13 @@ fn default_repeat() -> u32 {
     60
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     pub name: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Token {
     pub id: i64,
     pub name: String,
@@ -147,7 +149,7 @@ pub struct Token {
 /// A platform record as given: its kind (one of `GET /api/platform-kinds`), and beside the
 /// fields below that kind's settings (for example a libvirt URI), which the kind checks: an
 /// unknown or malformed one is refused by name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct NewPlatform {
     pub name: String,
     pub kind: String,
@@ -159,7 +161,7 @@ pub struct NewPlatform {
     pub settings: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Platform {
     pub id: i64,
     pub name: String,
@@ -176,7 +178,7 @@ pub struct Platform {
 
 /// A kind of platform this appliance can reach: its settings form (fields with name, label,
 /// help, required, example) and what it can do.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct PlatformKindInfo {
     pub kind: String,
     pub title: String,
@@ -184,14 +186,61 @@ pub struct PlatformKindInfo {
     pub capabilities: serde_json::Value,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Vm {
     pub name: String,
     pub uuid: String,
     pub running: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// What a platform offers: its hosts, VMs, networks and the storage new disks can go to.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct PlatformInventory {
+    pub hosts: Vec<InventoryHost>,
+    pub vms: Vec<Vm>,
+    pub networks: Vec<InventoryNetwork>,
+    /// Storage pools, datastores or shares, in the platform's own word (its kind's
+    /// `capabilities.storage_word`).
+    pub storage: Vec<InventoryStorage>,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct InventoryHost {
+    pub name: String,
+    /// Hypervisor and management software with versions, in words.
+    pub software: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct InventoryNetwork {
+    pub name: String,
+    pub active: bool,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct InventoryStorage {
+    pub name: String,
+    pub active: bool,
+    pub capacity: u64,
+    pub available: u64,
+}
+
+/// One VM as its platform describes it now: what a rule's disk choice and a restore's sizes
+/// start from.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct VmDetails {
+    pub name: String,
+    pub uuid: Option<String>,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub firmware: Option<String>,
+    pub disks: Vec<vds_store::vm::VmDisk>,
+    pub nics: Vec<vds_store::vm::VmNic>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// Platform id.
@@ -207,7 +256,7 @@ pub struct NewJob {
 
 /// A restore of a point onto a platform: as a new VM (new name, UUID and MAC addresses, with
 /// the settings given) or in place, onto the VM it was taken from (which must be shut off).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRestore {
     pub point: String,
@@ -244,7 +293,7 @@ pub struct NewRestore {
 macro_rules! words {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vdoc])* $variant),+ }
 
@@ -326,7 +375,7 @@ impl JobState {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Job {
     pub id: i64,
     pub kind: JobKind,
@@ -357,23 +406,48 @@ pub struct Job {
     pub finished: Option<String>,
 }
 
+/// When a rule runs, in the admin's vocabulary; times are "HH:MM" in the appliance's local time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// One run at `at` ("YYYY-MM-DD HH:MM"). A time earlier today runs now; earlier days are refused.
+    Once { at: String },
+    /// Every `every_hours` hours (1-23) from `start` ("HH:MM") until the end of each day.
+    Hourly { every_hours: u32, start: String },
+    /// Every day at each of `times`.
+    Daily { times: Vec<String> },
+    /// On each of `days` (mon, tue, wed, thu, fri, sat, sun) at each of `times`.
+    Weekly { days: Vec<String>, times: Vec<String> },
+    /// On each of `days` of the month (1-31; a month without that day skips it) at each of `times`.
+    Monthly { days: Vec<u32>, times: Vec<String> },
+}
+
+/// A rule's incremental or differential runs between its fulls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartialSchedule {
+    /// incremental or differential
+    pub kind: BackupKind,
+    pub schedule: Schedule,
+}
+
 /// A backup rule: VMs of one platform, a full schedule and an optional incremental or
 /// differential one, a retention policy. Schedules and retention are checked by the backend,
 /// which names the offending field.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRule {
     pub name: String,
     pub platform: i64,
     pub vms: Vec<String>,
-    /// {"kind": "once"|"hourly"|"daily"|"weekly"|"monthly", ...}
-    pub full: serde_json::Value,
-    /// {"kind": "incremental"|"differential", "schedule": {...}}
+    /// When the full backups run.
+    pub full: Schedule,
+    /// When the incremental or differential backups between the fulls run.
     #[serde(default)]
-    pub partial: Option<serde_json::Value>,
-    /// keep_last, keep_days, keep_weeks, keep_daily, keep_weekly, keep_monthly, keep_yearly
+    pub partial: Option<PartialSchedule>,
+    /// Which points the rule keeps after each successful run; none set keeps everything.
     #[serde(default)]
-    pub retention: serde_json::Value,
+    pub retention: RetentionPolicy,
     /// auto (default), off, required
     #[serde(default)]
     pub quiesce: Option<String>,
@@ -399,16 +473,16 @@ pub struct NewRule {
     pub storage: Option<i64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Rule {
     pub id: i64,
     pub name: String,
     pub platform: i64,
     pub vms: Vec<String>,
     pub enabled: bool,
-    pub full: serde_json::Value,
-    pub partial: Option<serde_json::Value>,
-    pub retention: serde_json::Value,
+    pub full: Schedule,
+    pub partial: Option<PartialSchedule>,
+    pub retention: RetentionPolicy,
     pub quiesce: String,
     pub disks: Vec<String>,
     pub delete_data_with_rule: bool,
@@ -416,18 +490,21 @@ pub struct Rule {
     pub lan_free: bool,
     pub storage: i64,
     pub created: String,
+    /// When the scheduler runs the rule next (full or partial, whichever comes first); none
+    /// while the rule is disabled or its schedules have no run ahead.
+    pub next_run: Option<String>,
 }
 
 /// What `POST /api/config/export` takes: a passphrase seals platform and mail passwords into
 /// the file; without one they are left out (and must be entered again after an import).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigExport {
     #[serde(default)]
     pub passphrase: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigImport {
     /// The exported file's JSON.
@@ -438,7 +515,7 @@ pub struct ConfigImport {
 
 /// What an import did. Platforms, storage targets and rules whose names exist already are kept
 /// as they are.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, JsonSchema)]
 pub struct ImportReport {
     pub platforms_added: Vec<String>,
     pub platforms_kept: Vec<String>,
@@ -451,28 +528,28 @@ pub struct ImportReport {
 }
 
 /// Enables or disables several rules at once (the scheduler's group start and stop).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RulesState {
     pub ids: Vec<i64>,
     pub enabled: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRule {
     #[serde(rename = "type")]
     pub backup_type: BackupKind,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct LogLine {
     pub time: String,
     pub level: String,
     pub message: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct PointRow {
     pub point_id: String,
     pub vm_key: String,
@@ -490,7 +567,7 @@ pub struct PointRow {
 /// A storage target to add: a directory for a Holdfast store, on another disk or a mount. A
 /// missing or empty directory gets a new store; a directory that holds a store already (another
 /// appliance's, or one moved here) is adopted, and its points join the catalog.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewStorage {
     pub name: String,
@@ -505,7 +582,7 @@ pub struct NewStorage {
     pub zstd_level: Option<i32>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct StorageTarget {
     pub id: i64,
     pub name: String,
@@ -525,7 +602,7 @@ pub struct StorageTarget {
     pub created: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct AuditRow {
     pub time: String,
     pub user: String,
@@ -654,6 +731,9 @@ pub trait Platforms: Send + Sync + 'static {
     fn platforms(&self) -> impl Future<Output = ApiResult<Vec<Platform>>> + Send;
     fn create_platform(&self, s: &Session, p: NewPlatform) -> impl Future<Output = ApiResult<Platform>> + Send;
     fn platform_vms(&self, id: i64) -> impl Future<Output = ApiResult<Vec<Vm>>> + Send;
+    fn platform_inventory(&self, id: i64) -> impl Future<Output = ApiResult<PlatformInventory>> + Send;
+    /// One VM, found by name or platform id.
+    fn platform_vm(&self, id: i64, vm: &str) -> impl Future<Output = ApiResult<VmDetails>> + Send;
 }
 
 /// Backup and restore jobs, their logs and live events, the points they made, statistics.

@@ -90,6 +90,12 @@ impl Platforms for Fake {
     fn platform_vms(&self, _: i64) -> impl Future<Output = ApiResult<Vec<Vm>>> + Send {
         nope()
     }
+    fn platform_inventory(&self, _: i64) -> impl Future<Output = ApiResult<PlatformInventory>> + Send {
+        nope()
+    }
+    fn platform_vm(&self, _: i64, _: &str) -> impl Future<Output = ApiResult<VmDetails>> + Send {
+        nope()
+    }
 }
 
 impl Jobs for Fake {
@@ -182,7 +188,7 @@ fn app() -> axum::Router {
 
 /// A concrete path for a route's pattern.
 fn concrete(pattern: &str) -> String {
-    pattern.replace("{id}", "1").replace("{name}", "someone")
+    pattern.replace("{id}", "1").replace("{name}", "someone").replace("{vm}", "web1").replace("{file}", "app.js")
 }
 
 async fn call(method: &Method, path: &str, token: Option<&str>) -> (StatusCode, String) {
@@ -198,24 +204,92 @@ async fn call(method: &Method, path: &str, token: Option<&str>) -> (StatusCode, 
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-#[test]
-fn every_route_is_in_the_openapi_document_with_its_access() {
-    let doc: serde_json::Value = serde_json::from_str(include_str!("../src/openapi.json")).unwrap();
+/// The document as served.
+async fn document() -> serde_json::Value {
+    let (code, body) = call(&Method::GET, "/api/openapi.json", None).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The schema a `$ref` (or a schema) stands for.
+fn resolve<'a>(doc: &'a serde_json::Value, schema: &'a serde_json::Value) -> &'a serde_json::Value {
+    match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r} is not a component"));
+            let found = &doc["components"]["schemas"][name];
+            assert!(found.is_object(), "{r} does not resolve");
+            found
+        }
+        None => schema,
+    }
+}
+
+#[tokio::test]
+async fn every_route_is_in_the_openapi_document_with_its_access() {
+    let doc = document().await;
     let table = route_table::<Fake>();
     for (path, method, access) in &table {
-        if *path == "/" {
-            continue;
-        }
         let op = &doc["paths"][path][method.as_str().to_lowercase()];
-        assert!(op.is_object(), "{method} {path} is served but not in openapi.json");
+        assert!(op.is_object(), "{method} {path} is served but not in the document");
         assert_eq!(op["x-access"], access.as_str(), "{method} {path}: the document's x-access");
     }
     for (path, ops) in doc["paths"].as_object().unwrap() {
         for method in ops.as_object().unwrap().keys() {
             let served = table.iter().any(|(p, m, _)| p == path && m.as_str().eq_ignore_ascii_case(method));
-            assert!(served, "{method} {path} is in openapi.json but not served");
+            assert!(served, "{method} {path} is in the document but not served");
         }
     }
+}
+
+#[tokio::test]
+async fn the_document_describes_each_route_with_the_types_it_serves() {
+    let doc = document().await;
+    // Every reference resolves.
+    fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(all.len() > 40, "{} references", all.len());
+    for r in all {
+        resolve(&doc, &serde_json::json!({ "$ref": r }));
+    }
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let body =
+        |path: &str, method: &str| op(path, method)["requestBody"]["content"]["application/json"]["schema"].clone();
+    let reply = |path: &str, method: &str, status: &str| {
+        op(path, method)["responses"][status]["content"]["application/json"]["schema"].clone()
+    };
+    // Requests are the types the handlers read, replies the types they write, with their status.
+    assert_eq!(body("/api/rules", "post")["$ref"], "#/components/schemas/NewRule");
+    assert_eq!(reply("/api/rules", "post", "201")["$ref"], "#/components/schemas/Rule");
+    assert_eq!(reply("/api/jobs", "post", "202")["$ref"], "#/components/schemas/Job");
+    assert_eq!(reply("/api/rules/{id}/run", "post", "202")["items"]["$ref"], "#/components/schemas/Job");
+    assert!(op("/api/platforms/{id}", "delete")["responses"]["204"].is_object());
+    assert_eq!(reply("/api/login", "post", "200")["$ref"], "#/components/schemas/Session");
+    assert_eq!(op("/api/jobs/{id}", "get")["parameters"][0]["schema"]["type"], "integer");
+    assert_eq!(op("/api/users/{name}", "delete")["parameters"][0]["schema"]["type"], "string");
+    assert!(op("/api/events", "get")["responses"]["200"]["content"]["text/event-stream"].is_object());
+    // The shapes go down to the fields: a rule's schedule is one of the schedule kinds, its
+    // retention the store's policy, and unknown fields are refused where serde refuses them.
+    let new_rule = resolve(&doc, &body("/api/rules", "post")).clone();
+    let schedule = resolve(&doc, &new_rule["properties"]["full"]).clone();
+    let kinds: Vec<_> =
+        schedule["oneOf"].as_array().unwrap().iter().map(|k| k["properties"]["kind"]["const"].clone()).collect();
+    assert_eq!(kinds, ["once", "hourly", "daily", "weekly", "monthly"]);
+    let retention = resolve(&doc, &new_rule["properties"]["retention"]).clone();
+    assert!(retention["properties"]["keep_days"].is_object(), "{retention}");
+    assert_eq!(new_rule["additionalProperties"], false);
+    assert_eq!(resolve(&doc, &body("/api/login", "post"))["required"], serde_json::json!(["user", "password"]));
 }
 
 #[tokio::test]
@@ -279,18 +353,32 @@ async fn a_change_without_the_sessions_csrf_token_is_refused() {
     assert!(body.contains("no such API route"), "{body}");
 }
 
-#[test]
-fn the_documents_closed_sets_are_the_types_words() {
-    let doc: serde_json::Value = serde_json::from_str(include_str!("../src/openapi.json")).unwrap();
+#[tokio::test]
+async fn the_documents_closed_sets_are_the_types_words() {
+    let doc = document().await;
     let words = |schema: &str, field: &str| -> Vec<String> {
-        let e = &doc["components"]["schemas"][schema]["properties"][field]["enum"];
-        e.as_array()
+        let e = resolve(&doc, &doc["components"]["schemas"][schema]["properties"][field]);
+        // schemars writes an enum, or one `const` per word where the words have their own docs.
+        // (undocumented words grouped in one enum among them).
+        let consts: Option<Vec<serde_json::Value>> = e["oneOf"].as_array().map(|o| {
+            o.iter().flat_map(|w| w["enum"].as_array().cloned().unwrap_or_else(|| vec![w["const"].clone()])).collect()
+        });
+        e["enum"]
+            .as_array()
+            .cloned()
+            .or(consts)
             .unwrap_or_else(|| panic!("{schema}.{field} has no enum"))
             .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect()
+            .map(|v| v.as_str().unwrap_or_else(|| panic!("{schema}.{field}: {v}")).to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
     };
-    let of = |all: Vec<&str>| all.into_iter().map(String::from).collect::<Vec<_>>();
+    let of = |all: Vec<&str>| {
+        let mut all: Vec<_> = all.into_iter().map(String::from).collect();
+        all.sort();
+        all
+    };
     assert_eq!(words("Job", "state"), of(JobState::ALL.iter().map(|s| s.as_str()).collect()));
     assert_eq!(words("Job", "kind"), of(JobKind::ALL.iter().map(|s| s.as_str()).collect()));
     assert_eq!(words("Job", "type"), of(JobType::ALL.iter().map(|s| s.as_str()).collect()));
@@ -300,5 +388,30 @@ fn the_documents_closed_sets_are_the_types_words() {
     // And serde speaks the same words.
     for s in JobState::ALL {
         assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+    }
+}
+
+#[tokio::test]
+async fn a_route_documents_a_request_body_exactly_when_it_reads_one() {
+    let doc = document().await;
+    for (path, method, _) in route_table::<Fake>() {
+        if method == Method::GET {
+            continue;
+        }
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(concrete(path))
+            .header("cookie", "hf_session=admin")
+            .header("x-csrf-token", "c")
+            .header("content-type", "text/plain")
+            .body(Body::from("{}"))
+            .unwrap();
+        let code = app().oneshot(req).await.unwrap().status();
+        let documented = doc["paths"][path][method.as_str().to_lowercase()]["requestBody"].is_object();
+        assert_eq!(
+            code == StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            documented,
+            "{method} {path}: answered {code} to a text/plain body, document says body: {documented}"
+        );
     }
 }

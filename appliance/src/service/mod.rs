@@ -405,6 +405,12 @@ impl Platforms for Api {
     async fn platform_vms(&self, id: i64) -> ApiResult<Vec<Vm>> {
         self.0.vms_of(id).await
     }
+    async fn platform_inventory(&self, id: i64) -> ApiResult<PlatformInventory> {
+        self.0.inventory_of(id).await
+    }
+    async fn platform_vm(&self, id: i64, vm: &str) -> ApiResult<VmDetails> {
+        self.0.vm_details(id, vm).await
+    }
 }
 
 impl Jobs for Api {

@@ -311,6 +311,65 @@ impl Service {
         let (_, target) = self.target(id).await?;
         let work = self.work_dir.clone();
         let vms = Self::blocking(move || target.connect(&work)?.list_vms()).await?;
-        Ok(vms.into_iter().map(|v| Vm { name: v.name, uuid: v.uuid, running: v.running }).collect())
+        Ok(vms.into_iter().map(vm_of).collect())
     }
+
+    pub(super) async fn inventory_of(&self, id: i64) -> ApiResult<PlatformInventory> {
+        let (_, target) = self.target(id).await?;
+        let work = self.work_dir.clone();
+        let inv = Self::blocking(move || target.connect(&work)?.inventory()).await?;
+        Ok(PlatformInventory {
+            hosts: inv
+                .hosts
+                .into_iter()
+                .map(|h| InventoryHost { name: h.name, software: h.software, cpus: h.cpus, memory_mib: h.memory_mib })
+                .collect(),
+            vms: inv.vms.into_iter().map(vm_of).collect(),
+            networks: inv.networks.into_iter().map(|n| InventoryNetwork { name: n.name, active: n.active }).collect(),
+            storage: inv
+                .storage
+                .into_iter()
+                .map(|s| InventoryStorage {
+                    name: s.name,
+                    active: s.active,
+                    capacity: s.capacity,
+                    available: s.available,
+                })
+                .collect(),
+        })
+    }
+
+    /// One VM described by its platform now; a VM the platform lacks is a 404 naming it.
+    pub(super) async fn vm_details(&self, id: i64, vm: &str) -> ApiResult<VmDetails> {
+        let (name, target) = self.target(id).await?;
+        let work = self.work_dir.clone();
+        let wanted = vm.to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            let conn = target.connect(&work)?;
+            let summary = conn.find_vm(&wanted)?;
+            conn.describe(&summary.name)
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        let d = match found {
+            Ok(d) => d,
+            Err(connectors::ConnectorError::NoSuchVm { .. }) => {
+                return Err(ApiError::not_found(format!("VM {vm:?} on platform {name}")))
+            }
+            Err(e) => return Err(ApiError::upstream(e.to_string())),
+        };
+        Ok(VmDetails {
+            name: d.name,
+            uuid: d.uuid,
+            cpus: d.cpus,
+            memory_mib: d.memory_mib,
+            firmware: d.firmware,
+            disks: d.disks,
+            nics: d.nics,
+        })
+    }
+}
+
+fn vm_of(v: connectors::VmSummary) -> Vm {
+    Vm { name: v.name, uuid: v.uuid, running: v.running }
 }

@@ -5,8 +5,8 @@
 //! VM whose previous run is still queued or running is skipped, and the skip is recorded.
 
 use super::catalog::now;
-use super::engine::{JobPlan, RuleRun, VmRef};
-use super::schedule::{Clock, Schedule};
+use super::engine::{backup_type, JobPlan, RuleRun, VmRef};
+use super::schedule::{Clock, Runs, Schedule};
 use super::Service;
 use connectors::{ChangeTracking, Quiesce};
 use std::sync::Arc;
@@ -71,10 +71,6 @@ fn quiesce_of(s: &str) -> Option<Quiesce> {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<serde_json::Value> {
-    serde_json::to_value(v).map_err(ApiError::internal)
-}
-
 fn name_taken(e: sqlx::Error, name: &str) -> ApiError {
     match e {
         sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -84,10 +80,9 @@ fn name_taken(e: sqlx::Error, name: &str) -> ApiError {
     }
 }
 
-fn parse_schedule(field: &str, v: &serde_json::Value, clock: &Clock) -> ApiResult<Schedule> {
-    let s: Schedule = serde_json::from_value(v.clone()).map_err(|e| ApiError::field(field, e))?;
+fn check_schedule(field: &str, s: &Schedule, clock: &Clock) -> ApiResult<Schedule> {
     s.validate(field, clock.now()).map_err(ApiError::bad)?;
-    Ok(s)
+    Ok(s.clone())
 }
 
 impl Service {
@@ -137,20 +132,35 @@ impl Service {
 
     pub(super) async fn list_rules(&self) -> ApiResult<Vec<Rule>> {
         let mut out = Vec::new();
+        let now_t = Clock::from_env().now();
         for r in self.rule_rows().await? {
             let st = Self::stored(&r).map_err(|e| ApiError::server(format!("rule {}: {e}", r.1)))?;
+            let next_run = st
+                .enabled
+                .then(|| {
+                    st.full
+                        .next_after(now_t)
+                        .into_iter()
+                        .chain(st.partial.as_ref().and_then(|(_, p)| p.next_after(now_t)))
+                        .min()
+                })
+                .flatten()
+                .map(|t| t.to_rfc3339());
             out.push(Rule {
                 id: st.id,
                 name: r.1,
                 platform: st.platform,
                 vms: self.rule_vms(st.id).await?,
                 enabled: st.enabled,
-                full: to_json(&st.full)?,
-                partial: match &st.partial {
-                    Some((kind, s)) => Some(serde_json::json!({ "kind": kind.as_str(), "schedule": to_json(s)? })),
-                    None => None,
-                },
-                retention: to_json(&st.retention)?,
+                partial: st.partial.map(|(kind, schedule)| PartialSchedule {
+                    kind: match kind {
+                        BackupType::Differential => BackupKind::Differential,
+                        _ => BackupKind::Incremental,
+                    },
+                    schedule,
+                }),
+                full: st.full,
+                retention: st.retention,
                 quiesce: r.8,
                 disks: st.disks,
                 delete_data_with_rule: r.12 != 0,
@@ -158,6 +168,7 @@ impl Service {
                 lan_free: st.lan_free,
                 storage: st.storage,
                 created: r.9,
+                next_run,
             });
         }
         Ok(out)
@@ -218,23 +229,17 @@ pub(super) fn check_settings(r: &NewRule) -> ApiResult<Checked> {
     if r.name.trim().is_empty() {
         return Err(ApiError::field("name", "must not be empty"));
     }
-    let full = parse_schedule("full", &r.full, &clock)?;
+    let full = check_schedule("full", &r.full, &clock)?;
     let partial = match &r.partial {
         None => None,
         Some(p) => {
-            let kind = p["kind"].as_str().unwrap_or_default();
-            let kind = match BackupType::parse(kind) {
-                Some(k @ (BackupType::Incremental | BackupType::Differential)) => k,
-                _ => return Err(ApiError::field("partial.kind", format!("{kind:?}: use incremental or differential"))),
-            };
-            Some((kind, parse_schedule("partial.schedule", &p["schedule"], &clock)?))
+            if p.kind == BackupKind::Full {
+                return Err(ApiError::field("partial.kind", "\"full\": use incremental or differential"));
+            }
+            Some((backup_type(p.kind), check_schedule("partial.schedule", &p.schedule, &clock)?))
         }
     };
-    let retention: RetentionPolicy = if r.retention.is_null() {
-        RetentionPolicy::default()
-    } else {
-        serde_json::from_value(r.retention.clone()).map_err(|e| ApiError::field("retention", e))?
-    };
+    let retention = r.retention.clone();
     retention.validate().map_err(|e| ApiError::field("retention", e))?;
     let quiesce = r.quiesce.clone().unwrap_or_else(|| "auto".into());
     quiesce_of(&quiesce)

@@ -4,35 +4,9 @@
 //! naming a file, "now" is the RFC 3339 time in that file (tests drive time with it).
 
 use chrono::{DateTime, Datelike, Duration, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Weekday};
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Schedule {
-    /// One run at `at` ("YYYY-MM-DD HH:MM"). A time earlier today runs now; earlier days are refused.
-    Once {
-        at: String,
-    },
-    /// Every `every_hours` hours from `start` ("HH:MM") until the end of each day.
-    Hourly {
-        every_hours: u32,
-        start: String,
-    },
-    Daily {
-        times: Vec<String>,
-    },
-    /// `days`: mon, tue, wed, thu, fri, sat, sun.
-    Weekly {
-        days: Vec<String>,
-        times: Vec<String>,
-    },
-    /// `days`: days of the month, 1-31 (a month without that day skips it).
-    Monthly {
-        days: Vec<u32>,
-        times: Vec<String>,
-    },
-}
+pub use web::Schedule;
 
 pub struct Clock {
     file: Option<PathBuf>,
@@ -89,9 +63,18 @@ fn local(dt: NaiveDateTime) -> Option<DateTime<Local>> {
     Local.from_local_datetime(&dt).earliest()
 }
 
-impl Schedule {
+/// What a schedule means: its checks, and when it runs. (The type is the API's, in `web`.)
+pub trait Runs {
+    fn validate(&self, field: &str, now: DateTime<Local>) -> Result<(), String>;
+    fn due(&self, from: DateTime<Local>, to: DateTime<Local>) -> bool;
+    fn first_check(&self, now: DateTime<Local>) -> DateTime<Local>;
+    /// The first run after `now` (looking at most 400 days ahead).
+    fn next_after(&self, now: DateTime<Local>) -> Option<DateTime<Local>>;
+}
+
+impl Runs for Schedule {
     /// Checks every field; `field` names the schedule in messages ("full", "partial.schedule").
-    pub fn validate(&self, field: &str, now: DateTime<Local>) -> Result<(), String> {
+    fn validate(&self, field: &str, now: DateTime<Local>) -> Result<(), String> {
         match self {
             Schedule::Once { at } => {
                 let t = NaiveDateTime::parse_from_str(at, "%Y-%m-%d %H:%M")
@@ -131,47 +114,8 @@ impl Schedule {
         Ok(())
     }
 
-    /// The run times of one day.
-    fn on(&self, day: NaiveDate) -> Vec<NaiveDateTime> {
-        let at = |ts: &[String]| -> Vec<NaiveDateTime> {
-            ts.iter().filter_map(|t| NaiveTime::parse_from_str(t, "%H:%M").ok()).map(|t| day.and_time(t)).collect()
-        };
-        match self {
-            Schedule::Once { at: when } => NaiveDateTime::parse_from_str(when, "%Y-%m-%d %H:%M")
-                .ok()
-                .filter(|t| t.date() == day)
-                .into_iter()
-                .collect(),
-            Schedule::Hourly { every_hours, start } => {
-                let Ok(first) = NaiveTime::parse_from_str(start, "%H:%M") else { return vec![] };
-                let mut out = Vec::new();
-                let mut t = day.and_time(first);
-                while t.date() == day {
-                    out.push(t);
-                    t += Duration::hours(i64::from((*every_hours).max(1)));
-                }
-                out
-            }
-            Schedule::Daily { times: ts } => at(ts),
-            Schedule::Weekly { days, times: ts } => {
-                if days.iter().any(|d| weekday("", d).ok() == Some(day.weekday())) {
-                    at(ts)
-                } else {
-                    vec![]
-                }
-            }
-            Schedule::Monthly { days, times: ts } => {
-                if days.contains(&day.day()) {
-                    at(ts)
-                } else {
-                    vec![]
-                }
-            }
-        }
-    }
-
     /// Whether a run falls in (from, to].
-    pub fn due(&self, from: DateTime<Local>, to: DateTime<Local>) -> bool {
+    fn due(&self, from: DateTime<Local>, to: DateTime<Local>) -> bool {
         if to <= from {
             return false;
         }
@@ -179,7 +123,7 @@ impl Schedule {
         let from = from.max(to - Duration::days(400));
         let mut day = from.date_naive();
         while day <= to.date_naive() {
-            if self.on(day).into_iter().filter_map(local).any(|t| t > from && t <= to) {
+            if runs_on(self, day).into_iter().filter_map(local).any(|t| t > from && t <= to) {
                 return true;
             }
             day = day.succ_opt().expect("dates go on");
@@ -187,17 +131,64 @@ impl Schedule {
         false
     }
 
+    fn next_after(&self, now: DateTime<Local>) -> Option<DateTime<Local>> {
+        let mut day = now.date_naive();
+        for _ in 0..=400 {
+            if let Some(t) = runs_on(self, day).into_iter().filter_map(local).filter(|t| *t > now).min() {
+                return Some(t);
+            }
+            day = day.succ_opt()?;
+        }
+        None
+    }
+
     /// Where the scheduler starts looking for a new rule's runs: now, or just before a
     /// once-time earlier today, so that it runs at once.
-    pub fn first_check(&self, now: DateTime<Local>) -> DateTime<Local> {
+    fn first_check(&self, now: DateTime<Local>) -> DateTime<Local> {
         match self {
-            Schedule::Once { .. } => self
-                .on(now.date_naive())
+            Schedule::Once { .. } => runs_on(self, now.date_naive())
                 .into_iter()
                 .filter_map(local)
                 .map(|t| t - Duration::seconds(1))
                 .fold(now, |a, b| a.min(b)),
             _ => now,
+        }
+    }
+}
+
+/// The run times of one day.
+fn runs_on(schedule: &Schedule, day: NaiveDate) -> Vec<NaiveDateTime> {
+    let at = |ts: &[String]| -> Vec<NaiveDateTime> {
+        ts.iter().filter_map(|t| NaiveTime::parse_from_str(t, "%H:%M").ok()).map(|t| day.and_time(t)).collect()
+    };
+    match schedule {
+        Schedule::Once { at: when } => {
+            NaiveDateTime::parse_from_str(when, "%Y-%m-%d %H:%M").ok().filter(|t| t.date() == day).into_iter().collect()
+        }
+        Schedule::Hourly { every_hours, start } => {
+            let Ok(first) = NaiveTime::parse_from_str(start, "%H:%M") else { return vec![] };
+            let mut out = Vec::new();
+            let mut t = day.and_time(first);
+            while t.date() == day {
+                out.push(t);
+                t += Duration::hours(i64::from((*every_hours).max(1)));
+            }
+            out
+        }
+        Schedule::Daily { times: ts } => at(ts),
+        Schedule::Weekly { days, times: ts } => {
+            if days.iter().any(|d| weekday("", d).ok() == Some(day.weekday())) {
+                at(ts)
+            } else {
+                vec![]
+            }
+        }
+        Schedule::Monthly { days, times: ts } => {
+            if days.contains(&day.day()) {
+                at(ts)
+            } else {
+                vec![]
+            }
         }
     }
 }
@@ -226,6 +217,10 @@ mod tests {
         let monthly = Schedule::Monthly { days: vec![31], times: vec!["00:30".into()] };
         assert!(!monthly.due(t("2026-11-01 00:00"), t("2026-11-30 23:59")), "November has no 31st");
         assert!(monthly.due(t("2026-12-30 00:00"), t("2026-12-31 00:30")));
+        assert_eq!(daily.next_after(t("2026-11-23 02:00")), Some(t("2026-11-23 14:30")));
+        assert_eq!(daily.next_after(t("2026-11-23 14:30")), Some(t("2026-11-24 02:00")));
+        assert_eq!(monthly.next_after(t("2026-11-01 00:00")), Some(t("2026-12-31 00:30")));
+        assert_eq!(weekly.next_after(t("2026-11-21 12:00")), Some(t("2026-11-22 01:00")));
     }
 
     #[test]

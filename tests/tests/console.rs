@@ -1,0 +1,195 @@
+//! The web console in a real browser (headless Chromium through chromedriver) against a real
+//! `holdfast serve` and the simulated platform, clicked through as an admin would: log in, the
+//! forced password change, register a platform (a wrong setting first: its message, nothing
+//! saved), browse its VMs (one with a hostile name, shown as text), back one up and watch the job
+//! reach 100 % live, read its log, find the dashboard's figures equal to the API's; an auditor
+//! sees no control that changes anything. axe-core checks every page at desktop and phone width,
+//! and each step leaves screenshots under /var/tmp/holdfast-screenshots/<test>/ to look at.
+
+use connectors::sim::{Faults, SimHost};
+use holdfast_tests::browser::Browser;
+use holdfast_tests::service::Server;
+use serde_json::json;
+use std::path::PathBuf;
+
+const MIB: u64 = 1 << 20;
+const PASSWORD: &str = "correct horse battery";
+const HOSTILE: &str = "<img src=x onerror=alert(1)>";
+
+fn shots(test: &str) -> PathBuf {
+    let dir = PathBuf::from("/var/tmp/holdfast-screenshots").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("screenshots: {}", dir.display());
+    dir
+}
+
+/// Logs in through the login form.
+fn log_in(b: &Browser, user: &str, password: &str) {
+    b.find("form[aria-label='Log in']");
+    b.type_into("input[name=user]", user);
+    b.type_into("input[name=password]", password);
+    b.click("form[aria-label='Log in'] button[type=submit]");
+}
+
+/// Changes the password through the forced form.
+fn change_password(b: &Browser, old: &str, new: &str) {
+    b.find("form[aria-label='Change your password']");
+    b.type_into("input[name=old]", old);
+    b.type_into("input[name=new]", new);
+    b.type_into("input[name=again]", new);
+    b.click("form[aria-label='Change your password'] button[type=submit]");
+}
+
+#[test]
+fn an_admin_registers_a_platform_backs_up_a_vm_and_follows_it_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = SimHost::create(&tmp.path().join("sim"));
+    host.add_vm("web1", &[("vda", 32 * MIB)]);
+    host.write("web1", "vda", 0, &holdfast_tests::noise(16 * MIB as usize, 1));
+    host.add_vm(HOSTILE, &[("vda", MIB)]);
+    let server = Server::start(&tmp.path().join("data"));
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let b = Browser::start(&shots("admin"));
+
+    // The login page; a wrong password says so and keeps the form.
+    b.go(&format!("{base}/"));
+    log_in(&b, "admin", "wrong password");
+    b.wait_for("the refusal", "return document.querySelector('.form-error:not([hidden])')");
+    b.look("01-login-refused");
+
+    // First login: the password must be changed; a mismatch is caught, a short one is the API's refusal.
+    log_in(&b, "admin", &server.initial_password());
+    b.find("form[aria-label='Change your password']");
+    b.type_into("input[name=old]", &server.initial_password());
+    b.type_into("input[name=new]", "long enough password");
+    b.type_into("input[name=again]", "another one");
+    b.click("form[aria-label='Change your password'] button[type=submit]");
+    assert!(b
+        .wait_for("the mismatch", "return document.querySelector('.field[data-field=again] .error').innerText")
+        .as_str()
+        .unwrap()
+        .contains("differ"));
+    change_password(&b, &server.initial_password(), "short");
+    let refusal =
+        b.wait_for("the API's refusal", "return document.querySelector('.field[data-field=new] .error').innerText");
+    assert!(refusal.as_str().unwrap().starts_with("new:"), "{refusal}");
+    b.look("02-password-change");
+    change_password(&b, &server.initial_password(), PASSWORD);
+    b.wait_for("the dashboard", "return document.title.startsWith('Dashboard')");
+    b.look("03-dashboard-empty");
+
+    // Register the platform through its kind's form: a wrong directory first.
+    b.click("#nav a[data-page=platforms]");
+    b.click(".page-head button.primary");
+    b.select("select[name=kind]", "sim");
+    b.type_into("input[name=name]", "lab");
+    b.type_into("input[name=dir]", "/nonexistent/sim");
+    b.click("form[aria-label='Add a platform'] button[type=submit]");
+    let err = b.wait_for(
+        "the connection test's error",
+        "const e = [...document.querySelectorAll('.field .error, .form-error:not([hidden])')].find((x) => x.innerText); \
+         return e && e.innerText",
+    );
+    assert!(err.as_str().unwrap().contains("/nonexistent/sim"), "the error names the cause: {err}");
+    b.look("04-platform-refused");
+    let mut admin = server.client();
+    assert_eq!(admin.login("admin", PASSWORD).0, 200);
+    assert_eq!(admin.get("/api/platforms"), json!([]), "a refused platform is not saved");
+    b.type_into("input[name=dir]", host.settings()["dir"].as_str().unwrap());
+    b.click("form[aria-label='Add a platform'] button[type=submit]");
+    b.wait_for("the saved platform", "return document.querySelector('table a[href^=\"#/platforms/\"]')");
+    b.look("05-platforms");
+    assert_eq!(admin.get("/api/platforms")[0]["name"], "lab");
+
+    // Its inventory: the hostile name is text, not an element, and nothing ran.
+    b.click("table a[href^='#/platforms/']");
+    b.wait_for("the VM list", "return document.querySelectorAll('tr[data-vm]').length === 2");
+    assert!(b.text("main").contains(HOSTILE), "the hostile name is shown as text");
+    assert_eq!(b.count("main img"), 0, "the hostile name became markup");
+    b.click("button[aria-label='Disks of web1']");
+    b.wait_for("web1's disks", "return document.querySelector('main').innerText.includes('vda 32.0 MiB')");
+    b.look("06-inventory");
+
+    // Back up web1 (slowly, so its progress can be watched) and follow it live to 100 %.
+    host.set_faults(&Faults { read_delay_ms: 1000, ..Default::default() });
+    b.select("select[aria-label='Backup type for web1']", "full");
+    b.click("button[aria-label='Back up web1']");
+    b.wait_for("the job page", "return location.hash.startsWith('#/jobs/')");
+    let job: i64 = b.run("return location.hash.split('/')[2]", json!([])).as_str().unwrap().parse().unwrap();
+    let seen = b.wait_for(
+        "progress between 0 and 100 %",
+        "const p = document.querySelector('progress'); return p && p.value > 0 && p.value < 100 && p.value",
+    );
+    b.look("07-job-running");
+    host.set_faults(&Faults::default());
+    b.wait_for("100 %", "const p = document.querySelector('progress'); return p && p.value === 100");
+    b.wait_for("completed", "return document.querySelector('dl.facts .badge').innerText === 'completed'");
+    b.wait_for("the log", "return document.querySelectorAll('ol.log li').length > 1");
+    let done = admin.get(&format!("/api/jobs/{job}"));
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(seen.as_f64().unwrap() > 0.0);
+    // The log's level filter.
+    b.select("select[name=level]", "error");
+    b.wait_for("no error lines", "return document.querySelector('ol.log') === null");
+    b.select("select[name=level]", "");
+    b.look("08-job-completed");
+
+    // The jobs list filters; the dashboard's figures are the API's.
+    b.click("#nav a[data-page=jobs]");
+    b.wait_for("the job row", &format!("return document.querySelector('tr[data-job=\"{job}\"]')"));
+    b.select("select[name=state]", "failed");
+    b.wait_for("the filtered list", "return document.querySelector('main .empty')");
+    b.select("select[name=state]", "");
+    b.look("09-jobs");
+    b.click("#nav a[data-page=dashboard]");
+    let figure = |name: &str| {
+        b.wait_for(
+            name,
+            &format!("const f = document.querySelector('[data-figure={name}] .value'); return f && f.innerText"),
+        )
+        .as_str()
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+    };
+    let jobs = admin.get("/api/jobs");
+    let completed = jobs.as_array().unwrap().iter().filter(|j| j["state"] == "completed").count();
+    assert_eq!(figure("succeeded"), completed);
+    assert_eq!(figure("unprotected"), 2, "both VMs are in no rule");
+    assert_eq!(figure("protected"), 0);
+    b.look("10-dashboard");
+
+    // Logging out ends the session.
+    b.click("#user button");
+    b.wait_for("the login form", "return document.querySelector(\"form[aria-label='Log in']\")");
+    assert!(b.text("main").contains("logged out"));
+}
+
+#[test]
+fn an_auditor_sees_everything_and_no_control_that_changes_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = SimHost::create(&tmp.path().join("sim"));
+    host.add_vm("db1", &[("vda", MIB)]);
+    let server = Server::start(&tmp.path().join("data"));
+    let admin = server.admin(PASSWORD);
+    let mut settings = host.settings();
+    settings["name"] = json!("lab");
+    settings["kind"] = json!("sim");
+    let platform = admin.post("/api/platforms", settings, 201)["id"].as_i64().unwrap();
+    admin.post("/api/users", json!({ "name": "audrey", "role": "auditor", "password": "first password 1" }), 201);
+    let b = Browser::start(&shots("auditor"));
+    b.go(&format!("https://127.0.0.1:{}/", server.port));
+    log_in(&b, "audrey", "first password 1");
+    change_password(&b, "first password 1", "audrey's own password");
+    b.wait_for("the dashboard", "return document.title.startsWith('Dashboard')");
+    assert!(b.text("#user").contains("auditor"));
+
+    b.go(&format!("https://127.0.0.1:{}/#/platforms", server.port));
+    b.wait_for("the platform list", "return document.querySelector('table a[href^=\"#/platforms/\"]')");
+    assert_eq!(b.count("main button"), 0, "an auditor is offered a button on the platform list");
+    b.look("01-platforms");
+    b.go(&format!("https://127.0.0.1:{}/#/platforms/{platform}", server.port));
+    b.wait_for("the VM list", "return document.querySelectorAll('tr[data-vm]').length === 1");
+    assert_eq!(b.count("button[aria-label^='Back up']"), 0, "an auditor is offered a backup");
+    b.look("02-inventory");
+}

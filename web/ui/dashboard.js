@@ -1,0 +1,99 @@
+// The dashboard: what is protected and what is not, the last day's jobs, the storage targets,
+// and what needs the admin's attention. It follows the job stream live.
+import { api, h, heading, bytes, when, stateBadge, onJob, table } from './app.js';
+
+const ENDED = ['completed', 'failed', 'stopped', 'skipped'];
+
+function figure(label, value, tone, id) {
+  return h('div', { class: `figure ${tone || ''}`, 'data-figure': id },
+    h('span', { class: 'value' }, String(value)), h('span', { class: 'label' }, label));
+}
+
+async function unprotected(platforms, rules) {
+  const inRule = new Set();
+  rules.forEach((r) => r.vms.forEach((vm) => inRule.add(`${r.platform}/${vm}`)));
+  const out = [];
+  const failures = [];
+  await Promise.all(platforms.map(async (p) => {
+    try {
+      const vms = await api('GET', `/api/platforms/${p.id}/vms`);
+      vms.forEach((vm) => {
+        if (!inRule.has(`${p.id}/${vm.name}`) && !inRule.has(`${p.id}/${vm.uuid}`)) out.push({ platform: p, vm });
+      });
+    } catch (err) {
+      failures.push(`${p.name}: ${err.message}`);
+    }
+  }));
+  return { out, failures };
+}
+
+async function fill(box) {
+  const [jobs, rules, platforms, storage, stats] = await Promise.all([
+    api('GET', '/api/jobs'), api('GET', '/api/rules'), api('GET', '/api/platforms'),
+    api('GET', '/api/storage'), api('GET', '/api/stats'),
+  ]);
+  const { out: loose, failures } = await unprotected(platforms, rules);
+  const protectedCount = rules.reduce((n, r) => n + r.vms.length, 0);
+  const since = Date.now() - 24 * 3600 * 1000;
+  const recent = jobs.filter((j) => new Date(j.created).getTime() >= since);
+  const count = (pred) => recent.filter(pred).length;
+  const succeeded = count((j) => j.state === 'completed');
+  const failed = count((j) => j.state === 'failed');
+  const waiting = count((j) => j.state === 'queued');
+  const running = count((j) => !ENDED.includes(j.state) && j.state !== 'queued');
+  const unread = stats.vms.filter((v) => v.unread_errors > 0);
+  const troubled = storage.filter((t) => !t.available || (t.used_percent || 0) >= 90);
+
+  box.replaceChildren(
+    h('section', { class: 'card', 'aria-labelledby': 'dash-vms' },
+      h('h2', { id: 'dash-vms' }, 'Virtual machines'),
+      h('div', { class: 'figures' },
+        figure('protected by a rule', protectedCount, 'ok', 'protected'),
+        figure('in no rule', loose.length, loose.length ? 'warn' : '', 'unprotected')),
+      loose.length ? h('details', {}, h('summary', {}, 'VMs in no rule'),
+        h('ul', { class: 'plain' }, loose.map(({ platform, vm }) => h('li', {}, vm.name, h('span', { class: 'muted' }, ` on ${platform.name}`))))) : null,
+      failures.map((f) => h('p', { class: 'form-error' }, f))),
+    h('section', { class: 'card', 'aria-labelledby': 'dash-jobs' },
+      h('h2', { id: 'dash-jobs' }, 'Jobs in the last 24 hours'),
+      h('div', { class: 'figures' },
+        figure('succeeded', succeeded, 'ok', 'succeeded'),
+        figure('failed', failed, failed ? 'bad' : '', 'failed'),
+        figure('running', running, running ? 'busy' : '', 'running'),
+        figure('waiting', waiting, '', 'waiting'))),
+    h('section', { class: 'card wide', 'aria-labelledby': 'dash-storage' },
+      h('h2', { id: 'dash-storage' }, 'Storage targets'),
+      table(['Target', 'State', 'Used', 'Free', 'Points', 'Stored'], storage.map((t) => h('tr', {},
+        h('td', {}, t.name, h('div', { class: 'muted small' }, t.path)),
+        h('td', {}, t.available ? 'available' : h('span', { class: 'badge bad' }, 'unavailable')),
+        h('td', {}, t.used_percent === null ? '–' : h('span', {},
+          h('meter', { min: 0, max: 100, low: 80, high: 90, optimum: 0, value: t.used_percent, 'aria-label': `${t.name} used` }),
+          ` ${t.used_percent.toFixed(0)} %`)),
+        h('td', {}, bytes(t.free_bytes)),
+        h('td', {}, String(t.points)),
+        h('td', {}, bytes(t.stored_bytes)))), 'Storage targets')),
+    h('section', { class: 'card wide', 'aria-labelledby': 'dash-attention' },
+      h('h2', { id: 'dash-attention' }, 'Needs attention'),
+      (unread.length + troubled.length + failed) === 0 ? h('p', { class: 'muted' }, 'Nothing: every recent job succeeded and every target has room.') : null,
+      h('ul', { class: 'plain' },
+        troubled.map((t) => h('li', {}, h('span', { class: 'badge bad' }, 'storage'), ' ', t.name, ': ',
+          t.available ? `${t.used_percent.toFixed(0)} % full` : (t.error || 'unavailable'))),
+        unread.map((v) => h('li', {}, h('span', { class: 'badge bad' }, 'failed'), ' ', v.vm, `: ${v.unread_errors} failed job(s) whose log nobody has read`)),
+        recent.filter((j) => j.state === 'failed').slice(0, 10).map((j) => h('li', {}, stateBadge(j.state), ' ',
+          h('a', { href: `#/jobs/${j.id}` }, `${j.kind} of ${j.vm}`), ` at ${when(j.finished)}: `, j.error || '')))),
+  );
+}
+
+export async function render(main, { signal }) {
+  const box = h('div', { class: 'grid' });
+  main.append(heading('Dashboard'), box);
+  await fill(box);
+  let pending = null;
+  onJob(() => {
+    // Many events arrive while a job runs: refresh at most every two seconds.
+    if (pending) return;
+    pending = setTimeout(() => {
+      pending = null;
+      if (!signal.aborted) fill(box).catch(() => {});
+    }, 2000);
+  }, signal);
+}

@@ -1,0 +1,138 @@
+// Jobs: every backup and restore with filters, each job's progress (live), its log with a level
+// filter, and stop.
+import { api, h, heading, bytes, when, duration, stateBadge, onJob, may, table, toast, field } from './app.js';
+
+const ENDED = ['completed', 'failed', 'stopped', 'skipped'];
+
+function rate(bytesPerSecond) {
+  return bytesPerSecond ? `${bytes(bytesPerSecond)}/s` : '–';
+}
+
+function progress(job) {
+  const pct = Math.max(0, Math.min(100, job.percent || 0));
+  return h('div', { class: 'progress-cell' },
+    h('progress', { max: 100, value: pct, 'aria-label': `job ${job.id} progress` }),
+    h('span', { class: 'small' }, `${pct.toFixed(0)} %`));
+}
+
+async function list(main, signal) {
+  const jobs = await api('GET', '/api/jobs');
+  const stateFilter = h('select', { name: 'state' },
+    h('option', { value: '' }, 'any state'),
+    h('option', { value: 'active' }, 'running or waiting'),
+    ['completed', 'failed', 'stopped', 'skipped'].map((s) => h('option', { value: s }, s)));
+  const kindFilter = h('select', { name: 'kind' },
+    h('option', { value: '' }, 'backups and restores'),
+    h('option', { value: 'backup' }, 'backups'),
+    h('option', { value: 'restore' }, 'restores'));
+  const vmFilter = h('input', { name: 'vm', type: 'search', autocomplete: 'off' });
+  const sinceFilter = h('select', { name: 'since' },
+    h('option', { value: '' }, 'any time'),
+    h('option', { value: '24' }, 'last 24 hours'),
+    h('option', { value: '168' }, 'last 7 days'),
+    h('option', { value: '720' }, 'last 30 days'));
+  const body = h('div');
+  const byId = new Map(jobs.map((j) => [j.id, j]));
+  const draw = () => {
+    const since = sinceFilter.value ? Date.now() - Number(sinceFilter.value) * 3600 * 1000 : 0;
+    const needle = vmFilter.value.trim().toLowerCase();
+    const shown = [...byId.values()].sort((a, b) => b.id - a.id).filter((j) =>
+      (!stateFilter.value || (stateFilter.value === 'active' ? !ENDED.includes(j.state) : j.state === stateFilter.value))
+      && (!kindFilter.value || j.kind === kindFilter.value)
+      && (!needle || j.vm.toLowerCase().includes(needle))
+      && new Date(j.created).getTime() >= since);
+    body.replaceChildren(shown.length === 0 ? h('p', { class: 'empty' }, 'No job matches.')
+      : table(['Job', 'VM', 'Kind', 'State', 'Progress', 'Rate', 'Started', 'Rule'], shown.map((j) => h('tr', { 'data-job': j.id },
+        h('td', {}, h('a', { href: `#/jobs/${j.id}` }, `#${j.id}`)),
+        h('td', {}, j.vm),
+        h('td', {}, `${j.kind} (${j.type.replaceAll('_', ' ')})`),
+        h('td', {}, stateBadge(j.state)),
+        h('td', {}, progress(j)),
+        h('td', {}, rate(j.rate)),
+        h('td', {}, when(j.started || j.created)),
+        h('td', {}, j.rule === null ? 'on demand' : `rule ${j.rule}`))), 'Jobs'));
+  };
+  [stateFilter, kindFilter, sinceFilter].forEach((s) => s.addEventListener('change', draw));
+  vmFilter.addEventListener('input', draw);
+  main.append(heading('Jobs'),
+    h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter jobs', onsubmit: (e) => e.preventDefault() },
+      field('State', stateFilter), field('Kind', kindFilter), field('VM name', vmFilter), field('Created', sinceFilter)),
+    body);
+  draw();
+  onJob((j) => {
+    byId.set(j.id, j);
+    draw();
+  }, signal);
+}
+
+function summary(job) {
+  const rows = [
+    ['VM', job.vm],
+    ['Kind', `${job.kind}, ${job.type.replaceAll('_', ' ')}`],
+    ['State', stateBadge(job.state)],
+    ['Progress', h('span', {}, progress(job), ` ${bytes(job.done_bytes)} of ${bytes(job.total_bytes)}`)],
+    [ENDED.includes(job.state) ? 'Average rate' : 'Rate', rate(job.rate)],
+    ['Time left', ENDED.includes(job.state) ? '–' : duration(job.eta_seconds)],
+    ['Created', when(job.created)],
+    ['Started', when(job.started)],
+    ['Finished', when(job.finished)],
+    ['Restore point', job.point_id || '–'],
+  ];
+  if (job.error) rows.push(['Error', h('span', { class: 'error-text' }, job.error)]);
+  return h('dl', { class: 'facts' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]));
+}
+
+async function detail(main, id, signal) {
+  let job = await api('GET', `/api/jobs/${id}`);
+  const facts = h('div');
+  const stop = h('button', { type: 'button', class: 'danger', hidden: true }, 'Stop job');
+  const levelFilter = h('select', { name: 'level' },
+    h('option', { value: '' }, 'every level'),
+    ['error', 'warning', 'info'].map((l) => h('option', { value: l }, `${l} only`)));
+  const logBox = h('div');
+  let lines = [];
+  const drawLog = () => {
+    const shown = lines.filter((l) => !levelFilter.value || l.level === levelFilter.value);
+    logBox.replaceChildren(shown.length === 0 ? h('p', { class: 'empty' }, 'No log lines.')
+      : h('ol', { class: 'log' }, shown.map((l) => h('li', { class: `level-${l.level}` },
+        h('time', {}, when(l.time)), ' ', h('span', { class: 'level' }, l.level), ' ', h('span', { class: 'message' }, l.message)))));
+  };
+  const loadLog = async () => {
+    lines = await api('GET', `/api/jobs/${id}/log`);
+    drawLog();
+  };
+  const draw = () => {
+    facts.replaceChildren(summary(job));
+    stop.hidden = !may('operate') || ENDED.includes(job.state) || job.state === 'stopping';
+  };
+  stop.addEventListener('click', async () => {
+    if (!window.confirm(`Stop job ${id} (${job.vm})? Nothing it read so far is kept.`)) return;
+    try {
+      job = await api('POST', `/api/jobs/${id}/stop`);
+      toast(`Job ${id} is stopping.`);
+      draw();
+    } catch (err) {
+      toast(err.message);
+    }
+  });
+  levelFilter.addEventListener('change', drawLog);
+  main.append(heading(`Job #${id}`, stop, h('a', { href: '#/jobs', class: 'button' }, 'All jobs')),
+    h('section', { class: 'card', 'aria-label': 'Job' }, facts),
+    h('section', { class: 'card', 'aria-labelledby': 'log-h' },
+      h('div', { class: 'page-head' }, h('h2', { id: 'log-h' }, 'Log'), field('Level', levelFilter)),
+      logBox));
+  draw();
+  await loadLog();
+  onJob((j) => {
+    if (String(j.id) !== String(id)) return;
+    const ended = ENDED.includes(j.state) && !ENDED.includes(job.state);
+    job = j;
+    draw();
+    if (ended) loadLog();
+  }, signal);
+}
+
+export async function render(main, { params, signal }) {
+  if (params[0]) await detail(main, params[0], signal);
+  else await list(main, signal);
+}
