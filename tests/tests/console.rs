@@ -193,3 +193,113 @@ fn an_auditor_sees_everything_and_no_control_that_changes_anything() {
     assert_eq!(b.count("button[aria-label^='Back up']"), 0, "an auditor is offered a backup");
     b.look("02-inventory");
 }
+
+#[test]
+fn a_rule_made_in_the_wizard_refuses_wrong_input_where_it_is_typed_and_runs_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = SimHost::create(&tmp.path().join("sim"));
+    host.add_vm("app1", &[("vda", 16 * MIB), ("vdb", 4 * MIB)]);
+    host.write("app1", "vda", 0, &holdfast_tests::noise(12 * MIB as usize, 2));
+    host.add_vm("app2", &[("vda", MIB)]);
+    let server = Server::start(&tmp.path().join("data"));
+    let admin = server.admin(PASSWORD);
+    let mut settings = host.settings();
+    settings["name"] = json!("lab");
+    settings["kind"] = json!("sim");
+    admin.post("/api/platforms", settings, 201);
+    let b = Browser::start(&shots("rules"));
+    b.go(&format!("https://127.0.0.1:{}/#/rules", server.port));
+    log_in(&b, "admin", PASSWORD);
+    b.click("#nav a[data-page=rules]");
+    b.find("main .empty");
+    b.look("01-no-rules");
+
+    // Basic: a name and one VM; without a VM the step says so.
+    b.click("main a[href='#/rules/new']");
+    b.find("form[aria-label='New backup rule']");
+    b.type_into("input[name=name]", "nightly");
+    b.click(".wizard button.primary:not([hidden])");
+    b.wait_for("the VM refusal", "return document.querySelector('[data-field=vms] .error').innerText");
+    b.click("label[for=vm-0]");
+    b.look("02-wizard-basic");
+    b.click(".wizard button.primary:not([hidden])");
+    // Disks: the VM's disks as the platform describes them.
+    b.wait_for("the disks", "return document.querySelector('.disk-choices') && document.querySelector('.disk-choices').innerText.includes('vdb (4.0 MiB')");
+    b.look("03-wizard-disks");
+    b.click(".wizard button.primary:not([hidden])");
+    // Schedule: an impossible time is the API's refusal under its field, as it is typed.
+    b.select("select[name='full.kind']", "daily");
+    b.type_into("input[name='full.times']", "25:00");
+    b.run(
+        "document.querySelector(\"input[name='full.times']\").dispatchEvent(new Event('change', { bubbles: true }))",
+        json!([]),
+    );
+    let e = b.wait_for(
+        "the time's refusal",
+        "return document.querySelector(\"[data-field='full.times'] .error\").innerText",
+    );
+    assert!(e.as_str().unwrap().starts_with("full.times[0]:"), "{e}");
+    b.look("04-wizard-schedule-refused");
+    b.click(".wizard button.primary:not([hidden])");
+    assert!(
+        b.run("return document.querySelector('[data-step=\"2\"]').hidden", json!([])) == json!(false),
+        "Next moved on past a refusal"
+    );
+    b.type_into("input[name='full.times']", "23:00");
+    b.click(".wizard button.primary:not([hidden])");
+    // Retention: outside its range, refused on Next.
+    b.type_into("input[name='retention.keep_days']", "70");
+    b.click(".wizard button.primary:not([hidden])");
+    let e = b.wait_for(
+        "the retention refusal",
+        "return document.querySelector('[data-field=retention] > .error').innerText",
+    );
+    assert!(e.as_str().unwrap().starts_with("retention:"), "{e}");
+    b.look("05-wizard-retention-refused");
+    assert_eq!(admin.get("/api/rules"), json!([]), "nothing is saved before the summary");
+    b.type_into("input[name='retention.keep_days']", "7");
+    b.click(".wizard button.primary:not([hidden])");
+    b.find("select[name=quiesce]");
+    b.look("06-wizard-advanced");
+    b.click(".wizard button.primary:not([hidden])");
+    b.wait_for("the summary", "return document.querySelector('[data-step=\"5\"] dl.facts')");
+    assert!(b.text("[data-step='5']").contains("daily at 23:00"));
+    b.look("07-wizard-summary");
+    b.click(".wizard button[type=submit]");
+    b.wait_for("the rule list", "return document.querySelector('tr[data-rule]')");
+    let rules = admin.get("/api/rules");
+    assert_eq!(rules[0]["name"], "nightly");
+    assert_eq!(rules[0]["vms"], json!(["app1"]));
+    assert_eq!(rules[0]["full"], json!({ "kind": "daily", "times": ["23:00"] }));
+    assert_eq!(rules[0]["retention"], json!({ "keep_days": 7 }));
+    assert!(rules[0]["next_run"].is_string(), "{}", rules[0]);
+
+    // Run it now, slowly enough to see it live in the list, to the end.
+    host.set_faults(&Faults { read_delay_ms: 700, ..Default::default() });
+    b.select("select[aria-label='Backup type to run nightly now']", "full");
+    b.click("button[aria-label='Run now: nightly']");
+    b.wait_for(
+        "live progress",
+        "const p = document.querySelector('[data-rule-vm=app1] progress'); return p && p.value > 0",
+    );
+    b.find("[data-rule-vm=app1] svg.spark");
+    b.look("08-rule-running");
+    host.set_faults(&Faults::default());
+    b.wait_for(
+        "the completed run",
+        "const v = document.querySelector('[data-rule-vm=app1] .badge'); return v && v.innerText === 'completed'",
+    );
+    b.look("09-rule-completed");
+    assert_eq!(admin.get("/api/points").as_array().unwrap().len(), 1);
+
+    // Delete it with its data, through the dialog, as a bulk action.
+    b.click("input[aria-label='Select nightly']");
+    b.click(".bulk button.danger");
+    b.find("dialog[open]");
+    b.look("10-delete-dialog");
+    b.click("dialog label[for=delete-data]");
+    b.click("dialog button.danger");
+    b.wait_for("the empty list", "return document.querySelector('main .empty')");
+    assert_eq!(admin.get("/api/rules"), json!([]));
+    assert_eq!(admin.get("/api/points"), json!([]), "the rule's points went with it");
+}

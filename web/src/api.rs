@@ -2,7 +2,7 @@
 
 use crate::model::*;
 use crate::openapi::{Accepted, Created, ErrorReply, NoContent, Operation, Shape, WithCookie};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
@@ -332,8 +332,19 @@ async fn delete_rule<B: Backend>(
     State(b): State<Arc<B>>,
     Authed(s, _): Authed,
     Path(id): Path<i64>,
+    Query(d): Query<RuleDeletion>,
 ) -> ApiResult<NoContent> {
-    b.delete_rule(&s, id).await?;
+    b.delete_rule(&s, id, d.delete_data).await?;
+    Ok(NoContent)
+}
+
+async fn check_rule<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Query(c): Query<RuleCheck>,
+    Body(r): Body<NewRule>,
+) -> ApiResult<NoContent> {
+    b.check_rule(&s, r, c.rule).await?;
     Ok(NoContent)
 }
 
@@ -552,6 +563,7 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/audit", M::GET, Audit, "Audit log (admins, auditors)", audit::<B>),
         r("/api/rules", M::GET, Read, "Backup rules", rules::<B>),
         r("/api/rules", M::POST, Operate, "Add a rule", create_rule::<B>),
+        r("/api/rules/check", M::POST, Operate, "Check a rule (new, or edited with ?rule=ID) as saving it would, saving nothing: 204, or the refusal naming the field", check_rule::<B>),
         r("/api/rules/state", M::POST, Operate, "Enable or disable several rules at once (group start/stop of their schedules)", rules_state::<B>),
         r("/api/rules/{id}", M::GET, Read, "A rule", rule::<B>),
         r("/api/rules/{id}", M::PUT, Operate, "Replace a rule's settings and VMs (checked like a new rule; the platform stays; the schedule counts from now)", update_rule::<B>),

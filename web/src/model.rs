@@ -528,6 +528,25 @@ pub struct ImportReport {
 }
 
 /// Enables or disables several rules at once (the scheduler's group start and stop).
+/// How a rule is deleted.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDeletion {
+    /// Also delete the points the rule's jobs made (locked and starred ones stay); default: the
+    /// rule's own `delete_data_with_rule`.
+    #[serde(default)]
+    pub delete_data: Option<bool>,
+}
+
+/// Which rule a check is for.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleCheck {
+    /// The rule being edited (its own VMs and name are not "taken"); none for a new rule.
+    #[serde(default)]
+    pub rule: Option<i64>,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RulesState {
@@ -756,7 +775,15 @@ pub trait Jobs: Send + Sync + 'static {
 pub trait Rules: Send + Sync + 'static {
     fn rules(&self) -> impl Future<Output = ApiResult<Vec<Rule>>> + Send;
     fn create_rule(&self, s: &Session, r: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send;
-    fn delete_rule(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Deletes a rule; `delete_data` overrides the rule's own `delete_data_with_rule`.
+    fn delete_rule(
+        &self,
+        s: &Session,
+        id: i64,
+        delete_data: Option<bool>,
+    ) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Checks a rule as creating it (or editing rule `own`) would, saving nothing.
+    fn check_rule(&self, s: &Session, r: NewRule, own: Option<i64>) -> impl Future<Output = ApiResult<()>> + Send;
     fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
     /// Stops a job: a queued one at once, a running one as soon as its current read ends
     /// (nothing is committed and the platform's snapshot is removed).

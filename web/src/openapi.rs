@@ -1,5 +1,5 @@
 //! The API's OpenAPI 3.1 document, generated from the route table and the handlers' own
-//! signatures: a handler's `Body<T>` is its request body, `Path<T>` its path parameter, and its
+//! signatures: a handler's `Body<T>` is its request body, `Path<T>` and `Query<T>` its parameters, and its
 //! return type (`Json<R>`, `Created<R>`, `Accepted<R>`, `NoContent`, an event stream, a file)
 //! its success reply, each described by the JSON Schema of the very type serde reads or writes.
 //! So the document cannot drift from what is served; nothing here is written by hand but the
@@ -58,6 +58,7 @@ impl IntoResponse for WithCookie {
 pub struct Shapes {
     request: Option<Schema>,
     path: Option<Schema>,
+    query: Option<Schema>,
     status: u16,
     content: Option<(&'static str, Option<Schema>)>,
 }
@@ -82,6 +83,12 @@ impl Arg for axum::http::HeaderMap {}
 impl<T: JsonSchema> Arg for Path<T> {
     fn describe(g: &mut SchemaGenerator, s: &mut Shapes) {
         s.path = Some(g.subschema_for::<T>());
+    }
+}
+
+impl<T: JsonSchema> Arg for axum::extract::Query<T> {
+    fn describe(g: &mut SchemaGenerator, s: &mut Shapes) {
+        s.query = Some(g.root_schema_for::<T>());
     }
 }
 
@@ -222,6 +229,18 @@ pub fn document(operations: &[Operation]) -> Value {
                 .map(|(name, schema)| json!({ "name": name, "in": "path", "required": true, "schema": schema }))
                 .collect();
             o.insert("parameters".into(), parameters.into());
+        }
+        if let Some(schema) = &s.query {
+            // Each field of the query's type is a parameter of its own.
+            let schema = serde_json::to_value(schema).unwrap_or_default();
+            let required = schema["required"].as_array().cloned().unwrap_or_default();
+            let params = o.entry("parameters").or_insert_with(|| json!([]));
+            for (name, field) in schema["properties"].as_object().into_iter().flatten() {
+                let needed = required.contains(&json!(name));
+                if let Some(list) = params.as_array_mut() {
+                    list.push(json!({ "name": name, "in": "query", "required": needed, "schema": field }));
+                }
+            }
         }
         let mut responses = Map::new();
         let mut ok = json!({ "description": "success" });

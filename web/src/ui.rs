@@ -30,6 +30,7 @@ const ASSETS: &[Asset] = assets!(
     "app.js" => JS,
     "dashboard.js" => JS,
     "platforms.js" => JS,
+    "rules.js" => JS,
     "jobs.js" => JS,
 );
 

@@ -135,7 +135,10 @@ impl Rules for Fake {
     fn create_rule(&self, _: &Session, _: NewRule) -> impl Future<Output = ApiResult<Rule>> + Send {
         nope()
     }
-    fn delete_rule(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<()>> + Send {
+    fn delete_rule(&self, _: &Session, _: i64, _: Option<bool>) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+    fn check_rule(&self, _: &Session, _: NewRule, _: Option<i64>) -> impl Future<Output = ApiResult<()>> + Send {
         nope()
     }
     fn run_rule(&self, _: &Session, _: i64, _: RunRule) -> impl Future<Output = ApiResult<Vec<Job>>> + Send {
@@ -279,6 +282,8 @@ async fn the_document_describes_each_route_with_the_types_it_serves() {
     assert_eq!(op("/api/jobs/{id}", "get")["parameters"][0]["schema"]["type"], "integer");
     assert_eq!(op("/api/users/{name}", "delete")["parameters"][0]["schema"]["type"], "string");
     assert!(op("/api/events", "get")["responses"]["200"]["content"]["text/event-stream"].is_object());
+    let query = &op("/api/rules/{id}", "delete")["parameters"][1];
+    assert_eq!((query["name"].as_str(), query["in"].as_str()), (Some("delete_data"), Some("query")), "{query}");
     // The shapes go down to the fields: a rule's schedule is one of the schedule kinds, its
     // retention the store's policy, and unknown fields are refused where serde refuses them.
     let new_rule = resolve(&doc, &body("/api/rules", "post")).clone();

@@ -95,8 +95,8 @@ export function showError(form, err) {
   const message = err.message || String(err);
   const holder = fieldOf(form, message);
   if (holder) {
-    holder.querySelector('.error').textContent = message;
-    const input = holder.querySelector('input, select, textarea');
+    holder.querySelector(':scope > .error').textContent = message;
+    const input = holder.querySelector(':scope > input, :scope > select, :scope > textarea');
     if (input) {
       input.setAttribute('aria-invalid', 'true');
       input.focus();
@@ -114,8 +114,14 @@ export function fieldOf(form, message) {
   const named = /^([a-z_][a-z0-9_.[\]]*): /.exec(message);
   if (!named) return null;
   let path = named[1].replace(/\[\d+\]/g, '');
+  // Shown fields first: a schedule keeps the inputs of every kind, only its own shown.
+  const shown = (el) => {
+    for (let e = el; e && e !== form && !(e.dataset && e.dataset.step); e = e.parentElement) if (e.hidden) return false;
+    return true;
+  };
   while (path) {
-    const holder = form.querySelector(`.field[data-field="${path}"]`);
+    const all = [...form.querySelectorAll(`[data-field="${path}"]`)];
+    const holder = all.find(shown) || all[0];
     if (holder) return holder;
     path = path.includes('.') ? path.slice(0, path.lastIndexOf('.')) : '';
   }
@@ -123,7 +129,7 @@ export function fieldOf(form, message) {
 }
 
 export function clearErrors(form) {
-  form.querySelectorAll('.field .error').forEach((e) => { e.textContent = ''; });
+  form.querySelectorAll('.error').forEach((e) => { e.textContent = ''; });
   form.querySelectorAll('[aria-invalid]').forEach((e) => e.removeAttribute('aria-invalid'));
   const line = form.querySelector('.form-error');
   if (line) line.hidden = true;
@@ -219,7 +225,14 @@ export function heading(title, ...actions) {
 }
 
 export function table(headers, rows, caption) {
-  // The wrapper scrolls sideways on a narrow screen: keyboard users reach it too.
+  // On a phone each row is a card whose cells carry their column's name.
+  rows.flat(Infinity).forEach((row) => {
+    if (!(row instanceof Element)) return;
+    [...row.children].forEach((cell, i) => {
+      if (typeof headers[i] === 'string' && headers[i]) cell.setAttribute('data-label', headers[i]);
+    });
+  });
+  // The wrapper scrolls sideways on a narrow desktop window: keyboard users reach it too.
   return h('div', { class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': caption || 'table' },
     h('table', {},
       caption ? h('caption', { class: 'sr-only' }, caption) : null,
@@ -230,6 +243,7 @@ export function table(headers, rows, caption) {
 const pages = [
   { path: 'dashboard', title: 'Dashboard', module: './dashboard.js' },
   { path: 'platforms', title: 'Platforms', module: './platforms.js' },
+  { path: 'rules', title: 'Rules', module: './rules.js' },
   { path: 'jobs', title: 'Jobs', module: './jobs.js' },
 ];
 

@@ -450,8 +450,11 @@ impl Rules for Api {
     async fn create_rule(&self, s: &Session, r: NewRule) -> ApiResult<Rule> {
         self.0.add_rule(s, r).await
     }
-    async fn delete_rule(&self, s: &Session, id: i64) -> ApiResult<()> {
-        self.0.remove_rule(s, id).await
+    async fn delete_rule(&self, s: &Session, id: i64, delete_data: Option<bool>) -> ApiResult<()> {
+        self.0.remove_rule(s, id, delete_data).await
+    }
+    async fn check_rule(&self, _: &Session, r: NewRule, own: Option<i64>) -> ApiResult<()> {
+        self.0.validate_rule(&r, own).await
     }
     async fn run_rule(&self, s: &Session, id: i64, r: RunRule) -> ApiResult<Vec<Job>> {
         self.0.run_rule_now(s, id, r).await

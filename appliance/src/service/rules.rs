@@ -416,14 +416,35 @@ impl Service {
         Ok(self.list_rules().await?.into_iter().filter(|x| r.ids.contains(&x.id)).collect())
     }
 
-    pub(super) async fn remove_rule(&self, s: &Session, id: i64) -> ApiResult<()> {
+    /// Everything saving `r` (new, or as rule `own`) would check, saving nothing.
+    pub(super) async fn validate_rule(&self, r: &NewRule, own: Option<i64>) -> ApiResult<()> {
+        if let Some(own) = own {
+            if r.platform != self.rule_by_id(own).await?.platform {
+                return Err(ApiError::field("platform", "a rule's platform cannot change: make a new rule"));
+            }
+        }
+        self.check_rule(r, own).await?;
+        let taken: Option<(i64,)> = sqlx::query_as("SELECT id FROM rules WHERE name = $1")
+            .bind(&r.name)
+            .fetch_optional(&self.db)
+            .await
+            .map_err(ApiError::internal)?;
+        match taken {
+            Some((id,)) if Some(id) != own => {
+                Err(ApiError::conflict(format!("name: a rule named {:?} exists already", r.name)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) async fn remove_rule(&self, s: &Session, id: i64, delete_data: Option<bool>) -> ApiResult<()> {
         let row: Option<(String, i64)> = sqlx::query_as("SELECT name, delete_data FROM rules WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.db)
             .await
             .map_err(ApiError::internal)?;
-        let (name, delete_data) = row.ok_or_else(|| ApiError::not_found(format!("rule {id}")))?;
-        let delete_data = delete_data != 0;
+        let (name, stored_choice) = row.ok_or_else(|| ApiError::not_found(format!("rule {id}")))?;
+        let delete_data = delete_data.unwrap_or(stored_choice != 0);
         if let Some((job,)) = sqlx::query_as::<_, (i64,)>(&format!(
             "SELECT id FROM jobs WHERE rule_id = $1 AND state IN {}",
             super::jobs::active_states()
