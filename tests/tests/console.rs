@@ -303,3 +303,103 @@ fn a_rule_made_in_the_wizard_refuses_wrong_input_where_it_is_typed_and_runs_live
     assert_eq!(admin.get("/api/rules"), json!([]));
     assert_eq!(admin.get("/api/points"), json!([]), "the rule's points went with it");
 }
+
+#[test]
+fn the_timeline_stars_locks_and_deletes_points_and_the_wizard_restores_one_as_a_new_vm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = SimHost::create(&tmp.path().join("sim"));
+    host.add_vm("db1", &[("vda", 8 * MIB)]);
+    host.write("db1", "vda", 0, &holdfast_tests::noise(4 * MIB as usize, 3));
+    let server = Server::start(&tmp.path().join("data"));
+    let admin = server.admin(PASSWORD);
+    let mut settings = host.settings();
+    settings["name"] = json!("lab");
+    settings["kind"] = json!("sim");
+    let platform = admin.post("/api/platforms", settings, 201)["id"].as_i64().unwrap();
+    let backup = |kind: &str| {
+        let j = admin.post("/api/jobs", json!({ "platform": platform, "vm": "db1", "type": kind }), 202);
+        admin.wait_job(j["id"].as_i64().unwrap())
+    };
+    let full = backup("full");
+    let at_full = host.disk("db1", "vda");
+    host.write("db1", "vda", MIB, &holdfast_tests::noise(64 << 10, 4));
+    let inc = backup("incremental");
+    let (full_id, inc_id) = (full["point_id"].as_str().unwrap(), inc["point_id"].as_str().unwrap());
+
+    let b = Browser::start(&shots("points"));
+    b.go(&format!("https://127.0.0.1:{}/#/points", server.port));
+    log_in(&b, "admin", PASSWORD);
+    b.click("main a[href^='#/points/']");
+    b.wait_for("the timeline", "return document.querySelectorAll('li.point').length === 2");
+    let text = b.text("main");
+    assert!(text.contains("simulated file read"), "the transport is shown: {text}");
+    b.look("01-timeline");
+
+    // Star the newest; lock the full until a date: neither can then be deleted, and each says why.
+    let point = |id: &str| format!("li.point[data-point='{id}']");
+    b.click(&format!("{} .row-actions button:not(.danger)", point(inc_id)));
+    b.wait_for(
+        "the star",
+        &format!("return document.querySelector(\"{}\").innerText.includes('starred')", point(inc_id)),
+    );
+    b.run(
+        "document.querySelector(arguments[0]).value = '2031-01-31'",
+        json!([format!("{} input[type=date]", point(full_id))]),
+    );
+    b.click(&format!("{} form.inline button", point(full_id)));
+    b.wait_for(
+        "the lock",
+        &format!("return document.querySelector(\"{}\").innerText.includes('locked until')", point(full_id)),
+    );
+    assert!(b.text(&point(full_id)).contains("Cannot be deleted: locked"), "{}", b.text(&point(full_id)));
+    assert!(b.text(&point(inc_id)).contains("Cannot be deleted: starred"), "{}", b.text(&point(inc_id)));
+    let rows = admin.get("/api/points");
+    let row = |id: &str| rows.as_array().unwrap().iter().find(|p| p["point_id"] == id).unwrap().clone();
+    assert_eq!(row(inc_id)["star"], true);
+    assert!(row(full_id)["locked_until"].as_str().unwrap().starts_with("2031-01-31"), "{}", row(full_id));
+    assert_eq!(admin.request("DELETE", &format!("/api/points/{full_id}"), None).0, 409, "the API refuses too");
+    b.look("02-starred-and-locked");
+
+    // Unstar the newest and delete it.
+    b.click(&format!("{} .row-actions button:not(.danger)", point(inc_id)));
+    b.wait_for("the delete button", &format!("return document.querySelector(\"{} button.danger\")", point(inc_id)));
+    b.click(&format!("{} button.danger", point(inc_id)));
+    b.accept_dialog();
+    b.wait_for("one point left", "return document.querySelectorAll('li.point').length === 1");
+    assert_eq!(admin.get("/api/points").as_array().unwrap().len(), 1);
+
+    // Restore the full as a new VM with a grown disk, through the wizard, and follow the job.
+    b.click(&format!("{} a[href^='#/restore/']", point(full_id)));
+    b.find("form[aria-label='Restore a point']");
+    b.look("03-restore-point");
+    b.click(".wizard button.primary:not([hidden])");
+    b.find("#mode-new-vm");
+    b.look("04-restore-where");
+    b.click(".wizard button.primary:not([hidden])");
+    b.wait_for("the disk sizes", "return document.querySelector(\"input[name='disk_sizes.vda']\")");
+    b.type_into("input[name=name]", "db1-copy");
+    b.type_into("input[name=cpus]", "3");
+    b.type_into("input[name='disk_sizes.vda']", "12");
+    b.look("05-restore-new-vm");
+    b.click(".wizard button.primary:not([hidden])");
+    b.wait_for("the summary", "return document.querySelector('[data-step=\"3\"] dl.facts')");
+    assert!(b.text("[data-step='3']").contains("as a new VM named db1-copy"));
+    b.look("06-restore-summary");
+    b.click(".wizard button[type=submit]");
+    b.wait_for("the job page", "return location.hash.startsWith('#/jobs/')");
+    b.wait_for(
+        "completed",
+        "const e = document.querySelector('dl.facts .badge'); return e && e.innerText === 'completed'",
+    );
+    b.look("07-restore-completed");
+    let copy = host.vm("db1-copy").expect("the restored VM exists");
+    assert_eq!(copy.cpus, 3);
+    let disk = host.disk("db1-copy", "vda");
+    assert_eq!(disk.len() as u64, 12 * MIB, "the disk grew");
+    assert_eq!(&disk[..at_full.len()], &at_full[..], "the new VM's disk is the full's");
+    b.go(&format!("https://127.0.0.1:{}/#/platforms/{platform}", server.port));
+    b.wait_for(
+        "the new VM in the inventory",
+        "return [...document.querySelectorAll('tr[data-vm] td:first-child')].some((td) => td.innerText === 'db1-copy')",
+    );
+}

@@ -159,7 +159,8 @@ fn service_end_to_end(catalog: Option<String>) {
             if op["x-access"] == "public" {
                 continue;
             }
-            let concrete = path.replace("{id}", "1").replace("{name}", "someone").replace("{vm}", "x");
+            let concrete =
+                path.replace("{id}", "1").replace("{name}", "someone").replace("{vm}", "x").replace("{point}", "p");
             let body = (method != "get").then(|| json!({}));
             let (code, v) = anon.request(&method.to_uppercase(), &concrete, body.as_ref());
             assert_eq!(code, 401, "{} {path} without a session: {v}", method.to_uppercase());

@@ -290,6 +290,41 @@ async fn points<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Jso
     Ok(Json(b.points().await?))
 }
 
+async fn point<B: Backend>(
+    State(b): State<Arc<B>>,
+    _: Authed,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PointDetails>> {
+    Ok(Json(b.point(&id).await?))
+}
+
+async fn star_point<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<String>,
+    Body(p): Body<PointStar>,
+) -> ApiResult<Json<PointDetails>> {
+    Ok(Json(b.star_point(&s, &id, p.star).await?))
+}
+
+async fn lock_point<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<String>,
+    Body(l): Body<PointLock>,
+) -> ApiResult<Json<PointDetails>> {
+    Ok(Json(b.lock_point(&s, &id, l).await?))
+}
+
+async fn delete_point<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<String>,
+) -> ApiResult<NoContent> {
+    b.delete_point(&s, &id).await?;
+    Ok(NoContent)
+}
+
 async fn audit<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<AuditRow>>> {
     Ok(Json(b.audit().await?))
 }
@@ -557,6 +592,10 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/config/export", M::POST, Admin, "The configuration (platforms, rules, bandwidth windows, alert settings) as one JSON file (admins). With a passphrase (10+ characters) the passwords are sealed into it (argon2id + XChaCha20-Poly1305); without, they are left out and listed in notes", export_config::<B>),
         r("/api/config/import", M::POST, Admin, "Adds what an exported file holds, all or nothing (admins); platforms and rules whose names exist are kept", import_config::<B>),
         r("/api/points", M::GET, Read, "Restore points, newest first", points::<B>),
+        r("/api/points/{point}", M::GET, Read, "A restore point: its disks, why a disk was read in full, the transport, its star and lock", point::<B>),
+        r("/api/points/{point}", M::DELETE, Operate, "Delete a restore point now; refused while it is starred, locked or being restored", delete_point::<B>),
+        r("/api/points/{point}/star", M::POST, Operate, "Star a point (kept whatever retention says) or unstar it (not while locked)", star_point::<B>),
+        r("/api/points/{point}/lock", M::POST, Admin, "Make a point immutable until a date (admins); a lock is extended, never shortened", lock_point::<B>),
         r("/api/storage", M::GET, Read, "Storage targets: where backups go, whether each store opens now, its filesystem's space, its points", storage::<B>),
         r("/api/storage", M::POST, Admin, "Add a storage target (admins): a new store in a missing or empty directory, or an existing store adopted with its points", create_storage::<B>),
         r("/api/storage/{id}", M::DELETE, Admin, "Forget a storage target (admins); its files stay. Refused for the appliance's own store (1), a target a rule uses, and one a job writes into or a restore reads from", delete_storage::<B>),

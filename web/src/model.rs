@@ -579,8 +579,59 @@ pub struct PointRow {
     pub finished: String,
     pub parent: Option<String>,
     pub stored_bytes: i64,
+    /// The sum of its disks' sizes: the data it protects.
+    pub protected_bytes: i64,
     /// The storage target that holds it.
     pub storage: i64,
+    /// Kept whatever retention says, until unstarred.
+    pub star: bool,
+    /// Immutable until then: not deleted, not unstarred, by anyone.
+    pub locked_until: Option<String>,
+}
+
+/// One restore point as its store describes it, with the job that made it.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct PointDetails {
+    #[serde(flatten)]
+    pub point: PointRow,
+    /// How consistent the captured state is (crash-consistent, or after a guest freeze).
+    pub consistency: Option<String>,
+    pub disks: Vec<PointDiskInfo>,
+    /// Bytes the backup read from the platform.
+    pub read_bytes: u64,
+    /// The job that made it, when this appliance ran it.
+    pub job: Option<i64>,
+    /// What that job read through (NBD, a local file, …).
+    pub transport: Option<String>,
+    /// Why it cannot be deleted now (locked, starred), if it cannot.
+    pub undeletable: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct PointDiskInfo {
+    pub key: String,
+    pub size: u64,
+    /// full, incremental or differential: what this disk's backup achieved.
+    #[serde(rename = "type")]
+    pub backup_type: String,
+    /// Why the disk was read in full when less was asked.
+    pub full_reason: Option<String>,
+    pub allocated_bytes: u64,
+    pub read_bytes: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PointStar {
+    pub star: bool,
+}
+
+/// Makes a point immutable until `until`: "YYYY-MM-DD" (the end of that day, the appliance's
+/// local time) or an RFC 3339 time. A lock is extended, never shortened.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PointLock {
+    pub until: String,
 }
 
 /// A storage target to add: a directory for a Holdfast store, on another disk or a mount. A
@@ -618,6 +669,9 @@ pub struct StorageTarget {
     /// Its points in the catalog, and the bytes they added to it.
     pub points: i64,
     pub stored_bytes: i64,
+    /// What its points protect (the sum of their disks' sizes): against `stored_bytes`, the
+    /// saving of deduplication and compression.
+    pub protected_bytes: i64,
     pub created: String,
 }
 
@@ -769,6 +823,10 @@ pub trait Jobs: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job>;
     fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
     fn start_restore(&self, s: &Session, r: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send;
+    fn point(&self, id: &str) -> impl Future<Output = ApiResult<PointDetails>> + Send;
+    fn star_point(&self, s: &Session, id: &str, star: bool) -> impl Future<Output = ApiResult<PointDetails>> + Send;
+    fn lock_point(&self, s: &Session, id: &str, l: PointLock) -> impl Future<Output = ApiResult<PointDetails>> + Send;
+    fn delete_point(&self, s: &Session, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
 }
 
 /// Backup rules.

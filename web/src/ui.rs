@@ -31,6 +31,8 @@ const ASSETS: &[Asset] = assets!(
     "dashboard.js" => JS,
     "platforms.js" => JS,
     "rules.js" => JS,
+    "points.js" => JS,
+    "restore.js" => JS,
     "jobs.js" => JS,
 );
 

@@ -126,6 +126,18 @@ impl Jobs for Fake {
     fn start_restore(&self, _: &Session, _: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send {
         nope()
     }
+    fn point(&self, _: &str) -> impl Future<Output = ApiResult<PointDetails>> + Send {
+        nope()
+    }
+    fn star_point(&self, _: &Session, _: &str, _: bool) -> impl Future<Output = ApiResult<PointDetails>> + Send {
+        nope()
+    }
+    fn lock_point(&self, _: &Session, _: &str, _: PointLock) -> impl Future<Output = ApiResult<PointDetails>> + Send {
+        nope()
+    }
+    fn delete_point(&self, _: &Session, _: &str) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
 }
 
 impl Rules for Fake {
@@ -191,7 +203,12 @@ fn app() -> axum::Router {
 
 /// A concrete path for a route's pattern.
 fn concrete(pattern: &str) -> String {
-    pattern.replace("{id}", "1").replace("{name}", "someone").replace("{vm}", "web1").replace("{file}", "app.js")
+    pattern
+        .replace("{id}", "1")
+        .replace("{name}", "someone")
+        .replace("{vm}", "web1")
+        .replace("{file}", "app.js")
+        .replace("{point}", "p1")
 }
 
 async fn call(method: &Method, path: &str, token: Option<&str>) -> (StatusCode, String) {

@@ -244,6 +244,8 @@ const pages = [
   { path: 'dashboard', title: 'Dashboard', module: './dashboard.js' },
   { path: 'platforms', title: 'Platforms', module: './platforms.js' },
   { path: 'rules', title: 'Rules', module: './rules.js' },
+  { path: 'points', title: 'Restore points', module: './points.js' },
+  { path: 'restore', title: 'Restore', module: './restore.js', hidden: true },
   { path: 'jobs', title: 'Jobs', module: './jobs.js' },
 ];
 
@@ -257,7 +259,7 @@ async function show() {
   current = new AbortController();
   const { signal } = current;
   document.querySelectorAll('#nav a').forEach((a) => {
-    if (a.dataset.page === page.path) a.setAttribute('aria-current', 'page');
+    if (a.dataset.page === page.path || (page.path === 'restore' && a.dataset.page === 'points')) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   });
   document.title = `${page.title} · Holdfast`;
@@ -274,7 +276,7 @@ async function show() {
 function chrome() {
   const s = session.current;
   const nav = document.getElementById('nav');
-  nav.replaceChildren(h('ul', {}, pages.map((p) => h('li', {}, h('a', { href: `#/${p.path}`, 'data-page': p.path }, p.title)))));
+  nav.replaceChildren(h('ul', {}, pages.filter((p) => !p.hidden).map((p) => h('li', {}, h('a', { href: `#/${p.path}`, 'data-page': p.path }, p.title)))));
   nav.hidden = false;
   const user = document.getElementById('user');
   user.replaceChildren(

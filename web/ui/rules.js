@@ -201,7 +201,7 @@ function scheduleEditor(prefix, initial, legend) {
     every: field('Every (hours)', every, '1 to 23; runs until the end of each day.', `${prefix}.every_hours`),
     start: field('From', start, null, `${prefix}.start`),
     times: field('At (HH:MM, several separated by commas)', times, null, `${prefix}.times`),
-    week: h('fieldset', { class: 'field days', 'data-field': `${prefix}.days` }, h('legend', {}, 'On these days'),
+    week: h('fieldset', { class: 'field weekdays', 'data-field': `${prefix}.days` }, h('legend', {}, 'On these days'),
       h('div', { class: 'check-row' }, weekDays.map((c) => h('span', { class: 'check' }, c, h('label', { for: c.id }, c.value)))),
       h('small', { class: 'error', 'aria-live': 'polite' })),
     month: field('Days of the month (1-31, separated by commas)', monthDays, 'A month without that day skips it.', `${prefix}.days`),

@@ -551,6 +551,11 @@ impl Work for Backup {
         let db = &service.db;
         let p = &o.point;
         log(db, id, "info", &format!("transport: {}", o.transport)).await;
+        if let Err(e) =
+            sqlx::query("UPDATE jobs SET transport = $1 WHERE id = $2").bind(&o.transport).bind(id).execute(db).await
+        {
+            eprintln!("holdfast: job {id}: cannot record its transport: {e}");
+        }
         log(db, id, "info", &o.consistency).await;
         for d in p.disks.iter().filter(|d| d.full_reason.is_some()) {
             let why = d.full_reason.as_deref().unwrap_or_default();
@@ -560,7 +565,7 @@ impl Work for Backup {
             log(db, id, "warning", w).await;
         }
         service.learn_vm(id, self.platform, &self.vm, &p.vm).await;
-        if let Err(e) = insert_point(db, p, self.storage).await {
+        if let Err(e) = insert_point(db, p, &Default::default(), self.storage).await {
             log(db, id, "error", &format!("point {} is stored but not in the catalog: {e}", p.point_id)).await;
         }
         if let (Some(rule), Some(store)) = (&self.rule, &self.store) {

@@ -25,11 +25,13 @@ pub(super) async fn log(db: &Db, job: i64, level: &str, message: &str) {
 pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>>(
     db: E,
     p: &RestorePoint,
+    labels: &vds_store::manifest::Labels,
     storage: i64,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO points (point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes, \
-         protected_bytes, storage_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (point_id) DO NOTHING",
+         protected_bytes, storage_id, star, locked_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (point_id) DO NOTHING",
     )
     .bind(&p.point_id)
     .bind(&p.vm.key)
@@ -41,6 +43,8 @@ pub(super) async fn insert_point<'c, E: sqlx::Executor<'c, Database = sqlx::Any>
     .bind(p.stats.new_stored_bytes as i64)
     .bind(p.disks.iter().map(|d| d.size as i64).sum::<i64>())
     .bind(storage)
+    .bind(labels.star as i64)
+    .bind(labels.retain_until.map(|t| t.to_rfc3339()))
     .execute(db)
     .await
     .map(|_| ())
@@ -82,7 +86,7 @@ fn job(r: &sqlx::any::AnyRow) -> sqlx::Result<Job> {
     })
 }
 
-type PointDbRow = (String, String, String, String, String, String, Option<String>, i64, i64);
+type PointDbRow = (String, String, String, String, String, String, Option<String>, i64, i64, i64, i64, Option<String>);
 
 /// The states of a job that has not ended, for SQL (`state IN …`).
 pub(super) fn active_states() -> &'static str {
@@ -137,13 +141,20 @@ impl Service {
     }
 
     pub(super) async fn list_points(&self) -> ApiResult<Vec<PointRow>> {
-        let rows: Vec<PointDbRow> = sqlx::query_as(
-            "SELECT point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes, storage_id \
-             FROM points ORDER BY started DESC",
-        )
-        .fetch_all(&self.db)
-        .await
-        .map_err(ApiError::internal)?;
+        self.point_rows("", None).await
+    }
+
+    /// The catalog's points, newest first; `filter` is a WHERE clause on `bind`.
+    pub(super) async fn point_rows(&self, filter: &str, bind: Option<&str>) -> ApiResult<Vec<PointRow>> {
+        let sql = format!(
+            "SELECT point_id, vm_key, vm_name, backup_type, started, finished, parent, stored_bytes, protected_bytes, \
+             storage_id, star, locked_until FROM points {filter} ORDER BY started DESC"
+        );
+        let mut query = sqlx::query_as(&sql);
+        if let Some(value) = bind {
+            query = query.bind(value);
+        }
+        let rows: Vec<PointDbRow> = query.fetch_all(&self.db).await.map_err(ApiError::internal)?;
         Ok(rows
             .into_iter()
             .map(|r| PointRow {
@@ -155,7 +166,10 @@ impl Service {
                 finished: r.5,
                 parent: r.6,
                 stored_bytes: r.7,
-                storage: r.8,
+                protected_bytes: r.8,
+                storage: r.9,
+                star: r.10 != 0,
+                locked_until: r.11,
             })
             .collect())
     }

@@ -19,6 +19,7 @@ mod config;
 mod engine;
 mod jobs;
 mod platforms;
+mod points;
 mod restore;
 mod rules;
 mod runner;
@@ -440,6 +441,18 @@ impl Jobs for Api {
     }
     async fn start_restore(&self, s: &Session, r: NewRestore) -> ApiResult<Job> {
         self.0.queue_restore(s, r).await
+    }
+    async fn point(&self, id: &str) -> ApiResult<PointDetails> {
+        self.0.point_details(id).await
+    }
+    async fn star_point(&self, s: &Session, id: &str, star: bool) -> ApiResult<PointDetails> {
+        self.0.star(s, id, star).await
+    }
+    async fn lock_point(&self, s: &Session, id: &str, l: PointLock) -> ApiResult<PointDetails> {
+        self.0.lock(s, id, l).await
+    }
+    async fn delete_point(&self, s: &Session, id: &str) -> ApiResult<()> {
+        self.0.remove_point(s, id).await
     }
 }
 

@@ -326,7 +326,7 @@ impl Service {
         let mut tx = self.db.begin().await?;
         sqlx::query("DELETE FROM points WHERE storage_id = $1").bind(id).execute(&mut *tx).await?;
         for p in &points {
-            insert_point(&mut *tx, &p.manifest, id).await?;
+            insert_point(&mut *tx, &p.manifest, &p.labels, id).await?;
         }
         tx.commit().await?;
         Ok(points.len())
@@ -343,8 +343,9 @@ impl Service {
     async fn describe_target(&self, (id, name, path, secret, created): TargetRow) -> ApiResult<StorageTarget> {
         let error = self.store(id).await.err().map(|e| e.message);
         let space = fs_space(Path::new(&path));
-        let (points, stored_bytes): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(stored_bytes), 0) AS BIGINT) FROM points WHERE storage_id = $1",
+        let (points, stored_bytes, protected_bytes): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(stored_bytes), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(protected_bytes), 0) AS BIGINT) FROM points WHERE storage_id = $1",
         )
         .bind(id)
         .fetch_one(&self.db)
@@ -362,6 +363,7 @@ impl Service {
             used_percent: space.map(percent_used),
             points,
             stored_bytes,
+            protected_bytes,
             created,
         })
     }

@@ -1,0 +1,179 @@
+// The restore wizard: pick the VM and the point; restore onto the original VM (its disks are
+// overwritten) or as a new VM with its own name, CPUs, memory, disks (grown, their storage and
+// format), network and power state; a summary before anything starts; then the job's own page
+// follows its progress like a backup's.
+import { api, h, heading, field, form, toast, bytes, when, ApiError, fieldOf, showError, clearErrors } from './app.js';
+
+const STEPS = ['Restore point', 'Where', 'New VM', 'Summary'];
+
+export async function render(main, { params }) {
+  const [points, platforms, kinds] = await Promise.all([api('GET', '/api/points'), api('GET', '/api/platforms'), api('GET', '/api/platform-kinds')]);
+  main.append(heading('Restore', h('a', { href: '#/points', class: 'button' }, 'Cancel')));
+  if (points.length === 0) {
+    main.append(h('p', { class: 'empty' }, 'No restore point yet: back a VM up first.'));
+    return;
+  }
+  if (platforms.length === 0) {
+    main.append(h('p', { class: 'empty' }, 'Add a platform to restore onto first.'));
+    return;
+  }
+  const chosen = points.find((p) => p.point_id === params[0]) || points[0];
+  const vmKeys = [...new Map(points.map((p) => [p.vm_key, p.vm_name])).entries()];
+  // Step 1: the VM and its point.
+  const vm = h('select', { name: 'vm' }, vmKeys.map(([k, n]) => h('option', { value: k, selected: k === chosen.vm_key }, n)));
+  const point = h('select', { name: 'point' });
+  const fillPoints = (selected) => {
+    point.replaceChildren(...points.filter((p) => p.vm_key === vm.value).map((p) => h('option', { value: p.point_id, selected: p.point_id === selected },
+      `${when(p.started)} · ${p.type} · ${bytes(p.protected_bytes)}${p.star ? ' · starred' : ''}`)));
+  };
+  vm.addEventListener('change', () => fillPoints(null));
+  fillPoints(chosen.point_id);
+  // Step 2: where.
+  const inPlace = h('input', { type: 'radio', name: 'mode', id: 'mode-in-place', value: 'in_place' });
+  const newVm = h('input', { type: 'radio', name: 'mode', id: 'mode-new-vm', value: 'new_vm', checked: true });
+  const platform = h('select', { name: 'platform' }, platforms.map((p) => h('option', { value: p.id }, p.name)));
+  const warning = h('p', { class: 'notice warn-notice', role: 'note' }, 'The original VM must be shut off. All its disks are overwritten with the point\'s contents: what was written since is lost.');
+  // Step 3: the new VM.
+  const name = h('input', { name: 'name', autocomplete: 'off' });
+  const cpus = h('input', { name: 'cpus', type: 'number', min: 1, max: 1024 });
+  const memory = h('input', { name: 'memory_mib', type: 'number', min: 16, step: 1 });
+  const storage = h('select', { name: 'storage' });
+  const network = h('select', { name: 'network' });
+  const format = h('select', { name: 'disk_format' });
+  const start = h('input', { type: 'checkbox', id: 'start' });
+  const diskBox = h('fieldset', { class: 'field', 'data-field': 'disk_sizes' }, h('legend', {}, 'Disk sizes (a disk can grow, not shrink)'));
+  let diskInputs = [];
+  let details = null;
+  const loadPoint = async () => {
+    details = await api('GET', `/api/points/${encodeURIComponent(point.value)}`);
+    if (details.job) {
+      const job = await api('GET', `/api/jobs/${details.job}`).catch(() => null);
+      if (job && platforms.some((p) => p.id === job.platform)) platform.value = String(job.platform);
+    }
+    if (!name.value || name.dataset.auto === 'yes') {
+      name.value = `${details.vm_name}-restored`;
+      name.dataset.auto = 'yes';
+    }
+    diskInputs = details.disks.map((d) => ({ d, input: h('input', { type: 'number', min: Math.ceil(d.size / 1048576), value: Math.ceil(d.size / 1048576), name: `disk_sizes.${d.key}` }) }));
+    diskBox.replaceChildren(h('legend', {}, 'Disk sizes in MiB (a disk can grow, not shrink)'),
+      ...diskInputs.map(({ d, input }) => field(`${d.key} (${bytes(d.size)} in the point)`, input, null, `disk_sizes.${d.key}`)),
+      h('small', { class: 'error', 'aria-live': 'polite' }));
+  };
+  const loadTarget = async () => {
+    const p = platforms.find((x) => String(x.id) === platform.value);
+    const kind = kinds.find((k) => k.kind === p.kind);
+    const caps = kind ? kind.capabilities : { disk_formats: [], storage_word: 'storage' };
+    format.replaceChildren(...caps.disk_formats.map((f) => h('option', { value: f.name }, `${f.name}: ${f.description}`)));
+    storage.previousElementSibling.textContent = caps.storage_word.charAt(0).toUpperCase() + caps.storage_word.slice(1);
+    try {
+      const inv = await api('GET', `/api/platforms/${p.id}/inventory`);
+      storage.replaceChildren(...inv.storage.map((s) => h('option', { value: s.name, selected: s.name === caps.default_storage }, `${s.name} (${bytes(s.available)} free)`)));
+      network.replaceChildren(h('option', { value: '' }, 'as in the point'), ...inv.networks.map((n) => h('option', { value: n.name }, n.name)));
+    } catch (err) {
+      storage.replaceChildren();
+      network.replaceChildren(h('option', { value: '' }, 'as in the point'));
+      throw new ApiError(err.status, `platform: ${err.message}`);
+    }
+  };
+  platform.addEventListener('change', () => loadTarget().catch(() => {}));
+  const mode = () => (inPlace.checked ? 'in_place' : 'new_vm');
+  const collect = () => {
+    const body = { point: point.value, platform: Number(platform.value), mode: mode() };
+    if (body.mode === 'new_vm') {
+      body.name = name.value.trim();
+      if (cpus.value) body.cpus = Number(cpus.value);
+      if (memory.value) body.memory_mib = Number(memory.value);
+      if (storage.value) body.storage = storage.value;
+      if (network.value) body.network = network.value;
+      if (format.value) body.disk_format = format.value;
+      body.disk_sizes = {};
+      diskInputs.forEach(({ d, input }) => {
+        const bytesWanted = Number(input.value) * 1048576;
+        if (bytesWanted > d.size) body.disk_sizes[d.key] = bytesWanted;
+      });
+      body.start = start.checked;
+    }
+    return body;
+  };
+  const summary = h('div');
+  const drawSummary = () => {
+    const b = collect();
+    const rows = [['VM', vm.selectedOptions[0].textContent], ['Point', point.selectedOptions[0].textContent],
+      ['Onto', platform.selectedOptions[0].textContent],
+      ['How', b.mode === 'in_place' ? 'over the original VM (its disks are overwritten)' : `as a new VM named ${b.name}`]];
+    if (b.mode === 'new_vm') {
+      rows.push(['CPUs', b.cpus ? String(b.cpus) : 'as in the point'], ['Memory', b.memory_mib ? `${b.memory_mib} MiB` : 'as in the point'],
+        ['Disks', diskInputs.map(({ d, input }) => `${d.key} ${bytes(Number(input.value) * 1048576)}`).join(', ')],
+        [storage.previousElementSibling.textContent, b.storage || 'the platform\'s default'], ['Disk format', b.disk_format || 'the platform\'s default'],
+        ['Network', b.network || 'as in the point'], ['MAC addresses', 'new ones (the original VM keeps its own)'],
+        ['Power on after the restore', b.start ? 'yes' : 'no']);
+    }
+    summary.replaceChildren(b.mode === 'in_place' ? warning.cloneNode(true) : '', h('dl', { class: 'facts' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
+  };
+  const steps = [
+    h('div', { 'data-step': 0 }, field('VM', vm), field('Restore point', point)),
+    h('div', { 'data-step': 1 }, field('Platform to restore onto', platform),
+      h('fieldset', { class: 'field', 'data-field': 'mode' }, h('legend', {}, 'Restore'),
+        h('div', { class: 'check' }, newVm, h('label', { for: 'mode-new-vm' }, 'as a new VM (the original stays as it is)')),
+        h('div', { class: 'check' }, inPlace, h('label', { for: 'mode-in-place' }, 'over the original VM')),
+        h('small', { class: 'error', 'aria-live': 'polite' })),
+      warning),
+    h('div', { 'data-step': 2 }, field('Name of the new VM', name), field('CPUs', cpus, 'Empty: as in the point.'), field('Memory (MiB)', memory, 'Empty: as in the point.'),
+      diskBox, field('Storage', storage), field('Disk format', format), field('Network', network, 'New MAC addresses are generated, so the copy can run beside the original.'),
+      h('div', { class: 'check' }, start, h('label', { for: 'start' }, 'Power the VM on after the restore'))),
+    h('div', { 'data-step': 3 }, summary),
+  ];
+  let at = 0;
+  const nav = h('ol', { class: 'steps' });
+  const back = h('button', { type: 'button' }, 'Back');
+  const next = h('button', { type: 'button', class: 'primary' }, 'Next');
+  const go = async (to) => {
+    at = to;
+    if (at === 2 && mode() === 'in_place') at = to > 1 && next.dataset.dir === 'back' ? 1 : 3;
+    steps.forEach((s, i) => { s.hidden = i !== at; });
+    warning.hidden = mode() !== 'in_place';
+    nav.replaceChildren(...STEPS.map((t, i) => h('li', { 'aria-current': i === at ? 'step' : null }, t)));
+    back.hidden = at === 0;
+    next.hidden = at === STEPS.length - 1;
+    submit.hidden = at !== STEPS.length - 1;
+    if (at === STEPS.length - 1) drawSummary();
+  };
+  const submit = h('button', { type: 'submit', class: 'primary' }, 'Start the restore');
+  const f = form({ class: 'card wizard', 'aria-label': 'Restore a point' }, [nav, ...steps, h('div', { class: 'buttons' }, back, next, submit)], async () => {
+    if (at !== STEPS.length - 1) {
+      next.click();
+      return;
+    }
+    try {
+      const job = await api('POST', '/api/restores', collect());
+      toast(`Restore queued as job ${job.id}.`);
+      location.hash = `#/jobs/${job.id}`;
+    } catch (err) {
+      const holder = fieldOf(f, err.message);
+      const step = holder && holder.closest('[data-step]');
+      if (step) await go(Number(step.dataset.step));
+      throw err;
+    }
+  });
+  inPlace.addEventListener('change', () => { warning.hidden = false; });
+  newVm.addEventListener('change', () => { warning.hidden = true; });
+  next.addEventListener('click', async () => {
+    clearErrors(f);
+    next.dataset.dir = 'next';
+    try {
+      if (at === 0) await loadPoint();
+      if (at === 1 && mode() === 'new_vm') await loadTarget();
+      if (at === 2 && !name.value.trim()) throw new ApiError(400, 'name: the new VM needs a name');
+      await go(at + 1);
+    } catch (err) {
+      showError(f, err);
+    }
+  });
+  back.addEventListener('click', () => {
+    clearErrors(f);
+    next.dataset.dir = 'back';
+    go(at - 1);
+  });
+  main.append(f);
+  await go(0);
+}
