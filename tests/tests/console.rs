@@ -157,6 +157,13 @@ fn an_admin_registers_a_platform_backs_up_a_vm_and_follows_it_live() {
     assert_eq!(figure("succeeded"), completed);
     assert_eq!(figure("unprotected"), 2, "both VMs are in no rule");
     assert_eq!(figure("protected"), 0);
+    // The store's saving is the API's protected against stored bytes.
+    let target = &admin.get("/api/storage")[0];
+    let ratio = target["protected_bytes"].as_f64().unwrap() / target["stored_bytes"].as_f64().unwrap();
+    assert_eq!(b.text("[data-ratio=local]"), format!("{ratio:.1} : 1"));
+    // The live panel fills from the event stream within seconds.
+    b.wait_for("the live panel", "return document.querySelector('[data-live-waiting]') === null");
+    assert!(b.text("[data-live=CPU]").contains('%'), "{}", b.text("[data-live=CPU]"));
     b.look("10-dashboard");
 
     // Logging out ends the session.

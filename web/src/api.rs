@@ -392,9 +392,10 @@ async fn run_rule<B: Backend>(
     Ok(Accepted(b.run_rule(&s, id, r).await?))
 }
 
-/// Server-sent events: one `job` event (the job as JSON) per change of any job, and a comment
-/// every 15 s to keep proxies from closing the stream. A client too slow to keep up misses
-/// intermediate progress, never a final state it can fetch again.
+/// Server-sent events: one `job` event (the job as JSON) per change of any job, a `system`
+/// event (the appliance's load) every two seconds, and a comment every 15 s to keep proxies from
+/// closing the stream. A client too slow to keep up misses intermediate progress, never a final
+/// state it can fetch again.
 async fn events<B: Backend>(
     State(b): State<Arc<B>>,
     _: Authed,
@@ -403,18 +404,24 @@ async fn events<B: Backend>(
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    let stream = futures_util::stream::unfold(b.subscribe(), |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(job) => {
-                    let event = Event::default().event("job").json_data(&job).unwrap_or_default();
-                    return Some((Ok(event), rx));
-                }
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return None,
+    let stream =
+        futures_util::stream::unfold((b.subscribe(), b.subscribe_system()), |(mut jobs, mut system)| async move {
+            loop {
+                let event = tokio::select! {
+                    job = jobs.recv() => match job {
+                        Ok(job) => Event::default().event("job").json_data(&job).unwrap_or_default(),
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return None,
+                    },
+                    sample = system.recv() => match sample {
+                        Ok(s) => Event::default().event("system").json_data(&s).unwrap_or_default(),
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => return None,
+                    },
+                };
+                return Some((Ok(event), (jobs, system)));
             }
-        }
-    });
+        });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
@@ -608,7 +615,7 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/rules/{id}", M::PUT, Operate, "Replace a rule's settings and VMs (checked like a new rule; the platform stays; the schedule counts from now)", update_rule::<B>),
         r("/api/rules/{id}", M::DELETE, Operate, "Delete a rule (its jobs' history stays; its points too unless delete_data_with_rule)", delete_rule::<B>),
         r("/api/rules/{id}/run", M::POST, Operate, "Run a rule's VMs now", run_rule::<B>),
-        r("/api/events", M::GET, Read, "Server-sent events: 'job' with the Job JSON at each change", events::<B>),
+        r("/api/events", M::GET, Read, "Server-sent events: 'job' with the Job JSON at each change, 'system' with a SystemSample every 2 s", events::<B>),
         r("/api/stats", M::GET, Read, "Statistics per VM and per rule", stats::<B>),
         r("/api/alerts", M::GET, Admin, "Alert mail settings (admins)", alerts::<B>),
         r("/api/alerts", M::PUT, Admin, "Set alert mail settings (admins)", set_alerts::<B>),

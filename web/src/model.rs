@@ -193,6 +193,22 @@ pub struct Vm {
     pub running: bool,
 }
 
+/// The appliance's own load over the last two seconds, for the dashboard's live panel (the
+/// event stream's `system` events).
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct SystemSample {
+    pub time: String,
+    pub cpu_percent: f64,
+    pub memory_used: u64,
+    pub memory_total: u64,
+    /// Bytes per second over every network interface but loopback.
+    pub net_rx_per_second: u64,
+    pub net_tx_per_second: u64,
+    /// Bytes per second read from and written to the disk that holds the appliance's store.
+    pub disk_read_per_second: u64,
+    pub disk_write_per_second: u64,
+}
+
 /// What a platform offers: its hosts, VMs, networks and the storage new disks can go to.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct PlatformInventory {
@@ -821,6 +837,8 @@ pub trait Jobs: Send + Sync + 'static {
     fn stats(&self) -> impl Future<Output = ApiResult<serde_json::Value>> + Send;
     /// Every job change (state, progress) as it happens, for server-sent events.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job>;
+    /// The appliance's load every two seconds, for the same stream.
+    fn subscribe_system(&self) -> tokio::sync::broadcast::Receiver<SystemSample>;
     fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
     fn start_restore(&self, s: &Session, r: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send;
     fn point(&self, id: &str) -> impl Future<Output = ApiResult<PointDetails>> + Send;

@@ -211,6 +211,8 @@ pub fn document(operations: &[Operation]) -> Value {
     settings.definitions_path = "/components/schemas".into();
     let mut g = settings.into_generator();
     g.subschema_for::<ErrorReply>();
+    // What the event stream carries besides jobs.
+    g.subschema_for::<crate::model::SystemSample>();
     let mut paths = Map::new();
     for op in operations {
         let s = (op.shapes)(&mut g);

@@ -120,6 +120,9 @@ impl Jobs for Fake {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
         self.0.subscribe()
     }
+    fn subscribe_system(&self) -> tokio::sync::broadcast::Receiver<SystemSample> {
+        tokio::sync::broadcast::channel(1).1
+    }
     fn stop_job(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<Job>> + Send {
         nope()
     }

@@ -207,16 +207,29 @@ export function may(what) {
   return Boolean(role);
 }
 
-/// Calls `fn(job)` at each job change the appliance streams, until `signal` aborts.
-export function onJob(fn, signal) {
-  listeners.add(fn);
-  signal.addEventListener('abort', () => listeners.delete(fn));
+/// Calls `fn(job)` at each job change the appliance streams, until `signal` aborts; and
+/// `resync()` whenever the stream (re)connects, since changes made while it was not connected
+/// are not replayed: a page fetches again what it shows.
+export function onJob(fn, signal, resync) {
+  listen('job', fn, signal, resync);
+}
+
+/// Calls `fn(sample)` with the appliance's load every two seconds, until `signal` aborts.
+export function onSystem(fn, signal) {
+  listen('system', fn, signal);
+}
+
+function listen(kind, fn, signal, resync) {
+  const entry = { kind, fn, resync };
+  listeners.add(entry);
+  signal.addEventListener('abort', () => listeners.delete(entry));
   if (!events) {
     events = new EventSource('/api/events');
-    events.addEventListener('job', (e) => {
-      const job = JSON.parse(e.data);
-      listeners.forEach((l) => l(job));
-    });
+    events.addEventListener('open', () => listeners.forEach((l) => { if (l.resync) l.resync(); }));
+    ['job', 'system'].forEach((k) => events.addEventListener(k, (e) => {
+      const value = JSON.parse(e.data);
+      listeners.forEach((l) => { if (l.kind === k) l.fn(value); });
+    }));
   }
 }
 

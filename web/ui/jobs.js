@@ -62,7 +62,10 @@ async function list(main, signal) {
   onJob((j) => {
     byId.set(j.id, j);
     draw();
-  }, signal);
+  }, signal, async () => {
+    (await api('GET', '/api/jobs')).forEach((j) => byId.set(j.id, j));
+    draw();
+  });
 }
 
 function summary(job) {
@@ -122,14 +125,21 @@ async function detail(main, id, signal) {
       h('div', { class: 'page-head' }, h('h2', { id: 'log-h' }, 'Log'), field('Level', levelFilter)),
       logBox));
   draw();
-  await loadLog();
+  // Listening first, then reading: a change between the two is not lost.
   onJob((j) => {
     if (String(j.id) !== String(id)) return;
     const ended = ENDED.includes(j.state) && !ENDED.includes(job.state);
     job = j;
     draw();
     if (ended) loadLog();
-  }, signal);
+  }, signal, async () => {
+    job = await api('GET', `/api/jobs/${id}`);
+    draw();
+    await loadLog();
+  });
+  job = await api('GET', `/api/jobs/${id}`);
+  draw();
+  await loadLog();
 }
 
 export async function render(main, { params, signal }) {

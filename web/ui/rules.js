@@ -182,7 +182,10 @@ async function list(main, signal) {
     note(j);
     if (pending) return;
     pending = setTimeout(() => { pending = null; if (!signal.aborted) draw(); }, 300);
-  }, signal);
+  }, signal, async () => {
+    [...(await api('GET', '/api/jobs'))].reverse().forEach(note);
+    draw();
+  });
 }
 
 /// The inputs of one schedule, named by its path in the rule ("full", "partial.schedule").

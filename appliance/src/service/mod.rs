@@ -26,6 +26,7 @@ mod runner;
 mod schedule;
 mod stats;
 mod storage;
+mod system;
 
 use anyhow::{Context, Result};
 use catalog::{now, random_hex, Db};
@@ -64,6 +65,8 @@ pub struct Service {
     nodes: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<engine::NodeProbe>>>>,
     /// Job changes for the API's live events.
     events: tokio::sync::broadcast::Sender<Job>,
+    /// The appliance's load, sampled every two seconds (system.rs).
+    system: tokio::sync::broadcast::Sender<SystemSample>,
     /// One alert decided and sent at a time, so two quick failures cannot both pass the cap.
     alert_lock: tokio::sync::Mutex<()>,
     /// Wakes the storage watch (the alert settings changed).
@@ -106,6 +109,7 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
         hosts: Default::default(),
         nodes: Default::default(),
         events: tokio::sync::broadcast::channel(1024).0,
+        system: tokio::sync::broadcast::channel(4).0,
         alert_lock: tokio::sync::Mutex::new(()),
         storage_check: tokio::sync::Notify::new(),
         cleaning: Default::default(),
@@ -294,6 +298,7 @@ pub fn run(opts: ServeOptions) -> Result<i32> {
         let service = Arc::new(service);
         service.clean_up_killed(killed);
         service.start_scheduler();
+        system::start(&opts.data_dir.join("store"), service.system.clone());
         service.start_storage_watch(std::time::Duration::from_secs(300));
         let (cert, key) = tls_files(&opts.data_dir.join("tls"))?;
         let listener = tokio::net::TcpListener::bind(&opts.listen)
@@ -432,6 +437,9 @@ impl Jobs for Api {
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
         self.0.events.subscribe()
+    }
+    fn subscribe_system(&self) -> tokio::sync::broadcast::Receiver<SystemSample> {
+        self.0.system.subscribe()
     }
     async fn stats(&self) -> ApiResult<serde_json::Value> {
         self.0.stats().await
