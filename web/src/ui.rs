@@ -34,6 +34,8 @@ const ASSETS: &[Asset] = assets!(
     "points.js" => JS,
     "restore.js" => JS,
     "jobs.js" => JS,
+    "statistics.js" => JS,
+    "settings.js" => JS,
 );
 
 /// What every reply carries. The console's scripts and styles are its own files; what the API

@@ -260,6 +260,8 @@ const pages = [
   { path: 'points', title: 'Restore points', module: './points.js' },
   { path: 'restore', title: 'Restore', module: './restore.js', hidden: true },
   { path: 'jobs', title: 'Jobs', module: './jobs.js' },
+  { path: 'statistics', title: 'Statistics', module: './statistics.js' },
+  { path: 'settings', title: 'Settings', module: './settings.js' },
 ];
 
 let current = null;
@@ -281,6 +283,8 @@ async function show() {
   main.replaceChildren();
   try {
     await mod.render(main, { params: params.map(decodeURIComponent), signal });
+    // When the page's figures are drawn: the benchmark's "first render" (tests/src/bin/console-bench.rs).
+    performance.mark(`hf-rendered:${page.path}`);
   } catch (err) {
     if (err.status !== 401) main.append(h('p', { class: 'form-error', role: 'alert' }, err.message));
   }
