@@ -106,6 +106,11 @@ impl Browser {
         self.session_call("POST", "/execute/sync", Some(json!({ "script": script, "args": args })))
     }
 
+    /// Runs `script` in the page, which calls its last argument with the result; that result.
+    pub fn run_async(&self, script: &str, args: Value) -> Value {
+        self.session_call("POST", "/execute/async", Some(json!({ "script": script, "args": args })))
+    }
+
     /// Waits until `script` returns something truthy; returns it.
     pub fn wait_for(&self, what: &str, script: &str) -> Value {
         let t = Instant::now();
@@ -205,7 +210,7 @@ impl Browser {
             axe.run(document, { resultTypes: ['violations'] }).then((r) => done(r.violations.filter((v) => \
             v.impact === 'serious' || v.impact === 'critical').map((v) => ({ id: v.id, help: v.help, \
             nodes: v.nodes.map((n) => n.html.slice(0, 200)) })))).catch((e) => done([{ id: 'axe failed', help: String(e) }]));";
-        let found = self.session_call("POST", "/execute/async", Some(json!({ "script": script, "args": [] })));
+        let found = self.run_async(script, json!([]));
         assert_eq!(found, json!([]), "axe-core found serious or critical problems on {what}");
     }
 }

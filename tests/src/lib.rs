@@ -14,8 +14,11 @@ pub fn holdfast_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("HOLDFAST_BIN") {
         return PathBuf::from(p);
     }
+    // A test runs from target/<profile>/deps, a benchmark binary from target/<profile>.
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("holdfast");
+    let dir = exe.parent().expect("the executable's directory");
+    let bin =
+        if dir.ends_with("deps") { dir.parent().expect("target dir").join("holdfast") } else { dir.join("holdfast") };
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p appliance --features sim` first (the test script does)",

@@ -216,8 +216,8 @@ async fn start_restore<B: Backend>(
     Ok(Accepted(b.start_restore(&s, r).await?))
 }
 
-async fn jobs<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Job>>> {
-    Ok(Json(b.jobs().await?))
+async fn jobs<B: Backend>(State(b): State<Arc<B>>, _: Authed, Query(f): Query<JobFilter>) -> ApiResult<Json<Vec<Job>>> {
+    Ok(Json(b.jobs(f).await?))
 }
 
 async fn job<B: Backend>(State(b): State<Arc<B>>, _: Authed, Path(id): Path<i64>) -> ApiResult<Json<Job>> {
@@ -588,7 +588,7 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/platforms/{id}/vms", M::GET, Read, "The VMs a platform reaches", platform_vms::<B>),
         r("/api/platforms/{id}/inventory", M::GET, Read, "What a platform offers: hosts, VMs, networks, storage", platform_inventory::<B>),
         r("/api/platforms/{id}/vms/{vm}", M::GET, Read, "One VM as its platform describes it now: CPUs, memory, disks, NICs", platform_vm::<B>),
-        r("/api/jobs", M::GET, Read, "Jobs, newest first", jobs::<B>),
+        r("/api/jobs", M::GET, Read, "Jobs, newest first (500 unless limit says otherwise, at most 5,000), those created since a time", jobs::<B>),
         r("/api/jobs", M::POST, Operate, "Back up a VM now", start_job::<B>),
         r("/api/restores", M::POST, Operate, "Restore a point as a new VM or in place (the VM shut off); runs as a job (kind restore) with progress, stop and the bandwidth windows; the point cannot be deleted while it runs", start_restore::<B>),
         r("/api/jobs/{id}", M::GET, Read, "A job", job::<B>),
@@ -657,4 +657,5 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .fallback(not_found)
         .with_state(backend)
         .layer(axum::middleware::map_response(crate::ui::security_headers))
+        .layer(axum::middleware::from_fn(crate::compress::gzip))
 }

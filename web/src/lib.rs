@@ -9,6 +9,7 @@
 
 mod api;
 mod client;
+mod compress;
 mod model;
 mod openapi;
 mod tls;

@@ -544,6 +544,17 @@ pub struct ImportReport {
 }
 
 /// Enables or disables several rules at once (the scheduler's group start and stop).
+/// Which jobs to list: newest first, at most `limit` (default 500, at most 5,000), created at or
+/// after `since` (RFC 3339) when given.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
 /// How a rule is deleted.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -828,7 +839,7 @@ pub trait Platforms: Send + Sync + 'static {
 /// Backup and restore jobs, their logs and live events, the points they made, statistics.
 pub trait Jobs: Send + Sync + 'static {
     fn start_job(&self, s: &Session, j: NewJob) -> impl Future<Output = ApiResult<Job>> + Send;
-    fn jobs(&self) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
+    fn jobs(&self, f: JobFilter) -> impl Future<Output = ApiResult<Vec<Job>>> + Send;
     fn job(&self, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
     fn job_log(&self, id: i64) -> impl Future<Output = ApiResult<Vec<LogLine>>> + Send;
     fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send;

@@ -102,7 +102,7 @@ impl Jobs for Fake {
     fn start_job(&self, _: &Session, _: NewJob) -> impl Future<Output = ApiResult<Job>> + Send {
         nope()
     }
-    fn jobs(&self) -> impl Future<Output = ApiResult<Vec<Job>>> + Send {
+    fn jobs(&self, _: JobFilter) -> impl Future<Output = ApiResult<Vec<Job>>> + Send {
         nope()
     }
     fn job(&self, _: i64) -> impl Future<Output = ApiResult<Job>> + Send {

@@ -30,14 +30,14 @@ async function unprotected(platforms, rules) {
 }
 
 async function fill(box) {
+  const since = new Date(Date.now() - 24 * 3600 * 1000);
   const [jobs, rules, platforms, storage, stats] = await Promise.all([
-    api('GET', '/api/jobs'), api('GET', '/api/rules'), api('GET', '/api/platforms'),
+    api('GET', `/api/jobs?limit=5000&since=${encodeURIComponent(since.toISOString())}`), api('GET', '/api/rules'), api('GET', '/api/platforms'),
     api('GET', '/api/storage'), api('GET', '/api/stats'),
   ]);
   const { out: loose, failures } = await unprotected(platforms, rules);
   const protectedCount = rules.reduce((n, r) => n + r.vms.length, 0);
-  const since = Date.now() - 24 * 3600 * 1000;
-  const recent = jobs.filter((j) => new Date(j.created).getTime() >= since);
+  const recent = jobs;
   const count = (pred) => recent.filter(pred).length;
   const succeeded = count((j) => j.state === 'completed');
   const failed = count((j) => j.state === 'failed');

@@ -16,7 +16,7 @@ function progress(job) {
 }
 
 async function list(main, signal) {
-  const jobs = await api('GET', '/api/jobs');
+  const jobs = await api('GET', '/api/jobs?limit=1000');
   const stateFilter = h('select', { name: 'state' },
     h('option', { value: '' }, 'any state'),
     h('option', { value: 'active' }, 'running or waiting'),
@@ -63,7 +63,7 @@ async function list(main, signal) {
     byId.set(j.id, j);
     draw();
   }, signal, async () => {
-    (await api('GET', '/api/jobs')).forEach((j) => byId.set(j.id, j));
+    (await api('GET', '/api/jobs?limit=1000')).forEach((j) => byId.set(j.id, j));
     draw();
   });
 }

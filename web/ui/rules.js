@@ -64,7 +64,7 @@ function confirmDelete(names) {
 }
 
 async function list(main, signal) {
-  const [rules, platforms, jobs] = await Promise.all([api('GET', '/api/rules'), api('GET', '/api/platforms'), api('GET', '/api/jobs')]);
+  const [rules, platforms, jobs] = await Promise.all([api('GET', '/api/rules'), api('GET', '/api/platforms'), api('GET', '/api/jobs?limit=1000')]);
   const platformName = (id) => (platforms.find((p) => p.id === id) || { name: `platform ${id}` }).name;
   const latest = new Map();
   const rates = new Map();
@@ -183,7 +183,7 @@ async function list(main, signal) {
     if (pending) return;
     pending = setTimeout(() => { pending = null; if (!signal.aborted) draw(); }, 300);
   }, signal, async () => {
-    [...(await api('GET', '/api/jobs'))].reverse().forEach(note);
+    [...(await api('GET', '/api/jobs?limit=1000'))].reverse().forEach(note);
     draw();
   });
 }
@@ -434,13 +434,16 @@ async function wizard(main, id) {
   });
   back.addEventListener('click', () => { clearErrors(f); go(at - 1); });
   // Checked where it is typed: a change on this step asks the API at once.
+  // Only the newest check's answer is shown: an older one may arrive after it.
+  let asked = 0;
   steps.forEach((s, i) => s.addEventListener('change', async () => {
     if (i !== at) return;
+    const mine = ++asked;
     try {
       await check();
-      clearErrors(f);
+      if (mine === asked) clearErrors(f);
     } catch (err) {
-      if (stepOf(f, err) === at) showError(f, err);
+      if (mine === asked && stepOf(f, err) === at) showError(f, err);
     }
   }));
   main.append(heading(existing ? `Edit rule ${existing.name}` : 'New backup rule', h('a', { href: '#/rules', class: 'button' }, 'Cancel')), f);

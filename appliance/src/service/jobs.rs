@@ -115,11 +115,23 @@ impl Service {
             .ok_or_else(|| ApiError::not_found(format!("job {id}")))
     }
 
-    pub(super) async fn list_jobs(&self) -> ApiResult<Vec<Job>> {
-        let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id DESC LIMIT 500"))
-            .fetch_all(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
+    pub(super) async fn list_jobs(&self, f: JobFilter) -> ApiResult<Vec<Job>> {
+        let limit = i64::from(f.limit.unwrap_or(500).clamp(1, 5000));
+        let since = match &f.since {
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| ApiError::field("since", format!("{t:?} is not an RFC 3339 time")))?
+                .with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            None => String::new(),
+        };
+        // Times are stored as RFC 3339 in UTC, so they compare as text.
+        let rows =
+            sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE created >= $1 ORDER BY id DESC LIMIT $2"))
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&self.db)
+                .await
+                .map_err(ApiError::internal)?;
         rows.iter().map(job).collect::<sqlx::Result<_>>().map_err(ApiError::internal)
     }
 

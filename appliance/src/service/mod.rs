@@ -423,8 +423,8 @@ impl Jobs for Api {
     async fn start_job(&self, s: &Session, j: NewJob) -> ApiResult<Job> {
         self.0.queue_job(s, j).await
     }
-    async fn jobs(&self) -> ApiResult<Vec<Job>> {
-        self.0.list_jobs().await
+    async fn jobs(&self, f: JobFilter) -> ApiResult<Vec<Job>> {
+        self.0.list_jobs(f).await
     }
     async fn job(&self, id: i64) -> ApiResult<Job> {
         self.0.job_by_id(id).await

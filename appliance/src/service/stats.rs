@@ -40,38 +40,33 @@ impl Service {
         );
         let vms: Vec<VmRow> =
             sqlx::query_as(&vm_sql).bind(&week).bind(&month).bind(&year).fetch_all(&self.db).await.map_err(err)?;
+        // Each VM's points, found through its newest committed job, and per store key the newest
+        // point's size and what all its points stored: two reads for every VM at once (a query
+        // per VM took half a second with 500 VMs).
+        let made: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT j.platform_id, j.vm, p.vm_key FROM jobs j JOIN points p ON p.point_id = j.point_id \
+             WHERE j.kind = 'backup' ORDER BY j.id",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(err)?;
+        let key_of: std::collections::HashMap<(i64, String), String> =
+            made.into_iter().map(|(platform, vm, key)| ((platform, vm), key)).collect();
+        let points: Vec<(String, String, i64, i64)> =
+            sqlx::query_as("SELECT vm_key, started, protected_bytes, stored_bytes FROM points ORDER BY started")
+                .fetch_all(&self.db)
+                .await
+                .map_err(err)?;
+        let mut sizes: std::collections::HashMap<String, (i64, i64)> = Default::default();
+        for (key, _, protected, stored) in points {
+            let e = sizes.entry(key).or_default();
+            // Ordered by time: the last seen is the newest point's size.
+            *e = (protected, e.1 + stored);
+        }
         let mut vm_rows = Vec::new();
         for (platform, vm, s1, s2, s3, f1, f2, f3, unread) in vms {
-            // The VM's points in the store, found through its newest committed job.
-            let key: Option<(String,)> = sqlx::query_as(
-                "SELECT p.vm_key FROM jobs j JOIN points p ON p.point_id = j.point_id \
-                 WHERE j.kind = 'backup' AND j.platform_id = $1 AND j.vm = $2 ORDER BY j.id DESC LIMIT 1",
-            )
-            .bind(platform)
-            .bind(&vm)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(err)?;
-            let (protected, stored) = match key {
-                Some((key,)) => {
-                    let newest: Option<(i64,)> = sqlx::query_as(
-                        "SELECT protected_bytes FROM points WHERE vm_key = $1 ORDER BY started DESC LIMIT 1",
-                    )
-                    .bind(&key)
-                    .fetch_optional(&self.db)
-                    .await
-                    .map_err(err)?;
-                    let (stored,): (i64,) = sqlx::query_as(
-                        "SELECT CAST(COALESCE(SUM(stored_bytes), 0) AS BIGINT) FROM points WHERE vm_key = $1",
-                    )
-                    .bind(&key)
-                    .fetch_one(&self.db)
-                    .await
-                    .map_err(err)?;
-                    (newest.map(|(b,)| b).unwrap_or(0), stored)
-                }
-                None => (0, 0),
-            };
+            let (protected, stored) =
+                key_of.get(&(platform, vm.clone())).and_then(|k| sizes.get(k)).copied().unwrap_or((0, 0));
             let (ok, failed) = counts((s1, s2, s3, f1, f2, f3));
             vm_rows.push(json!({
                 "platform": platform, "vm": vm, "succeeded": ok, "failed": failed, "unread_errors": unread,
