@@ -32,6 +32,14 @@ pub struct Browser {
 #[derive(Clone)]
 pub struct Element(String);
 
+/// A test's screenshot folder, emptied: /var/tmp/holdfast-screenshots/<test>.
+pub fn shots(test: &str) -> PathBuf {
+    let dir = PathBuf::from("/var/tmp/holdfast-screenshots").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("screenshots: {}", dir.display());
+    dir
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -186,6 +194,23 @@ impl Browser {
     /// Sets the viewport's width (the window is resized to give it).
     pub fn width(&self, width: u32) {
         self.session_call("POST", "/window/rect", Some(json!({ "width": width, "height": 900 })));
+    }
+
+    /// Logs in through the console's login form.
+    pub fn log_in(&self, user: &str, password: &str) {
+        self.find("form[aria-label='Log in']");
+        self.type_into("input[name=user]", user);
+        self.type_into("input[name=password]", password);
+        self.click("form[aria-label='Log in'] button[type=submit]");
+    }
+
+    /// Changes the password through the form the console shows at a first login.
+    pub fn change_password(&self, old: &str, new: &str) {
+        self.find("form[aria-label='Change your password']");
+        self.type_into("input[name=old]", old);
+        self.type_into("input[name=new]", new);
+        self.type_into("input[name=again]", new);
+        self.click("form[aria-label='Change your password'] button[type=submit]");
     }
 
     /// Saves the page at desktop (1280 px) and phone (360 px) width as `NN-step-desktop.png` and

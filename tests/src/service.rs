@@ -170,6 +170,19 @@ impl Client {
         cmd.arg(format!("{}{path}", self.base)).spawn().expect("curl runs")
     }
 
+    /// Registers the simulated platform of `host` under `name`; its id.
+    pub fn add_sim_platform(&self, name: &str, host: &connectors::sim::SimHost) -> i64 {
+        let mut body = host.settings();
+        body["name"] = serde_json::json!(name);
+        body["kind"] = serde_json::json!("sim");
+        let (code, v) = self.request("POST", "/api/platforms", Some(&body));
+        assert_eq!(
+            code, 201,
+            "{v}: is the binary built with the simulated platform (cargo build -p appliance --features sim)?"
+        );
+        v["id"].as_i64().unwrap()
+    }
+
     /// Logs in (cookie jar and CSRF token kept); returns the reply.
     /// Waits for job `id` to end (completed, failed or stopped); returns it.
     pub fn wait_job(&self, id: i64) -> Value {

@@ -7,38 +7,13 @@
 //! and each step leaves screenshots under /var/tmp/holdfast-screenshots/<test>/ to look at.
 
 use connectors::sim::{Faults, SimHost};
-use holdfast_tests::browser::Browser;
+use holdfast_tests::browser::{shots, Browser};
 use holdfast_tests::service::Server;
 use serde_json::json;
-use std::path::PathBuf;
 
 const MIB: u64 = 1 << 20;
 const PASSWORD: &str = "correct horse battery";
 const HOSTILE: &str = "<img src=x onerror=alert(1)>";
-
-fn shots(test: &str) -> PathBuf {
-    let dir = PathBuf::from("/var/tmp/holdfast-screenshots").join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("screenshots: {}", dir.display());
-    dir
-}
-
-/// Logs in through the login form.
-fn log_in(b: &Browser, user: &str, password: &str) {
-    b.find("form[aria-label='Log in']");
-    b.type_into("input[name=user]", user);
-    b.type_into("input[name=password]", password);
-    b.click("form[aria-label='Log in'] button[type=submit]");
-}
-
-/// Changes the password through the forced form.
-fn change_password(b: &Browser, old: &str, new: &str) {
-    b.find("form[aria-label='Change your password']");
-    b.type_into("input[name=old]", old);
-    b.type_into("input[name=new]", new);
-    b.type_into("input[name=again]", new);
-    b.click("form[aria-label='Change your password'] button[type=submit]");
-}
 
 #[test]
 fn an_admin_registers_a_platform_backs_up_a_vm_and_follows_it_live() {
@@ -53,12 +28,12 @@ fn an_admin_registers_a_platform_backs_up_a_vm_and_follows_it_live() {
 
     // The login page; a wrong password says so and keeps the form.
     b.go(&format!("{base}/"));
-    log_in(&b, "admin", "wrong password");
+    b.log_in("admin", "wrong password");
     b.wait_for("the refusal", "return document.querySelector('.form-error:not([hidden])')");
     b.look("01-login-refused");
 
     // First login: the password must be changed; a mismatch is caught, a short one is the API's refusal.
-    log_in(&b, "admin", &server.initial_password());
+    b.log_in("admin", &server.initial_password());
     b.find("form[aria-label='Change your password']");
     b.type_into("input[name=old]", &server.initial_password());
     b.type_into("input[name=new]", "long enough password");
@@ -69,12 +44,12 @@ fn an_admin_registers_a_platform_backs_up_a_vm_and_follows_it_live() {
         .as_str()
         .unwrap()
         .contains("differ"));
-    change_password(&b, &server.initial_password(), "short");
+    b.change_password(&server.initial_password(), "short");
     let refusal =
         b.wait_for("the API's refusal", "return document.querySelector('.field[data-field=new] .error').innerText");
     assert!(refusal.as_str().unwrap().starts_with("new:"), "{refusal}");
     b.look("02-password-change");
-    change_password(&b, &server.initial_password(), PASSWORD);
+    b.change_password(&server.initial_password(), PASSWORD);
     b.wait_for("the dashboard", "return document.title.startsWith('Dashboard')");
     b.look("03-dashboard-empty");
 
@@ -179,15 +154,12 @@ fn an_auditor_sees_everything_and_no_control_that_changes_anything() {
     host.add_vm("db1", &[("vda", MIB)]);
     let server = Server::start(&tmp.path().join("data"));
     let admin = server.admin(PASSWORD);
-    let mut settings = host.settings();
-    settings["name"] = json!("lab");
-    settings["kind"] = json!("sim");
-    let platform = admin.post("/api/platforms", settings, 201)["id"].as_i64().unwrap();
+    let platform = admin.add_sim_platform("lab", &host);
     admin.post("/api/users", json!({ "name": "audrey", "role": "auditor", "password": "first password 1" }), 201);
     let b = Browser::start(&shots("auditor"));
     b.go(&format!("https://127.0.0.1:{}/", server.port));
-    log_in(&b, "audrey", "first password 1");
-    change_password(&b, "first password 1", "audrey's own password");
+    b.log_in("audrey", "first password 1");
+    b.change_password("first password 1", "audrey's own password");
     b.wait_for("the dashboard", "return document.title.startsWith('Dashboard')");
     assert!(b.text("#user").contains("auditor"));
 
@@ -210,13 +182,10 @@ fn a_rule_made_in_the_wizard_refuses_wrong_input_where_it_is_typed_and_runs_live
     host.add_vm("app2", &[("vda", MIB)]);
     let server = Server::start(&tmp.path().join("data"));
     let admin = server.admin(PASSWORD);
-    let mut settings = host.settings();
-    settings["name"] = json!("lab");
-    settings["kind"] = json!("sim");
-    admin.post("/api/platforms", settings, 201);
+    admin.add_sim_platform("lab", &host);
     let b = Browser::start(&shots("rules"));
     b.go(&format!("https://127.0.0.1:{}/#/rules", server.port));
-    log_in(&b, "admin", PASSWORD);
+    b.log_in("admin", PASSWORD);
     b.click("#nav a[data-page=rules]");
     b.find("main .empty");
     b.look("01-no-rules");
@@ -320,10 +289,7 @@ fn the_timeline_stars_locks_and_deletes_points_and_the_wizard_restores_one_as_a_
     host.write("db1", "vda", 0, &holdfast_tests::noise(4 * MIB as usize, 3));
     let server = Server::start(&tmp.path().join("data"));
     let admin = server.admin(PASSWORD);
-    let mut settings = host.settings();
-    settings["name"] = json!("lab");
-    settings["kind"] = json!("sim");
-    let platform = admin.post("/api/platforms", settings, 201)["id"].as_i64().unwrap();
+    let platform = admin.add_sim_platform("lab", &host);
     let backup = |kind: &str| {
         let j = admin.post("/api/jobs", json!({ "platform": platform, "vm": "db1", "type": kind }), 202);
         admin.wait_job(j["id"].as_i64().unwrap())
@@ -336,7 +302,7 @@ fn the_timeline_stars_locks_and_deletes_points_and_the_wizard_restores_one_as_a_
 
     let b = Browser::start(&shots("points"));
     b.go(&format!("https://127.0.0.1:{}/#/points", server.port));
-    log_in(&b, "admin", PASSWORD);
+    b.log_in("admin", PASSWORD);
     b.click("main a[href^='#/points/']");
     b.wait_for("the timeline", "return document.querySelectorAll('li.point').length === 2");
     let text = b.text("main");

@@ -4,7 +4,7 @@
 //! through the restore wizard as a new VM that the inventory then lists (its disks compared with
 //! the point's byte for byte). What only the simulated platform can show quickly is in console.rs.
 
-use holdfast_tests::browser::Browser;
+use holdfast_tests::browser::{shots, Browser};
 use holdfast_tests::kvm::{virsh, TestVm, MIB};
 use holdfast_tests::service::Server;
 use serde_json::json;
@@ -23,15 +23,10 @@ fn a_kvm_vm_is_protected_and_restored_as_a_new_vm_entirely_from_the_console() {
     std::fs::create_dir_all(&pool_dir).unwrap();
     virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
     let copy = format!("{}-copy", vm.name);
-    let shots = std::path::PathBuf::from("/var/tmp/holdfast-screenshots/kvm");
-    let _ = std::fs::remove_dir_all(&shots);
-    let b = Browser::start(&shots);
+    let b = Browser::start(&shots("kvm"));
     let base = format!("https://127.0.0.1:{}", server.port);
     b.go(&format!("{base}/#/platforms"));
-    b.find("form[aria-label='Log in']");
-    b.type_into("input[name=user]", "admin");
-    b.type_into("input[name=password]", PASSWORD);
-    b.click("form[aria-label='Log in'] button[type=submit]");
+    b.log_in("admin", PASSWORD);
 
     // Register the host through its kind's form, and browse what it has.
     b.click(".page-head button.primary");

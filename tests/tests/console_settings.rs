@@ -11,28 +11,12 @@
 //! at desktop and phone width; screenshots go under /var/tmp/holdfast-screenshots/<test>/.
 
 use connectors::sim::{Faults, SimHost};
-use holdfast_tests::browser::Browser;
+use holdfast_tests::browser::{shots, Browser};
 use holdfast_tests::service::{Client, Server};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 
 const MIB: u64 = 1 << 20;
 const PASSWORD: &str = "correct horse battery";
-
-fn shots(test: &str) -> PathBuf {
-    let dir = PathBuf::from("/var/tmp/holdfast-screenshots").join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("screenshots: {}", dir.display());
-    dir
-}
-
-/// Logs in through the login form.
-fn log_in(b: &Browser, user: &str, password: &str) {
-    b.find("form[aria-label='Log in']");
-    b.type_into("input[name=user]", user);
-    b.type_into("input[name=password]", password);
-    b.click("form[aria-label='Log in'] button[type=submit]");
-}
 
 /// Makes each screenshot show what the test looks at: at each resize of `look` the page scrolls
 /// to `window.lookAt` (a selector) if set, else to the element in focus.
@@ -105,10 +89,7 @@ fn backups(admin: &Client, host: &SimHost) -> (i64, i64) {
     host.write("web1", "vda", 0, &holdfast_tests::noise(4 * MIB as usize, 1));
     host.add_vm("db1", &[("vda", 4 * MIB)]);
     host.write("db1", "vda", 0, &holdfast_tests::noise(MIB as usize, 2));
-    let mut settings = host.settings();
-    settings["name"] = json!("lab");
-    settings["kind"] = json!("sim");
-    let platform = job_id(&admin.post("/api/platforms", settings, 201));
+    let platform = admin.add_sim_platform("lab", host);
     let weekly = json!({ "kind": "weekly", "days": ["sun"], "times": ["03:00"] });
     let rule = admin.post(
         "/api/rules",
@@ -137,7 +118,7 @@ fn an_admin_sets_up_the_appliance_in_settings_and_reads_the_statistics() {
     let base = format!("https://127.0.0.1:{}", server.port);
     let b = Browser::start(&shots("settings-admin"));
     b.go(&format!("{base}/"));
-    log_in(&b, "admin", PASSWORD);
+    b.log_in("admin", PASSWORD);
     b.wait_for("the dashboard", "return document.title.startsWith('Dashboard')");
     follow_focus(&b);
 
@@ -537,12 +518,8 @@ fn an_auditor_reads_the_settings_and_finds_no_control_that_changes_anything() {
     let base = format!("https://127.0.0.1:{}", server.port);
     let b = Browser::start(&shots("settings-auditor"));
     b.go(&format!("{base}/"));
-    log_in(&b, "audrey", "first password 1");
-    b.find("form[aria-label='Change your password']");
-    b.type_into("input[name=old]", "first password 1");
-    b.type_into("input[name=new]", "audrey's own password");
-    b.type_into("input[name=again]", "audrey's own password");
-    b.click("form[aria-label='Change your password'] button[type=submit]");
+    b.log_in("audrey", "first password 1");
+    b.change_password("first password 1", "audrey's own password");
     b.wait_for("the dashboard", "return document.title.startsWith('Dashboard')");
     follow_focus(&b);
 

@@ -41,7 +41,7 @@ impl Bed {
         }
         let server = Server::start_with(&tmp.path().join("data"), clock.map(|_| clock_file.as_path()), args);
         let c = server.admin(PASSWORD);
-        let platform = add_platform(&c, "sim", &host);
+        let platform = c.add_sim_platform("sim", &host);
         Bed { _tmp: tmp, host, server, c, platform }
     }
 
@@ -70,18 +70,6 @@ impl Bed {
         };
         assert_eq!(self.c.request("PUT", "/api/bandwidth", Some(&body)).0, 204);
     }
-}
-
-fn add_platform(c: &Client, name: &str, host: &SimHost) -> i64 {
-    let mut body = host.settings();
-    body["name"] = json!(name);
-    body["kind"] = json!("sim");
-    let (code, v) = c.request("POST", "/api/platforms", Some(&body));
-    assert_eq!(
-        code, 201,
-        "{v}: is the binary built with the simulated platform (cargo build -p appliance --features sim)?"
-    );
-    v["id"].as_i64().unwrap()
 }
 
 #[test]
@@ -185,7 +173,7 @@ fn chrono_secs(t: &str) -> f64 {
 fn queued_jobs_keep_to_the_global_and_per_platform_limits() {
     let bed = Bed::start(&["--max-jobs", "3", "--max-jobs-per-host", "2"]);
     let other = SimHost::create(&bed.dir().join("sim-b"));
-    let second = add_platform(&bed.c, "sim-b", &other);
+    let second = bed.c.add_sim_platform("sim-b", &other);
     // Slow reads, so that jobs overlap for long enough to see the limits.
     for h in [&bed.host, &other] {
         h.set_faults(&Faults { read_delay_ms: 150, ..Faults::default() });
@@ -624,7 +612,7 @@ fn platforms_are_described_edited_and_removed_only_when_nothing_needs_them() {
     // A platform nothing needs goes, with its job history.
     // (Not while a job of it runs: a stopped job made no point, and then it can go.)
     let spare = SimHost::create(&bed.dir().join("spare"));
-    let sid = add_platform(c, "spare", &spare);
+    let sid = c.add_sim_platform("spare", &spare);
     spare.add_vm("tmp", &[("vda", MIB)]);
     spare.write("tmp", "vda", 0, &noise(2, 4096));
     bed.set_bandwidth(Some(0.0));

@@ -1,6 +1,7 @@
 //! The HTTPS JSON API of the appliance (axum), over a [`Backend`] the appliance implements with
-//! its catalog and job engine. This crate owns the HTTP side: TLS, sessions and CSRF checks,
-//! roles, request validation and the JSON shapes; the backend owns the data.
+//! its catalog and job engine, and the web console (`ui/`), a client of that API served at `/`.
+//! This crate owns the HTTP side: TLS, sessions and CSRF checks, roles, request validation, the
+//! JSON shapes and the OpenAPI document generated from them; the backend owns the data.
 //!
 //! Browsers authenticate with a session cookie (`hf_session`, HttpOnly, Secure, SameSite=Strict)
 //! and send the session's CSRF token in `X-CSRF-Token` on every request that changes something.
