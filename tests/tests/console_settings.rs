@@ -153,6 +153,19 @@ fn an_admin_sets_up_the_appliance_in_settings_and_reads_the_statistics() {
         assert_eq!(guess.login("oscar", "not the password").0, 401);
     }
     assert!(!find(&admin.get("/api/users"), "name", "oscar").unwrap()["locked_until"].is_null());
+    // Jobs at once: a value outside 1-256 is the API's refusal under its field; then saved.
+    section(&b, "limits", "Jobs at once");
+    b.type_into("input[name=max_jobs]", "0");
+    b.click("form[aria-label='Concurrency limits'] button[type=submit]");
+    let e = b.wait_for("the refusal", "return document.querySelector('[data-field=max_jobs] .error').innerText");
+    assert!(e.as_str().unwrap().starts_with("max_jobs:"), "{e}");
+    assert_eq!(admin.get("/api/limits")["max_jobs"], 8, "nothing was saved");
+    b.type_into("input[name=max_jobs]", "5");
+    b.type_into("input[name=max_jobs_per_host]", "2");
+    b.click("form[aria-label='Concurrency limits'] button[type=submit]");
+    b.wait_for("the saved limits", "return document.querySelector('[data-limits]').innerText.includes('At most 5')");
+    assert_eq!(admin.get("/api/limits"), json!({ "max_jobs": 5, "max_jobs_per_host": 2 }));
+    b.look("03a-limits");
     section(&b, "tokens", "API tokens");
     section(&b, "users", "Users");
     b.wait_for("the unlock button", "return document.querySelector(\"button[aria-label='Unlock oscar']\")");
@@ -527,16 +540,21 @@ fn an_auditor_reads_the_settings_and_finds_no_control_that_changes_anything() {
     b.click("#nav a[data-page=settings]");
     b.wait_for("the first section", "return document.getElementById('settings-h')");
     let tabs = b.run("return [...document.querySelectorAll('nav.tabs a')].map((a) => a.innerText)", json!([]));
-    assert_eq!(tabs, json!(["API tokens", "Bandwidth", "Storage targets", "Audit log"]));
+    assert_eq!(tabs, json!(["API tokens", "Jobs at once", "Bandwidth", "Storage targets", "Audit log"]));
     let no_change = |what: &str| {
         assert_eq!(b.count("main button"), 0, "{what}: an auditor is offered a button");
         assert_eq!(b.count("main form:not([role=search])"), 0, "{what}: an auditor is offered a form");
         assert_eq!(b.count("main input:not([type=search]), main textarea"), 0, "{what}: an auditor is offered a field");
     };
-    for (n, (path, title)) in
-        [("tokens", "API tokens"), ("bandwidth", "Bandwidth"), ("storage", "Storage targets"), ("audit", "Audit log")]
-            .into_iter()
-            .enumerate()
+    for (n, (path, title)) in [
+        ("tokens", "API tokens"),
+        ("limits", "Jobs at once"),
+        ("bandwidth", "Bandwidth"),
+        ("storage", "Storage targets"),
+        ("audit", "Audit log"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         section(&b, path, title);
         match path {
@@ -547,6 +565,10 @@ fn an_auditor_reads_the_settings_and_finds_no_control_that_changes_anything() {
             }
             "storage" => {
                 b.wait_for("the targets", "return document.querySelector('tr[data-target]')");
+            }
+            "limits" => {
+                b.wait_for("the limits", "return document.querySelector('[data-limits]')");
+                assert!(b.text("main").contains("Admins change the limits"));
             }
             "audit" => {
                 b.wait_for("the log", "return document.querySelector('.settings-section tbody tr')");

@@ -202,6 +202,42 @@ fn queued_jobs_keep_to_the_global_and_per_platform_limits() {
 }
 
 #[test]
+fn job_limits_change_while_jobs_wait_and_outlast_a_restart() {
+    let mut bed = Bed::start(&["--max-jobs", "3", "--max-jobs-per-host", "3"]);
+    assert_eq!(bed.c.get("/api/limits"), json!({ "max_jobs": 3, "max_jobs_per_host": 3 }));
+    let (code, v) = bed.c.request("PUT", "/api/limits", Some(&json!({ "max_jobs": 0, "max_jobs_per_host": 1 })));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().starts_with("max_jobs:"), "{v}");
+    assert_eq!(bed.c.request("PUT", "/api/limits", Some(&json!({ "max_jobs": 1, "max_jobs_per_host": 1 }))).0, 204);
+    bed.host.set_faults(&Faults { read_delay_ms: 150, ..Faults::default() });
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let name = format!("lim{i}");
+        bed.host.add_vm(&name, &[("vda", 2 * MIB)]);
+        bed.host.write(&name, "vda", 0, &noise(40 + i, 2 * MIB as usize));
+        ids.push(
+            bed.c.post("/api/jobs", json!({ "platform": bed.platform, "vm": name, "type": "full" }), 202)["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    // Two run one after the other; then the limit goes up while the last two wait.
+    let first: Vec<Value> = ids[..2].iter().map(|id| bed.c.wait_job(*id)).collect();
+    assert_eq!(max_overlap(&first.iter().collect::<Vec<_>>()), 1, "max_jobs 1 let two run at once");
+    assert_eq!(bed.c.request("PUT", "/api/limits", Some(&json!({ "max_jobs": 2, "max_jobs_per_host": 2 }))).0, 204);
+    let rest: Vec<Value> = ids[2..].iter().map(|id| bed.c.wait_job(*id)).collect();
+    for j in first.iter().chain(&rest) {
+        assert_eq!(j["state"], "completed", "{j}");
+    }
+    // Saved limits outlast a restart and win over the command line's defaults.
+    bed.server.kill();
+    bed.server = Server::start_with(&bed.dir().join("data"), None, &["--max-jobs", "3"]);
+    let mut c = bed.server.client();
+    assert_eq!(c.login("admin", PASSWORD).0, 200);
+    assert_eq!(c.get("/api/limits"), json!({ "max_jobs": 2, "max_jobs_per_host": 2 }));
+}
+
+#[test]
 fn bandwidth_windows_pause_and_limit_and_a_stopped_job_leaves_nothing() {
     let bed = Bed::start(&["--max-jobs", "1"]);
     bed.host.add_vm("db", &[("vda", 16 * MIB)]);

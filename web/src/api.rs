@@ -252,6 +252,19 @@ async fn stop_job<B: Backend>(
     Ok(Json(b.stop_job(&s, id).await?))
 }
 
+async fn limits<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<JobLimits>> {
+    Ok(Json(b.limits().await?))
+}
+
+async fn set_limits<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(l): Body<JobLimits>,
+) -> ApiResult<NoContent> {
+    b.set_limits(&s, l).await?;
+    Ok(NoContent)
+}
+
 async fn bandwidth<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<BandwidthWindow>>> {
     Ok(Json(b.bandwidth().await?))
 }
@@ -594,6 +607,8 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/jobs/{id}", M::GET, Read, "A job", job::<B>),
         r("/api/jobs/{id}/log", M::GET, Read, "A job's log lines", job_log::<B>),
         r("/api/jobs/{id}/stop", M::POST, Operate, "Stop a job: a queued one at once, a running one after its current read (nothing committed, the snapshot removed); its state goes to stopping, then stopped", stop_job::<B>),
+        r("/api/limits", M::GET, Read, "How many jobs run at once, in all and per platform", limits::<B>),
+        r("/api/limits", M::PUT, Admin, "Change how many jobs run at once (admins); waiting jobs follow at once", set_limits::<B>),
         r("/api/bandwidth", M::GET, Read, "Bandwidth limits by time window", bandwidth::<B>),
         r("/api/bandwidth", M::PUT, Admin, "Replace the bandwidth windows (admins); running jobs follow within a second", set_bandwidth::<B>),
         r("/api/config/export", M::POST, Admin, "The configuration (platforms, rules, bandwidth windows, alert settings) as one JSON file (admins). With a passphrase (10+ characters) the passwords are sealed into it (argon2id + XChaCha20-Poly1305); without, they are left out and listed in notes", export_config::<B>),

@@ -94,6 +94,16 @@ pub struct BandwidthWindow {
     pub mb_per_second: f64,
 }
 
+/// How many jobs run at once: in all, and against one platform. Others wait their turn.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JobLimits {
+    /// 1-256.
+    pub max_jobs: usize,
+    /// 1-256.
+    pub max_jobs_per_host: usize,
+}
+
 /// Alert mail settings. `password` is write-only; `has_password` says whether one is stored.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -889,6 +899,8 @@ pub trait Configuration: Send + Sync + 'static {
     fn export_config(&self, s: &Session, e: ConfigExport) -> impl Future<Output = ApiResult<serde_json::Value>> + Send;
     /// Adds what an exported file holds, all or nothing.
     fn import_config(&self, s: &Session, i: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send;
+    fn limits(&self) -> impl Future<Output = ApiResult<JobLimits>> + Send;
+    fn set_limits(&self, s: &Session, l: JobLimits) -> impl Future<Output = ApiResult<()>> + Send;
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send;
     fn set_bandwidth(&self, s: &Session, w: Vec<BandwidthWindow>) -> impl Future<Output = ApiResult<()>> + Send;
     fn storage(&self) -> impl Future<Output = ApiResult<Vec<StorageTarget>>> + Send;

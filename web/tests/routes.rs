@@ -183,6 +183,12 @@ impl Configuration for Fake {
     fn import_config(&self, _: &Session, _: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send {
         nope()
     }
+    fn limits(&self) -> impl Future<Output = ApiResult<JobLimits>> + Send {
+        nope()
+    }
+    fn set_limits(&self, _: &Session, _: JobLimits) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send {
         nope()
     }

@@ -16,7 +16,12 @@ function progress(job) {
 }
 
 async function list(main, signal) {
-  const jobs = await api('GET', '/api/jobs?limit=1000');
+  const [jobs, rules] = await Promise.all([api('GET', '/api/jobs?limit=1000'), api('GET', '/api/rules')]);
+  const ruleFilter = h('select', { name: 'rule' },
+    h('option', { value: '' }, 'any rule or none'),
+    h('option', { value: 'none' }, 'on demand (no rule)'),
+    rules.map((r) => h('option', { value: r.id }, r.name)));
+  const ruleName = (id) => (rules.find((r) => r.id === id) || { name: `rule ${id}` }).name;
   const stateFilter = h('select', { name: 'state' },
     h('option', { value: '' }, 'any state'),
     h('option', { value: 'active' }, 'running or waiting'),
@@ -39,6 +44,7 @@ async function list(main, signal) {
     const shown = [...byId.values()].sort((a, b) => b.id - a.id).filter((j) =>
       (!stateFilter.value || (stateFilter.value === 'active' ? !ENDED.includes(j.state) : j.state === stateFilter.value))
       && (!kindFilter.value || j.kind === kindFilter.value)
+      && (!ruleFilter.value || (ruleFilter.value === 'none' ? j.rule === null : String(j.rule) === ruleFilter.value))
       && (!needle || j.vm.toLowerCase().includes(needle))
       && new Date(j.created).getTime() >= since);
     body.replaceChildren(shown.length === 0 ? h('p', { class: 'empty' }, 'No job matches.')
@@ -50,13 +56,13 @@ async function list(main, signal) {
         h('td', {}, progress(j)),
         h('td', {}, rate(j.rate)),
         h('td', {}, when(j.started || j.created)),
-        h('td', {}, j.rule === null ? 'on demand' : `rule ${j.rule}`))), 'Jobs'));
+        h('td', {}, j.rule === null ? 'on demand' : ruleName(j.rule)))), 'Jobs'));
   };
-  [stateFilter, kindFilter, sinceFilter].forEach((s) => s.addEventListener('change', draw));
+  [stateFilter, kindFilter, ruleFilter, sinceFilter].forEach((s) => s.addEventListener('change', draw));
   vmFilter.addEventListener('input', draw);
   main.append(heading('Jobs'),
     h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter jobs', onsubmit: (e) => e.preventDefault() },
-      field('State', stateFilter), field('Kind', kindFilter), field('VM name', vmFilter), field('Created', sinceFilter)),
+      field('State', stateFilter), field('Kind', kindFilter), field('Rule', ruleFilter), field('VM name', vmFilter), field('Created', sinceFilter)),
     body);
   draw();
   onJob((j) => {

@@ -18,6 +18,7 @@ const mayAudit = () => may('admin') || !may('operate');
 const SECTIONS = [
   { path: 'users', title: 'Users', show: () => may('admin'), who: 'admins', draw: users },
   { path: 'tokens', title: 'API tokens', show: () => true, draw: tokens },
+  { path: 'limits', title: 'Jobs at once', show: () => true, draw: limits },
   { path: 'bandwidth', title: 'Bandwidth', show: () => true, draw: bandwidth },
   { path: 'alerts', title: 'Alert mail', show: () => may('admin'), who: 'admins', draw: alerts },
   { path: 'storage', title: 'Storage targets', show: () => true, draw: storage },
@@ -438,6 +439,31 @@ async function bandwidth(box) {
           'Bandwidth windows'),
         h('p', { class: 'muted' }, 'Admins change the windows.')),
   );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs at once (every role reads; admins change)
+
+async function limits(box) {
+  const l = await api('GET', '/api/limits');
+  const all = h('input', { name: 'max_jobs', type: 'number', min: 1, max: 256, value: l.max_jobs });
+  const perHost = h('input', { name: 'max_jobs_per_host', type: 'number', min: 1, max: 256, value: l.max_jobs_per_host });
+  const words = `At most ${l.max_jobs} backups and restores run at once, at most ${l.max_jobs_per_host} against one platform; the others wait their turn, in the order they came.`;
+  fill(box,
+    sectionHead('Jobs at once'),
+    h('section', { class: 'card', 'aria-labelledby': 'limits-h' },
+      h('h3', { id: 'limits-h' }, 'Concurrency limits'),
+      h('p', { 'data-limits': '' }, words),
+      may('admin') ? form({ 'aria-label': 'Concurrency limits' }, [
+        field('Jobs at once, in all', all, '1-256. Raising it lets waiting jobs start at once.'),
+        field('Jobs at once against one platform', perHost, '1-256. Keeps one host from being read by too many backups together.'),
+        h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'primary' }, 'Save limits')),
+      ], async () => {
+        await api('PUT', '/api/limits', { max_jobs: Number(all.value), max_jobs_per_host: Number(perHost.value) });
+        toast('Limits saved: waiting jobs follow them now.');
+        await limits(box);
+        settle(box, '#limits-h');
+      }) : h('p', { class: 'muted' }, 'Admins change the limits.')));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ impl Service {
     /// by the jobs holding a slot. None: unlimited.
     pub(super) fn job_limit(&self, clock: &Clock) -> Option<u64> {
         let total = limit_at(&self.bandwidth.read().expect("bandwidth lock"), clock.now())?;
-        let running = (self.max_jobs - self.jobs.available_permits()).max(1) as u64;
+        let running = self.limits.running().max(1) as u64;
         Some(total / running)
     }
 }

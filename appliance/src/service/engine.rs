@@ -380,24 +380,15 @@ impl Service {
         platform: i64,
         target: &Target,
         control: &JobControl,
-    ) -> Option<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit)> {
-        // The host's limit first, then the global one: a job waiting for its busy host must not
-        // hold a global slot that another host's job could use.
-        let host = self
-            .hosts
-            .lock()
-            .expect("hosts lock")
-            .entry(platform)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_host)))
-            .clone();
-        let host_permit = host.acquire_owned().await.ok()?;
-        let permit = self.jobs.clone().acquire_owned().await.ok()?;
+    ) -> Option<super::limits::Turn> {
+        // A job stopped while it waited (already recorded as stopped) gives its turn back at once.
+        let turn = self.limits.turn(platform).await;
         if control.stopped() {
             return None;
         }
         self.set_state(id, "preparing").await;
         log(&self.db, id, "info", &format!("connecting to {}", target.summary())).await;
-        Some((host_permit, permit))
+        Some(turn)
     }
 
     /// Watches a job's blocking task until it ends: its phases, progress (percent, bytes,

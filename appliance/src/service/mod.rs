@@ -18,6 +18,7 @@ pub mod catalog;
 mod config;
 mod engine;
 mod jobs;
+mod limits;
 mod platforms;
 mod points;
 mod restore;
@@ -54,13 +55,12 @@ pub struct Service {
     store_clock: Option<vds_store::Clock>,
     work_dir: PathBuf,
     secret: [u8; 32],
-    jobs: Arc<tokio::sync::Semaphore>,
-    max_jobs: usize,
-    per_host: usize,
+    /// How many jobs run at once, in all and per platform (limits.rs).
+    limits: Arc<limits::Limits>,
     /// The controls (stop, transfer limit, phases) of jobs queued or running.
     controls: std::sync::Mutex<std::collections::HashMap<i64, Arc<connectors::JobControl>>>,
     bandwidth: std::sync::RwLock<Vec<BandwidthWindow>>,
-    hosts: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Semaphore>>>,
+
     /// Whether each platform's host answered its last probe (while it has jobs running).
     nodes: std::sync::Mutex<std::collections::HashMap<i64, Arc<tokio::sync::Mutex<engine::NodeProbe>>>>,
     /// Job changes for the API's live events.
@@ -101,12 +101,9 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
         store_clock,
         work_dir: data.join("work"),
         secret,
-        jobs: Arc::new(tokio::sync::Semaphore::new(opts.max_jobs.max(1))),
-        max_jobs: opts.max_jobs.max(1),
-        per_host: opts.max_jobs_per_host.max(1),
+        limits: Arc::new(limits::Limits::new(opts.max_jobs, opts.max_jobs_per_host)),
         controls: Default::default(),
         bandwidth: Default::default(),
-        hosts: Default::default(),
         nodes: Default::default(),
         events: tokio::sync::broadcast::channel(1024).0,
         system: tokio::sync::broadcast::channel(4).0,
@@ -119,6 +116,7 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
     service.ensure_admin().await?;
     let killed = service.recover_jobs().await?;
     *service.bandwidth.write().expect("bandwidth lock") = service.load_bandwidth().await?;
+    service.load_limits().await?;
     service.reindex_points().await?;
     Ok((service, killed))
 }
@@ -503,6 +501,12 @@ impl Configuration for Api {
     }
     async fn import_config(&self, s: &Session, i: ConfigImport) -> ApiResult<ImportReport> {
         self.0.import_config(s, i).await
+    }
+    async fn limits(&self) -> ApiResult<JobLimits> {
+        Ok(self.0.limits.get())
+    }
+    async fn set_limits(&self, s: &Session, l: JobLimits) -> ApiResult<()> {
+        self.0.put_limits(s, l).await
     }
     async fn bandwidth(&self) -> ApiResult<Vec<BandwidthWindow>> {
         Ok(self.0.bandwidth.read().expect("bandwidth lock").clone())
