@@ -336,6 +336,19 @@ fn an_admin_sets_up_the_appliance_in_settings_and_reads_the_statistics() {
     assert!(row.contains("available") && row.contains(dir.to_str().unwrap()), "{row}");
     b.look("11-storage-added");
 
+    // Health: a verify of the own store (it holds the backups) reports it sound.
+    b.click("button[aria-label='Verify local']");
+    let verify = b.wait_for(
+        "the verify's result",
+        "const c = document.querySelector(\"tr[data-target='1'] [data-check=verify]\"); \
+         return c && !c.innerText.includes('running') && c.innerText",
+    );
+    assert!(verify.as_str().unwrap().contains("all sound"), "{verify}");
+    let targets = admin.get("/api/storage");
+    let own = &find(&targets, "name", "local").unwrap()["health"][0];
+    assert_eq!((own["kind"].as_str(), own["ok"].as_bool()), (Some("verify"), Some(true)), "{own}");
+    b.look("11a-storage-verified");
+
     // Its removal is refused while a rule writes into it: the API's reason is shown.
     let weekly = json!({ "kind": "weekly", "days": ["sun"], "times": ["03:00"] });
     let copy = admin.post(

@@ -237,6 +237,74 @@ fn job_limits_change_while_jobs_wait_and_outlast_a_restart() {
     assert_eq!(c.get("/api/limits"), json!({ "max_jobs": 2, "max_jobs_per_host": 2 }));
 }
 
+/// Waits until target 1's last check of `kind` has ended; returns it.
+fn check_ended(bed: &Bed, kind: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        let target = bed.c.get("/api/storage")[0].clone();
+        let check = target["health"].as_array().unwrap().iter().find(|c| c["kind"] == kind).cloned();
+        if let Some(c) = check.filter(|c| c["running"] == false) {
+            return c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the {kind} did not end: {target}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_verify_names_the_point_a_damaged_blob_affects_and_gc_frees_what_no_point_needs() {
+    let mut bed = Bed::start(&[]);
+    bed.host.add_vm("fs", &[("vda", 8 * MIB)]);
+    bed.host.write("fs", "vda", 0, &noise(7, 4 * MIB as usize));
+    let full = bed.backup("fs", "full");
+    assert_eq!(full["state"], "completed", "{full}");
+    let v = bed.c.post("/api/storage/1/verify", json!({}), 202);
+    assert!(v["health"].as_array().unwrap().iter().any(|c| c["kind"] == "verify"), "{v}");
+    let clean = check_ended(&bed, "verify");
+    assert_eq!(clean["ok"], true, "{clean}");
+    assert!(clean["summary"].as_str().unwrap().contains("all sound"), "{clean}");
+    let (code, e) = bed.c.request("POST", "/api/storage/1/verify", Some(&json!({ "sample_percent": 0 })));
+    assert_eq!(code, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().starts_with("sample_percent:"), "{e}");
+
+    // One blob's bytes go bad: the verify says so and names the point.
+    let blobs = bed.dir().join("data/store/blobs");
+    let blob = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| f.path())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    bed.c.post("/api/storage/1/verify", json!({}), 202);
+    let bad = check_ended(&bed, "verify");
+    assert_eq!(bad["ok"], false, "{bad}");
+    let point = full["point_id"].as_str().unwrap();
+    assert!(bad["summary"].as_str().unwrap().contains(point), "the damaged point is named: {bad}");
+
+    // Deleting the point leaves its blobs to the garbage collection, which frees them; the
+    // result outlasts a restart.
+    assert_eq!(bed.c.request("DELETE", &format!("/api/points/{point}"), None).0, 204);
+    // (GC sweeps only blobs older than its clock margin, 2 s: the backup was just now.)
+    std::thread::sleep(vds_store::gc::CLOCK_MARGIN + Duration::from_millis(500));
+    bed.c.post("/api/storage/1/gc", json!({}), 202);
+    let gc = check_ended(&bed, "gc");
+    assert_eq!(gc["ok"], true, "{gc}");
+    let removed: u64 = gc["summary"].as_str().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(removed > 0, "{gc}");
+    bed.server.kill();
+    bed.server = Server::start(&bed.dir().join("data"));
+    let mut c = bed.server.client();
+    assert_eq!(c.login("admin", PASSWORD).0, 200);
+    let kinds: Vec<Value> =
+        c.get("/api/storage")[0]["health"].as_array().unwrap().iter().map(|h| h["kind"].clone()).collect();
+    assert_eq!(kinds, [json!("verify"), json!("gc")]);
+}
+
 #[test]
 fn bandwidth_windows_pause_and_limit_and_a_stopped_job_leaves_nothing() {
     let bed = Bed::start(&["--max-jobs", "1"]);

@@ -252,6 +252,23 @@ async fn stop_job<B: Backend>(
     Ok(Json(b.stop_job(&s, id).await?))
 }
 
+async fn verify_storage<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+    Body(v): Body<VerifyRequest>,
+) -> ApiResult<Accepted<StorageTarget>> {
+    Ok(Accepted(b.check_storage(&s, id, StorageCheckKind::Verify, v.sample_percent).await?))
+}
+
+async fn gc_storage<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<Accepted<StorageTarget>> {
+    Ok(Accepted(b.check_storage(&s, id, StorageCheckKind::Gc, None).await?))
+}
+
 async fn limits<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<JobLimits>> {
     Ok(Json(b.limits().await?))
 }
@@ -621,6 +638,8 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/storage", M::GET, Read, "Storage targets: where backups go, whether each store opens now, its filesystem's space, its points", storage::<B>),
         r("/api/storage", M::POST, Admin, "Add a storage target (admins): a new store in a missing or empty directory, or an existing store adopted with its points", create_storage::<B>),
         r("/api/storage/{id}", M::DELETE, Admin, "Forget a storage target (admins); its files stay. Refused for the appliance's own store (1), a target a rule uses, and one a job writes into or a restore reads from", delete_storage::<B>),
+        r("/api/storage/{id}/verify", M::POST, Admin, "Verify a storage target (admins): re-read its chunks (all, or a sample), check them, name the points a bad one affects; the result shows in the target's health", verify_storage::<B>),
+        r("/api/storage/{id}/gc", M::POST, Admin, "Collect a storage target's garbage (admins): remove what no point needs, safely beside running backups", gc_storage::<B>),
         r("/api/audit", M::GET, Audit, "Audit log (admins, auditors)", audit::<B>),
         r("/api/rules", M::GET, Read, "Backup rules", rules::<B>),
         r("/api/rules", M::POST, Operate, "Add a rule", create_rule::<B>),

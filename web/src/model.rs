@@ -319,7 +319,7 @@ pub struct NewRestore {
 macro_rules! words {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($(#[$vdoc])* $variant),+ }
 
@@ -339,6 +339,35 @@ macro_rules! words {
             }
         }
     };
+}
+
+words!(
+    /// A storage target's health check: verify (re-read and check the chunks) or gc (remove
+    /// what no point needs).
+    StorageCheckKind { Verify = "verify", Gc = "gc" }
+);
+
+/// A storage target's last (or running) health check of a kind.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct StorageCheck {
+    pub kind: StorageCheckKind,
+    pub started: String,
+    pub finished: Option<String>,
+    pub running: bool,
+    /// Whether it found the store sound (verify) or every needed blob present (gc); none while
+    /// it runs.
+    pub ok: Option<bool>,
+    /// What it found, in words: blobs and bytes checked or removed, damaged blobs and the points
+    /// they affect.
+    pub summary: String,
+}
+
+/// What a verify re-reads: `sample_percent` of the chunks (default 100: all of them).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    #[serde(default)]
+    pub sample_percent: Option<f64>,
 }
 
 words!(
@@ -709,6 +738,8 @@ pub struct StorageTarget {
     /// What its points protect (the sum of their disks' sizes): against `stored_bytes`, the
     /// saving of deduplication and compression.
     pub protected_bytes: i64,
+    /// Its last verify and garbage collection, running ones included.
+    pub health: Vec<StorageCheck>,
     pub created: String,
 }
 
@@ -899,6 +930,14 @@ pub trait Configuration: Send + Sync + 'static {
     fn export_config(&self, s: &Session, e: ConfigExport) -> impl Future<Output = ApiResult<serde_json::Value>> + Send;
     /// Adds what an exported file holds, all or nothing.
     fn import_config(&self, s: &Session, i: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send;
+    /// Starts a verify or a garbage collection of a storage target.
+    fn check_storage(
+        &self,
+        s: &Session,
+        id: i64,
+        kind: StorageCheckKind,
+        sample_percent: Option<f64>,
+    ) -> impl Future<Output = ApiResult<StorageTarget>> + Send;
     fn limits(&self) -> impl Future<Output = ApiResult<JobLimits>> + Send;
     fn set_limits(&self, s: &Session, l: JobLimits) -> impl Future<Output = ApiResult<()>> + Send;
     fn bandwidth(&self) -> impl Future<Output = ApiResult<Vec<BandwidthWindow>>> + Send;

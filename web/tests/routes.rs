@@ -183,6 +183,15 @@ impl Configuration for Fake {
     fn import_config(&self, _: &Session, _: ConfigImport) -> impl Future<Output = ApiResult<ImportReport>> + Send {
         nope()
     }
+    fn check_storage(
+        &self,
+        _: &Session,
+        _: i64,
+        _: StorageCheckKind,
+        _: Option<f64>,
+    ) -> impl Future<Output = ApiResult<StorageTarget>> + Send {
+        nope()
+    }
     fn limits(&self) -> impl Future<Output = ApiResult<JobLimits>> + Send {
         nope()
     }

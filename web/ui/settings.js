@@ -616,6 +616,23 @@ async function storage(box) {
       slot.replaceChildren(failure(err.message));
     }
   };
+  const check = async (t, kind) => {
+    try {
+      await api('POST', `/api/storage/${t.id}/${kind}`, {});
+      toast(kind === 'verify' ? `Verifying ${t.name}: the result shows under Health.` : `Collecting ${t.name}'s garbage.`);
+      await reload();
+    } catch (err) {
+      slot.replaceChildren(failure(err.message));
+    }
+  };
+  // A running check is looked at again until it ends.
+  if (targets.some((t) => t.health.some((c) => c.running))) {
+    setTimeout(() => { if (box.isConnected) storage(box).catch(() => {}); }, 1500);
+  }
+  const health = (t) => (t.health.length === 0 ? h('span', { class: 'muted small' }, 'never checked')
+    : h('ul', { class: 'plain small' }, t.health.map((c) => h('li', { 'data-check': c.kind },
+      h('span', { class: `badge ${c.running ? 'busy' : c.ok ? 'ok' : 'bad'}` }, `${c.kind === 'gc' ? 'garbage collection' : 'verify'}: ${c.running ? 'running' : c.ok ? 'sound' : 'problems'}`),
+      ' ', c.running ? `since ${when(c.started)}` : when(c.finished), h('div', { class: 'wrap' }, c.summary)))));
   const used = (t) => (t.used_percent === null || t.used_percent === undefined ? '–' : h('span', { class: 'nowrap' },
     h('meter', { min: 0, max: 100, low: 80, high: 90, optimum: 0, value: t.used_percent, 'aria-label': `${t.name} used` }),
     ` ${t.used_percent.toFixed(0)} %`));
@@ -623,7 +640,7 @@ async function storage(box) {
     sectionHead('Storage targets'),
     h('p', { class: 'muted' }, 'Where backups go. Target 1 is the appliance\'s own store; rules and backups name the target they write into.'),
     slot,
-    table(['Target', 'State', 'Used', 'Free', 'Total', 'Points', 'Stored', 'Encrypted', may('admin') ? h('span', { class: 'sr-only' }, 'Actions') : null].filter(Boolean),
+    table(['Target', 'State', 'Used', 'Free', 'Total', 'Points', 'Stored', 'Encrypted', 'Health', may('admin') ? h('span', { class: 'sr-only' }, 'Actions') : null].filter(Boolean),
       targets.map((t) => h('tr', { 'data-target': t.id },
         h('td', { class: 'wrap' }, t.name, h('div', { class: 'muted small' }, t.path)),
         h('td', { class: 'wrap' }, t.available ? h('span', { class: 'badge ok' }, 'available')
@@ -634,8 +651,12 @@ async function storage(box) {
         h('td', {}, String(t.points)),
         h('td', { class: 'nowrap' }, bytes(t.stored_bytes)),
         h('td', {}, t.encrypted ? 'yes' : 'no'),
-        may('admin') ? rowActions(t.id === 1 ? h('span', { class: 'muted small' }, 'own store')
-          : h('button', { type: 'button', class: 'danger', onclick: () => remove(t), 'aria-label': `Remove ${t.name}` }, 'Remove')) : null)),
+        h('td', { class: 'health' }, health(t)),
+        may('admin') ? rowActions(
+          t.available ? h('button', { type: 'button', onclick: () => check(t, 'verify'), 'aria-label': `Verify ${t.name}` }, 'Verify') : null,
+          t.available ? h('button', { type: 'button', onclick: () => check(t, 'gc'), 'aria-label': `Collect garbage of ${t.name}` }, 'Collect garbage') : null,
+          t.id === 1 ? h('span', { class: 'muted small' }, 'own store')
+            : h('button', { type: 'button', class: 'danger', onclick: () => remove(t), 'aria-label': `Remove ${t.name}` }, 'Remove')) : null)),
       'Storage targets'),
     may('admin') ? storageForm((t) => {
       toast(t.points ? `Storage target ${t.name} added: its store and ${t.points} points adopted.` : `Storage target ${t.name} added.`);

@@ -17,6 +17,7 @@ mod bandwidth;
 pub mod catalog;
 mod config;
 mod engine;
+mod health;
 mod jobs;
 mod limits;
 mod platforms;
@@ -55,6 +56,8 @@ pub struct Service {
     store_clock: Option<vds_store::Clock>,
     work_dir: PathBuf,
     secret: [u8; 32],
+    /// The storage health checks running now, by target and kind (health.rs).
+    checks: std::sync::Mutex<std::collections::HashMap<(i64, StorageCheckKind), StorageCheck>>,
     /// How many jobs run at once, in all and per platform (limits.rs).
     limits: Arc<limits::Limits>,
     /// The controls (stop, transfer limit, phases) of jobs queued or running.
@@ -102,6 +105,7 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
         work_dir: data.join("work"),
         secret,
         limits: Arc::new(limits::Limits::new(opts.max_jobs, opts.max_jobs_per_host)),
+        checks: Default::default(),
         controls: Default::default(),
         bandwidth: Default::default(),
         nodes: Default::default(),
@@ -501,6 +505,15 @@ impl Configuration for Api {
     }
     async fn import_config(&self, s: &Session, i: ConfigImport) -> ApiResult<ImportReport> {
         self.0.import_config(s, i).await
+    }
+    async fn check_storage(
+        &self,
+        s: &Session,
+        id: i64,
+        kind: StorageCheckKind,
+        sample_percent: Option<f64>,
+    ) -> ApiResult<StorageTarget> {
+        self.0.start_check(s, id, kind, sample_percent).await
     }
     async fn limits(&self) -> ApiResult<JobLimits> {
         Ok(self.0.limits.get())

@@ -236,7 +236,7 @@ impl Service {
             .map_err(ApiError::internal)
     }
 
-    async fn target_row(&self, id: i64) -> ApiResult<TargetRow> {
+    pub(super) async fn target_row(&self, id: i64) -> ApiResult<TargetRow> {
         sqlx::query_as("SELECT id, name, path, secret, created FROM storage_targets WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.db)
@@ -340,7 +340,10 @@ impl Service {
         Ok(out)
     }
 
-    async fn describe_target(&self, (id, name, path, secret, created): TargetRow) -> ApiResult<StorageTarget> {
+    pub(super) async fn describe_target(
+        &self,
+        (id, name, path, secret, created): TargetRow,
+    ) -> ApiResult<StorageTarget> {
         let error = self.store(id).await.err().map(|e| e.message);
         let space = fs_space(Path::new(&path));
         let (points, stored_bytes, protected_bytes): (i64, i64, i64) = sqlx::query_as(
@@ -364,6 +367,7 @@ impl Service {
             points,
             stored_bytes,
             protected_bytes,
+            health: self.health(id).await?,
             created,
         })
     }
