@@ -662,7 +662,7 @@ fn rules_are_edited_disabled_in_groups_select_disks_and_take_their_data_when_del
     // Editing: a VM of another rule cannot be added, a taken name is refused, the platform
     // stays; nothing is half-saved.
     let mut edit = ra.clone();
-    for k in ["id", "created"] {
+    for k in ["id", "created", "next_run"] {
         edit.as_object_mut().unwrap().remove(k);
     }
     edit["vms"] = json!([a.name, b.name]);
@@ -771,7 +771,7 @@ fn change_tracking_is_auto_on_or_off_per_rule() {
     // anything, naming the disk; on auto it is read whole while the qcow2 disks are incremental.
     vm.hotplug("raw.img", "vdc", "16M", "raw");
     let mut edit = rule.clone();
-    for k in ["id", "created"] {
+    for k in ["id", "created", "next_run"] {
         edit.as_object_mut().unwrap().remove(k);
     }
     edit["change_tracking"] = json!("on");
