@@ -160,6 +160,7 @@ pub fn run(bed: &mut dyn Bed) {
         disk_format: None,
         disk_sizes: Default::default(),
         start: false,
+        keep_macs: false,
     };
     conn.check_restore(RestoreCheck::NewVm(&spec)).expect("conformance: a restore with a free name passes");
     let taken = NewVmSpec { name: vm.clone(), ..spec.clone() };

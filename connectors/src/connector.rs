@@ -217,6 +217,9 @@ pub struct NewVmSpec {
     /// point's size.
     pub disk_sizes: std::collections::BTreeMap<String, u64>,
     pub start: bool,
+    /// Give the NICs the point's MAC addresses instead of new ones: for a VM that replaces one
+    /// that is gone (two VMs with one MAC conflict on a network).
+    pub keep_macs: bool,
 }
 
 /// The size a restore gives each of the point's disks (key, size): its own, or a larger one from

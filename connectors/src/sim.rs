@@ -569,7 +569,7 @@ impl Connector for SimHost {
                     .iter()
                     .map(|n| VmNic {
                         model: n.model.clone(),
-                        mac: Some(new_mac()),
+                        mac: if spec.keep_macs { n.mac.clone() } else { Some(new_mac()) },
                         network: spec.network.clone().or_else(|| n.network.clone()),
                     })
                     .collect(),

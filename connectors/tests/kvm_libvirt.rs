@@ -202,6 +202,7 @@ fn full_incremental_differential_chain_restores_every_state() {
         disk_format: None,
         disk_sizes: Default::default(),
         start: true,
+        keep_macs: false,
     };
     assert_eq!(conn.restore_as_new_vm(&p2.vm, &disks, &spec, &JobControl::default()).unwrap(), restored.0);
     let new = conn.describe(&restored.0).unwrap();
@@ -433,6 +434,7 @@ fn a_restore_killed_midway_is_cleaned_up_from_its_volume_list_and_a_defined_vm_i
         disk_format: Some("raw".into()),
         disk_sizes: Default::default(),
         start: false,
+        keep_macs: false,
     };
     // A restore held at 0 MB/s in its first disk stands for one whose process was killed there:
     // a second connector on the same work directory, as after a restart, cleans up after it.
@@ -726,6 +728,7 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
         disk_format: Some("qcow2".into()),
         disk_sizes: Default::default(),
         start: true,
+        keep_macs: false,
     };
     conn.restore_as_new_vm(&inc.vm, &disks, &spec, &JobControl::default()).unwrap();
     // qcow2 volumes (written in one pass and uploaded as they are, nothing else left in the

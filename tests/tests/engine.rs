@@ -122,6 +122,15 @@ fn backups_and_restores_are_byte_identical_and_incrementals_read_only_what_chang
     let copy = bed.host.vm("web-copy").unwrap();
     assert_eq!(copy.cpus, 4);
     assert_ne!(copy.uuid, bed.host.vm("web").unwrap().uuid, "a new VM gets a new identity");
+    assert_ne!(copy.nics[0].mac, bed.host.vm("web").unwrap().nics[0].mac, "and new MAC addresses");
+    // Asked to, it keeps the point's MAC addresses (a VM that replaces one that is gone).
+    let r = bed.c.post(
+        "/api/restores",
+        json!({ "point": inc["point_id"], "platform": bed.platform, "mode": "new_vm", "name": "web-same", "keep_macs": true }),
+        202,
+    );
+    assert_eq!(bed.c.wait_job(r["id"].as_i64().unwrap())["state"], "completed");
+    assert_eq!(bed.host.vm("web-same").unwrap().nics[0].mac, bed.host.vm("web").unwrap().nics[0].mac);
 
     // In place onto the (shut off) VM after the guest wrote on: back to the full's bytes.
     let after_inc = bed.host.disk("web", "vda");

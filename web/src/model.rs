@@ -312,6 +312,10 @@ pub struct NewRestore {
     pub disk_sizes: std::collections::BTreeMap<String, u64>,
     #[serde(default)]
     pub start: bool,
+    /// Give the new VM's NICs the point's MAC addresses (default: new ones, so the copy can run
+    /// beside the original); for a VM that replaces one that is gone.
+    #[serde(default)]
+    pub keep_macs: bool,
 }
 
 /// Declares a closed set of words the API sends and takes: a serde enum (snake_case), its words,

@@ -41,6 +41,7 @@ export async function render(main, { params }) {
   const network = h('select', { name: 'network' });
   const format = h('select', { name: 'disk_format' });
   const start = h('input', { type: 'checkbox', id: 'start' });
+  const keepMacs = h('input', { type: 'checkbox', id: 'keep-macs' });
   const diskBox = h('fieldset', { class: 'field', 'data-field': 'disk_sizes' }, h('legend', {}, 'Disk sizes (a disk can grow, not shrink)'));
   let diskInputs = [];
   let details = null;
@@ -92,6 +93,7 @@ export async function render(main, { params }) {
         if (bytesWanted > d.size) body.disk_sizes[d.key] = bytesWanted;
       });
       body.start = start.checked;
+      body.keep_macs = keepMacs.checked;
     }
     return body;
   };
@@ -105,7 +107,8 @@ export async function render(main, { params }) {
       rows.push(['CPUs', b.cpus ? String(b.cpus) : 'as in the point'], ['Memory', b.memory_mib ? `${b.memory_mib} MiB` : 'as in the point'],
         ['Disks', diskInputs.map(({ d, input }) => `${d.key} ${bytes(Number(input.value) * 1048576)}`).join(', ')],
         [storage.previousElementSibling.textContent, b.storage || 'the platform\'s default'], ['Disk format', b.disk_format || 'the platform\'s default'],
-        ['Network', b.network || 'as in the point'], ['MAC addresses', 'new ones (the original VM keeps its own)'],
+        ['Network', b.network || 'as in the point'],
+        ['MAC addresses', b.keep_macs ? 'the point\'s (the original VM must be gone)' : 'new ones (the original VM keeps its own)'],
         ['Power on after the restore', b.start ? 'yes' : 'no']);
     }
     summary.replaceChildren(b.mode === 'in_place' ? warning.cloneNode(true) : '', h('dl', { class: 'facts' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
@@ -119,7 +122,8 @@ export async function render(main, { params }) {
         h('small', { class: 'error', 'aria-live': 'polite' })),
       warning),
     h('div', { 'data-step': 2 }, field('Name of the new VM', name), field('CPUs', cpus, 'Empty: as in the point.'), field('Memory (MiB)', memory, 'Empty: as in the point.'),
-      diskBox, field('Storage', storage), field('Disk format', format), field('Network', network, 'New MAC addresses are generated, so the copy can run beside the original.'),
+      diskBox, field('Storage', storage), field('Disk format', format), field('Network', network),
+      h('div', { class: 'check' }, keepMacs, h('label', { for: 'keep-macs' }, 'Keep the point\'s MAC addresses (by default the new VM gets new ones, so it can run beside the original)')),
       h('div', { class: 'check' }, start, h('label', { for: 'start' }, 'Power the VM on after the restore'))),
     h('div', { 'data-step': 3 }, summary),
   ];

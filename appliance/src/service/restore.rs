@@ -40,6 +40,7 @@ fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
                 ("disk_format", r.disk_format.is_some()),
                 ("disk_sizes", !r.disk_sizes.is_empty()),
                 ("start", r.start),
+                ("keep_macs", r.keep_macs),
             ] {
                 if given {
                     return Err(ApiError::field(field, "applies to a restore as a new VM only"));
@@ -83,6 +84,7 @@ fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
                 disk_format: format,
                 disk_sizes: r.disk_sizes.clone(),
                 start: r.start,
+                keep_macs: r.keep_macs,
             }))
         }
     }

@@ -178,6 +178,7 @@ pub fn new_domain_xml(
     memory_mib: u64,
     disks: &[(String, String, String)],
     network: Option<&str>,
+    keep_macs: bool,
 ) -> String {
     let firmware = if d.firmware.as_deref() == Some("efi") { " firmware='efi'" } else { "" };
     let mut x = format!(
@@ -198,15 +199,19 @@ pub fn new_domain_xml(
     }
     for nic in &d.nics {
         let model = nic.model.as_deref().unwrap_or("virtio");
+        let mac = match (&nic.mac, keep_macs) {
+            (Some(m), true) => format!("<mac address='{}'/>", escape(m)),
+            _ => String::new(),
+        };
         match network.or(nic.network.as_deref()) {
             Some(net) => {
                 x += &format!(
-                    "    <interface type='network'><source network='{}'/><model type='{}'/></interface>\n",
+                    "    <interface type='network'>{mac}<source network='{}'/><model type='{}'/></interface>\n",
                     escape(net),
                     escape(model)
                 )
             }
-            None => x += &format!("    <interface type='user'><model type='{}'/></interface>\n", escape(model)),
+            None => x += &format!("    <interface type='user'>{mac}<model type='{}'/></interface>\n", escape(model)),
         }
     }
     x + "  </devices>\n</domain>\n"
@@ -222,6 +227,8 @@ pub struct Restored<'a> {
     pub disks: &'a [(String, String, String)],
     /// Every NIC onto this network; None keeps each NIC's source.
     pub network: Option<&'a str>,
+    /// Keep the NICs' MAC addresses (else libvirt makes new ones).
+    pub keep_macs: bool,
 }
 
 /// The source text of `n` with the children `drop` names left out.
@@ -282,7 +289,7 @@ pub fn restored_domain_xml(native: &str, new: &Restored<'_>) -> Result<String, S
                         );
                     } else if tag(d, "interface") {
                         let drop = |k: roxmltree::Node<'_, '_>| {
-                            tag(k, "mac")
+                            (tag(k, "mac") && !new.keep_macs)
                                 || tag(k, "target")
                                 || tag(k, "alias")
                                 || (new.network.is_some() && tag(k, "source"))
@@ -384,6 +391,7 @@ mod tests {
             1024,
             &[("vda".into(), "/p/a.raw".into(), "raw".into())],
             Some("lan2"),
+            false,
         );
         let doc = roxmltree::Document::parse(&x).unwrap();
         assert!(doc.descendants().all(|n| !n.has_tag_name("uuid") && !n.has_tag_name("mac")));
@@ -392,7 +400,7 @@ mod tests {
         );
         assert!(x.contains("<source file='/p/a.raw'/><target dev='vda' bus='virtio'/>"));
         assert!(x.contains("<source network='lan2'/>"));
-        assert!(new_domain_xml(&d, "n", 1, 64, &[], None).contains("<source network='default'/>"));
+        assert!(new_domain_xml(&d, "n", 1, 64, &[], None, false).contains("<source network='default'/>"));
         assert!(roxmltree::Document::parse(&volume_xml("a&b", 5, "qcow2")).is_ok());
     }
 
@@ -432,7 +440,8 @@ mod tests {
     #[test]
     fn a_restore_on_its_platform_keeps_the_domain_and_changes_only_identity_edits_and_disks() {
         let disks = [("vda".to_string(), "/pool/app-copy-vda.qcow2".to_string(), "qcow2".to_string())];
-        let new = Restored { name: "app-copy", cpus: None, memory_mib: None, disks: &disks, network: None };
+        let new =
+            Restored { name: "app-copy", cpus: None, memory_mib: None, disks: &disks, network: None, keep_macs: false };
         let x = restored_domain_xml(RICH, &new).unwrap();
         let doc = roxmltree::Document::parse(&x).unwrap();
         let root = doc.root_element();
@@ -461,10 +470,24 @@ mod tests {
             assert!(x.contains(kept), "{kept} lost: {x}");
         }
         assert!(x.contains("<source file='/pool/app-copy-vda.qcow2'/><target dev='vda' bus='virtio'/>"), "{x}");
+        // Asked to, the NICs keep their addresses (a VM that replaces one that is gone).
+        let kept = restored_domain_xml(RICH, &Restored { keep_macs: true, ..new }).unwrap();
+        assert!(kept.contains("<mac address='52:54:00:aa:bb:cc'/>"), "{kept}");
+        let (d, _) = parse(XML).unwrap();
+        let fresh = new_domain_xml(&d, "n", 1, 64, &[], None, true);
+        let mac = d.nics[0].mac.as_deref().unwrap();
+        assert!(fresh.contains(&format!("<mac address='{mac}'/>")), "{fresh}");
         assert!(!x.contains("/v/app.qcow2") && !x.contains("scratch.raw") && !x.contains("vnet3"), "{x}");
 
         // The user's edits: CPUs (the fixed topology goes with the old count), memory, network.
-        let new = Restored { name: "n", cpus: Some(4), memory_mib: Some(2048), disks: &disks, network: Some("lab") };
+        let new = Restored {
+            name: "n",
+            cpus: Some(4),
+            memory_mib: Some(2048),
+            disks: &disks,
+            network: Some("lab"),
+            keep_macs: false,
+        };
         let x = restored_domain_xml(RICH, &new).unwrap();
         assert!(x.contains("<vcpu placement='static'>4</vcpu>") && !x.contains("<topology"), "{x}");
         assert!(

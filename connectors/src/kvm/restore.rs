@@ -276,6 +276,7 @@ pub(super) fn restore_as_new_vm(
                     memory_mib: spec.memory_mib,
                     disks: &paths,
                     network: spec.network.as_deref(),
+                    keep_macs: spec.keep_macs,
                 },
             )
             .map_err(|e| failed(name, "building the new VM's definition", e))?,
@@ -286,6 +287,7 @@ pub(super) fn restore_as_new_vm(
                 spec.memory_mib.unwrap_or(if source.memory_mib > 0 { source.memory_mib } else { 1024 }),
                 &paths,
                 spec.network.as_deref(),
+                spec.keep_macs,
             ),
         };
         let dom = conn.conn.define_domain_xml(&xml).map_err(|e| failed(name, "defining the new VM", e.to_string()))?;
