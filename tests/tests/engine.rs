@@ -315,6 +315,26 @@ fn a_verify_names_the_point_a_damaged_blob_affects_and_gc_frees_what_no_point_ne
 }
 
 #[test]
+fn a_configuration_imported_without_its_passwords_keeps_the_stored_smtp_password() {
+    let bed = Bed::start(&[]);
+    let alerts = json!({
+        "enabled": true, "smtp_host": "mail.example.com", "smtp_port": 587, "security": "starttls",
+        "username": "backup", "password": "smtp secret", "from": "holdfast@example.com", "to": ["ops@example.com"],
+    });
+    assert_eq!(bed.c.request("PUT", "/api/alerts", Some(&alerts)).0, 204);
+    let file = bed.c.post("/api/config/export", json!({}), 200);
+    let report = bed.c.post("/api/config/import", json!({ "config": file }), 200);
+    assert_eq!(bed.c.get("/api/alerts")["has_password"], true, "the stored SMTP password was erased: {report}");
+    assert!(report["notes"].to_string().contains("the stored one is kept"), "{report}");
+    // For another server the file's settings win, and the report says the password is wanted.
+    let mut other = file.clone();
+    other["alerts"]["smtp_host"] = json!("relay.example.com");
+    let report = bed.c.post("/api/config/import", json!({ "config": other }), 200);
+    assert_eq!(bed.c.get("/api/alerts")["has_password"], false);
+    assert!(report["notes"].to_string().contains("set it again"), "{report}");
+}
+
+#[test]
 fn bandwidth_windows_pause_and_limit_and_a_stopped_job_leaves_nothing() {
     let bed = Bed::start(&["--max-jobs", "1"]);
     bed.host.add_vm("db", &[("vda", 16 * MIB)]);

@@ -300,6 +300,21 @@ impl Service {
                 }
                 let a: AlertSettings = serde_json::from_value(v).map_err(|e| ApiError::field("config.alerts", e))?;
                 super::alerts::check(&a).map_err(|e| within("config.alerts", e))?;
+                // A file without the password (exported without a passphrase) does not erase the
+                // one stored here for the same server and user; otherwise the report says so.
+                let password = match (password, self.load_alerts().await?) {
+                    (Some(p), _) => Some(p),
+                    (None, Some((old, Some(stored)))) if old.smtp_host == a.smtp_host && old.username == a.username => {
+                        report.notes.push("alert mail: the file holds no SMTP password: the stored one is kept".into());
+                        Some(stored)
+                    }
+                    (None, _) => {
+                        if a.username.is_some() {
+                            report.notes.push("alert mail: the file holds no SMTP password: set it again".into());
+                        }
+                        None
+                    }
+                };
                 Some((a, password))
             }
         };
