@@ -30,9 +30,11 @@ impl QemuNbd {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("qemu-nbd runs (package qemu-utils)");
+        // The socket file appears when qemu-nbd binds it, a moment before it listens: wait
+        // until a connection is taken (qemu-nbd is persistent, so the probe costs nothing).
         let t = Instant::now();
-        while !socket.exists() {
-            assert!(t.elapsed() < Duration::from_secs(10), "qemu-nbd did not create {}", socket.display());
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(10), "qemu-nbd did not listen on {}", socket.display());
             std::thread::sleep(Duration::from_millis(20));
         }
         QemuNbd { child, socket }
