@@ -132,6 +132,10 @@ fn an_admin_registers_a_platform_backs_up_a_vm_and_follows_it_live() {
     assert_eq!(figure("succeeded"), completed);
     assert_eq!(figure("unprotected"), 2, "both VMs are in no rule");
     assert_eq!(figure("protected"), 0);
+    // The hostile name is text on the dashboard too.
+    b.click("main details summary");
+    assert!(b.text("main details").contains(HOSTILE));
+    assert_eq!(b.count("main img"), 0, "the hostile name became markup on the dashboard");
     // The store's saving is the API's protected against stored bytes.
     let target = &admin.get("/api/storage")[0];
     let ratio = target["protected_bytes"].as_f64().unwrap() / target["stored_bytes"].as_f64().unwrap();
@@ -171,6 +175,28 @@ fn an_auditor_sees_everything_and_no_control_that_changes_anything() {
     b.wait_for("the VM list", "return document.querySelectorAll('tr[data-vm]').length === 1");
     assert_eq!(b.count("button[aria-label^='Back up']"), 0, "an auditor is offered a backup");
     b.look("02-inventory");
+
+    // A rule, its point and its job: shown to the auditor with nothing to press.
+    let rule = json!({ "name": "nightly", "platform": platform, "vms": ["db1"],
+                       "full": { "kind": "daily", "times": ["23:00"] } });
+    let rid = admin.post("/api/rules", rule, 201)["id"].as_i64().unwrap();
+    let job = admin.post(&format!("/api/rules/{rid}/run"), json!({ "type": "full" }), 202)[0]["id"].as_i64().unwrap();
+    assert_eq!(admin.wait_job(job)["state"], "completed");
+    for (page, ready, name) in [
+        ("#/rules", "tr[data-rule]", "03-rules"),
+        ("#/points", "tr[data-vm-key]", "04-points"),
+        (&format!("#/jobs/{job}") as &str, "ol.log li", "05-job"),
+    ] {
+        b.go(&format!("https://127.0.0.1:{}/{page}", server.port));
+        b.find(ready);
+        assert_eq!(b.count("main button, main input[type=checkbox]"), 0, "an auditor is offered a control on {page}");
+        b.look(name);
+    }
+    b.go(&format!("https://127.0.0.1:{}/#/points", server.port));
+    b.click("tr[data-vm-key] a");
+    b.find("li.point");
+    assert_eq!(b.count("main button, main form"), 0, "an auditor is offered a control on the timeline");
+    b.look("06-timeline");
 }
 
 #[test]

@@ -218,7 +218,8 @@ fn job_limits_change_while_jobs_wait_and_outlast_a_restart() {
     assert_eq!(code, 400, "{v}");
     assert!(v["error"].as_str().unwrap().starts_with("max_jobs:"), "{v}");
     assert_eq!(bed.c.request("PUT", "/api/limits", Some(&json!({ "max_jobs": 1, "max_jobs_per_host": 1 }))).0, 204);
-    bed.host.set_faults(&Faults { read_delay_ms: 150, ..Faults::default() });
+    // Reads slow enough that the third job still runs when the limit goes up.
+    bed.host.set_faults(&Faults { read_delay_ms: 800, ..Faults::default() });
     let mut ids = Vec::new();
     for i in 0..4 {
         let name = format!("lim{i}");
@@ -238,6 +239,7 @@ fn job_limits_change_while_jobs_wait_and_outlast_a_restart() {
     for j in first.iter().chain(&rest) {
         assert_eq!(j["state"], "completed", "{j}");
     }
+    assert_eq!(max_overlap(&rest.iter().collect::<Vec<_>>()), 2, "the waiting job did not start when the limit rose");
     // Saved limits outlast a restart and win over the command line's defaults.
     bed.server.kill();
     bed.server = Server::start_with(&bed.dir().join("data"), None, &["--max-jobs", "3"]);

@@ -22,8 +22,9 @@ fn accepts_gzip(req: &Request) -> bool {
         .any(|e| {
             let mut parts = e.split(';');
             let name = parts.next().unwrap_or("").trim();
-            // "gzip;q=0" refuses it.
-            name.eq_ignore_ascii_case("gzip") && !parts.any(|p| p.trim().replace(' ', "") == "q=0")
+            // "gzip;q=0" (or q=0.0) refuses it.
+            name.eq_ignore_ascii_case("gzip")
+                && !parts.any(|p| p.trim().strip_prefix("q=").and_then(|q| q.trim().parse::<f32>().ok()) == Some(0.0))
         })
 }
 
@@ -35,15 +36,19 @@ fn compressible(resp: &Response) -> bool {
 
 pub async fn gzip(req: Request, next: Next) -> Response {
     let wanted = accepts_gzip(&req);
-    let resp = next.run(req).await;
-    if !wanted || !compressible(&resp) {
+    let mut resp = next.run(req).await;
+    if !compressible(&resp) {
+        return resp;
+    }
+    // Caches must keep the plain and the gzipped reply apart, whichever this one is.
+    resp.headers_mut().append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if !wanted {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 256 << 20).await else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "the reply could not be read to compress it").into_response();
     };
-    parts.headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     if bytes.len() < MIN_BYTES {
         return Response::from_parts(parts, Body::from(bytes));
     }
@@ -92,9 +97,13 @@ mod tests {
         let mut plain = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut plain).unwrap();
         assert_eq!(plain, serde_json::to_string(&vec!["holdfast"; 1000]).unwrap());
-        for (accept, path) in
-            [(None, "/big"), (Some("gzip;q=0, br"), "/big"), (Some("gzip"), "/small"), (Some("gzip"), "/stream")]
-        {
+        for (accept, path) in [
+            (None, "/big"),
+            (Some("gzip;q=0, br"), "/big"),
+            (Some("gzip; q=0.0"), "/big"),
+            (Some("gzip"), "/small"),
+            (Some("gzip"), "/stream"),
+        ] {
             let resp = call(accept, path).await;
             assert!(!resp.headers().contains_key(header::CONTENT_ENCODING), "{accept:?} {path} was compressed");
         }

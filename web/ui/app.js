@@ -220,6 +220,8 @@ export function onSystem(fn, signal) {
 }
 
 function listen(kind, fn, signal, resync) {
+  // A page already left (it finished loading after the user moved on) listens to nothing.
+  if (signal.aborted) return;
   const entry = { kind, fn, resync };
   listeners.add(entry);
   signal.addEventListener('abort', () => listeners.delete(entry));
@@ -280,13 +282,16 @@ async function show() {
   document.title = `${page.title} · Holdfast`;
   const mod = await import(page.module);
   if (signal.aborted) return;
-  main.replaceChildren();
+  // Each page draws into its own element: a page left while it still loads draws into one
+  // that is no longer shown, never under the next page.
+  const view = h('div', { class: 'view' });
+  main.replaceChildren(view);
   try {
-    await mod.render(main, { params: params.map(decodeURIComponent), signal });
+    await mod.render(view, { params: params.map(decodeURIComponent), signal });
     // When the page's figures are drawn: the benchmark's "first render" (tests/src/bin/console-bench.rs).
-    performance.mark(`hf-rendered:${page.path}`);
+    if (!signal.aborted) performance.mark(`hf-rendered:${page.path}`);
   } catch (err) {
-    if (err.status !== 401) main.append(h('p', { class: 'form-error', role: 'alert' }, err.message));
+    if (err.status !== 401) view.append(h('p', { class: 'form-error', role: 'alert' }, err.message));
   }
 }
 

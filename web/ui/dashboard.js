@@ -29,13 +29,26 @@ async function unprotected(platforms, rules) {
   return { out, failures };
 }
 
-async function fill(box) {
+/// Draws the figures. `known` keeps what the hypervisors said (their VM lists): they are asked
+/// when the page opens and on Refresh, not at every job event.
+async function fill(box, known) {
   const since = new Date(Date.now() - 24 * 3600 * 1000);
+  const generation = ++known.generation;
   const [jobs, rules, platforms, storage, stats] = await Promise.all([
     api('GET', `/api/jobs?limit=5000&since=${encodeURIComponent(since.toISOString())}`), api('GET', '/api/rules'), api('GET', '/api/platforms'),
     api('GET', '/api/storage'), api('GET', '/api/stats'),
   ]);
-  const { out: loose, failures } = await unprotected(platforms, rules);
+  if (!known.vms || known.ask) {
+    known.ask = false;
+    known.vms = await unprotected(platforms, rules);
+  } else {
+    // Rules may have changed: VMs that joined one are protected now.
+    const inRule = new Set(rules.flatMap((r) => r.vms.map((vm) => `${r.platform}/${vm}`)));
+    known.vms = { ...known.vms, out: known.vms.out.filter(({ platform, vm }) => !inRule.has(`${platform.id}/${vm.name}`) && !inRule.has(`${platform.id}/${vm.uuid}`)) };
+  }
+  // An older answer that arrives after a newer one is dropped.
+  if (generation !== known.generation) return;
+  const { out: loose, failures } = known.vms;
   const protectedCount = rules.reduce((n, r) => n + r.vms.length, 0);
   const recent = jobs;
   const count = (pred) => recent.filter(pred).length;
@@ -146,15 +159,17 @@ function chart(label) {
 
 export async function render(main, { signal }) {
   const box = h('div', { class: 'grid' });
-  main.append(heading('Dashboard'), box, livePanel(signal));
-  await fill(box);
+  const known = { generation: 0, vms: null, ask: false };
+  const refresh = h('button', { type: 'button', onclick: () => { known.ask = true; fill(box, known).catch(() => {}); } }, 'Refresh');
+  main.append(heading('Dashboard', refresh), box, livePanel(signal));
+  await fill(box, known);
   let pending = null;
   const later = () => {
     // Many events arrive while a job runs: refresh at most every two seconds.
     if (pending) return;
     pending = setTimeout(() => {
       pending = null;
-      if (!signal.aborted) fill(box).catch(() => {});
+      if (!signal.aborted) fill(box, known).catch(() => {});
     }, 2000);
   };
   onJob(later, signal, later);

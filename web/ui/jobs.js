@@ -69,7 +69,10 @@ async function list(main, signal) {
     byId.set(j.id, j);
     draw();
   }, signal, async () => {
-    (await api('GET', '/api/jobs?limit=1000')).forEach((j) => byId.set(j.id, j));
+    (await api('GET', '/api/jobs?limit=1000')).forEach((j) => {
+      const had = byId.get(j.id);
+      if (!had || !ENDED.includes(had.state) || ENDED.includes(j.state)) byId.set(j.id, j);
+    });
     draw();
   });
 }
@@ -110,6 +113,11 @@ async function detail(main, id, signal) {
     lines = await api('GET', `/api/jobs/${id}/log`);
     drawLog();
   };
+  // A reply read before an event that came first must not move an ended job back.
+  const take = (fresh) => {
+    if (!ENDED.includes(job.state) || ENDED.includes(fresh.state)) job = fresh;
+    draw();
+  };
   const draw = () => {
     facts.replaceChildren(summary(job));
     stop.hidden = !may('operate') || ENDED.includes(job.state) || job.state === 'stopping';
@@ -125,7 +133,7 @@ async function detail(main, id, signal) {
     }
   });
   levelFilter.addEventListener('change', drawLog);
-  main.append(heading(`Job #${id}`, stop, h('a', { href: '#/jobs', class: 'button' }, 'All jobs')),
+  main.append(heading(`Job #${id}`, may('operate') ? stop : null, h('a', { href: '#/jobs', class: 'button' }, 'All jobs')),
     h('section', { class: 'card', 'aria-label': 'Job' }, facts),
     h('section', { class: 'card', 'aria-labelledby': 'log-h' },
       h('div', { class: 'page-head' }, h('h2', { id: 'log-h' }, 'Log'), field('Level', levelFilter)),
@@ -139,12 +147,10 @@ async function detail(main, id, signal) {
     draw();
     if (ended) loadLog();
   }, signal, async () => {
-    job = await api('GET', `/api/jobs/${id}`);
-    draw();
+    take(await api('GET', `/api/jobs/${id}`));
     await loadLog();
   });
-  job = await api('GET', `/api/jobs/${id}`);
-  draw();
+  take(await api('GET', `/api/jobs/${id}`));
   await loadLog();
 }
 

@@ -40,15 +40,29 @@ async function timeline(main, key) {
     box.append(h('p', { class: 'empty' }, 'This VM has no restore points.'));
     return;
   }
-  const details = await Promise.all(points.slice(0, 100).map((p) => api('GET', `/api/points/${encodeURIComponent(p.point_id)}`).catch((e) => ({ point_id: p.point_id, error: e.message }))));
+  // The newest 100 in detail (eight requests at a time); older ones are listed after them.
+  const shown = points.slice(0, 100);
+  const details = [];
+  for (let i = 0; i < shown.length; i += 8) {
+    details.push(...await Promise.all(shown.slice(i, i + 8).map((p) => api('GET', `/api/points/${encodeURIComponent(p.point_id)}`)
+      .catch((e) => ({ point_id: p.point_id, error: e.message })))));
+  }
+  const older = points.slice(100);
   const draw = () => {
-    box.replaceChildren(h('ol', { class: 'timeline' }, details.map((d, i) => item(d, i))));
+    box.replaceChildren(h('ol', { class: 'timeline' }, details.map((d) => item(d))),
+      older.length ? h('section', { class: 'card', 'aria-labelledby': 'older-h' }, h('h2', { id: 'older-h' }, `${older.length} older points`),
+        table(['Started', 'Type', 'Stored', 'Star', 'Locked until'], older.map((p) => h('tr', {},
+          h('td', {}, when(p.started)), h('td', {}, typeBadge(p.type)), h('td', {}, bytes(p.stored_bytes)),
+          h('td', {}, p.star ? 'starred' : '–'), h('td', {}, p.locked_until ? when(p.locked_until) : '–'))), 'Older points')) : null);
   };
-  const refresh = async (i) => {
-    details[i] = await api('GET', `/api/points/${encodeURIComponent(details[i].point_id)}`);
+  // By id, not by place: a delete meanwhile moves the places.
+  const refresh = async (pointId) => {
+    const fresh = await api('GET', `/api/points/${encodeURIComponent(pointId)}`);
+    const at = details.findIndex((d) => d.point_id === pointId);
+    if (at >= 0) details[at] = fresh;
     draw();
   };
-  const item = (d, i) => {
+  const item = (d) => {
     if (d.error) return h('li', {}, h('span', { class: 'error-text' }, `${d.point_id}: ${d.error}`));
     const reasons = d.disks.filter((x) => x.full_reason).map((x) => `${x.key}: ${x.full_reason}`);
     const problem = h('p', { class: 'form-error', role: 'alert', hidden: true });
@@ -77,11 +91,11 @@ async function timeline(main, key) {
       problem,
       h('div', { class: 'row-actions' },
         may('operate') ? h('a', { href: `#/restore/${encodeURIComponent(d.point_id)}`, class: 'button', 'aria-label': `Restore ${when(d.started)}` }, 'Restore') : null,
-        may('operate') ? h('button', { type: 'button', disabled: Boolean(d.locked_until) && d.star, onclick: () => act(async () => { await api('POST', `/api/points/${encodeURIComponent(d.point_id)}/star`, { star: !d.star }); toast(d.star ? 'Point unstarred.' : 'Point starred: retention keeps it.'); await refresh(i); }) }, d.star ? 'Unstar' : 'Star') : null,
+        may('operate') ? h('button', { type: 'button', disabled: Boolean(d.locked_until) && d.star, onclick: () => act(async () => { await api('POST', `/api/points/${encodeURIComponent(d.point_id)}/star`, { star: !d.star }); toast(d.star ? 'Point unstarred.' : 'Point starred: retention keeps it.'); await refresh(d.point_id); }) }, d.star ? 'Unstar' : 'Star') : null,
         may('admin') ? form({ class: 'inline', 'aria-label': `Lock point ${d.point_id}` }, [lockDate, h('button', { type: 'submit' }, 'Lock until')], async () => {
           await api('POST', `/api/points/${encodeURIComponent(d.point_id)}/lock`, { until: lockDate.value });
           toast('Point locked: nobody can delete it until then.');
-          await refresh(i);
+          await refresh(d.point_id);
         }) : null,
         may('operate') ? (d.undeletable
           ? h('span', { class: 'small muted' }, `Cannot be deleted: ${d.undeletable}.`)
@@ -89,7 +103,7 @@ async function timeline(main, key) {
             if (!window.confirm(`Delete the point of ${when(d.started)}? This cannot be undone.`)) return;
             await api('DELETE', `/api/points/${encodeURIComponent(d.point_id)}`);
             toast('Point deleted.');
-            details.splice(i, 1);
+            details.splice(details.findIndex((x) => x.point_id === d.point_id), 1);
             draw();
           }) }, 'Delete')) : null));
   };

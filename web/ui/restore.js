@@ -55,7 +55,8 @@ export async function render(main, { params }) {
       name.value = `${details.vm_name}-restored`;
       name.dataset.auto = 'yes';
     }
-    diskInputs = details.disks.map((d) => ({ d, input: h('input', { type: 'number', min: Math.ceil(d.size / 1048576), value: Math.ceil(d.size / 1048576), name: `disk_sizes.${d.key}` }) }));
+    // Sizes in MiB as shown; a disk whose field is left as it was keeps its exact size.
+    diskInputs = details.disks.map((d) => ({ d, shown: String(Math.ceil(d.size / 1048576)), input: h('input', { type: 'number', min: Math.ceil(d.size / 1048576), value: Math.ceil(d.size / 1048576), name: `disk_sizes.${d.key}` }) }));
     diskBox.replaceChildren(h('legend', {}, 'Disk sizes in MiB (a disk can grow, not shrink)'),
       ...diskInputs.map(({ d, input }) => field(`${d.key} (${bytes(d.size)} in the point)`, input, null, `disk_sizes.${d.key}`)),
       h('small', { class: 'error', 'aria-live': 'polite' }));
@@ -88,9 +89,8 @@ export async function render(main, { params }) {
       if (network.value) body.network = network.value;
       if (format.value) body.disk_format = format.value;
       body.disk_sizes = {};
-      diskInputs.forEach(({ d, input }) => {
-        const bytesWanted = Number(input.value) * 1048576;
-        if (bytesWanted > d.size) body.disk_sizes[d.key] = bytesWanted;
+      diskInputs.forEach(({ d, shown, input }) => {
+        if (input.value !== shown) body.disk_sizes[d.key] = Number(input.value) * 1048576;
       });
       body.start = start.checked;
       body.keep_macs = keepMacs.checked;
@@ -105,7 +105,7 @@ export async function render(main, { params }) {
       ['How', b.mode === 'in_place' ? 'over the original VM (its disks are overwritten)' : `as a new VM named ${b.name}`]];
     if (b.mode === 'new_vm') {
       rows.push(['CPUs', b.cpus ? String(b.cpus) : 'as in the point'], ['Memory', b.memory_mib ? `${b.memory_mib} MiB` : 'as in the point'],
-        ['Disks', diskInputs.map(({ d, input }) => `${d.key} ${bytes(Number(input.value) * 1048576)}`).join(', ')],
+        ['Disks', diskInputs.map(({ d, shown, input }) => `${d.key} ${bytes(input.value === shown ? d.size : Number(input.value) * 1048576)}`).join(', ')],
         [storage.previousElementSibling.textContent, b.storage || 'the platform\'s default'], ['Disk format', b.disk_format || 'the platform\'s default'],
         ['Network', b.network || 'as in the point'],
         ['MAC addresses', b.keep_macs ? 'the point\'s (the original VM must be gone)' : 'new ones (the original VM keeps its own)'],
@@ -168,6 +168,8 @@ export async function render(main, { params }) {
       if (at === 0) await loadPoint();
       if (at === 1 && mode() === 'new_vm') await loadTarget();
       if (at === 2 && !name.value.trim()) throw new ApiError(400, 'name: the new VM needs a name');
+      const shrunk = at === 2 && diskInputs.find(({ d, input }) => Number(input.value) * 1048576 < d.size);
+      if (shrunk) throw new ApiError(400, `disk_sizes.${shrunk.d.key}: a disk can grow, not shrink (at least ${Math.ceil(shrunk.d.size / 1048576)} MiB)`);
       await go(at + 1);
     } catch (err) {
       showError(f, err);

@@ -72,7 +72,8 @@ async function list(main, signal) {
     if (j.kind !== 'backup' || j.rule === null) return;
     const key = `${j.rule}/${j.vm}`;
     const had = latest.get(key);
-    if (!had || had.id <= j.id) latest.set(key, j);
+    // A newer job wins; for the same job, an older snapshot never moves it back from ended.
+    if (!had || had.id < j.id || (had.id === j.id && (!ENDED.includes(had.state) || ENDED.includes(j.state)))) latest.set(key, j);
     if (!ENDED.includes(j.state)) {
       const s = rates.get(j.id) || [];
       s.push(j.rate || 0);
@@ -142,7 +143,8 @@ async function list(main, signal) {
   };
   const draw = () => {
     const ids = [...selected];
-    bar.replaceChildren(
+    // Only those who may change rules get the toolbar at all.
+    if (may('operate')) bar.replaceChildren(
       h('span', { class: 'small' }, `${ids.length} selected`),
       h('button', { type: 'button', disabled: !ids.length, onclick: () => enable(ids, true) }, 'Enable'),
       h('button', { type: 'button', disabled: !ids.length, onclick: () => enable(ids, false) }, 'Disable'),

@@ -625,10 +625,20 @@ async function storage(box) {
       slot.replaceChildren(failure(err.message));
     }
   };
-  // A running check is looked at again until it ends.
-  if (targets.some((t) => t.health.some((c) => c.running))) {
-    setTimeout(() => { if (box.isConnected) storage(box).catch(() => {}); }, 1500);
-  }
+  // A running check's cell is looked at again until it ends: only the Health cells change, so
+  // what an admin types in the form below stays. One timer per section.
+  clearTimeout(box.healthTimer);
+  const follow = async () => {
+    if (!box.isConnected) return;
+    const fresh = await api('GET', '/api/storage').catch(() => null);
+    if (!fresh || !box.isConnected) return;
+    fresh.forEach((t) => {
+      const cell = box.querySelector(`tr[data-target='${t.id}'] td.health`);
+      if (cell) cell.replaceChildren(health(t));
+    });
+    if (fresh.some((t) => t.health.some((c) => c.running))) box.healthTimer = setTimeout(follow, 1500);
+  };
+  if (targets.some((t) => t.health.some((c) => c.running))) box.healthTimer = setTimeout(follow, 1500);
   const health = (t) => (t.health.length === 0 ? h('span', { class: 'muted small' }, 'never checked')
     : h('ul', { class: 'plain small' }, t.health.map((c) => h('li', { 'data-check': c.kind },
       h('span', { class: `badge ${c.running ? 'busy' : c.ok ? 'ok' : 'bad'}` }, `${c.kind === 'gc' ? 'garbage collection' : 'verify'}: ${c.running ? 'running' : c.ok ? 'sound' : 'problems'}`),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use web::*;
 
 /// The settings key of a target's last check of a kind.
-fn key(target: i64, kind: &str) -> String {
+pub(super) fn key(target: i64, kind: &str) -> String {
     format!("storage_check:{target}:{kind}")
 }
 
@@ -115,7 +115,13 @@ impl Service {
             }
             checks.insert((id, kind), started.clone());
         }
-        self.audit_log(&s.user, &format!("storage {} started", kind.as_str()), &format!("target {id}")).await?;
+        if let Err(e) =
+            self.audit_log(&s.user, &format!("storage {} started", kind.as_str()), &format!("target {id}")).await
+        {
+            // Not started after all: the next request may try again.
+            self.checks.lock().expect("checks lock").remove(&(id, kind));
+            return Err(e);
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let outcome = tokio::task::spawn_blocking(move || match kind {

@@ -181,7 +181,10 @@ impl Service {
                 protected_bytes: r.8,
                 storage: r.9,
                 star: r.10 != 0,
-                locked_until: r.11,
+                // A lock that has run out protects nothing any more.
+                locked_until: r
+                    .11
+                    .filter(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok_and(|t| t > chrono::Utc::now())),
             })
             .collect())
     }

@@ -12,7 +12,7 @@ fn refusal(point: &str, e: StoreError) -> ApiError {
     match e {
         StoreError::PointNotFound { .. } => ApiError::not_found(format!("restore point {point}")),
         e @ (StoreError::Locked { .. } | StoreError::InUse { .. }) => ApiError::conflict(e.to_string()),
-        e @ StoreError::Invalid(_) => ApiError::field("until", e),
+        e @ StoreError::Invalid(_) => ApiError::bad(format!("restore point {point}: {e}")),
         e => ApiError::server(format!("restore point {point}: {e}")),
     }
 }
@@ -119,7 +119,10 @@ impl Service {
         let labels = tokio::task::spawn_blocking(move || store.lock(&p, until))
             .await
             .map_err(ApiError::internal)?
-            .map_err(|e| refusal(point, e))?;
+            .map_err(|e| match e {
+                e @ StoreError::Invalid(_) => ApiError::field("until", e),
+                e => refusal(point, e),
+            })?;
         self.index_labels(point, &labels).await?;
         self.audit_log(&s.user, "point locked", &format!("{point} until {}", until.to_rfc3339())).await?;
         self.point_details(point).await
@@ -142,7 +145,7 @@ impl Service {
         }
         let (_, store) = self.point_store(point).await?;
         let p = point.to_string();
-        tokio::task::spawn_blocking(move || {
+        let deleted = tokio::task::spawn_blocking(move || {
             let entry = store.find(&p)?;
             if entry.labels.star && entry.labels.locked_at(Utc::now()).is_none() {
                 return Ok(Err(format!("restore point {p} is starred: unstar it first")));
@@ -150,9 +153,15 @@ impl Service {
             store.delete_point(&entry.vm, &p).map(Ok)
         })
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| refusal(point, e))?
-        .map_err(ApiError::conflict)?;
+        .map_err(ApiError::internal)?;
+        match deleted {
+            // Gone from the store already (a store changed beside the appliance): the index
+            // follows rather than keep a point nobody can delete.
+            Err(StoreError::PointNotFound { .. }) => {}
+            Err(e) => return Err(refusal(point, e)),
+            Ok(Err(starred)) => return Err(ApiError::conflict(starred)),
+            Ok(Ok(())) => {}
+        }
         sqlx::query("DELETE FROM points WHERE point_id = $1")
             .bind(point)
             .execute(&self.db)

@@ -476,7 +476,21 @@ impl Service {
                 "storage target {name} is in use by job {job}: wait for it or stop it"
             )));
         }
+        if let Some(kind) = self.checks.lock().expect("checks lock").keys().find(|(t, _)| *t == id).map(|(_, k)| *k) {
+            return Err(ApiError::conflict(format!(
+                "storage target {name}: its {} runs: wait for it to end",
+                kind.as_str()
+            )));
+        }
         let mut tx = super::catalog::begin_write(&self.db).await?;
+        // Its health results go with it: a target added later may get the same id.
+        for kind in StorageCheckKind::ALL {
+            sqlx::query("DELETE FROM settings WHERE name = $1")
+                .bind(super::health::key(id, kind.as_str()))
+                .execute(&mut *tx)
+                .await
+                .map_err(ApiError::internal)?;
+        }
         let points = sqlx::query("DELETE FROM points WHERE storage_id = $1")
             .bind(id)
             .execute(&mut *tx)
