@@ -534,7 +534,7 @@ async fn test_alert<B: Backend>(State(b): State<Arc<B>>, Authed(s, _): Authed) -
     Ok(NoContent)
 }
 
-async fn stats<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<serde_json::Value>> {
+async fn stats<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Stats>> {
     Ok(Json(b.stats().await?))
 }
 

@@ -203,6 +203,41 @@ pub struct Vm {
     pub running: bool,
 }
 
+/// Successes or failures over the last 7, 30 and 365 days.
+#[derive(Clone, Debug, Default, Serialize, JsonSchema)]
+pub struct PeriodCounts {
+    pub week: i64,
+    pub month: i64,
+    pub year: i64,
+}
+
+/// One VM's backups: successes and failures, failed jobs whose log nobody has read, the bytes
+/// its newest point protects and what all its points stored.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct VmStats {
+    pub platform: i64,
+    pub vm: String,
+    pub succeeded: PeriodCounts,
+    pub failed: PeriodCounts,
+    pub unread_errors: i64,
+    pub protected_bytes: i64,
+    pub stored_bytes: i64,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RuleStats {
+    pub rule: i64,
+    pub name: String,
+    pub succeeded: PeriodCounts,
+    pub failed: PeriodCounts,
+}
+
+#[derive(Clone, Debug, Default, Serialize, JsonSchema)]
+pub struct Stats {
+    pub vms: Vec<VmStats>,
+    pub rules: Vec<RuleStats>,
+}
+
 /// The appliance's own load over the last two seconds, for the dashboard's live panel (the
 /// event stream's `system` events).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
@@ -890,7 +925,7 @@ pub trait Jobs: Send + Sync + 'static {
     fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send;
     /// Per VM and per rule: successes and failures (week, month, year), bytes protected and
     /// stored, unread errors.
-    fn stats(&self) -> impl Future<Output = ApiResult<serde_json::Value>> + Send;
+    fn stats(&self) -> impl Future<Output = ApiResult<Stats>> + Send;
     /// Every job change (state, progress) as it happens, for server-sent events.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job>;
     /// The appliance's load every two seconds, for the same stream.

@@ -114,7 +114,7 @@ impl Jobs for Fake {
     fn points(&self) -> impl Future<Output = ApiResult<Vec<PointRow>>> + Send {
         nope()
     }
-    fn stats(&self) -> impl Future<Output = ApiResult<serde_json::Value>> + Send {
+    fn stats(&self) -> impl Future<Output = ApiResult<Stats>> + Send {
         nope()
     }
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Job> {
@@ -314,6 +314,7 @@ async fn the_document_describes_each_route_with_the_types_it_serves() {
     assert_eq!(reply("/api/rules/{id}/run", "post", "202")["items"]["$ref"], "#/components/schemas/Job");
     assert!(op("/api/platforms/{id}", "delete")["responses"]["204"].is_object());
     assert_eq!(reply("/api/login", "post", "200")["$ref"], "#/components/schemas/Session");
+    assert_eq!(reply("/api/stats", "get", "200")["$ref"], "#/components/schemas/Stats");
     assert_eq!(op("/api/jobs/{id}", "get")["parameters"][0]["schema"]["type"], "integer");
     assert_eq!(op("/api/users/{name}", "delete")["parameters"][0]["schema"]["type"], "string");
     assert!(op("/api/events", "get")["responses"]["200"]["content"]["text/event-stream"].is_object());

@@ -443,7 +443,7 @@ impl Jobs for Api {
     fn subscribe_system(&self) -> tokio::sync::broadcast::Receiver<SystemSample> {
         self.0.system.subscribe()
     }
-    async fn stats(&self) -> ApiResult<serde_json::Value> {
+    async fn stats(&self) -> ApiResult<Stats> {
         self.0.stats().await
     }
     async fn stop_job(&self, s: &Session, id: i64) -> ApiResult<Job> {

@@ -3,7 +3,6 @@
 //! not read yet (a failed job's log read clears it).
 
 use super::Service;
-use serde_json::{json, Value};
 use web::*;
 
 type Counts = (i64, i64, i64, i64, i64, i64);
@@ -22,12 +21,12 @@ fn windows() -> [String; 3] {
     [7, 30, 365].map(|d| (now - chrono::Duration::days(d)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-fn counts(c: Counts) -> (Value, Value) {
-    (json!({ "week": c.0, "month": c.1, "year": c.2 }), json!({ "week": c.3, "month": c.4, "year": c.5 }))
+fn counts(c: Counts) -> (PeriodCounts, PeriodCounts) {
+    (PeriodCounts { week: c.0, month: c.1, year: c.2 }, PeriodCounts { week: c.3, month: c.4, year: c.5 })
 }
 
 impl Service {
-    pub(super) async fn stats(&self) -> ApiResult<Value> {
+    pub(super) async fn stats(&self) -> ApiResult<Stats> {
         let [week, month, year] = windows();
         let err = ApiError::internal;
         // SUM over no rows is NULL: COALESCE keeps every count an integer on both databases.
@@ -68,10 +67,15 @@ impl Service {
             let (protected, stored) =
                 key_of.get(&(platform, vm.clone())).and_then(|k| sizes.get(k)).copied().unwrap_or((0, 0));
             let (ok, failed) = counts((s1, s2, s3, f1, f2, f3));
-            vm_rows.push(json!({
-                "platform": platform, "vm": vm, "succeeded": ok, "failed": failed, "unread_errors": unread,
-                "protected_bytes": protected, "stored_bytes": stored,
-            }));
+            vm_rows.push(VmStats {
+                platform,
+                vm,
+                succeeded: ok,
+                failed,
+                unread_errors: unread,
+                protected_bytes: protected,
+                stored_bytes: stored,
+            });
         }
         let rule_sql = format!(
             "SELECT r.id, r.name, {} FROM rules r LEFT JOIN jobs j ON j.rule_id = r.id GROUP BY r.id, r.name ORDER BY r.name",
@@ -79,13 +83,13 @@ impl Service {
         );
         let rules: Vec<RuleRow> =
             sqlx::query_as(&rule_sql).bind(&week).bind(&month).bind(&year).fetch_all(&self.db).await.map_err(err)?;
-        let rule_rows: Vec<Value> = rules
+        let rule_rows: Vec<RuleStats> = rules
             .into_iter()
             .map(|(id, name, s1, s2, s3, f1, f2, f3)| {
                 let (ok, failed) = counts((s1, s2, s3, f1, f2, f3));
-                json!({ "rule": id, "name": name, "succeeded": ok, "failed": failed })
+                RuleStats { rule: id, name, succeeded: ok, failed }
             })
             .collect();
-        Ok(json!({ "vms": vm_rows, "rules": rule_rows }))
+        Ok(Stats { vms: vm_rows, rules: rule_rows })
     }
 }
