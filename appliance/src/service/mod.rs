@@ -307,7 +307,10 @@ pub fn run(opts: ServeOptions) -> Result<i32> {
             .await
             .with_context(|| format!("listening on {}", opts.listen))?;
         let addr = listener.local_addr()?;
-        eprintln!("holdfast: serving https://{addr}/api (data in {})", opts.data_dir.display());
+        eprintln!(
+            "holdfast: serving the console on https://{addr}/ and the API under /api (data in {})",
+            opts.data_dir.display()
+        );
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
             tokio::select! {
