@@ -69,12 +69,7 @@ fn send(a: &AlertSettings, password: Option<&str>, subject: &str, body: &str) ->
 impl Service {
     /// The saved settings and the stored password (sealed in the catalog).
     pub(super) async fn load_alerts(&self) -> ApiResult<Option<(AlertSettings, Option<String>)>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
-            .bind(SETTING)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-        let Some((json,)) = row else { return Ok(None) };
+        let Some(json) = super::catalog::setting(&self.db, SETTING).await? else { return Ok(None) };
         let mut a: AlertSettings = serde_json::from_str(&json).map_err(ApiError::internal)?;
         let password = match a.password.take() {
             Some(sealed) => Some(self.open_sealed(&sealed)?),

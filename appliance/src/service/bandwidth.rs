@@ -60,14 +60,9 @@ pub(super) fn limit_at(windows: &[BandwidthWindow], now: chrono::DateTime<chrono
 
 impl Service {
     pub(super) async fn load_bandwidth(&self) -> ApiResult<Vec<BandwidthWindow>> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
-            .bind(SETTING)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-        match row {
+        match super::catalog::setting(&self.db, SETTING).await? {
             None => Ok(Vec::new()),
-            Some((json,)) => serde_json::from_str(&json).map_err(ApiError::internal),
+            Some(json) => serde_json::from_str(&json).map_err(ApiError::internal),
         }
     }
 

@@ -70,6 +70,23 @@ async fn migrate(db: &Db, sqlite: bool, upto: i64) -> anyhow::Result<()> {
 }
 
 /// Replaces the setting `name` (JSON text) inside the caller's transaction.
+/// A setting's value (JSON text), if one is saved.
+pub async fn setting(db: &Db, name: &str) -> Result<Option<String>, web::ApiError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db)
+        .await
+        .map_err(web::ApiError::internal)?;
+    Ok(row.map(|(v,)| v))
+}
+
+/// Saves a setting in its own write transaction.
+pub async fn save_setting(db: &Db, name: &str, value: &str) -> Result<(), web::ApiError> {
+    let mut tx = begin_write(db).await?;
+    put_setting(&mut tx, name, value).await.map_err(web::ApiError::internal)?;
+    tx.commit().await.map_err(web::ApiError::internal)
+}
+
 pub async fn put_setting(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str, value: &str) -> sqlx::Result<()> {
     sqlx::query("DELETE FROM settings WHERE name = $1").bind(name).execute(&mut **tx).await?;
     sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)").bind(name).bind(value).execute(&mut **tx).await?;

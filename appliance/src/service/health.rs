@@ -45,21 +45,8 @@ fn gc_summary(r: &vds_store::gc::GcReport) -> (bool, String) {
 
 impl Service {
     async fn save_check(&self, target: i64, check: &StorageCheck) -> ApiResult<()> {
-        let k = key(target, check.kind.as_str());
         let json = serde_json::to_string(check).map_err(ApiError::internal)?;
-        let mut tx = super::catalog::begin_write(&self.db).await?;
-        sqlx::query("DELETE FROM settings WHERE name = $1")
-            .bind(&k)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
-            .bind(&k)
-            .bind(&json)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)
+        super::catalog::save_setting(&self.db, &key(target, check.kind.as_str()), &json).await
     }
 
     /// A target's last verify and garbage collection (running ones included).
@@ -69,12 +56,9 @@ impl Service {
             let running = self.checks.lock().expect("checks lock").get(&(target, *kind)).cloned();
             let check = match running {
                 Some(c) => Some(c),
-                None => sqlx::query_as::<_, (String,)>("SELECT value FROM settings WHERE name = $1")
-                    .bind(key(target, kind.as_str()))
-                    .fetch_optional(&self.db)
-                    .await
-                    .map_err(ApiError::internal)?
-                    .and_then(|(json,)| serde_json::from_str(&json).ok()),
+                None => super::catalog::setting(&self.db, &key(target, kind.as_str()))
+                    .await?
+                    .and_then(|json| serde_json::from_str(&json).ok()),
             };
             out.extend(check);
         }

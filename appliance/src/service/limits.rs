@@ -130,12 +130,7 @@ impl Limits {
 impl super::Service {
     /// The saved limits, if an admin saved any (else the command line's stay).
     pub(super) async fn load_limits(&self) -> ApiResult<()> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
-            .bind(SETTING)
-            .fetch_optional(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-        if let Some((json,)) = row {
+        if let Some(json) = super::catalog::setting(&self.db, SETTING).await? {
             let saved: JobLimits = serde_json::from_str(&json).map_err(ApiError::internal)?;
             self.limits.set(&saved);
         }
@@ -145,19 +140,7 @@ impl super::Service {
     pub(super) async fn put_limits(&self, s: &web::Session, l: JobLimits) -> ApiResult<()> {
         check(&l)?;
         let json = serde_json::to_string(&l).map_err(ApiError::internal)?;
-        let mut tx = super::catalog::begin_write(&self.db).await?;
-        sqlx::query("DELETE FROM settings WHERE name = $1")
-            .bind(SETTING)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
-        sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2)")
-            .bind(SETTING)
-            .bind(&json)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::internal)?;
-        tx.commit().await.map_err(ApiError::internal)?;
+        super::catalog::save_setting(&self.db, SETTING, &json).await?;
         self.limits.set(&l);
         let words = format!("at most {} jobs, {} per platform", l.max_jobs, l.max_jobs_per_host);
         self.audit_log(&s.user, "job limits changed", &words).await
