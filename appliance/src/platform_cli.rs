@@ -272,6 +272,7 @@ pub fn run(args: PlatformArgs) -> Result<i32> {
                 memory_mib,
                 network,
                 start,
+                keep_macs,
                 disk_format,
                 disk_size,
                 ..
@@ -283,17 +284,8 @@ pub fn run(args: PlatformArgs) -> Result<i32> {
                 .ok_or_else(|| anyhow!("--storage: name the {} for the new disks", caps.storage_word))?;
             let disk_format = disk_format.or_else(|| caps.disk_formats.first().map(|f| f.name.to_string()));
             let disk_sizes = disk_size.into_iter().collect();
-            let spec = NewVmSpec {
-                name,
-                cpus,
-                memory_mib,
-                storage,
-                network,
-                disk_format,
-                disk_sizes,
-                start,
-                keep_macs: false,
-            };
+            let spec =
+                NewVmSpec { name, cpus, memory_mib, storage, network, disk_format, disk_sizes, start, keep_macs };
             let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec, &JobControl::default())?;
             if args.json {
                 println!("{}", serde_json::json!({ "vm": vm, "point": point, "started": start }));

@@ -32,6 +32,11 @@ pub struct RestoreTo {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub start: bool,
+    /// Give the new VM's NICs the point's MAC addresses (default: new ones, so it can run beside
+    /// the original); for a VM that replaces one that is gone
+    #[arg(long, conflicts_with = "in_place")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep_macs: bool,
     /// Disk image format of the new VM, one the platform offers (KVM: qcow2, which keeps change
     /// tracking, or raw) [default: the platform's first]
     #[arg(long)]
@@ -81,4 +86,21 @@ fn disk_sizes_parse_with_binary_units_and_bad_ones_say_why() {
 
 fn sizes_map<S: serde::Serializer>(sizes: &[(String, u64)], s: S) -> std::result::Result<S::Ok, S::Error> {
     s.collect_map(sizes.iter().map(|(k, v)| (k, v)))
+}
+
+#[test]
+fn the_clients_body_is_the_apis_words() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        to: RestoreTo,
+    }
+    let cli = Cli::parse_from(["x", "--name", "web-copy", "--keep-macs", "--disk-size", "vdb=1G", "--start"]);
+    let body = serde_json::to_value(&cli.to).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({ "name": "web-copy", "keep_macs": true, "start": true, "disk_sizes": { "vdb": 1u64 << 30 } })
+    );
+    assert!(Cli::try_parse_from(["x", "--in-place", "--keep-macs"]).is_err(), "--keep-macs is for a new VM only");
 }
