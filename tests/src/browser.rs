@@ -287,19 +287,20 @@ fn read_reply(s: &mut TcpStream) -> std::io::Result<String> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
-    Ok(if chunked { dechunk(&body) } else { body })
+    let body = &buf[head_end..];
+    let body = if chunked { dechunk(body) } else { body.to_vec() };
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-fn dechunk(mut text: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = text.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        text = rest[n..].trim_start_matches("\r\n");
+/// A chunked body's bytes (chunks may split a character: join them before decoding).
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..eol]).ok().and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+        let rest = &body[eol + 2..];
+        let Some(n) = size.filter(|n| *n > 0 && rest.len() >= *n) else { break };
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -319,4 +320,11 @@ fn base64_decode(text: &str) -> Vec<u8> {
         out.extend_from_slice(&n.to_be_bytes()[1..group.len()]);
     }
     out
+}
+
+#[test]
+fn a_chunked_reply_is_joined_before_it_is_decoded() {
+    // "é" is two bytes, split across the two chunks.
+    let body = b"2\r\n{\xc3\r\n3\r\n\xa9}\n\r\n0\r\n\r\n";
+    assert_eq!(String::from_utf8(dechunk(body)).unwrap(), "{\u{e9}}\n");
 }

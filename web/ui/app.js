@@ -88,6 +88,12 @@ export function field(label, input, help, name) {
     h('small', { id: errId, class: 'error', 'aria-live': 'polite' }));
 }
 
+/// A checkbox or radio button with its label beside it (the input carries its id).
+export function choice(input, label, tag = 'div') {
+  if (!input.id) input.id = id('c');
+  return h(tag, { class: 'check' }, input, h('label', { for: input.id }, label));
+}
+
 /// Shows an API error on the form: under the field it names ("vms[0]: …" names `vms`),
 /// or above the buttons.
 export function showError(form, err) {

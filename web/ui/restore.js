@@ -2,7 +2,7 @@
 // overwritten) or as a new VM with its own name, CPUs, memory, disks (grown, their storage and
 // format), network and power state; a summary before anything starts; then the job's own page
 // follows its progress like a backup's.
-import { api, h, heading, field, form, toast, bytes, when, ApiError, fieldOf, showError, clearErrors } from './app.js';
+import { api, h, heading, field, form, toast, bytes, when, ApiError, fieldOf, showError, clearErrors, choice } from './app.js';
 
 const STEPS = ['Restore point', 'Where', 'New VM', 'Summary'];
 
@@ -117,14 +117,14 @@ export async function render(main, { params }) {
     h('div', { 'data-step': 0 }, field('VM', vm), field('Restore point', point)),
     h('div', { 'data-step': 1 }, field('Platform to restore onto', platform),
       h('fieldset', { class: 'field', 'data-field': 'mode' }, h('legend', {}, 'Restore'),
-        h('div', { class: 'check' }, newVm, h('label', { for: 'mode-new-vm' }, 'as a new VM (the original stays as it is)')),
-        h('div', { class: 'check' }, inPlace, h('label', { for: 'mode-in-place' }, 'over the original VM')),
+        choice(newVm, 'as a new VM (the original stays as it is)'),
+        choice(inPlace, 'over the original VM'),
         h('small', { class: 'error', 'aria-live': 'polite' })),
       warning),
     h('div', { 'data-step': 2 }, field('Name of the new VM', name), field('CPUs', cpus, 'Empty: as in the point.'), field('Memory (MiB)', memory, 'Empty: as in the point.'),
       diskBox, field('Storage', storage), field('Disk format', format), field('Network', network),
-      h('div', { class: 'check' }, keepMacs, h('label', { for: 'keep-macs' }, 'Keep the point\'s MAC addresses (by default the new VM gets new ones, so it can run beside the original)')),
-      h('div', { class: 'check' }, start, h('label', { for: 'start' }, 'Power the VM on after the restore'))),
+      choice(keepMacs, 'Keep the point\'s MAC addresses (by default the new VM gets new ones, so it can run beside the original)'),
+      choice(start, 'Power the VM on after the restore')),
     h('div', { 'data-step': 3 }, summary),
   ];
   let at = 0;

@@ -3,7 +3,7 @@
 // rule in the steps admins know (basic, disks, schedule, retention, advanced, summary). The
 // wizard asks the API to check the draft as it is typed (POST /api/rules/check) and shows the
 // API's own message under the field it names; nothing is saved until the summary's Save.
-import { api, h, heading, field, form, may, table, toast, bytes, when, duration, stateBadge, onJob, fieldOf, showError, clearErrors, ApiError } from './app.js';
+import { api, h, heading, field, form, may, table, toast, bytes, when, duration, stateBadge, onJob, fieldOf, showError, clearErrors, ApiError, choice } from './app.js';
 
 const DAYS = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'];
 const ENDED = ['completed', 'failed', 'stopped', 'skipped'];
@@ -52,7 +52,7 @@ function confirmDelete(names) {
       h('h2', { id: 'delete-h' }, names.length === 1 ? `Delete rule ${names[0]}?` : `Delete ${names.length} rules?`),
       names.length > 1 ? h('p', {}, names.join(', ')) : null,
       h('p', {}, 'The jobs\' history stays. The rule\'s VMs are no longer backed up.'),
-      h('div', { class: 'check' }, data, h('label', { for: 'delete-data' }, 'Also delete the restore points these rules made (starred and locked points stay)')),
+      choice(data, 'Also delete the restore points these rules made (starred and locked points stay)'),
       h('div', { class: 'buttons' },
         h('button', { type: 'button', class: 'danger', onclick: () => { dialog.close(); resolve({ data: data.checked }); } }, 'Delete'),
         h('button', { type: 'button', onclick: () => { dialog.close(); resolve(null); } }, 'Cancel')));
@@ -207,7 +207,7 @@ function scheduleEditor(prefix, initial, legend) {
     start: field('From', start, null, `${prefix}.start`),
     times: field('At (HH:MM, several separated by commas)', times, null, `${prefix}.times`),
     week: h('fieldset', { class: 'field weekdays', 'data-field': `${prefix}.days` }, h('legend', {}, 'On these days'),
-      h('div', { class: 'check-row' }, weekDays.map((c) => h('span', { class: 'check' }, c, h('label', { for: c.id }, c.value)))),
+      h('div', { class: 'check-row' }, weekDays.map((c) => choice(c, c.value, 'span'))),
       h('small', { class: 'error', 'aria-live': 'polite' })),
     month: field('Days of the month (1-31, separated by commas)', monthDays, 'A month without that day skips it.', `${prefix}.days`),
   };
@@ -291,7 +291,7 @@ async function wizard(main, id) {
       table(['VM', 'Disks'], described.map((d) => h('tr', {}, h('td', {}, d.name),
         h('td', {}, d.error ? h('span', { class: 'error-text' }, d.error) : d.disks.map((x) => `${x.key} (${bytes(x.size)}${x.bus ? `, ${x.bus}` : ''})`).join(', ')))), 'Disks of the chosen VMs'),
       h('fieldset', { class: 'field', 'data-field': 'disks' }, h('legend', {}, 'Disks to back up (each chosen VM must have them)'),
-        h('div', { class: 'check-row' }, keys.map((k, i) => h('span', { class: 'check' }, diskChecks[i], h('label', { for: `disk-${k}` }, k)))),
+        h('div', { class: 'check-row' }, keys.map((k, i) => choice(diskChecks[i], k, 'span'))),
         h('small', { class: 'error', 'aria-live': 'polite' })));
   };
   // Step 3: schedules.
@@ -358,17 +358,17 @@ async function wizard(main, id) {
     h('div', { 'data-step': 0 }, field('Rule name', name), field('Platform', platform, existing ? 'A rule\'s platform cannot change.' : null),
       field('Storage target', target, 'Moving a rule to another target makes each VM\'s next backup a full there.'),
       h('fieldset', { class: 'field', 'data-field': 'vms' }, h('legend', {}, 'VMs'), vmBox, h('small', { class: 'error', 'aria-live': 'polite' }))),
-    h('div', { 'data-step': 1 }, h('div', { class: 'check' }, allDisks, h('label', { for: 'disks-all' }, 'Every disk of each VM (disks added later too)')),
-      h('div', { class: 'check' }, someDisks, h('label', { for: 'disks-some' }, 'Only the disks chosen below')), diskBox),
+    h('div', { 'data-step': 1 }, choice(allDisks, 'Every disk of each VM (disks added later too)'),
+      choice(someDisks, 'Only the disks chosen below'), diskBox),
     h('div', { 'data-step': 2 }, full.el, field('Partial backups', partialKind, 'Incrementals read what changed since the last backup; differentials since the last full.', 'partial.kind'), partial.el),
     h('div', { 'data-step': 3, 'data-field': 'retention', class: 'field' }, h('p', {}, 'After each successful run the rule keeps the points any of these keep (starred and locked points always stay). Empty keeps every point.'),
       h('div', { class: 'grid-fields' }, keep.map(({ k, input }) => field(k.replace('keep_', 'Keep ').replace('_', ' '), input, keepHelp[k], `retention.${k}`))),
       h('small', { class: 'error', 'aria-live': 'polite' })),
     h('div', { 'data-step': 4 }, field('Quiesce', quiesce, 'auto: freeze the guest\'s filesystems where its agent answers; required: fail without.'),
       field('Change tracking', tracking, 'auto: read only changes where the disks support it; on: require it; off: read whole disks.'),
-      h('div', { class: 'check' }, lanFree, h('label', { for: 'lan-free' }, 'LAN-free (over the storage network where the platform offers it)')),
-      h('div', { class: 'check' }, enabled, h('label', { for: 'enabled' }, 'Enabled (the scheduler runs it)')),
-      h('div', { class: 'check' }, deleteData, h('label', { for: 'delete-data-with-rule' }, 'Deleting the rule deletes its points'))),
+      choice(lanFree, 'LAN-free (over the storage network where the platform offers it)'),
+      choice(enabled, 'Enabled (the scheduler runs it)'),
+      choice(deleteData, 'Deleting the rule deletes its points')),
     h('div', { 'data-step': 5 }, summary),
   ];
   let at = 0;
@@ -451,7 +451,7 @@ async function wizard(main, id) {
   main.append(heading(existing ? `Edit rule ${existing.name}` : 'New backup rule', h('a', { href: '#/rules', class: 'button' }, 'Cancel')), f);
   await loadVms();
   await go(0);
-  if (kindOf() && !kindOf().capabilities.lan_free) lanFree.closest('.check').append(h('small', { class: 'help' }, ' (this platform has no LAN-free transport: the usual one is used)'));
+  if (kindOf() && !kindOf().capabilities.lan_free) lanFree.closest('.check').after(h('p', { class: 'muted small' }, 'This platform has no LAN-free transport: its backups use the usual one.'));
 }
 
 export async function render(main, { params, signal }) {

@@ -19,8 +19,17 @@ struct Counters {
 
 /// CPU jiffies (busy, total) from /proc/stat's first line.
 fn cpu(stat: &str) -> (u64, u64) {
-    let fields: Vec<u64> =
-        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: the guest fields after them are already
+    // counted in user and nice.
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let total: u64 = fields.iter().sum();
     // idle and iowait are the 4th and 5th fields.
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
@@ -55,8 +64,8 @@ fn memory(meminfo: &str) -> (u64, u64) {
     (total.saturating_sub(field("MemAvailable:")), total)
 }
 
-/// The block device (its name in /proc/diskstats) that holds `path`: the whole disk, so a
-/// partition's parent is counted once.
+/// The block device (its name in /proc/diskstats: a partition, or the whole disk) that holds
+/// `path`; none for a filesystem without one (tmpfs, NFS), whose throughput then reads as 0.
 fn store_device(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(path).ok()?.dev();
@@ -128,7 +137,8 @@ mod tests {
 
     #[test]
     fn the_counters_are_read_from_procs_formats() {
-        assert_eq!(cpu("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3"), (150, 1000));
+        // (The last two fields, guest time, are inside user and nice already.)
+        assert_eq!(cpu("cpu  100 0 50 800 50 0 0 0 30 0\ncpu0 1 2 3"), (150, 1000));
         let dev = "Inter-|   Receive\n face |bytes packets\n    lo: 999 1 0 0 0 0 0 0 999 1 0 0 0 0 0 0\n  eth0: 1000 5 0 0 0 0 0 0 2000 7 0 0 0 0 0 0\n";
         assert_eq!(network(dev), (1000, 2000));
         assert_eq!(
