@@ -191,7 +191,26 @@ pub fn backup_vm(
     opts: BackupOptions,
     progress: &mut dyn FnMut(&IngestProgress),
 ) -> Result<BackupOutcome, BackupError> {
+    backup_vm_when(connector, store, vm, opts, &mut || true, progress)
+}
+
+/// [`backup_vm`], reading the data only once `ready` says so: it is asked after the snapshot is
+/// taken and may wait (a job of a parallel run waits there for the other VMs' snapshots and for
+/// its turn). When it answers false (the job was stopped meanwhile) the backup ends as stopped,
+/// its platform session finished, nothing committed.
+pub fn backup_vm_when(
+    connector: &dyn Connector,
+    store: &Store,
+    vm: &str,
+    opts: BackupOptions,
+    ready: &mut dyn FnMut() -> bool,
+    progress: &mut dyn FnMut(&IngestProgress),
+) -> Result<BackupOutcome, BackupError> {
     let started = start(connector, store, vm, &opts)?;
+    if !ready() {
+        started.session.finish(false)?;
+        return Err(BackupError::Stopped("its data was read"));
+    }
     complete(store, started, &opts, progress)
 }
 

@@ -18,6 +18,9 @@ pub enum Phase {
     Snapshotting,
     /// Asking the platform which blocks changed since the base (incremental, differential).
     QueryingChanges,
+    /// Snapshot taken, waiting to read (for the other snapshots of a parallel run, for a turn
+    /// under the job limits).
+    Waiting,
     /// Reading disks into the store.
     Transferring,
     /// Reading the new disk maps back and flushing the store before the point is committed.
@@ -31,6 +34,7 @@ impl Phase {
             Phase::SavingConfiguration => "saving_configuration",
             Phase::Snapshotting => "snapshotting",
             Phase::QueryingChanges => "querying_changes",
+            Phase::Waiting => "waiting",
             Phase::Transferring => "running",
             Phase::CheckingData => "checking_data",
         }

@@ -16,7 +16,7 @@ pub mod registry;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use backup::{backup_vm, backup_vms, BackupError, BackupOptions, BackupOutcome, SnapshotMode};
+pub use backup::{backup_vm, backup_vm_when, backup_vms, BackupError, BackupOptions, BackupOutcome, SnapshotMode};
 pub use connector::restore_sizes;
 pub use connector::{
     BackupBase, BackupPlan, BackupSession, BaseDisk, ChangeTracking, CheckError, Connector, ConnectorError,

@@ -263,10 +263,22 @@ fn a_rule_made_in_the_wizard_refuses_wrong_input_where_it_is_typed_and_runs_live
     b.type_into("input[name='retention.keep_days']", "7");
     b.click(".wizard button.primary:not([hidden])");
     b.find("select[name=quiesce]");
+    // Advanced: a bandwidth of 0 is refused under its field; parallel snapshots and 50 MB/s go.
+    b.type_into("input[name=bandwidth_mb_per_second]", "0");
+    b.click(".wizard button.primary:not([hidden])");
+    let e = b.wait_for(
+        "the bandwidth refusal",
+        "return document.querySelector('[data-field=bandwidth_mb_per_second] .error').innerText",
+    );
+    assert!(e.as_str().unwrap().starts_with("bandwidth_mb_per_second:"), "{e}");
+    b.look("06-wizard-advanced-refused");
+    b.type_into("input[name=bandwidth_mb_per_second]", "50");
+    b.select("select[name=snapshot_mode]", "parallel");
     b.look("06-wizard-advanced");
     b.click(".wizard button.primary:not([hidden])");
     b.wait_for("the summary", "return document.querySelector('[data-step=\"5\"] dl.facts')");
     assert!(b.text("[data-step='5']").contains("daily at 23:00"));
+    assert!(b.text("[data-step='5']").contains("50 MB/s"));
     b.look("07-wizard-summary");
     b.click(".wizard button[type=submit]");
     b.wait_for("the rule list", "return document.querySelector('tr[data-rule]')");
@@ -275,6 +287,7 @@ fn a_rule_made_in_the_wizard_refuses_wrong_input_where_it_is_typed_and_runs_live
     assert_eq!(rules[0]["vms"], json!(["app1"]));
     assert_eq!(rules[0]["full"], json!({ "kind": "daily", "times": ["23:00"] }));
     assert_eq!(rules[0]["retention"], json!({ "keep_days": 7 }));
+    assert_eq!((rules[0]["snapshot_mode"].as_str(), rules[0]["bandwidth_mb_per_second"].as_f64()), (Some("parallel"), Some(50.0)));
     assert!(rules[0]["next_run"].is_string(), "{}", rules[0]);
 
     // Run it now, slowly enough to see it live in the list, to the end.

@@ -465,6 +465,112 @@ fn rule_jobs(c: &Client, rule: i64, n: usize) -> Vec<Value> {
     }
 }
 
+/// The rule's jobs, oldest first, once every one of them has ended.
+fn ended_jobs_of(c: &Client, rule: i64, n: usize, mut each_look: impl FnMut(&[Value])) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        let mut jobs: Vec<Value> =
+            c.get("/api/jobs").as_array().unwrap().iter().filter(|j| j["rule"] == rule).cloned().collect();
+        jobs.sort_by_key(|j| j["id"].as_i64());
+        each_look(&jobs);
+        if jobs.len() == n && jobs.iter().all(|j| !j["finished"].is_null()) {
+            return jobs;
+        }
+        assert!(t.elapsed() < Duration::from_secs(90), "rule {rule}: {jobs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_rules_snapshots_are_taken_one_after_another_or_together_and_its_bandwidth_holds() {
+    let bed = Bed::start(&["--max-jobs", "1"]);
+    let vms = ["app", "db", "web"];
+    for (i, vm) in vms.iter().enumerate() {
+        bed.host.add_vm(vm, &[("vda", 4 * MIB)]);
+        bed.host.write(vm, "vda", 0, &noise(i as u64, 3 * MIB as usize));
+    }
+    let weekly = json!({ "kind": "weekly", "days": ["sun"], "times": ["03:00"] });
+    let rule = |name: &str, vms: &[&str], mode: &str, mb: Value| {
+        let body = json!({ "name": name, "platform": bed.platform, "vms": vms, "full": weekly, "enabled": false,
+                           "snapshot_mode": mode, "bandwidth_mb_per_second": mb });
+        bed.c.post("/api/rules", body, 201)["id"].as_i64().unwrap()
+    };
+    // A limit that is none is refused with the field's name, and nothing is saved.
+    for bad in [json!(0), json!(-1.5)] {
+        let body = json!({ "name": "bad", "platform": bed.platform, "vms": ["app"], "full": weekly,
+                           "bandwidth_mb_per_second": bad });
+        let (code, e) = bed.c.request("POST", "/api/rules", Some(&body));
+        assert_eq!(code, 400, "{e}");
+        assert!(e["error"].as_str().unwrap().starts_with("bandwidth_mb_per_second:"), "{e}");
+    }
+    let (code, e) = bed.c.request("POST", "/api/rules", Some(&json!({ "name": "bad", "platform": bed.platform,
+        "vms": ["app"], "full": weekly, "snapshot_mode": "sometimes" })));
+    assert_eq!(code, 400, "{e}");
+    assert!(bed.c.get("/api/rules").as_array().unwrap().is_empty());
+
+    // Parallel, with one job at a time allowed: the three snapshots exist together while the
+    // first VM is read, the others wait holding theirs; each snapshot goes with its read. The
+    // rule's 3 MB/s holds each read (about a second for 3 MiB).
+    let together = rule("together", &vms, "parallel", json!(3.0));
+    let read = bed.c.get(&format!("/api/rules/{together}"));
+    assert_eq!((read["snapshot_mode"].as_str(), read["bandwidth_mb_per_second"].as_f64()), (Some("parallel"), Some(3.0)));
+    let t = Instant::now();
+    bed.c.post(&format!("/api/rules/{together}/run"), json!({ "type": "full" }), 202);
+    let (mut all_at_once, mut waiting_seen) = (false, false);
+    let jobs = ended_jobs_of(&bed.c, together, 3, |jobs| {
+        all_at_once |= vms.iter().all(|vm| bed.host.has_snapshot(vm));
+        waiting_seen |= jobs.iter().filter(|j| j["state"] == "waiting").count() == 2;
+        let reading = jobs.iter().filter(|j| ["running", "checking_data"].contains(&j["state"].as_str().unwrap()));
+        assert!(reading.count() <= 1, "--max-jobs 1 reads one VM at a time: {jobs:?}");
+    });
+    let took = t.elapsed().as_secs_f64();
+    assert!(all_at_once && waiting_seen, "the run's snapshots were never all there at once");
+    for j in &jobs {
+        assert_eq!(j["state"], "completed", "{j}");
+        assert!(bed.log(j).contains("waiting for the run's other snapshots"), "{}", bed.log(j));
+    }
+    let moved: f64 = jobs.iter().map(|j| j["done_bytes"].as_f64().unwrap()).sum();
+    assert!(took >= moved / 3e6 * 0.9, "{moved} bytes at 3 MB/s took {took:.2} s: the rule's limit did not hold");
+    assert!(vms.iter().all(|vm| !bed.host.has_snapshot(vm)));
+
+    // A job stopped while it waits with its snapshot: its snapshot goes, the others complete.
+    bed.c.post(&format!("/api/rules/{together}/run"), json!({ "type": "full" }), 202);
+    let waiting = loop {
+        let jobs: Vec<Value> =
+            bed.c.get("/api/jobs").as_array().unwrap().iter().filter(|j| j["rule"] == together).cloned().collect();
+        if let Some(w) = jobs.iter().find(|j| j["state"] == "waiting" && j["finished"].is_null()) {
+            break w.clone();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    bed.c.post(&format!("/api/jobs/{}/stop", waiting["id"]), json!({}), 200);
+    let jobs = ended_jobs_of(&bed.c, together, 6, |_| {});
+    let states: Vec<&str> = jobs[3..].iter().map(|j| j["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "stopped").count(), 1, "{jobs:?}");
+    assert_eq!(states.iter().filter(|s| **s == "completed").count(), 2, "{jobs:?}");
+    assert!(vms.iter().all(|vm| !bed.host.has_snapshot(vm)), "the stopped job's snapshot is removed");
+
+    // Serial, with room for all three: one VM at a time, in the rule's order, each snapshot
+    // taken after the previous backup ended.
+    bed.c.request("DELETE", &format!("/api/rules/{together}"), None);
+    bed.c.request("PUT", "/api/limits", Some(&json!({ "max_jobs": 3, "max_jobs_per_host": 3 })));
+    let one_by_one = rule("one by one", &vms, "serial", json!(6.0));
+    bed.c.post(&format!("/api/rules/{one_by_one}/run"), json!({ "type": "full" }), 202);
+    let mut most = 0;
+    let jobs = ended_jobs_of(&bed.c, one_by_one, 3, |jobs| {
+        let active = jobs.iter().filter(|j| j["finished"].is_null() && j["state"] != "queued").count();
+        let snapshots = vms.iter().filter(|vm| bed.host.has_snapshot(vm)).count();
+        most = most.max(active).max(snapshots);
+    });
+    assert_eq!(most, 1, "a serial run had more than one VM going at once");
+    let names: Vec<&str> = jobs.iter().map(|j| j["vm"].as_str().unwrap()).collect();
+    assert_eq!(names, vms);
+    for pair in jobs.windows(2) {
+        assert!(pair[1]["started"].as_str() >= pair[0]["finished"].as_str(), "{pair:?}");
+        assert_eq!(pair[1]["state"], "completed", "{}", pair[1]);
+    }
+}
+
 #[test]
 fn retention_runs_after_a_successful_run_only() {
     // A Monday night: the rule's schedule (Sundays) does not fire while the test runs.

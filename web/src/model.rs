@@ -431,6 +431,26 @@ words!(
 );
 
 words!(
+    /// How the VMs of one run of a rule take their snapshots.
+    SnapshotMode {
+        /// One VM after another, in the rule's order: the next VM's snapshot is taken when the
+        /// previous VM's backup has ended, so the host carries one of the rule's snapshots at a
+        /// time (the default).
+        Serial = "serial",
+        /// Every VM's snapshot together as the run starts, then the data as the job limits
+        /// allow: the points of VMs that work together capture the same moment. Each snapshot
+        /// lives until its VM's data has been read.
+        Parallel = "parallel",
+    }
+);
+
+impl Default for SnapshotMode {
+    fn default() -> SnapshotMode {
+        SnapshotMode::Serial
+    }
+}
+
+words!(
     /// Where a restore writes.
     RestoreMode {
         /// A new VM: new name, UUID and MAC addresses.
@@ -448,6 +468,9 @@ words!(
         SavingConfiguration = "saving_configuration",
         Snapshotting = "snapshotting",
         QueryingChanges = "querying_changes",
+        /// Its snapshot is taken; it waits for its turn to read the data (a rule's parallel
+        /// snapshots are taken together, the reads follow the job limits).
+        Waiting = "waiting",
         Running = "running",
         CheckingData = "checking_data",
         Stopping = "stopping",
@@ -565,6 +588,13 @@ pub struct NewRule {
     /// Moving a rule to another target makes each VM's next backup a full there.
     #[serde(default)]
     pub storage: Option<i64>,
+    /// serial (default) or parallel.
+    #[serde(default)]
+    pub snapshot_mode: SnapshotMode,
+    /// Most MB/s (10^6 bytes) the rule's backups read, shared by its jobs that run at once;
+    /// none: only the appliance's bandwidth windows apply (the lower limit wins).
+    #[serde(default)]
+    pub bandwidth_mb_per_second: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
@@ -583,6 +613,8 @@ pub struct Rule {
     pub change_tracking: String,
     pub lan_free: bool,
     pub storage: i64,
+    pub snapshot_mode: SnapshotMode,
+    pub bandwidth_mb_per_second: Option<f64>,
     pub created: String,
     /// When the scheduler runs the rule next (full or partial, whichever comes first); none
     /// while the rule is disabled or its schedules have no run ahead.

@@ -54,8 +54,8 @@ async function fill(box, known) {
   const count = (pred) => recent.filter(pred).length;
   const succeeded = count((j) => j.state === 'completed');
   const failed = count((j) => j.state === 'failed');
-  const waiting = count((j) => j.state === 'queued');
-  const running = count((j) => !ENDED.includes(j.state) && j.state !== 'queued');
+  const waiting = count((j) => j.state === 'queued' || j.state === 'waiting');
+  const running = count((j) => !ENDED.includes(j.state) && j.state !== 'queued' && j.state !== 'waiting');
   const unread = stats.vms.filter((v) => v.unread_errors > 0);
   const next = rules.filter((r) => r.next_run).sort((a, b) => new Date(a.next_run) - new Date(b.next_run));
   const troubled = storage.filter((t) => !t.available || (t.used_percent || 0) >= 90);

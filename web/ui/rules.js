@@ -253,6 +253,7 @@ async function wizard(main, id) {
     full: { kind: 'weekly', days: ['sat'], times: ['22:00'] },
     partial: { kind: 'incremental', schedule: { kind: 'daily', times: ['22:00'] } },
     retention: { keep_days: 14 }, quiesce: 'auto', change_tracking: 'auto', lan_free: false, enabled: true, delete_data_with_rule: false,
+    snapshot_mode: 'serial', bandwidth_mb_per_second: null,
   };
   // Step 1: basic.
   const name = h('input', { name: 'name', value: r.name, autocomplete: 'off' });
@@ -317,6 +318,11 @@ async function wizard(main, id) {
   const quiesce = h('select', { name: 'quiesce' }, ['auto', 'off', 'required'].map((q) => h('option', { value: q, selected: r.quiesce === q }, q)));
   const tracking = h('select', { name: 'change_tracking' }, ['auto', 'on', 'off'].map((q) => h('option', { value: q, selected: r.change_tracking === q }, q)));
   const lanFree = h('input', { type: 'checkbox', id: 'lan-free', checked: r.lan_free });
+  const snapshotMode = h('select', { name: 'snapshot_mode' },
+    h('option', { value: 'serial', selected: r.snapshot_mode !== 'parallel' }, 'serial'),
+    h('option', { value: 'parallel', selected: r.snapshot_mode === 'parallel' }, 'parallel'));
+  const bandwidth = h('input', { type: 'number', name: 'bandwidth_mb_per_second', min: 0, step: 'any', inputmode: 'decimal',
+    value: r.bandwidth_mb_per_second ?? '', placeholder: 'no limit' });
   const enabled = h('input', { type: 'checkbox', id: 'enabled', checked: r.enabled });
   const deleteData = h('input', { type: 'checkbox', id: 'delete-data-with-rule', checked: r.delete_data_with_rule });
   const kindOf = () => kinds.find((k) => k.kind === (platforms.find((p) => String(p.id) === platform.value) || {}).kind);
@@ -336,6 +342,8 @@ async function wizard(main, id) {
       quiesce: quiesce.value,
       change_tracking: tracking.value,
       lan_free: lanFree.checked,
+      snapshot_mode: snapshotMode.value,
+      bandwidth_mb_per_second: bandwidth.value === '' ? null : Number(bandwidth.value),
       enabled: enabled.checked,
       delete_data_with_rule: deleteData.checked,
     };
@@ -348,7 +356,8 @@ async function wizard(main, id) {
       ['VMs', d.vms.join(', ') || 'none'], ['Disks', d.disks.length ? d.disks.join(', ') : 'every disk'],
       ['Full backups', scheduleText(d.full)], ['Between fulls', d.partial ? `${d.partial.kind}: ${scheduleText(d.partial.schedule)}` : 'none'],
       ['Retention', retentionText(d.retention)], ['Quiesce', d.quiesce], ['Change tracking', d.change_tracking],
-      ['LAN-free', d.lan_free ? 'yes' : 'no'], ['Enabled', d.enabled ? 'yes' : 'no'],
+      ['LAN-free', d.lan_free ? 'yes' : 'no'], ['Snapshots', d.snapshot_mode],
+      ['Bandwidth', d.bandwidth_mb_per_second == null ? 'no limit of its own' : `${d.bandwidth_mb_per_second} MB/s`], ['Enabled', d.enabled ? 'yes' : 'no'],
       ['Deleting the rule deletes its points', d.delete_data_with_rule ? 'yes' : 'no'],
     ];
     summary.replaceChildren(h('dl', { class: 'facts' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
@@ -366,6 +375,8 @@ async function wizard(main, id) {
       h('small', { class: 'error', 'aria-live': 'polite' })),
     h('div', { 'data-step': 4 }, field('Quiesce', quiesce, 'auto: freeze the guest\'s filesystems where its agent answers; required: fail without.'),
       field('Change tracking', tracking, 'auto: read only changes where the disks support it; on: require it; off: read whole disks.'),
+      field('Snapshots', snapshotMode, 'serial: the next VM\'s snapshot when the previous VM\'s backup has ended, lightest for the host. parallel: all snapshots as the run starts, then the reads as the job limits allow, so VMs that work together are captured at one moment.'),
+      field('Bandwidth (MB/s)', bandwidth, 'The most the rule\'s backups read together; empty: only the appliance\'s bandwidth windows apply (the lower limit wins).'),
       choice(lanFree, 'LAN-free (over the storage network where the platform offers it)'),
       choice(enabled, 'Enabled (the scheduler runs it)'),
       choice(deleteData, 'Deleting the rule deletes its points')),

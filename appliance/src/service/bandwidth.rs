@@ -54,8 +54,25 @@ pub(super) fn limit_at(windows: &[BandwidthWindow], now: chrono::DateTime<chrono
                 (on(w, day) && t >= from) || (on(w, yesterday) && t < to)
             }
         })
-        .map(|w| (w.mb_per_second * 1e6) as u64)
+        .map(|w| bytes_per_second(w.mb_per_second))
         .min()
+}
+
+/// Bytes per second of a limit in MB/s.
+pub(super) fn bytes_per_second(mb: f64) -> u64 {
+    (mb * 1e6) as u64
+}
+
+/// Checks a rule's own limit: more than 0 (a rule that never moves data is a disabled rule)
+/// and at most 100 GB/s.
+pub(super) fn check_rule_limit(mb: Option<f64>) -> ApiResult<()> {
+    match mb {
+        Some(mb) if !mb.is_finite() || mb <= 0.0 || mb > 100_000.0 => Err(ApiError::field(
+            "bandwidth_mb_per_second",
+            format!("{mb} is not a limit: give MB/s above 0, or none for no limit of the rule's own"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl Service {
@@ -83,11 +100,13 @@ impl Service {
     }
 
     /// Bytes per second one running job may read now: the open window's limit shared evenly
-    /// by the jobs holding a slot. None: unlimited.
-    pub(super) fn job_limit(&self, clock: &Clock) -> Option<u64> {
-        let total = limit_at(&self.bandwidth.read().expect("bandwidth lock"), clock.now())?;
-        let running = self.limits.running().max(1) as u64;
-        Some(total / running)
+    /// by the jobs holding a turn, and the job's rule's own limit (rule id, bytes per second)
+    /// shared by the rule's jobs holding one; the lower wins. None: unlimited.
+    pub(super) fn job_limit(&self, clock: &Clock, rule: Option<(i64, u64)>) -> Option<u64> {
+        let window = limit_at(&self.bandwidth.read().expect("bandwidth lock"), clock.now())
+            .map(|total| total / self.limits.running().max(1) as u64);
+        let own = rule.map(|(id, total)| total / self.limits.running_of_rule(id).max(1) as u64);
+        window.into_iter().chain(own).min()
     }
 }
 

@@ -165,6 +165,8 @@ impl Service {
                 change_tracking: Some(r.change_tracking),
                 lan_free: r.lan_free,
                 storage: Some(r.storage),
+                snapshot_mode: r.snapshot_mode,
+                bandwidth_mb_per_second: r.bandwidth_mb_per_second,
             };
             let mut v = serde_json::to_value(&rule).map_err(ApiError::internal)?;
             v["platform"] = serde_json::Value::String(names.get(&r.platform).cloned().unwrap_or_default());

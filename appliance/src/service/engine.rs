@@ -10,7 +10,7 @@ use super::runner::{self, Work};
 use super::schedule::Clock;
 use super::storage::OWN_TARGET;
 use super::Service;
-use connectors::{backup_vm, BackupOptions, BackupOutcome, Connector, JobControl, Phase, Quiesce};
+use connectors::{backup_vm_when, BackupOptions, BackupOutcome, Connector, JobControl, Phase, Quiesce};
 use std::sync::Arc;
 use vds_store::BackupType;
 use web::*;
@@ -42,6 +42,7 @@ fn phase_words(p: Phase) -> &'static str {
         Phase::SavingConfiguration => "saving the VM configuration",
         Phase::Snapshotting => "taking the snapshot",
         Phase::QueryingChanges => "querying changed blocks since the base point",
+        Phase::Waiting => "snapshot taken; waiting for the run's other snapshots and for a turn to read the data",
         Phase::Transferring => "transferring data",
         Phase::CheckingData => "checking data: reading the new disk maps back and flushing the store",
     }
@@ -62,6 +63,8 @@ pub(super) struct RuleRun {
     pub disks: Vec<String>,
     pub change_tracking: connectors::ChangeTracking,
     pub lan_free: bool,
+    /// The run the job belongs to (its order, its snapshots, its bandwidth).
+    pub run: Arc<super::runs::Run>,
 }
 
 /// How a backup job runs beside its VM and type: quiesce, the rule that started it (None: by
@@ -174,7 +177,8 @@ impl Service {
         let (name, kind) = (&vm.name, requested.as_str());
         log(&self.db, id, "info", &format!("queued by {by}: {kind} backup of {name} on {platform_name}")).await;
         self.audit_log(user, "backup started", &format!("job {id}: {kind} of {name} on {platform_name}")).await?;
-        let job = runner::Job { id, platform, target, vm: vm.name.clone() };
+        let place = rule.as_ref().map(|r| r.run.join());
+        let job = runner::Job { id, platform, target, vm: vm.name.clone(), place };
         let work = Backup { platform, vm, requested, quiesce, rule, storage, store: None };
         self.launch(id, move |me, control| async move { me.run_work(job, work, control).await });
         self.job_by_id(id).await
@@ -378,17 +382,26 @@ impl Service {
         &self,
         id: i64,
         platform: i64,
+        rule: Option<i64>,
         target: &Target,
         control: &JobControl,
     ) -> Option<super::limits::Turn> {
         // A job stopped while it waited (already recorded as stopped) gives its turn back at once.
-        let turn = self.limits.turn(platform).await;
+        let turn = tokio::select! {
+            t = self.limits.turn(platform, rule) => t,
+            () = super::runs::until_stopped(control) => return None,
+        };
         if control.stopped() {
             return None;
         }
+        self.begin(id, target).await;
+        Some(turn)
+    }
+
+    /// Shows a job that starts its work as preparing.
+    pub(super) async fn begin(&self, id: i64, target: &Target) {
         self.set_state(id, "preparing").await;
         log(&self.db, id, "info", &format!("connecting to {}", target.summary())).await;
-        Some(turn)
     }
 
     /// Watches a job's blocking task until it ends: its phases, progress (percent, bytes,
@@ -401,10 +414,11 @@ impl Service {
         platform: i64,
         target: &Target,
         control: &JobControl,
+        rule_limit: Option<(i64, u64)>,
         task: tokio::task::JoinHandle<Result<T, String>>,
     ) -> (Result<T, String>, (u64, u64)) {
         let clock = Clock::from_env();
-        control.set_limit(self.job_limit(&clock));
+        control.set_limit(self.job_limit(&clock, rule_limit));
         tokio::pin!(task);
         let watched_since = std::time::Instant::now();
         // The rate counts from the first byte the job had to move: snapshots and plans before
@@ -432,7 +446,7 @@ impl Service {
                     probe = Some(tokio::spawn(async move { me.node_unreachable(platform, &t).await }));
                 }
             }
-            let limit = self.job_limit(&clock);
+            let limit = self.job_limit(&clock, rule_limit);
             control.set_limit(limit);
             if paused != (limit == Some(0)) {
                 paused = !paused;
@@ -522,7 +536,12 @@ impl Work for Backup {
         Ok(())
     }
 
-    fn run(&mut self, conn: &dyn Connector, control: &Arc<JobControl>) -> Result<BackupOutcome, String> {
+    fn run(
+        &mut self,
+        conn: &dyn Connector,
+        control: &Arc<JobControl>,
+        ready: &mut dyn FnMut() -> bool,
+    ) -> Result<BackupOutcome, String> {
         let store = self.store.as_ref().ok_or("the storage target was not opened")?;
         let rule = self.rule.as_ref();
         let opts = BackupOptions {
@@ -534,8 +553,10 @@ impl Work for Backup {
             ..BackupOptions::new(self.requested)
         };
         let progress = control.clone();
-        backup_vm(conn, store, self.vm.key(), opts, &mut |p| progress.set_progress(p.all_done_bytes, p.all_total_bytes))
-            .map_err(|e| e.to_string())
+        backup_vm_when(conn, store, self.vm.key(), opts, ready, &mut |p| {
+            progress.set_progress(p.all_done_bytes, p.all_total_bytes)
+        })
+        .map_err(|e| e.to_string())
     }
 
     async fn completed(self, service: &Arc<Service>, id: i64, o: BackupOutcome, control: &Arc<JobControl>) -> String {

@@ -222,7 +222,7 @@ impl Service {
 fn the_active_states_are_every_state_but_the_ends() {
     assert_eq!(
         active_states(),
-        "('queued', 'preparing', 'saving_configuration', 'snapshotting', 'querying_changes', 'running', \
-         'checking_data', 'stopping', 'unknown')"
+        "('queued', 'preparing', 'saving_configuration', 'snapshotting', 'querying_changes', 'waiting', \
+         'running', 'checking_data', 'stopping', 'unknown')"
     );
 }

@@ -19,6 +19,8 @@ struct State {
     per_host: usize,
     running: usize,
     by_host: HashMap<i64, usize>,
+    /// Running jobs by the rule that started them (a rule's own bandwidth is shared by these).
+    by_rule: HashMap<i64, usize>,
     /// The jobs waiting (ticket, platform), oldest first.
     queue: VecDeque<(u64, i64)>,
     next_ticket: u64,
@@ -33,6 +35,7 @@ pub(super) struct Limits {
 pub(super) struct Turn {
     limits: Arc<Limits>,
     platform: i64,
+    rule: Option<i64>,
 }
 
 impl Drop for Turn {
@@ -40,6 +43,9 @@ impl Drop for Turn {
         let mut s = self.limits.state.lock().expect("limits lock");
         s.running -= 1;
         if let Some(n) = s.by_host.get_mut(&self.platform) {
+            *n -= 1;
+        }
+        if let Some(n) = self.rule.and_then(|r| s.by_rule.get_mut(&r)) {
             *n -= 1;
         }
         drop(s);
@@ -95,9 +101,14 @@ impl Limits {
         self.state.lock().expect("limits lock").running
     }
 
-    /// Waits for a turn for a job against `platform`: the oldest waiting job whose host has
-    /// room goes first, once the appliance has room.
-    pub(super) async fn turn(self: &Arc<Self>, platform: i64) -> Turn {
+    /// Jobs of rule `rule` holding a turn now.
+    pub(super) fn running_of_rule(&self, rule: i64) -> usize {
+        self.state.lock().expect("limits lock").by_rule.get(&rule).copied().unwrap_or(0)
+    }
+
+    /// Waits for a turn for a job against `platform` (started by `rule`, if one did): the
+    /// oldest waiting job whose host has room goes first, once the appliance has room.
+    pub(super) async fn turn(self: &Arc<Self>, platform: i64, rule: Option<i64>) -> Turn {
         let ticket = {
             let mut s = self.state.lock().expect("limits lock");
             s.next_ticket += 1;
@@ -116,10 +127,13 @@ impl Limits {
                 if s.running < s.max && first_that_can_go == Some(ticket.1) {
                     s.running += 1;
                     *s.by_host.entry(platform).or_default() += 1;
+                    if let Some(r) = rule {
+                        *s.by_rule.entry(r).or_default() += 1;
+                    }
                     drop(s);
                     // Out of the queue, and whoever is behind looks again (there may be room).
                     drop(ticket);
-                    return Turn { limits: self.clone(), platform };
+                    return Turn { limits: self.clone(), platform, rule };
                 }
             }
             changed.await;
@@ -153,7 +167,7 @@ mod tests {
     use std::time::Duration;
 
     async fn started(l: &Arc<Limits>, platform: i64) -> Option<Turn> {
-        tokio::time::timeout(Duration::from_millis(50), l.turn(platform)).await.ok()
+        tokio::time::timeout(Duration::from_millis(50), l.turn(platform, None)).await.ok()
     }
 
     #[tokio::test]
@@ -165,7 +179,7 @@ mod tests {
         // A job of host 1 waiting does not hold back host 2's.
         let waiting = tokio::spawn({
             let l = l.clone();
-            async move { l.turn(1).await }
+            async move { l.turn(1, None).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         let _b1 = started(&l, 2).await.expect("host 2 has room and so does the appliance");
@@ -178,12 +192,24 @@ mod tests {
         // Raising the limits lets a waiting job start at once.
         let later = tokio::spawn({
             let l = l.clone();
-            async move { l.turn(2).await }
+            async move { l.turn(2, None).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         l.set(&JobLimits { max_jobs: 4, max_jobs_per_host: 2 });
         let _b2 = tokio::time::timeout(Duration::from_secs(1), later).await.unwrap().unwrap();
         assert_eq!(l.running(), 4);
         assert!(check(&JobLimits { max_jobs: 0, max_jobs_per_host: 1 }).unwrap_err().message.starts_with("max_jobs:"));
+    }
+
+    #[tokio::test]
+    async fn a_rules_running_jobs_are_counted_for_its_own_bandwidth() {
+        let l = Arc::new(Limits::new(4, 4));
+        let a = l.turn(1, Some(7)).await;
+        let _b = l.turn(1, Some(7)).await;
+        let _other = l.turn(1, Some(8)).await;
+        let _by_hand = l.turn(1, None).await;
+        assert_eq!((l.running_of_rule(7), l.running_of_rule(8), l.running()), (2, 1, 4));
+        drop(a);
+        assert_eq!(l.running_of_rule(7), 1);
     }
 }

@@ -25,6 +25,7 @@ mod points;
 mod restore;
 mod rules;
 mod runner;
+mod runs;
 mod schedule;
 mod stats;
 mod storage;

@@ -180,7 +180,7 @@ impl Service {
         );
         log(&self.db, id, "info", &format!("queued by {}: {words}", s.user)).await;
         self.audit_log(&s.user, "restore started", &format!("job {id}: {words}")).await?;
-        let job = runner::Job { id, platform: r.platform, target, vm };
+        let job = runner::Job { id, platform: r.platform, target, vm, place: None };
         let work = Restore { point, store, mode };
         self.launch(id, move |me, control| async move { me.run_work(job, work, control).await });
         self.job_by_id(id).await
@@ -190,7 +190,12 @@ impl Service {
 impl Work for Restore {
     type Done = String;
 
-    fn run(&mut self, conn: &dyn Connector, control: &Arc<JobControl>) -> Result<String, String> {
+    fn run(
+        &mut self,
+        conn: &dyn Connector,
+        control: &Arc<JobControl>,
+        _ready: &mut dyn FnMut() -> bool,
+    ) -> Result<String, String> {
         let point = &self.point;
         // Held until the restore ends: retention keeps the point meanwhile.
         let _hold = self.store.hold_point(&point.vm.key, &point.point_id).map_err(|e| e.to_string())?;

@@ -13,24 +13,53 @@ use std::sync::Arc;
 use vds_store::{BackupType, RetentionPolicy};
 use web::*;
 
-type RuleDbRow = (
-    i64,
-    String,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    i64,
-    i64,
-);
+/// A rule's row as the catalog keeps it.
+struct RuleRow {
+    id: i64,
+    name: String,
+    platform: i64,
+    enabled: i64,
+    full: String,
+    partial_kind: Option<String>,
+    partial_schedule: Option<String>,
+    retention: String,
+    quiesce: String,
+    created: String,
+    checked_until: String,
+    disks: String,
+    delete_data: i64,
+    change_tracking: String,
+    lan_free: i64,
+    storage: i64,
+    snapshot_mode: String,
+    bandwidth: Option<f64>,
+}
+
+impl RuleRow {
+    fn read(row: &sqlx::any::AnyRow) -> Result<RuleRow, sqlx::Error> {
+        use sqlx::Row;
+        Ok(RuleRow {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            platform: row.try_get("platform_id")?,
+            enabled: row.try_get("enabled")?,
+            full: row.try_get("full_schedule")?,
+            partial_kind: row.try_get("partial_kind")?,
+            partial_schedule: row.try_get("partial_schedule")?,
+            retention: row.try_get("retention")?,
+            quiesce: row.try_get("quiesce")?,
+            created: row.try_get("created")?,
+            checked_until: row.try_get("checked_until")?,
+            disks: row.try_get("disks")?,
+            delete_data: row.try_get("delete_data")?,
+            change_tracking: row.try_get("change_tracking")?,
+            lan_free: row.try_get("lan_free")?,
+            storage: row.try_get("storage_id")?,
+            snapshot_mode: row.try_get("snapshot_mode")?,
+            bandwidth: row.try_get("bandwidth_mb_per_second")?,
+        })
+    }
+}
 
 struct Stored {
     id: i64,
@@ -45,6 +74,9 @@ struct Stored {
     change_tracking: ChangeTracking,
     lan_free: bool,
     storage: i64,
+    snapshot_mode: SnapshotMode,
+    /// Bytes per second the rule's running jobs share; None: no limit of its own.
+    bandwidth: Option<u64>,
 }
 
 /// A rule's settings, checked (everything but the name's uniqueness, which the insert checks).
@@ -86,14 +118,16 @@ fn check_schedule(field: &str, s: &Schedule, clock: &Clock) -> ApiResult<Schedul
 }
 
 impl Service {
-    async fn rule_rows(&self) -> ApiResult<Vec<RuleDbRow>> {
-        sqlx::query_as(
+    async fn rule_rows(&self) -> ApiResult<Vec<RuleRow>> {
+        let rows = sqlx::query(
             "SELECT id, name, platform_id, enabled, full_schedule, partial_kind, partial_schedule, retention, quiesce, \
-             created, checked_until, disks, delete_data, change_tracking, lan_free, storage_id FROM rules ORDER BY name",
+             created, checked_until, disks, delete_data, change_tracking, lan_free, storage_id, snapshot_mode, \
+             bandwidth_mb_per_second FROM rules ORDER BY name",
         )
         .fetch_all(&self.db)
         .await
-        .map_err(ApiError::internal)
+        .map_err(ApiError::internal)?;
+        rows.iter().map(RuleRow::read).collect::<Result<_, _>>().map_err(ApiError::internal)
     }
 
     async fn rule_vms(&self, id: i64) -> ApiResult<Vec<String>> {
@@ -105,9 +139,9 @@ impl Service {
         Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 
-    fn stored(r: &RuleDbRow) -> Result<Stored, String> {
-        let full = serde_json::from_str(&r.4).map_err(|e| e.to_string())?;
-        let partial = match (&r.5, &r.6) {
+    fn stored(r: &RuleRow) -> Result<Stored, String> {
+        let full = serde_json::from_str(&r.full).map_err(|e| e.to_string())?;
+        let partial = match (&r.partial_kind, &r.partial_schedule) {
             (Some(k), Some(s)) => Some((
                 BackupType::parse(k).ok_or("bad partial kind")?,
                 serde_json::from_str(s).map_err(|e| e.to_string())?,
@@ -115,18 +149,20 @@ impl Service {
             _ => None,
         };
         Ok(Stored {
-            id: r.0,
-            platform: r.2,
-            enabled: r.3 != 0,
+            id: r.id,
+            platform: r.platform,
+            enabled: r.enabled != 0,
             full,
             partial,
-            retention: serde_json::from_str(&r.7).map_err(|e| e.to_string())?,
-            quiesce: quiesce_of(&r.8).ok_or("bad quiesce")?,
-            checked_until: r.10.clone(),
-            disks: serde_json::from_str(&r.11).map_err(|e| e.to_string())?,
-            change_tracking: ChangeTracking::parse(&r.13).ok_or("bad change tracking")?,
-            lan_free: r.14 != 0,
-            storage: r.15,
+            retention: serde_json::from_str(&r.retention).map_err(|e| e.to_string())?,
+            quiesce: quiesce_of(&r.quiesce).ok_or("bad quiesce")?,
+            checked_until: r.checked_until.clone(),
+            disks: serde_json::from_str(&r.disks).map_err(|e| e.to_string())?,
+            change_tracking: ChangeTracking::parse(&r.change_tracking).ok_or("bad change tracking")?,
+            lan_free: r.lan_free != 0,
+            storage: r.storage,
+            snapshot_mode: SnapshotMode::parse(&r.snapshot_mode).ok_or("bad snapshot mode")?,
+            bandwidth: r.bandwidth.map(super::bandwidth::bytes_per_second),
         })
     }
 
@@ -134,7 +170,7 @@ impl Service {
         let mut out = Vec::new();
         let now_t = Clock::from_env().now();
         for r in self.rule_rows().await? {
-            let st = Self::stored(&r).map_err(|e| ApiError::server(format!("rule {}: {e}", r.1)))?;
+            let st = Self::stored(&r).map_err(|e| ApiError::server(format!("rule {}: {e}", r.name)))?;
             let next_run = st
                 .enabled
                 .then(|| {
@@ -148,7 +184,7 @@ impl Service {
                 .map(|t| t.to_rfc3339());
             out.push(Rule {
                 id: st.id,
-                name: r.1,
+                name: r.name,
                 platform: st.platform,
                 vms: self.rule_vms(st.id).await?,
                 enabled: st.enabled,
@@ -161,13 +197,15 @@ impl Service {
                 }),
                 full: st.full,
                 retention: st.retention,
-                quiesce: r.8,
+                quiesce: r.quiesce,
                 disks: st.disks,
-                delete_data_with_rule: r.12 != 0,
-                change_tracking: r.13,
+                delete_data_with_rule: r.delete_data != 0,
+                change_tracking: r.change_tracking,
                 lan_free: st.lan_free,
                 storage: st.storage,
-                created: r.9,
+                snapshot_mode: st.snapshot_mode,
+                bandwidth_mb_per_second: r.bandwidth,
+                created: r.created,
                 next_run,
             });
         }
@@ -247,6 +285,7 @@ pub(super) fn check_settings(r: &NewRule) -> ApiResult<Checked> {
     let change_tracking = r.change_tracking.clone().unwrap_or_else(|| "auto".into());
     ChangeTracking::parse(&change_tracking)
         .ok_or_else(|| ApiError::field("change_tracking", format!("{change_tracking:?}: use auto, on or off")))?;
+    super::bandwidth::check_rule_limit(r.bandwidth_mb_per_second)?;
     if r.vms.is_empty() {
         return Err(ApiError::field("vms", "at least one VM is needed"));
     }
@@ -276,8 +315,9 @@ pub(super) async fn insert_rule(
 ) -> ApiResult<i64> {
     let id = sqlx::query_as::<_, (i64,)>(
         "INSERT INTO rules (name, platform_id, full_schedule, partial_kind, partial_schedule, retention, quiesce, created, \
-         checked_until, enabled, disks, delete_data, change_tracking, lan_free, storage_id) VALUES ($1, $2, $3, $4, $5, \
-         $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+         checked_until, enabled, disks, delete_data, change_tracking, lan_free, storage_id, snapshot_mode, \
+         bandwidth_mb_per_second) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+         RETURNING id",
     )
     .bind(&r.name)
     .bind(platform)
@@ -294,6 +334,8 @@ pub(super) async fn insert_rule(
     .bind(&c.change_tracking)
     .bind(r.lan_free as i64)
     .bind(c.storage)
+    .bind(r.snapshot_mode.as_str())
+    .bind(r.bandwidth_mb_per_second)
     .fetch_one(&mut **tx)
     .await
     .map_err(|e| name_taken(e, &r.name))?
@@ -358,7 +400,7 @@ impl Service {
         sqlx::query(
             "UPDATE rules SET name = $1, full_schedule = $2, partial_kind = $3, partial_schedule = $4, retention = $5, \
              quiesce = $6, checked_until = $7, enabled = $8, disks = $9, delete_data = $10, change_tracking = $11, \
-             lan_free = $12, storage_id = $13 WHERE id = $14",
+             lan_free = $12, storage_id = $13, snapshot_mode = $14, bandwidth_mb_per_second = $15 WHERE id = $16",
         )
         .bind(&r.name)
         .bind(serde_json::to_string(&c.full).map_err(ApiError::internal)?)
@@ -373,6 +415,8 @@ impl Service {
         .bind(&c.change_tracking)
         .bind(r.lan_free as i64)
         .bind(c.storage)
+        .bind(r.snapshot_mode.as_str())
+        .bind(r.bandwidth_mb_per_second)
         .bind(id)
         .execute(&mut *tx)
         .await
@@ -551,7 +595,7 @@ impl Service {
             .rule_rows()
             .await?
             .into_iter()
-            .find(|x| x.0 == id)
+            .find(|x| x.id == id)
             .ok_or_else(|| ApiError::not_found(format!("rule {id}")))?;
         let rule = Self::stored(&row).map_err(ApiError::internal)?;
         self.start_rule(&s.user, &rule, requested).await
@@ -559,6 +603,7 @@ impl Service {
 
     async fn start_rule(self: &Arc<Self>, user: &str, rule: &Stored, requested: BackupType) -> ApiResult<Vec<Job>> {
         let mut jobs = Vec::new();
+        let run = super::runs::Run::new(rule.id, rule.snapshot_mode, rule.bandwidth);
         let vms: Vec<(String, Option<String>)> =
             sqlx::query_as("SELECT vm, vm_id FROM rule_vms WHERE rule_id = $1 ORDER BY vm")
                 .bind(rule.id)
@@ -571,16 +616,23 @@ impl Service {
                 self.record_skipped(rule.platform, &vm.name, requested, rule.id, busy).await;
                 continue;
             }
-            let run = RuleRun {
+            let rule_run = RuleRun {
                 rule_id: rule.id,
                 retention: rule.retention.clone(),
                 disks: rule.disks.clone(),
                 change_tracking: rule.change_tracking,
                 lan_free: rule.lan_free,
+                run: run.clone(),
             };
-            let plan = JobPlan { quiesce: rule.quiesce, rule: Some(run), storage: rule.storage };
-            jobs.push(self.enqueue(user, rule.platform, vm, requested, plan).await?);
+            let plan = JobPlan { quiesce: rule.quiesce, rule: Some(rule_run), storage: rule.storage };
+            let queued = self.enqueue(user, rule.platform, vm, requested, plan).await;
+            // Sealed on every path: a run cut short by an error still lets its jobs go.
+            if queued.is_err() {
+                run.seal();
+            }
+            jobs.push(queued?);
         }
+        run.seal();
         Ok(jobs)
     }
 
@@ -591,7 +643,7 @@ impl Service {
             let rule = match Self::stored(&row) {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("holdfast: rule {} cannot be read: {e}", row.1);
+                    eprintln!("holdfast: rule {} cannot be read: {e}", row.name);
                     continue;
                 }
             };
