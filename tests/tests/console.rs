@@ -287,7 +287,10 @@ fn a_rule_made_in_the_wizard_refuses_wrong_input_where_it_is_typed_and_runs_live
     assert_eq!(rules[0]["vms"], json!(["app1"]));
     assert_eq!(rules[0]["full"], json!({ "kind": "daily", "times": ["23:00"] }));
     assert_eq!(rules[0]["retention"], json!({ "keep_days": 7 }));
-    assert_eq!((rules[0]["snapshot_mode"].as_str(), rules[0]["bandwidth_mb_per_second"].as_f64()), (Some("parallel"), Some(50.0)));
+    assert_eq!(
+        (rules[0]["snapshot_mode"].as_str(), rules[0]["bandwidth_mb_per_second"].as_f64()),
+        (Some("parallel"), Some(50.0))
+    );
     assert!(rules[0]["next_run"].is_string(), "{}", rules[0]);
 
     // Run it now, slowly enough to see it live in the list, to the end.

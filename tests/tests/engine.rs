@@ -503,8 +503,12 @@ fn a_rules_snapshots_are_taken_one_after_another_or_together_and_its_bandwidth_h
         assert_eq!(code, 400, "{e}");
         assert!(e["error"].as_str().unwrap().starts_with("bandwidth_mb_per_second:"), "{e}");
     }
-    let (code, e) = bed.c.request("POST", "/api/rules", Some(&json!({ "name": "bad", "platform": bed.platform,
-        "vms": ["app"], "full": weekly, "snapshot_mode": "sometimes" })));
+    let (code, e) = bed.c.request(
+        "POST",
+        "/api/rules",
+        Some(&json!({ "name": "bad", "platform": bed.platform,
+        "vms": ["app"], "full": weekly, "snapshot_mode": "sometimes" })),
+    );
     assert_eq!(code, 400, "{e}");
     assert!(bed.c.get("/api/rules").as_array().unwrap().is_empty());
 
@@ -513,7 +517,10 @@ fn a_rules_snapshots_are_taken_one_after_another_or_together_and_its_bandwidth_h
     // rule's 3 MB/s holds each read (about a second for 3 MiB).
     let together = rule("together", &vms, "parallel", json!(3.0));
     let read = bed.c.get(&format!("/api/rules/{together}"));
-    assert_eq!((read["snapshot_mode"].as_str(), read["bandwidth_mb_per_second"].as_f64()), (Some("parallel"), Some(3.0)));
+    assert_eq!(
+        (read["snapshot_mode"].as_str(), read["bandwidth_mb_per_second"].as_f64()),
+        (Some("parallel"), Some(3.0))
+    );
     let t = Instant::now();
     bed.c.post(&format!("/api/rules/{together}/run"), json!({ "type": "full" }), 202);
     let (mut all_at_once, mut waiting_seen) = (false, false);

@@ -10,9 +10,9 @@ use super::platforms::Target;
 use super::runs::{until_stopped, Place};
 use super::Service;
 use connectors::{Connector, JobControl, Phase};
-use web::SnapshotMode;
 use std::future::Future;
 use std::sync::Arc;
+use web::SnapshotMode;
 
 /// What one kind of job does.
 pub(super) trait Work: Send + Sized + 'static {
