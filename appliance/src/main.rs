@@ -4,6 +4,7 @@
 //! Errors reach the user here, once, with their whole cause chain.
 
 mod client_cli;
+mod nfs;
 mod platform_cli;
 mod restore_args;
 mod service;
@@ -63,6 +64,13 @@ struct ServeArgs {
     /// Backup jobs running at once against one platform (hypervisor host)
     #[arg(long, default_value_t = 4)]
     max_jobs_per_host: usize,
+    /// Address and port of the NFS server that exports restore points (instant recovery)
+    #[arg(long, default_value = "0.0.0.0:2049")]
+    nfs_listen: String,
+    /// Address and port of its portmapper, which QEMU, libvirt and ESXi ask for the NFS and
+    /// MOUNT ports (they look on 111); "off" for none
+    #[arg(long, default_value = "0.0.0.0:111")]
+    portmap_listen: String,
 }
 
 fn main() {
@@ -89,6 +97,8 @@ fn main() {
             listen: a.listen,
             max_jobs: a.max_jobs,
             max_jobs_per_host: a.max_jobs_per_host,
+            nfs_listen: a.nfs_listen,
+            portmap_listen: Some(a.portmap_listen).filter(|p| p != "off"),
         }),
     };
     match result {

@@ -57,14 +57,15 @@ impl Server {
         if let Some(c) = clock {
             cmd.env("HOLDFAST_TEST_CLOCK", c).env("TZ", "UTC");
         }
-        let child = cmd
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data)
-            .args(args)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("holdfast serve starts");
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"]).arg(data).args(args);
+        // Each test's service exports on a port of its own, with no portmapper, unless told.
+        if !args.contains(&"--nfs-listen") {
+            cmd.args(["--nfs-listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--portmap-listen") {
+            cmd.args(["--portmap-listen", "off"]);
+        }
+        let child = cmd.stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("holdfast serve starts");
         let server = Server { data: data.to_path_buf(), port, child: Some(child) };
         let t = Instant::now();
         while server.client().get_status("/api/points").0 == 0 {

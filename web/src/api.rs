@@ -355,6 +355,27 @@ async fn delete_point<B: Backend>(
     Ok(NoContent)
 }
 
+async fn recoveries<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Recovery>>> {
+    Ok(Json(b.recoveries().await?))
+}
+
+async fn start_recovery<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Body(r): Body<NewRecovery>,
+) -> ApiResult<Created<Recovery>> {
+    Ok(Created(b.start_recovery(&s, r).await?))
+}
+
+async fn stop_recovery<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<NoContent> {
+    b.stop_recovery(&s, id).await?;
+    Ok(NoContent)
+}
+
 async fn audit<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<AuditRow>>> {
     Ok(Json(b.audit().await?))
 }
@@ -635,6 +656,9 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/points/{point}", M::DELETE, Operate, "Delete a restore point now; refused while it is starred, locked or being restored", delete_point::<B>),
         r("/api/points/{point}/star", M::POST, Operate, "Star a point (kept whatever retention says) or unstar it (not while locked)", star_point::<B>),
         r("/api/points/{point}/lock", M::POST, Admin, "Make a point immutable until a date (admins); a lock is extended, never shortened", lock_point::<B>),
+        r("/api/recoveries", M::GET, Read, "Instant-recovery sessions: restore points exported over NFS, with their clients, files and bytes read", recoveries::<B>),
+        r("/api/recoveries", M::POST, Operate, "Start an instant-recovery session: export a restore point's disks over NFS to the clients named, at once whatever their size; the point stays untouched and cannot be deleted meanwhile", start_recovery::<B>),
+        r("/api/recoveries/{id}", M::DELETE, Operate, "End an instant-recovery session: its export goes (clients get stale handles) and its point is free again", stop_recovery::<B>),
         r("/api/storage", M::GET, Read, "Storage targets: where backups go, whether each store opens now, its filesystem's space, its points", storage::<B>),
         r("/api/storage", M::POST, Admin, "Add a storage target (admins): a new store in a missing or empty directory, or an existing store adopted with its points", create_storage::<B>),
         r("/api/storage/{id}", M::DELETE, Admin, "Forget a storage target (admins); its files stay. Refused for the appliance's own store (1), a target a rule uses, and one a job writes into or a restore reads from", delete_storage::<B>),

@@ -444,6 +444,8 @@ words!(
     }
 );
 
+// Written out: the enum comes from `words!`, which cannot mark a default variant.
+#[allow(clippy::derivable_impls)]
 impl Default for SnapshotMode {
     fn default() -> SnapshotMode {
         SnapshotMode::Serial
@@ -619,6 +621,48 @@ pub struct Rule {
     /// When the scheduler runs the rule next (full or partial, whichever comes first); none
     /// while the rule is disabled or its schedules have no run ahead.
     pub next_run: Option<String>,
+}
+
+/// An instant-recovery session to start: a restore point exported over NFS to the clients named.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRecovery {
+    /// The restore point's id.
+    pub point: String,
+    /// The addresses that may mount the export: IPv4 or IPv6 addresses, or networks in CIDR
+    /// form (10.0.0.0/24). Every other client is refused (and the attempt is in the audit log).
+    pub clients: Vec<String>,
+    /// The export's directory name (letters, digits, `-`, `_`, `.`); default: the VM's name and
+    /// the point's time.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A file of an instant-recovery export.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RecoveryFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// An instant-recovery session: the point's disks exported read-only over NFSv3 at
+/// `export` (mount it, or open `nfs://<appliance>/<export>/<file>`).
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct Recovery {
+    pub id: i64,
+    pub name: String,
+    pub point: String,
+    pub vm: String,
+    pub clients: Vec<String>,
+    /// The directory to mount: /holdfast/<name>.
+    pub export: String,
+    /// The TCP port of NFS and MOUNT (the portmapper on 111 names it too).
+    pub nfs_port: u16,
+    pub files: Vec<RecoveryFile>,
+    /// Bytes clients have read from the export since it started (or since the service started).
+    pub bytes_read: u64,
+    pub created: String,
+    pub created_by: String,
 }
 
 /// What `POST /api/config/export` takes: a passphrase seals platform and mail passwords into
@@ -1021,9 +1065,16 @@ pub trait Configuration: Send + Sync + 'static {
 }
 
 /// Everything the API needs from the appliance, one trait per resource.
-pub trait Backend: Accounts + Platforms + Jobs + Rules + Configuration {}
+/// Instant recovery: restore points exported over NFS.
+pub trait Recoveries: Send + Sync + 'static {
+    fn recoveries(&self) -> impl Future<Output = ApiResult<Vec<Recovery>>> + Send;
+    fn start_recovery(&self, s: &Session, r: NewRecovery) -> impl Future<Output = ApiResult<Recovery>> + Send;
+    fn stop_recovery(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
+}
 
-impl<T: Accounts + Platforms + Jobs + Rules + Configuration> Backend for T {}
+pub trait Backend: Accounts + Platforms + Jobs + Rules + Configuration + Recoveries {}
+
+impl<T: Accounts + Platforms + Jobs + Rules + Configuration + Recoveries> Backend for T {}
 
 #[cfg(test)]
 mod tests {

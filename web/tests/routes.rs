@@ -167,6 +167,18 @@ impl Rules for Fake {
     }
 }
 
+impl Recoveries for Fake {
+    fn recoveries(&self) -> impl Future<Output = ApiResult<Vec<Recovery>>> + Send {
+        nope()
+    }
+    fn start_recovery(&self, _: &Session, _: NewRecovery) -> impl Future<Output = ApiResult<Recovery>> + Send {
+        nope()
+    }
+    fn stop_recovery(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<()>> + Send {
+        nope()
+    }
+}
+
 impl Configuration for Fake {
     fn alert_settings(&self) -> impl Future<Output = ApiResult<Option<AlertSettings>>> + Send {
         nope()

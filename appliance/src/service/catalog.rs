@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (13, include_str!("../../migrations/0013_vm_ids.sql")),
     (14, include_str!("../../migrations/0014_point_labels.sql")),
     (15, include_str!("../../migrations/0015_rule_run_options.sql")),
+    (16, include_str!("../../migrations/0016_recoveries.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.

@@ -22,6 +22,7 @@ mod jobs;
 mod limits;
 mod platforms;
 mod points;
+mod recovery;
 mod restore;
 mod rules;
 mod runner;
@@ -47,6 +48,10 @@ pub struct ServeOptions {
     pub max_jobs: usize,
     /// Jobs running at once against one platform (one hypervisor host).
     pub max_jobs_per_host: usize,
+    /// Address and port of the NFS server (instant recovery).
+    pub nfs_listen: String,
+    /// Address and port of its portmapper (111 for clients that ask it); None: none.
+    pub portmap_listen: Option<String>,
 }
 
 pub struct Service {
@@ -80,6 +85,12 @@ pub struct Service {
     cleaning: std::sync::Mutex<std::collections::HashMap<(i64, String), i64>>,
     /// Where the first start wrote admin's initial password; removed once it is changed.
     initial_password: PathBuf,
+    /// The instant-recovery sessions the NFS server exports (recovery.rs).
+    sessions: Arc<recovery::Sessions>,
+    /// The refusals the NFS server reports, until its audit task takes them.
+    refusals: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// The NFS server's port, or why it does not listen.
+    nfs_port: std::sync::Mutex<Result<u16, String>>,
 }
 
 /// A job the service was killed during: (job id, platform id, VM, whether it was a restore as a
@@ -99,6 +110,7 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
     let url = opts.catalog.clone().unwrap_or_else(|| format!("sqlite://{}", data.join("catalog.db").display()));
     let db = catalog::open(&url).await.context("opening the catalog")?;
     let secret = secret_key(&data.join("secret.key"))?;
+    let (sessions, refusals) = Service::new_sessions();
     let service = Service {
         db,
         stores: Default::default(),
@@ -116,6 +128,9 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
         storage_check: tokio::sync::Notify::new(),
         cleaning: Default::default(),
         initial_password: data.join("initial-admin-password"),
+        sessions,
+        refusals: std::sync::Mutex::new(Some(refusals)),
+        nfs_port: std::sync::Mutex::new(Err("the NFS server has not started yet".into())),
     };
     service.open_targets(&data.join("store")).await?;
     service.ensure_admin().await?;
@@ -123,6 +138,7 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
     *service.bandwidth.write().expect("bandwidth lock") = service.load_bandwidth().await?;
     service.load_limits().await?;
     service.reindex_points().await?;
+    service.reopen_recoveries().await?;
     Ok((service, killed))
 }
 
@@ -303,6 +319,8 @@ pub fn run(opts: ServeOptions) -> Result<i32> {
         service.start_scheduler();
         system::start(&opts.data_dir.join("store"), service.system.clone());
         service.start_storage_watch(std::time::Duration::from_secs(300));
+        let refusals = service.refusals.lock().expect("refusals lock").take().expect("taken once");
+        service.start_nfs(&opts.nfs_listen, opts.portmap_listen.as_deref(), refusals).await;
         let (cert, key) = tls_files(&opts.data_dir.join("tls"))?;
         let listener = tokio::net::TcpListener::bind(&opts.listen)
             .await
@@ -491,6 +509,18 @@ impl Rules for Api {
     }
     async fn set_rules_enabled(&self, s: &Session, r: RulesState) -> ApiResult<Vec<Rule>> {
         self.0.enable_rules(s, r).await
+    }
+}
+
+impl Recoveries for Api {
+    async fn recoveries(&self) -> ApiResult<Vec<Recovery>> {
+        self.0.list_recoveries().await
+    }
+    async fn start_recovery(&self, s: &Session, r: NewRecovery) -> ApiResult<Recovery> {
+        self.0.start_recovery(s, r).await
+    }
+    async fn stop_recovery(&self, s: &Session, id: i64) -> ApiResult<()> {
+        self.0.stop_recovery(s, id).await
     }
 }
 

@@ -130,6 +130,11 @@ impl Service {
 
     /// Deletes a point at once; refused while starred, locked, restored or the base of a backup.
     pub(super) async fn remove_point(&self, s: &Session, point: &str) -> ApiResult<()> {
+        if let Some(id) = self.sessions.using(point) {
+            return Err(ApiError::conflict(format!(
+                "restore point {point}: instant-recovery session {id} exports it: end the session first"
+            )));
+        }
         if let Some((job,)) = sqlx::query_as::<_, (i64,)>(&format!(
             "SELECT id FROM jobs WHERE kind = 'restore' AND point_id = $1 AND state IN {}",
             super::jobs::active_states()

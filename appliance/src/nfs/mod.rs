@@ -1,0 +1,515 @@
+//! The appliance's NFSv3 server (RFC 1813) for instant recovery: NFS, MOUNT v3 and the
+//! portmapper's GETPORT over TCP, AUTH_SYS, on a tree the service describes through
+//! [`Exports`]: a root directory, one directory per instant-recovery session, and the session's
+//! files. Each connection's client address goes with every question to `Exports`, which decides
+//! what that client may see; a client refused gets NFS3ERR_ACCES (MNT3ERR_ACCES on mount).
+//!
+//! File handles are 16 bytes: a tag, the file id and the session's token, with nothing tied
+//! to this process, so a handle stays valid across appliance restarts for as long as its
+//! session lives, and becomes NFS3ERR_STALE when the session ends (a new session never takes
+//! over an old one's handles: its token differs).
+//!
+//! Every connection reads whole records (bounded), answers each call in order and drops the
+//! connection on input that is not an RPC call; a call whose arguments do not decode gets
+//! GARBAGE_ARGS. This first version serves the exports read-only.
+
+pub mod rpc;
+pub mod xdr;
+
+use rpc::{Call, Caller, Refusal};
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use xdr::{Reader, Writer, XdrError};
+
+/// The largest READ (and WRITE) offered.
+pub const MAX_IO: u32 = 1 << 20;
+
+const PMAP_PROG: u32 = 100_000;
+const NFS_PROG: u32 = 100_003;
+const MOUNT_PROG: u32 = 100_005;
+
+// NFS3 status codes used here.
+pub const NFS3_OK: u32 = 0;
+pub const NFS3ERR_NOENT: u32 = 2;
+pub const NFS3ERR_IO: u32 = 5;
+pub const NFS3ERR_ACCES: u32 = 13;
+pub const NFS3ERR_NOTDIR: u32 = 20;
+pub const NFS3ERR_ISDIR: u32 = 21;
+pub const NFS3ERR_INVAL: u32 = 22;
+pub const NFS3ERR_ROFS: u32 = 30;
+pub const NFS3ERR_STALE: u32 = 70;
+const NFS3ERR_BADHANDLE: u32 = 10001;
+const NFS3ERR_TOOSMALL: u32 = 10005;
+// MOUNT status codes.
+pub const MNT3ERR_NOENT: u32 = 2;
+pub const MNT3ERR_ACCES: u32 = 13;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// A file or directory of the exported tree.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Never 0; unique within the tree and the same across restarts.
+    pub id: u64,
+    /// The session's token (0 for the root): part of every handle.
+    pub token: u32,
+    pub kind: Kind,
+    pub size: u64,
+    /// Seconds since the epoch, for every time attribute.
+    pub mtime: u64,
+}
+
+/// The tree the server exports; every question names the client asking. Errors are NFS3 status
+/// codes (MOUNT status codes for `mount`).
+pub trait Exports: Send + Sync + 'static {
+    fn root(&self) -> Node;
+    /// The node a handle names: NFS3ERR_STALE when it is gone (or the token is an old one),
+    /// NFS3ERR_ACCES when this client may not see it.
+    fn node(&self, id: u64, token: u32, client: IpAddr) -> Result<Node, u32>;
+    fn lookup(&self, dir: &Node, name: &str, client: IpAddr) -> Result<Node, u32>;
+    /// A directory's entries, by ascending id.
+    fn list(&self, dir: &Node, client: IpAddr) -> Result<Vec<(String, Node)>, u32>;
+    /// Fills `buf` from `offset` of a file (within its size). Blocking.
+    fn read(&self, file: &Node, offset: u64, buf: &mut [u8]) -> Result<(), u32>;
+    /// The directory a MOUNT of `path` gives this client.
+    fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32>;
+    /// The export paths this client may mount and the clients each admits, for MOUNT's EXPORT.
+    fn export_list(&self, client: IpAddr) -> Vec<(String, Vec<String>)>;
+}
+
+/// Serves NFS, MOUNT and the portmapper on `listener` until the task is dropped. The
+/// portmapper answers `nfs_port` for NFS and MOUNT over TCP: run it on port 111 beside the
+/// NFS port (2049) so clients that ask (QEMU, libvirt, ESXi for MOUNT) find them.
+pub async fn serve<E: Exports>(listener: TcpListener, exports: Arc<E>, nfs_port: u16) {
+    loop {
+        let Ok((socket, peer)) = listener.accept().await else { continue };
+        let exports = exports.clone();
+        tokio::spawn(async move {
+            let _ = socket.set_nodelay(true);
+            let (mut rd, mut wr) = socket.into_split();
+            let conn = Conn { exports, client: canonical(peer.ip()), nfs_port };
+            // Any error (I/O, a record too long, not a call) ends this connection only.
+            while let Ok(Some(record)) = rpc::read_record(&mut rd).await {
+                let Some(reply) = conn.answer(&record).await else { break };
+                if rpc::write_record(&mut wr, &reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// An IPv4 client on an IPv6 socket is its IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+struct Conn<E> {
+    exports: Arc<E>,
+    client: IpAddr,
+    nfs_port: u16,
+}
+
+/// A procedure's failure before its result: the arguments did not decode.
+struct Garbage;
+
+impl From<XdrError> for Garbage {
+    fn from(_: XdrError) -> Garbage {
+        Garbage
+    }
+}
+
+fn encode_handle(n: &Node) -> [u8; 16] {
+    let mut fh = [0u8; 16];
+    fh[..4].copy_from_slice(b"HF01");
+    fh[4..12].copy_from_slice(&n.id.to_be_bytes());
+    fh[12..].copy_from_slice(&n.token.to_be_bytes());
+    fh
+}
+
+/// Reads a handle: (id, token), or NFS3ERR_BADHANDLE for one we never made.
+fn read_handle(r: &mut Reader<'_>) -> Result<Result<(u64, u32), u32>, XdrError> {
+    let fh = r.opaque(64)?;
+    if fh.len() != 16 || &fh[..4] != b"HF01" {
+        return Ok(Err(NFS3ERR_BADHANDLE));
+    }
+    let id = u64::from_be_bytes(fh[4..12].try_into().expect("8 bytes"));
+    let token = u32::from_be_bytes(fh[12..].try_into().expect("4 bytes"));
+    Ok(Ok((id, token)))
+}
+
+impl<E: Exports> Conn<E> {
+    /// The reply to one record; None drops the connection (not an RPC call).
+    async fn answer(&self, record: &[u8]) -> Option<Vec<u8>> {
+        let call = match rpc::parse_call(record) {
+            Ok(c) => c,
+            Err((Some(xid), why)) => return Some(rpc::refused(xid, &why).buf),
+            Err((None, _)) => return None,
+        };
+        let xid = call.xid;
+        let needs_sys = call.prog != PMAP_PROG && call.caller.is_none() && call.proc_ != 0;
+        let result = if needs_sys { Err(Refusal::TooWeak) } else { self.dispatch(call).await };
+        Some(match result {
+            Ok(body) => {
+                let mut w = rpc::accepted(xid);
+                w.buf.extend_from_slice(&body.buf);
+                w.buf
+            }
+            Err(why) => rpc::refused(xid, &why).buf,
+        })
+    }
+
+    async fn dispatch(&self, mut call: Call<'_>) -> Result<Writer, Refusal> {
+        let caller = call.caller.clone().unwrap_or_default();
+        let (prog, vers, proc_) = (call.prog, call.vers, call.proc_);
+        let args = &mut call.args;
+        let out = match prog {
+            PMAP_PROG if vers == 2 => self.portmap(proc_, args),
+            PMAP_PROG => return Err(Refusal::ProgMismatch(2, 2)),
+            MOUNT_PROG if (1..=3).contains(&vers) => self.mount(proc_, args),
+            MOUNT_PROG => return Err(Refusal::ProgMismatch(1, 3)),
+            NFS_PROG if vers == 3 => self.nfs(proc_, args, &caller).await,
+            NFS_PROG => return Err(Refusal::ProgMismatch(3, 3)),
+            _ => return Err(Refusal::ProgUnavail),
+        };
+        match out {
+            Ok(Some(w)) => Ok(w),
+            Ok(None) => Err(Refusal::ProcUnavail),
+            Err(Garbage) => Err(Refusal::GarbageArgs),
+        }
+    }
+
+    fn portmap(&self, proc_: u32, r: &mut Reader<'_>) -> Result<Option<Writer>, Garbage> {
+        let mut w = Writer::default();
+        match proc_ {
+            0 => {}
+            // GETPORT(prog, vers, prot, port)
+            3 => {
+                let (prog, vers, prot, _) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+                let ours = prot == 6 && ((prog == NFS_PROG && vers == 3) || (prog == MOUNT_PROG && vers <= 3));
+                w.u32(if ours { self.nfs_port as u32 } else { 0 });
+            }
+            // DUMP: the mappings served.
+            4 => {
+                for (prog, vers) in [(NFS_PROG, 3), (MOUNT_PROG, 3), (MOUNT_PROG, 1)] {
+                    w.bool(true).u32(prog).u32(vers).u32(6).u32(self.nfs_port as u32);
+                }
+                w.bool(false);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(w))
+    }
+
+    fn mount(&self, proc_: u32, r: &mut Reader<'_>) -> Result<Option<Writer>, Garbage> {
+        let mut w = Writer::default();
+        match proc_ {
+            0 | 4 => {}
+            1 => {
+                let path = r.string(1024)?;
+                match self.exports.mount(&path, self.client) {
+                    Ok(dir) => {
+                        w.u32(0).opaque(&encode_handle(&dir)).u32(1).u32(rpc::AUTH_SYS);
+                    }
+                    Err(status) => {
+                        w.u32(status);
+                    }
+                }
+            }
+            // DUMP: mounts are not tracked.
+            2 => {
+                w.bool(false);
+            }
+            3 => {
+                r.string(1024)?;
+            }
+            5 => {
+                for (dir, clients) in self.exports.export_list(self.client) {
+                    w.bool(true).string(&dir);
+                    for c in clients {
+                        w.bool(true).string(&c);
+                    }
+                    w.bool(false);
+                }
+                w.bool(false);
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(w))
+    }
+
+    /// The node a handle argument names, as this client may see it.
+    fn node_of(&self, r: &mut Reader<'_>) -> Result<Result<Node, u32>, Garbage> {
+        Ok(read_handle(r)?.and_then(|(id, token)| self.exports.node(id, token, self.client)))
+    }
+
+    async fn nfs(&self, proc_: u32, r: &mut Reader<'_>, caller: &Caller) -> Result<Option<Writer>, Garbage> {
+        let mut w = Writer::default();
+        let attrs = |w: &mut Writer, n: &Node| fattr(w, n, caller);
+        let post = |w: &mut Writer, n: Option<&Node>| {
+            match n {
+                Some(n) => {
+                    w.bool(true);
+                    fattr(w, n, caller);
+                }
+                None => {
+                    w.bool(false);
+                }
+            };
+        };
+        match proc_ {
+            0 => {}
+            // GETATTR
+            1 => match self.node_of(r)? {
+                Ok(n) => {
+                    w.u32(NFS3_OK);
+                    attrs(&mut w, &n);
+                }
+                Err(s) => {
+                    w.u32(s);
+                }
+            },
+            // SETATTR: read-only (wcc: no before, attributes after).
+            2 => {
+                let n = self.node_of(r)?;
+                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS)).bool(false);
+                post(&mut w, n.as_ref().ok());
+            }
+            // LOOKUP(dir, name)
+            3 => {
+                let dir = self.node_of(r)?;
+                let name = r.string(255)?;
+                match dir {
+                    Err(s) => {
+                        w.u32(s).bool(false);
+                    }
+                    Ok(d) if d.kind != Kind::Dir => {
+                        w.u32(NFS3ERR_NOTDIR);
+                        post(&mut w, Some(&d));
+                    }
+                    Ok(d) => match self.exports.lookup(&d, &name, self.client) {
+                        Ok(n) => {
+                            w.u32(NFS3_OK).opaque(&encode_handle(&n));
+                            post(&mut w, Some(&n));
+                            post(&mut w, Some(&d));
+                        }
+                        Err(s) => {
+                            w.u32(s);
+                            post(&mut w, Some(&d));
+                        }
+                    },
+                }
+            }
+            // ACCESS(fh, bits): read, lookup and execute; nothing that changes.
+            4 => {
+                let n = self.node_of(r)?;
+                let asked = r.u32()?;
+                match n {
+                    Ok(n) => {
+                        w.u32(NFS3_OK);
+                        post(&mut w, Some(&n));
+                        w.u32(asked & (0x01 | 0x02 | 0x20));
+                    }
+                    Err(s) => {
+                        w.u32(s).bool(false);
+                    }
+                }
+            }
+            // READLINK: there are no links.
+            5 => {
+                let n = self.node_of(r)?;
+                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_INVAL));
+                post(&mut w, n.as_ref().ok());
+            }
+            // READ(fh, offset, count)
+            6 => {
+                let n = self.node_of(r)?;
+                let (offset, count) = (r.u64()?, r.u32()?.min(MAX_IO));
+                match n {
+                    Err(s) => {
+                        w.u32(s).bool(false);
+                    }
+                    Ok(n) if n.kind == Kind::Dir => {
+                        w.u32(NFS3ERR_ISDIR);
+                        post(&mut w, Some(&n));
+                    }
+                    Ok(n) => {
+                        let len = n.size.saturating_sub(offset).min(count as u64) as usize;
+                        let (exports, file) = (self.exports.clone(), n.clone());
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buf = vec![0u8; len];
+                            exports.read(&file, offset, &mut buf).map(|()| buf)
+                        })
+                        .await
+                        .unwrap_or(Err(NFS3ERR_IO));
+                        match read {
+                            Ok(buf) => {
+                                w.u32(NFS3_OK);
+                                post(&mut w, Some(&n));
+                                w.u32(buf.len() as u32).bool(offset + buf.len() as u64 >= n.size).opaque(&buf);
+                            }
+                            Err(s) => {
+                                w.u32(s);
+                                post(&mut w, Some(&n));
+                            }
+                        }
+                    }
+                }
+            }
+            // WRITE, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR: read-only, with the wcc
+            // data of the object or directory (none before, attributes after).
+            7..=13 => {
+                let n = self.node_of(r)?;
+                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS)).bool(false);
+                post(&mut w, n.as_ref().ok());
+            }
+            // RENAME: both directories' wcc data.
+            14 => {
+                let n = self.node_of(r)?;
+                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS));
+                w.bool(false);
+                post(&mut w, n.as_ref().ok());
+                w.bool(false).bool(false);
+            }
+            // LINK: the file's attributes and the directory's wcc data.
+            15 => {
+                let n = self.node_of(r)?;
+                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS));
+                post(&mut w, n.as_ref().ok());
+                w.bool(false).bool(false);
+            }
+            // READDIR(dir, cookie, verifier, count) and READDIRPLUS(…, dircount, maxcount).
+            16 | 17 => {
+                let plus = proc_ == 17;
+                let dir = self.node_of(r)?;
+                let (cookie, _verf) = (r.u64()?, r.fixed(8)?);
+                let count = if plus {
+                    r.u32()?;
+                    r.u32()?
+                } else {
+                    r.u32()?
+                };
+                match dir {
+                    Err(s) => {
+                        w.u32(s).bool(false);
+                    }
+                    Ok(d) if d.kind != Kind::Dir => {
+                        w.u32(NFS3ERR_NOTDIR);
+                        post(&mut w, Some(&d));
+                    }
+                    Ok(d) => match self.exports.list(&d, self.client) {
+                        Err(s) => {
+                            w.u32(s);
+                            post(&mut w, Some(&d));
+                        }
+                        Ok(entries) => {
+                            // The cookie is the id of the last entry sent: the listing goes on
+                            // after it, whatever came or went meanwhile.
+                            let mut body = Writer::default();
+                            let mut eof = true;
+                            let budget = (count as usize).min(MAX_IO as usize).saturating_sub(128);
+                            let mut sent = 0;
+                            for (name, n) in entries.iter().filter(|(_, n)| n.id > cookie) {
+                                let mut e = Writer::default();
+                                e.bool(true).u64(n.id).string(name).u64(n.id);
+                                if plus {
+                                    post(&mut e, Some(n));
+                                    e.bool(true).opaque(&encode_handle(n));
+                                }
+                                if body.buf.len() + e.buf.len() > budget {
+                                    eof = false;
+                                    break;
+                                }
+                                body.buf.extend_from_slice(&e.buf);
+                                sent += 1;
+                            }
+                            if sent == 0 && !eof {
+                                w.u32(NFS3ERR_TOOSMALL);
+                                post(&mut w, Some(&d));
+                            } else {
+                                w.u32(NFS3_OK);
+                                post(&mut w, Some(&d));
+                                w.fixed(&[0; 8]);
+                                w.buf.extend_from_slice(&body.buf);
+                                w.bool(false).bool(eof);
+                            }
+                        }
+                    },
+                }
+            }
+            // FSSTAT: sizes of the exported files; nothing free on a read-only export.
+            18 => match self.node_of(r)? {
+                Ok(n) => {
+                    w.u32(NFS3_OK);
+                    post(&mut w, Some(&n));
+                    let total = 1u64 << 50;
+                    w.u64(total).u64(0).u64(0).u64(1 << 20).u64(0).u64(0).u32(0);
+                }
+                Err(s) => {
+                    w.u32(s).bool(false);
+                }
+            },
+            // FSINFO
+            19 => match self.node_of(r)? {
+                Ok(n) => {
+                    w.u32(NFS3_OK);
+                    post(&mut w, Some(&n));
+                    w.u32(MAX_IO).u32(MAX_IO).u32(4096);
+                    w.u32(MAX_IO).u32(MAX_IO).u32(4096);
+                    w.u32(64 << 10).u64(u64::MAX >> 1).u32(1).u32(0);
+                    // FSF3_HOMOGENEOUS | FSF3_CANSETTIME
+                    w.u32(0x08 | 0x10);
+                }
+                Err(s) => {
+                    w.u32(s).bool(false);
+                }
+            },
+            // PATHCONF
+            20 => match self.node_of(r)? {
+                Ok(n) => {
+                    w.u32(NFS3_OK);
+                    post(&mut w, Some(&n));
+                    w.u32(1).u32(255).bool(true).bool(true).bool(false).bool(true);
+                }
+                Err(s) => {
+                    w.u32(s).bool(false);
+                }
+            },
+            // COMMIT: nothing is ever uncommitted on a read-only export.
+            21 => {
+                let n = self.node_of(r)?;
+                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS)).bool(false);
+                post(&mut w, n.as_ref().ok());
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(w))
+    }
+}
+
+/// fattr3. Files and directories show as the caller's own (the export decides who may see
+/// them, by address), so a client's own permission checks pass.
+fn fattr(w: &mut Writer, n: &Node, caller: &Caller) {
+    let (ftype, mode, nlink) = match n.kind {
+        Kind::File => (1, 0o444, 1),
+        Kind::Dir => (2, 0o555, 2),
+    };
+    w.u32(ftype).u32(mode).u32(nlink).u32(caller.uid).u32(caller.gid);
+    w.u64(n.size).u64(n.size).u32(0).u32(0);
+    // fsid, fileid
+    w.u64(0x486f_6c64).u64(n.id);
+    for _ in 0..3 {
+        w.u32(n.mtime as u32).u32(0);
+    }
+}
+
+#[cfg(test)]
+mod tests;

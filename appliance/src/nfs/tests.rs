@@ -1,0 +1,279 @@
+//! The server against a small tree over real TCP: mount, lookup, read, directory cookies, a
+//! client refused by address, and input that is not NFS (random, truncated, oversized) ending
+//! only its own connection.
+
+use super::*;
+use std::net::{IpAddr, Ipv4Addr};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// /holdfast/{a, b}: a holds disk.raw (bytes i % 251) and notes.txt; b admits nobody here.
+struct Tree;
+
+fn node(id: u64, kind: Kind, size: u64) -> Node {
+    Node { id, token: if id == 1 { 0 } else { 7 }, kind, size, mtime: 1_700_000_000 }
+}
+
+const DISK: u64 = 3 * MAX_IO as u64 + 5;
+
+impl Exports for Tree {
+    fn root(&self) -> Node {
+        node(1, Kind::Dir, 0)
+    }
+    fn node(&self, id: u64, token: u32, client: IpAddr) -> Result<Node, u32> {
+        let n = match id {
+            1 => self.root(),
+            256 => node(256, Kind::Dir, 0),
+            257 => node(257, Kind::File, DISK),
+            258 => node(258, Kind::File, 5),
+            512 if client == LOCAL => return Err(NFS3ERR_ACCES),
+            _ => return Err(NFS3ERR_STALE),
+        };
+        if n.token != token {
+            return Err(NFS3ERR_STALE);
+        }
+        Ok(n)
+    }
+    fn lookup(&self, dir: &Node, name: &str, client: IpAddr) -> Result<Node, u32> {
+        self.list(dir, client)?.into_iter().find(|(n, _)| n == name).map(|(_, n)| n).ok_or(NFS3ERR_NOENT)
+    }
+    fn list(&self, dir: &Node, _client: IpAddr) -> Result<Vec<(String, Node)>, u32> {
+        Ok(match dir.id {
+            1 => vec![("a".into(), node(256, Kind::Dir, 0))],
+            256 => {
+                vec![("disk.raw".into(), node(257, Kind::File, DISK)), ("notes.txt".into(), node(258, Kind::File, 5))]
+            }
+            _ => vec![],
+        })
+    }
+    fn read(&self, file: &Node, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = if file.id == 258 { b"notes"[offset as usize + i] } else { ((offset + i as u64) % 251) as u8 };
+        }
+        Ok(())
+    }
+    fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32> {
+        match path {
+            "/holdfast" => Ok(self.root()),
+            "/holdfast/a" => Ok(node(256, Kind::Dir, 0)),
+            "/holdfast/b" if client == LOCAL => Err(MNT3ERR_ACCES),
+            _ => Err(MNT3ERR_NOENT),
+        }
+    }
+    fn export_list(&self, _client: IpAddr) -> Vec<(String, Vec<String>)> {
+        vec![("/holdfast/a".into(), vec!["127.0.0.1".into()])]
+    }
+}
+
+async fn start() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve(listener, Arc::new(Tree), port));
+    port
+}
+
+struct Client {
+    s: TcpStream,
+    xid: u32,
+}
+
+impl Client {
+    async fn new(port: u16) -> Client {
+        Client { s: TcpStream::connect(("127.0.0.1", port)).await.unwrap(), xid: 0 }
+    }
+
+    /// Calls and returns the result body after an accepted SUCCESS header.
+    async fn call(&mut self, prog: u32, vers: u32, proc_: u32, args: &Writer) -> Vec<u8> {
+        let reply = self.raw(prog, vers, proc_, args).await;
+        let mut r = Reader::new(&reply);
+        assert_eq!(r.u32().unwrap(), self.xid);
+        assert_eq!((r.u32().unwrap(), r.u32().unwrap()), (1, 0), "a reply, accepted");
+        r.u32().unwrap();
+        r.opaque(400).unwrap();
+        assert_eq!(r.u32().unwrap(), 0, "SUCCESS");
+        r.rest().to_vec()
+    }
+
+    async fn raw(&mut self, prog: u32, vers: u32, proc_: u32, args: &Writer) -> Vec<u8> {
+        self.xid += 1;
+        let mut cred = Writer::default();
+        cred.u32(0).string("test").u32(1000).u32(1000).u32(0);
+        let mut w = Writer::default();
+        w.u32(self.xid).u32(0).u32(2).u32(prog).u32(vers).u32(proc_).u32(rpc::AUTH_SYS).opaque(&cred.buf);
+        w.u32(0).opaque(&[]);
+        w.buf.extend_from_slice(&args.buf);
+        rpc::write_record(&mut self.s, &w.buf).await.unwrap();
+        rpc::read_record(&mut self.s).await.unwrap().expect("a reply")
+    }
+}
+
+fn skip_post_op(r: &mut Reader<'_>) {
+    if r.bool().unwrap() {
+        r.fixed(84).unwrap();
+    }
+}
+
+async fn mount(c: &mut Client, path: &str) -> Result<Vec<u8>, u32> {
+    let mut a = Writer::default();
+    a.string(path);
+    let body = c.call(MOUNT_PROG, 3, 1, &a).await;
+    let mut r = Reader::new(&body);
+    match r.u32().unwrap() {
+        0 => Ok(r.opaque(64).unwrap().to_vec()),
+        s => Err(s),
+    }
+}
+
+async fn lookup(c: &mut Client, dir: &[u8], name: &str) -> Result<Vec<u8>, u32> {
+    let mut a = Writer::default();
+    a.opaque(dir).string(name);
+    let body = c.call(NFS_PROG, 3, 3, &a).await;
+    let mut r = Reader::new(&body);
+    match r.u32().unwrap() {
+        0 => Ok(r.opaque(64).unwrap().to_vec()),
+        s => Err(s),
+    }
+}
+
+async fn read(c: &mut Client, fh: &[u8], offset: u64, count: u32) -> Result<(Vec<u8>, bool), u32> {
+    let mut a = Writer::default();
+    a.opaque(fh).u64(offset).u32(count);
+    let body = c.call(NFS_PROG, 3, 6, &a).await;
+    let mut r = Reader::new(&body);
+    let status = r.u32().unwrap();
+    skip_post_op(&mut r);
+    if status != 0 {
+        return Err(status);
+    }
+    let n = r.u32().unwrap();
+    let eof = r.bool().unwrap();
+    let data = r.opaque(MAX_IO).unwrap().to_vec();
+    assert_eq!(n as usize, data.len());
+    Ok((data, eof))
+}
+
+/// READDIR names, following cookies with a small count so it takes several calls.
+async fn readdir(c: &mut Client, dir: &[u8], plus: bool) -> Vec<String> {
+    let (mut names, mut cookie) = (Vec::new(), 0);
+    loop {
+        let mut a = Writer::default();
+        a.opaque(dir).u64(cookie).fixed(&[0; 8]);
+        if plus {
+            a.u32(200).u32(300);
+        } else {
+            a.u32(170);
+        }
+        let body = c.call(NFS_PROG, 3, if plus { 17 } else { 16 }, &a).await;
+        let mut r = Reader::new(&body);
+        assert_eq!(r.u32().unwrap(), 0);
+        skip_post_op(&mut r);
+        r.fixed(8).unwrap();
+        while r.bool().unwrap() {
+            r.u64().unwrap();
+            names.push(r.string(255).unwrap());
+            cookie = r.u64().unwrap();
+            if plus {
+                skip_post_op(&mut r);
+                assert!(r.bool().unwrap());
+                r.opaque(64).unwrap();
+            }
+        }
+        if r.bool().unwrap() {
+            return names;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_mounts_looks_up_lists_and_reads_and_is_refused_where_it_may_not_go() {
+    let port = start().await;
+    let mut c = Client::new(port).await;
+    // The portmapper sends NFS and MOUNT over TCP to the server's port; UDP to none.
+    let mut a = Writer::default();
+    a.u32(MOUNT_PROG).u32(3).u32(6).u32(0);
+    assert_eq!(c.call(PMAP_PROG, 2, 3, &a).await, (port as u32).to_be_bytes());
+    let mut a = Writer::default();
+    a.u32(NFS_PROG).u32(3).u32(17).u32(0);
+    assert_eq!(c.call(PMAP_PROG, 2, 3, &a).await, [0, 0, 0, 0]);
+
+    assert_eq!(mount(&mut c, "/holdfast/b").await, Err(MNT3ERR_ACCES));
+    assert_eq!(mount(&mut c, "/elsewhere").await, Err(MNT3ERR_NOENT));
+    let root = mount(&mut c, "/holdfast").await.unwrap();
+    let a_dir = lookup(&mut c, &root, "a").await.unwrap();
+    assert_eq!(a_dir, mount(&mut c, "/holdfast/a").await.unwrap(), "one handle per directory, however found");
+    assert_eq!(lookup(&mut c, &a_dir, "missing").await, Err(NFS3ERR_NOENT));
+    assert_eq!(readdir(&mut c, &a_dir, false).await, ["disk.raw", "notes.txt"]);
+    assert_eq!(readdir(&mut c, &a_dir, true).await, ["disk.raw", "notes.txt"]);
+
+    // Reads: the largest size offered, the end of the file with eof, past the end empty.
+    let disk = lookup(&mut c, &a_dir, "disk.raw").await.unwrap();
+    let (data, eof) = read(&mut c, &disk, 7, MAX_IO).await.unwrap();
+    assert_eq!((data.len(), eof), (MAX_IO as usize, false));
+    assert!(data.iter().enumerate().all(|(i, b)| *b == ((7 + i) % 251) as u8));
+    let (tail, eof) = read(&mut c, &disk, DISK - 3, 4 * MAX_IO).await.unwrap();
+    assert_eq!((tail.len(), eof), (3, true));
+    assert_eq!(read(&mut c, &disk, DISK + 10, 10).await.unwrap(), (vec![], true));
+    assert_eq!(read(&mut c, &a_dir, 0, 10).await, Err(NFS3ERR_ISDIR));
+    let notes = lookup(&mut c, &a_dir, "notes.txt").await.unwrap();
+    assert_eq!(read(&mut c, &notes, 1, 100).await.unwrap().0, b"otes");
+
+    // A handle of a session this client may not see; one of a session gone or replaced; one
+    // we never made.
+    let mut other = disk.clone();
+    other[4..12].copy_from_slice(&512u64.to_be_bytes());
+    assert_eq!(read(&mut c, &other, 0, 1).await, Err(NFS3ERR_ACCES));
+    let mut old = disk.clone();
+    old[12..].copy_from_slice(&8u32.to_be_bytes());
+    assert_eq!(read(&mut c, &old, 0, 1).await, Err(NFS3ERR_STALE));
+    assert_eq!(read(&mut c, b"not ours", 0, 1).await, Err(NFS3ERR_BADHANDLE));
+
+    // Read-only: a write is refused with ROFS.
+    let mut a = Writer::default();
+    a.opaque(&disk).u64(0).u32(1).u32(2).opaque(b"x");
+    assert_eq!(&c.call(NFS_PROG, 3, 7, &a).await[..4], &NFS3ERR_ROFS.to_be_bytes());
+}
+
+#[tokio::test]
+async fn input_that_is_not_nfs_ends_its_connection_only() {
+    let port = start().await;
+    let mut good = Client::new(port).await;
+    let root = mount(&mut good, "/holdfast").await.unwrap();
+
+    // Arguments that do not decode: GARBAGE_ARGS, and the connection goes on.
+    let reply = good.raw(NFS_PROG, 3, 6, &Writer::default()).await;
+    assert_eq!(&reply[20..24], &4u32.to_be_bytes(), "GARBAGE_ARGS");
+    // A program, version or procedure not served.
+    let reply = good.raw(100_021, 4, 0, &Writer::default()).await;
+    assert_eq!(&reply[20..24], &1u32.to_be_bytes(), "PROG_UNAVAIL");
+    let reply = good.raw(NFS_PROG, 4, 0, &Writer::default()).await;
+    assert_eq!(&reply[20..32], &[0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 3], "PROG_MISMATCH 3-3");
+    let reply = good.raw(NFS_PROG, 3, 99, &Writer::default()).await;
+    assert_eq!(&reply[20..24], &3u32.to_be_bytes(), "PROC_UNAVAIL");
+
+    // Random records, a record claiming 2 GiB, a record cut short: each connection dropped.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..200 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let len = 1 + (seed % 300) as usize;
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = match round % 3 {
+            0 => rpc::write_record(&mut s, &junk).await,
+            1 => s.write_all(&[0xff, 0xff, 0xff, 0xff]).await,
+            _ => s.write_all(&junk).await,
+        };
+        drop(s);
+    }
+    // The well-behaved client was served throughout and still is.
+    assert_eq!(readdir(&mut good, &root, false).await, ["a"]);
+    let mut late = Client::new(port).await;
+    assert!(mount(&mut late, "/holdfast/a").await.is_ok());
+}

@@ -1,0 +1,458 @@
+//! Instant recovery: restore points exported over the appliance's NFS server (../nfs). A
+//! session exports one point's disks, one raw image per disk, under /holdfast/<name>, to the
+//! client addresses it names; any other client is refused and the attempt is audited. Starting
+//! one opens the point's disk maps and holds the point (retention and deletion leave it alone),
+//! nothing more: no copy, no scan, so it is ready at once whatever the disks' size. Sessions are
+//! kept in the catalog and opened again when the service starts, with the same file handles
+//! (ids from the catalog, the session's token saved with it); one that cannot be opened again
+//! ends, and the audit log says why.
+
+use super::catalog::now;
+use super::Service;
+use crate::nfs::{self, Exports, Kind, Node};
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use web::*;
+
+/// The export's root directory.
+pub(super) const ROOT: &str = "/holdfast";
+
+/// A client address or network a session admits.
+#[derive(Clone, Debug, PartialEq)]
+struct Allowed {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Allowed {
+    fn parse(s: &str) -> Result<Allowed, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| format!("{s:?} is not an IP address or network"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or(format!("{s:?}: the prefix is not 0-{max}"))?,
+        };
+        Ok(Allowed { net, prefix })
+    }
+
+    fn admits(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> u128 {
+            match ip {
+                IpAddr::V4(v) => u32::from(v) as u128,
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        let width = if self.net.is_ipv4() { 32 } else { 128 };
+        if self.net.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        let shift = width - self.prefix as u32;
+        shift >= width || (bits(self.net) >> shift) == (bits(ip) >> shift)
+    }
+}
+
+struct Export {
+    id: i64,
+    token: u32,
+    allowed: Vec<Allowed>,
+    point: String,
+    files: Vec<(String, vds_store::DiskReader)>,
+    created_secs: u64,
+    bytes_read: AtomicU64,
+    /// What the API shows (bytes_read and the port filled in when asked).
+    shown: Recovery,
+    _hold: vds_store::PointHold,
+}
+
+impl Export {
+    fn admits(&self, ip: IpAddr) -> bool {
+        self.allowed.iter().any(|a| a.admits(ip))
+    }
+
+    fn dir(&self) -> Node {
+        Node { id: (self.id as u64) << 8, token: self.token, kind: Kind::Dir, size: 0, mtime: self.created_secs }
+    }
+
+    fn file(&self, k: usize) -> Option<(&str, Node)> {
+        let (name, disk) = self.files.get(k)?;
+        let id = ((self.id as u64) << 8) | (k as u64 + 1);
+        Some((name, Node { id, token: self.token, kind: Kind::File, size: disk.size(), mtime: self.created_secs }))
+    }
+}
+
+/// The sessions being exported: the tree the NFS server serves.
+pub(super) struct Sessions {
+    map: RwLock<BTreeMap<i64, Arc<Export>>>,
+    started_secs: u64,
+    /// Refusals already audited (session, client), so a client retrying is one line.
+    refused: Mutex<HashSet<(i64, IpAddr)>>,
+    audit: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Sessions {
+    fn session(&self, id: i64) -> Option<Arc<Export>> {
+        self.map.read().expect("sessions lock").get(&id).cloned()
+    }
+
+    fn by_name(&self, name: &str) -> Option<Arc<Export>> {
+        self.map.read().expect("sessions lock").values().find(|s| s.shown.name == name).cloned()
+    }
+
+    /// Refuses `client` for session `s`, audited once per client and session.
+    fn refuse(&self, s: &Export, client: IpAddr, status: u32) -> u32 {
+        if self.refused.lock().expect("refused lock").insert((s.id, client)) {
+            let _ = self.audit.send(format!(
+                "client {client} asked for {}/{}, which admits only {}",
+                ROOT,
+                s.shown.name,
+                s.shown.clients.join(", ")
+            ));
+        }
+        status
+    }
+
+    /// Whether a session is exporting `point` (its id, if so).
+    pub(super) fn using(&self, point: &str) -> Option<i64> {
+        self.map.read().expect("sessions lock").values().find(|s| s.point == point).map(|s| s.id)
+    }
+}
+
+impl Exports for Sessions {
+    fn root(&self) -> Node {
+        Node { id: 1, token: 0, kind: Kind::Dir, size: 0, mtime: self.started_secs }
+    }
+
+    fn node(&self, id: u64, token: u32, client: IpAddr) -> Result<Node, u32> {
+        if id == 1 && token == 0 {
+            return Ok(self.root());
+        }
+        let s = self.session((id >> 8) as i64).filter(|s| s.token == token).ok_or(nfs::NFS3ERR_STALE)?;
+        if !s.admits(client) {
+            return Err(self.refuse(&s, client, nfs::NFS3ERR_ACCES));
+        }
+        match (id & 0xff) as usize {
+            0 => Ok(s.dir()),
+            k => s.file(k - 1).map(|(_, n)| n).ok_or(nfs::NFS3ERR_STALE),
+        }
+    }
+
+    fn lookup(&self, dir: &Node, name: &str, client: IpAddr) -> Result<Node, u32> {
+        if dir.id == 1 {
+            let s = self.by_name(name).ok_or(nfs::NFS3ERR_NOENT)?;
+            return if s.admits(client) { Ok(s.dir()) } else { Err(self.refuse(&s, client, nfs::NFS3ERR_ACCES)) };
+        }
+        self.list(dir, client)?.into_iter().find(|(n, _)| n == name).map(|(_, n)| n).ok_or(nfs::NFS3ERR_NOENT)
+    }
+
+    fn list(&self, dir: &Node, client: IpAddr) -> Result<Vec<(String, Node)>, u32> {
+        if dir.id == 1 {
+            let map = self.map.read().expect("sessions lock");
+            return Ok(map.values().filter(|s| s.admits(client)).map(|s| (s.shown.name.clone(), s.dir())).collect());
+        }
+        let s = self.session((dir.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
+        Ok((0..s.files.len()).filter_map(|k| s.file(k)).map(|(name, n)| (name.to_string(), n)).collect())
+    }
+
+    fn read(&self, file: &Node, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
+        let s = self.session((file.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
+        let (_, disk) = s.files.get(((file.id & 0xff) as usize).wrapping_sub(1)).ok_or(nfs::NFS3ERR_STALE)?;
+        disk.read_at(buf, offset).map_err(|e| {
+            eprintln!("holdfast: instant recovery {}: reading {offset}+{}: {e}", s.shown.name, buf.len());
+            nfs::NFS3ERR_IO
+        })?;
+        s.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32> {
+        let path = path.trim_end_matches('/');
+        if path == ROOT {
+            return Ok(self.root());
+        }
+        let name = path.strip_prefix(ROOT).and_then(|p| p.strip_prefix('/')).ok_or(nfs::MNT3ERR_NOENT)?;
+        let s = self.by_name(name).ok_or(nfs::MNT3ERR_NOENT)?;
+        if s.admits(client) {
+            Ok(s.dir())
+        } else {
+            Err(self.refuse(&s, client, nfs::MNT3ERR_ACCES))
+        }
+    }
+
+    fn export_list(&self, client: IpAddr) -> Vec<(String, Vec<String>)> {
+        // The root, which every client may mount (it lists only that client's sessions), then
+        // the sessions that admit this client.
+        let map = self.map.read().expect("sessions lock");
+        let sessions = map.values().filter(|s| s.admits(client));
+        std::iter::once((ROOT.to_string(), Vec::new()))
+            .chain(sessions.map(|s| (s.shown.export.clone(), s.shown.clients.clone())))
+            .collect()
+    }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A name the export can use as a directory: letters, digits, `-`, `_`, `.`, 1-64 of them.
+fn check_name(name: &str) -> ApiResult<()> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "name",
+            format!("{name:?}: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"),
+        ))
+    }
+}
+
+/// The catalog row of a session.
+type Row = (i64, String, String, String, String, i64, String, String);
+
+impl Service {
+    /// The session tree, with the task that writes its refusals to the audit log.
+    pub(super) fn new_sessions() -> (Arc<Sessions>, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let (audit, refusals) = tokio::sync::mpsc::unbounded_channel();
+        let sessions =
+            Sessions { map: Default::default(), started_secs: unix_secs(), refused: Default::default(), audit };
+        (Arc::new(sessions), refusals)
+    }
+
+    /// Starts the NFS server (NFS and MOUNT on `nfs_listen`, the portmapper on
+    /// `portmap_listen` if given) and the audit of refusals. A port that cannot be taken makes
+    /// instant recovery unavailable, said at start and by every attempt to start a session.
+    pub(super) async fn start_nfs(
+        self: &Arc<Self>,
+        nfs_listen: &str,
+        portmap_listen: Option<&str>,
+        mut refusals: tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(r) = refusals.recv().await {
+                let _ = me.audit_log("nfs", "instant recovery access refused", &r).await;
+            }
+        });
+        let nfs = match tokio::net::TcpListener::bind(nfs_listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                let why = format!("the NFS server cannot listen on {nfs_listen}: {e}");
+                eprintln!("holdfast: instant recovery is unavailable: {why}");
+                *self.nfs_port.lock().expect("nfs lock") = Err(why);
+                return;
+            }
+        };
+        let port = nfs.local_addr().map(|a| a.port()).unwrap_or(0);
+        *self.nfs_port.lock().expect("nfs lock") = Ok(port);
+        tokio::spawn(nfs::serve(nfs, self.sessions.clone(), port));
+        match portmap_listen {
+            None => eprintln!("holdfast: serving NFS exports on port {port} (no portmapper)"),
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tokio::spawn(nfs::serve(l, self.sessions.clone(), port));
+                    eprintln!("holdfast: serving NFS exports on port {port}, the portmapper on {addr}");
+                }
+                Err(e) => eprintln!(
+                    "holdfast: serving NFS exports on port {port}; no portmapper on {addr} ({e}): clients must be told the port"
+                ),
+            },
+        }
+    }
+
+    fn shown(&self, s: &Export) -> Recovery {
+        let mut r = s.shown.clone();
+        r.bytes_read = s.bytes_read.load(Ordering::Relaxed);
+        r.nfs_port = self.nfs_port.lock().expect("nfs lock").clone().unwrap_or(0);
+        r
+    }
+
+    pub(super) async fn list_recoveries(&self) -> ApiResult<Vec<Recovery>> {
+        let map = self.sessions.map.read().expect("sessions lock");
+        Ok(map.values().map(|s| self.shown(s)).collect())
+    }
+
+    /// Opens a session's point and holds it; registers it in the tree.
+    async fn open_session(&self, row: Row) -> ApiResult<Arc<Export>> {
+        let (id, name, point, clients, created, token, created_by, _) = row;
+        let allowed = serde_json::from_str::<Vec<String>>(&clients)
+            .map_err(ApiError::internal)?
+            .iter()
+            .map(|c| Allowed::parse(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::server)?;
+        let (_, store) = self.point_store(&point).await?;
+        let p = point.clone();
+        let (entry, hold, files) = tokio::task::spawn_blocking(move || {
+            let entry = store.find(&p)?;
+            let hold = store.hold_point(&entry.vm, &p)?;
+            let files: Vec<(String, vds_store::DiskReader)> =
+                store.open_disks(&p)?.into_iter().map(|(key, d)| (format!("{key}.raw"), d)).collect();
+            Ok::<_, vds_store::StoreError>((entry, hold, files))
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::conflict(format!("restore point {point}: {e}")))?;
+        let shown = Recovery {
+            id,
+            export: format!("{ROOT}/{name}"),
+            name,
+            point: point.clone(),
+            vm: entry.manifest.vm.name.clone(),
+            clients: serde_json::from_str(&clients).map_err(ApiError::internal)?,
+            nfs_port: 0,
+            files: files.iter().map(|(n, d)| RecoveryFile { name: n.clone(), size: d.size() }).collect(),
+            bytes_read: 0,
+            created,
+            created_by,
+        };
+        let session = Arc::new(Export {
+            id,
+            token: token as u32,
+            allowed,
+            point,
+            files,
+            created_secs: unix_secs(),
+            bytes_read: AtomicU64::new(0),
+            shown,
+            _hold: hold,
+        });
+        self.sessions.map.write().expect("sessions lock").insert(id, session.clone());
+        Ok(session)
+    }
+
+    pub(super) async fn start_recovery(&self, s: &Session, r: NewRecovery) -> ApiResult<Recovery> {
+        if let Err(why) = self.nfs_port.lock().expect("nfs lock").clone() {
+            return Err(ApiError::server(format!("instant recovery is unavailable: {why}")));
+        }
+        if r.clients.is_empty() {
+            return Err(ApiError::field("clients", "name at least one client address or network"));
+        }
+        for (i, c) in r.clients.iter().enumerate() {
+            Allowed::parse(c).map_err(|e| ApiError::field(&format!("clients[{i}]"), e))?;
+        }
+        let (_, store) = self.point_store(&r.point).await.map_err(|e| match e.problem {
+            Problem::NotFound => ApiError::field("point", e.message),
+            _ => e,
+        })?;
+        let p = r.point.clone();
+        let entry = tokio::task::spawn_blocking(move || store.find(&p))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::field("point", e.to_string()))?;
+        let name = match r.name {
+            Some(n) => n,
+            None => {
+                let vm: String = entry
+                    .manifest
+                    .vm
+                    .name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+                    .collect();
+                let vm = vm.trim_start_matches('.');
+                format!("{}-{}", if vm.is_empty() { "vm" } else { vm }, &r.point[..r.point.len().min(15)])
+            }
+        };
+        check_name(&name)?;
+        if self.sessions.by_name(&name).is_some() {
+            return Err(ApiError::conflict(format!("name: an instant-recovery session named {name:?} exists already")));
+        }
+        let mut token = [0u8; 4];
+        getrandom::getrandom(&mut token).expect("OS randomness");
+        let token = (u32::from_be_bytes(token) | 1) as i64;
+        let clients = serde_json::to_string(&r.clients).map_err(ApiError::internal)?;
+        let created = now();
+        let id = sqlx::query_as::<_, (i64,)>(
+            "INSERT INTO recoveries (name, point_id, clients, created, token, created_by) VALUES ($1, $2, $3, $4, $5, $6) \
+             RETURNING id",
+        )
+        .bind(&name)
+        .bind(&r.point)
+        .bind(&clients)
+        .bind(&created)
+        .bind(token)
+        .bind(&s.user)
+        .fetch_one(&self.db)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                ApiError::conflict(format!("name: an instant-recovery session named {name:?} exists already"))
+            }
+            e => ApiError::internal(e),
+        })?
+        .0;
+        let row = (id, name.clone(), r.point.clone(), clients, created, token, s.user.clone(), String::new());
+        let session = match self.open_session(row).await {
+            Ok(session) => session,
+            Err(e) => {
+                let _ = sqlx::query("DELETE FROM recoveries WHERE id = $1").bind(id).execute(&self.db).await;
+                return Err(e);
+            }
+        };
+        let detail = format!("{} exports point {} to {}", session.shown.export, r.point, r.clients.join(", "));
+        self.audit_log(&s.user, "instant recovery started", &detail).await?;
+        Ok(self.shown(&session))
+    }
+
+    pub(super) async fn stop_recovery(&self, s: &Session, id: i64) -> ApiResult<()> {
+        let session = self.sessions.map.write().expect("sessions lock").remove(&id);
+        let Some(session) = session else { return Err(ApiError::not_found(format!("instant-recovery session {id}"))) };
+        sqlx::query("DELETE FROM recoveries WHERE id = $1")
+            .bind(id)
+            .execute(&self.db)
+            .await
+            .map_err(ApiError::internal)?;
+        let detail = format!(
+            "{} (point {}, {} bytes read)",
+            session.shown.export,
+            session.point,
+            session.bytes_read.load(Ordering::Relaxed)
+        );
+        self.audit_log(&s.user, "instant recovery ended", &detail).await
+    }
+
+    /// At start: every session the catalog has is exported again, or ends saying why.
+    pub(super) async fn reopen_recoveries(&self) -> ApiResult<()> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, name, point_id, clients, created, token, created_by, '' FROM recoveries ORDER BY id",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(ApiError::internal)?;
+        for row in rows {
+            let (id, name) = (row.0, row.1.clone());
+            if let Err(e) = self.open_session(row).await {
+                let _ = sqlx::query("DELETE FROM recoveries WHERE id = $1").bind(id).execute(&self.db).await;
+                let why = format!("{ROOT}/{name} could not be exported again after a restart: {}", e.message);
+                eprintln!("holdfast: instant recovery ended: {why}");
+                self.audit_log("holdfast", "instant recovery ended", &why).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn clients_are_addresses_or_networks() {
+    let a = |s: &str| Allowed::parse(s).unwrap();
+    assert!(a("10.1.2.3").admits("10.1.2.3".parse().unwrap()));
+    assert!(!a("10.1.2.3").admits("10.1.2.4".parse().unwrap()));
+    assert!(a("10.1.2.0/24").admits("10.1.2.200".parse().unwrap()));
+    assert!(!a("10.1.2.0/24").admits("10.1.3.1".parse().unwrap()));
+    assert!(a("0.0.0.0/0").admits("192.0.2.1".parse().unwrap()));
+    assert!(!a("0.0.0.0/0").admits("::1".parse().unwrap()));
+    assert!(a("fd00::/8").admits("fd12::1".parse().unwrap()));
+    assert!(Allowed::parse("10.0.0.0/33").is_err());
+    assert!(Allowed::parse("host.example").is_err());
+    assert!(check_name("web01-20261201T0200").is_ok());
+    assert!(check_name("../etc").is_err() && check_name("").is_err() && check_name("a b").is_err());
+}

@@ -1,0 +1,160 @@
+//! Instant recovery's export through real NFS clients (the kernel here has none): libnfs's
+//! tools list and read every exported disk, QEMU's nfs:// driver (found through our
+//! portmapper on 111) compares one with the source; a client not named is refused and audited;
+//! the point cannot be deleted while exported; a session outlives a restart of the service and
+//! ends cleanly. The VM comes from the simulated platform: what is tested is the export.
+
+use connectors::sim::SimHost;
+use holdfast_tests::service::{Client, Server};
+use serde_json::{json, Value};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+const PASSWORD: &str = "correct horse battery";
+
+fn nfs_url(port: u64, path: &str) -> String {
+    format!("nfs://127.0.0.1{path}?nfsport={port}&mountport={port}")
+}
+
+/// A libnfs tool's stdout; panics with its stderr when it fails.
+fn nfs_tool(tool: &str, url: &str) -> Vec<u8> {
+    let out = Command::new(tool).arg(url).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(out.status.success(), "{tool} {url}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn refused(tool: &str, url: &str) -> String {
+    let out = Command::new(tool).arg(url).output().unwrap();
+    assert!(!out.status.success(), "{tool} {url} was served: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn start(c: &Client, point: &Value, clients: &[&str], name: Option<&str>) -> Value {
+    let mut body = json!({ "point": point, "clients": clients });
+    if let Some(n) = name {
+        body["name"] = json!(n);
+    }
+    c.post("/api/recoveries", body, 201)
+}
+
+#[test]
+fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = SimHost::create(&tmp.path().join("sim"));
+    host.add_vm("db<1>", &[("vda", 24 * MIB), ("vdb", 3 * MIB + 4096)]);
+    // Data at the front and at the end, a hole between (read as zeros).
+    host.write("db<1>", "vda", 0, &holdfast_tests::noise(5 * MIB as usize, 1));
+    host.write("db<1>", "vda", 22 * MIB, &holdfast_tests::noise(MIB as usize, 2));
+    host.write("db<1>", "vdb", 0, &holdfast_tests::noise(3 * MIB as usize, 3));
+    let data = tmp.path().join("data");
+    let portmap = ["--portmap-listen", "127.0.0.1:111"];
+    let server = Server::start_with(&data, None, &portmap);
+    let c = server.admin(PASSWORD);
+    let platform = c.add_sim_platform("lab", &host);
+    let job = c.post("/api/jobs", json!({ "platform": platform, "vm": "db<1>", "type": "full" }), 202);
+    let job = c.wait_job(job["id"].as_i64().unwrap());
+    assert_eq!(job["state"], "completed", "{job}");
+    let point = job["point_id"].clone();
+
+    // Bad input is refused before anything is exported.
+    for (body, field) in [
+        (json!({ "point": point, "clients": [] }), "clients:"),
+        (json!({ "point": point, "clients": ["10.0.0.0/40"] }), "clients[0]:"),
+        (json!({ "point": "20200101T000000.000000Z-00000000", "clients": ["127.0.0.1"] }), "point:"),
+        (json!({ "point": point, "clients": ["127.0.0.1"], "name": "../x" }), "name:"),
+    ] {
+        let (code, e) = c.request("POST", "/api/recoveries", Some(&body));
+        assert_eq!(code, 400, "{e}");
+        assert!(e["error"].as_str().unwrap().starts_with(field), "{e}");
+    }
+    assert_eq!(c.get("/api/recoveries"), json!([]));
+
+    // Exported at once: the VM's name made safe as the directory, one raw image per disk.
+    let mine = start(&c, &point, &["127.0.0.0/8"], None);
+    let name = mine["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("db-1--"), "{mine}");
+    assert_eq!(mine["export"], format!("/holdfast/{name}"));
+    assert_eq!(
+        mine["files"],
+        json!([{ "name": "vda.raw", "size": 24 * MIB }, { "name": "vdb.raw", "size": 3 * MIB + 4096 }])
+    );
+    let port = mine["nfs_port"].as_u64().unwrap();
+    assert!(port > 0, "{mine}");
+    let export = mine["export"].as_str().unwrap();
+
+    // libnfs lists and reads every disk; the bytes are the VM's. Four readers at once.
+    let listing = String::from_utf8(nfs_tool("nfs-ls", &nfs_url(port, export))).unwrap();
+    assert!(listing.contains("vda.raw") && listing.contains("vdb.raw"), "{listing}");
+    let readers: Vec<_> = (0..4)
+        .map(|i| {
+            let url = nfs_url(port, &format!("{export}/{}", if i % 2 == 0 { "vda.raw" } else { "vdb.raw" }));
+            std::thread::spawn(move || nfs_tool("nfs-cat", &url))
+        })
+        .collect();
+    for (i, r) in readers.into_iter().enumerate() {
+        let want = host.disk("db<1>", if i % 2 == 0 { "vda" } else { "vdb" });
+        assert!(r.join().unwrap() == want, "reader {i} read other bytes than the disk's");
+    }
+    let read = c.get("/api/recoveries")[0]["bytes_read"].as_u64().unwrap();
+    assert!(read >= 2 * (24 + 3) * MIB, "{read} bytes counted");
+
+    // QEMU's nfs:// driver asks the portmapper on 111 for the ports, then compares the export
+    // with the source disk.
+    let source = tmp.path().join("vda.img");
+    std::fs::write(&source, host.disk("db<1>", "vda")).unwrap();
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&source)
+        .arg(format!("nfs://127.0.0.1{export}/vda.raw"))
+        .output()
+        .unwrap();
+    assert!(
+        cmp.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&cmp.stdout),
+        String::from_utf8_lossy(&cmp.stderr)
+    );
+
+    // A session for another client: invisible and refused here, and the refusal is audited.
+    let theirs = start(&c, &point, &["192.0.2.7"], Some("theirs"));
+    assert_eq!(theirs["export"], "/holdfast/theirs");
+    let root = String::from_utf8(nfs_tool("nfs-ls", &nfs_url(port, "/holdfast"))).unwrap();
+    assert!(root.contains(&name) && !root.contains("theirs"), "{root}");
+    refused("nfs-ls", &nfs_url(port, "/holdfast/theirs"));
+    refused("nfs-cat", &nfs_url(port, "/holdfast/theirs/vda.raw"));
+    let audit = c.get("/api/audit").to_string();
+    assert!(audit.contains("instant recovery access refused") && audit.contains("192.0.2.7"), "{audit}");
+    // Two sessions cannot share a name.
+    let (code, e) = c.request(
+        "POST",
+        "/api/recoveries",
+        Some(&json!({ "point": point, "clients": ["127.0.0.1"], "name": "theirs" })),
+    );
+    assert_eq!(code, 409, "{e}");
+
+    // The point cannot go while it is exported.
+    let (code, e) = c.request("DELETE", &format!("/api/points/{}", point.as_str().unwrap()), None);
+    assert_eq!(code, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("instant-recovery session"), "{e}");
+
+    // A restart keeps both sessions: same names, same files, readable again.
+    drop(c);
+    drop(server);
+    let server = Server::start_with(&data, None, &portmap);
+    let mut c = server.client();
+    assert_eq!(c.login("admin", PASSWORD).0, 200);
+    let again = c.get("/api/recoveries");
+    assert_eq!(again.as_array().unwrap().len(), 2, "{again}");
+    let port = again[0]["nfs_port"].as_u64().unwrap();
+    assert!(nfs_tool("nfs-cat", &nfs_url(port, &format!("{export}/vdb.raw"))) == host.disk("db<1>", "vdb"));
+
+    // Ending a session takes its export away; the point can be deleted once none exports it.
+    for s in again.as_array().unwrap() {
+        assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", s["id"]), None).0, 204);
+    }
+    refused("nfs-cat", &nfs_url(port, &format!("{export}/vdb.raw")));
+    assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", mine["id"]), None).0, 404);
+    assert_eq!(c.request("DELETE", &format!("/api/points/{}", point.as_str().unwrap()), None).0, 204);
+    let audit = c.get("/api/audit").to_string();
+    assert!(audit.contains("instant recovery started") && audit.contains("instant recovery ended"), "{audit}");
+}
