@@ -1,8 +1,9 @@
 //! Instant recovery's export through real NFS clients (the kernel here has none): libnfs's
 //! tools list and read every exported disk, QEMU's nfs:// driver (found through our
-//! portmapper on 111) compares one with the source; a client not named is refused and audited;
-//! the point cannot be deleted while exported; a session outlives a restart of the service and
-//! ends cleanly. The VM comes from the simulated platform: what is tested is the export.
+//! portmapper on 111) compares one with the source and writes into it (the writes go to the
+//! session's overlay, never the point); a client not named is refused and audited; the point
+//! cannot be deleted while exported; a session and its writes outlive a restart of the service,
+//! and ending it discards them. The VM comes from the simulated platform: what is tested is the export.
 
 use connectors::sim::SimHost;
 use holdfast_tests::service::{Client, Server};
@@ -115,6 +116,33 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
         String::from_utf8_lossy(&cmp.stderr)
     );
 
+    // A guest's writes (QEMU's qemu-io through nfs://) go to the session's overlay: read back
+    // over NFS, counted, and never in the point.
+    let qemu_io = |cmd: &str| {
+        let out = Command::new("qemu-io")
+            .args(["-f", "raw", "-c", cmd])
+            .arg(format!("nfs://127.0.0.1{export}/vda.raw"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "qemu-io {cmd}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    qemu_io("write -P 0xab 1048576 65536");
+    qemu_io("write -P 0xcd 12345 100");
+    let mut written = host.disk("db<1>", "vda");
+    written[1 << 20..(1 << 20) + 65536].fill(0xab);
+    written[12345..12445].fill(0xcd);
+    assert!(nfs_tool("nfs-cat", &nfs_url(port, &format!("{export}/vda.raw"))) == written, "the writes read back");
+    assert!(qemu_io("read -P 0xab 1048576 65536").contains("read 65536/65536"));
+    let now = &c.get("/api/recoveries")[0];
+    assert_eq!(now["bytes_written"], 65536 + 100, "{now}");
+    assert_eq!(now["overlay_bytes"], 65536 + 4096, "{now}");
+
     // A session for another client: invisible and refused here, and the refusal is audited.
     let theirs = start(&c, &point, &["192.0.2.7"], Some("theirs"));
     assert_eq!(theirs["export"], "/holdfast/theirs");
@@ -147,6 +175,11 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
     assert_eq!(again.as_array().unwrap().len(), 2, "{again}");
     let port = again[0]["nfs_port"].as_u64().unwrap();
     assert!(nfs_tool("nfs-cat", &nfs_url(port, &format!("{export}/vdb.raw"))) == host.disk("db<1>", "vdb"));
+    assert!(
+        nfs_tool("nfs-cat", &nfs_url(port, &format!("{export}/vda.raw"))) == written,
+        "the overlay outlives a restart"
+    );
+    assert_eq!(again[0]["overlay_bytes"], 65536 + 4096, "{again}");
 
     // Ending a session takes its export away; the point can be deleted once none exports it.
     for s in again.as_array().unwrap() {
@@ -154,6 +187,28 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
     }
     refused("nfs-cat", &nfs_url(port, &format!("{export}/vdb.raw")));
     assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", mine["id"]), None).0, 404);
+    let overlays = data.join("recoveries").join(mine["id"].to_string());
+    assert!(
+        !overlays.exists(),
+        "the overlay is discarded: {:?} {}",
+        std::fs::read_dir(&overlays).map(|d| d.count()),
+        server.log()
+    );
+    // The point is as it was: a new session reads the VM's bytes, and the store verifies clean.
+    let fresh = start(&c, &point, &["127.0.0.1"], Some("fresh"));
+    assert!(nfs_tool("nfs-cat", &nfs_url(port, "/holdfast/fresh/vda.raw")) == host.disk("db<1>", "vda"));
+    assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", fresh["id"]), None).0, 204);
+    let verify = Command::new(holdfast_tests::holdfast_bin())
+        .args(["store", "verify", "--store"])
+        .arg(data.join("store"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
     assert_eq!(c.request("DELETE", &format!("/api/points/{}", point.as_str().unwrap()), None).0, 204);
     let audit = c.get("/api/audit").to_string();
     assert!(audit.contains("instant recovery started") && audit.contains("instant recovery ended"), "{audit}");

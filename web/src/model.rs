@@ -645,8 +645,8 @@ pub struct RecoveryFile {
     pub size: u64,
 }
 
-/// An instant-recovery session: the point's disks exported read-only over NFSv3 at
-/// `export` (mount it, or open `nfs://<appliance>/<export>/<file>`).
+/// An instant-recovery session: the point's disks exported over NFSv3 at `export` (mount it,
+/// or open `nfs://<appliance>/<export>/<file>`); writes go to the session's overlay.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Recovery {
     pub id: i64,
@@ -661,6 +661,11 @@ pub struct Recovery {
     pub files: Vec<RecoveryFile>,
     /// Bytes clients have read from the export since it started (or since the service started).
     pub bytes_read: u64,
+    /// Bytes clients have written (into the session's overlay, never the point), counted as
+    /// `bytes_read`.
+    pub bytes_written: u64,
+    /// Disk space the overlay holds: the 4 KiB blocks written so far.
+    pub overlay_bytes: u64,
     pub created: String,
     pub created_by: String,
 }

@@ -11,7 +11,9 @@
 //!
 //! Every connection reads whole records (bounded), answers each call in order and drops the
 //! connection on input that is not an RPC call; a call whose arguments do not decode gets
-//! GARBAGE_ARGS. This first version serves the exports read-only.
+//! GARBAGE_ARGS. Files the tree says are writable take WRITE (UNSTABLE, DATA_SYNC, FILE_SYNC)
+//! and COMMIT; the write verifier is made at each start of the process, so a client whose
+//! unstable writes a restart may have lost sees it change and sends them again.
 
 pub mod rpc;
 pub mod xdr;
@@ -37,6 +39,7 @@ pub const NFS3ERR_ACCES: u32 = 13;
 pub const NFS3ERR_NOTDIR: u32 = 20;
 pub const NFS3ERR_ISDIR: u32 = 21;
 pub const NFS3ERR_INVAL: u32 = 22;
+pub const NFS3ERR_FBIG: u32 = 27;
 pub const NFS3ERR_ROFS: u32 = 30;
 pub const NFS3ERR_STALE: u32 = 70;
 const NFS3ERR_BADHANDLE: u32 = 10001;
@@ -62,6 +65,8 @@ pub struct Node {
     pub size: u64,
     /// Seconds since the epoch, for every time attribute.
     pub mtime: u64,
+    /// Takes writes.
+    pub writable: bool,
 }
 
 /// The tree the server exports; every question names the client asking. Errors are NFS3 status
@@ -76,6 +81,11 @@ pub trait Exports: Send + Sync + 'static {
     fn list(&self, dir: &Node, client: IpAddr) -> Result<Vec<(String, Node)>, u32>;
     /// Fills `buf` from `offset` of a file (within its size). Blocking.
     fn read(&self, file: &Node, offset: u64, buf: &mut [u8]) -> Result<(), u32>;
+    /// Writes `data` at `offset` of a writable file; `sync`: durable before it returns.
+    /// Blocking.
+    fn write(&self, file: &Node, offset: u64, data: &[u8], sync: bool) -> Result<(), u32>;
+    /// Makes a file's writes durable. Blocking.
+    fn commit(&self, file: &Node) -> Result<(), u32>;
     /// The directory a MOUNT of `path` gives this client.
     fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32>;
     /// The export paths this client may mount and the clients each admits, for MOUNT's EXPORT.
@@ -102,6 +112,16 @@ pub async fn serve<E: Exports>(listener: TcpListener, exports: Arc<E>, nfs_port:
             }
         });
     }
+}
+
+/// The write verifier: new at every start of the process (unstable writes do not outlive it).
+fn verifier() -> [u8; 8] {
+    static VERF: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
+    *VERF.get_or_init(|| {
+        let mut v = [0u8; 8];
+        getrandom::getrandom(&mut v).expect("OS randomness");
+        v
+    })
 }
 
 /// An IPv4 client on an IPv6 socket is its IPv4 address.
@@ -277,10 +297,18 @@ impl<E: Exports> Conn<E> {
                     w.u32(s);
                 }
             },
-            // SETATTR: read-only (wcc: no before, attributes after).
+            // SETATTR: a writable file's size cannot change (a disk's size is the point's);
+            // mode, owner and times are taken and not kept (files show as the caller's own).
             2 => {
                 let n = self.node_of(r)?;
-                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS)).bool(false);
+                let new_size = read_sattr_size(r)?;
+                let status = match &n {
+                    Err(s) => *s,
+                    Ok(n) if !n.writable => NFS3ERR_ROFS,
+                    Ok(n) if new_size.is_some_and(|s| s != n.size) => NFS3ERR_INVAL,
+                    Ok(_) => NFS3_OK,
+                };
+                w.u32(status).bool(false);
                 post(&mut w, n.as_ref().ok());
             }
             // LOOKUP(dir, name)
@@ -314,9 +342,11 @@ impl<E: Exports> Conn<E> {
                 let asked = r.u32()?;
                 match n {
                     Ok(n) => {
+                        // Read, lookup, execute; modify and extend where writable.
+                        let granted = if n.writable { 0x01 | 0x02 | 0x04 | 0x08 | 0x20 } else { 0x01 | 0x02 | 0x20 };
                         w.u32(NFS3_OK);
                         post(&mut w, Some(&n));
-                        w.u32(asked & (0x01 | 0x02 | 0x20));
+                        w.u32(asked & granted);
                     }
                     Err(s) => {
                         w.u32(s).bool(false);
@@ -364,9 +394,38 @@ impl<E: Exports> Conn<E> {
                     }
                 }
             }
-            // WRITE, CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR: read-only, with the wcc
-            // data of the object or directory (none before, attributes after).
-            7..=13 => {
+            // WRITE(fh, offset, count, stable, data)
+            7 => {
+                let n = self.node_of(r)?;
+                let (offset, _count, stable) = (r.u64()?, r.u32()?, r.u32()?);
+                let data = r.opaque(MAX_IO)?.to_vec();
+                let n = match n {
+                    Ok(n) if n.kind == Kind::Dir => Err(NFS3ERR_ISDIR),
+                    Ok(n) if !n.writable => Err(NFS3ERR_ROFS),
+                    other => other,
+                };
+                match n {
+                    Err(s) => {
+                        w.u32(s).bool(false).bool(false);
+                    }
+                    Ok(n) => {
+                        let sync = stable != 0;
+                        let (exports, file, len) = (self.exports.clone(), n.clone(), data.len());
+                        let done = tokio::task::spawn_blocking(move || exports.write(&file, offset, &data, sync))
+                            .await
+                            .unwrap_or(Err(NFS3ERR_IO));
+                        w.u32(done.err().unwrap_or(NFS3_OK)).bool(false);
+                        post(&mut w, Some(&n));
+                        if done.is_ok() {
+                            // What was asked is what was done: FILE_SYNC for a stable write.
+                            w.u32(len as u32).u32(if sync { 2 } else { 0 }).fixed(&verifier());
+                        }
+                    }
+                }
+            }
+            // CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR: the tree is the appliance's, with
+            // the wcc data of the directory (none before, attributes after).
+            8..=13 => {
                 let n = self.node_of(r)?;
                 w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS)).bool(false);
                 post(&mut w, n.as_ref().ok());
@@ -483,11 +542,23 @@ impl<E: Exports> Conn<E> {
                     w.u32(s).bool(false);
                 }
             },
-            // COMMIT: nothing is ever uncommitted on a read-only export.
+            // COMMIT(fh, offset, count): the whole file's writes made durable.
             21 => {
                 let n = self.node_of(r)?;
-                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS)).bool(false);
+                let (_offset, _count) = (r.u64()?, r.u32()?);
+                let done = match &n {
+                    Err(s) => Err(*s),
+                    Ok(n) if !n.writable => Ok(()),
+                    Ok(n) => {
+                        let (exports, file) = (self.exports.clone(), n.clone());
+                        tokio::task::spawn_blocking(move || exports.commit(&file)).await.unwrap_or(Err(NFS3ERR_IO))
+                    }
+                };
+                w.u32(done.err().unwrap_or(NFS3_OK)).bool(false);
                 post(&mut w, n.as_ref().ok());
+                if done.is_ok() {
+                    w.fixed(&verifier());
+                }
             }
             _ => return Ok(None),
         }
@@ -495,10 +566,27 @@ impl<E: Exports> Conn<E> {
     }
 }
 
+/// Reads a sattr3; returns the size it sets, if it sets one.
+fn read_sattr_size(r: &mut Reader<'_>) -> Result<Option<u64>, Garbage> {
+    for _ in 0..3 {
+        if r.bool()? {
+            r.u32()?;
+        }
+    }
+    let size = if r.bool()? { Some(r.u64()?) } else { None };
+    for _ in 0..2 {
+        if r.u32()? == 2 {
+            r.u64()?;
+        }
+    }
+    Ok(size)
+}
+
 /// fattr3. Files and directories show as the caller's own (the export decides who may see
 /// them, by address), so a client's own permission checks pass.
 fn fattr(w: &mut Writer, n: &Node, caller: &Caller) {
     let (ftype, mode, nlink) = match n.kind {
+        Kind::File if n.writable => (1, 0o644, 1),
         Kind::File => (1, 0o444, 1),
         Kind::Dir => (2, 0o555, 2),
     };

@@ -9,11 +9,16 @@ use tokio::net::TcpStream;
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// /holdfast/{a, b}: a holds disk.raw (bytes i % 251) and notes.txt; b admits nobody here.
-struct Tree;
+/// /holdfast/{a, b}: a holds disk.raw (bytes i % 251, writable) and notes.txt; b admits nobody
+/// here. Writes are recorded, not kept.
+#[derive(Default)]
+struct Tree {
+    writes: std::sync::Mutex<Vec<(u64, Vec<u8>, bool)>>,
+    commits: std::sync::atomic::AtomicU32,
+}
 
 fn node(id: u64, kind: Kind, size: u64) -> Node {
-    Node { id, token: if id == 1 { 0 } else { 7 }, kind, size, mtime: 1_700_000_000 }
+    Node { id, token: if id == 1 { 0 } else { 7 }, kind, size, mtime: 1_700_000_000, writable: id == 257 }
 }
 
 const DISK: u64 = 3 * MAX_IO as u64 + 5;
@@ -54,6 +59,14 @@ impl Exports for Tree {
         }
         Ok(())
     }
+    fn write(&self, _file: &Node, offset: u64, data: &[u8], sync: bool) -> Result<(), u32> {
+        self.writes.lock().unwrap().push((offset, data.to_vec(), sync));
+        Ok(())
+    }
+    fn commit(&self, _file: &Node) -> Result<(), u32> {
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
     fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32> {
         match path {
             "/holdfast" => Ok(self.root()),
@@ -68,9 +81,13 @@ impl Exports for Tree {
 }
 
 async fn start() -> u16 {
+    start_tree(Arc::new(Tree::default())).await
+}
+
+async fn start_tree(tree: Arc<Tree>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(serve(listener, Arc::new(Tree), port));
+    tokio::spawn(serve(listener, tree, port));
     port
 }
 
@@ -229,10 +246,55 @@ async fn a_client_mounts_looks_up_lists_and_reads_and_is_refused_where_it_may_no
     assert_eq!(read(&mut c, &old, 0, 1).await, Err(NFS3ERR_STALE));
     assert_eq!(read(&mut c, b"not ours", 0, 1).await, Err(NFS3ERR_BADHANDLE));
 
-    // Read-only: a write is refused with ROFS.
+    // A file that is not writable refuses a write with ROFS.
     let mut a = Writer::default();
-    a.opaque(&disk).u64(0).u32(1).u32(2).opaque(b"x");
+    a.opaque(&notes).u64(0).u32(1).u32(2).opaque(b"x");
     assert_eq!(&c.call(NFS_PROG, 3, 7, &a).await[..4], &NFS3ERR_ROFS.to_be_bytes());
+}
+
+#[tokio::test]
+async fn writes_are_acknowledged_as_asked_and_commits_carry_the_same_verifier() {
+    let tree = Arc::new(Tree::default());
+    let port = start_tree(tree.clone()).await;
+    let mut c = Client::new(port).await;
+    let dir = mount(&mut c, "/holdfast/a").await.unwrap();
+    let disk = lookup(&mut c, &dir, "disk.raw").await.unwrap();
+    let write = |stable: u32, at: u64| {
+        let mut a = Writer::default();
+        a.opaque(&disk).u64(at).u32(3).u32(stable).opaque(b"abc");
+        a
+    };
+    let mut verifiers = Vec::new();
+    for (stable, committed) in [(0u32, 0u32), (2, 2)] {
+        let body = c.call(NFS_PROG, 3, 7, &write(stable, 4096 * stable as u64)).await;
+        let mut r = Reader::new(&body);
+        assert_eq!(r.u32().unwrap(), NFS3_OK);
+        assert!(!r.bool().unwrap(), "no attributes before");
+        skip_post_op(&mut r);
+        assert_eq!((r.u32().unwrap(), r.u32().unwrap()), (3, committed));
+        verifiers.push(r.fixed(8).unwrap().to_vec());
+    }
+    let mut a = Writer::default();
+    a.opaque(&disk).u64(0).u32(0);
+    let body = c.call(NFS_PROG, 3, 21, &a).await;
+    let mut r = Reader::new(&body);
+    assert_eq!(r.u32().unwrap(), NFS3_OK);
+    r.bool().unwrap();
+    skip_post_op(&mut r);
+    verifiers.push(r.fixed(8).unwrap().to_vec());
+    assert!(verifiers.windows(2).all(|v| v[0] == v[1]), "one verifier while the process lives");
+    assert_eq!(*tree.writes.lock().unwrap(), [(0, b"abc".to_vec(), false), (8192, b"abc".to_vec(), true)]);
+    assert_eq!(tree.commits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // ACCESS grants modify and extend on the writable file only.
+    for (fh, want) in [(&disk, 0x3f & (0x01 | 0x02 | 0x04 | 0x08 | 0x20)), (&dir, 0x01 | 0x02 | 0x20)] {
+        let mut a = Writer::default();
+        a.opaque(fh).u32(0x3f);
+        let body = c.call(NFS_PROG, 3, 4, &a).await;
+        let mut r = Reader::new(&body);
+        assert_eq!(r.u32().unwrap(), NFS3_OK);
+        skip_post_op(&mut r);
+        assert_eq!(r.u32().unwrap(), want);
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ pub enum XdrError {
     /// A length above the item's bound.
     TooLong { len: u32, max: u32 },
     /// A boolean that is neither 0 nor 1.
-    #[cfg_attr(not(test), allow(dead_code))]
     BadBool(u32),
 }
 
@@ -57,7 +56,6 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn bool(&mut self) -> Result<bool> {
         match self.u32()? {
             0 => Ok(false),

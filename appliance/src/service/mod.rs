@@ -20,6 +20,7 @@ mod engine;
 mod health;
 mod jobs;
 mod limits;
+mod overlay;
 mod platforms;
 mod points;
 mod recovery;

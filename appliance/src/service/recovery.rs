@@ -2,7 +2,9 @@
 //! session exports one point's disks, one raw image per disk, under /holdfast/<name>, to the
 //! client addresses it names; any other client is refused and the attempt is audited. Starting
 //! one opens the point's disk maps and holds the point (retention and deletion leave it alone),
-//! nothing more: no copy, no scan, so it is ready at once whatever the disks' size. Sessions are
+//! nothing more: no copy, no scan, so it is ready at once whatever the disks' size. Clients
+//! write: each disk's writes go to its overlay (overlay.rs) under the data directory's
+//! recoveries/<session>, never to the point; ending the session discards them. Sessions are
 //! kept in the catalog and opened again when the service starts, with the same file handles
 //! (ids from the catalog, the session's token saved with it); one that cannot be opened again
 //! ends, and the audit log says why.
@@ -63,6 +65,8 @@ struct Export {
     allowed: Vec<Allowed>,
     point: String,
     files: Vec<(String, vds_store::DiskReader)>,
+    /// Each file's overlay, in the order of `files`.
+    overlays: Vec<super::overlay::Overlay>,
     created_secs: u64,
     bytes_read: AtomicU64,
     /// What the API shows (bytes_read and the port filled in when asked).
@@ -76,14 +80,44 @@ impl Export {
     }
 
     fn dir(&self) -> Node {
-        Node { id: (self.id as u64) << 8, token: self.token, kind: Kind::Dir, size: 0, mtime: self.created_secs }
+        Node {
+            id: (self.id as u64) << 8,
+            token: self.token,
+            kind: Kind::Dir,
+            size: 0,
+            mtime: self.created_secs,
+            writable: false,
+        }
     }
 
     fn file(&self, k: usize) -> Option<(&str, Node)> {
         let (name, disk) = self.files.get(k)?;
         let id = ((self.id as u64) << 8) | (k as u64 + 1);
-        Some((name, Node { id, token: self.token, kind: Kind::File, size: disk.size(), mtime: self.created_secs }))
+        let node = Node {
+            id,
+            token: self.token,
+            kind: Kind::File,
+            size: disk.size(),
+            mtime: self.created_secs,
+            writable: true,
+        };
+        Some((name, node))
     }
+
+    /// The file and overlay a file node names.
+    fn disk(&self, file: &Node) -> Result<(&vds_store::DiskReader, &super::overlay::Overlay), u32> {
+        let k = ((file.id & 0xff) as usize).wrapping_sub(1);
+        match (self.files.get(k), self.overlays.get(k)) {
+            (Some((_, d)), Some(o)) => Ok((d, o)),
+            _ => Err(nfs::NFS3ERR_STALE),
+        }
+    }
+}
+
+/// A failed overlay or store operation, in the service log, as NFS3ERR_IO.
+fn io_error(session: &str, what: &str, e: impl std::fmt::Display) -> u32 {
+    eprintln!("holdfast: instant recovery {session}: {what}: {e}");
+    nfs::NFS3ERR_IO
 }
 
 /// The sessions being exported: the tree the NFS server serves.
@@ -125,7 +159,7 @@ impl Sessions {
 
 impl Exports for Sessions {
     fn root(&self) -> Node {
-        Node { id: 1, token: 0, kind: Kind::Dir, size: 0, mtime: self.started_secs }
+        Node { id: 1, token: 0, kind: Kind::Dir, size: 0, mtime: self.started_secs, writable: false }
     }
 
     fn node(&self, id: u64, token: u32, client: IpAddr) -> Result<Node, u32> {
@@ -161,13 +195,30 @@ impl Exports for Sessions {
 
     fn read(&self, file: &Node, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
         let s = self.session((file.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
-        let (_, disk) = s.files.get(((file.id & 0xff) as usize).wrapping_sub(1)).ok_or(nfs::NFS3ERR_STALE)?;
-        disk.read_at(buf, offset).map_err(|e| {
-            eprintln!("holdfast: instant recovery {}: reading {offset}+{}: {e}", s.shown.name, buf.len());
-            nfs::NFS3ERR_IO
-        })?;
-        s.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let (disk, overlay) = s.disk(file)?;
+        let base = |b: &mut [u8], at: u64| disk.read_at(b, at).map_err(std::io::Error::other);
+        let len = buf.len();
+        overlay.read(buf, offset, &base).map_err(|e| io_error(&s.shown.name, &format!("reading {offset}+{len}"), e))?;
+        s.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn write(&self, file: &Node, offset: u64, data: &[u8], sync: bool) -> Result<(), u32> {
+        let s = self.session((file.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
+        let (disk, overlay) = s.disk(file)?;
+        if offset.saturating_add(data.len() as u64) > disk.size() {
+            return Err(nfs::NFS3ERR_FBIG);
+        }
+        let base = |b: &mut [u8], at: u64| disk.read_at(b, at).map_err(std::io::Error::other);
+        overlay
+            .write(data, offset, sync, &base)
+            .map_err(|e| io_error(&s.shown.name, &format!("writing {offset}+{}", data.len()), e))
+    }
+
+    fn commit(&self, file: &Node) -> Result<(), u32> {
+        let s = self.session((file.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
+        let (_, overlay) = s.disk(file)?;
+        overlay.sync().map_err(|e| io_error(&s.shown.name, "committing", e))
     }
 
     fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32> {
@@ -267,9 +318,16 @@ impl Service {
         }
     }
 
+    /// Where a session's overlays live.
+    fn overlay_dir(&self, id: i64) -> std::path::PathBuf {
+        self.work_dir.with_file_name("recoveries").join(id.to_string())
+    }
+
     fn shown(&self, s: &Export) -> Recovery {
         let mut r = s.shown.clone();
         r.bytes_read = s.bytes_read.load(Ordering::Relaxed);
+        r.bytes_written = s.overlays.iter().map(|o| o.bytes_written()).sum();
+        r.overlay_bytes = s.overlays.iter().map(|o| o.used()).sum();
         r.nfs_port = self.nfs_port.lock().expect("nfs lock").clone().unwrap_or(0);
         r
     }
@@ -289,13 +347,18 @@ impl Service {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::server)?;
         let (_, store) = self.point_store(&point).await?;
-        let p = point.clone();
-        let (entry, hold, files) = tokio::task::spawn_blocking(move || {
+        let (p, dir) = (point.clone(), self.overlay_dir(id));
+        let (entry, hold, files, overlays) = tokio::task::spawn_blocking(move || {
             let entry = store.find(&p)?;
             let hold = store.hold_point(&entry.vm, &p)?;
             let files: Vec<(String, vds_store::DiskReader)> =
                 store.open_disks(&p)?.into_iter().map(|(key, d)| (format!("{key}.raw"), d)).collect();
-            Ok::<_, vds_store::StoreError>((entry, hold, files))
+            let overlays = files
+                .iter()
+                .map(|(name, d)| super::overlay::Overlay::open(&dir, name, d.size()))
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|e| vds_store::StoreError::io(format!("opening the overlays in {}", dir.display()), e))?;
+            Ok::<_, vds_store::StoreError>((entry, hold, files, overlays))
         })
         .await
         .map_err(ApiError::internal)?
@@ -310,6 +373,8 @@ impl Service {
             nfs_port: 0,
             files: files.iter().map(|(n, d)| RecoveryFile { name: n.clone(), size: d.size() }).collect(),
             bytes_read: 0,
+            bytes_written: 0,
+            overlay_bytes: 0,
             created,
             created_by,
         };
@@ -319,6 +384,7 @@ impl Service {
             allowed,
             point,
             files,
+            overlays,
             created_secs: unix_secs(),
             bytes_read: AtomicU64::new(0),
             shown,
@@ -394,6 +460,7 @@ impl Service {
             Ok(session) => session,
             Err(e) => {
                 let _ = sqlx::query("DELETE FROM recoveries WHERE id = $1").bind(id).execute(&self.db).await;
+                let _ = std::fs::remove_dir_all(self.overlay_dir(id));
                 return Err(e);
             }
         };
@@ -410,11 +477,16 @@ impl Service {
             .execute(&self.db)
             .await
             .map_err(ApiError::internal)?;
+        let shown = self.shown(&session);
+        drop(session);
+        // Its writes are discarded with it (the point never had them).
+        let dir = self.overlay_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("holdfast: instant recovery {id}: removing {}: {e}", dir.display());
+        }
         let detail = format!(
-            "{} (point {}, {} bytes read)",
-            session.shown.export,
-            session.point,
-            session.bytes_read.load(Ordering::Relaxed)
+            "{} (point {}, {} bytes read, {} bytes written, discarded)",
+            shown.export, shown.point, shown.bytes_read, shown.bytes_written
         );
         self.audit_log(&s.user, "instant recovery ended", &detail).await
     }
@@ -431,6 +503,7 @@ impl Service {
             let (id, name) = (row.0, row.1.clone());
             if let Err(e) = self.open_session(row).await {
                 let _ = sqlx::query("DELETE FROM recoveries WHERE id = $1").bind(id).execute(&self.db).await;
+                let _ = std::fs::remove_dir_all(self.overlay_dir(id));
                 let why = format!("{ROOT}/{name} could not be exported again after a restart: {}", e.message);
                 eprintln!("holdfast: instant recovery ended: {why}");
                 self.audit_log("holdfast", "instant recovery ended", &why).await?;
