@@ -1,5 +1,5 @@
 -- Instant-recovery sessions: a restore point exported over NFS to the clients named (a JSON
--- list of addresses and networks). The token goes into every file handle of the session, so a
+-- list of addresses and networks), and the VM started from it, if any. The token goes into every file handle of the session, so a
 -- session keeps its handles across restarts and a later session never answers an older one's.
 CREATE TABLE recoveries (
     id INTEGER PRIMARY KEY,
@@ -8,5 +8,8 @@ CREATE TABLE recoveries (
     clients TEXT NOT NULL,
     created TEXT NOT NULL,
     token BIGINT NOT NULL,
-    created_by TEXT NOT NULL
+    created_by TEXT NOT NULL,
+    -- The VM the session started on a platform from the export (removed when it ends).
+    platform_id BIGINT,
+    vm_name TEXT
 );

@@ -357,4 +357,31 @@ pub trait Connector {
     /// stop leaves the disks part-written: the VM stays stopped and the restore can be rerun).
     fn restore_in_place(&self, vm: &str, disks: &[RestoreDisk<'_>], control: &JobControl)
         -> Result<(), ConnectorError>;
+    /// Instant recovery: defines a new VM (identity as for `restore_as_new_vm`: new name, UUID,
+    /// and MAC addresses unless `spec.keep_macs`; CPUs, memory and network as `spec` says) whose
+    /// disks are the raw images of the appliance's NFS export, nothing copied; starts it if
+    /// `spec.start`. Nothing is left defined when it fails.
+    fn start_exported_vm(
+        &self,
+        source: &VmDescription,
+        disks: &[ExportedDisk],
+        spec: &NewVmSpec,
+    ) -> Result<String, ConnectorError>;
+    /// Stops (at once: its disks are an export whose writes are not the VM's to keep) and
+    /// removes a VM `start_exported_vm` made; its disks are the export's and stay. A VM that is
+    /// gone already is not an error.
+    fn remove_exported_vm(&self, name: &str) -> Result<(), ConnectorError>;
+}
+
+/// A disk of a VM that runs from the appliance's instant-recovery export: a raw image on an
+/// NFS server.
+#[derive(Clone, Debug)]
+pub struct ExportedDisk {
+    /// The disk's key in the point (vda…), which the new VM keeps.
+    pub key: String,
+    /// The NFS server as the hypervisor reaches it (an address or a name).
+    pub host: String,
+    /// The image's path on the server: /holdfast/<session>/<disk>.raw.
+    pub path: String,
+    pub size: u64,
 }

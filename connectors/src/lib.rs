@@ -20,8 +20,8 @@ pub use backup::{backup_vm, backup_vm_when, backup_vms, BackupError, BackupOptio
 pub use connector::restore_sizes;
 pub use connector::{
     BackupBase, BackupPlan, BackupSession, BaseDisk, ChangeTracking, CheckError, Connector, ConnectorError,
-    Credentials, HostInfo, Inventory, NetworkInfo, NewVmSpec, Quiesce, RestoreCheck, RestoreDisk, SessionDisk,
-    StorageInfo, VmSummary,
+    Credentials, ExportedDisk, HostInfo, Inventory, NetworkInfo, NewVmSpec, Quiesce, RestoreCheck, RestoreDisk,
+    SessionDisk, StorageInfo, VmSummary,
 };
 pub use control::{JobControl, Phase};
 #[cfg(feature = "kvm")]

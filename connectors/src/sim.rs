@@ -56,6 +56,10 @@ pub struct SimVm {
     /// The checkpoint of a backup under way (removed with it unless it commits).
     #[serde(default)]
     pub pending: Option<String>,
+    /// A VM started from an instant-recovery export: its disks' nfs:// URLs (it has no image
+    /// files of its own).
+    #[serde(default)]
+    pub exported: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -120,7 +124,7 @@ impl PlatformKind for Sim {
             storage_word: "storage",
             default_storage: Some("default"),
             disk_formats: FORMATS,
-            instant_recovery: false,
+            instant_recovery: true,
         }
     }
     fn open(
@@ -138,6 +142,19 @@ impl PlatformKind for Sim {
 
 fn unreachable(target: &str, cause: String) -> ConnectorError {
     ConnectorError::Unreachable { platform: PLATFORM, target: target.into(), cause }
+}
+
+/// A new VM's NICs: the point's models, new MAC addresses unless kept, the chosen network.
+fn new_nics(source: &VmDescription, spec: &NewVmSpec) -> Vec<VmNic> {
+    source
+        .nics
+        .iter()
+        .map(|n| VmNic {
+            model: n.model.clone(),
+            mac: if spec.keep_macs { n.mac.clone() } else { Some(new_mac()) },
+            network: spec.network.clone().or_else(|| n.network.clone()),
+        })
+        .collect()
 }
 
 fn failed(vm: &str, action: &str, cause: impl std::fmt::Display) -> ConnectorError {
@@ -564,18 +581,11 @@ impl Connector for SimHost {
                 cpus: spec.cpus.unwrap_or(source.cpus),
                 memory_mib: spec.memory_mib.unwrap_or(source.memory_mib),
                 disks: disks.iter().zip(&sizes).map(|(d, s)| SimDisk { key: d.key.clone(), size: *s }).collect(),
-                nics: source
-                    .nics
-                    .iter()
-                    .map(|n| VmNic {
-                        model: n.model.clone(),
-                        mac: if spec.keep_macs { n.mac.clone() } else { Some(new_mac()) },
-                        network: spec.network.clone().or_else(|| n.network.clone()),
-                    })
-                    .collect(),
+                nics: new_nics(source, spec),
                 generation: 0,
                 checkpoints: vec![],
                 pending: None,
+                exported: vec![],
             };
             self.save(name, &state).map_err(|e| e.to_string())?;
             fs::remove_file(dir.join("restoring")).map_err(|e| e.to_string())
@@ -586,6 +596,46 @@ impl Connector for SimHost {
                 let _ = fs::remove_dir_all(&dir);
                 Err(failed(name, "restoring its disks", e))
             }
+        }
+    }
+
+    fn start_exported_vm(
+        &self,
+        source: &VmDescription,
+        disks: &[crate::ExportedDisk],
+        spec: &NewVmSpec,
+    ) -> Result<String, ConnectorError> {
+        let name = &spec.name;
+        self.check_reachable()?;
+        let dir = self.vm_dir(name);
+        if dir.exists() {
+            return Err(failed(name, "starting from the instant-recovery export", "a VM of that name exists already"));
+        }
+        fs::create_dir_all(&dir).map_err(|e| failed(name, "creating the VM", e))?;
+        let state = SimVm {
+            uuid: new_uuid(),
+            running: spec.start,
+            cpus: spec.cpus.unwrap_or(source.cpus),
+            memory_mib: spec.memory_mib.unwrap_or(source.memory_mib),
+            disks: disks.iter().map(|d| SimDisk { key: d.key.clone(), size: d.size }).collect(),
+            nics: new_nics(source, spec),
+            exported: disks.iter().map(|d| format!("nfs://{}{}", d.host, d.path)).collect(),
+            ..SimVm::default()
+        };
+        self.save(name, &state).inspect_err(|_| {
+            let _ = fs::remove_dir_all(&dir);
+        })?;
+        Ok(name.clone())
+    }
+
+    fn remove_exported_vm(&self, name: &str) -> Result<(), ConnectorError> {
+        match self.load(name) {
+            Err(ConnectorError::NoSuchVm { .. }) => Ok(()),
+            Err(e) => Err(e),
+            Ok(vm) if vm.exported.is_empty() => {
+                Err(failed(name, "removing it", "it was not started from an instant-recovery export"))
+            }
+            Ok(_) => fs::remove_dir_all(self.vm_dir(name)).map_err(|e| failed(name, "removing it", e)),
         }
     }
 

@@ -213,3 +213,52 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
     let audit = c.get("/api/audit").to_string();
     assert!(audit.contains("instant recovery started") && audit.contains("instant recovery ended"), "{audit}");
 }
+
+#[test]
+fn a_session_starts_its_vm_on_a_platform_from_the_export_and_removes_it_when_it_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = SimHost::create(&tmp.path().join("sim"));
+    host.add_vm("app", &[("vda", 4 * MIB), ("vdb", MIB)]);
+    host.write("app", "vda", 0, &holdfast_tests::noise(MIB as usize, 4));
+    let data = tmp.path().join("data");
+    let server = Server::start(&data);
+    let c = server.admin(PASSWORD);
+    let platform = c.add_sim_platform("lab", &host);
+    let job = c.post("/api/jobs", json!({ "platform": platform, "vm": "app", "type": "full" }), 202);
+    let point = c.wait_job(job["id"].as_i64().unwrap())["point_id"].clone();
+
+    // A VM that cannot be made (its name is taken, the platform unknown, the host not an
+    // address) leaves no session, no overlay, no VM.
+    let vm = |extra: Value| {
+        let mut v = json!({ "platform": platform, "nfs_host": "127.0.0.1", "name": "app-ir" });
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({ "point": point, "clients": ["127.0.0.1"], "name": "app-ir", "vm": v })
+    };
+    for (body, code, says) in [
+        (vm(json!({ "name": "app" })), 502, "exists already"),
+        (vm(json!({ "platform": 99 })), 400, "vm.platform:"),
+        (vm(json!({ "nfs_host": "a b" })), 400, "vm.nfs_host:"),
+    ] {
+        let (got, e) = c.request("POST", "/api/recoveries", Some(&body));
+        assert_eq!(got, code, "{e}");
+        assert!(e["error"].as_str().unwrap().contains(says), "{e}");
+        assert_eq!(c.get("/api/recoveries"), json!([]));
+        assert!(std::fs::read_dir(data.join("recoveries")).map_or(true, |d| d.count() == 0));
+    }
+    assert_eq!(host.vm_names(), ["app"]);
+
+    // Started: a new VM (new MAC) on the platform whose disks are the export's images.
+    let s = c.post("/api/recoveries", vm(json!({ "network": "dmz" })), 201);
+    assert_eq!(s["vm_started"], json!({ "platform": platform, "name": "app-ir" }), "{s}");
+    let made = host.vm("app-ir").expect("the VM is defined");
+    assert!(made.running);
+    assert_eq!(made.exported, ["nfs://127.0.0.1/holdfast/app-ir/vda.raw", "nfs://127.0.0.1/holdfast/app-ir/vdb.raw"]);
+    assert_eq!(made.nics[0].network.as_deref(), Some("dmz"));
+    assert_ne!(made.nics[0].mac, host.vm("app").unwrap().nics[0].mac, "a new MAC address");
+    // Ending the session removes the VM first, then the export.
+    assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", s["id"]), None).0, 204);
+    assert!(host.vm("app-ir").is_none(), "the VM is removed");
+    assert_eq!(c.get("/api/recoveries"), json!([]));
+    let audit = c.get("/api/audit").to_string();
+    assert!(audit.contains("VM app-ir started from it"), "{audit}");
+}

@@ -636,6 +636,44 @@ pub struct NewRecovery {
     /// the point's time.
     #[serde(default)]
     pub name: Option<String>,
+    /// Also define (and start) a VM on a platform that runs from the export.
+    #[serde(default)]
+    pub vm: Option<NewRecoveryVm>,
+}
+
+/// The VM an instant-recovery session runs: a new VM (its own name, new MAC addresses unless
+/// kept) whose disks are the export's images. Its host must be among the session's clients.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRecoveryVm {
+    /// Platform id.
+    pub platform: i64,
+    /// The appliance's address as that platform's hosts reach it: the NFS server in the VM's
+    /// disk sources.
+    pub nfs_host: String,
+    /// The VM's name; default: the session's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Network for every NIC; default: each NIC's own.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Give the NICs the point's MAC addresses (for a VM that replaces one that is gone).
+    #[serde(default)]
+    pub keep_macs: bool,
+    /// Start it (default true).
+    #[serde(default)]
+    pub start: Option<bool>,
+}
+
+/// The VM a session runs.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RecoveryVm {
+    pub platform: i64,
+    pub name: String,
 }
 
 /// A file of an instant-recovery export.
@@ -666,6 +704,8 @@ pub struct Recovery {
     pub bytes_written: u64,
     /// Disk space the overlay holds: the 4 KiB blocks written so far.
     pub overlay_bytes: u64,
+    /// The VM running from the export, if the session started one.
+    pub vm_started: Option<RecoveryVm>,
     pub created: String,
     pub created_by: String,
 }

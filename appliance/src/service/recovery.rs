@@ -71,6 +71,10 @@ struct Export {
     bytes_read: AtomicU64,
     /// What the API shows (bytes_read and the port filled in when asked).
     shown: Recovery,
+    /// The VM started from the export, if any.
+    vm: Mutex<Option<RecoveryVm>>,
+    /// The point's VM, as a VM started from the export is defined.
+    description: vds_store::VmDescription,
     _hold: vds_store::PointHold,
 }
 
@@ -266,7 +270,7 @@ fn check_name(name: &str) -> ApiResult<()> {
 }
 
 /// The catalog row of a session.
-type Row = (i64, String, String, String, String, i64, String, String);
+type Row = (i64, String, String, String, String, i64, String, Option<i64>, Option<String>);
 
 impl Service {
     /// The session tree, with the task that writes its refusals to the audit log.
@@ -329,7 +333,76 @@ impl Service {
         r.bytes_written = s.overlays.iter().map(|o| o.bytes_written()).sum();
         r.overlay_bytes = s.overlays.iter().map(|o| o.used()).sum();
         r.nfs_port = self.nfs_port.lock().expect("nfs lock").clone().unwrap_or(0);
+        r.vm_started = s.vm.lock().expect("vm lock").clone();
         r
+    }
+
+    /// Defines and starts the session's VM on its platform, disks on the export.
+    async fn start_vm(&self, s: &Export, v: &NewRecoveryVm) -> ApiResult<RecoveryVm> {
+        let (platform_name, target) = self.target(v.platform).await.map_err(|e| match e.problem {
+            Problem::NotFound => ApiError::field("vm.platform", e.message),
+            _ => e,
+        })?;
+        if !target.kind().capabilities().instant_recovery {
+            return Err(ApiError::field(
+                "vm.platform",
+                format!("platform {platform_name} cannot run a VM from an export"),
+            ));
+        }
+        if v.nfs_host.trim().is_empty() || v.nfs_host.contains(['/', ' ', '\'', '"', '<', '>']) {
+            return Err(ApiError::field("vm.nfs_host", format!("{:?} is not an address or host name", v.nfs_host)));
+        }
+        let disks: Vec<connectors::ExportedDisk> = s
+            .files
+            .iter()
+            .map(|(file, d)| connectors::ExportedDisk {
+                key: file.trim_end_matches(".raw").to_string(),
+                host: v.nfs_host.clone(),
+                path: format!("{}/{file}", s.shown.export),
+                size: d.size(),
+            })
+            .collect();
+        let spec = connectors::NewVmSpec {
+            name: v.name.clone().unwrap_or_else(|| s.shown.name.clone()),
+            cpus: v.cpus,
+            memory_mib: v.memory_mib,
+            storage: String::new(),
+            network: v.network.clone(),
+            disk_format: Some("raw".into()),
+            disk_sizes: Default::default(),
+            start: v.start.unwrap_or(true),
+            keep_macs: v.keep_macs,
+        };
+        let (work, description) = (self.work_dir.clone(), s.description.clone());
+        let name =
+            Self::blocking(move || target.connect(&work)?.start_exported_vm(&description, &disks, &spec)).await?;
+        Ok(RecoveryVm { platform: v.platform, name })
+    }
+
+    /// Stops and removes the session's VM, if it has one.
+    async fn remove_vm(&self, s: &Export) -> ApiResult<()> {
+        let Some(vm) = s.vm.lock().expect("vm lock").clone() else { return Ok(()) };
+        let (_, target) = self.target(vm.platform).await?;
+        let work = self.work_dir.clone();
+        Self::blocking(move || target.connect(&work)?.remove_exported_vm(&vm.name)).await?;
+        *s.vm.lock().expect("vm lock") = None;
+        Ok(())
+    }
+
+    /// Takes a session out of the tree and the catalog and discards its overlay.
+    async fn end_recovery(&self, id: i64) -> Option<Recovery> {
+        let session = self.sessions.map.write().expect("sessions lock").remove(&id)?;
+        if let Err(e) = sqlx::query("DELETE FROM recoveries WHERE id = $1").bind(id).execute(&self.db).await {
+            eprintln!("holdfast: instant recovery {id}: removing it from the catalog: {e}");
+        }
+        let shown = self.shown(&session);
+        drop(session);
+        // Its writes are discarded with it (the point never had them).
+        let dir = self.overlay_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("holdfast: instant recovery {id}: removing {}: {e}", dir.display());
+        }
+        Some(shown)
     }
 
     pub(super) async fn list_recoveries(&self) -> ApiResult<Vec<Recovery>> {
@@ -339,7 +412,7 @@ impl Service {
 
     /// Opens a session's point and holds it; registers it in the tree.
     async fn open_session(&self, row: Row) -> ApiResult<Arc<Export>> {
-        let (id, name, point, clients, created, token, created_by, _) = row;
+        let (id, name, point, clients, created, token, created_by, vm_platform, vm_name) = row;
         let allowed = serde_json::from_str::<Vec<String>>(&clients)
             .map_err(ApiError::internal)?
             .iter()
@@ -375,6 +448,7 @@ impl Service {
             bytes_read: 0,
             bytes_written: 0,
             overlay_bytes: 0,
+            vm_started: None,
             created,
             created_by,
         };
@@ -388,6 +462,8 @@ impl Service {
             created_secs: unix_secs(),
             bytes_read: AtomicU64::new(0),
             shown,
+            vm: Mutex::new(vm_platform.zip(vm_name).map(|(platform, name)| RecoveryVm { platform, name })),
+            description: entry.manifest.vm.clone(),
             _hold: hold,
         });
         self.sessions.map.write().expect("sessions lock").insert(id, session.clone());
@@ -455,7 +531,7 @@ impl Service {
             e => ApiError::internal(e),
         })?
         .0;
-        let row = (id, name.clone(), r.point.clone(), clients, created, token, s.user.clone(), String::new());
+        let row = (id, name.clone(), r.point.clone(), clients, created, token, s.user.clone(), None, None);
         let session = match self.open_session(row).await {
             Ok(session) => session,
             Err(e) => {
@@ -464,26 +540,47 @@ impl Service {
                 return Err(e);
             }
         };
-        let detail = format!("{} exports point {} to {}", session.shown.export, r.point, r.clients.join(", "));
+        if let Some(v) = &r.vm {
+            match self.start_vm(&session, v).await {
+                Ok(vm) => {
+                    let saved = sqlx::query("UPDATE recoveries SET platform_id = $1, vm_name = $2 WHERE id = $3")
+                        .bind(vm.platform)
+                        .bind(&vm.name)
+                        .bind(id)
+                        .execute(&self.db)
+                        .await;
+                    *session.vm.lock().expect("vm lock") = Some(vm);
+                    if let Err(e) = saved {
+                        let _ = self.remove_vm(&session).await;
+                        self.end_recovery(id).await;
+                        return Err(ApiError::internal(e));
+                    }
+                }
+                Err(e) => {
+                    drop(session);
+                    self.end_recovery(id).await;
+                    return Err(e);
+                }
+            }
+        }
+        let started = session.vm.lock().expect("vm lock").clone();
+        let on =
+            started.map(|v| format!(", VM {} started from it on platform {}", v.name, v.platform)).unwrap_or_default();
+        let detail = format!("{} exports point {} to {}{on}", session.shown.export, r.point, r.clients.join(", "));
         self.audit_log(&s.user, "instant recovery started", &detail).await?;
         Ok(self.shown(&session))
     }
 
+    /// Ends a session: its VM stopped and removed first (a VM that cannot be removed keeps the
+    /// session, and the error says why), then its export and its overlay.
     pub(super) async fn stop_recovery(&self, s: &Session, id: i64) -> ApiResult<()> {
-        let session = self.sessions.map.write().expect("sessions lock").remove(&id);
+        let session = self.sessions.session(id);
         let Some(session) = session else { return Err(ApiError::not_found(format!("instant-recovery session {id}"))) };
-        sqlx::query("DELETE FROM recoveries WHERE id = $1")
-            .bind(id)
-            .execute(&self.db)
-            .await
-            .map_err(ApiError::internal)?;
-        let shown = self.shown(&session);
+        self.remove_vm(&session).await?;
         drop(session);
-        // Its writes are discarded with it (the point never had them).
-        let dir = self.overlay_dir(id);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            eprintln!("holdfast: instant recovery {id}: removing {}: {e}", dir.display());
-        }
+        let Some(shown) = self.end_recovery(id).await else {
+            return Err(ApiError::not_found(format!("instant-recovery session {id}")));
+        };
         let detail = format!(
             "{} (point {}, {} bytes read, {} bytes written, discarded)",
             shown.export, shown.point, shown.bytes_read, shown.bytes_written
@@ -494,7 +591,8 @@ impl Service {
     /// At start: every session the catalog has is exported again, or ends saying why.
     pub(super) async fn reopen_recoveries(&self) -> ApiResult<()> {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, name, point_id, clients, created, token, created_by, '' FROM recoveries ORDER BY id",
+            "SELECT id, name, point_id, clients, created, token, created_by, platform_id, vm_name FROM recoveries \
+             ORDER BY id",
         )
         .fetch_all(&self.db)
         .await

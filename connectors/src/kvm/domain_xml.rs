@@ -168,15 +168,53 @@ pub fn backup_xml(
     x + "  </disks>\n</domainbackup>\n"
 }
 
+/// Where a new domain's disk is.
+#[derive(Clone, Debug)]
+pub enum DiskSource {
+    /// A file or volume path on the host.
+    File(String),
+    /// A file on an NFS server (the appliance's instant-recovery export), opened by QEMU's
+    /// nfs:// driver, which finds the server's ports through its portmapper.
+    Nfs { host: String, path: String },
+}
+
+/// A disk of a new domain: its target (vda…), where it is, its image format.
+#[derive(Clone, Debug)]
+pub struct NewDisk {
+    pub key: String,
+    pub source: DiskSource,
+    pub format: String,
+}
+
+impl NewDisk {
+    pub fn file(key: &str, path: &str, format: &str) -> NewDisk {
+        NewDisk { key: key.into(), source: DiskSource::File(path.into()), format: format.into() }
+    }
+
+    /// The disk element up to its target: type, driver and source.
+    fn head(&self) -> String {
+        let driver = format!("<driver name='qemu' type='{}'/>", escape(&self.format));
+        match &self.source {
+            DiskSource::File(path) => {
+                format!("<disk type='file' device='disk'>{driver}<source file='{}'/>", escape(path))
+            }
+            DiskSource::Nfs { host, path } => format!(
+                "<disk type='network' device='disk'>{driver}<source protocol='nfs' name='{}'><host name='{}'/></source>",
+                escape(path),
+                escape(host)
+            ),
+        }
+    }
+}
+
 /// A new domain from a neutral description: `name`, no UUID and no MAC addresses (libvirt
-/// makes new ones), each disk a file (key, path, format) at the given path, each NIC on
-/// `network` (or its own).
+/// makes new ones), each disk where `disks` puts it, each NIC on `network` (or its own).
 pub fn new_domain_xml(
     d: &VmDescription,
     name: &str,
     cpus: u32,
     memory_mib: u64,
-    disks: &[(String, String, String)],
+    disks: &[NewDisk],
     network: Option<&str>,
     keep_macs: bool,
 ) -> String {
@@ -187,15 +225,9 @@ pub fn new_domain_xml(
          <features><acpi/><apic/></features>\n  <devices>\n",
         escape(name)
     );
-    for (key, path, format) in disks {
-        let bus = d.disks.iter().find(|v| &v.key == key).and_then(|v| v.bus.as_deref()).unwrap_or("virtio");
-        x += &format!(
-            "    <disk type='file' device='disk'><driver name='qemu' type='{}'/><source file='{}'/><target dev='{}' bus='{}'/></disk>\n",
-            escape(format),
-            escape(path),
-            escape(key),
-            escape(bus)
-        );
+    for disk in disks {
+        let bus = d.disks.iter().find(|v| v.key == disk.key).and_then(|v| v.bus.as_deref()).unwrap_or("virtio");
+        x += &format!("    {}<target dev='{}' bus='{}'/></disk>\n", disk.head(), escape(&disk.key), escape(bus));
     }
     for nic in &d.nics {
         let model = nic.model.as_deref().unwrap_or("virtio");
@@ -223,8 +255,8 @@ pub struct Restored<'a> {
     /// None keeps the domain's.
     pub cpus: Option<u32>,
     pub memory_mib: Option<u64>,
-    /// Each restored disk: target, volume path, format.
-    pub disks: &'a [(String, String, String)],
+    /// Each restored disk.
+    pub disks: &'a [NewDisk],
     /// Every NIC onto this network; None keeps each NIC's source.
     pub network: Option<&'a str>,
     /// Keep the NICs' MAC addresses (else libvirt makes new ones).
@@ -275,18 +307,13 @@ pub fn restored_domain_xml(native: &str, new: &Restored<'_>) -> Result<String, S
                     if is_disk {
                         let Some(target) = child(d, "target") else { continue };
                         let dev = target.attribute("dev").unwrap_or_default();
-                        let Some((_, path, format)) = new.disks.iter().find(|(k, ..)| k == dev) else { continue };
+                        let Some(disk) = new.disks.iter().find(|k| k.key == dev) else { continue };
                         let kept = children_text(native, d, |k| {
                             !k.is_element()
                                 || ["source", "driver", "backingStore", "target", "alias"]
                                     .contains(&k.tag_name().name())
                         });
-                        inner += &format!(
-                            "<disk type='file' device='disk'><driver name='qemu' type='{}'/><source file='{}'/>{}{kept}</disk>",
-                            escape(format),
-                            escape(path),
-                            &native[target.range()]
-                        );
+                        inner += &format!("{}{}{kept}</disk>", disk.head(), &native[target.range()]);
                     } else if tag(d, "interface") {
                         let drop = |k: roxmltree::Node<'_, '_>| {
                             (tag(k, "mac") && !new.keep_macs)
@@ -389,7 +416,7 @@ mod tests {
             "web01-restored",
             4,
             1024,
-            &[("vda".into(), "/p/a.raw".into(), "raw".into())],
+            &[NewDisk::file("vda", "/p/a.raw", "raw")],
             Some("lan2"),
             false,
         );
@@ -439,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_restore_on_its_platform_keeps_the_domain_and_changes_only_identity_edits_and_disks() {
-        let disks = [("vda".to_string(), "/pool/app-copy-vda.qcow2".to_string(), "qcow2".to_string())];
+        let disks = [NewDisk::file("vda", "/pool/app-copy-vda.qcow2", "qcow2")];
         let new =
             Restored { name: "app-copy", cpus: None, memory_mib: None, disks: &disks, network: None, keep_macs: false };
         let x = restored_domain_xml(RICH, &new).unwrap();

@@ -97,7 +97,7 @@ impl PlatformKind for Kvm {
             storage_word: "storage pool",
             default_storage: Some("default"),
             disk_formats: FORMATS,
-            instant_recovery: false,
+            instant_recovery: true,
         }
     }
 

@@ -451,6 +451,19 @@ impl Connector for KvmConnector {
         restore::check_restore(self, restore)
     }
 
+    fn start_exported_vm(
+        &self,
+        source: &VmDescription,
+        disks: &[crate::ExportedDisk],
+        spec: &NewVmSpec,
+    ) -> Result<String, ConnectorError> {
+        restore::start_exported_vm(self, source, disks, spec)
+    }
+
+    fn remove_exported_vm(&self, name: &str) -> Result<(), ConnectorError> {
+        restore::remove_exported_vm(self, name)
+    }
+
     fn platform(&self) -> &'static str {
         PLATFORM
     }
