@@ -371,6 +371,20 @@ pub trait Connector {
     /// removes a VM `start_exported_vm` made; its disks are the export's and stay. A VM that is
     /// gone already is not an error.
     fn remove_exported_vm(&self, name: &str) -> Result<(), ConnectorError>;
+    /// Moves a running VM that `start_exported_vm` made onto the platform's own storage while
+    /// it runs: each of `disks` copied, with the guest's writes meanwhile, into a new volume in
+    /// `storage` (a pool, a datastore) in `format`, then all switched over together; the VM's
+    /// definition then names the new volumes. Progress and stop through `control`. When it
+    /// fails or is stopped before the switch, the VM keeps running from the export and the new
+    /// volumes are removed. Returns the volumes' paths.
+    fn migrate_exported_vm(
+        &self,
+        name: &str,
+        disks: &[ExportedDisk],
+        storage: &str,
+        format: &str,
+        control: &JobControl,
+    ) -> Result<Vec<String>, ConnectorError>;
 }
 
 /// A disk of a VM that runs from the appliance's instant-recovery export: a raw image on an

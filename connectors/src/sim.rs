@@ -628,6 +628,23 @@ impl Connector for SimHost {
         Ok(name.clone())
     }
 
+    /// The simulated platform cannot read an NFS export (it has no NFS client): the move fails
+    /// as a real one that cannot reach the export does, and the VM stays as it was.
+    fn migrate_exported_vm(
+        &self,
+        name: &str,
+        _disks: &[crate::ExportedDisk],
+        storage: &str,
+        _format: &str,
+        _control: &JobControl,
+    ) -> Result<Vec<String>, ConnectorError> {
+        self.load(name)?;
+        if !self.storage().iter().any(|s| s.name == storage) {
+            return Err(failed(name, "moving it to production storage", format!("no storage {storage:?}")));
+        }
+        Err(failed(name, "moving it to production storage", "the simulated platform cannot read an NFS export"))
+    }
+
     fn remove_exported_vm(&self, name: &str) -> Result<(), ConnectorError> {
         match self.load(name) {
             Err(ConnectorError::NoSuchVm { .. }) => Ok(()),

@@ -255,10 +255,34 @@ fn a_session_starts_its_vm_on_a_platform_from_the_export_and_removes_it_when_it_
     assert_eq!(made.exported, ["nfs://127.0.0.1/holdfast/app-ir/vda.raw", "nfs://127.0.0.1/holdfast/app-ir/vdb.raw"]);
     assert_eq!(made.nics[0].network.as_deref(), Some("dmz"));
     assert_ne!(made.nics[0].mac, host.vm("app").unwrap().nics[0].mac, "a new MAC address");
+    // Moving the VM to the platform's storage: a format the platform lacks is refused; a move
+    // that fails (the simulated platform cannot read NFS) leaves the VM running from the export,
+    // the session as it was, and says why.
+    let migrate = format!("/api/recoveries/{}/migrate", s["id"]);
+    let (code, e) = c.request("POST", &migrate, Some(&json!({ "storage": "default", "disk_format": "vhdx" })));
+    assert_eq!(code, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().starts_with("disk_format:"), "{e}");
+    let m = c.post(&migrate, json!({ "storage": "default" }), 202);
+    assert_eq!(m["migration"]["storage"], "default", "{m}");
+    let failed = loop {
+        let now = c.get("/api/recoveries")[0].clone();
+        if now["migration"]["running"] == false {
+            break now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(failed["migration"]["error"].as_str().unwrap().contains("cannot read an NFS export"), "{failed}");
+    assert!(host.vm("app-ir").unwrap().running, "the VM runs on from the export");
+    assert!(c.get("/api/audit").to_string().contains("instant recovery migration failed"));
+
     // Ending the session removes the VM first, then the export.
     assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", s["id"]), None).0, 204);
     assert!(host.vm("app-ir").is_none(), "the VM is removed");
     assert_eq!(c.get("/api/recoveries"), json!([]));
     let audit = c.get("/api/audit").to_string();
     assert!(audit.contains("VM app-ir started from it"), "{audit}");
+    // A session without a VM has nothing to move.
+    let bare = c.post("/api/recoveries", json!({ "point": point, "clients": ["127.0.0.1"] }), 201);
+    let (code, e) = c.request("POST", &format!("/api/recoveries/{}/migrate", bare["id"]), Some(&json!({})));
+    assert_eq!(code, 409, "{e}");
 }

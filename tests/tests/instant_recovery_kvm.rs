@@ -1,8 +1,9 @@
 //! Instant recovery on the real stack: the test bed's Debian guest is backed up through the
 //! service, then booted as a new VM by libvirt straight from the appliance's NFS export (QEMU's
 //! nfs:// driver, ports from our portmapper on 111) to multi-user, where its agent answers; the
-//! guest writes through the export into the session's overlay; ending the session removes the
-//! VM, and the point exports byte-identical to what the backup stored.
+//! guest writes through the export into the session's overlay; the running VM moves to a
+//! storage pool (block copy with its writes, pivot) and the session ends with the VM running on
+//! there; the point exports byte-identical to what the backup stored.
 
 use holdfast_tests::kvm::{virsh, TestGuest, URI};
 use holdfast_tests::service::Server;
@@ -11,6 +12,20 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "correct horse battery";
+
+/// Removes the migrated VM and its pool, whatever the test's outcome.
+struct Cleanup {
+    domain: String,
+    pool: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("virsh").args(["-c", URI, "destroy", &self.domain]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "undefine", &self.domain]).output();
+        let _ = Command::new("virsh").args(["-c", URI, "pool-destroy", &self.pool]).output();
+    }
+}
 
 /// A guest agent command's reply on `domain`, None while it does not answer.
 fn agent(domain: &str, command: &str) -> Option<String> {
@@ -87,10 +102,36 @@ fn a_backed_up_guest_boots_from_the_export_writes_through_it_and_leaves_the_poin
     let after = c.get("/api/recoveries")[0]["overlay_bytes"].as_u64().unwrap();
     assert!(after >= before + (4 << 20), "overlay {before} -> {after}");
 
-    // Ending the session removes the VM, then the export.
-    assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", s["id"]), None).0, 204);
-    let gone = Command::new("virsh").args(["-c", URI, "dominfo", &name]).output().unwrap();
-    assert!(!gone.status.success(), "the VM is removed");
+    // Moved to production storage while it runs: the guest's file (written into the overlay)
+    // is on the new volume, the guest never stopped, and the session ends.
+    assert_eq!(guest_sh(&name, "sha256sum /root/ir-proof > /root/ir-proof.sum && sync"), 0);
+    let pool = format!("{name}-pool");
+    let pool_dir = guest.dir.join("pool");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
+    let _cleanup = Cleanup { domain: name.clone(), pool: pool.clone() };
+    let m = c.post(
+        &format!("/api/recoveries/{}/migrate", s["id"]),
+        json!({ "storage": pool, "disk_format": "qcow2" }),
+        202,
+    );
+    assert_eq!(m["migration"]["running"], true, "{m}");
+    let t = Instant::now();
+    while !c.get("/api/recoveries").as_array().unwrap().is_empty() {
+        let now = c.get("/api/recoveries")[0].clone();
+        assert!(now["migration"]["error"].is_null(), "{now}");
+        assert!(t.elapsed() < Duration::from_secs(300), "the move did not end: {now}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("moved to the pool in {:?}", t.elapsed());
+    let xml = virsh(&["dumpxml", &name]);
+    assert!(!xml.contains("protocol='nfs'") && xml.contains(pool_dir.to_str().unwrap()), "{xml}");
+    let inactive = virsh(&["dumpxml", "--inactive", &name]);
+    assert!(!inactive.contains("protocol='nfs'"), "the definition names the volumes: {inactive}");
+    assert!(agent(&name, r#"{"execute":"guest-ping"}"#).is_some(), "the guest ran throughout");
+    assert_eq!(guest_sh(&name, "sha256sum -c /root/ir-proof.sum"), 0, "the overlay's writes moved with it");
+    let audit = c.get("/api/audit").to_string();
+    assert!(audit.contains("instant recovery migrated"), "{audit}");
 
     // The point is what the backup stored: exported again it equals the store's own export.
     c.post("/api/recoveries", json!({ "point": point, "clients": ["127.0.0.1"], "name": "check" }), 201);

@@ -669,6 +669,33 @@ pub struct NewRecoveryVm {
     pub start: Option<bool>,
 }
 
+/// Where a session's VM moves to while it runs: the platform's own storage.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRecovery {
+    /// The storage pool (datastore…) for its disks; default: the platform's default.
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// One of the platform's disk formats (KVM: qcow2, raw); default: its first.
+    #[serde(default)]
+    pub disk_format: Option<String>,
+}
+
+/// A session's move to production storage, as it runs or as it failed (a move that succeeds
+/// ends the session: the VM is then the platform's own).
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RecoveryMigration {
+    pub running: bool,
+    pub storage: String,
+    pub disk_format: String,
+    pub percent: f64,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    pub started: String,
+    /// Why it failed; the VM kept running from the export.
+    pub error: Option<String>,
+}
+
 /// The VM a session runs.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct RecoveryVm {
@@ -706,6 +733,8 @@ pub struct Recovery {
     pub overlay_bytes: u64,
     /// The VM running from the export, if the session started one.
     pub vm_started: Option<RecoveryVm>,
+    /// Its move to production storage, running or failed.
+    pub migration: Option<RecoveryMigration>,
     pub created: String,
     pub created_by: String,
 }
@@ -1115,6 +1144,12 @@ pub trait Recoveries: Send + Sync + 'static {
     fn recoveries(&self) -> impl Future<Output = ApiResult<Vec<Recovery>>> + Send;
     fn start_recovery(&self, s: &Session, r: NewRecovery) -> impl Future<Output = ApiResult<Recovery>> + Send;
     fn stop_recovery(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
+    fn migrate_recovery(
+        &self,
+        s: &Session,
+        id: i64,
+        m: MigrateRecovery,
+    ) -> impl Future<Output = ApiResult<Recovery>> + Send;
 }
 
 pub trait Backend: Accounts + Platforms + Jobs + Rules + Configuration + Recoveries {}

@@ -177,6 +177,14 @@ impl Recoveries for Fake {
     fn stop_recovery(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<()>> + Send {
         nope()
     }
+    fn migrate_recovery(
+        &self,
+        _: &Session,
+        _: i64,
+        _: MigrateRecovery,
+    ) -> impl Future<Output = ApiResult<Recovery>> + Send {
+        nope()
+    }
 }
 
 impl Configuration for Fake {

@@ -523,6 +523,9 @@ impl Recoveries for Api {
     async fn stop_recovery(&self, s: &Session, id: i64) -> ApiResult<()> {
         self.0.stop_recovery(s, id).await
     }
+    async fn migrate_recovery(&self, s: &Session, id: i64, m: MigrateRecovery) -> ApiResult<Recovery> {
+        self.0.migrate_recovery(s, id, m).await
+    }
 }
 
 impl Configuration for Api {

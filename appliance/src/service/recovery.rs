@@ -73,6 +73,8 @@ struct Export {
     shown: Recovery,
     /// The VM started from the export, if any.
     vm: Mutex<Option<RecoveryVm>>,
+    /// Its move to production storage, running or failed.
+    migration: Mutex<Option<RecoveryMigration>>,
     /// The point's VM, as a VM started from the export is defined.
     description: vds_store::VmDescription,
     _hold: vds_store::PointHold,
@@ -334,7 +336,111 @@ impl Service {
         r.overlay_bytes = s.overlays.iter().map(|o| o.used()).sum();
         r.nfs_port = self.nfs_port.lock().expect("nfs lock").clone().unwrap_or(0);
         r.vm_started = s.vm.lock().expect("vm lock").clone();
+        r.migration = s.migration.lock().expect("migration lock").clone();
         r
+    }
+
+    /// The disks of a session as a VM on `host` reaches them.
+    fn exported_disks(s: &Export, host: &str) -> Vec<connectors::ExportedDisk> {
+        s.files
+            .iter()
+            .map(|(file, d)| connectors::ExportedDisk {
+                key: file.trim_end_matches(".raw").to_string(),
+                host: host.to_string(),
+                path: format!("{}/{file}", s.shown.export),
+                size: d.size(),
+            })
+            .collect()
+    }
+
+    /// Starts moving a session's VM onto the platform's storage; the session shows the
+    /// progress, ends when the move succeeds (the VM stays, now the platform's own) and shows
+    /// the error when it fails (the VM keeps running from the export).
+    pub(super) async fn migrate_recovery(
+        self: &Arc<Self>,
+        s: &Session,
+        id: i64,
+        m: MigrateRecovery,
+    ) -> ApiResult<Recovery> {
+        let session =
+            self.sessions.session(id).ok_or_else(|| ApiError::not_found(format!("instant-recovery session {id}")))?;
+        let vm = session.vm.lock().expect("vm lock").clone().ok_or_else(|| {
+            ApiError::conflict(format!("instant-recovery session {id} runs no VM: there is nothing to move"))
+        })?;
+        let (_, target) = self.target(vm.platform).await?;
+        let caps = target.kind().capabilities();
+        let storage = m
+            .storage
+            .or_else(|| caps.default_storage.map(String::from))
+            .ok_or_else(|| ApiError::field("storage", format!("name the {} to move the VM to", caps.storage_word)))?;
+        let format = match m.disk_format {
+            Some(f) if caps.disk_formats.iter().any(|d| d.name == f) => f,
+            Some(f) => {
+                let offered: Vec<&str> = caps.disk_formats.iter().map(|d| d.name).collect();
+                return Err(ApiError::field("disk_format", format!("{f:?}: use {}", offered.join(" or "))));
+            }
+            None => caps.disk_formats.first().map(|d| d.name.to_string()).unwrap_or_else(|| "raw".into()),
+        };
+        {
+            let mut mig = session.migration.lock().expect("migration lock");
+            if mig.as_ref().is_some_and(|m| m.running) {
+                return Err(ApiError::conflict(format!("instant-recovery session {id} is moving its VM already")));
+            }
+            *mig = Some(RecoveryMigration {
+                running: true,
+                storage: storage.clone(),
+                disk_format: format.clone(),
+                percent: 0.0,
+                done_bytes: 0,
+                total_bytes: session.files.iter().map(|(_, d)| d.size()).sum(),
+                started: now(),
+                error: None,
+            });
+        }
+        let detail = format!("{}: VM {} to {} {storage} ({format})", session.shown.export, vm.name, caps.storage_word);
+        self.audit_log(&s.user, "instant recovery migration started", &detail).await?;
+        let control = connectors::JobControl::new();
+        // The move needs each disk's key and size; the VM knows where its disks are (the host
+        // part is not used).
+        let disks = Self::exported_disks(&session, "");
+        let (work, task_control, vm_name) = (self.work_dir.clone(), control.clone(), vm.name.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            target.connect(&work)?.migrate_exported_vm(&vm_name, &disks, &storage, &format, &task_control)
+        });
+        let (me, user, shown) = (self.clone(), s.user.clone(), self.shown(&session));
+        let reply = shown.clone();
+        tokio::spawn(async move {
+            tokio::pin!(task);
+            let outcome = loop {
+                tokio::select! {
+                    done = &mut task => break done.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
+                    () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+                let (done, total) = control.progress();
+                if let Some(m) = session.migration.lock().expect("migration lock").as_mut() {
+                    (m.done_bytes, m.total_bytes) = (done, total.max(m.total_bytes));
+                    m.percent = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
+                }
+            };
+            match outcome {
+                Ok(paths) => {
+                    drop(session);
+                    me.end_recovery(id).await;
+                    let detail =
+                        format!("{}: VM {} runs from {}; the session ended", shown.export, vm.name, paths.join(", "));
+                    let _ = me.audit_log(&user, "instant recovery migrated", &detail).await;
+                }
+                Err(e) => {
+                    if let Some(m) = session.migration.lock().expect("migration lock").as_mut() {
+                        m.running = false;
+                        m.error = Some(e.clone());
+                    }
+                    let detail = format!("{}: VM {} keeps running from the export: {e}", shown.export, vm.name);
+                    let _ = me.audit_log(&user, "instant recovery migration failed", &detail).await;
+                }
+            }
+        });
+        Ok(reply)
     }
 
     /// Defines and starts the session's VM on its platform, disks on the export.
@@ -352,16 +458,7 @@ impl Service {
         if v.nfs_host.trim().is_empty() || v.nfs_host.contains(['/', ' ', '\'', '"', '<', '>']) {
             return Err(ApiError::field("vm.nfs_host", format!("{:?} is not an address or host name", v.nfs_host)));
         }
-        let disks: Vec<connectors::ExportedDisk> = s
-            .files
-            .iter()
-            .map(|(file, d)| connectors::ExportedDisk {
-                key: file.trim_end_matches(".raw").to_string(),
-                host: v.nfs_host.clone(),
-                path: format!("{}/{file}", s.shown.export),
-                size: d.size(),
-            })
-            .collect();
+        let disks = Self::exported_disks(s, &v.nfs_host);
         let spec = connectors::NewVmSpec {
             name: v.name.clone().unwrap_or_else(|| s.shown.name.clone()),
             cpus: v.cpus,
@@ -449,6 +546,7 @@ impl Service {
             bytes_written: 0,
             overlay_bytes: 0,
             vm_started: None,
+            migration: None,
             created,
             created_by,
         };
@@ -463,6 +561,7 @@ impl Service {
             bytes_read: AtomicU64::new(0),
             shown,
             vm: Mutex::new(vm_platform.zip(vm_name).map(|(platform, name)| RecoveryVm { platform, name })),
+            migration: Mutex::new(None),
             description: entry.manifest.vm.clone(),
             _hold: hold,
         });
@@ -576,6 +675,11 @@ impl Service {
     pub(super) async fn stop_recovery(&self, s: &Session, id: i64) -> ApiResult<()> {
         let session = self.sessions.session(id);
         let Some(session) = session else { return Err(ApiError::not_found(format!("instant-recovery session {id}"))) };
+        if session.migration.lock().expect("migration lock").as_ref().is_some_and(|m| m.running) {
+            return Err(ApiError::conflict(format!(
+                "instant-recovery session {id} is moving its VM to production storage: wait for it to end"
+            )));
+        }
         self.remove_vm(&session).await?;
         drop(session);
         let Some(shown) = self.end_recovery(id).await else {

@@ -305,15 +305,9 @@ pub fn restored_domain_xml(native: &str, new: &Restored<'_>) -> Result<String, S
                 for d in n.children() {
                     let is_disk = tag(d, "disk") && d.attribute("device").unwrap_or("disk") == "disk";
                     if is_disk {
-                        let Some(target) = child(d, "target") else { continue };
-                        let dev = target.attribute("dev").unwrap_or_default();
-                        let Some(disk) = new.disks.iter().find(|k| k.key == dev) else { continue };
-                        let kept = children_text(native, d, |k| {
-                            !k.is_element()
-                                || ["source", "driver", "backingStore", "target", "alias"]
-                                    .contains(&k.tag_name().name())
-                        });
-                        inner += &format!("{}{}{kept}</disk>", disk.head(), &native[target.range()]);
+                        if let Some(x) = rewritten_disk(native, d, new.disks) {
+                            inner += &x;
+                        }
                     } else if tag(d, "interface") {
                         let drop = |k: roxmltree::Node<'_, '_>| {
                             (tag(k, "mac") && !new.keep_macs)
@@ -347,6 +341,37 @@ pub fn restored_domain_xml(native: &str, new: &Restored<'_>) -> Result<String, S
         out.replace_range(r, &text);
     }
     roxmltree::Document::parse(&out).map_err(|e| format!("the restored domain XML does not parse: {e}"))?;
+    Ok(out)
+}
+
+/// A disk element of `native` with its source and driver from `disks` (the one of its target),
+/// everything else it says kept (boot order, address, serial, cache…); None when `disks` has
+/// none for its target.
+fn rewritten_disk(native: &str, d: roxmltree::Node<'_, '_>, disks: &[NewDisk]) -> Option<String> {
+    let target = child(d, "target")?;
+    let dev = target.attribute("dev").unwrap_or_default();
+    let disk = disks.iter().find(|k| k.key == dev)?;
+    let kept = children_text(native, d, |k| {
+        !k.is_element() || ["source", "driver", "backingStore", "target", "alias"].contains(&k.tag_name().name())
+    });
+    Some(format!("{}{}{kept}</disk>", disk.head(), &native[target.range()]))
+}
+
+/// A domain definition with the sources of the disks `disks` names changed (a VM moved off the
+/// instant-recovery export onto its own volumes); nothing else changes.
+pub fn with_disk_sources(native: &str, disks: &[NewDisk]) -> Result<String, String> {
+    let doc = roxmltree::Document::parse(native).map_err(|e| format!("the domain XML does not parse: {e}"))?;
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    for d in doc.descendants().filter(|n| n.has_tag_name("disk") && n.attribute("device").unwrap_or("disk") == "disk") {
+        if let Some(x) = rewritten_disk(native, d, disks) {
+            edits.push((d.range(), x));
+        }
+    }
+    let mut out = native.to_string();
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    for (r, text) in edits {
+        out.replace_range(r, &text);
+    }
     Ok(out)
 }
 
@@ -406,6 +431,46 @@ mod tests {
         assert_eq!(dac_owner(&live), Some((64055, 108)));
         assert_eq!(dac_owner(XML), None);
         assert!(parse("<domain><uuid>x</uuid></domain>").unwrap_err().contains("<name>"));
+    }
+
+    #[test]
+    fn disks_move_from_the_export_to_volumes_keeping_everything_else() {
+        let on_nfs = NewDisk {
+            key: "vda".into(),
+            source: DiskSource::Nfs { host: "10.0.0.5".into(), path: "/holdfast/s/vda.raw".into() },
+            format: "raw".into(),
+        };
+        let x = restored_domain_xml(
+            RICH,
+            &Restored {
+                name: "app-ir",
+                cpus: None,
+                memory_mib: None,
+                disks: &[on_nfs],
+                network: None,
+                keep_macs: false,
+            },
+        )
+        .unwrap();
+        assert!(
+            x.contains("<source protocol='nfs' name='/holdfast/s/vda.raw'><host name='10.0.0.5'/></source>"),
+            "{x}"
+        );
+        let moved = with_disk_sources(&x, &[NewDisk::file("vda", "/pool/app-ir-vda.qcow2", "qcow2")]).unwrap();
+        assert!(
+            !moved.contains("protocol='nfs'") && moved.contains("<source file='/pool/app-ir-vda.qcow2'/>"),
+            "{moved}"
+        );
+        assert!(moved.contains("type='qcow2'") && moved.contains("<name>app-ir</name>"));
+        // Only the disk elements changed.
+        let strip = |t: &str| {
+            roxmltree::Document::parse(t)
+                .unwrap()
+                .descendants()
+                .filter(|n| n.is_element() && !n.ancestors().any(|a| a.has_tag_name("disk")))
+                .count()
+        };
+        assert_eq!(strip(&x), strip(&moved));
     }
 
     #[test]

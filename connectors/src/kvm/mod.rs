@@ -5,6 +5,7 @@
 //! through its `sys` bindings here, each in one small function.
 
 pub mod domain_xml;
+mod instant;
 mod kind;
 mod offline;
 mod qcow2;
@@ -146,7 +147,7 @@ pub(crate) fn last_error() -> String {
     }
 }
 
-fn cstring(s: &str) -> CString {
+pub(crate) fn cstring(s: &str) -> CString {
     CString::new(s.replace('\0', "")).expect("NULs removed")
 }
 
@@ -457,11 +458,22 @@ impl Connector for KvmConnector {
         disks: &[crate::ExportedDisk],
         spec: &NewVmSpec,
     ) -> Result<String, ConnectorError> {
-        restore::start_exported_vm(self, source, disks, spec)
+        instant::start_exported_vm(self, source, disks, spec)
     }
 
     fn remove_exported_vm(&self, name: &str) -> Result<(), ConnectorError> {
-        restore::remove_exported_vm(self, name)
+        instant::remove_exported_vm(self, name)
+    }
+
+    fn migrate_exported_vm(
+        &self,
+        name: &str,
+        disks: &[crate::ExportedDisk],
+        storage: &str,
+        format: &str,
+        control: &JobControl,
+    ) -> Result<Vec<String>, ConnectorError> {
+        instant::migrate_exported_vm(self, name, disks, storage, format, control)
     }
 
     fn platform(&self) -> &'static str {

@@ -4,9 +4,7 @@
 //! block device) is filled over libvirt's upload streams (raw: a sparse stream, holes and
 //! all-zero blocks sent as holes; qcow2: an image written in one pass by qcow2.rs).
 
-use super::domain_xml::{
-    new_domain_xml, restored_domain_xml, volume_xml, DiskSource, NewDisk, Restored, NATIVE_FORMAT,
-};
+use super::domain_xml::{new_domain_xml, restored_domain_xml, volume_xml, NewDisk, Restored, NATIVE_FORMAT};
 use super::qcow2::{Qcow2Layout, Qcow2Plan, CLUSTER};
 use super::{last_error, KvmConnector, PLATFORM};
 use crate::connector::{CheckError, ConnectorError, NewVmSpec, RestoreCheck, RestoreDisk};
@@ -22,7 +20,7 @@ use virt::sys;
 /// Upload granularity: all-zero blocks of this size inside a stored extent are sent as holes.
 const BLOCK: usize = 64 * 1024;
 
-fn failed(vm: &str, action: &str, cause: impl Into<String>) -> ConnectorError {
+pub(super) fn failed(vm: &str, action: &str, cause: impl Into<String>) -> ConnectorError {
     ConnectorError::Failed { platform: PLATFORM, vm: vm.into(), action: action.into(), cause: cause.into() }
 }
 
@@ -213,7 +211,7 @@ fn upload_qcow2(
 
 /// The definition of a new VM with `disks`: on its own platform the VM comes back as it was
 /// defined, with a new identity; from another platform's description, a fresh domain.
-fn domain_for(
+pub(super) fn domain_for(
     source: &VmDescription,
     name: &str,
     spec: &NewVmSpec,
@@ -243,48 +241,6 @@ fn domain_for(
             spec.keep_macs,
         ),
     })
-}
-
-/// Instant recovery: the VM defined on the export's NFS disks (raw), started if asked.
-pub(super) fn start_exported_vm(
-    conn: &KvmConnector,
-    source: &VmDescription,
-    disks: &[crate::ExportedDisk],
-    spec: &NewVmSpec,
-) -> Result<String, ConnectorError> {
-    let name = &spec.name;
-    if conn.conn.lookup_domain_by_name(name).is_ok() {
-        return Err(failed(name, "starting from the instant-recovery export", "a VM of that name exists already"));
-    }
-    let new: Vec<NewDisk> = disks
-        .iter()
-        .map(|d| NewDisk {
-            key: d.key.clone(),
-            source: DiskSource::Nfs { host: d.host.clone(), path: d.path.clone() },
-            format: "raw".into(),
-        })
-        .collect();
-    let xml = domain_for(source, name, spec, &new)?;
-    let dom = conn.conn.define_domain_xml(&xml).map_err(|e| failed(name, "defining the VM", e.to_string()))?;
-    if spec.start {
-        if let Err(e) = dom.create() {
-            let _ = dom.undefine();
-            return Err(failed(name, "starting the VM from the instant-recovery export", e.to_string()));
-        }
-    }
-    Ok(name.clone())
-}
-
-/// Instant recovery's end: the VM destroyed and undefined (its UEFI variables too); its disks
-/// are the export's.
-pub(super) fn remove_exported_vm(conn: &KvmConnector, name: &str) -> Result<(), ConnectorError> {
-    let Ok(dom) = conn.conn.lookup_domain_by_name(name) else { return Ok(()) };
-    if dom.is_active().unwrap_or(false) {
-        dom.destroy().map_err(|e| failed(name, "stopping the VM", e.to_string()))?;
-    }
-    dom.undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM)
-        .or_else(|_| dom.undefine())
-        .map_err(|e| failed(name, "removing the VM", e.to_string()))
 }
 
 pub(super) fn restore_as_new_vm(
