@@ -134,7 +134,8 @@ pub(super) fn migrate_exported_vm(
                 let (cur, end) = job_info(&dom, &d.key)
                     .ok_or_else(|| failed(name, &format!("copying disk {}", d.key), "the copy job ended by itself"))?;
                 all_ready &= end > 0 && cur == end;
-                done += if end > 0 { cur.min(end) * d.size / end } else { 0 };
+                // The job's own units scaled to the disk's bytes (in u128: both can be terabytes).
+                done += (cur.min(end) as u128 * d.size as u128).checked_div(end as u128).unwrap_or(0) as u64;
             }
             control.set_progress(done, disks.iter().map(|d| d.size).sum());
             if all_ready {
