@@ -58,7 +58,9 @@ fn guest_sh(domain: &str, script: &str) -> i64 {
 fn a_backed_up_guest_boots_from_the_export_writes_through_it_and_leaves_the_point_untouched() {
     let guest = TestGuest::boot("ir");
     let data = guest.dir.join("appliance");
-    let server = Server::start_with(&data, None, &["--portmap-listen", "127.0.0.1:111"]);
+    // Fixed ports: the running guest's QEMU finds the same server after the restart below.
+    let args = ["--portmap-listen", "127.0.0.1:111", "--nfs-listen", "127.0.0.1:2049"];
+    let server = Server::start_with(&data, None, &args);
     let c = server.admin(PASSWORD);
     let p = c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": URI }), 201)["id"].clone();
     let job = c.post("/api/jobs", json!({ "platform": p, "vm": guest.name, "type": "full" }), 202);
@@ -101,6 +103,17 @@ fn a_backed_up_guest_boots_from_the_export_writes_through_it_and_leaves_the_poin
     assert_eq!(guest_sh(&name, "test $(stat -c %s /root/ir-proof) = 4194304"), 0);
     let after = c.get("/api/recoveries")[0]["overlay_bytes"].as_u64().unwrap();
     assert!(after >= before + (4 << 20), "overlay {before} -> {after}");
+
+    // The appliance restarts under the running guest: its I/O resumes through the same handles.
+    drop(c);
+    drop(server);
+    let server = Server::start_with(&data, None, &args);
+    let mut c = server.client();
+    assert_eq!(c.login("admin", PASSWORD).0, 200);
+    assert_eq!(c.get("/api/recoveries")[0]["name"], name.as_str());
+    assert_eq!(guest_sh(&name, "dd if=/dev/urandom of=/root/after-restart bs=1M count=2 && sync"), 0);
+    let resumed = c.get("/api/recoveries")[0]["bytes_written"].as_u64().unwrap();
+    assert!(resumed >= 2 << 20, "{resumed} bytes written since the restart");
 
     // Moved to production storage while it runs: the guest's file (written into the overlay)
     // is on the new volume, the guest never stopped, and the session ends.
