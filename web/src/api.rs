@@ -464,24 +464,29 @@ async fn events<B: Backend>(
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    let stream =
-        futures_util::stream::unfold((b.subscribe(), b.subscribe_system()), |(mut jobs, mut system)| async move {
-            loop {
-                let event = tokio::select! {
-                    job = jobs.recv() => match job {
-                        Ok(job) => Event::default().event("job").json_data(&job).unwrap_or_default(),
-                        Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => return None,
-                    },
-                    sample = system.recv() => match sample {
-                        Ok(s) => Event::default().event("system").json_data(&s).unwrap_or_default(),
-                        Err(RecvError::Lagged(_)) => continue,
-                        Err(RecvError::Closed) => return None,
-                    },
-                };
-                return Some((Ok(event), (jobs, system)));
-            }
-        });
+    let streams = (b.subscribe(), b.subscribe_system(), b.subscribe_recoveries());
+    let stream = futures_util::stream::unfold(streams, |(mut jobs, mut system, mut recoveries)| async move {
+        loop {
+            let event = tokio::select! {
+                job = jobs.recv() => match job {
+                    Ok(job) => Event::default().event("job").json_data(&job).unwrap_or_default(),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                },
+                sample = system.recv() => match sample {
+                    Ok(s) => Event::default().event("system").json_data(&s).unwrap_or_default(),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                },
+                list = recoveries.recv() => match list {
+                    Ok(l) => Event::default().event("recoveries").json_data(&l).unwrap_or_default(),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            return Some((Ok(event), (jobs, system, recoveries)));
+        }
+    });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 

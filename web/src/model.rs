@@ -1150,6 +1150,9 @@ pub trait Recoveries: Send + Sync + 'static {
         id: i64,
         m: MigrateRecovery,
     ) -> impl Future<Output = ApiResult<Recovery>> + Send;
+    /// The sessions as they change (every two seconds while any exists, and at each start,
+    /// end and move), for server-sent events.
+    fn subscribe_recoveries(&self) -> tokio::sync::broadcast::Receiver<Vec<Recovery>>;
 }
 
 pub trait Backend: Accounts + Platforms + Jobs + Rules + Configuration + Recoveries {}

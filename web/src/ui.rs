@@ -33,6 +33,7 @@ const ASSETS: &[Asset] = assets!(
     "rules.js" => JS,
     "points.js" => JS,
     "restore.js" => JS,
+    "recoveries.js" => JS,
     "jobs.js" => JS,
     "statistics.js" => JS,
     "settings.js" => JS,

@@ -185,6 +185,9 @@ impl Recoveries for Fake {
     ) -> impl Future<Output = ApiResult<Recovery>> + Send {
         nope()
     }
+    fn subscribe_recoveries(&self) -> tokio::sync::broadcast::Receiver<Vec<Recovery>> {
+        tokio::sync::broadcast::channel(1).1
+    }
 }
 
 impl Configuration for Fake {

@@ -225,6 +225,12 @@ export function onSystem(fn, signal) {
   listen('system', fn, signal);
 }
 
+/// Calls `fn(sessions)` with the instant-recovery sessions as they change, until `signal`
+/// aborts; `resync()` when the stream (re)connects.
+export function onRecoveries(fn, signal, resync) {
+  listen('recoveries', fn, signal, resync);
+}
+
 function listen(kind, fn, signal, resync) {
   // A page already left (it finished loading after the user moved on) listens to nothing.
   if (signal.aborted) return;
@@ -234,7 +240,7 @@ function listen(kind, fn, signal, resync) {
   if (!events) {
     events = new EventSource('/api/events');
     events.addEventListener('open', () => listeners.forEach((l) => { if (l.resync) l.resync(); }));
-    ['job', 'system'].forEach((k) => events.addEventListener(k, (e) => {
+    ['job', 'system', 'recoveries'].forEach((k) => events.addEventListener(k, (e) => {
       const value = JSON.parse(e.data);
       listeners.forEach((l) => { if (l.kind === k) l.fn(value); });
     }));
@@ -267,6 +273,7 @@ const pages = [
   { path: 'rules', title: 'Rules', module: './rules.js' },
   { path: 'points', title: 'Restore points', module: './points.js' },
   { path: 'restore', title: 'Restore', module: './restore.js', hidden: true },
+  { path: 'recoveries', title: 'Instant recovery', module: './recoveries.js' },
   { path: 'jobs', title: 'Jobs', module: './jobs.js' },
   { path: 'statistics', title: 'Statistics', module: './statistics.js' },
   { path: 'settings', title: 'Settings', module: './settings.js' },

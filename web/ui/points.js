@@ -91,6 +91,7 @@ async function timeline(main, key) {
       problem,
       h('div', { class: 'row-actions' },
         may('operate') ? h('a', { href: `#/restore/${encodeURIComponent(d.point_id)}`, class: 'button', 'aria-label': `Restore ${when(d.started)}` }, 'Restore') : null,
+        may('operate') ? h('a', { href: `#/recoveries/new/${encodeURIComponent(d.point_id)}`, class: 'button', 'aria-label': `Instant recovery of ${when(d.started)}` }, 'Instant recovery') : null,
         may('operate') ? h('button', { type: 'button', disabled: Boolean(d.locked_until) && d.star, onclick: () => act(async () => { await api('POST', `/api/points/${encodeURIComponent(d.point_id)}/star`, { star: !d.star }); toast(d.star ? 'Point unstarred.' : 'Point starred: retention keeps it.'); await refresh(d.point_id); }) }, d.star ? 'Unstar' : 'Star') : null,
         may('admin') ? form({ class: 'inline', 'aria-label': `Lock point ${d.point_id}` }, [lockDate, h('button', { type: 'submit' }, 'Lock until')], async () => {
           await api('POST', `/api/points/${encodeURIComponent(d.point_id)}/lock`, { until: lockDate.value });

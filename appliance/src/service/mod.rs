@@ -92,6 +92,8 @@ pub struct Service {
     refusals: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     /// The NFS server's port, or why it does not listen.
     nfs_port: std::sync::Mutex<Result<u16, String>>,
+    /// The instant-recovery sessions as they change, for the API's live events.
+    recovery_events: tokio::sync::broadcast::Sender<Vec<Recovery>>,
 }
 
 /// A job the service was killed during: (job id, platform id, VM, whether it was a restore as a
@@ -132,6 +134,7 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
         sessions,
         refusals: std::sync::Mutex::new(Some(refusals)),
         nfs_port: std::sync::Mutex::new(Err("the NFS server has not started yet".into())),
+        recovery_events: tokio::sync::broadcast::channel(16).0,
     };
     service.open_targets(&data.join("store")).await?;
     service.ensure_admin().await?;
@@ -525,6 +528,9 @@ impl Recoveries for Api {
     }
     async fn migrate_recovery(&self, s: &Session, id: i64, m: MigrateRecovery) -> ApiResult<Recovery> {
         self.0.migrate_recovery(s, id, m).await
+    }
+    fn subscribe_recoveries(&self) -> tokio::sync::broadcast::Receiver<Vec<Recovery>> {
+        self.0.recovery_events.subscribe()
     }
 }
 

@@ -56,9 +56,10 @@ impl Service {
         .await
         .map_err(ApiError::internal)?;
         let now = Utc::now();
-        let undeletable = match (entry.labels.locked_at(now), entry.labels.star) {
-            (Some(until), _) => Some(format!("locked (immutable) until {}", until.to_rfc3339())),
-            (None, true) => Some("starred: unstar it first".to_string()),
+        let undeletable = match (entry.labels.locked_at(now), entry.labels.star, self.sessions.using(point)) {
+            (Some(until), ..) => Some(format!("locked (immutable) until {}", until.to_rfc3339())),
+            (None, true, _) => Some("starred: unstar it first".to_string()),
+            (None, false, Some(id)) => Some(format!("instant-recovery session {id} exports it: end the session first")),
             _ => None,
         };
         let m = &entry.manifest;

@@ -298,6 +298,20 @@ impl Service {
                 let _ = me.audit_log("nfs", "instant recovery access refused", &r).await;
             }
         });
+        // The live list: every two seconds while sessions exist (their counters move), and
+        // once more when the last one ends.
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut had = false;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let any = !me.sessions.map.read().expect("sessions lock").is_empty();
+                if any || had {
+                    me.publish_recoveries();
+                }
+                had = any;
+            }
+        });
         let nfs = match tokio::net::TcpListener::bind(nfs_listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -426,6 +440,7 @@ impl Service {
                 Ok(paths) => {
                     drop(session);
                     me.end_recovery(id).await;
+                    me.publish_recoveries();
                     let detail =
                         format!("{}: VM {} runs from {}; the session ended", shown.export, vm.name, paths.join(", "));
                     let _ = me.audit_log(&user, "instant recovery migrated", &detail).await;
@@ -435,6 +450,7 @@ impl Service {
                         m.running = false;
                         m.error = Some(e.clone());
                     }
+                    me.publish_recoveries();
                     let detail = format!("{}: VM {} keeps running from the export: {e}", shown.export, vm.name);
                     let _ = me.audit_log(&user, "instant recovery migration failed", &detail).await;
                 }
@@ -503,8 +519,17 @@ impl Service {
     }
 
     pub(super) async fn list_recoveries(&self) -> ApiResult<Vec<Recovery>> {
+        Ok(self.recovery_list())
+    }
+
+    fn recovery_list(&self) -> Vec<Recovery> {
         let map = self.sessions.map.read().expect("sessions lock");
-        Ok(map.values().map(|s| self.shown(s)).collect())
+        map.values().map(|s| self.shown(s)).collect()
+    }
+
+    /// Tells live-event listeners the sessions as they are now (nobody listening is fine).
+    fn publish_recoveries(&self) {
+        let _ = self.recovery_events.send(self.recovery_list());
     }
 
     /// Opens a session's point and holds it; registers it in the tree.
@@ -666,6 +691,7 @@ impl Service {
         let on =
             started.map(|v| format!(", VM {} started from it on platform {}", v.name, v.platform)).unwrap_or_default();
         let detail = format!("{} exports point {} to {}{on}", session.shown.export, r.point, r.clients.join(", "));
+        self.publish_recoveries();
         self.audit_log(&s.user, "instant recovery started", &detail).await?;
         Ok(self.shown(&session))
     }
@@ -685,6 +711,7 @@ impl Service {
         let Some(shown) = self.end_recovery(id).await else {
             return Err(ApiError::not_found(format!("instant-recovery session {id}")));
         };
+        self.publish_recoveries();
         let detail = format!(
             "{} (point {}, {} bytes read, {} bytes written, discarded)",
             shown.export, shown.point, shown.bytes_read, shown.bytes_written
