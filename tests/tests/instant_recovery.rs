@@ -181,10 +181,12 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
     );
     assert_eq!(again[0]["overlay_bytes"], 65536 + 4096, "{again}");
 
-    // Ending a session takes its export away; the point can be deleted once none exports it.
-    for s in again.as_array().unwrap() {
-        assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", s["id"]), None).0, 204);
-    }
+    // Ending a session discards its writes, or keeps them as a new point when asked.
+    let theirs_id = again.as_array().unwrap().iter().find(|s| s["name"] == "theirs").unwrap()["id"].clone();
+    assert_eq!(c.request("DELETE", &format!("/api/recoveries/{theirs_id}"), None).0, 204);
+    let (code, kept) = c.request("POST", &format!("/api/recoveries/{}/keep", mine["id"]), None);
+    assert_eq!(code, 201, "{kept}");
+    assert_eq!(kept["changed_bytes"], 65536 + 4096, "{kept}");
     refused("nfs-cat", &nfs_url(port, &format!("{export}/vdb.raw")));
     assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", mine["id"]), None).0, 404);
     let overlays = data.join("recoveries").join(mine["id"].to_string());
@@ -194,6 +196,17 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
         std::fs::read_dir(&overlays).map(|d| d.count()),
         server.log()
     );
+    // The kept point is an incremental of the exported one with the session's writes in it.
+    let new_point = kept["point_id"].clone();
+    let row = c.get("/api/points").as_array().unwrap().iter().find(|p| p["point_id"] == new_point).cloned().unwrap();
+    assert_eq!((row["parent"].clone(), row["type"].clone()), (point.clone(), json!("incremental")), "{row}");
+    let k = start(&c, &new_point, &["127.0.0.1"], Some("kept"));
+    assert!(
+        nfs_tool("nfs-cat", &nfs_url(port, "/holdfast/kept/vda.raw")) == written,
+        "the writes are in the new point"
+    );
+    assert!(nfs_tool("nfs-cat", &nfs_url(port, "/holdfast/kept/vdb.raw")) == host.disk("db<1>", "vdb"));
+    assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", k["id"]), None).0, 204);
     // The point is as it was: a new session reads the VM's bytes, and the store verifies clean.
     let fresh = start(&c, &point, &["127.0.0.1"], Some("fresh"));
     assert!(nfs_tool("nfs-cat", &nfs_url(port, "/holdfast/fresh/vda.raw")) == host.disk("db<1>", "vda"));
@@ -212,6 +225,7 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
     assert_eq!(c.request("DELETE", &format!("/api/points/{}", point.as_str().unwrap()), None).0, 204);
     let audit = c.get("/api/audit").to_string();
     assert!(audit.contains("instant recovery started") && audit.contains("instant recovery ended"), "{audit}");
+    assert!(audit.contains("instant recovery kept as a point"), "{audit}");
 }
 
 #[test]

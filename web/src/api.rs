@@ -385,6 +385,14 @@ async fn migrate_recovery<B: Backend>(
     Ok(Accepted(b.migrate_recovery(&s, id, m).await?))
 }
 
+async fn keep_recovery<B: Backend>(
+    State(b): State<Arc<B>>,
+    Authed(s, _): Authed,
+    Path(id): Path<i64>,
+) -> ApiResult<Created<RecoveryKept>> {
+    Ok(Created(b.keep_recovery(&s, id).await?))
+}
+
 async fn audit<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<AuditRow>>> {
     Ok(Json(b.audit().await?))
 }
@@ -674,6 +682,7 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/recoveries", M::POST, Operate, "Start an instant-recovery session: export a restore point's disks over NFS to the clients named, at once whatever their size; the point stays untouched and cannot be deleted meanwhile", start_recovery::<B>),
         r("/api/recoveries/{id}", M::DELETE, Operate, "End an instant-recovery session: its export goes (clients get stale handles) and its point is free again", stop_recovery::<B>),
         r("/api/recoveries/{id}/migrate", M::POST, Operate, "Move a session's running VM onto the platform's own storage while it runs (its disks copied with the guest's writes, then switched over); on success the session ends and the VM stays; on failure it keeps running from the export", migrate_recovery::<B>),
+        r("/api/recoveries/{id}/keep", M::POST, Operate, "End a session keeping its writes: its VM stopped and removed, then what was written to the export committed as a new restore point (an incremental of the exported one); answers when the point is committed", keep_recovery::<B>),
         r("/api/storage", M::GET, Read, "Storage targets: where backups go, whether each store opens now, its filesystem's space, its points", storage::<B>),
         r("/api/storage", M::POST, Admin, "Add a storage target (admins): a new store in a missing or empty directory, or an existing store adopted with its points", create_storage::<B>),
         r("/api/storage/{id}", M::DELETE, Admin, "Forget a storage target (admins); its files stay. Refused for the appliance's own store (1), a target a rule uses, and one a job writes into or a restore reads from", delete_storage::<B>),

@@ -696,6 +696,15 @@ pub struct RecoveryMigration {
     pub error: Option<String>,
 }
 
+/// The restore point a session's writes became.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct RecoveryKept {
+    /// The new point: an incremental of the exported one, holding what the session wrote.
+    pub point_id: String,
+    /// Bytes of disk it holds anew (the session's written blocks).
+    pub changed_bytes: u64,
+}
+
 /// The VM a session runs.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct RecoveryVm {
@@ -1150,6 +1159,8 @@ pub trait Recoveries: Send + Sync + 'static {
         id: i64,
         m: MigrateRecovery,
     ) -> impl Future<Output = ApiResult<Recovery>> + Send;
+    /// Ends a session keeping what was written to it as a new restore point of the VM.
+    fn keep_recovery(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<RecoveryKept>> + Send;
     /// The sessions as they change (every two seconds while any exists, and at each start,
     /// end and move), for server-sent events.
     fn subscribe_recoveries(&self) -> tokio::sync::broadcast::Receiver<Vec<Recovery>>;

@@ -188,6 +188,9 @@ impl Recoveries for Fake {
     fn subscribe_recoveries(&self) -> tokio::sync::broadcast::Receiver<Vec<Recovery>> {
         tokio::sync::broadcast::channel(1).1
     }
+    fn keep_recovery(&self, _: &Session, _: i64) -> impl Future<Output = ApiResult<RecoveryKept>> + Send {
+        nope()
+    }
 }
 
 impl Configuration for Fake {

@@ -12,17 +12,19 @@ function stateOf(r) {
   return h('span', { class: 'badge ok' }, r.vm_started ? 'VM running from the export' : 'exported');
 }
 
-/// Asks before ending a session; resolves true to end it.
+/// Asks before ending a session; resolves 'discard', 'keep' (its writes become a new restore
+/// point) or null.
 function confirmEnd(r) {
   return new Promise((resolve) => {
     const dialog = h('dialog', { 'aria-labelledby': 'end-h' },
       h('h2', { id: 'end-h' }, `End instant recovery ${r.name}?`),
       r.vm_started ? h('p', {}, `VM ${r.vm_started.name} is stopped at once and removed from its platform.`) : null,
-      h('p', {}, `The export ${r.export} goes away, and everything written to it (${bytes(r.overlay_bytes)}) is discarded. The restore point stays as it is.`),
+      h('p', {}, `The export ${r.export} goes away. What was written to it (${bytes(r.overlay_bytes)}) is discarded, or kept as a new restore point of ${r.vm}. The restore point it came from stays as it is.`),
       h('div', { class: 'buttons' },
-        h('button', { type: 'button', class: 'danger', onclick: () => { dialog.close(); resolve(true); } }, 'End session'),
-        h('button', { type: 'button', onclick: () => { dialog.close(); resolve(false); } }, 'Cancel')));
-    dialog.addEventListener('cancel', () => resolve(false));
+        h('button', { type: 'button', class: 'danger', onclick: () => { dialog.close(); resolve('discard'); } }, 'End, discard the writes'),
+        h('button', { type: 'button', onclick: () => { dialog.close(); resolve('keep'); } }, 'End, keep them as a point'),
+        h('button', { type: 'button', onclick: () => { dialog.close(); resolve(null); } }, 'Cancel')));
+    dialog.addEventListener('cancel', () => resolve(null));
     dialog.addEventListener('close', () => dialog.remove());
     document.body.append(dialog);
     dialog.showModal();
@@ -92,10 +94,16 @@ async function list(main, signal) {
             ? h('button', { type: 'button', 'aria-label': `Move to production: ${r.vm_started.name}`, onclick: () => moveDialog(r, fail).catch(fail) }, 'Move to production') : null,
           may('operate') && !(r.migration && r.migration.running)
             ? h('button', { type: 'button', class: 'danger', 'aria-label': `End session ${r.name}`, onclick: async () => {
-              if (!await confirmEnd(r)) return;
+              const how = await confirmEnd(r);
+              if (!how) return;
               try {
-                await api('DELETE', `/api/recoveries/${r.id}`);
-                toast(`Session ${r.name} ended.`);
+                if (how === 'keep') {
+                  const kept = await api('POST', `/api/recoveries/${r.id}/keep`);
+                  toast(`Session ${r.name} ended; its writes are restore point ${kept.point_id}.`);
+                } else {
+                  await api('DELETE', `/api/recoveries/${r.id}`);
+                  toast(`Session ${r.name} ended.`);
+                }
                 draw(await api('GET', '/api/recoveries'));
               } catch (err) {
                 fail(err);

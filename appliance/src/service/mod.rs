@@ -529,6 +529,9 @@ impl Recoveries for Api {
     async fn migrate_recovery(&self, s: &Session, id: i64, m: MigrateRecovery) -> ApiResult<Recovery> {
         self.0.migrate_recovery(s, id, m).await
     }
+    async fn keep_recovery(&self, s: &Session, id: i64) -> ApiResult<RecoveryKept> {
+        self.0.keep_recovery(s, id).await
+    }
     fn subscribe_recoveries(&self) -> tokio::sync::broadcast::Receiver<Vec<Recovery>> {
         self.0.recovery_events.subscribe()
     }

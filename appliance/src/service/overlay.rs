@@ -177,6 +177,27 @@ impl Overlay {
         Ok(())
     }
 
+    /// The byte ranges written, in order, adjacent blocks joined (clipped to the disk's size).
+    pub fn written_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        let written = self.written.read().expect("overlay lock");
+        let mut pages: Vec<u64> = written.pages.keys().copied().collect();
+        pages.sort_unstable();
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+        for page in pages {
+            for b in page * PAGE_BLOCKS..(page + 1) * PAGE_BLOCKS {
+                if !written.get(b) {
+                    continue;
+                }
+                let (start, end) = (b * BLOCK, ((b + 1) * BLOCK).min(self.size));
+                match out.last_mut() {
+                    Some(last) if last.end == start => last.end = end,
+                    _ => out.push(start..end),
+                }
+            }
+        }
+        out
+    }
+
     /// Makes every write so far durable (NFS COMMIT).
     pub fn sync(&self) -> std::io::Result<()> {
         self.data.sync_data()?;
@@ -224,6 +245,7 @@ mod tests {
         };
         check(&o);
         assert_eq!(o.used(), 4 * BLOCK, "blocks 0, 1, 4 and 10");
+        assert_eq!(o.written_ranges(), [0..2 * BLOCK, 4 * BLOCK..5 * BLOCK, 10 * BLOCK..size]);
         o.sync().unwrap();
         drop(o);
         let again = Overlay::open(dir.path(), "vda", size).unwrap();

@@ -120,6 +120,29 @@ impl Export {
     }
 }
 
+/// A session's disk as it is now (its overlay over the point), read when its writes are kept.
+struct Written {
+    session: Arc<Export>,
+    k: usize,
+    size: u64,
+}
+
+impl vds_store::DiskSource for Written {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let disk = &self.session.files[self.k].1;
+        let base = |b: &mut [u8], at: u64| disk.read_at(b, at).map_err(std::io::Error::other);
+        self.session.overlays[self.k].read(buf, offset, &base)
+    }
+
+    fn describe(&self) -> String {
+        format!("{}/{} with its writes", self.session.shown.export, self.session.files[self.k].0)
+    }
+}
+
 /// A failed overlay or store operation, in the service log, as NFS3ERR_IO.
 fn io_error(session: &str, what: &str, e: impl std::fmt::Display) -> u32 {
     eprintln!("holdfast: instant recovery {session}: {what}: {e}");
@@ -717,6 +740,65 @@ impl Service {
             shown.export, shown.point, shown.bytes_read, shown.bytes_written
         );
         self.audit_log(&s.user, "instant recovery ended", &detail).await
+    }
+
+    /// Ends a session keeping its writes: the VM stopped and removed first (a consistent
+    /// disk), the overlays made durable, then an incremental point of the exported one holding
+    /// the written blocks (the rest is shared with its parent), indexed, and the session ended.
+    pub(super) async fn keep_recovery(&self, s: &Session, id: i64) -> ApiResult<RecoveryKept> {
+        let session =
+            self.sessions.session(id).ok_or_else(|| ApiError::not_found(format!("instant-recovery session {id}")))?;
+        if session.migration.lock().expect("migration lock").as_ref().is_some_and(|m| m.running) {
+            return Err(ApiError::conflict(format!(
+                "instant-recovery session {id} is moving its VM to production storage: wait for it to end"
+            )));
+        }
+        self.remove_vm(&session).await?;
+        let (storage, store) = self.point_store(&session.point).await?;
+        let task_session = session.clone();
+        let point = tokio::task::spawn_blocking(move || {
+            let s = task_session;
+            let mut disks = Vec::new();
+            for (k, (file, reader)) in s.files.iter().enumerate() {
+                s.overlays[k]
+                    .sync()
+                    .map_err(|e| vds_store::StoreError::io(format!("syncing the overlay of {file}"), e))?;
+                disks.push(vds_store::IngestDisk {
+                    key: file.trim_end_matches(".raw").to_string(),
+                    changed: Some(s.overlays[k].written_ranges()),
+                    source: Box::new(Written { session: s.clone(), k, size: reader.size() }),
+                    change_id: None,
+                    full_reason: None,
+                });
+            }
+            store.ingest(
+                vds_store::IngestRequest {
+                    vm: s.description.clone(),
+                    backup_type: vds_store::BackupType::Incremental,
+                    parent: Some(s.point.clone()),
+                    disks,
+                    labels: Default::default(),
+                    threads: 2,
+                    consistency: Some(format!(
+                        "what instant-recovery session {} wrote, kept once its VM was stopped",
+                        s.shown.name
+                    )),
+                },
+                &mut |_| {},
+            )
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::server(format!("instant-recovery session {id}: keeping its writes failed: {e}")))?;
+        super::jobs::insert_point(&self.db, &point, &Default::default(), storage).await.map_err(ApiError::internal)?;
+        let changed: u64 = session.overlays.iter().map(|o| o.used()).sum();
+        drop(session);
+        let shown = self.end_recovery(id).await;
+        self.publish_recoveries();
+        let export = shown.map(|r| r.export).unwrap_or_default();
+        let detail = format!("{export}: its writes ({changed} bytes) are point {}", point.point_id);
+        self.audit_log(&s.user, "instant recovery kept as a point", &detail).await?;
+        Ok(RecoveryKept { point_id: point.point_id, changed_bytes: changed })
     }
 
     /// At start: every session the catalog has is exported again, or ends saying why.

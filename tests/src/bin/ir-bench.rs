@@ -157,7 +157,12 @@ impl Nfs {
 }
 
 fn ingest(data: &Path, vm: &str, image: &Path) -> String {
-    let out = holdfast_tests::ok(holdfast_tests::holdfast(&data.join("store")).args(["--json", "ingest", "--vm", vm]).arg("--disk").arg(format!("vda={}", image.display())));
+    let out = holdfast_tests::ok(
+        holdfast_tests::holdfast(&data.join("store"))
+            .args(["--json", "ingest", "--vm", vm])
+            .arg("--disk")
+            .arg(format!("vda={}", image.display())),
+    );
     let v: serde_json::Value = serde_json::from_str(&out).expect("ingest --json");
     v["point_id"].as_str().expect("a point id").to_string()
 }
@@ -198,7 +203,8 @@ fn main() {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     let data = dir.join("data");
-    let server = Server::start_with(&data, None, &["--portmap-listen", "127.0.0.1:111", "--nfs-listen", "127.0.0.1:2049"]);
+    let server =
+        Server::start_with(&data, None, &["--portmap-listen", "127.0.0.1:111", "--nfs-listen", "127.0.0.1:2049"]);
     let c = server.admin(PASSWORD);
 
     // Points of three sizes, 256 MiB of data at the front; and a 512 MiB disk full of data.
@@ -227,7 +233,11 @@ fn main() {
             let mut nfs = Nfs::connect(port);
             let fh = nfs.open(&format!("/holdfast/{name}"), "vda.raw");
             nfs.read(&fh, 0, 4096);
-            println!("run {run}: {label}: answered in {:.0} ms, first read done {:.0} ms after the call", answer.as_secs_f64() * 1e3, t.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "run {run}: {label}: answered in {:.0} ms, first read done {:.0} ms after the call",
+                answer.as_secs_f64() * 1e3,
+                t.elapsed().as_secs_f64() * 1e3
+            );
         }
     }
     for s in c.get("/api/recoveries").as_array().unwrap() {
@@ -248,7 +258,12 @@ fn main() {
         let over_nfs = size as f64 / t.elapsed().as_secs_f64() / 1e6;
         let out = dir.join("exported.raw");
         let t = Instant::now();
-        holdfast_tests::ok(holdfast_tests::holdfast(&data.join("store")).args(["export", "--disk", "vda", "--out"]).arg(&out).arg(&full_point));
+        holdfast_tests::ok(
+            holdfast_tests::holdfast(&data.join("store"))
+                .args(["export", "--disk", "vda", "--out"])
+                .arg(&out)
+                .arg(&full_point),
+        );
         let export = size as f64 / t.elapsed().as_secs_f64() / 1e6;
         let t = Instant::now();
         let mut f = std::fs::File::open(&full).unwrap();
@@ -286,7 +301,15 @@ fn main() {
 fn until_agent(domain: &str, started: Instant) -> f64 {
     loop {
         let out = Command::new("virsh")
-            .args(["-c", holdfast_tests::kvm::URI, "qemu-agent-command", domain, r#"{"execute":"guest-ping"}"#, "--timeout", "5"])
+            .args([
+                "-c",
+                holdfast_tests::kvm::URI,
+                "qemu-agent-command",
+                domain,
+                r#"{"execute":"guest-ping"}"#,
+                "--timeout",
+                "5",
+            ])
             .output()
             .unwrap();
         if out.status.success() {
@@ -322,7 +345,10 @@ fn boot_bench(c: &Client, dir: &Path, runs: usize) {
         let s = c.post("/api/recoveries", json!({ "point": point, "clients": ["127.0.0.1"], "name": name, "vm": { "platform": p, "nfs_host": "127.0.0.1" } }), 201);
         let from_export = until_agent(&name, t);
         c.request("DELETE", &format!("/api/recoveries/{}", s["id"]), None);
-        println!("run {run}: local raw disk {from_local:.1} s, NFS export {from_export:.1} s ({:.2}x)", from_export / from_local);
+        println!(
+            "run {run}: local raw disk {from_local:.1} s, NFS export {from_export:.1} s ({:.2}x)",
+            from_export / from_local
+        );
     }
     let _ = Command::new("virsh").args(["-c", URI, "pool-destroy", "ir-bench"]).output();
 }
