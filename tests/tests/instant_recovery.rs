@@ -143,6 +143,21 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
     assert_eq!(now["bytes_written"], 65536 + 100, "{now}");
     assert_eq!(now["overlay_bytes"], 65536 + 4096, "{now}");
 
+    // For ESXi: each disk is also the flat extent of a VMDK with its descriptor, and a client
+    // makes files of its own there (lock files), kept across a restart.
+    let listing = String::from_utf8(nfs_tool("nfs-ls", &nfs_url(port, export))).unwrap();
+    for f in ["vda.raw", "vda-flat.vmdk", "vda.vmdk", "vdb-flat.vmdk", "vdb.vmdk"] {
+        assert!(listing.contains(f), "{f} missing: {listing}");
+    }
+    let descriptor = String::from_utf8(nfs_tool("nfs-cat", &nfs_url(port, &format!("{export}/vda.vmdk")))).unwrap();
+    assert!(descriptor.contains("RW 49152 VMFS \"vda-flat.vmdk\""), "{descriptor}");
+    assert!(nfs_tool("nfs-cat", &nfs_url(port, &format!("{export}/vda-flat.vmdk"))) == written, "one disk, two names");
+    let lock = tmp.path().join("lock");
+    std::fs::write(&lock, b"esxi host lock").unwrap();
+    let cp = Command::new("nfs-cp").arg(&lock).arg(nfs_url(port, &format!("{export}/.lck-0001"))).output().unwrap();
+    assert!(cp.status.success(), "nfs-cp: {}", String::from_utf8_lossy(&cp.stderr));
+    assert_eq!(nfs_tool("nfs-cat", &nfs_url(port, &format!("{export}/.lck-0001"))), b"esxi host lock");
+
     // A session for another client: invisible and refused here, and the refusal is audited.
     let theirs = start(&c, &point, &["192.0.2.7"], Some("theirs"));
     assert_eq!(theirs["export"], "/holdfast/theirs");

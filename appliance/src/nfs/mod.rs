@@ -42,7 +42,11 @@ pub const NFS3ERR_INVAL: u32 = 22;
 pub const NFS3ERR_FBIG: u32 = 27;
 pub const NFS3ERR_ROFS: u32 = 30;
 pub const NFS3ERR_STALE: u32 = 70;
+pub const NFS3ERR_EXIST: u32 = 17;
+pub const NFS3ERR_NOSPC: u32 = 28;
+pub const NFS3ERR_NAMETOOLONG: u32 = 63;
 const NFS3ERR_BADHANDLE: u32 = 10001;
+const NFS3ERR_NOTSUPP: u32 = 10004;
 const NFS3ERR_TOOSMALL: u32 = 10005;
 // MOUNT status codes.
 pub const MNT3ERR_NOENT: u32 = 2;
@@ -86,6 +90,17 @@ pub trait Exports: Send + Sync + 'static {
     fn write(&self, file: &Node, offset: u64, data: &[u8], sync: bool) -> Result<(), u32>;
     /// Makes a file's writes durable. Blocking.
     fn commit(&self, file: &Node) -> Result<(), u32>;
+    /// Makes file `name` in `dir` (NFS3ERR_EXIST if it is there and `exclusive`; else the one
+    /// there), with `size` if given. Blocking.
+    fn create(&self, dir: &Node, name: &str, exclusive: bool, size: Option<u64>, client: IpAddr) -> Result<Node, u32>;
+    /// Removes file `name` from `dir`. Blocking.
+    fn remove(&self, dir: &Node, name: &str, client: IpAddr) -> Result<(), u32>;
+    /// Renames `from`/`from_name` to `to`/`to_name`, replacing a file there. Blocking.
+    fn rename(&self, from: &Node, from_name: &str, to: &Node, to_name: &str, client: IpAddr) -> Result<(), u32>;
+    /// Truncates or extends a writable file. Blocking.
+    fn set_size(&self, file: &Node, size: u64) -> Result<(), u32>;
+    /// Bytes in all and free where writes go.
+    fn space(&self) -> (u64, u64);
     /// The directory a MOUNT of `path` gives this client.
     fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32>;
     /// The export paths this client may mount and the clients each admits, for MOUNT's EXPORT.
@@ -302,14 +317,20 @@ impl<E: Exports> Conn<E> {
             2 => {
                 let n = self.node_of(r)?;
                 let new_size = read_sattr_size(r)?;
-                let status = match &n {
-                    Err(s) => *s,
-                    Ok(n) if !n.writable => NFS3ERR_ROFS,
-                    Ok(n) if new_size.is_some_and(|s| s != n.size) => NFS3ERR_INVAL,
-                    Ok(_) => NFS3_OK,
+                let status = match (&n, new_size) {
+                    (Err(s), _) => *s,
+                    (Ok(n), _) if !n.writable => NFS3ERR_ROFS,
+                    (Ok(n), Some(size)) if size != n.size && n.kind == Kind::File => {
+                        let (exports, file) = (self.exports.clone(), n.clone());
+                        let done = tokio::task::spawn_blocking(move || exports.set_size(&file, size)).await;
+                        done.unwrap_or(Err(NFS3ERR_IO)).err().unwrap_or(NFS3_OK)
+                    }
+                    (Ok(_), _) => NFS3_OK,
                 };
+                // The attributes after: the size may have changed.
+                let after = n.as_ref().ok().and_then(|n| self.exports.node(n.id, n.token, self.client).ok());
                 w.u32(status).bool(false);
-                post(&mut w, n.as_ref().ok());
+                post(&mut w, after.as_ref());
             }
             // LOOKUP(dir, name)
             3 => {
@@ -343,7 +364,11 @@ impl<E: Exports> Conn<E> {
                 match n {
                     Ok(n) => {
                         // Read, lookup, execute; modify and extend where writable.
-                        let granted = if n.writable { 0x01 | 0x02 | 0x04 | 0x08 | 0x20 } else { 0x01 | 0x02 | 0x20 };
+                        let granted = match (n.writable, n.kind) {
+                            (true, Kind::Dir) => 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20,
+                            (true, Kind::File) => 0x01 | 0x02 | 0x04 | 0x08 | 0x20,
+                            (false, _) => 0x01 | 0x02 | 0x20,
+                        };
                         w.u32(NFS3_OK);
                         post(&mut w, Some(&n));
                         w.u32(asked & granted);
@@ -423,25 +448,89 @@ impl<E: Exports> Conn<E> {
                     }
                 }
             }
-            // CREATE, MKDIR, SYMLINK, MKNOD, REMOVE, RMDIR: the tree is the appliance's, with
-            // the wcc data of the directory (none before, attributes after).
-            8..=13 => {
+            // CREATE(dir, name, how): UNCHECKED or GUARDED with attributes (a size), EXCLUSIVE
+            // with a verifier (taken as GUARDED: a retried exclusive create then says EXIST).
+            8 => {
+                let dir = self.node_of(r)?;
+                let name = r.string(1024)?;
+                let how = r.u32()?;
+                let size = match how {
+                    0 | 1 => read_sattr_size(r)?,
+                    2 => {
+                        r.fixed(8)?;
+                        None
+                    }
+                    _ => return Err(Garbage),
+                };
+                let made = match &dir {
+                    Err(s) => Err(*s),
+                    Ok(d) if d.kind != Kind::Dir => Err(NFS3ERR_NOTDIR),
+                    Ok(_) if name.len() > 255 => Err(NFS3ERR_NAMETOOLONG),
+                    Ok(d) => {
+                        let (exports, d, client) = (self.exports.clone(), d.clone(), self.client);
+                        tokio::task::spawn_blocking(move || exports.create(&d, &name, how != 0, size, client))
+                            .await
+                            .unwrap_or(Err(NFS3ERR_IO))
+                    }
+                };
+                match made {
+                    Ok(n) => {
+                        w.u32(NFS3_OK).bool(true).opaque(&encode_handle(&n));
+                        post(&mut w, Some(&n));
+                    }
+                    Err(s) => {
+                        w.u32(s);
+                    }
+                }
+                w.bool(false);
+                post(&mut w, dir.as_ref().ok());
+            }
+            // REMOVE(dir, name)
+            12 => {
+                let dir = self.node_of(r)?;
+                let name = r.string(1024)?;
+                let done = match &dir {
+                    Err(s) => Err(*s),
+                    Ok(d) => {
+                        let (exports, d, client) = (self.exports.clone(), d.clone(), self.client);
+                        tokio::task::spawn_blocking(move || exports.remove(&d, &name, client))
+                            .await
+                            .unwrap_or(Err(NFS3ERR_IO))
+                    }
+                };
+                w.u32(done.err().unwrap_or(NFS3_OK)).bool(false);
+                post(&mut w, dir.as_ref().ok());
+            }
+            // MKDIR, SYMLINK, MKNOD, RMDIR: only files are made here.
+            9..=11 | 13 => {
                 let n = self.node_of(r)?;
-                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS)).bool(false);
+                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_NOTSUPP)).bool(false);
                 post(&mut w, n.as_ref().ok());
             }
-            // RENAME: both directories' wcc data.
+            // RENAME(from dir, name, to dir, name): both directories' wcc data.
             14 => {
-                let n = self.node_of(r)?;
-                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS));
+                let from = self.node_of(r)?;
+                let from_name = r.string(1024)?;
+                let to = self.node_of(r)?;
+                let to_name = r.string(1024)?;
+                let done = match (&from, &to) {
+                    (Err(s), _) | (_, Err(s)) => Err(*s),
+                    (Ok(f), Ok(t)) => {
+                        let (exports, f, t, client) = (self.exports.clone(), f.clone(), t.clone(), self.client);
+                        tokio::task::spawn_blocking(move || exports.rename(&f, &from_name, &t, &to_name, client))
+                            .await
+                            .unwrap_or(Err(NFS3ERR_IO))
+                    }
+                };
+                w.u32(done.err().unwrap_or(NFS3_OK)).bool(false);
+                post(&mut w, from.as_ref().ok());
                 w.bool(false);
-                post(&mut w, n.as_ref().ok());
-                w.bool(false).bool(false);
+                post(&mut w, to.as_ref().ok());
             }
             // LINK: the file's attributes and the directory's wcc data.
             15 => {
                 let n = self.node_of(r)?;
-                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_ROFS));
+                w.u32(n.as_ref().err().copied().unwrap_or(NFS3ERR_NOTSUPP));
                 post(&mut w, n.as_ref().ok());
                 w.bool(false).bool(false);
             }
@@ -504,13 +593,13 @@ impl<E: Exports> Conn<E> {
                     },
                 }
             }
-            // FSSTAT: sizes of the exported files; nothing free on a read-only export.
+            // FSSTAT: the space writes can take (where the overlays live).
             18 => match self.node_of(r)? {
                 Ok(n) => {
                     w.u32(NFS3_OK);
                     post(&mut w, Some(&n));
-                    let total = 1u64 << 50;
-                    w.u64(total).u64(0).u64(0).u64(1 << 20).u64(0).u64(0).u32(0);
+                    let (total, free) = self.exports.space();
+                    w.u64(total).u64(free).u64(free).u64(1 << 20).u64(1 << 19).u64(1 << 19).u32(0);
                 }
                 Err(s) => {
                     w.u32(s).bool(false);
@@ -588,6 +677,7 @@ fn fattr(w: &mut Writer, n: &Node, caller: &Caller) {
     let (ftype, mode, nlink) = match n.kind {
         Kind::File if n.writable => (1, 0o644, 1),
         Kind::File => (1, 0o444, 1),
+        Kind::Dir if n.writable => (2, 0o755, 2),
         Kind::Dir => (2, 0o555, 2),
     };
     w.u32(ftype).u32(mode).u32(nlink).u32(caller.uid).u32(caller.gid);

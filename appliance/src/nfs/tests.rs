@@ -15,6 +15,16 @@ const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 struct Tree {
     writes: std::sync::Mutex<Vec<(u64, Vec<u8>, bool)>>,
     commits: std::sync::atomic::AtomicU32,
+    /// Files made in a/ (name, size), ids 300 on.
+    made: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+impl Tree {
+    fn made_node(&self, i: usize) -> Option<Node> {
+        let made = self.made.lock().unwrap();
+        let (_, size) = made.get(i)?;
+        Some(Node { id: 300 + i as u64, token: 7, kind: Kind::File, size: *size, mtime: 1, writable: true })
+    }
 }
 
 fn node(id: u64, kind: Kind, size: u64) -> Node {
@@ -34,6 +44,7 @@ impl Exports for Tree {
             257 => node(257, Kind::File, DISK),
             258 => node(258, Kind::File, 5),
             512 if client == LOCAL => return Err(NFS3ERR_ACCES),
+            300.. => return self.made_node(id as usize - 300).ok_or(NFS3ERR_STALE),
             _ => return Err(NFS3ERR_STALE),
         };
         if n.token != token {
@@ -48,7 +59,14 @@ impl Exports for Tree {
         Ok(match dir.id {
             1 => vec![("a".into(), node(256, Kind::Dir, 0))],
             256 => {
-                vec![("disk.raw".into(), node(257, Kind::File, DISK)), ("notes.txt".into(), node(258, Kind::File, 5))]
+                let mut v = vec![
+                    ("disk.raw".into(), node(257, Kind::File, DISK)),
+                    ("notes.txt".into(), node(258, Kind::File, 5)),
+                ];
+                let made = self.made.lock().unwrap().clone();
+                let kept = made.iter().enumerate().filter(|(_, (n, _))| !n.is_empty());
+                v.extend(kept.map(|(i, (n, _))| (n.clone(), self.made_node(i).unwrap())));
+                v
             }
             _ => vec![],
         })
@@ -66,6 +84,50 @@ impl Exports for Tree {
     fn commit(&self, _file: &Node) -> Result<(), u32> {
         self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+    fn create(
+        &self,
+        _dir: &Node,
+        name: &str,
+        exclusive: bool,
+        size: Option<u64>,
+        _client: IpAddr,
+    ) -> Result<Node, u32> {
+        let mut made = self.made.lock().unwrap();
+        match made.iter().position(|(n, _)| n == name) {
+            Some(_) if exclusive => Err(NFS3ERR_EXIST),
+            Some(i) => {
+                drop(made);
+                Ok(self.made_node(i).unwrap())
+            }
+            None => {
+                made.push((name.to_string(), size.unwrap_or(0)));
+                let i = made.len() - 1;
+                drop(made);
+                Ok(self.made_node(i).unwrap())
+            }
+        }
+    }
+    fn remove(&self, _dir: &Node, name: &str, _client: IpAddr) -> Result<(), u32> {
+        let mut made = self.made.lock().unwrap();
+        let i = made.iter().position(|(n, _)| n == name).ok_or(NFS3ERR_NOENT)?;
+        made[i].0 = String::new();
+        Ok(())
+    }
+    fn rename(&self, _from: &Node, from_name: &str, _to: &Node, to_name: &str, _client: IpAddr) -> Result<(), u32> {
+        let mut made = self.made.lock().unwrap();
+        let i = made.iter().position(|(n, _)| n == from_name).ok_or(NFS3ERR_NOENT)?;
+        made[i].0 = to_name.to_string();
+        Ok(())
+    }
+    fn set_size(&self, file: &Node, size: u64) -> Result<(), u32> {
+        // Only the files made here change size.
+        let i = (file.id as usize).checked_sub(300).ok_or(NFS3ERR_INVAL)?;
+        self.made.lock().unwrap().get_mut(i).ok_or(NFS3ERR_INVAL)?.1 = size;
+        Ok(())
+    }
+    fn space(&self) -> (u64, u64) {
+        (1 << 40, 1 << 39)
     }
     fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32> {
         match path {
@@ -338,4 +400,51 @@ async fn input_that_is_not_nfs_ends_its_connection_only() {
     assert_eq!(readdir(&mut good, &root, false).await, ["a"]);
     let mut late = Client::new(port).await;
     assert!(mount(&mut late, "/holdfast/a").await.is_ok());
+}
+
+#[tokio::test]
+async fn files_are_created_sized_renamed_and_removed_as_a_datastore_does_with_its_lock_files() {
+    let port = start().await;
+    let mut c = Client::new(port).await;
+    let dir = mount(&mut c, "/holdfast/a").await.unwrap();
+    // CREATE: GUARDED with a size, then the same name again: EXIST; UNCHECKED: the one there.
+    let create = |how: u32, name: &str| {
+        let mut a = Writer::default();
+        a.opaque(&dir).string(name).u32(how);
+        // sattr3: mode, uid, gid not set; size 512; times not changed.
+        a.bool(false).bool(false).bool(false).bool(true).u64(512).u32(0).u32(0);
+        a
+    };
+    let body = c.call(NFS_PROG, 3, 8, &create(1, ".lck-0001")).await;
+    let mut r = Reader::new(&body);
+    assert_eq!(r.u32().unwrap(), NFS3_OK);
+    assert!(r.bool().unwrap(), "a handle follows");
+    let fh = r.opaque(64).unwrap().to_vec();
+    assert!(r.bool().unwrap());
+    let attrs = r.fixed(84).unwrap();
+    assert_eq!(&attrs[20..28], &512u64.to_be_bytes(), "the size asked for");
+    assert_eq!(&c.call(NFS_PROG, 3, 8, &create(1, ".lck-0001")).await[..4], &NFS3ERR_EXIST.to_be_bytes());
+    assert_eq!(&c.call(NFS_PROG, 3, 8, &create(0, ".lck-0001")).await[..4], &NFS3_OK.to_be_bytes());
+    // SETATTR size on the new file; on the disk a size change is refused.
+    let setattr = |fh: &[u8], size: u64| {
+        let mut a = Writer::default();
+        a.opaque(fh).bool(false).bool(false).bool(false).bool(true).u64(size).u32(0).u32(0).bool(false);
+        a
+    };
+    assert_eq!(&c.call(NFS_PROG, 3, 2, &setattr(&fh, 0)).await[..4], &NFS3_OK.to_be_bytes());
+    let disk = lookup(&mut c, &dir, "disk.raw").await.unwrap();
+    assert_eq!(&c.call(NFS_PROG, 3, 2, &setattr(&disk, 1)).await[..4], &NFS3ERR_INVAL.to_be_bytes());
+    // RENAME then REMOVE; the listing follows.
+    let mut a = Writer::default();
+    a.opaque(&dir).string(".lck-0001").opaque(&dir).string(".lck-0002");
+    assert_eq!(&c.call(NFS_PROG, 3, 14, &a).await[..4], &NFS3_OK.to_be_bytes());
+    assert_eq!(readdir(&mut c, &dir, true).await, ["disk.raw", "notes.txt", ".lck-0002"]);
+    let mut a = Writer::default();
+    a.opaque(&dir).string(".lck-0002");
+    assert_eq!(&c.call(NFS_PROG, 3, 12, &a).await[..4], &NFS3_OK.to_be_bytes());
+    assert_eq!(&c.call(NFS_PROG, 3, 12, &a).await[..4], &NFS3ERR_NOENT.to_be_bytes());
+    // A directory cannot be made.
+    let mut a = Writer::default();
+    a.opaque(&dir).string("sub").bool(false).bool(false).bool(false).bool(false).u32(0).u32(0);
+    assert_eq!(&c.call(NFS_PROG, 3, 9, &a).await[..4], &10004u32.to_be_bytes(), "NOTSUPP");
 }

@@ -29,6 +29,7 @@ mod rules;
 mod runner;
 mod runs;
 mod schedule;
+mod session_files;
 mod stats;
 mod storage;
 mod system;
@@ -113,7 +114,7 @@ async fn setup(opts: &ServeOptions) -> Result<(Service, Vec<Killed>)> {
     let url = opts.catalog.clone().unwrap_or_else(|| format!("sqlite://{}", data.join("catalog.db").display()));
     let db = catalog::open(&url).await.context("opening the catalog")?;
     let secret = secret_key(&data.join("secret.key"))?;
-    let (sessions, refusals) = Service::new_sessions();
+    let (sessions, refusals) = Service::new_sessions(data);
     let service = Service {
         db,
         stores: Default::default(),

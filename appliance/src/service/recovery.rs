@@ -10,6 +10,7 @@
 //! ends, and the audit log says why.
 
 use super::catalog::now;
+use super::session_files::{valid_name, vmdk_descriptor, ClientFiles, Slot, MAX_DISKS};
 use super::Service;
 use crate::nfs::{self, Exports, Kind, Node};
 use std::collections::{BTreeMap, HashSet};
@@ -77,6 +78,12 @@ struct Export {
     migration: Mutex<Option<RecoveryMigration>>,
     /// The point's VM, as a VM started from the export is defined.
     description: vds_store::VmDescription,
+    /// Each disk's VMDK descriptor (its flat extent is the disk), in the order of `files`.
+    descriptors: Vec<(String, Vec<u8>)>,
+    /// The VM's saved configuration, if the point has it.
+    config: Option<(String, Vec<u8>)>,
+    /// The files clients made in the directory.
+    made: ClientFiles,
     _hold: vds_store::PointHold,
 }
 
@@ -86,38 +93,57 @@ impl Export {
     }
 
     fn dir(&self) -> Node {
-        Node {
-            id: (self.id as u64) << 8,
-            token: self.token,
-            kind: Kind::Dir,
-            size: 0,
-            mtime: self.created_secs,
-            writable: false,
+        self.node(Slot::Dir, Kind::Dir, 0, true)
+    }
+
+    fn node(&self, slot: Slot, kind: Kind, size: u64, writable: bool) -> Node {
+        let id = ((self.id as u64) << 8) | slot.low();
+        Node { id, token: self.token, kind, size, mtime: self.created_secs, writable }
+    }
+
+    /// The file a slot names, with its name, if it exists.
+    fn entry(&self, slot: Slot) -> Option<(String, Node)> {
+        let file = |name: String, size: u64, writable: bool| Some((name, self.node(slot, Kind::File, size, writable)));
+        match slot {
+            Slot::Dir => None,
+            Slot::Raw(k) => self.files.get(k).and_then(|(n, d)| file(n.clone(), d.size(), true)),
+            Slot::Flat(k) => self
+                .files
+                .get(k)
+                .and_then(|(n, d)| file(format!("{}-flat.vmdk", n.trim_end_matches(".raw")), d.size(), true)),
+            Slot::Descriptor(k) => self.descriptors.get(k).and_then(|(n, b)| file(n.clone(), b.len() as u64, false)),
+            Slot::Config => self.config.as_ref().and_then(|(n, b)| file(n.clone(), b.len() as u64, false)),
+            Slot::Client(i) => {
+                let name = self.made.list().into_iter().find(|(j, _)| *j == i)?.1;
+                let size = std::fs::metadata(self.made.path(i)).map(|m| m.len()).unwrap_or(0);
+                file(name, size, true)
+            }
         }
     }
 
-    fn file(&self, k: usize) -> Option<(&str, Node)> {
-        let (name, disk) = self.files.get(k)?;
-        let id = ((self.id as u64) << 8) | (k as u64 + 1);
-        let node = Node {
-            id,
-            token: self.token,
-            kind: Kind::File,
-            size: disk.size(),
-            mtime: self.created_secs,
-            writable: true,
-        };
-        Some((name, node))
+    /// Every file of the directory, by id.
+    fn entries(&self) -> Vec<(String, Node)> {
+        let k = 0..self.files.len();
+        let slots = k.clone().map(Slot::Raw).chain(k.clone().map(Slot::Flat)).chain(k.map(Slot::Descriptor));
+        let slots = slots.chain([Slot::Config]).chain(self.made.list().into_iter().map(|(i, _)| Slot::Client(i)));
+        slots.filter_map(|s| self.entry(s)).collect()
     }
 
-    /// The file and overlay a file node names.
-    fn disk(&self, file: &Node) -> Result<(&vds_store::DiskReader, &super::overlay::Overlay), u32> {
-        let k = ((file.id & 0xff) as usize).wrapping_sub(1);
+    /// The disk and overlay of a raw image or flat extent.
+    fn disk(&self, slot: Slot) -> Result<(&vds_store::DiskReader, &super::overlay::Overlay), u32> {
+        let k = match slot {
+            Slot::Raw(k) | Slot::Flat(k) => k,
+            _ => return Err(nfs::NFS3ERR_INVAL),
+        };
         match (self.files.get(k), self.overlays.get(k)) {
             (Some((_, d)), Some(o)) => Ok((d, o)),
             _ => Err(nfs::NFS3ERR_STALE),
         }
     }
+}
+
+fn slot_of(n: &Node) -> Result<Slot, u32> {
+    Slot::of(n.id & 0xff).ok_or(nfs::NFS3ERR_STALE)
 }
 
 /// A session's disk as it is now (its overlay over the point), read when its writes are kept.
@@ -156,6 +182,8 @@ pub(super) struct Sessions {
     /// Refusals already audited (session, client), so a client retrying is one line.
     refused: Mutex<HashSet<(i64, IpAddr)>>,
     audit: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Where the sessions' overlays and client files live (its free space is the export's).
+    overlays_root: std::path::PathBuf,
 }
 
 impl Sessions {
@@ -180,6 +208,11 @@ impl Sessions {
         status
     }
 
+    /// The session a node of its directory belongs to.
+    fn of(&self, n: &Node) -> Result<Arc<Export>, u32> {
+        self.session((n.id >> 8) as i64).filter(|s| s.token == n.token).ok_or(nfs::NFS3ERR_STALE)
+    }
+
     /// Whether a session is exporting `point` (its id, if so).
     pub(super) fn using(&self, point: &str) -> Option<i64> {
         self.map.read().expect("sessions lock").values().find(|s| s.point == point).map(|s| s.id)
@@ -199,9 +232,9 @@ impl Exports for Sessions {
         if !s.admits(client) {
             return Err(self.refuse(&s, client, nfs::NFS3ERR_ACCES));
         }
-        match (id & 0xff) as usize {
-            0 => Ok(s.dir()),
-            k => s.file(k - 1).map(|(_, n)| n).ok_or(nfs::NFS3ERR_STALE),
+        match Slot::of(id & 0xff).ok_or(nfs::NFS3ERR_STALE)? {
+            Slot::Dir => Ok(s.dir()),
+            slot => s.entry(slot).map(|(_, n)| n).ok_or(nfs::NFS3ERR_STALE),
         }
     }
 
@@ -218,36 +251,152 @@ impl Exports for Sessions {
             let map = self.map.read().expect("sessions lock");
             return Ok(map.values().filter(|s| s.admits(client)).map(|s| (s.shown.name.clone(), s.dir())).collect());
         }
-        let s = self.session((dir.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
-        Ok((0..s.files.len()).filter_map(|k| s.file(k)).map(|(name, n)| (name.to_string(), n)).collect())
+        Ok(self.of(dir)?.entries())
     }
 
     fn read(&self, file: &Node, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
-        let s = self.session((file.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
-        let (disk, overlay) = s.disk(file)?;
-        let base = |b: &mut [u8], at: u64| disk.read_at(b, at).map_err(std::io::Error::other);
+        let s = self.of(file)?;
         let len = buf.len();
-        overlay.read(buf, offset, &base).map_err(|e| io_error(&s.shown.name, &format!("reading {offset}+{len}"), e))?;
+        let doc = |b: &[u8], buf: &mut [u8]| {
+            let start = (offset as usize).min(b.len());
+            let n = buf.len().min(b.len() - start);
+            buf[..n].copy_from_slice(&b[start..start + n]);
+        };
+        match slot_of(file)? {
+            Slot::Descriptor(k) => doc(&s.descriptors.get(k).ok_or(nfs::NFS3ERR_STALE)?.1, buf),
+            Slot::Config => doc(&s.config.as_ref().ok_or(nfs::NFS3ERR_STALE)?.1, buf),
+            Slot::Client(i) => {
+                let f = std::fs::File::open(s.made.path(i))
+                    .map_err(|e| io_error(&s.shown.name, "opening a client file", e))?;
+                std::os::unix::fs::FileExt::read_exact_at(&f, buf, offset)
+                    .map_err(|e| io_error(&s.shown.name, &format!("reading a client file at {offset}"), e))?;
+            }
+            slot => {
+                let (disk, overlay) = s.disk(slot)?;
+                let base = |b: &mut [u8], at: u64| disk.read_at(b, at).map_err(std::io::Error::other);
+                overlay
+                    .read(buf, offset, &base)
+                    .map_err(|e| io_error(&s.shown.name, &format!("reading {offset}+{len}"), e))?;
+            }
+        }
         s.bytes_read.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }
 
     fn write(&self, file: &Node, offset: u64, data: &[u8], sync: bool) -> Result<(), u32> {
-        let s = self.session((file.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
-        let (disk, overlay) = s.disk(file)?;
-        if offset.saturating_add(data.len() as u64) > disk.size() {
-            return Err(nfs::NFS3ERR_FBIG);
+        let s = self.of(file)?;
+        match slot_of(file)? {
+            Slot::Client(i) => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(s.made.path(i))
+                    .map_err(|e| io_error(&s.shown.name, "opening a client file", e))?;
+                std::os::unix::fs::FileExt::write_all_at(&f, data, offset)
+                    .and_then(|()| if sync { f.sync_data() } else { Ok(()) })
+                    .map_err(|e| io_error(&s.shown.name, "writing a client file", e))
+            }
+            slot => {
+                let (disk, overlay) = s.disk(slot).map_err(|_| nfs::NFS3ERR_ROFS)?;
+                if offset.saturating_add(data.len() as u64) > disk.size() {
+                    return Err(nfs::NFS3ERR_FBIG);
+                }
+                let base = |b: &mut [u8], at: u64| disk.read_at(b, at).map_err(std::io::Error::other);
+                overlay
+                    .write(data, offset, sync, &base)
+                    .map_err(|e| io_error(&s.shown.name, &format!("writing {offset}+{}", data.len()), e))
+            }
         }
-        let base = |b: &mut [u8], at: u64| disk.read_at(b, at).map_err(std::io::Error::other);
-        overlay
-            .write(data, offset, sync, &base)
-            .map_err(|e| io_error(&s.shown.name, &format!("writing {offset}+{}", data.len()), e))
     }
 
     fn commit(&self, file: &Node) -> Result<(), u32> {
-        let s = self.session((file.id >> 8) as i64).ok_or(nfs::NFS3ERR_STALE)?;
-        let (_, overlay) = s.disk(file)?;
-        overlay.sync().map_err(|e| io_error(&s.shown.name, "committing", e))
+        let s = self.of(file)?;
+        match slot_of(file)? {
+            Slot::Client(i) => std::fs::File::open(s.made.path(i))
+                .and_then(|f| f.sync_data())
+                .map_err(|e| io_error(&s.shown.name, "committing a client file", e)),
+            slot => {
+                let (_, overlay) = s.disk(slot)?;
+                overlay.sync().map_err(|e| io_error(&s.shown.name, "committing", e))
+            }
+        }
+    }
+
+    fn create(&self, dir: &Node, name: &str, exclusive: bool, size: Option<u64>, client: IpAddr) -> Result<Node, u32> {
+        if dir.id == 1 {
+            return Err(nfs::NFS3ERR_ACCES);
+        }
+        let s = self.of(dir)?;
+        if !valid_name(name) {
+            return Err(nfs::NFS3ERR_INVAL);
+        }
+        let there = s.entries().into_iter().find(|(n, _)| n == name).map(|(_, n)| n);
+        let node = match there {
+            Some(_) if exclusive => return Err(nfs::NFS3ERR_EXIST),
+            Some(n) => n,
+            None => {
+                let i = s.made.create(name).map_err(|e| io_error(&s.shown.name, "creating a client file", e))?;
+                let i = i.ok_or(nfs::NFS3ERR_NOSPC)?;
+                s.entry(Slot::Client(i)).map(|(_, n)| n).ok_or(nfs::NFS3ERR_IO)?
+            }
+        };
+        if let Some(size) = size {
+            self.set_size(&node, size)?;
+        }
+        self.node(node.id, node.token, client)
+    }
+
+    fn remove(&self, dir: &Node, name: &str, _client: IpAddr) -> Result<(), u32> {
+        let s = self.of(dir)?;
+        match s.made.find(name) {
+            Some(i) => s.made.remove(i).map_err(|e| io_error(&s.shown.name, "removing a client file", e)),
+            // The disks, their descriptors and the configuration are the export's own.
+            None if s.entries().iter().any(|(n, _)| n == name) => Err(nfs::NFS3ERR_ACCES),
+            None => Err(nfs::NFS3ERR_NOENT),
+        }
+    }
+
+    fn rename(&self, from: &Node, from_name: &str, to: &Node, to_name: &str, _client: IpAddr) -> Result<(), u32> {
+        if from.id != to.id {
+            // Only within one session's directory.
+            return Err(nfs::NFS3ERR_ACCES);
+        }
+        let s = self.of(from)?;
+        if !valid_name(to_name) {
+            return Err(nfs::NFS3ERR_INVAL);
+        }
+        let i = match s.made.find(from_name) {
+            Some(i) => i,
+            None if s.entries().iter().any(|(n, _)| n == from_name) => return Err(nfs::NFS3ERR_ACCES),
+            None => return Err(nfs::NFS3ERR_NOENT),
+        };
+        if s.made.find(to_name).is_none() && s.entries().iter().any(|(n, _)| n == to_name) {
+            return Err(nfs::NFS3ERR_ACCES);
+        }
+        s.made.rename(i, to_name).map_err(|e| io_error(&s.shown.name, "renaming a client file", e))
+    }
+
+    fn set_size(&self, file: &Node, size: u64) -> Result<(), u32> {
+        let s = self.of(file)?;
+        match slot_of(file)? {
+            Slot::Client(i) => std::fs::OpenOptions::new()
+                .write(true)
+                .open(s.made.path(i))
+                .and_then(|f| f.set_len(size))
+                .map_err(|e| io_error(&s.shown.name, "resizing a client file", e)),
+            // A disk keeps the point's size.
+            _ => Err(nfs::NFS3ERR_INVAL),
+        }
+    }
+
+    fn space(&self) -> (u64, u64) {
+        let Ok(path) = std::ffi::CString::new(self.overlays_root.as_os_str().as_encoded_bytes()) else { return (0, 0) };
+        // SAFETY: a NUL-terminated path and a statvfs we own.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return (0, 0);
+        }
+        let unit = st.f_frsize as u64;
+        (st.f_blocks as u64 * unit, st.f_bavail as u64 * unit)
     }
 
     fn mount(&self, path: &str, client: IpAddr) -> Result<Node, u32> {
@@ -298,11 +447,18 @@ fn check_name(name: &str) -> ApiResult<()> {
 type Row = (i64, String, String, String, String, i64, String, Option<i64>, Option<String>);
 
 impl Service {
-    /// The session tree, with the task that writes its refusals to the audit log.
-    pub(super) fn new_sessions() -> (Arc<Sessions>, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    /// The session tree (its overlays under `data`), with the channel its refusals come on.
+    pub(super) fn new_sessions(
+        data: &std::path::Path,
+    ) -> (Arc<Sessions>, tokio::sync::mpsc::UnboundedReceiver<String>) {
         let (audit, refusals) = tokio::sync::mpsc::unbounded_channel();
-        let sessions =
-            Sessions { map: Default::default(), started_secs: unix_secs(), refused: Default::default(), audit };
+        let sessions = Sessions {
+            map: Default::default(),
+            started_secs: unix_secs(),
+            refused: Default::default(),
+            audit,
+            overlays_root: data.to_path_buf(),
+        };
         (Arc::new(sessions), refusals)
     }
 
@@ -363,7 +519,7 @@ impl Service {
 
     /// Where a session's overlays live.
     fn overlay_dir(&self, id: i64) -> std::path::PathBuf {
-        self.work_dir.with_file_name("recoveries").join(id.to_string())
+        self.sessions.overlays_root.join("recoveries").join(id.to_string())
     }
 
     fn shown(&self, s: &Export) -> Recovery {
@@ -566,17 +722,25 @@ impl Service {
             .map_err(ApiError::server)?;
         let (_, store) = self.point_store(&point).await?;
         let (p, dir) = (point.clone(), self.overlay_dir(id));
-        let (entry, hold, files, overlays) = tokio::task::spawn_blocking(move || {
+        let (entry, hold, files, overlays, made) = tokio::task::spawn_blocking(move || {
             let entry = store.find(&p)?;
             let hold = store.hold_point(&entry.vm, &p)?;
             let files: Vec<(String, vds_store::DiskReader)> =
                 store.open_disks(&p)?.into_iter().map(|(key, d)| (format!("{key}.raw"), d)).collect();
+            if files.len() > MAX_DISKS {
+                return Err(vds_store::StoreError::Invalid(format!(
+                    "{} disks: an export holds at most {MAX_DISKS}",
+                    files.len()
+                )));
+            }
+            let made = ClientFiles::open(&dir)
+                .map_err(|e| vds_store::StoreError::io(format!("reading the client files in {}", dir.display()), e))?;
             let overlays = files
                 .iter()
                 .map(|(name, d)| super::overlay::Overlay::open(&dir, name, d.size()))
                 .collect::<std::io::Result<Vec<_>>>()
                 .map_err(|e| vds_store::StoreError::io(format!("opening the overlays in {}", dir.display()), e))?;
-            Ok::<_, vds_store::StoreError>((entry, hold, files, overlays))
+            Ok::<_, vds_store::StoreError>((entry, hold, files, overlays, made))
         })
         .await
         .map_err(ApiError::internal)?
@@ -598,6 +762,16 @@ impl Service {
             created,
             created_by,
         };
+        let descriptors = files
+            .iter()
+            .map(|(n, d)| {
+                let key = n.trim_end_matches(".raw");
+                (
+                    format!("{key}.vmdk"),
+                    vmdk_descriptor(&format!("{key}-flat.vmdk"), d.size(), token as u32).into_bytes(),
+                )
+            })
+            .collect();
         let session = Arc::new(Export {
             id,
             token: token as u32,
@@ -610,6 +784,12 @@ impl Service {
             shown,
             vm: Mutex::new(vm_platform.zip(vm_name).map(|(platform, name)| RecoveryVm { platform, name })),
             migration: Mutex::new(None),
+            descriptors,
+            config: entry.manifest.vm.native.as_ref().map(|n| {
+                let ext = if n.text.trim_start().starts_with('<') { "xml" } else { "txt" };
+                (format!("vm-config.{ext}"), n.text.clone().into_bytes())
+            }),
+            made,
             description: entry.manifest.vm.clone(),
             _hold: hold,
         });
