@@ -26,6 +26,8 @@ use xdr::{Reader, Writer, XdrError};
 
 /// The largest READ (and WRITE) offered.
 pub const MAX_IO: u32 = 1 << 20;
+/// Calls of one connection answered at once (each may hold a READ's or WRITE's data).
+const IN_FLIGHT: usize = 16;
 
 const PMAP_PROG: u32 = 100_000;
 const NFS_PROG: u32 = 100_003;
@@ -117,14 +119,35 @@ pub async fn serve<E: Exports>(listener: TcpListener, exports: Arc<E>, nfs_port:
         tokio::spawn(async move {
             let _ = socket.set_nodelay(true);
             let (mut rd, mut wr) = socket.into_split();
-            let conn = Conn { exports, client: canonical(peer.ip()), nfs_port };
+            let conn = Arc::new(Conn { exports, client: canonical(peer.ip()), nfs_port });
+            // Calls are answered as they finish, up to IN_FLIGHT at once per connection (clients
+            // such as QEMU keep several reads outstanding; replies carry their xid); one writer
+            // sends the replies.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_FLIGHT);
+            let writer = tokio::spawn(async move {
+                while let Some(reply) = rx.recv().await {
+                    if rpc::write_record(&mut wr, &reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
             // Any error (I/O, a record too long, not a call) ends this connection only.
             while let Ok(Some(record)) = rpc::read_record(&mut rd).await {
-                let Some(reply) = conn.answer(&record).await else { break };
-                if rpc::write_record(&mut wr, &reply).await.is_err() {
+                if matches!(rpc::parse_call(&record), Err((None, _))) {
                     break;
                 }
+                let Ok(slot) = slots.clone().acquire_owned().await else { break };
+                let (conn, tx) = (conn.clone(), tx.clone());
+                tokio::spawn(async move {
+                    if let Some(reply) = conn.answer(&record).await {
+                        let _ = tx.send(reply).await;
+                    }
+                    drop(slot);
+                });
             }
+            drop(tx);
+            let _ = writer.await;
         });
     }
 }
