@@ -11,5 +11,6 @@ CREATE TABLE recoveries (
     created_by TEXT NOT NULL,
     -- The VM the session started on a platform from the export (removed when it ends).
     platform_id BIGINT,
-    vm_name TEXT
+    vm_name TEXT,
+    vm_macs_kept BIGINT
 );

@@ -175,6 +175,15 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
     );
     assert_eq!(code, 409, "{e}");
 
+    // Garbage collection while the session lives leaves every chunk it reads.
+    let gc = Command::new(holdfast_tests::holdfast_bin())
+        .args(["store", "gc", "--store"])
+        .arg(data.join("store"))
+        .output()
+        .unwrap();
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert!(nfs_tool("nfs-cat", &nfs_url(port, &format!("{export}/vdb.raw"))) == host.disk("db<1>", "vdb"));
+
     // The point cannot go while it is exported.
     let (code, e) = c.request("DELETE", &format!("/api/points/{}", point.as_str().unwrap()), None);
     assert_eq!(code, 409, "{e}");
@@ -278,7 +287,8 @@ fn a_session_starts_its_vm_on_a_platform_from_the_export_and_removes_it_when_it_
 
     // Started: a new VM (new MAC) on the platform whose disks are the export's images.
     let s = c.post("/api/recoveries", vm(json!({ "network": "dmz" })), 201);
-    assert_eq!(s["vm_started"], json!({ "platform": platform, "name": "app-ir" }), "{s}");
+    // The original VM is still there: new MAC addresses by default.
+    assert_eq!(s["vm_started"], json!({ "platform": platform, "name": "app-ir", "macs_kept": false }), "{s}");
     let made = host.vm("app-ir").expect("the VM is defined");
     assert!(made.running);
     assert_eq!(made.exported, ["nfs://127.0.0.1/holdfast/app-ir/vda.raw", "nfs://127.0.0.1/holdfast/app-ir/vdb.raw"]);

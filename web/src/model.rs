@@ -661,9 +661,10 @@ pub struct NewRecoveryVm {
     /// Network for every NIC; default: each NIC's own.
     #[serde(default)]
     pub network: Option<String>,
-    /// Give the NICs the point's MAC addresses (for a VM that replaces one that is gone).
+    /// Give the NICs the point's MAC addresses. Default: only when the original VM is no longer
+    /// on that platform (two VMs with one MAC conflict on a network).
     #[serde(default)]
-    pub keep_macs: bool,
+    pub keep_macs: Option<bool>,
     /// Start it (default true).
     #[serde(default)]
     pub start: Option<bool>,
@@ -710,6 +711,8 @@ pub struct RecoveryKept {
 pub struct RecoveryVm {
     pub platform: i64,
     pub name: String,
+    /// Whether its NICs have the point's MAC addresses (else new ones).
+    pub macs_kept: bool,
 }
 
 /// A file of an instant-recovery export.

@@ -143,7 +143,7 @@ async function start(main, pointId) {
     field('VM name', vmName, null, 'vm.name'),
     field('Network', network, null, 'vm.network'),
     h('div', { class: 'grid-fields' }, field('CPUs', cpus, null, 'vm.cpus'), field('Memory (MiB)', memory, null, 'vm.memory_mib')),
-    choice(keepMacs, 'Keep the point\'s MAC addresses (only when the original VM is gone)'),
+    choice(keepMacs, 'Keep the point\'s MAC addresses even if the original VM is still there (by default they are kept only when it is gone)'),
     choice(startIt, 'Start it'));
   const showVm = () => { vmBox.hidden = !runVm.checked; };
   runVm.addEventListener('change', showVm);
@@ -164,7 +164,7 @@ async function start(main, pointId) {
       if (name.value.trim()) body.name = name.value.trim();
       if (runVm.checked && able.length) {
         body.vm = { platform: Number(platform.value), nfs_host: nfsHost.value.trim(), name: vmName.value.trim() || undefined,
-          keep_macs: keepMacs.checked, start: startIt.checked };
+          keep_macs: keepMacs.checked ? true : undefined, start: startIt.checked };
         if (network.value) body.vm.network = network.value;
         if (cpus.value) body.vm.cpus = Number(cpus.value);
         if (memory.value) body.vm.memory_mib = Number(memory.value);

@@ -444,7 +444,7 @@ fn check_name(name: &str) -> ApiResult<()> {
 }
 
 /// The catalog row of a session.
-type Row = (i64, String, String, String, String, i64, String, Option<i64>, Option<String>);
+type Row = (i64, String, String, String, String, i64, String, Option<i64>, Option<String>, Option<i64>);
 
 impl Service {
     /// The session tree (its overlays under `data`), with the channel its refusals come on.
@@ -654,6 +654,14 @@ impl Service {
             return Err(ApiError::field("vm.nfs_host", format!("{:?} is not an address or host name", v.nfs_host)));
         }
         let disks = Self::exported_disks(s, &v.nfs_host);
+        // The point's MACs only for a VM that replaces one that is gone (asked, or found gone).
+        let keep_macs = match v.keep_macs {
+            Some(k) => k,
+            None => self
+                .vms_of(v.platform)
+                .await
+                .is_ok_and(|vms| !vms.iter().any(|vm| vm.uuid == s.description.key || vm.name == s.description.name)),
+        };
         let spec = connectors::NewVmSpec {
             name: v.name.clone().unwrap_or_else(|| s.shown.name.clone()),
             cpus: v.cpus,
@@ -663,12 +671,12 @@ impl Service {
             disk_format: Some("raw".into()),
             disk_sizes: Default::default(),
             start: v.start.unwrap_or(true),
-            keep_macs: v.keep_macs,
+            keep_macs,
         };
         let (work, description) = (self.work_dir.clone(), s.description.clone());
         let name =
             Self::blocking(move || target.connect(&work)?.start_exported_vm(&description, &disks, &spec)).await?;
-        Ok(RecoveryVm { platform: v.platform, name })
+        Ok(RecoveryVm { platform: v.platform, name, macs_kept: keep_macs })
     }
 
     /// Stops and removes the session's VM, if it has one.
@@ -713,7 +721,7 @@ impl Service {
 
     /// Opens a session's point and holds it; registers it in the tree.
     async fn open_session(&self, row: Row) -> ApiResult<Arc<Export>> {
-        let (id, name, point, clients, created, token, created_by, vm_platform, vm_name) = row;
+        let (id, name, point, clients, created, token, created_by, vm_platform, vm_name, macs_kept) = row;
         let allowed = serde_json::from_str::<Vec<String>>(&clients)
             .map_err(ApiError::internal)?
             .iter()
@@ -782,7 +790,11 @@ impl Service {
             created_secs: unix_secs(),
             bytes_read: AtomicU64::new(0),
             shown,
-            vm: Mutex::new(vm_platform.zip(vm_name).map(|(platform, name)| RecoveryVm { platform, name })),
+            vm: Mutex::new(vm_platform.zip(vm_name).map(|(platform, name)| RecoveryVm {
+                platform,
+                name,
+                macs_kept: macs_kept == Some(1),
+            })),
             migration: Mutex::new(None),
             descriptors,
             config: entry.manifest.vm.native.as_ref().map(|n| {
@@ -858,7 +870,7 @@ impl Service {
             e => ApiError::internal(e),
         })?
         .0;
-        let row = (id, name.clone(), r.point.clone(), clients, created, token, s.user.clone(), None, None);
+        let row = (id, name.clone(), r.point.clone(), clients, created, token, s.user.clone(), None, None, None);
         let session = match self.open_session(row).await {
             Ok(session) => session,
             Err(e) => {
@@ -870,12 +882,15 @@ impl Service {
         if let Some(v) = &r.vm {
             match self.start_vm(&session, v).await {
                 Ok(vm) => {
-                    let saved = sqlx::query("UPDATE recoveries SET platform_id = $1, vm_name = $2 WHERE id = $3")
-                        .bind(vm.platform)
-                        .bind(&vm.name)
-                        .bind(id)
-                        .execute(&self.db)
-                        .await;
+                    let saved = sqlx::query(
+                        "UPDATE recoveries SET platform_id = $1, vm_name = $2, vm_macs_kept = $3 WHERE id = $4",
+                    )
+                    .bind(vm.platform)
+                    .bind(&vm.name)
+                    .bind(vm.macs_kept as i64)
+                    .bind(id)
+                    .execute(&self.db)
+                    .await;
                     *session.vm.lock().expect("vm lock") = Some(vm);
                     if let Err(e) = saved {
                         let _ = self.remove_vm(&session).await;
@@ -984,7 +999,7 @@ impl Service {
     /// At start: every session the catalog has is exported again, or ends saying why.
     pub(super) async fn reopen_recoveries(&self) -> ApiResult<()> {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, name, point_id, clients, created, token, created_by, platform_id, vm_name FROM recoveries \
+            "SELECT id, name, point_id, clients, created, token, created_by, platform_id, vm_name, vm_macs_kept FROM recoveries \
              ORDER BY id",
         )
         .fetch_all(&self.db)
