@@ -9,9 +9,10 @@
 //! session lives, and becomes NFS3ERR_STALE when the session ends (a new session never takes
 //! over an old one's handles: its token differs).
 //!
-//! Every connection reads whole records (bounded), answers each call in order and drops the
-//! connection on input that is not an RPC call; a call whose arguments do not decode gets
-//! GARBAGE_ARGS. Files the tree says are writable take WRITE (UNSTABLE, DATA_SYNC, FILE_SYNC)
+//! Every connection reads whole records (bounded), answers up to 16 calls at once (replies go
+//! out as they are ready, each with its xid) and drops the connection on input that is not an
+//! RPC call; a call whose arguments do not decode gets GARBAGE_ARGS. At most 256 connections are
+//! served at once. Files the tree says are writable take WRITE (UNSTABLE, DATA_SYNC, FILE_SYNC)
 //! and COMMIT; the write verifier is made at each start of the process, so a client whose
 //! unstable writes a restart may have lost sees it change and sends them again.
 
@@ -28,6 +29,8 @@ use xdr::{Reader, Writer, XdrError};
 pub const MAX_IO: u32 = 1 << 20;
 /// Calls of one connection answered at once (each may hold a READ's or WRITE's data).
 const IN_FLIGHT: usize = 16;
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 256;
 
 const PMAP_PROG: u32 = 100_000;
 const NFS_PROG: u32 = 100_003;
@@ -69,7 +72,8 @@ pub struct Node {
     pub token: u32,
     pub kind: Kind,
     pub size: u64,
-    /// Seconds since the epoch, for every time attribute.
+    /// When it last changed, in nanoseconds since the epoch, for every time attribute (clients
+    /// see a directory's entries or a file's bytes change by it).
     pub mtime: u64,
     /// Takes writes.
     pub writable: bool,
@@ -113,10 +117,24 @@ pub trait Exports: Send + Sync + 'static {
 /// portmapper answers `nfs_port` for NFS and MOUNT over TCP: run it on port 111 beside the
 /// NFS port (2049) so clients that ask (QEMU, libvirt, ESXi for MOUNT) find them.
 pub async fn serve<E: Exports>(listener: TcpListener, exports: Arc<E>, nfs_port: u16) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((socket, peer)) = listener.accept().await else { continue };
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of descriptors, say: wait instead of spinning.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(connection) = connections.clone().try_acquire_owned() else {
+            // Full: this one is closed at once.
+            drop(socket);
+            continue;
+        };
         let exports = exports.clone();
         tokio::spawn(async move {
+            let _connection = connection;
             let _ = socket.set_nodelay(true);
             let (mut rd, mut wr) = socket.into_split();
             let conn = Arc::new(Conn { exports, client: canonical(peer.ip()), nfs_port });
@@ -232,8 +250,9 @@ impl<E: Exports> Conn<E> {
         let out = match prog {
             PMAP_PROG if vers == 2 => self.portmap(proc_, args),
             PMAP_PROG => return Err(Refusal::ProgMismatch(2, 2)),
-            MOUNT_PROG if (1..=3).contains(&vers) => self.mount(proc_, args),
-            MOUNT_PROG => return Err(Refusal::ProgMismatch(1, 3)),
+            // MOUNT v3 only: v1 and v2 answer MNT with a fixed 32-byte handle of NFSv2.
+            MOUNT_PROG if vers == 3 => self.mount(proc_, args),
+            MOUNT_PROG => return Err(Refusal::ProgMismatch(3, 3)),
             NFS_PROG if vers == 3 => self.nfs(proc_, args, &caller).await,
             NFS_PROG => return Err(Refusal::ProgMismatch(3, 3)),
             _ => return Err(Refusal::ProgUnavail),
@@ -252,12 +271,12 @@ impl<E: Exports> Conn<E> {
             // GETPORT(prog, vers, prot, port)
             3 => {
                 let (prog, vers, prot, _) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
-                let ours = prot == 6 && ((prog == NFS_PROG && vers == 3) || (prog == MOUNT_PROG && vers <= 3));
+                let ours = prot == 6 && (prog == NFS_PROG || prog == MOUNT_PROG) && vers == 3;
                 w.u32(if ours { self.nfs_port as u32 } else { 0 });
             }
             // DUMP: the mappings served.
             4 => {
-                for (prog, vers) in [(NFS_PROG, 3), (MOUNT_PROG, 3), (MOUNT_PROG, 1)] {
+                for (prog, vers) in [(NFS_PROG, 3), (MOUNT_PROG, 3)] {
                     w.bool(true).u32(prog).u32(vers).u32(6).u32(self.nfs_port as u32);
                 }
                 w.bool(false);
@@ -358,10 +377,14 @@ impl<E: Exports> Conn<E> {
             // LOOKUP(dir, name)
             3 => {
                 let dir = self.node_of(r)?;
-                let name = r.string(255)?;
+                let name = r.string(1024)?;
                 match dir {
                     Err(s) => {
                         w.u32(s).bool(false);
+                    }
+                    Ok(d) if name.len() > 255 => {
+                        w.u32(NFS3ERR_NAMETOOLONG);
+                        post(&mut w, Some(&d));
                     }
                     Ok(d) if d.kind != Kind::Dir => {
                         w.u32(NFS3ERR_NOTDIR);
@@ -462,8 +485,10 @@ impl<E: Exports> Conn<E> {
                         let done = tokio::task::spawn_blocking(move || exports.write(&file, offset, &data, sync))
                             .await
                             .unwrap_or(Err(NFS3ERR_IO));
+                        // The attributes after the write (a client file may have grown).
+                        let after = self.exports.node(n.id, n.token, self.client).unwrap_or(n);
                         w.u32(done.err().unwrap_or(NFS3_OK)).bool(false);
-                        post(&mut w, Some(&n));
+                        post(&mut w, Some(&after));
                         if done.is_ok() {
                             // What was asked is what was done: FILE_SYNC for a stable write.
                             w.u32(len as u32).u32(if sync { 2 } else { 0 }).fixed(&verifier());
@@ -660,6 +685,7 @@ impl<E: Exports> Conn<E> {
                 let (_offset, _count) = (r.u64()?, r.u32()?);
                 let done = match &n {
                     Err(s) => Err(*s),
+                    Ok(n) if n.kind == Kind::Dir => Err(NFS3ERR_ISDIR),
                     Ok(n) if !n.writable => Ok(()),
                     Ok(n) => {
                         let (exports, file) = (self.exports.clone(), n.clone());
@@ -708,7 +734,7 @@ fn fattr(w: &mut Writer, n: &Node, caller: &Caller) {
     // fsid, fileid
     w.u64(0x486f_6c64).u64(n.id);
     for _ in 0..3 {
-        w.u32(n.mtime as u32).u32(0);
+        w.u32((n.mtime / 1_000_000_000) as u32).u32((n.mtime % 1_000_000_000) as u32);
     }
 }
 

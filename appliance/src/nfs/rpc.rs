@@ -24,6 +24,8 @@ pub enum Refusal {
     TooWeak,
     /// The credential does not decode (AUTH_BADCRED).
     BadCred,
+    /// Not RPC version 2 (RPC_MISMATCH).
+    RpcMismatch,
 }
 
 /// The AUTH_SYS credential's identity.
@@ -61,9 +63,12 @@ pub async fn read_record<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opt
         if record.len() + len > MAX_RECORD {
             return Err(std::io::Error::other(format!("a record of over {MAX_RECORD} bytes")));
         }
+        // Grown as the bytes arrive: a header alone claims no memory.
         let start = record.len();
-        record.resize(start + len, 0);
-        r.read_exact(&mut record[start..]).await?;
+        (&mut *r).take(len as u64).read_to_end(&mut record).await?;
+        if record.len() - start != len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         if last {
             return Ok(Some(record));
         }
@@ -87,8 +92,11 @@ pub fn parse_call(record: &[u8]) -> Result<Call<'_>, (Option<u32>, Refusal)> {
         (|| -> Result<(u32, u32, u32, u32, u32), XdrError> { Ok((r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?)) })(
         );
     let Ok((mtype, rpcvers, prog, vers, proc_)) = head else { return Err((Some(xid), Refusal::GarbageArgs)) };
-    if mtype != 0 || rpcvers != 2 {
+    if mtype != 0 {
         return Err((None, Refusal::GarbageArgs));
+    }
+    if rpcvers != 2 {
+        return Err((Some(xid), Refusal::RpcMismatch));
     }
     let cred = (|| -> Result<(u32, Vec<u8>), XdrError> {
         let flavor = r.u32()?;
@@ -135,6 +143,10 @@ pub fn refused(xid: u32, why: &Refusal) -> Writer {
     let mut w = Writer::default();
     w.u32(xid).u32(1);
     match why {
+        // MSG_DENIED, RPC_MISMATCH, versions 2 to 2.
+        Refusal::RpcMismatch => {
+            w.u32(1).u32(0).u32(2).u32(2);
+        }
         Refusal::TooWeak | Refusal::BadCred => {
             // MSG_DENIED, AUTH_ERROR, AUTH_TOOWEAK (5) or AUTH_BADCRED (1).
             w.u32(1).u32(1).u32(if *why == Refusal::TooWeak { 5 } else { 1 });
@@ -181,6 +193,12 @@ mod tests {
         // A reply sent to us, or a truncated header.
         let reply = [[0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 2], [0; 4], [0; 4], [0; 4]].concat();
         assert_eq!(parse_call(&reply).unwrap_err().0, None);
+        let v3 = [[0, 0, 0, 1], [0; 4], [0, 0, 0, 3], [0; 4], [0; 4], [0; 4]].concat();
+        assert_eq!(parse_call(&v3).unwrap_err(), (Some(1), Refusal::RpcMismatch));
+        assert_eq!(
+            refused(1, &Refusal::RpcMismatch).buf,
+            [[0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 1], [0; 4], [0, 0, 0, 2], [0, 0, 0, 2]].concat()
+        );
         assert_eq!(parse_call(&record[..10]).unwrap_err(), (Some(42), Refusal::GarbageArgs));
     }
 

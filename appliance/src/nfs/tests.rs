@@ -28,7 +28,7 @@ impl Tree {
 }
 
 fn node(id: u64, kind: Kind, size: u64) -> Node {
-    Node { id, token: if id == 1 { 0 } else { 7 }, kind, size, mtime: 1_700_000_000, writable: id == 257 }
+    Node { id, token: if id == 1 { 0 } else { 7 }, kind, size, mtime: 1_700_000_000_000_000_000, writable: id == 257 }
 }
 
 const DISK: u64 = 3 * MAX_IO as u64 + 5;

@@ -2,9 +2,11 @@
 //! point; it goes to a sparse file beside the session, at the disk's own offsets, in whole
 //! 4 KiB blocks (a write that covers part of a block first takes the rest of that block from
 //! the point, or from the overlay if written before). Which blocks are written is kept in a
-//! journal of (first block, count) records, appended after the data and replayed at open, so a
-//! restarted appliance finds every write it had acknowledged as stable. Reads take each block
-//! from the overlay where written, else from the point.
+//! journal of (first block, count) records, replayed at open. A record reaches the journal only
+//! once its data is on disk (at a stable write, or at the COMMIT after unstable ones), so after a
+//! crash the journal never claims a block whose data was lost: such a block reads from the point
+//! again, and the client, seeing a new write verifier, sends its unstable writes again. Reads
+//! take each block from the overlay where written, else from the point.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -54,7 +56,11 @@ pub struct Overlay {
     written: RwLock<Blocks>,
     /// One write at a time: a partial block's fill and its write are one step.
     writing: Mutex<()>,
+    /// Journal records of unstable writes whose data is not yet known to be on disk.
+    pending: Mutex<Vec<[u8; 16]>>,
     bytes_written: AtomicU64,
+    /// When it was last written (nanoseconds since the epoch; 0: not since it was opened).
+    changed: AtomicU64,
 }
 
 impl Overlay {
@@ -91,7 +97,9 @@ impl Overlay {
             journal: Mutex::new(journal),
             written: RwLock::new(written),
             writing: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
             bytes_written: AtomicU64::new(0),
+            changed: AtomicU64::new(0),
         })
     }
 
@@ -103,6 +111,11 @@ impl Overlay {
     /// Bytes clients wrote since it was opened.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// When it was last written (nanoseconds since the epoch), 0 if not since it was opened.
+    pub fn changed(&self) -> u64 {
+        self.changed.load(Ordering::Relaxed)
     }
 
     /// Fills `buf` from `offset`: written blocks from the overlay, the others from `base`.
@@ -156,24 +169,25 @@ impl Overlay {
         }
         whole[(offset - start) as usize..(end - start) as usize].copy_from_slice(data);
         self.data.write_all_at(&whole, start)?;
-        if sync {
-            self.data.sync_data()?;
+        // A record only for blocks not yet written (rewrites need none).
+        let new = { (first..=last).any(|b| !self.written.read().expect("overlay lock").get(b)) };
+        if new {
+            let mut record = [0u8; 16];
+            record[..8].copy_from_slice(&first.to_be_bytes());
+            record[8..].copy_from_slice(&(last - first + 1).to_be_bytes());
+            self.pending.lock().expect("pending lock").push(record);
         }
-        let mut record = [0u8; 16];
-        record[..8].copy_from_slice(&first.to_be_bytes());
-        record[8..].copy_from_slice(&(last - first + 1).to_be_bytes());
-        {
-            let mut journal = self.journal.lock().expect("journal lock");
-            journal.write_all(&record)?;
-            if sync {
-                journal.sync_data()?;
-            }
+        if sync {
+            self.sync()?;
         }
         let mut written = self.written.write().expect("overlay lock");
         for b in first..=last {
             written.set(b);
         }
+        drop(written);
         self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        self.changed.store(now, Ordering::Relaxed);
         Ok(())
     }
 
@@ -198,10 +212,20 @@ impl Overlay {
         out
     }
 
-    /// Makes every write so far durable (NFS COMMIT).
+    /// Makes every write so far durable (NFS COMMIT): the data first, then the records of the
+    /// blocks it holds.
     pub fn sync(&self) -> std::io::Result<()> {
         self.data.sync_data()?;
-        self.journal.lock().expect("journal lock").sync_data()
+        let mut journal = self.journal.lock().expect("journal lock");
+        let records = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        if !records.is_empty() {
+            if let Err(e) = journal.write_all(&records.concat()) {
+                // Not recorded: they stay pending for the next sync.
+                self.pending.lock().expect("pending lock").splice(0..0, records);
+                return Err(e);
+            }
+        }
+        journal.sync_data()
     }
 }
 
@@ -245,6 +269,8 @@ mod tests {
         };
         check(&o);
         assert_eq!(o.used(), 4 * BLOCK, "blocks 0, 1, 4 and 10");
+        // Unstable writes reach the journal only at the sync (their data first).
+        assert_eq!(std::fs::metadata(dir.path().join("vda.journal")).unwrap().len(), 0);
         assert_eq!(o.written_ranges(), [0..2 * BLOCK, 4 * BLOCK..5 * BLOCK, 10 * BLOCK..size]);
         o.sync().unwrap();
         drop(o);

@@ -10,7 +10,7 @@
 //! ends, and the audit log says why.
 
 use super::catalog::now;
-use super::session_files::{valid_name, vmdk_descriptor, ClientFiles, Slot, MAX_DISKS};
+use super::session_files::{valid_name, vmdk_descriptor, ClientFiles, Created, Slot, MAX_DISKS};
 use super::Service;
 use crate::nfs::{self, Exports, Kind, Node};
 use std::collections::{BTreeMap, HashSet};
@@ -68,7 +68,11 @@ struct Export {
     files: Vec<(String, vds_store::DiskReader)>,
     /// Each file's overlay, in the order of `files`.
     overlays: Vec<super::overlay::Overlay>,
-    created_secs: u64,
+    /// When the directory last changed (a client file made, renamed or removed), nanoseconds
+    /// since the epoch; at first, when the session opened.
+    changed: AtomicU64,
+    /// Set while its writes are being kept as a point: nothing more is written.
+    frozen: std::sync::atomic::AtomicBool,
     bytes_read: AtomicU64,
     /// What the API shows (bytes_read and the port filled in when asked).
     shown: Recovery,
@@ -98,25 +102,42 @@ impl Export {
 
     fn node(&self, slot: Slot, kind: Kind, size: u64, writable: bool) -> Node {
         let id = ((self.id as u64) << 8) | slot.low();
-        Node { id, token: self.token, kind, size, mtime: self.created_secs, writable }
+        let opened = self.changed.load(Ordering::Relaxed);
+        Node { id, token: self.token, kind, size, mtime: opened, writable }
+    }
+
+    /// A directory's change: its time moves on.
+    fn touch(&self) {
+        self.changed.fetch_max(unix_nanos(), Ordering::Relaxed);
     }
 
     /// The file a slot names, with its name, if it exists.
     fn entry(&self, slot: Slot) -> Option<(String, Node)> {
         let file = |name: String, size: u64, writable: bool| Some((name, self.node(slot, Kind::File, size, writable)));
+        // A disk's time is its last write's.
+        let disk = |k: usize, name: String, size: u64| {
+            let mut n = self.node(slot, Kind::File, size, true);
+            n.mtime = n.mtime.max(self.overlays.get(k).map_or(0, |o| o.changed()));
+            Some((name, n))
+        };
         match slot {
             Slot::Dir => None,
-            Slot::Raw(k) => self.files.get(k).and_then(|(n, d)| file(n.clone(), d.size(), true)),
+            Slot::Raw(k) => self.files.get(k).and_then(|(n, d)| disk(k, n.clone(), d.size())),
             Slot::Flat(k) => self
                 .files
                 .get(k)
-                .and_then(|(n, d)| file(format!("{}-flat.vmdk", n.trim_end_matches(".raw")), d.size(), true)),
+                .and_then(|(n, d)| disk(k, format!("{}-flat.vmdk", n.trim_end_matches(".raw")), d.size())),
             Slot::Descriptor(k) => self.descriptors.get(k).and_then(|(n, b)| file(n.clone(), b.len() as u64, false)),
             Slot::Config => self.config.as_ref().and_then(|(n, b)| file(n.clone(), b.len() as u64, false)),
             Slot::Client(i) => {
                 let name = self.made.list().into_iter().find(|(j, _)| *j == i)?.1;
-                let size = std::fs::metadata(self.made.path(i)).map(|m| m.len()).unwrap_or(0);
-                file(name, size, true)
+                let meta = std::fs::metadata(self.made.path(i)).ok();
+                let mut n = self.node(slot, Kind::File, meta.as_ref().map_or(0, |m| m.len()), true);
+                let modified = meta.and_then(|m| m.modified().ok());
+                let nanos =
+                    modified.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64);
+                n.mtime = n.mtime.max(nanos.unwrap_or(0));
+                Some((name, n))
             }
         }
     }
@@ -178,7 +199,6 @@ fn io_error(session: &str, what: &str, e: impl std::fmt::Display) -> u32 {
 /// The sessions being exported: the tree the NFS server serves.
 pub(super) struct Sessions {
     map: RwLock<BTreeMap<i64, Arc<Export>>>,
-    started_secs: u64,
     /// Refusals already audited (session, client), so a client retrying is one line.
     refused: Mutex<HashSet<(i64, IpAddr)>>,
     audit: tokio::sync::mpsc::UnboundedSender<String>,
@@ -195,9 +215,13 @@ impl Sessions {
         self.map.read().expect("sessions lock").values().find(|s| s.shown.name == name).cloned()
     }
 
-    /// Refuses `client` for session `s`, audited once per client and session.
+    /// Refuses `client` for session `s`, audited once per client and session (the first 1,024
+    /// clients refused; the set is cleared as sessions end).
     fn refuse(&self, s: &Export, client: IpAddr, status: u32) -> u32 {
-        if self.refused.lock().expect("refused lock").insert((s.id, client)) {
+        let mut refused = self.refused.lock().expect("refused lock");
+        let first = refused.len() < 1024 && refused.insert((s.id, client));
+        drop(refused);
+        if first {
             let _ = self.audit.send(format!(
                 "client {client} asked for {}/{}, which admits only {}",
                 ROOT,
@@ -213,6 +237,15 @@ impl Sessions {
         self.session((n.id >> 8) as i64).filter(|s| s.token == n.token).ok_or(nfs::NFS3ERR_STALE)
     }
 
+    /// The session of a node, if it still takes writes (not while its writes are being kept).
+    fn writable(&self, n: &Node) -> Result<Arc<Export>, u32> {
+        let s = self.of(n)?;
+        if s.frozen.load(Ordering::SeqCst) {
+            return Err(nfs::NFS3ERR_ROFS);
+        }
+        Ok(s)
+    }
+
     /// Whether a session is exporting `point` (its id, if so).
     pub(super) fn using(&self, point: &str) -> Option<i64> {
         self.map.read().expect("sessions lock").values().find(|s| s.point == point).map(|s| s.id)
@@ -221,7 +254,8 @@ impl Sessions {
 
 impl Exports for Sessions {
     fn root(&self) -> Node {
-        Node { id: 1, token: 0, kind: Kind::Dir, size: 0, mtime: self.started_secs, writable: false }
+        // The root lists sessions, which come and go: it shows as changed now.
+        Node { id: 1, token: 0, kind: Kind::Dir, size: 0, mtime: unix_nanos(), writable: false }
     }
 
     fn node(&self, id: u64, token: u32, client: IpAddr) -> Result<Node, u32> {
@@ -284,7 +318,7 @@ impl Exports for Sessions {
     }
 
     fn write(&self, file: &Node, offset: u64, data: &[u8], sync: bool) -> Result<(), u32> {
-        let s = self.of(file)?;
+        let s = self.writable(file)?;
         match slot_of(file)? {
             Slot::Client(i) => {
                 let f = std::fs::OpenOptions::new()
@@ -325,19 +359,25 @@ impl Exports for Sessions {
         if dir.id == 1 {
             return Err(nfs::NFS3ERR_ACCES);
         }
-        let s = self.of(dir)?;
+        let s = self.writable(dir)?;
         if !valid_name(name) {
             return Err(nfs::NFS3ERR_INVAL);
         }
-        let there = s.entries().into_iter().find(|(n, _)| n == name).map(|(_, n)| n);
-        let node = match there {
-            Some(_) if exclusive => return Err(nfs::NFS3ERR_EXIST),
-            Some(n) => n,
-            None => {
-                let i = s.made.create(name).map_err(|e| io_error(&s.shown.name, "creating a client file", e))?;
-                let i = i.ok_or(nfs::NFS3ERR_NOSPC)?;
+        // The export's own files (their names never change) first, then the clients'.
+        let own = s
+            .entries()
+            .into_iter()
+            .find(|(n, node)| n == name && slot_of(node).is_ok_and(|x| !matches!(x, Slot::Client(_))));
+        let node = match (own, s.made.create(name, exclusive)) {
+            (Some(_), _) if exclusive => return Err(nfs::NFS3ERR_EXIST),
+            (Some((_, n)), _) => n,
+            (None, Ok(Created::Made(i) | Created::There(i))) => {
+                s.touch();
                 s.entry(Slot::Client(i)).map(|(_, n)| n).ok_or(nfs::NFS3ERR_IO)?
             }
+            (None, Ok(Created::Exists)) => return Err(nfs::NFS3ERR_EXIST),
+            (None, Ok(Created::Full)) => return Err(nfs::NFS3ERR_NOSPC),
+            (None, Err(e)) => return Err(io_error(&s.shown.name, "creating a client file", e)),
         };
         if let Some(size) = size {
             self.set_size(&node, size)?;
@@ -346,37 +386,52 @@ impl Exports for Sessions {
     }
 
     fn remove(&self, dir: &Node, name: &str, _client: IpAddr) -> Result<(), u32> {
-        let s = self.of(dir)?;
-        match s.made.find(name) {
-            Some(i) => s.made.remove(i).map_err(|e| io_error(&s.shown.name, "removing a client file", e)),
+        if dir.kind != Kind::Dir {
+            return Err(nfs::NFS3ERR_NOTDIR);
+        }
+        let s = self.writable(dir)?;
+        match s.made.remove(name) {
+            Ok(true) => {
+                s.touch();
+                Ok(())
+            }
             // The disks, their descriptors and the configuration are the export's own.
-            None if s.entries().iter().any(|(n, _)| n == name) => Err(nfs::NFS3ERR_ACCES),
-            None => Err(nfs::NFS3ERR_NOENT),
+            Ok(false) if s.entries().iter().any(|(n, _)| n == name) => Err(nfs::NFS3ERR_ACCES),
+            Ok(false) => Err(nfs::NFS3ERR_NOENT),
+            Err(e) => Err(io_error(&s.shown.name, "removing a client file", e)),
         }
     }
 
     fn rename(&self, from: &Node, from_name: &str, to: &Node, to_name: &str, _client: IpAddr) -> Result<(), u32> {
+        if from.kind != Kind::Dir || to.kind != Kind::Dir {
+            return Err(nfs::NFS3ERR_NOTDIR);
+        }
         if from.id != to.id {
             // Only within one session's directory.
             return Err(nfs::NFS3ERR_ACCES);
         }
-        let s = self.of(from)?;
+        let s = self.writable(from)?;
         if !valid_name(to_name) {
             return Err(nfs::NFS3ERR_INVAL);
         }
-        let i = match s.made.find(from_name) {
-            Some(i) => i,
-            None if s.entries().iter().any(|(n, _)| n == from_name) => return Err(nfs::NFS3ERR_ACCES),
-            None => return Err(nfs::NFS3ERR_NOENT),
+        let own = |name: &str| {
+            s.entries().iter().any(|(n, node)| n == name && slot_of(node).is_ok_and(|x| !matches!(x, Slot::Client(_))))
         };
-        if s.made.find(to_name).is_none() && s.entries().iter().any(|(n, _)| n == to_name) {
+        if own(from_name) || own(to_name) {
             return Err(nfs::NFS3ERR_ACCES);
         }
-        s.made.rename(i, to_name).map_err(|e| io_error(&s.shown.name, "renaming a client file", e))
+        match s.made.rename(from_name, to_name) {
+            Ok(true) => {
+                s.touch();
+                Ok(())
+            }
+            Ok(false) => Err(nfs::NFS3ERR_NOENT),
+            Err(e) => Err(io_error(&s.shown.name, "renaming a client file", e)),
+        }
     }
 
     fn set_size(&self, file: &Node, size: u64) -> Result<(), u32> {
-        let s = self.of(file)?;
+        let s = self.writable(file)?;
         match slot_of(file)? {
             Slot::Client(i) => std::fs::OpenOptions::new()
                 .write(true)
@@ -424,8 +479,8 @@ impl Exports for Sessions {
     }
 }
 
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A name the export can use as a directory: letters, digits, `-`, `_`, `.`, 1-64 of them.
@@ -452,13 +507,8 @@ impl Service {
         data: &std::path::Path,
     ) -> (Arc<Sessions>, tokio::sync::mpsc::UnboundedReceiver<String>) {
         let (audit, refusals) = tokio::sync::mpsc::unbounded_channel();
-        let sessions = Sessions {
-            map: Default::default(),
-            started_secs: unix_secs(),
-            refused: Default::default(),
-            audit,
-            overlays_root: data.to_path_buf(),
-        };
+        let sessions =
+            Sessions { map: Default::default(), refused: Default::default(), audit, overlays_root: data.to_path_buf() };
         (Arc::new(sessions), refusals)
     }
 
@@ -518,8 +568,10 @@ impl Service {
     }
 
     /// Where a session's overlays live.
-    fn overlay_dir(&self, id: i64) -> std::path::PathBuf {
-        self.sessions.overlays_root.join("recoveries").join(id.to_string())
+    /// Where a session's overlays live: named by its id and token, so a later session that
+    /// gets a reused id never finds an earlier one's writes.
+    fn overlay_dir(&self, id: i64, token: i64) -> std::path::PathBuf {
+        self.sessions.overlays_root.join("recoveries").join(format!("{id}-{:08x}", token as u32))
     }
 
     fn shown(&self, s: &Export) -> Recovery {
@@ -692,13 +744,14 @@ impl Service {
     /// Takes a session out of the tree and the catalog and discards its overlay.
     async fn end_recovery(&self, id: i64) -> Option<Recovery> {
         let session = self.sessions.map.write().expect("sessions lock").remove(&id)?;
+        self.sessions.refused.lock().expect("refused lock").retain(|(s, _)| *s != id);
         if let Err(e) = sqlx::query("DELETE FROM recoveries WHERE id = $1").bind(id).execute(&self.db).await {
             eprintln!("holdfast: instant recovery {id}: removing it from the catalog: {e}");
         }
         let shown = self.shown(&session);
+        let dir = self.overlay_dir(id, session.token as i64);
         drop(session);
         // Its writes are discarded with it (the point never had them).
-        let dir = self.overlay_dir(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             eprintln!("holdfast: instant recovery {id}: removing {}: {e}", dir.display());
         }
@@ -729,7 +782,7 @@ impl Service {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::server)?;
         let (_, store) = self.point_store(&point).await?;
-        let (p, dir) = (point.clone(), self.overlay_dir(id));
+        let (p, dir) = (point.clone(), self.overlay_dir(id, token));
         let (entry, hold, files, overlays, made) = tokio::task::spawn_blocking(move || {
             let entry = store.find(&p)?;
             let hold = store.hold_point(&entry.vm, &p)?;
@@ -787,7 +840,8 @@ impl Service {
             point,
             files,
             overlays,
-            created_secs: unix_secs(),
+            changed: AtomicU64::new(unix_nanos()),
+            frozen: Default::default(),
             bytes_read: AtomicU64::new(0),
             shown,
             vm: Mutex::new(vm_platform.zip(vm_name).map(|(platform, name)| RecoveryVm {
@@ -871,11 +925,13 @@ impl Service {
         })?
         .0;
         let row = (id, name.clone(), r.point.clone(), clients, created, token, s.user.clone(), None, None, None);
+        // A new session starts with no writes, whatever a crash left under its name.
+        let _ = std::fs::remove_dir_all(self.overlay_dir(id, token));
         let session = match self.open_session(row).await {
             Ok(session) => session,
             Err(e) => {
                 let _ = sqlx::query("DELETE FROM recoveries WHERE id = $1").bind(id).execute(&self.db).await;
-                let _ = std::fs::remove_dir_all(self.overlay_dir(id));
+                let _ = std::fs::remove_dir_all(self.overlay_dir(id, token));
                 return Err(e);
             }
         };
@@ -949,7 +1005,15 @@ impl Service {
             )));
         }
         self.remove_vm(&session).await?;
-        let (storage, store) = self.point_store(&session.point).await?;
+        // No client writes any more: what is kept is what is there now.
+        session.frozen.store(true, Ordering::SeqCst);
+        let (storage, store) = match self.point_store(&session.point).await {
+            Ok(found) => found,
+            Err(e) => {
+                session.frozen.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let task_session = session.clone();
         let point = tokio::task::spawn_blocking(move || {
             let s = task_session;
@@ -983,8 +1047,18 @@ impl Service {
             )
         })
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::server(format!("instant-recovery session {id}: keeping its writes failed: {e}")))?;
+        .map_err(ApiError::internal)
+        .and_then(|r| {
+            r.map_err(|e| ApiError::server(format!("instant-recovery session {id}: keeping its writes failed: {e}")))
+        });
+        let point = match point {
+            Ok(p) => p,
+            Err(e) => {
+                // Nothing was kept: the export takes writes again.
+                session.frozen.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         super::jobs::insert_point(&self.db, &point, &Default::default(), storage).await.map_err(ApiError::internal)?;
         let changed: u64 = session.overlays.iter().map(|o| o.used()).sum();
         drop(session);
@@ -1006,11 +1080,16 @@ impl Service {
         .await
         .map_err(ApiError::internal)?;
         for row in rows {
-            let (id, name) = (row.0, row.1.clone());
+            let (id, name, token) = (row.0, row.1.clone(), row.5);
             if let Err(e) = self.open_session(row).await {
+                // The session ends; what clients wrote stays on disk for an admin to look at.
                 let _ = sqlx::query("DELETE FROM recoveries WHERE id = $1").bind(id).execute(&self.db).await;
-                let _ = std::fs::remove_dir_all(self.overlay_dir(id));
-                let why = format!("{ROOT}/{name} could not be exported again after a restart: {}", e.message);
+                let dir = self.overlay_dir(id, token);
+                let why = format!(
+                    "{ROOT}/{name} could not be exported again after a restart: {}; its writes stay in {}",
+                    e.message,
+                    dir.display()
+                );
                 eprintln!("holdfast: instant recovery ended: {why}");
                 self.audit_log("holdfast", "instant recovery ended", &why).await?;
             }

@@ -106,47 +106,71 @@ impl ClientFiles {
         names.iter().enumerate().filter_map(|(i, n)| n.clone().map(|n| (i, n))).collect()
     }
 
+    #[cfg(test)]
     pub fn find(&self, name: &str) -> Option<usize> {
         self.names.lock().expect("client files lock").iter().position(|n| n.as_deref() == Some(name))
     }
 
-    /// Makes an empty file `name`; None when all 128 places are taken.
-    pub fn create(&self, name: &str) -> std::io::Result<Option<usize>> {
+    /// Makes an empty file `name`, or finds the one there (`exclusive`: refused). A place is
+    /// never given twice in a session, so an old handle never names a newer file.
+    pub fn create(&self, name: &str, exclusive: bool) -> std::io::Result<Created> {
         let mut names = self.names.lock().expect("client files lock");
-        let Some(i) = (0..128).find(|i| names.get(*i).is_none_or(|n| n.is_none())) else { return Ok(None) };
-        std::fs::File::create(self.path(i))?;
-        if names.len() <= i {
-            names.resize(i + 1, None);
+        if let Some(i) = names.iter().position(|n| n.as_deref() == Some(name)) {
+            return Ok(if exclusive { Created::Exists } else { Created::There(i) });
         }
-        names[i] = Some(name.to_string());
+        if names.len() >= 128 {
+            return Ok(Created::Full);
+        }
+        let i = names.len();
+        std::fs::File::create(self.path(i))?;
+        names.push(Some(name.to_string()));
         self.save(&names)?;
-        Ok(Some(i))
+        Ok(Created::Made(i))
     }
 
-    pub fn remove(&self, i: usize) -> std::io::Result<()> {
+    /// Removes file `name`; false when there is none.
+    pub fn remove(&self, name: &str) -> std::io::Result<bool> {
         let mut names = self.names.lock().expect("client files lock");
-        if let Some(n) = names.get_mut(i) {
-            *n = None;
-        }
+        let Some(i) = names.iter().position(|n| n.as_deref() == Some(name)) else { return Ok(false) };
+        names[i] = None;
         self.save(&names)?;
-        drop(names);
         match std::fs::remove_file(self.path(i)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            _ => Ok(true),
         }
     }
 
-    /// Renames file `i` to `name`, replacing a client file of that name.
-    pub fn rename(&self, i: usize, name: &str) -> std::io::Result<()> {
-        if let Some(j) = self.find(name).filter(|j| *j != i) {
-            self.remove(j)?;
-        }
+    /// Renames file `from` to `to`, replacing a client file of that name; false when there is
+    /// no `from`.
+    pub fn rename(&self, from: &str, to: &str) -> std::io::Result<bool> {
         let mut names = self.names.lock().expect("client files lock");
-        if let Some(n) = names.get_mut(i) {
-            *n = Some(name.to_string());
+        let Some(i) = names.iter().position(|n| n.as_deref() == Some(from)) else { return Ok(false) };
+        if from == to {
+            return Ok(true);
         }
-        self.save(&names)
+        let replaced = names.iter().position(|n| n.as_deref() == Some(to));
+        names[i] = Some(to.to_string());
+        if let Some(j) = replaced {
+            names[j] = None;
+        }
+        self.save(&names)?;
+        if let Some(j) = replaced {
+            let _ = std::fs::remove_file(self.path(j));
+        }
+        Ok(true)
     }
+}
+
+/// What a create found or made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    Made(usize),
+    /// The file was there (a create that is not exclusive takes it).
+    There(usize),
+    /// The file was there and the create was exclusive.
+    Exists,
+    /// A session's 128 places are used.
+    Full,
 }
 
 #[cfg(test)]
@@ -172,16 +196,19 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let f = ClientFiles::open(dir.path()).unwrap();
-        let a = f.create(".lck-0001").unwrap().unwrap();
-        let b = f.create("b").unwrap().unwrap();
-        f.rename(b, ".lck-0001").unwrap();
-        assert_eq!(f.find(".lck-0001"), Some(b), "renamed over the first");
-        let c = f.create("c").unwrap().unwrap();
-        assert_eq!(c, a, "a freed place is taken again");
+        assert_eq!(f.create(".lck-0001", true).unwrap(), Created::Made(0));
+        assert_eq!(f.create(".lck-0001", true).unwrap(), Created::Exists);
+        assert_eq!(f.create(".lck-0001", false).unwrap(), Created::There(0));
+        assert_eq!(f.create("b", true).unwrap(), Created::Made(1));
+        assert!(f.rename("b", ".lck-0001").unwrap());
+        assert_eq!(f.find(".lck-0001"), Some(1), "renamed over the first");
+        assert!(!dir.path().join("client-0").exists(), "the replaced file's bytes went");
+        assert_eq!(f.create("c", true).unwrap(), Created::Made(2), "a freed place is not given again");
         drop(f);
         let again = ClientFiles::open(dir.path()).unwrap();
-        assert_eq!(again.list(), [(a, "c".to_string()), (b, ".lck-0001".to_string())]);
-        again.remove(b).unwrap();
+        assert_eq!(again.list(), [(1, ".lck-0001".to_string()), (2, "c".to_string())]);
+        assert!(again.remove(".lck-0001").unwrap());
+        assert!(!again.remove(".lck-0001").unwrap());
         assert_eq!(again.find(".lck-0001"), None);
         assert!(!valid_name("..") && !valid_name("a/b") && valid_name(".lck-89ab"));
     }

@@ -99,7 +99,7 @@ pub fn dac_owner(xml: &str) -> Option<(u32, u32)> {
     Some((u.trim_start_matches('+').parse().ok()?, g.trim_start_matches('+').parse().ok()?))
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;").replace('"', "&quot;")
 }
 

@@ -5,7 +5,7 @@
 //! A copy that fails or is stopped is cancelled (the VM keeps running from the export) and its
 //! volumes removed.
 
-use super::domain_xml::{volume_xml, with_disk_sources, DiskSource, NewDisk};
+use super::domain_xml::{escape, volume_xml, with_disk_sources, DiskSource, NewDisk};
 use super::restore::{domain_for, failed};
 use super::{cstring, last_error, KvmConnector};
 use crate::connector::{ConnectorError, ExportedDisk, NewVmSpec};
@@ -111,7 +111,11 @@ pub(super) fn migrate_exported_vm(
                 .map_err(|e| failed(name, &format!("creating volume {vol_name}"), e.to_string()))?;
             let path = vol.path().map_err(|e| failed(name, "reading a volume's path", e.to_string()))?;
             volumes.push((vol, path.clone()));
-            let dest = format!("<disk type='file'><source file='{path}'/><driver type='{format}'/></disk>");
+            let dest = format!(
+                "<disk type='file'><source file='{}'/><driver type='{}'/></disk>",
+                escape(&path),
+                escape(format)
+            );
             let (dev, xml) = (cstring(&d.key), cstring(&dest));
             let flags = sys::VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | sys::VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
             // SAFETY: a live domain, NUL-terminated strings, no typed parameters.
@@ -144,29 +148,33 @@ pub(super) fn migrate_exported_vm(
             std::thread::sleep(Duration::from_millis(200));
         }
         // The switch: every disk at once (a pivot that is refused for not being ready yet is
-        // tried again for a few seconds).
-        for d in disks {
+        // tried again for a few seconds); the definition follows each disk switched, so the next
+        // start uses what the VM runs on even if a later disk fails.
+        for (d, (_, path)) in disks.iter().zip(&volumes) {
             let t = Instant::now();
             loop {
                 match abort_job(&dom, &d.key, sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) {
                     Ok(()) => break,
                     Err(e) if t.elapsed() > Duration::from_secs(10) => {
-                        return Err(failed(name, &format!("switching disk {} to its volume", d.key), e));
+                        let on = if switched.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (disks {} already run on their volumes)", switched.join(", "))
+                        };
+                        return Err(failed(name, &format!("switching disk {} to its volume{on}", d.key), e));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
                 }
             }
             copying.retain(|k| *k != d.key);
             switched.push(&d.key);
+            let inactive = dom
+                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .map_err(|e| failed(name, "reading its definition", e.to_string()))?;
+            let xml = with_disk_sources(&inactive, &[NewDisk::file(&d.key, path, format)])
+                .map_err(|e| failed(name, "saving its definition", e))?;
+            conn.conn.define_domain_xml(&xml).map_err(|e| failed(name, "saving its definition", e.to_string()))?;
         }
-        // The definition follows: the next start uses the volumes too.
-        let moved: Vec<NewDisk> =
-            disks.iter().zip(&volumes).map(|(d, (_, path))| NewDisk::file(&d.key, path, format)).collect();
-        let inactive = dom
-            .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-            .map_err(|e| failed(name, "reading its definition", e.to_string()))?;
-        let xml = with_disk_sources(&inactive, &moved).map_err(|e| failed(name, "saving its definition", e))?;
-        conn.conn.define_domain_xml(&xml).map_err(|e| failed(name, "saving its definition", e.to_string()))?;
         Ok(volumes.iter().map(|(_, p)| p.clone()).collect())
     })();
     if result.is_err() {
