@@ -233,7 +233,25 @@ fn a_point_is_exported_over_nfs_at_once_to_the_clients_named_and_no_other() {
     // The point is as it was: a new session reads the VM's bytes, and the store verifies clean.
     let fresh = start(&c, &point, &["127.0.0.1"], Some("fresh"));
     assert!(nfs_tool("nfs-cat", &nfs_url(port, "/holdfast/fresh/vda.raw")) == host.disk("db<1>", "vda"));
+    // A reader still reading when its session ends gets an error (not a hang, not other bytes),
+    // and the server goes on serving.
+    let url = nfs_url(port, "/holdfast/fresh/vda.raw");
+    let want = host.disk("db<1>", "vda");
+    let reader = std::thread::spawn(move || loop {
+        let out = Command::new("nfs-cat").arg(&url).output().unwrap();
+        if !out.status.success() {
+            return;
+        }
+        assert!(out.stdout == want, "a read that succeeds reads the disk");
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(c.request("DELETE", &format!("/api/recoveries/{}", fresh["id"]), None).0, 204);
+    let t = std::time::Instant::now();
+    while !reader.is_finished() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "the reader hangs after its session ended");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    reader.join().unwrap();
     let verify = Command::new(holdfast_tests::holdfast_bin())
         .args(["store", "verify", "--store"])
         .arg(data.join("store"))
