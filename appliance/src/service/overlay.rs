@@ -18,6 +18,8 @@ use std::sync::{Mutex, RwLock};
 
 /// The overlay's unit of copy-on-write.
 pub const BLOCK: u64 = 4096;
+/// Journal size past which a sync rewrites it as runs.
+const COMPACT_AT: u64 = 1 << 20;
 /// Blocks per lazily allocated bitmap page (1 GiB of disk, 32 KiB of bitmap).
 const PAGE_BLOCKS: u64 = 1 << 18;
 
@@ -53,6 +55,8 @@ pub struct Overlay {
     size: u64,
     data: File,
     journal: Mutex<File>,
+    /// The journal's path, for its compaction.
+    journal_path: std::path::PathBuf,
     written: RwLock<Blocks>,
     /// One write at a time: a partial block's fill and its write are one step.
     writing: Mutex<()>,
@@ -75,8 +79,8 @@ impl Overlay {
             .create(true)
             .truncate(false)
             .open(dir.join(format!("{name}.overlay")))?;
-        let mut journal =
-            OpenOptions::new().read(true).append(true).create(true).open(dir.join(format!("{name}.journal")))?;
+        let journal_path = dir.join(format!("{name}.journal"));
+        let mut journal = OpenOptions::new().read(true).append(true).create(true).open(&journal_path)?;
         let mut records = Vec::new();
         journal.read_to_end(&mut records)?;
         let whole = records.len() / 16 * 16;
@@ -95,6 +99,7 @@ impl Overlay {
             size,
             data,
             journal: Mutex::new(journal),
+            journal_path,
             written: RwLock::new(written),
             writing: Mutex::new(()),
             pending: Mutex::new(Vec::new()),
@@ -191,6 +196,32 @@ impl Overlay {
         Ok(())
     }
 
+    /// Rewrites the journal as one record per run of written blocks, with no write under way
+    /// (so every block in the map has its data on disk once the data is synced): a new file
+    /// made durable, then renamed over the old one.
+    fn compact(&self) -> std::io::Result<()> {
+        let _no_writes = self.writing.lock().expect("overlay write lock");
+        self.data.sync_data()?;
+        let mut journal = self.journal.lock().expect("journal lock");
+        let mut records = Vec::new();
+        for r in self.written_ranges() {
+            let (first, last) = (r.start / BLOCK, (r.end - 1) / BLOCK);
+            records.extend_from_slice(&first.to_be_bytes());
+            records.extend_from_slice(&(last - first + 1).to_be_bytes());
+        }
+        let tmp = self.journal_path.with_extension("journal.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&records)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.journal_path)?;
+        if let Some(dir) = self.journal_path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        *journal = OpenOptions::new().read(true).append(true).open(&self.journal_path)?;
+        self.pending.lock().expect("pending lock").clear();
+        Ok(())
+    }
+
     /// The byte ranges written, in order, adjacent blocks joined (clipped to the disk's size).
     pub fn written_ranges(&self) -> Vec<std::ops::Range<u64>> {
         let written = self.written.read().expect("overlay lock");
@@ -213,10 +244,14 @@ impl Overlay {
     }
 
     /// Makes every write so far durable (NFS COMMIT): the data first, then the records of the
-    /// blocks it holds.
+    /// blocks it holds. A journal grown past 1 MiB is rewritten as the runs of written blocks.
     pub fn sync(&self) -> std::io::Result<()> {
         self.data.sync_data()?;
         let mut journal = self.journal.lock().expect("journal lock");
+        if journal.metadata()?.len() > COMPACT_AT {
+            drop(journal);
+            return self.compact();
+        }
         let records = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
         if !records.is_empty() {
             if let Err(e) = journal.write_all(&records.concat()) {
@@ -282,5 +317,28 @@ mod tests {
         drop(j);
         let torn = Overlay::open(dir.path(), "vda", size).unwrap();
         check(&torn);
+    }
+
+    #[test]
+    fn a_long_journal_is_rewritten_as_runs_and_still_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 4096 * BLOCK;
+        let o = Overlay::open(dir.path(), "vda", size).unwrap();
+        // Every other block, then the blocks between: 4,096 records (64 KiB); compacted, one.
+        for b in (0..4096).step_by(2).chain((1..4096).step_by(2)) {
+            o.write(&[b as u8; 10], b * BLOCK, false, &base).unwrap();
+        }
+        o.sync().unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("vda.journal")).unwrap().len(), 4096 * 16);
+        o.compact().unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("vda.journal")).unwrap().len(), 16, "one run");
+        o.write(&[7; 5], 3, true, &base).unwrap();
+        drop(o);
+        let again = Overlay::open(dir.path(), "vda", size).unwrap();
+        assert_eq!(again.used(), size);
+        let mut b = [0u8; 12];
+        again.read(&mut b, 0, &base).unwrap();
+        // Block 0: its first write (ten zeros), the stable one over it, then the point's bytes.
+        assert_eq!(b, [0, 0, 0, 7, 7, 7, 7, 7, 0, 0, 10, 11]);
     }
 }
