@@ -282,6 +282,7 @@ fn a_rule_made_in_the_wizard_refuses_wrong_input_where_it_is_typed_and_runs_live
     b.look("07-wizard-summary");
     b.click(".wizard button[type=submit]");
     b.wait_for("the rule list", "return document.querySelector('tr[data-rule]')");
+    assert!(b.text("tr[data-rule]").contains("parallel snapshots · 50 MB/s"), "the list says how the rule runs");
     let rules = admin.get("/api/rules");
     assert_eq!(rules[0]["name"], "nightly");
     assert_eq!(rules[0]["vms"], json!(["app1"]));

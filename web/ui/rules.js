@@ -165,6 +165,7 @@ async function list(main, signal) {
             may('operate') ? h('td', {}, h('input', { type: 'checkbox', 'aria-label': `Select ${r.name}`, checked: selected.has(r.id),
               onchange: (e) => { if (e.target.checked) selected.add(r.id); else selected.delete(r.id); draw(); } })) : null,
             h('td', {}, h('strong', {}, r.name), h('div', { class: 'small muted' }, platformName(r.platform)),
+              h('div', { class: 'small muted' }, `${r.snapshot_mode} snapshots${r.bandwidth_mb_per_second ? ` · ${r.bandwidth_mb_per_second} MB/s` : ''}`),
               r.enabled ? null : h('span', { class: 'badge warn' }, 'disabled')),
             h('td', {}, h('ul', { class: 'plain vms' }, r.vms.map((vm) => vmState(r, vm)))),
             h('td', { class: 'small' }, `full: ${scheduleText(r.full)}`, h('br'), r.partial ? `${r.partial.kind}: ${scheduleText(r.partial.schedule)}` : 'no partial backups'),
