@@ -70,10 +70,24 @@ fn an_operator_exports_a_point_runs_its_vm_watches_it_live_and_ends_it() {
     );
     b.look("04-session-live");
 
+    // A move to production that fails (the simulated platform cannot read NFS) says why on the
+    // row, and the VM runs on from the export.
+    b.click("button[aria-label='Move to production: web-ir']");
+    b.find("dialog[open] form[aria-label='Move to production storage']");
+    b.look("05-move-dialog");
+    b.click("dialog[open] button[type=submit]");
+    let e = b.wait_for(
+        "the failed move",
+        "const r = document.querySelector('tr[data-recovery=ir-web]'); return r && r.innerText.includes('move failed') && r.innerText",
+    );
+    assert!(e.as_str().unwrap().contains("cannot read an NFS export"), "{e}");
+    assert!(host.vm("web-ir").unwrap().running);
+    b.look("06-move-failed");
+
     // Ended through its dialog: the VM goes, then the export.
     b.click("button[aria-label='End session ir-web']");
     b.find("dialog[open]");
-    b.look("05-end-dialog");
+    b.look("07-end-dialog");
     b.click("dialog button.danger");
     b.wait_for("the empty list", "return document.querySelector('main .empty')");
     assert!(host.vm("web-ir").is_none());
