@@ -51,11 +51,24 @@ pub const NFS3ERR_EXIST: u32 = 17;
 pub const NFS3ERR_NOSPC: u32 = 28;
 pub const NFS3ERR_NAMETOOLONG: u32 = 63;
 const NFS3ERR_BADHANDLE: u32 = 10001;
+const NFS3ERR_NOT_SYNC: u32 = 10002;
 const NFS3ERR_NOTSUPP: u32 = 10004;
 const NFS3ERR_TOOSMALL: u32 = 10005;
 // MOUNT status codes.
 pub const MNT3ERR_NOENT: u32 = 2;
 pub const MNT3ERR_ACCES: u32 = 13;
+
+/// How a client asks for a file to be made (NFSv3 createhow3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// Made, or the one there taken.
+    Unchecked,
+    /// Made; refused if one is there.
+    Guarded,
+    /// Made with the client's verifier; refused if one is there, unless it was made by this
+    /// very create (a retry carries the same verifier).
+    Exclusive(u64),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -96,9 +109,8 @@ pub trait Exports: Send + Sync + 'static {
     fn write(&self, file: &Node, offset: u64, data: &[u8], sync: bool) -> Result<(), u32>;
     /// Makes a file's writes durable. Blocking.
     fn commit(&self, file: &Node) -> Result<(), u32>;
-    /// Makes file `name` in `dir` (NFS3ERR_EXIST if it is there and `exclusive`; else the one
-    /// there), with `size` if given. Blocking.
-    fn create(&self, dir: &Node, name: &str, exclusive: bool, size: Option<u64>, client: IpAddr) -> Result<Node, u32>;
+    /// Makes file `name` in `dir` as `how` asks, with `size` if given. Blocking.
+    fn create(&self, dir: &Node, name: &str, how: How, size: Option<u64>, client: IpAddr) -> Result<Node, u32>;
     /// Removes file `name` from `dir`. Blocking.
     fn remove(&self, dir: &Node, name: &str, client: IpAddr) -> Result<(), u32>;
     /// Renames `from`/`from_name` to `to`/`to_name`, replacing a file there. Blocking.
@@ -359,8 +371,14 @@ impl<E: Exports> Conn<E> {
             2 => {
                 let n = self.node_of(r)?;
                 let new_size = read_sattr_size(r)?;
+                // sattrguard3: the change time the client last saw; a change since is NOT_SYNC.
+                let guard = if r.bool()? { Some((r.u32()?, r.u32()?)) } else { None };
+                let stale = |n: &Node| {
+                    guard.is_some_and(|g| g != ((n.mtime / 1_000_000_000) as u32, (n.mtime % 1_000_000_000) as u32))
+                };
                 let status = match (&n, new_size) {
                     (Err(s), _) => *s,
+                    (Ok(n), _) if stale(n) => NFS3ERR_NOT_SYNC,
                     (Ok(n), _) if !n.writable => NFS3ERR_ROFS,
                     (Ok(n), Some(size)) if size != n.size && n.kind == Kind::File => {
                         let (exports, file) = (self.exports.clone(), n.clone());
@@ -497,17 +515,14 @@ impl<E: Exports> Conn<E> {
                 }
             }
             // CREATE(dir, name, how): UNCHECKED or GUARDED with attributes (a size), EXCLUSIVE
-            // with a verifier (taken as GUARDED: a retried exclusive create then says EXIST).
+            // with the client's verifier (a retried exclusive create finds its own file).
             8 => {
                 let dir = self.node_of(r)?;
                 let name = r.string(1024)?;
-                let how = r.u32()?;
-                let size = match how {
-                    0 | 1 => read_sattr_size(r)?,
-                    2 => {
-                        r.fixed(8)?;
-                        None
-                    }
+                let (how, size) = match r.u32()? {
+                    0 => (How::Unchecked, read_sattr_size(r)?),
+                    1 => (How::Guarded, read_sattr_size(r)?),
+                    2 => (How::Exclusive(u64::from_be_bytes(r.fixed(8)?.try_into().expect("8 bytes"))), None),
                     _ => return Err(Garbage),
                 };
                 let made = match &dir {
@@ -516,7 +531,7 @@ impl<E: Exports> Conn<E> {
                     Ok(_) if name.len() > 255 => Err(NFS3ERR_NAMETOOLONG),
                     Ok(d) => {
                         let (exports, d, client) = (self.exports.clone(), d.clone(), self.client);
-                        tokio::task::spawn_blocking(move || exports.create(&d, &name, how != 0, size, client))
+                        tokio::task::spawn_blocking(move || exports.create(&d, &name, how, size, client))
                             .await
                             .unwrap_or(Err(NFS3ERR_IO))
                     }

@@ -85,17 +85,10 @@ impl Exports for Tree {
         self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
-    fn create(
-        &self,
-        _dir: &Node,
-        name: &str,
-        exclusive: bool,
-        size: Option<u64>,
-        _client: IpAddr,
-    ) -> Result<Node, u32> {
+    fn create(&self, _dir: &Node, name: &str, how: How, size: Option<u64>, _client: IpAddr) -> Result<Node, u32> {
         let mut made = self.made.lock().unwrap();
         match made.iter().position(|(n, _)| n == name) {
-            Some(_) if exclusive => Err(NFS3ERR_EXIST),
+            Some(_) if how != How::Unchecked => Err(NFS3ERR_EXIST),
             Some(i) => {
                 drop(made);
                 Ok(self.made_node(i).unwrap())
@@ -432,6 +425,10 @@ async fn files_are_created_sized_renamed_and_removed_as_a_datastore_does_with_it
         a
     };
     assert_eq!(&c.call(NFS_PROG, 3, 2, &setattr(&fh, 0)).await[..4], &NFS3_OK.to_be_bytes());
+    // With a guard that is not the file's change time: NOT_SYNC, nothing changed.
+    let mut a = Writer::default();
+    a.opaque(&fh).bool(false).bool(false).bool(false).bool(true).u64(9).u32(0).u32(0).bool(true).u32(1).u32(2);
+    assert_eq!(&c.call(NFS_PROG, 3, 2, &a).await[..4], &10002u32.to_be_bytes());
     let disk = lookup(&mut c, &dir, "disk.raw").await.unwrap();
     assert_eq!(&c.call(NFS_PROG, 3, 2, &setattr(&disk, 1)).await[..4], &NFS3ERR_INVAL.to_be_bytes());
     // RENAME then REMOVE; the listing follows.

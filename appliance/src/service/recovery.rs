@@ -10,7 +10,7 @@
 //! ends, and the audit log says why.
 
 use super::catalog::now;
-use super::session_files::{valid_name, vmdk_descriptor, ClientFiles, Created, Slot, MAX_DISKS};
+use super::session_files::{valid_name, vmdk_descriptor, ClientFiles, Created, How, Slot, MAX_DISKS};
 use super::Service;
 use crate::nfs::{self, Exports, Kind, Node};
 use std::collections::{BTreeMap, HashSet};
@@ -355,7 +355,7 @@ impl Exports for Sessions {
         }
     }
 
-    fn create(&self, dir: &Node, name: &str, exclusive: bool, size: Option<u64>, client: IpAddr) -> Result<Node, u32> {
+    fn create(&self, dir: &Node, name: &str, how: How, size: Option<u64>, client: IpAddr) -> Result<Node, u32> {
         if dir.id == 1 {
             return Err(nfs::NFS3ERR_ACCES);
         }
@@ -368,16 +368,19 @@ impl Exports for Sessions {
             .entries()
             .into_iter()
             .find(|(n, node)| n == name && slot_of(node).is_ok_and(|x| !matches!(x, Slot::Client(_))));
-        let node = match (own, s.made.create(name, exclusive)) {
-            (Some(_), _) if exclusive => return Err(nfs::NFS3ERR_EXIST),
-            (Some((_, n)), _) => n,
-            (None, Ok(Created::Made(i) | Created::There(i))) => {
-                s.touch();
-                s.entry(Slot::Client(i)).map(|(_, n)| n).ok_or(nfs::NFS3ERR_IO)?
-            }
-            (None, Ok(Created::Exists)) => return Err(nfs::NFS3ERR_EXIST),
-            (None, Ok(Created::Full)) => return Err(nfs::NFS3ERR_NOSPC),
-            (None, Err(e)) => return Err(io_error(&s.shown.name, "creating a client file", e)),
+        let node = match own {
+            Some(_) if how != How::Unchecked => return Err(nfs::NFS3ERR_EXIST),
+            // An unchecked create of a disk's name takes the disk (its size cannot change).
+            Some((_, n)) => n,
+            None => match s.made.create(name, how) {
+                Ok(Created::Made(i) | Created::There(i)) => {
+                    s.touch();
+                    s.entry(Slot::Client(i)).map(|(_, n)| n).ok_or(nfs::NFS3ERR_IO)?
+                }
+                Ok(Created::Exists) => return Err(nfs::NFS3ERR_EXIST),
+                Ok(Created::Full) => return Err(nfs::NFS3ERR_NOSPC),
+                Err(e) => return Err(io_error(&s.shown.name, "creating a client file", e)),
+            },
         };
         if let Some(size) = size {
             self.set_size(&node, size)?;

@@ -9,6 +9,7 @@
 //! directory, 1-31 disk k's raw image (k + 1), 33-63 its flat extent (k + 33), 64-95 its
 //! descriptor (k + 64), 96 the configuration, 128-255 client files.
 
+pub use crate::nfs::How;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -75,7 +76,14 @@ pub fn valid_name(name: &str) -> bool {
 /// The files clients made in a session's directory: slot → name, saved in `files.json`.
 pub struct ClientFiles {
     dir: PathBuf,
-    names: Mutex<Vec<Option<String>>>,
+    names: Mutex<Vec<Option<Named>>>,
+}
+
+/// A place's file: its name, and the verifier of the exclusive create that made it.
+type Named = (String, Option<u64>);
+
+fn position(names: &[Option<Named>], name: &str) -> Option<usize> {
+    names.iter().position(|n| n.as_ref().is_some_and(|(n, _)| n == name))
 }
 
 impl ClientFiles {
@@ -89,7 +97,7 @@ impl ClientFiles {
         Ok(ClientFiles { dir: dir.to_path_buf(), names: Mutex::new(names) })
     }
 
-    fn save(&self, names: &[Option<String>]) -> std::io::Result<()> {
+    fn save(&self, names: &[Option<Named>]) -> std::io::Result<()> {
         let tmp = self.dir.join("files.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(names).map_err(std::io::Error::other)?)?;
         std::fs::rename(tmp, self.dir.join("files.json"))
@@ -103,27 +111,36 @@ impl ClientFiles {
     /// (slot index, name) of every client file.
     pub fn list(&self) -> Vec<(usize, String)> {
         let names = self.names.lock().expect("client files lock");
-        names.iter().enumerate().filter_map(|(i, n)| n.clone().map(|n| (i, n))).collect()
+        names.iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|(n, _)| (i, n.clone()))).collect()
     }
 
     #[cfg(test)]
     pub fn find(&self, name: &str) -> Option<usize> {
-        self.names.lock().expect("client files lock").iter().position(|n| n.as_deref() == Some(name))
+        position(&self.names.lock().expect("client files lock"), name)
     }
 
     /// Makes an empty file `name`, or finds the one there (`exclusive`: refused). A place is
     /// never given twice in a session, so an old handle never names a newer file.
-    pub fn create(&self, name: &str, exclusive: bool) -> std::io::Result<Created> {
+    pub fn create(&self, name: &str, how: How) -> std::io::Result<Created> {
         let mut names = self.names.lock().expect("client files lock");
-        if let Some(i) = names.iter().position(|n| n.as_deref() == Some(name)) {
-            return Ok(if exclusive { Created::Exists } else { Created::There(i) });
+        if let Some(i) = position(&names, name) {
+            let made_by = names[i].as_ref().and_then(|(_, v)| *v);
+            return Ok(match how {
+                How::Unchecked => Created::There(i),
+                How::Exclusive(v) if made_by == Some(v) => Created::There(i),
+                _ => Created::Exists,
+            });
         }
         if names.len() >= 128 {
             return Ok(Created::Full);
         }
         let i = names.len();
         std::fs::File::create(self.path(i))?;
-        names.push(Some(name.to_string()));
+        let verifier = match how {
+            How::Exclusive(v) => Some(v),
+            _ => None,
+        };
+        names.push(Some((name.to_string(), verifier)));
         self.save(&names)?;
         Ok(Created::Made(i))
     }
@@ -131,7 +148,7 @@ impl ClientFiles {
     /// Removes file `name`; false when there is none.
     pub fn remove(&self, name: &str) -> std::io::Result<bool> {
         let mut names = self.names.lock().expect("client files lock");
-        let Some(i) = names.iter().position(|n| n.as_deref() == Some(name)) else { return Ok(false) };
+        let Some(i) = position(&names, name) else { return Ok(false) };
         names[i] = None;
         self.save(&names)?;
         match std::fs::remove_file(self.path(i)) {
@@ -144,12 +161,12 @@ impl ClientFiles {
     /// no `from`.
     pub fn rename(&self, from: &str, to: &str) -> std::io::Result<bool> {
         let mut names = self.names.lock().expect("client files lock");
-        let Some(i) = names.iter().position(|n| n.as_deref() == Some(from)) else { return Ok(false) };
+        let Some(i) = position(&names, from) else { return Ok(false) };
         if from == to {
             return Ok(true);
         }
-        let replaced = names.iter().position(|n| n.as_deref() == Some(to));
-        names[i] = Some(to.to_string());
+        let replaced = position(&names, to);
+        names[i] = Some((to.to_string(), None));
         if let Some(j) = replaced {
             names[j] = None;
         }
@@ -196,14 +213,16 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let f = ClientFiles::open(dir.path()).unwrap();
-        assert_eq!(f.create(".lck-0001", true).unwrap(), Created::Made(0));
-        assert_eq!(f.create(".lck-0001", true).unwrap(), Created::Exists);
-        assert_eq!(f.create(".lck-0001", false).unwrap(), Created::There(0));
-        assert_eq!(f.create("b", true).unwrap(), Created::Made(1));
+        assert_eq!(f.create(".lck-0001", How::Exclusive(42)).unwrap(), Created::Made(0));
+        assert_eq!(f.create(".lck-0001", How::Exclusive(42)).unwrap(), Created::There(0), "a retry");
+        assert_eq!(f.create(".lck-0001", How::Exclusive(43)).unwrap(), Created::Exists, "another client's");
+        assert_eq!(f.create(".lck-0001", How::Guarded).unwrap(), Created::Exists);
+        assert_eq!(f.create(".lck-0001", How::Unchecked).unwrap(), Created::There(0));
+        assert_eq!(f.create("b", How::Guarded).unwrap(), Created::Made(1));
         assert!(f.rename("b", ".lck-0001").unwrap());
         assert_eq!(f.find(".lck-0001"), Some(1), "renamed over the first");
         assert!(!dir.path().join("client-0").exists(), "the replaced file's bytes went");
-        assert_eq!(f.create("c", true).unwrap(), Created::Made(2), "a freed place is not given again");
+        assert_eq!(f.create("c", How::Guarded).unwrap(), Created::Made(2), "a freed place is not given again");
         drop(f);
         let again = ClientFiles::open(dir.path()).unwrap();
         assert_eq!(again.list(), [(1, ".lck-0001".to_string()), (2, "c".to_string())]);
