@@ -69,6 +69,18 @@ fn locked_or_forgotten_users_get_back_in_through_an_admin_or_the_appliance_shell
     for want in ["user unlocked", "password reset", "(appliance shell)"] {
         assert!(audit.contains(want), "{want} missing: {audit}");
     }
+    // A page at a time, newest first: the second page goes on where the first stopped.
+    let all = c.get("/api/audit");
+    let all = all.as_array().unwrap();
+    assert!(all.len() >= 4, "{all:?}");
+    let first = c.get("/api/audit?limit=2");
+    let second = c.get(&format!("/api/audit?limit=2&before={}", first[1]["id"]));
+    let ids: Vec<&serde_json::Value> =
+        first.as_array().unwrap().iter().chain(second.as_array().unwrap()).map(|r| &r["id"]).collect();
+    let want: Vec<&serde_json::Value> = all[..4].iter().map(|r| &r["id"]).collect();
+    assert_eq!(ids, want);
+    let (code, e) = c.request("GET", "/api/audit?limit=0", None);
+    assert_eq!(code, 400, "{e}");
     let wrong = Command::new(holdfast_tests::holdfast_bin())
         .args(["reset-password", "--data-dir"])
         .arg(dir.path().join("elsewhere"))

@@ -393,8 +393,12 @@ async fn keep_recovery<B: Backend>(
     Ok(Created(b.keep_recovery(&s, id).await?))
 }
 
-async fn audit<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<AuditRow>>> {
-    Ok(Json(b.audit().await?))
+async fn audit<B: Backend>(
+    State(b): State<Arc<B>>,
+    _: Authed,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Vec<AuditRow>>> {
+    Ok(Json(b.audit(q).await?))
 }
 
 async fn rules<B: Backend>(State(b): State<Arc<B>>, _: Authed) -> ApiResult<Json<Vec<Rule>>> {
@@ -688,7 +692,7 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/storage/{id}", M::DELETE, Admin, "Forget a storage target (admins); its files stay. Refused for the appliance's own store (1), a target a rule uses, and one a job writes into or a restore reads from", delete_storage::<B>),
         r("/api/storage/{id}/verify", M::POST, Admin, "Verify a storage target (admins): re-read its chunks (all, or a sample), check them, name the points a bad one affects; the result shows in the target's health", verify_storage::<B>),
         r("/api/storage/{id}/gc", M::POST, Admin, "Collect a storage target's garbage (admins): remove what no point needs, safely beside running backups", gc_storage::<B>),
-        r("/api/audit", M::GET, Audit, "Audit log (admins, auditors)", audit::<B>),
+        r("/api/audit", M::GET, Audit, "Audit log (admins, auditors), newest first, a page at a time (?before=<id>&limit=<n>)", audit::<B>),
         r("/api/rules", M::GET, Read, "Backup rules", rules::<B>),
         r("/api/rules", M::POST, Operate, "Add a rule", create_rule::<B>),
         r("/api/rules/check", M::POST, Operate, "Check a rule (new, or edited with ?rule=ID) as saving it would, saving nothing: 204, or the refusal naming the field", check_rule::<B>),

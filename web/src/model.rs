@@ -795,6 +795,17 @@ pub struct JobFilter {
     pub limit: Option<u32>,
 }
 
+/// A page of the audit log, newest first: at most `limit` entries (default 1,000, at most
+/// 10,000) older than entry `before` (default: from the newest).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub before: Option<i64>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
 /// How a rule is deleted.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -946,6 +957,8 @@ pub struct StorageTarget {
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct AuditRow {
+    /// Entries are numbered as they are written; `before` pages back by it.
+    pub id: i64,
     pub time: String,
     pub user: String,
     pub action: String,
@@ -1060,7 +1073,7 @@ pub trait Accounts: Send + Sync + 'static {
     fn delete_token(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<()>> + Send;
     fn logout(&self, token: &str) -> impl Future<Output = ApiResult<()>> + Send;
     fn change_password(&self, s: &Session, change: PasswordChange) -> impl Future<Output = ApiResult<()>> + Send;
-    fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
+    fn audit(&self, q: AuditQuery) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send;
 }
 
 /// The platforms the appliance reaches and the kinds it knows.

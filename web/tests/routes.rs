@@ -66,7 +66,7 @@ impl Accounts for Fake {
     fn change_password(&self, _: &Session, _: PasswordChange) -> impl Future<Output = ApiResult<()>> + Send {
         nope()
     }
-    fn audit(&self) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send {
+    fn audit(&self, _: AuditQuery) -> impl Future<Output = ApiResult<Vec<AuditRow>>> + Send {
         nope()
     }
 }

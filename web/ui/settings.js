@@ -679,38 +679,65 @@ async function storage(box) {
 // Audit log (admins, auditors)
 
 async function audit(box) {
-  const rows = (await api('GET', '/api/audit')).slice().sort((a, b) => (a.time < b.time ? 1 : a.time > b.time ? -1 : 0));
+  // The newest page first; older pages on demand (the appliance answers a page at a time).
+  const PAGE = 1000;
+  const rows = await api('GET', `/api/audit?limit=${PAGE}`);
+  let more = rows.length === PAGE;
   const distinct = (key) => [...new Set(rows.map((r) => r[key]))].sort();
   const listId = id('actions');
-  const user = h('select', { name: 'user' }, h('option', { value: '' }, 'any user'), distinct('user').map((u) => h('option', { value: u }, u)));
+  const user = h('select', { name: 'user' });
+  const actions = h('datalist', { id: listId });
+  const fillChoices = () => {
+    const was = user.value;
+    user.replaceChildren(h('option', { value: '' }, 'any user'), ...distinct('user').map((u) => h('option', { value: u, selected: u === was }, u)));
+    actions.replaceChildren(...distinct('action').map((x) => h('option', { value: x })));
+  };
   const action = h('input', { name: 'action', type: 'search', autocomplete: 'off', list: listId });
   const text = h('input', { name: 'text', type: 'search', autocomplete: 'off' });
   const count = h('p', { class: 'small muted', role: 'status' });
   const body = h('div');
+  // Reading older entries changes nothing; the button is there only while there are some.
+  const olderBox = h('div');
+  const older = h('button', { type: 'button' }, 'Show older entries');
   const draw = () => {
     const a = action.value.trim().toLowerCase();
     const t = text.value.trim().toLowerCase();
     const shown = rows.filter((r) => (!user.value || r.user === user.value)
       && (!a || r.action.toLowerCase().includes(a))
       && (!t || [when(r.time), r.time, r.user, r.action, r.detail].some((x) => x.toLowerCase().includes(t))));
-    count.textContent = `${shown.length} of ${rows.length} entries${rows.length >= 1000 ? ' (the newest 1000)' : ''}, newest first.`;
+    count.textContent = `${shown.length} of ${rows.length} entries loaded${more ? ' (older ones on demand)' : ''}, newest first.`;
+    olderBox.replaceChildren(...(more ? [older] : []));
     body.replaceChildren(shown.length === 0 ? h('p', { class: 'empty' }, 'No entry matches.')
       : table(['Time', 'User', 'Action', 'Detail'], shown.map((r) => h('tr', {},
         h('td', { class: 'nowrap' }, when(r.time)), h('td', {}, r.user), h('td', {}, r.action), h('td', { class: 'wrap' }, r.detail))),
       'Audit log'));
   };
+  older.addEventListener('click', async () => {
+    older.disabled = true;
+    try {
+      const page = await api('GET', `/api/audit?limit=${PAGE}&before=${rows[rows.length - 1].id}`);
+      rows.push(...page);
+      more = page.length === PAGE;
+      fillChoices();
+      draw();
+    } finally {
+      older.disabled = false;
+    }
+  });
   user.addEventListener('change', draw);
   action.addEventListener('input', draw);
   text.addEventListener('input', draw);
+  fillChoices();
   fill(box,
     sectionHead('Audit log'),
     h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter the audit log', onsubmit: (e) => e.preventDefault() },
       field('User', user),
       field('Action', action, null, 'action'),
-      h('datalist', { id: listId }, distinct('action').map((x) => h('option', { value: x }))),
+      actions,
       field('Any text', text, null, 'text')),
     count,
     body,
+    olderBox,
   );
   draw();
 }

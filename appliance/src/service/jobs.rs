@@ -189,13 +189,24 @@ impl Service {
             .collect())
     }
 
-    pub(super) async fn list_audit(&self) -> ApiResult<Vec<AuditRow>> {
-        let rows: Vec<(String, String, String, String)> =
-            sqlx::query_as("SELECT time, user_name, action, detail FROM audit ORDER BY id DESC LIMIT 1000")
-                .fetch_all(&self.db)
-                .await
-                .map_err(ApiError::internal)?;
-        Ok(rows.into_iter().map(|(time, user, action, detail)| AuditRow { time, user, action, detail }).collect())
+    /// A page of the audit log, newest first.
+    pub(super) async fn list_audit(&self, q: AuditQuery) -> ApiResult<Vec<AuditRow>> {
+        let limit = q.limit.unwrap_or(1000);
+        if !(1..=10_000).contains(&limit) {
+            return Err(ApiError::field("limit", format!("{limit} is outside 1-10000")));
+        }
+        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, time, user_name, action, detail FROM audit WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(q.before.unwrap_or(i64::MAX))
+        .bind(limit as i64)
+        .fetch_all(&self.db)
+        .await
+        .map_err(ApiError::internal)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, time, user, action, detail)| AuditRow { id, time, user, action, detail })
+            .collect())
     }
 
     /// A job of `vm` still queued or running, if any (a killed backup being cleaned up after

@@ -416,8 +416,8 @@ impl Accounts for Api {
     async fn change_password(&self, s: &Session, change: PasswordChange) -> ApiResult<()> {
         self.0.set_password(s, change).await
     }
-    async fn audit(&self) -> ApiResult<Vec<AuditRow>> {
-        self.0.list_audit().await
+    async fn audit(&self, q: AuditQuery) -> ApiResult<Vec<AuditRow>> {
+        self.0.list_audit(q).await
     }
 }
 
