@@ -334,6 +334,15 @@ fn a_configuration_imported_without_its_passwords_keeps_the_stored_smtp_password
     let report = bed.c.post("/api/config/import", json!({ "config": other }), 200);
     assert_eq!(bed.c.get("/api/alerts")["has_password"], false);
     assert!(report["notes"].to_string().contains("set it again"), "{report}");
+    // Left out, a stored password stays; an empty one removes it.
+    assert_eq!(bed.c.request("PUT", "/api/alerts", Some(&alerts)).0, 204);
+    let mut without = alerts.clone();
+    without.as_object_mut().unwrap().remove("password");
+    assert_eq!(bed.c.request("PUT", "/api/alerts", Some(&without)).0, 204);
+    assert_eq!(bed.c.get("/api/alerts")["has_password"], true);
+    without["password"] = json!("");
+    assert_eq!(bed.c.request("PUT", "/api/alerts", Some(&without)).0, 204);
+    assert_eq!(bed.c.get("/api/alerts")["has_password"], false, "an empty password removes the stored one");
 }
 
 #[test]

@@ -105,6 +105,7 @@ pub struct JobLimits {
 }
 
 /// Alert mail settings. `password` is write-only; `has_password` says whether one is stored.
+/// Left out, the stored password stays; `""` removes it.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSettings {

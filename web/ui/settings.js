@@ -3,7 +3,7 @@
 // the API's own routes; a control the API would refuse the user's role is left out, so an
 // auditor sees what it may read and nothing that changes anything.
 import {
-  api, h, heading, field, form, may, table, toast, bytes, when, showError, clearErrors, ApiError, id,
+  api, h, heading, field, form, may, table, toast, bytes, when, showError, clearErrors, ApiError, id, choice,
 } from './app.js';
 
 const DAYS = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'];
@@ -487,6 +487,7 @@ async function alerts(box) {
   const security = h('select', { name: 'security' }, SECURITY.map(([v, t]) => h('option', { value: v, selected: a.security === v }, t)));
   const username = h('input', { name: 'username', value: a.username || '', autocomplete: 'off' });
   const password = h('input', { name: 'password', type: 'password', autocomplete: 'new-password' });
+  const forget = h('input', { type: 'checkbox', id: 'forget-smtp-password' });
   const from = h('input', { name: 'from', inputmode: 'email', value: a.from, autocomplete: 'off', placeholder: 'holdfast@example.com' });
   const to = h('input', { name: 'to', inputmode: 'email', value: a.to.join(', '), autocomplete: 'off', placeholder: 'ops@example.com, oncall@example.com' });
   const ca = h('textarea', { name: 'ca_pem', rows: 4, class: 'mono', spellcheck: 'false', placeholder: '-----BEGIN CERTIFICATE-----' });
@@ -504,6 +505,7 @@ async function alerts(box) {
       field('Security', security, 'STARTTLS: usually port 587; TLS: 465; none only for a relay on a trusted network.'),
       field('User name (optional)', username),
       field('Password', password, a.has_password ? 'A password is stored: leave empty to keep it.' : 'Only if the server wants one.'),
+      a.has_password ? choice(forget, 'Remove the stored password') : null,
       field('From', from, 'The sender address.'),
       field('To', to, 'One address or several, separated by commas.', 'to'),
       field('Storage full at (%)', full, 'Mail when a target\'s filesystem is at least this full.', 'storage_full_percent'),
@@ -528,6 +530,7 @@ async function alerts(box) {
       repeat_minutes: num(repeat),
     };
     if (password.value) body.password = password.value;
+    else if (forget.checked) body.password = '';
     result.hidden = true;
     await api('PUT', '/api/alerts', body);
     toast('Alert settings saved.');

@@ -101,8 +101,10 @@ impl Service {
 
     pub(super) async fn put_alerts(&self, s: &Session, mut a: AlertSettings) -> ApiResult<()> {
         check(&a)?;
-        // No password given: keep the stored one (the API never sends it back).
+        // No password given: keep the stored one (the API never sends it back); an empty one
+        // removes it.
         let password = match a.password.take() {
+            Some(p) if p.is_empty() => None,
             Some(p) => Some(p),
             None => self.load_alerts().await?.and_then(|(_, p)| p),
         };
