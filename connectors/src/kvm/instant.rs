@@ -6,7 +6,7 @@
 //! volumes removed.
 
 use super::domain_xml::{escape, volume_xml, with_disk_sources, DiskSource, NewDisk};
-use super::restore::{domain_for, failed};
+use super::restore::{define_new_vm, failed};
 use super::{cstring, last_error, KvmConnector};
 use crate::connector::{ConnectorError, ExportedDisk, NewVmSpec};
 use crate::control::JobControl;
@@ -34,15 +34,7 @@ pub(super) fn start_exported_vm(
             format: "raw".into(),
         })
         .collect();
-    let xml = domain_for(source, name, spec, &new)?;
-    let dom = conn.conn.define_domain_xml(&xml).map_err(|e| failed(name, "defining the VM", e.to_string()))?;
-    if spec.start {
-        if let Err(e) = dom.create() {
-            let _ = dom.undefine();
-            return Err(failed(name, "starting the VM from the instant-recovery export", e.to_string()));
-        }
-    }
-    Ok(name.clone())
+    define_new_vm(conn, source, spec, &new)
 }
 
 /// The VM destroyed and undefined (its UEFI variables too); its disks are the export's.

@@ -209,9 +209,29 @@ fn upload_qcow2(
     })
 }
 
+/// Defines the new VM `spec` names on `disks` and starts it if asked; a VM that does not
+/// start is undefined again, so nothing is left defined on failure.
+pub(super) fn define_new_vm(
+    conn: &KvmConnector,
+    source: &VmDescription,
+    spec: &NewVmSpec,
+    disks: &[NewDisk],
+) -> Result<String, ConnectorError> {
+    let name = &spec.name;
+    let xml = domain_for(source, name, spec, disks)?;
+    let dom = conn.conn.define_domain_xml(&xml).map_err(|e| failed(name, "defining the new VM", e.to_string()))?;
+    if spec.start {
+        if let Err(e) = dom.create() {
+            let _ = dom.undefine();
+            return Err(failed(name, "starting the new VM", e.to_string()));
+        }
+    }
+    Ok(name.clone())
+}
+
 /// The definition of a new VM with `disks`: on its own platform the VM comes back as it was
 /// defined, with a new identity; from another platform's description, a fresh domain.
-pub(super) fn domain_for(
+fn domain_for(
     source: &VmDescription,
     name: &str,
     spec: &NewVmSpec,
@@ -298,15 +318,7 @@ pub(super) fn restore_as_new_vm(
             filled.map_err(|e| failed(name, &format!("writing disk {} into {path}", d.key), e))?;
             paths.push(NewDisk::file(&d.key, &path, &format));
         }
-        let xml = domain_for(source, name, spec, &paths)?;
-        let dom = conn.conn.define_domain_xml(&xml).map_err(|e| failed(name, "defining the new VM", e.to_string()))?;
-        if spec.start {
-            if let Err(e) = dom.create() {
-                let _ = dom.undefine();
-                return Err(failed(name, "starting the new VM", e.to_string()));
-            }
-        }
-        Ok(name.clone())
+        define_new_vm(conn, source, spec, &paths)
     })();
     if result.is_err() {
         for vol in &created {
