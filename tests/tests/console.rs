@@ -376,6 +376,7 @@ fn the_timeline_stars_locks_and_deletes_points_and_the_wizard_restores_one_as_a_
     assert!(row(full_id)["locked_until"].as_str().unwrap().starts_with("2031-01-31"), "{}", row(full_id));
     assert_eq!(admin.request("DELETE", &format!("/api/points/{full_id}"), None).0, 409, "the API refuses too");
     b.look("02-starred-and-locked");
+    assert!(!b.text("main").contains("null"), "a missing part showed as the text null");
 
     // Unstar the newest and delete it.
     b.click(&format!("{} .row-actions button:not(.danger)", point(inc_id)));

@@ -49,11 +49,12 @@ async function timeline(main, key) {
   }
   const older = points.slice(100);
   const draw = () => {
+    // replaceChildren takes nodes only (a null would show as the text "null").
     box.replaceChildren(h('ol', { class: 'timeline' }, details.map((d) => item(d))),
-      older.length ? h('section', { class: 'card', 'aria-labelledby': 'older-h' }, h('h2', { id: 'older-h' }, `${older.length} older points`),
+      ...(older.length ? [h('section', { class: 'card', 'aria-labelledby': 'older-h' }, h('h2', { id: 'older-h' }, `${older.length} older points`),
         table(['Started', 'Type', 'Stored', 'Star', 'Locked until'], older.map((p) => h('tr', {},
           h('td', {}, when(p.started)), h('td', {}, typeBadge(p.type)), h('td', {}, bytes(p.stored_bytes)),
-          h('td', {}, p.star ? 'starred' : '–'), h('td', {}, p.locked_until ? when(p.locked_until) : '–'))), 'Older points')) : null);
+          h('td', {}, p.star ? 'starred' : '–'), h('td', {}, p.locked_until ? when(p.locked_until) : '–'))), 'Older points'))] : []));
   };
   // By id, not by place: a delete meanwhile moves the places.
   const refresh = async (pointId) => {
