@@ -1,6 +1,6 @@
 //! Platform connectors and the transports that carry disk bytes from a hypervisor to the
 //! pipeline: one `Connector` trait, the registry of platform kinds this build has (each behind
-//! its cargo feature: `kvm` for libvirt, `sim` for the simulated platform of the tests), the NBD
+//! its cargo feature: `kvm` for libvirt, `vmware` for vSphere, `sim` for the simulated platform of the tests), the NBD
 //! transport (our own client) and the platform-neutral backup flow. Nothing outside this crate
 //! names a platform: the service, CLIs and API reach a platform through [`registry`].
 
@@ -15,6 +15,8 @@ pub mod nbd_source;
 pub mod registry;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "vmware")]
+pub mod vmware;
 
 pub use backup::{backup_vm, backup_vm_when, backup_vms, BackupError, BackupOptions, BackupOutcome, SnapshotMode};
 pub use connector::restore_sizes;

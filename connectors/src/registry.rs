@@ -95,6 +95,8 @@ pub fn kinds() -> Vec<&'static dyn PlatformKind> {
     let mut all: Vec<&'static dyn PlatformKind> = Vec::new();
     #[cfg(feature = "kvm")]
     all.push(&crate::kvm::KIND);
+    #[cfg(feature = "vmware")]
+    all.push(&crate::vmware::KIND);
     #[cfg(feature = "sim")]
     all.push(&crate::sim::KIND);
     all

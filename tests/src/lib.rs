@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod kvm;
 pub mod service;
+pub mod vmware;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,429 @@
+//! A VMware backup session: change tracking (CBT) turned on where the plan wants it, a snapshot
+//! (quiesced through VMware Tools when asked), the snapshot's disks read over the HTTPS
+//! datastore transport, the areas CBT reports changed since the base point's change id (or the
+//! allocated areas for a full), and the snapshot removed on every path.
+
+use super::config::{self, Disk};
+use super::soap::{SoapError, Transfer};
+use super::xml::{esc, El, MoRef};
+use super::{VmRef, VmwareConnector};
+use crate::connector::*;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+use vds_store::{BackupType, DiskSource};
+
+/// Our snapshots' names start so; a killed backup's are found by it.
+pub const SNAPSHOT_PREFIX: &str = "holdfast-backup-";
+/// How long a snapshot may take to be created or removed (consolidation of a busy disk is slow).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(3 * 3600);
+
+/// A snapshot in the VM's tree: (reference, name).
+fn snapshot_tree(node: &El, out: &mut Vec<(MoRef, String)>) {
+    for s in node.children("rootSnapshotList").chain(node.children("childSnapshotList")) {
+        if let Some(r) = s.moref_of("snapshot") {
+            out.push((r, s.text_of("name").unwrap_or_default().to_string()));
+        }
+        snapshot_tree(s, out);
+    }
+}
+
+fn snapshots(conn: &VmwareConnector, vm: &VmRef) -> Result<Vec<(MoRef, String)>, ConnectorError> {
+    let o = conn
+        .soap
+        .retrieve_one(&vm.obj, &["snapshot"], &[])
+        .map_err(|e| VmwareConnector::failed(&vm.name, "reading its snapshots", e))?;
+    let mut out = Vec::new();
+    if let Some(info) = o.props.get("snapshot") {
+        snapshot_tree(info, &mut out);
+    }
+    Ok(out)
+}
+
+fn remove_snapshot(conn: &VmwareConnector, snapshot: &MoRef) -> Result<(), SoapError> {
+    conn.soap
+        .run_task(
+            &format!(
+                "<RemoveSnapshot_Task xmlns=\"urn:vim25\">{}<removeChildren>false</removeChildren>\
+                 <consolidate>true</consolidate></RemoveSnapshot_Task>",
+                snapshot.arg("_this")
+            ),
+            SNAPSHOT_WAIT,
+        )
+        .map(|_| ())
+}
+
+/// Removes the snapshots a killed backup of `vm` left (ours only, by name).
+pub fn remove_our_snapshots(conn: &VmwareConnector, vm: &VmRef) -> Result<Option<String>, ConnectorError> {
+    let ours: Vec<(MoRef, String)> =
+        snapshots(conn, vm)?.into_iter().filter(|(_, n)| n.starts_with(SNAPSHOT_PREFIX)).collect();
+    if ours.is_empty() {
+        return Ok(None);
+    }
+    for (r, name) in &ours {
+        remove_snapshot(conn, r)
+            .map_err(|e| VmwareConnector::failed(&vm.name, &format!("removing the left-over snapshot {name}"), e))?;
+    }
+    let names: Vec<&str> = ours.iter().map(|(_, n)| n.as_str()).collect();
+    Ok(Some(format!("removed the snapshot {} a killed backup left", names.join(", "))))
+}
+
+/// Changed or allocated areas of a disk since `change_id` ("*": allocated) up to `snapshot`,
+/// asking page by page as vSphere answers.
+pub fn changed_areas(
+    conn: &VmwareConnector,
+    vm: &MoRef,
+    snapshot: &MoRef,
+    disk: &Disk,
+    change_id: &str,
+) -> Result<Vec<Range<u64>>, SoapError> {
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    while start < disk.size {
+        let reply = conn.soap.call(&format!(
+            "<QueryChangedDiskAreas xmlns=\"urn:vim25\">{}{}<deviceKey>{}</deviceKey><startOffset>{start}</startOffset>\
+             <changeId>{}</changeId></QueryChangedDiskAreas>",
+            vm.arg("_this"),
+            snapshot.arg("snapshot"),
+            disk.device_key,
+            esc(change_id)
+        ))?;
+        let r =
+            reply.child("returnval").ok_or_else(|| SoapError::Protocol("QueryChangedDiskAreas: no answer".into()))?;
+        let length = r.u64_of("length").unwrap_or(0);
+        let at = r.u64_of("startOffset").unwrap_or(start);
+        for a in r.children("changedArea") {
+            let (s, l) = (a.u64_of("start").unwrap_or(0), a.u64_of("length").unwrap_or(0));
+            let end = s.saturating_add(l).min(disk.size);
+            if s < end {
+                out.push(s..end);
+            }
+        }
+        // Each answer covers [startOffset, startOffset + length); an answer that does not move
+        // on would loop forever.
+        let next = at.saturating_add(length);
+        if next <= start {
+            return Err(SoapError::Protocol(format!(
+                "QueryChangedDiskAreas answered an empty window at offset {start} of disk {}",
+                disk.key
+            )));
+        }
+        start = next;
+    }
+    Ok(crate::connector::union(out))
+}
+
+/// A snapshot's flat disk read with byte-range GETs; the allocated areas, when known, let
+/// the pipeline skip the rest without reading it.
+struct HttpDisk {
+    transfer: Transfer,
+    url: String,
+    size: u64,
+    allocated: Option<Vec<Range<u64>>>,
+    describe: String,
+}
+
+impl DiskSource for HttpDisk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.transfer.read_at(&self.url, offset, buf).map_err(std::io::Error::other)
+    }
+
+    fn is_unallocated(&mut self, offset: u64, len: u64) -> std::io::Result<bool> {
+        let end = offset + len;
+        Ok(self.allocated.as_ref().is_some_and(|a| !a.iter().any(|r| r.start < end && offset < r.end)))
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+struct Session {
+    conn_soap: Arc<super::soap::Soap>,
+    vm: VmRef,
+    snapshot: MoRef,
+    snapshot_name: String,
+    change_ids: Vec<(String, String)>,
+    disks: Vec<SessionDisk>,
+    consistency: String,
+}
+
+impl BackupSession for Session {
+    fn change_id(&self, disk: &str) -> Option<String> {
+        self.change_ids.iter().find(|(k, _)| k == disk).map(|(_, c)| c.clone())
+    }
+
+    fn transport(&self) -> String {
+        "https (datastore /folder)".into()
+    }
+
+    fn consistency(&self) -> String {
+        self.consistency.clone()
+    }
+
+    fn take_disks(&mut self) -> Vec<SessionDisk> {
+        std::mem::take(&mut self.disks)
+    }
+
+    fn finish(self: Box<Self>, _committed: bool) -> Result<(), ConnectorError> {
+        // The snapshot goes either way: CBT's change ids live in the VM's disks, not in it.
+        self.conn_soap
+            .run_task(
+                &format!(
+                    "<RemoveSnapshot_Task xmlns=\"urn:vim25\">{}<removeChildren>false</removeChildren>\
+                     <consolidate>true</consolidate></RemoveSnapshot_Task>",
+                    self.snapshot.arg("_this")
+                ),
+                SNAPSHOT_WAIT,
+            )
+            .map(|_| ())
+            .map_err(|e| {
+                VmwareConnector::failed(
+                    &self.vm.name,
+                    &format!("removing the backup's snapshot {}", self.snapshot_name),
+                    e,
+                )
+            })
+    }
+}
+
+fn reconfigure_cbt(conn: &VmwareConnector, vm: &VmRef, on: bool) -> Result<(), SoapError> {
+    conn.soap
+        .run_task(
+            &format!(
+                "<ReconfigVM_Task xmlns=\"urn:vim25\">{}<spec><changeTrackingEnabled>{on}</changeTrackingEnabled></spec>\
+                 </ReconfigVM_Task>",
+                vm.obj.arg("_this")
+            ),
+            Duration::from_secs(600),
+        )
+        .map(|_| ())
+}
+
+/// Takes the backup's snapshot; says how consistent it is.
+fn take_snapshot(
+    conn: &VmwareConnector,
+    vm: &VmRef,
+    plan: &BackupPlan,
+    name: &str,
+) -> Result<(MoRef, String), ConnectorError> {
+    let create = |quiesce: bool| {
+        conn.soap.run_task(
+            &format!(
+                "<CreateSnapshot_Task xmlns=\"urn:vim25\">{}<name>{}</name><description>Taken by Holdfast for a backup; \
+                 removed when the backup ends.</description><memory>false</memory><quiesce>{quiesce}</quiesce>\
+                 </CreateSnapshot_Task>",
+                vm.obj.arg("_this"),
+                esc(name)
+            ),
+            SNAPSHOT_WAIT,
+        )
+    };
+    let failed = |e: SoapError| VmwareConnector::failed(&vm.name, "taking a snapshot", e);
+    let (result, consistency) = if !vm.powered_on {
+        (create(false).map_err(failed)?, "consistent: the VM is powered off".to_string())
+    } else {
+        match plan.quiesce {
+            Quiesce::Off => (create(false).map_err(failed)?, "crash-consistent: quiescing is off for this rule".into()),
+            Quiesce::Required => (
+                create(true).map_err(|e| {
+                    VmwareConnector::failed(&vm.name, "taking a quiesced snapshot (the rule requires one)", e)
+                })?,
+                "application-consistent: VMware Tools quiesced the guest".into(),
+            ),
+            Quiesce::IfPossible => match create(true) {
+                Ok(r) => (r, "application-consistent: VMware Tools quiesced the guest".into()),
+                Err(e @ SoapError::Unreachable(_)) => return Err(failed(e)),
+                Err(why) => (
+                    create(false).map_err(failed)?,
+                    format!("crash-consistent: the guest could not be quiesced ({why})"),
+                ),
+            },
+        }
+    };
+    let snapshot = result
+        .map(|r| MoRef::new(r.mo_type.as_deref().unwrap_or("VirtualMachineSnapshot"), &r.text))
+        .filter(|r| !r.value.is_empty())
+        .ok_or_else(|| failed(SoapError::Protocol("the snapshot task gave no snapshot".into())))?;
+    Ok((snapshot, consistency))
+}
+
+pub fn begin(conn: &VmwareConnector, vm: &str, plan: &BackupPlan) -> Result<Box<dyn BackupSession>, ConnectorError> {
+    let v = conn.vm(vm)?;
+    let (cfg, _) = conn.config(&v)?;
+    let all: Vec<&str> = cfg.disks.iter().map(|d| d.key.as_str()).collect();
+    if let Some(missing) = plan.include.iter().find(|w| !all.contains(&w.as_str())) {
+        return Err(VmwareConnector::failed(
+            &v.name,
+            "choosing disks",
+            format!("it has no disk {missing:?} (disks: {})", all.join(", ")),
+        ));
+    }
+    // What a killed backup left goes first: a second snapshot would make our disk a delta.
+    remove_our_snapshots(conn, &v)?;
+    let chosen: Vec<&Disk> =
+        cfg.disks.iter().filter(|d| plan.include.is_empty() || plan.include.contains(&d.key)).collect();
+    let dcs = conn.datacenters()?;
+    let stores = conn.datastores()?;
+
+    // Change tracking: on where the plan wants it; a newly enabled CBT reports from this
+    // backup's snapshot on, so this backup reads whole disks.
+    let mut cbt_reason: Option<String> = None;
+    let mut cbt = cfg.change_tracking;
+    match plan.change_tracking {
+        ChangeTracking::Off => cbt_reason = Some("change tracking is off for this backup".into()),
+        _ if cbt => {}
+        wanted => match reconfigure_cbt(conn, &v, true) {
+            Ok(()) => {
+                cbt = true;
+                cbt_reason = Some(
+                    "change tracking (CBT) was off on this VM and is now on: this backup reads whole disks, the \
+                     next one only what changed"
+                        .into(),
+                )
+            }
+            Err(e) if wanted == ChangeTracking::On => {
+                return Err(VmwareConnector::failed(
+                    &v.name,
+                    "turning on change tracking (CBT), which the rule requires",
+                    e,
+                ))
+            }
+            Err(e) => cbt_reason = Some(format!("change tracking (CBT) could not be turned on: {e}")),
+        },
+    }
+    let consolidation = conn
+        .soap
+        .retrieve_one(&v.obj, &["runtime.consolidationNeeded"], &[])
+        .ok()
+        .and_then(|o| o.text("runtime.consolidationNeeded").map(|t| t == "true"))
+        .unwrap_or(false);
+
+    plan.control.enter(crate::control::Phase::Snapshotting);
+    let name = format!(
+        "{SNAPSHOT_PREFIX}{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+    );
+    let (snapshot, consistency) = take_snapshot(conn, &v, plan, &name)?;
+    let mut session = Session {
+        conn_soap: conn.soap.clone(),
+        vm: v.clone(),
+        snapshot: snapshot.clone(),
+        snapshot_name: name,
+        change_ids: Vec::new(),
+        disks: Vec::new(),
+        consistency,
+    };
+    // From here on every failure removes the snapshot.
+    let prepared = Prepared { chosen, cbt, cbt_reason, consolidation, dcs, stores };
+    match fill(conn, &v, plan, &prepared, &mut session) {
+        Ok(()) => Ok(Box::new(session)),
+        Err(e) => {
+            let _ = Box::new(session).finish(false);
+            Err(e)
+        }
+    }
+}
+
+/// What `begin` found before the snapshot, for reading its disks.
+struct Prepared<'a> {
+    chosen: Vec<&'a Disk>,
+    cbt: bool,
+    /// Why CBT cannot be used by this backup (off, just turned on, failed).
+    cbt_reason: Option<String>,
+    consolidation: bool,
+    dcs: Vec<super::Datacenter>,
+    stores: Vec<super::Datastore>,
+}
+
+/// The session's disks: the snapshot's flat files with their changed or allocated areas.
+fn fill(
+    conn: &VmwareConnector,
+    v: &VmRef,
+    plan: &BackupPlan,
+    p: &Prepared<'_>,
+    session: &mut Session,
+) -> Result<(), ConnectorError> {
+    let snapshot = session.snapshot.clone();
+    let snapshot = &snapshot;
+    let failed = |action: &str, e: &dyn std::fmt::Display| VmwareConnector::failed(&v.name, action, e);
+    let snap_cfg =
+        conn.soap.retrieve_one(snapshot, &["config"], &[]).map_err(|e| failed("reading the snapshot's disks", &e))?;
+    let snap_cfg = snap_cfg.props.get("config").ok_or_else(|| failed("reading the snapshot's disks", &"none given"))?;
+    let snap_cfg = config::parse(snap_cfg).map_err(|e| failed("reading the snapshot's disks", &e))?;
+    let transfer = conn.soap.transfer();
+    let (cbt, cbt_reason, consolidation) = (p.cbt, &p.cbt_reason, p.consolidation);
+    if cbt && !consolidation {
+        plan.control.enter(crate::control::Phase::QueryingChanges);
+    }
+    for want in &p.chosen {
+        let Some(disk) = snap_cfg.disks.iter().find(|d| d.device_key == want.device_key) else {
+            let e = format!("the snapshot has no disk {} (device {})", want.key, want.device_key);
+            return Err(failed("reading the snapshot's disks", &e));
+        };
+        if let Some(why) = disk.not_flat() {
+            let e = format!(
+                "disk {}: {why}; the HTTPS datastore transport reads only flat disks (consolidate or delete the VM's \
+                 snapshots, or use VDDK)",
+                disk.key
+            );
+            return Err(failed("reading its disks", &e));
+        }
+        let (dc, ds, flat) = VmwareConnector::disk_location(&p.dcs, &p.stores, disk)
+            .map_err(|e| failed(&format!("locating disk {}", disk.key), &e))?;
+        let url = conn.soap.folder_url(&dc, &ds, &flat);
+        let base = plan.base.as_ref().and_then(|b| b.disk(&disk.key));
+        let (mut changed, mut full_reason) = (None, None);
+        let incremental = plan.requested != BackupType::Full && plan.base.is_some();
+        if incremental {
+            full_reason = match (cbt_reason, base) {
+                (Some(why), _) => Some(why.clone()),
+                (None, None) => Some("the disk is new since the base point".into()),
+                (None, Some(b)) if b.size != disk.size => {
+                    Some(format!("the disk was resized from {} to {} bytes since the base point", b.size, disk.size))
+                }
+                (None, Some(b)) if b.change_id.is_none() => {
+                    Some("the base point has no CBT change id for this disk".into())
+                }
+                _ if consolidation => {
+                    Some("the VM needs its snapshots consolidated, and CBT is not trusted until they are".into())
+                }
+                (None, Some(b)) => {
+                    let id = b.change_id.as_deref().unwrap_or_default();
+                    match changed_areas(conn, &v.obj, snapshot, disk, id) {
+                        Ok(areas) => {
+                            changed = Some(areas);
+                            None
+                        }
+                        Err(e @ SoapError::Unreachable(_)) => return Err(failed("asking CBT for changed areas", &e)),
+                        Err(e) => Some(format!("CBT cannot give the changes since {id} ({e}); it was reset or lost")),
+                    }
+                }
+            };
+        }
+        // A whole read skips what CBT says was never written (thin or new disks are mostly that).
+        let allocated = if changed.is_none() && cbt && cbt_reason.is_none() && !consolidation {
+            changed_areas(conn, &v.obj, snapshot, disk, "*").ok()
+        } else {
+            None
+        };
+        if cbt && plan.change_tracking != ChangeTracking::Off {
+            if let Some(id) = &disk.change_id {
+                session.change_ids.push((disk.key.clone(), id.clone()));
+            }
+        }
+        let source = HttpDisk {
+            transfer: transfer.clone(),
+            describe: format!("{} over HTTPS", disk.file),
+            url,
+            size: disk.size,
+            allocated,
+        };
+        session.disks.push(SessionDisk { key: disk.key.clone(), source: Box::new(source), changed, full_reason });
+    }
+    Ok(())
+}

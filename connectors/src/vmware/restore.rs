@@ -1,0 +1,468 @@
+//! Restores onto vSphere: a new VM made with CreateVM_Task from the point's description (the
+//! original's controllers, disk layout, NIC models, guest OS and firmware where the point came
+//! from vSphere, VMware's usual devices otherwise), its disks uploaded over the HTTPS datastore
+//! transport; or the disks of an existing, powered-off VM overwritten. A new VM carries a mark
+//! until its disks are written, so one a killed restore left is known and removed.
+
+use super::config::{self, VmConfig};
+use super::soap::SoapError;
+use super::xml::{esc, MoRef};
+use super::{Datacenter, Datastore, Network, VmwareConnector};
+use crate::connector::*;
+use crate::control::{JobControl, Throttle};
+use std::sync::mpsc;
+use std::time::Duration;
+use vds_store::{DiskReader, VmDescription};
+
+/// The annotation a new VM carries while its disks are written.
+pub const RESTORING_MARK: &str = "Holdfast: restore in progress (removed if the restore fails)";
+const TASK_WAIT: Duration = Duration::from_secs(3600);
+
+fn datastore<'a>(stores: &'a [Datastore], name: &str) -> Result<&'a Datastore, CheckError> {
+    stores.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = stores.iter().map(|s| s.name.as_str()).collect();
+        CheckError::invalid("storage", format!("there is no datastore {name:?} (there are: {})", names.join(", ")))
+    })
+}
+
+fn network<'a>(networks: &'a [Network], name: &str, field: &str) -> Result<&'a Network, CheckError> {
+    networks.iter().find(|n| n.name == name).ok_or_else(|| {
+        let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+        CheckError::invalid(field, format!("there is no network {name:?} (there are: {})", names.join(", ")))
+    })
+}
+
+pub fn check(conn: &VmwareConnector, restore: RestoreCheck<'_>) -> Result<(), CheckError> {
+    match restore {
+        RestoreCheck::NewVm(spec) => {
+            if spec.name.trim().is_empty() || spec.name.len() > 80 {
+                return Err(CheckError::invalid("name", "a vSphere VM name has 1 to 80 characters"));
+            }
+            if conn.vms()?.iter().any(|v| v.name == spec.name) {
+                return Err(CheckError::conflict("name", format!("a VM named {:?} exists already", spec.name)));
+            }
+            let stores = conn.datastores()?;
+            let ds = datastore(&stores, &spec.storage)?;
+            if !ds.accessible {
+                return Err(CheckError::invalid("storage", format!("datastore {:?} is not accessible", ds.name)));
+            }
+            if let Some(n) = &spec.network {
+                network(&conn.networks()?, n, "network")?;
+            }
+            if let Some(f) = spec.disk_format.as_deref().filter(|f| *f != "thin") {
+                return Err(CheckError::invalid(
+                    "disk_format",
+                    format!("vSphere restores write thin VMDKs, not {f:?}"),
+                ));
+            }
+            Ok(())
+        }
+        RestoreCheck::InPlace { vm } => {
+            let v = conn.vm(vm)?;
+            if v.powered_on {
+                return Err(CheckError::conflict("vm", format!("{} is powered on: power it off first", v.name)));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where a new VM goes: its datastore's datacenter folder, a host mounting the datastore and
+/// that host's resource pool.
+struct Placement {
+    dc: Datacenter,
+    folder: MoRef,
+    host: MoRef,
+    pool: MoRef,
+}
+
+fn placement(conn: &VmwareConnector, ds: &Datastore) -> Result<Placement, String> {
+    let dc = conn
+        .datacenters()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|d| d.datastores.iter().any(|s| s.value == ds.obj.value))
+        .ok_or_else(|| format!("no datacenter holds datastore {:?}", ds.name))?;
+    let folder = dc.vm_folder.clone().ok_or("the datacenter has no VM folder")?;
+    let host = ds.hosts.first().cloned().ok_or_else(|| format!("no host mounts datastore {:?}", ds.name))?;
+    let parent = conn.soap.retrieve_one(&host, &["parent"], &[]).map_err(|e| e.to_string())?;
+    let parent = parent.props.get("parent").ok_or("the host has no compute resource")?;
+    let compute = MoRef::new(parent.mo_type.as_deref().unwrap_or("ComputeResource"), &parent.text);
+    let pool = conn.soap.retrieve_one(&compute, &["resourcePool"], &[]).map_err(|e| e.to_string())?;
+    let pool = pool.props.get("resourcePool").ok_or("the host's cluster has no resource pool")?;
+    Ok(Placement { dc, folder, host, pool: MoRef::new("ResourcePool", &pool.text) })
+}
+
+/// The layout a new VM gets: the original's when the point came from vSphere, else vSphere's
+/// usual devices (paravirtual SCSI, VMXNET3).
+fn layout(source: &VmDescription) -> Option<VmConfig> {
+    let native = source.native.as_ref().filter(|n| n.format == config::NATIVE_FORMAT)?;
+    let el = super::xml::parse(&native.text, &[]).ok()?;
+    config::parse(&el).ok()
+}
+
+fn controller_xml(key: i64, xsi_type: &str, bus_number: i64) -> String {
+    let shared = if xsi_type.ends_with("SCSIController") || xsi_type.contains("Logic") {
+        "<sharedBus>noSharing</sharedBus>"
+    } else {
+        ""
+    };
+    format!(
+        "<deviceChange><operation>add</operation><device xsi:type=\"{}\"><key>{key}</key><busNumber>{bus_number}</busNumber>\
+         {shared}</device></deviceChange>",
+        esc(xsi_type)
+    )
+}
+
+/// The CreateVM_Task configuration of the new VM.
+fn new_vm_spec(
+    source: &VmDescription,
+    spec: &NewVmSpec,
+    sizes: &[u64],
+    networks: &[Network],
+    ds: &Datastore,
+) -> Result<String, String> {
+    let native = layout(source);
+    let mut devices = String::new();
+    // Controllers: the original's (by type and bus number), or one paravirtual SCSI.
+    let mut controllers: Vec<(String, i64, i64)> = Vec::new(); // (bus word+number, temp key, …)
+    let mut disk_places: Vec<(i64, i64)> = Vec::new(); // (controller key, unit)
+    for (i, d) in source.disks.iter().enumerate() {
+        let orig = native.as_ref().and_then(|n| n.disks.iter().find(|x| x.key == d.key).map(|x| (n, x)));
+        let (xsi, bus_number, unit) = match orig {
+            Some((n, x)) => {
+                let c = n.controllers.iter().find(|c| c.key == x.controller_key);
+                let (t, b) =
+                    c.map_or(("ParaVirtualSCSIController".to_string(), 0), |c| (c.xsi_type.clone(), c.bus_number));
+                (t, b, x.unit)
+            }
+            // Units 0-6 and 8-15 on the first controller (7 is the controller's own).
+            None => ("ParaVirtualSCSIController".to_string(), 0, if i < 7 { i as i64 } else { i as i64 + 1 }),
+        };
+        let ide = xsi == "VirtualIDEController";
+        let name = format!("{xsi}/{bus_number}");
+        let key = match controllers.iter().find(|(n, _, _)| *n == name) {
+            Some((_, k, _)) => *k,
+            // vSphere gives every VM its two IDE controllers (200, 201): disks go onto those.
+            None if ide => 200 + bus_number,
+            None => {
+                let k = -100 - controllers.len() as i64;
+                controllers.push((name, k, bus_number));
+                devices += &controller_xml(k, &xsi, bus_number);
+                k
+            }
+        };
+        disk_places.push((key, unit));
+    }
+    for (i, ((ctl, unit), size)) in disk_places.iter().zip(sizes).enumerate() {
+        devices += &format!(
+            "<deviceChange><operation>add</operation><fileOperation>create</fileOperation><device xsi:type=\"VirtualDisk\">\
+             <key>{}</key><backing xsi:type=\"VirtualDiskFlatVer2BackingInfo\"><fileName>[{}]</fileName>\
+             <diskMode>persistent</diskMode><thinProvisioned>true</thinProvisioned></backing><controllerKey>{ctl}</controllerKey>\
+             <unitNumber>{unit}</unitNumber><capacityInKB>{}</capacityInKB><capacityInBytes>{size}</capacityInBytes></device>\
+             </deviceChange>",
+            -1 - i as i64,
+            esc(&ds.name),
+            size.div_ceil(1024)
+        );
+    }
+    for (i, nic) in source.nics.iter().enumerate() {
+        let want =
+            spec.network.as_deref().or(nic.network.as_deref()).ok_or_else(|| {
+                format!("NIC {} had no network in the point: choose the network for the new VM", i + 1)
+            })?;
+        let net = network(networks, want, "network").map_err(|e| e.to_string())?;
+        let xsi = nic.model.as_deref().and_then(config::nic_type).unwrap_or("VirtualVmxnet3");
+        let backing = match &net.distributed {
+            Some((key, uuid)) => format!(
+                "<backing xsi:type=\"VirtualEthernetCardDistributedVirtualPortBackingInfo\"><port><switchUuid>{}</switchUuid>\
+                 <portgroupKey>{}</portgroupKey></port></backing>",
+                esc(uuid),
+                esc(key)
+            ),
+            None => format!(
+                "<backing xsi:type=\"VirtualEthernetCardNetworkBackingInfo\"><deviceName>{}</deviceName>{}</backing>",
+                esc(&net.name),
+                net.obj.arg("network")
+            ),
+        };
+        let address = match (&nic.mac, spec.keep_macs) {
+            (Some(mac), true) => format!("<addressType>manual</addressType><macAddress>{}</macAddress>", esc(mac)),
+            _ => "<addressType>generated</addressType>".into(),
+        };
+        devices += &format!(
+            "<deviceChange><operation>add</operation><device xsi:type=\"{xsi}\"><key>{}</key>{backing}<connectable>\
+             <startConnected>true</startConnected><allowGuestControl>true</allowGuestControl><connected>false</connected>\
+             </connectable>{address}</device></deviceChange>",
+            -200 - i as i64
+        );
+    }
+    let guest = native.as_ref().map(|n| n.guest_id.clone()).filter(|g| !g.is_empty());
+    let cpus = spec.cpus.unwrap_or(source.cpus).max(1);
+    let cores = native.as_ref().map_or(1, |n| n.cores_per_socket).max(1);
+    let cores = if cpus.is_multiple_of(cores) { cores } else { 1 };
+    let memory = spec.memory_mib.unwrap_or(source.memory_mib).max(4);
+    let firmware = if source.firmware.as_deref() == Some("efi") { "efi" } else { "bios" };
+    Ok(format!(
+        "<name>{}</name><guestId>{}</guestId><annotation>{}</annotation><files><vmPathName>[{}]</vmPathName></files>\
+         <numCPUs>{cpus}</numCPUs><numCoresPerSocket>{cores}</numCoresPerSocket><memoryMB>{memory}</memoryMB>{devices}\
+         <firmware>{firmware}</firmware>",
+        esc(&spec.name),
+        esc(guest.as_deref().unwrap_or("otherGuest64")),
+        esc(RESTORING_MARK),
+        esc(&ds.name)
+    ))
+}
+
+/// A request body fed from another thread, a buffer at a time.
+struct ChannelBody {
+    rx: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ChannelBody {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.buf.len() {
+            match self.rx.recv() {
+                Ok(b) => (self.buf, self.at) = (b, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Uploads a point's disk as the whole flat file at `url`, `size` bytes (the point's disk,
+/// then zeros up to a larger size), under `control`'s limit, stop and progress.
+fn upload(
+    transfer: &super::soap::Transfer,
+    url: &str,
+    reader: &DiskReader,
+    size: u64,
+    control: &JobControl,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
+    let body = ChannelBody { rx, buf: Vec::new(), at: 0 };
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || -> Result<(), String> {
+            let map = reader.map();
+            let es = map.extent_size as u64;
+            let mut throttle = Throttle::default();
+            for (i, id) in map.extents.iter().enumerate() {
+                let len = map.extent_len(i as u64);
+                throttle.admit(control, len).map_err(|e| e.to_string())?;
+                let mut buf = vec![0u8; len];
+                if !id.is_hole() {
+                    reader.read_at(&mut buf, i as u64 * es).map_err(|e| e.to_string())?;
+                }
+                if tx.send(buf).is_err() {
+                    return Ok(()); // the upload ended; its error says why
+                }
+                control.add_done(len as u64);
+            }
+            let mut rest = size - reader.size();
+            while rest > 0 {
+                let n = rest.min(4 << 20);
+                if tx.send(vec![0u8; n as usize]).is_err() {
+                    return Ok(());
+                }
+                rest -= n;
+            }
+            Ok(())
+        });
+        let sent = transfer.put(url, body, size);
+        let produced = producer.join().unwrap_or_else(|_| Err("the reader thread panicked".into()));
+        produced.and(sent)
+    })
+}
+
+fn destroy(conn: &VmwareConnector, vm: &MoRef) -> Result<(), SoapError> {
+    conn.soap
+        .run_task(&format!("<Destroy_Task xmlns=\"urn:vim25\">{}</Destroy_Task>", vm.arg("_this")), TASK_WAIT)
+        .map(|_| ())
+}
+
+pub fn as_new_vm(
+    conn: &VmwareConnector,
+    source: &VmDescription,
+    disks: &[RestoreDisk<'_>],
+    spec: &NewVmSpec,
+    control: &JobControl,
+) -> Result<String, ConnectorError> {
+    let name = spec.name.as_str();
+    let failed = |action: &str, e: &dyn std::fmt::Display| VmwareConnector::failed(name, action, e);
+    check(conn, RestoreCheck::NewVm(spec)).map_err(|e| failed("checking the restore", &e))?;
+    let point_disks: Vec<(&str, u64)> = source.disks.iter().map(|d| (d.key.as_str(), d.size)).collect();
+    let sizes = restore_sizes(&point_disks, &spec.disk_sizes).map_err(|e| failed("sizing the disks", &e))?;
+    let stores = conn.datastores()?;
+    let ds = datastore(&stores, &spec.storage).map_err(|e| failed("choosing the datastore", &e))?;
+    let networks = conn.networks()?;
+    let place = placement(conn, ds).map_err(|e| failed("placing the VM", &e))?;
+    let config = new_vm_spec(source, spec, &sizes, &networks, ds).map_err(|e| failed("describing the VM", &e))?;
+    let created = conn
+        .soap
+        .run_task(
+            &format!(
+                "<CreateVM_Task xmlns=\"urn:vim25\">{}<config>{config}</config>{}{}</CreateVM_Task>",
+                place.folder.arg("_this"),
+                place.pool.arg("pool"),
+                place.host.arg("host")
+            ),
+            TASK_WAIT,
+        )
+        .map_err(|e| failed("creating the VM", &e))?
+        .map(|r| MoRef::new("VirtualMachine", &r.text))
+        .ok_or_else(|| failed("creating the VM", &"the task gave no VM"))?;
+    // From here on a failure removes the VM with its files.
+    let written = (|| -> Result<(), ConnectorError> {
+        let vm = super::VmRef { obj: created.clone(), name: name.into(), uuid: String::new(), powered_on: false };
+        let (made, _) = conn.config(&vm)?;
+        write_disks(conn, &made, &place.dc, &stores, source, disks, control)?;
+        conn.soap
+            .run_task(
+                &format!(
+                    "<ReconfigVM_Task xmlns=\"urn:vim25\">{}<spec><annotation>{}</annotation></spec></ReconfigVM_Task>",
+                    created.arg("_this"),
+                    esc(&format!("Restored by Holdfast from a restore point of {}", source.name))
+                ),
+                TASK_WAIT,
+            )
+            .map_err(|e| failed("marking the VM restored", &e))?;
+        if spec.start {
+            conn.soap
+                .run_task(
+                    &format!("<PowerOnVM_Task xmlns=\"urn:vim25\">{}</PowerOnVM_Task>", created.arg("_this")),
+                    TASK_WAIT,
+                )
+                .map_err(|e| failed("powering the VM on", &e))?;
+        }
+        Ok(())
+    })();
+    match written {
+        Ok(()) => Ok(name.to_string()),
+        Err(e) => match destroy(conn, &created) {
+            Ok(()) => Err(e),
+            Err(d) => Err(failed("restoring", &format!("{e}; removing the half-made VM also failed: {d}"))),
+        },
+    }
+}
+
+/// Writes each of the point's disks over the same-keyed disk of `vm`'s configuration.
+fn write_disks(
+    conn: &VmwareConnector,
+    vm: &VmConfig,
+    dc: &Datacenter,
+    stores: &[Datastore],
+    source: &VmDescription,
+    disks: &[RestoreDisk<'_>],
+    control: &JobControl,
+) -> Result<(), ConnectorError> {
+    let failed = |action: &str, e: &dyn std::fmt::Display| VmwareConnector::failed(&vm.name, action, e);
+    // The new VM's disks follow the point's order (its keys may differ when the point came
+    // from elsewhere), an existing VM's are matched by key.
+    let targets: Vec<&config::Disk> = if vm.disks.len() == source.disks.len() && vm.annotation == RESTORING_MARK {
+        let order: Vec<&str> = source.disks.iter().map(|d| d.key.as_str()).collect();
+        let mut made: Vec<&config::Disk> = vm.disks.iter().collect();
+        made.sort_by_key(|d| (d.controller_key, d.unit));
+        let mut by_point = Vec::new();
+        for d in disks {
+            let i = order.iter().position(|k| *k == d.key).unwrap_or(0);
+            by_point.push(made[i]);
+        }
+        by_point
+    } else {
+        disks
+            .iter()
+            .map(|d| {
+                vm.disks
+                    .iter()
+                    .find(|x| x.key == d.key)
+                    .ok_or_else(|| failed("matching disks", &format!("it has no disk {}", d.key)))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    control.add_total(targets.iter().map(|d| d.size).sum());
+    let transfer = conn.soap.transfer();
+    for (d, target) in disks.iter().zip(targets) {
+        if let Some(why) = target.not_flat() {
+            return Err(failed(
+                &format!("writing disk {}", target.key),
+                &format!("{why}: delete the VM's snapshots first"),
+            ));
+        }
+        if target.size < d.reader.size() {
+            return Err(failed(
+                &format!("writing disk {}", target.key),
+                &format!("it has {} bytes, the point's disk {} bytes", target.size, d.reader.size()),
+            ));
+        }
+        let flat = target.flat_path().ok_or_else(|| failed("locating its disks", &target.file))?;
+        let (ds, _) = target.datastore_path().ok_or_else(|| failed("locating its disks", &target.file))?;
+        let ds = stores.iter().find(|s| s.name == ds).map(|s| s.name.clone()).unwrap_or_else(|| ds.to_string());
+        let url = conn.soap.folder_url(&dc.path, &ds, &flat);
+        upload(&transfer, &url, d.reader, target.size, control)
+            .map_err(|e| failed(&format!("writing disk {} over HTTPS", target.key), &e))?;
+    }
+    Ok(())
+}
+
+pub fn in_place(
+    conn: &VmwareConnector,
+    vm: &str,
+    disks: &[RestoreDisk<'_>],
+    control: &JobControl,
+) -> Result<(), ConnectorError> {
+    let v = conn.vm(vm)?;
+    if v.powered_on {
+        return Err(VmwareConnector::failed(&v.name, "restoring in place", "it is powered on: power it off first"));
+    }
+    let (cfg, _) = conn.config(&v)?;
+    for d in disks {
+        match cfg.disks.iter().find(|x| x.key == d.key) {
+            Some(x) if x.size == d.reader.size() => {}
+            Some(x) => {
+                return Err(VmwareConnector::failed(
+                    &v.name,
+                    "restoring in place",
+                    format!(
+                        "disk {} has {} bytes, the point's {}: restore as a new VM instead",
+                        d.key,
+                        x.size,
+                        d.reader.size()
+                    ),
+                ))
+            }
+            None => {
+                return Err(VmwareConnector::failed(&v.name, "restoring in place", format!("it has no disk {}", d.key)))
+            }
+        }
+    }
+    let dcs = conn.datacenters()?;
+    let stores = conn.datastores()?;
+    let first =
+        cfg.disks.first().ok_or_else(|| VmwareConnector::failed(&v.name, "restoring in place", "it has no disks"))?;
+    let (dc_path, _, _) = VmwareConnector::disk_location(&dcs, &stores, first)
+        .map_err(|e| VmwareConnector::failed(&v.name, "locating its disks", e))?;
+    let dc = dcs.into_iter().find(|d| d.path == dc_path).expect("the datacenter just found");
+    let description = VmDescription { name: v.name.clone(), ..VmDescription::default() };
+    write_disks(conn, &cfg, &dc, &stores, &description, disks, control)
+}
+
+/// Removes a VM that a killed restore left half-made (it still carries the mark).
+pub fn clean_up_killed(conn: &VmwareConnector, vm: &str) -> Result<Option<String>, ConnectorError> {
+    let v = match conn.vm(vm) {
+        Ok(v) => v,
+        Err(ConnectorError::NoSuchVm { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let (cfg, _) = conn.config(&v)?;
+    if cfg.annotation != RESTORING_MARK {
+        return Ok(None);
+    }
+    destroy(conn, &v.obj).map_err(|e| VmwareConnector::failed(&v.name, "removing the half-restored VM", e))?;
+    Ok(Some(format!("removed {}, which a killed restore had left half-made", v.name)))
+}

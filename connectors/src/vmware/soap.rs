@@ -1,0 +1,690 @@
+//! A vSphere Web Services (vim25 SOAP) session over HTTPS: the service content, log in and out
+//! (again when the session lapses), calls with faults named by type, the PropertyCollector
+//! (container views, paging with ContinueRetrievePropertiesEx), tasks, and the datastore's
+//! /folder URLs for disk transfers. The certificate is checked against a CA, or pinned by its
+//! thumbprint; what the host presented is remembered, so a refusal can show it to the admin.
+
+use super::xml::{self, esc, El, MoRef};
+use crate::connector::Credentials;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How a call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SoapError {
+    /// No answer: the connection, TLS (an untrusted or unpinned certificate), a timeout.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The server answered with a SOAP fault: its type ("InvalidLogin") and message.
+    #[error("{kind}: {message}")]
+    Fault { kind: String, message: String },
+    /// An answer that is not what vSphere sends.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl SoapError {
+    pub fn fault_kind(&self) -> Option<&str> {
+        match self {
+            SoapError::Fault { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+/// How the host's certificate is checked.
+#[derive(Clone, Debug, Default)]
+pub struct TlsTrust {
+    /// PEM certificates of the CAs to trust (none: Mozilla's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// The certificate's SHA-256 or SHA-1 thumbprint (hex, colons optional): when set, exactly
+    /// that certificate is accepted, whoever signed it.
+    pub thumbprint: Option<String>,
+}
+
+/// A certificate's thumbprints, as vSphere shows them (uppercase hex pairs with colons).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Thumbprints {
+    pub sha256: String,
+    pub sha1: String,
+}
+
+impl Thumbprints {
+    fn of(der: &[u8]) -> Thumbprints {
+        use sha1::Digest as _;
+        Thumbprints { sha256: hex_pairs(&sha2::Sha256::digest(der)), sha1: hex_pairs(&sha1::Sha1::digest(der)) }
+    }
+
+    fn matches(&self, pin: &str) -> bool {
+        let norm = |s: &str| s.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_ascii_uppercase();
+        let pin = norm(pin);
+        pin == norm(&self.sha256) || pin == norm(&self.sha1)
+    }
+}
+
+fn hex_pairs(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
+
+/// Checks a thumbprint as given in settings: 20 or 32 bytes of hex, colons allowed.
+pub fn check_thumbprint(pin: &str) -> Result<(), String> {
+    let hex: String = pin.chars().filter(|c| *c != ':' && !c.is_whitespace()).collect();
+    if !hex.chars().all(|c| c.is_ascii_hexdigit()) || !(hex.len() == 40 || hex.len() == 64) {
+        return Err(format!("{pin:?} is not a SHA-1 or SHA-256 thumbprint (hex pairs such as AB:CD:…)"));
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Verifier {
+    pin: Option<String>,
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    seen: Arc<Mutex<Option<Thumbprints>>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let prints = Thumbprints::of(end_entity);
+        *self.seen.lock().expect("thumbprint lock") = Some(prints.clone());
+        if let Some(pin) = &self.pin {
+            return if prints.matches(pin) {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General(format!(
+                    "the host's certificate has SHA-256 thumbprint {} (SHA-1 {}), not the pinned {pin}",
+                    prints.sha256, prints.sha1
+                )))
+            };
+        }
+        self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now).map_err(|e| {
+            rustls::Error::General(format!(
+                "the host's certificate is not trusted ({e}); its SHA-256 thumbprint is {}: if that is the host's own \
+                 certificate, pin it in the platform's settings (or give the CA that signed it)",
+                prints.sha256
+            ))
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The objects and facts of a vCenter or ESXi host that every call starts from.
+#[derive(Clone, Debug)]
+pub struct ServiceContent {
+    pub root_folder: MoRef,
+    pub property_collector: MoRef,
+    pub view_manager: MoRef,
+    pub session_manager: MoRef,
+    /// "VMware vCenter Server 8.0.2 build-…"
+    pub full_name: String,
+    /// "VirtualCenter" or "HostAgent".
+    pub api_type: String,
+    pub api_version: String,
+}
+
+/// One object of a PropertyCollector answer: its reference and the properties asked for that
+/// it has (unset properties are absent).
+#[derive(Clone, Debug)]
+pub struct ObjectContent {
+    pub obj: MoRef,
+    pub props: BTreeMap<String, El>,
+}
+
+impl ObjectContent {
+    pub fn text(&self, path: &str) -> Option<&str> {
+        self.props.get(path).map(|v| v.text.as_str())
+    }
+}
+
+/// A logged-in session.
+pub struct Soap {
+    http: reqwest::blocking::Client,
+    /// https://host:port
+    base: String,
+    action: String,
+    cookie: Mutex<Option<String>>,
+    credentials: Credentials,
+    pub content: ServiceContent,
+    seen: Arc<Mutex<Option<Thumbprints>>>,
+}
+
+/// The longest a SOAP call may take (tasks are polled, so no single call waits long).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        next = s.source();
+    }
+    out
+}
+
+fn body_envelope(body: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope \
+         xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:xsd=\"http://www.w3.org/2001/XMLSchema\" \
+         xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>"
+    )
+}
+
+/// The reply's body element (`XResponse`), or its fault.
+pub fn read_reply(text: &str, keep_raw: &[&str]) -> Result<El, SoapError> {
+    let env = xml::parse(text, keep_raw).map_err(SoapError::Protocol)?;
+    let body = env
+        .child("Body")
+        .ok_or_else(|| SoapError::Protocol(format!("the reply has no SOAP Body (it is a {:?} element)", env.name)))?;
+    let first = body.children.first().ok_or_else(|| SoapError::Protocol("the reply's SOAP Body is empty".into()))?;
+    if first.name == "Fault" {
+        return Err(fault(first));
+    }
+    Ok(first.clone())
+}
+
+/// A SOAP fault's type (the detail's xsi:type, or its element name without "Fault") and text.
+fn fault(f: &El) -> SoapError {
+    let message = f.text_of("faultstring").unwrap_or_default().to_string();
+    let kind = f
+        .child("detail")
+        .and_then(|d| d.children.first())
+        .map(|d| d.xsi_type.clone().unwrap_or_else(|| d.name.trim_end_matches("Fault").to_string()))
+        .or_else(|| f.text_of("faultcode").map(str::to_string))
+        .unwrap_or_else(|| "Fault".into());
+    SoapError::Fault { kind, message }
+}
+
+/// A LocalizedMethodFault (a task's error): its fault type and message.
+pub fn method_fault(e: &El) -> SoapError {
+    let kind = e.child("fault").and_then(|f| f.xsi_type.clone()).unwrap_or_else(|| "Fault".into());
+    let message = e.text_of("localizedMessage").unwrap_or_default().to_string();
+    SoapError::Fault { kind, message }
+}
+
+/// Percent-encodes `s` for a URL, leaving unreserved characters (and '/' when `path`).
+pub fn url_encode(s: &str, path: bool) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'/' if path => out.push('/'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+impl Soap {
+    /// Connects to `host` (a name or address, optionally with :port) and logs in.
+    pub fn connect(host: &str, trust: &TlsTrust, credentials: &Credentials) -> Result<Soap, SoapError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        match &trust.ca_pem {
+            Some(pem) => {
+                use rustls_pki_types::pem::PemObject;
+                let mut n = 0;
+                for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| SoapError::Unreachable(format!("reading the CA certificate: {e}")))?;
+                    roots.add(cert).map_err(|e| SoapError::Unreachable(format!("the CA certificate: {e}")))?;
+                    n += 1;
+                }
+                if n == 0 {
+                    return Err(SoapError::Unreachable("the CA file holds no PEM certificate".into()));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| SoapError::Unreachable(format!("the CA certificates: {e}")))?;
+        let seen = Arc::new(Mutex::new(None));
+        let verifier =
+            Verifier { pin: trust.thumbprint.clone(), webpki, provider: provider.clone(), seen: seen.clone() };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SoapError::Unreachable(format!("TLS: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let http = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(None)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .build()
+            .map_err(|e| SoapError::Unreachable(cause_chain(&e)))?;
+        let base = format!("https://{host}");
+        let mut soap = Soap {
+            http,
+            base,
+            action: "urn:vim25/6.7".into(),
+            cookie: Mutex::new(None),
+            credentials: credentials.clone(),
+            content: ServiceContent {
+                root_folder: MoRef::new("Folder", ""),
+                property_collector: MoRef::new("PropertyCollector", ""),
+                view_manager: MoRef::new("ViewManager", ""),
+                session_manager: MoRef::new("SessionManager", ""),
+                full_name: String::new(),
+                api_type: String::new(),
+                api_version: String::new(),
+            },
+            seen,
+        };
+        let reply = soap.call_once(
+            "<RetrieveServiceContent xmlns=\"urn:vim25\"><_this type=\"ServiceInstance\">ServiceInstance</_this></RetrieveServiceContent>",
+            &[],
+        )?;
+        soap.content = service_content(&reply)?;
+        // Speak the host's version, up to the newest this client was written against.
+        soap.action = format!("urn:vim25/{}", capped_version(&soap.content.api_version));
+        soap.login()?;
+        Ok(soap)
+    }
+
+    /// The thumbprints of the certificate the host presented (after any TLS handshake).
+    pub fn seen_thumbprints(&self) -> Option<Thumbprints> {
+        self.seen.lock().expect("thumbprint lock").clone()
+    }
+
+    fn login(&self) -> Result<(), SoapError> {
+        *self.cookie.lock().expect("cookie lock") = None;
+        let body = format!(
+            "<Login xmlns=\"urn:vim25\">{}<userName>{}</userName><password>{}</password></Login>",
+            self.content.session_manager.arg("_this"),
+            esc(&self.credentials.username),
+            esc(&self.credentials.password)
+        );
+        self.call_once(&body, &[]).map(|_| ())
+    }
+
+    /// Ends the session (best effort: a host that is gone has ended it anyway).
+    pub fn logout(&self) {
+        if self.cookie.lock().expect("cookie lock").is_some() {
+            let body = format!("<Logout xmlns=\"urn:vim25\">{}</Logout>", self.content.session_manager.arg("_this"));
+            let _ = self.call_once(&body, &[]);
+            *self.cookie.lock().expect("cookie lock") = None;
+        }
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        self.cookie.lock().expect("cookie lock").clone()
+    }
+
+    fn call_once(&self, body: &str, keep_raw: &[&str]) -> Result<El, SoapError> {
+        let mut req = self
+            .http
+            .post(format!("{}/sdk", self.base))
+            .timeout(CALL_TIMEOUT)
+            .header("Content-Type", "text/xml; charset=utf-8")
+            .header("SOAPAction", &self.action)
+            .body(body_envelope(body));
+        if let Some(c) = self.cookie_header() {
+            req = req.header("Cookie", c);
+        }
+        let resp = req.send().map_err(|e| SoapError::Unreachable(cause_chain(&e)))?;
+        let status = resp.status();
+        for v in resp.headers().get_all("set-cookie") {
+            if let Some(c) = v.to_str().ok().and_then(|v| v.split(';').next()) {
+                if c.trim_start().starts_with("vmware_soap_session=") {
+                    *self.cookie.lock().expect("cookie lock") = Some(c.trim().to_string());
+                }
+            }
+        }
+        let mut text = String::new();
+        resp.take(xml::MAX_REPLY as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| SoapError::Unreachable(format!("reading the reply: {}", cause_chain(&e))))?;
+        if !(status.is_success() || status.as_u16() == 500) {
+            return Err(SoapError::Protocol(format!("the host answered HTTP {status} at {}/sdk", self.base)));
+        }
+        read_reply(&text, keep_raw)
+    }
+
+    /// Calls a method; logs in again once if the session has lapsed.
+    pub fn call(&self, body: &str) -> Result<El, SoapError> {
+        self.call_keeping(body, &[])
+    }
+
+    /// As [`Soap::call`], keeping the source text of the elements named in `keep_raw`.
+    pub fn call_keeping(&self, body: &str, keep_raw: &[&str]) -> Result<El, SoapError> {
+        match self.call_once(body, keep_raw) {
+            Err(e) if e.fault_kind() == Some("NotAuthenticated") => {
+                self.login()?;
+                self.call_once(body, keep_raw)
+            }
+            other => other,
+        }
+    }
+
+    /// The properties `paths` of every object of type `kind` under the root folder.
+    pub fn retrieve_all(&self, kind: &str, paths: &[&str]) -> Result<Vec<ObjectContent>, SoapError> {
+        let view = self.call(&format!(
+            "<CreateContainerView xmlns=\"urn:vim25\">{}{}<type>{}</type><recursive>true</recursive></CreateContainerView>",
+            self.content.view_manager.arg("_this"),
+            self.content.root_folder.arg("container"),
+            esc(kind)
+        ))?;
+        let view = view
+            .moref_of("returnval")
+            .ok_or_else(|| SoapError::Protocol("CreateContainerView answered no view".into()))?;
+        let object_set = format!(
+            "<objectSet>{}<skip>true</skip><selectSet xsi:type=\"TraversalSpec\"><name>view</name>\
+             <type>ContainerView</type><path>view</path><skip>false</skip></selectSet></objectSet>",
+            view.arg("obj")
+        );
+        let result = self.retrieve(kind, paths, &object_set, &[]);
+        let _ = self.call(&format!("<DestroyView xmlns=\"urn:vim25\">{}</DestroyView>", view.arg("_this")));
+        result
+    }
+
+    /// The properties `paths` of the objects `objs` (all of type `kind`).
+    pub fn retrieve_objects(
+        &self,
+        kind: &str,
+        objs: &[&MoRef],
+        paths: &[&str],
+        keep_raw: &[&str],
+    ) -> Result<Vec<ObjectContent>, SoapError> {
+        let object_set: String =
+            objs.iter().map(|o| format!("<objectSet>{}<skip>false</skip></objectSet>", o.arg("obj"))).collect();
+        self.retrieve(kind, paths, &object_set, keep_raw)
+    }
+
+    /// One object's properties; an object that is gone is an error naming it.
+    pub fn retrieve_one(&self, obj: &MoRef, paths: &[&str], keep_raw: &[&str]) -> Result<ObjectContent, SoapError> {
+        self.retrieve_objects(&obj.kind, &[obj], paths, keep_raw)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| SoapError::Protocol(format!("{} {} is not there", obj.kind, obj.value)))
+    }
+
+    fn retrieve(
+        &self,
+        kind: &str,
+        paths: &[&str],
+        object_set: &str,
+        keep_raw: &[&str],
+    ) -> Result<Vec<ObjectContent>, SoapError> {
+        let path_set: String = paths.iter().map(|p| format!("<pathSet>{}</pathSet>", esc(p))).collect();
+        let mut reply = self.call_keeping(
+            &format!(
+                "<RetrievePropertiesEx xmlns=\"urn:vim25\">{}<specSet><propSet><type>{}</type><all>false</all>{path_set}\
+                 </propSet>{object_set}</specSet><options><maxObjects>100</maxObjects></options></RetrievePropertiesEx>",
+                self.content.property_collector.arg("_this"),
+                esc(kind)
+            ),
+            keep_raw,
+        )?;
+        let mut out = Vec::new();
+        // An empty result has no returnval at all.
+        while let Some(result) = reply.child("returnval") {
+            out.extend(object_contents(result));
+            let Some(token) = result.text_of("token").filter(|t| !t.is_empty()) else { break };
+            reply = self.call_keeping(
+                &format!(
+                    "<ContinueRetrievePropertiesEx xmlns=\"urn:vim25\">{}<token>{}</token></ContinueRetrievePropertiesEx>",
+                    self.content.property_collector.arg("_this"),
+                    esc(token)
+                ),
+                keep_raw,
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// Waits for a task to end (polling its state, at most `limit`); its result on success, its
+    /// fault on failure.
+    pub fn wait_task(&self, task: &MoRef, limit: Duration) -> Result<Option<El>, SoapError> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let info = self.retrieve_one(task, &["info.state", "info.error", "info.result"], &[])?;
+            match info.text("info.state") {
+                Some("success") => return Ok(info.props.get("info.result").cloned()),
+                Some("error") => {
+                    return Err(info.props.get("info.error").map(method_fault).unwrap_or(SoapError::Fault {
+                        kind: "Fault".into(),
+                        message: "the task failed without saying why".into(),
+                    }))
+                }
+                _ if started.elapsed() > limit => {
+                    return Err(SoapError::Protocol(format!("task {} did not end within {limit:?}", task.value)))
+                }
+                _ => std::thread::sleep(pause),
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Calls a method that starts a task and waits for it.
+    pub fn run_task(&self, body: &str, limit: Duration) -> Result<Option<El>, SoapError> {
+        let reply = self.call(body)?;
+        let task = reply.moref_of("returnval").ok_or_else(|| SoapError::Protocol("the call started no task".into()))?;
+        self.wait_task(&task, limit)
+    }
+
+    /// The URL of a datastore file through the host's /folder service.
+    pub fn folder_url(&self, datacenter: &str, datastore: &str, path: &str) -> String {
+        format!(
+            "{}/folder/{}?dcPath={}&dsName={}",
+            self.base,
+            url_encode(path, true),
+            url_encode(datacenter, false),
+            url_encode(datastore, false)
+        )
+    }
+
+    /// A client for transfers that carries this session's cookie.
+    pub fn transfer(&self) -> Transfer {
+        Transfer { http: self.http.clone(), cookie: self.cookie_header() }
+    }
+}
+
+impl Drop for Soap {
+    fn drop(&mut self) {
+        self.logout();
+    }
+}
+
+/// Datastore file transfers in this session (cloneable, for disk readers on other threads).
+#[derive(Clone)]
+pub struct Transfer {
+    http: reqwest::blocking::Client,
+    cookie: Option<String>,
+}
+
+impl Transfer {
+    fn with_cookie(&self, req: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+        match &self.cookie {
+            Some(c) => req.header("Cookie", c),
+            None => req,
+        }
+    }
+
+    /// Fills `buf` from `offset` of the file at `url` (a byte-range GET).
+    pub fn read_at(&self, url: &str, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64 - 1;
+        let resp = self
+            .with_cookie(self.http.get(url).timeout(CALL_TIMEOUT).header("Range", format!("bytes={offset}-{end}")))
+            .send()
+            .map_err(|e| cause_chain(&e))?;
+        if resp.status().as_u16() != 206 {
+            return Err(format!(
+                "bytes {offset}-{end}: the host answered HTTP {} instead of a byte range",
+                resp.status()
+            ));
+        }
+        let mut resp = resp;
+        resp.read_exact(buf).map_err(|e| format!("bytes {offset}-{end}: {}", cause_chain(&e)))?;
+        Ok(())
+    }
+
+    /// Writes a whole file at `url` from `body`, `len` bytes.
+    pub fn put(&self, url: &str, body: impl Read + Send + 'static, len: u64) -> Result<(), String> {
+        let resp = self
+            .with_cookie(
+                self.http
+                    .put(url)
+                    .header("Content-Type", "application/octet-stream")
+                    .body(reqwest::blocking::Body::sized(body, len)),
+            )
+            .send()
+            .map_err(|e| cause_chain(&e))?;
+        if !resp.status().is_success() {
+            return Err(format!("the host answered HTTP {}", resp.status()));
+        }
+        Ok(())
+    }
+}
+
+fn capped_version(v: &str) -> &'static str {
+    // vim25 versions this client's requests follow; newer hosts answer older versions too.
+    const KNOWN: &[(u32, u32, &str)] = &[(6, 0, "6.0"), (6, 5, "6.5"), (6, 7, "6.7"), (7, 0, "7.0"), (8, 0, "8.0")];
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    KNOWN.iter().rev().find(|(a, b, _)| (*a, *b) <= have).map_or("6.0", |k| k.2)
+}
+
+fn service_content(reply: &El) -> Result<ServiceContent, SoapError> {
+    let r = reply.child("returnval").ok_or_else(|| SoapError::Protocol("no service content in the reply".into()))?;
+    let need =
+        |name: &str| r.moref_of(name).ok_or_else(|| SoapError::Protocol(format!("the service content has no {name}")));
+    let about = r.child("about");
+    let about_text = |name: &str| about.and_then(|a| a.text_of(name)).unwrap_or_default().to_string();
+    Ok(ServiceContent {
+        root_folder: need("rootFolder")?,
+        property_collector: need("propertyCollector")?,
+        view_manager: need("viewManager")?,
+        session_manager: need("sessionManager")?,
+        full_name: about_text("fullName"),
+        api_type: about_text("apiType"),
+        api_version: about_text("apiVersion"),
+    })
+}
+
+fn object_contents(result: &El) -> Vec<ObjectContent> {
+    result
+        .children("objects")
+        .filter_map(|o| {
+            let obj = o.moref_of("obj")?;
+            let props = o
+                .children("propSet")
+                .filter_map(|p| Some((p.text_of("name")?.to_string(), p.child("val")?.clone())))
+                .collect();
+            Some(ObjectContent { obj, props })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(body: &str) -> String {
+        format!(
+            "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+             xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><soapenv:Body>{body}</soapenv:Body></soapenv:Envelope>"
+        )
+    }
+
+    #[test]
+    fn faults_are_named_by_their_type() {
+        let text = env("<soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>Login failure</faultstring>\
+             <detail><InvalidLoginFault xmlns=\"urn:vim25\" xsi:type=\"InvalidLogin\"></InvalidLoginFault></detail></soapenv:Fault>");
+        assert_eq!(
+            read_reply(&text, &[]),
+            Err(SoapError::Fault { kind: "InvalidLogin".into(), message: "Login failure".into() })
+        );
+        let text = env("<soapenv:Fault><faultcode>x</faultcode><faultstring>gone</faultstring>\
+             <detail><ManagedObjectNotFoundFault xmlns=\"urn:vim25\"><obj type=\"VirtualMachine\">vm-9</obj></ManagedObjectNotFoundFault></detail></soapenv:Fault>");
+        assert_eq!(read_reply(&text, &[]).unwrap_err().fault_kind(), Some("ManagedObjectNotFound"));
+        assert!(matches!(read_reply("<html>502 Bad Gateway</html>", &[]), Err(SoapError::Protocol(_))));
+        assert!(matches!(read_reply(&env(""), &[]), Err(SoapError::Protocol(_))));
+    }
+
+    #[test]
+    fn paged_results_and_missing_properties() {
+        let text = env("<RetrievePropertiesExResponse xmlns=\"urn:vim25\"><returnval><token>7</token>\
+             <objects><obj type=\"VirtualMachine\">vm-1</obj><propSet><name>name</name><val xsi:type=\"xsd:string\">a &amp; b</val></propSet></objects>\
+             <objects><obj type=\"VirtualMachine\">vm-2</obj></objects><objects><propSet><name>x</name></propSet></objects>\
+             </returnval></RetrievePropertiesExResponse>");
+        let reply = read_reply(&text, &[]).unwrap();
+        let result = reply.child("returnval").unwrap();
+        assert_eq!(result.text_of("token"), Some("7"));
+        let objs = object_contents(result);
+        assert_eq!(objs.len(), 2, "an object without obj is skipped");
+        assert_eq!(objs[0].text("name"), Some("a & b"));
+        assert!(objs[1].props.is_empty());
+    }
+
+    #[test]
+    fn task_errors_carry_the_fault_type() {
+        let el = xml::parse(
+            "<val xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><fault xsi:type=\"FileFault\"><file>x</file></fault>\
+             <localizedMessage>Error caused by file x</localizedMessage></val>",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            method_fault(&el),
+            SoapError::Fault { kind: "FileFault".into(), message: "Error caused by file x".into() }
+        );
+    }
+
+    #[test]
+    fn thumbprints_match_in_either_form() {
+        let t = Thumbprints::of(b"certificate");
+        assert!(t.matches(&t.sha256) && t.matches(&t.sha1.replace(':', "").to_lowercase()));
+        assert!(!t.matches("00:11"));
+        assert!(check_thumbprint(&t.sha256).is_ok() && check_thumbprint(&t.sha1).is_ok());
+        assert!(check_thumbprint("AB:CD").is_err() && check_thumbprint(&"ZZ".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn urls_are_encoded() {
+        assert_eq!(url_encode("my vm/disk 1.vmdk", true), "my%20vm/disk%201.vmdk");
+        assert_eq!(url_encode("DC 0/&x", false), "DC%200%2F%26x");
+        assert_eq!(capped_version("8.0.2.0"), "8.0");
+        assert_eq!(capped_version("6.5"), "6.5");
+        assert_eq!(capped_version("9.1"), "8.0");
+        assert_eq!(capped_version("5.5"), "6.0");
+    }
+}
