@@ -405,8 +405,9 @@ fn fill(
                 }
             };
         }
-        // A whole read skips what CBT says was never written (thin or new disks are mostly that).
-        let allocated = if changed.is_none() && cbt && cbt_reason.is_none() && !consolidation {
+        // A whole read skips what CBT says was never written (thin or new disks are mostly that);
+        // "*" asks for the allocated areas, which CBT knows from the moment it is on.
+        let allocated = if changed.is_none() && cbt && !consolidation {
             changed_areas(conn, &v.obj, snapshot, disk, "*").ok()
         } else {
             None
