@@ -41,7 +41,8 @@ fn a_connection_is_refused_with_the_reason_and_a_pinned_thumbprint_is_shown_and_
     // Without the CA the certificate is refused, naming its thumbprint so the admin can pin it.
     let e = refused(VmwareConnector::open(&host, &TlsTrust::default(), &creds(PASSWORD)));
     assert!(e.contains("not trusted") && e.contains("SHA-256 thumbprint"), "{e}");
-    let print = e.split("thumbprint is ").nth(1).and_then(|r| r.split(':').take(32).collect::<Vec<_>>().into()).unwrap();
+    let print =
+        e.split("thumbprint is ").nth(1).and_then(|r| r.split(':').take(32).collect::<Vec<_>>().into()).unwrap();
     let print = print.join(":");
     let print = print.split(|c: char| !(c.is_ascii_hexdigit() || c == ':')).next().unwrap().to_string();
     assert_eq!(print.len(), 32 * 3 - 1, "a SHA-256 thumbprint in {e}");
@@ -137,7 +138,10 @@ fn two_vms_of_two_disks_through_full_incremental_and_differential_each_point_res
 
         sim.write(vm, 2000, 9 << 20, &[0x5c; 4096]);
         let diff = backup(&conn, &store, vm, BackupType::Differential);
-        assert_eq!((diff.backup_type, diff.parent.as_deref()), (BackupType::Differential, Some(full.point_id.as_str())));
+        assert_eq!(
+            (diff.backup_type, diff.parent.as_deref()),
+            (BackupType::Differential, Some(full.point_id.as_str()))
+        );
         assert_eq!(diff.stats.read_bytes, 12 << 20, "the differential reads the three extents written since the full");
         point_is(&store, &diff, &flats(&sim, vm));
         points.push((vm, diff, flats(&sim, vm)));

@@ -6,7 +6,9 @@ import { api, h, heading, field, form, may, table, toast, bytes } from './app.js
 
 function settingsSummary(p, kind) {
   if (!kind) return '';
-  return kind.fields.filter((f) => p[f.name]).map((f) => `${f.label}: ${p[f.name]}`).join(' · ');
+  // Where the platform is: its required settings (a URI, a host); the optional ones (a
+  // thumbprint, a CA file…) are in its form.
+  return kind.fields.filter((f) => f.required && p[f.name]).map((f) => `${f.label}: ${p[f.name]}`).join(' · ');
 }
 
 function kindForm(kinds, existing, done) {
@@ -90,7 +92,7 @@ async function list(main) {
         h('td', {}, h('a', { href: `#/platforms/${p.id}` }, p.name)),
         h('td', {}, kindOf(p) ? kindOf(p).title : p.kind),
         h('td', { class: 'wrap' }, settingsSummary(p, kindOf(p))),
-        h('td', {}, p.reached || '–'),
+        h('td', { class: 'wrap' }, p.reached || '–'),
         h('td', { class: 'row-actions' },
           h('a', { href: `#/platforms/${p.id}`, class: 'button' }, 'Inventory'),
           may('admin') ? h('button', { type: 'button', onclick: () => open(p), 'aria-label': `Edit ${p.name}` }, 'Edit') : null,

@@ -195,6 +195,16 @@ fn cause_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// A certificate refusal in our own words (it names the thumbprint), without the HTTP client's
+/// wrapping; any other failure with its causes.
+fn tls_or_chain(e: &dyn std::error::Error) -> String {
+    let chain = cause_chain(e);
+    match chain.find("the host's certificate") {
+        Some(i) => format!("TLS: {}", &chain[i..]),
+        None => chain,
+    }
+}
+
 fn body_envelope(body: &str) -> String {
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><soapenv:Envelope \
@@ -356,7 +366,7 @@ impl Soap {
         if let Some(c) = self.cookie_header() {
             req = req.header("Cookie", c);
         }
-        let resp = req.send().map_err(|e| SoapError::Unreachable(cause_chain(&e)))?;
+        let resp = req.send().map_err(|e| SoapError::Unreachable(tls_or_chain(&e)))?;
         let status = resp.status();
         for v in resp.headers().get_all("set-cookie") {
             if let Some(c) = v.to_str().ok().and_then(|v| v.split(';').next()) {
