@@ -246,3 +246,24 @@ fn cbt_reset_refused_snapshots_and_killed_backups() {
     assert!(sim.snapshots(vm).is_empty());
     assert!(restarted.clean_up_killed_backup(vm).unwrap().is_none());
 }
+
+#[test]
+fn a_session_ended_by_the_server_is_logged_in_again() {
+    use connectors::vmware::soap::Soap;
+    let sim = Vcsim::start(1, &[1]);
+    let a = Soap::connect(&sim.host(), &ca(&sim), &creds(PASSWORD)).unwrap();
+    let sm = a.content.session_manager.clone();
+    let current = a.retrieve_one(&sm, &["currentSession"], &[]).unwrap();
+    let key = current.props["currentSession"].text_of("key").expect("a session key").to_string();
+    // Another session ends this one, as an admin or a timeout does on vCenter.
+    let b = Soap::connect(&sim.host(), &ca(&sim), &creds(PASSWORD)).unwrap();
+    b.call(&format!(
+        "<TerminateSession xmlns=\"urn:vim25\">{}<sessionId>{key}</sessionId></TerminateSession>",
+        sm.arg("_this")
+    ))
+    .expect("the session is terminated");
+    let vms = a.retrieve_all("VirtualMachine", &["name"]).expect("the call logs in again and succeeds");
+    assert_eq!(vms.len(), 1);
+    let again = a.retrieve_one(&sm, &["currentSession"], &[]).unwrap();
+    assert_ne!(again.props["currentSession"].text_of("key"), Some(key.as_str()), "a new session");
+}

@@ -697,4 +697,50 @@ mod tests {
         assert_eq!(capped_version("9.1"), "8.0");
         assert_eq!(capped_version("5.5"), "6.0");
     }
+
+    const REPLY: &str = "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+        xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><soapenv:Body><RetrievePropertiesExResponse xmlns=\"urn:vim25\">\
+        <returnval><token>1</token><objects><obj type=\"VirtualMachine\">vm-1</obj><propSet><name>config</name>\
+        <val xsi:type=\"VirtualMachineConfigInfo\"><name>a</name><hardware><numCPU>2</numCPU><device xsi:type=\"VirtualDisk\">\
+        <key>2000</key><backing xsi:type=\"VirtualDiskFlatVer2BackingInfo\"><fileName>[ds] a/a.vmdk</fileName></backing>\
+        <controllerKey>1000</controllerKey><unitNumber>0</unitNumber><capacityInKB>1024</capacityInKB></device></hardware>\
+        </val></propSet></objects></returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>";
+
+    /// Whatever a reply holds, reading it and its VM configuration ends in a value or an error.
+    fn read_all(text: &str) {
+        if let Ok(reply) = read_reply(text, &["val"]) {
+            for o in reply.child("returnval").map(object_contents).unwrap_or_default() {
+                if let Some(c) = o.props.get("config") {
+                    let _ = super::super::config::parse(c);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_reply_is_an_error_or_a_value() {
+        assert!(read_reply(REPLY, &[]).is_ok());
+        for end in 0..REPLY.len() {
+            if REPLY.is_char_boundary(end) {
+                read_all(&REPLY[..end]);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_replies_never_panic(s in "[<>/a-zA-Z0-9 =\":&;!?\\-]{0,400}") {
+            read_all(&s);
+        }
+
+        #[test]
+        fn mutated_replies_never_panic(at in 0usize..2000, junk in "[<>/a-z0-9\"&;]{0,12}", cut in 0usize..64) {
+            let at = at % REPLY.len();
+            if REPLY.is_char_boundary(at) {
+                let end = (at + cut).min(REPLY.len());
+                let end = (end..=REPLY.len()).find(|e| REPLY.is_char_boundary(*e)).unwrap_or(REPLY.len());
+                read_all(&format!("{}{junk}{}", &REPLY[..at], &REPLY[end..]));
+            }
+        }
+    }
 }
