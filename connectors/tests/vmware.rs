@@ -267,3 +267,40 @@ fn a_session_ended_by_the_server_is_logged_in_again() {
     let again = a.retrieve_one(&sm, &["currentSession"], &[]).unwrap();
     assert_ne!(again.props["currentSession"].text_of("key"), Some(key.as_str()), "a new session");
 }
+
+#[test]
+fn a_point_is_restored_in_place_onto_the_powered_off_vm() {
+    use connectors::vmware::soap::Soap;
+    use connectors::{CheckError, RestoreCheck};
+    let sim = Vcsim::start(1, &[4, 2]);
+    let vm = "DC0_H0_VM0";
+    let conn = connect(&sim);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join("store"), InitOptions::default()).unwrap();
+    sim.write(vm, 2000, 0, &[7; 65536]);
+    sim.write(vm, 2001, 1 << 20, &[8; 65536]);
+    let point = backup(&conn, &store, vm, BackupType::Full);
+    let want = flats(&sim, vm);
+    sim.write(vm, 2000, 4096, &[9; 8192]);
+    sim.write(vm, 2001, 0, &[9; 8192]);
+
+    match conn.check_restore(RestoreCheck::InPlace { vm }) {
+        Err(CheckError::Conflict(f)) => assert!(f.field == "vm" && f.message.contains("powered on"), "{f:?}"),
+        other => panic!("a running VM was not refused: {other:?}"),
+    }
+    let readers = store.open_disks(&point.point_id).unwrap();
+    let disks: Vec<RestoreDisk<'_>> = readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r }).collect();
+    assert!(conn.restore_in_place(vm, &disks, &JobControl::default()).is_err(), "refused while powered on");
+
+    let admin = Soap::connect(&sim.host(), &ca(&sim), &creds(PASSWORD)).unwrap();
+    let obj = admin.retrieve_all("VirtualMachine", &["name"]).unwrap().remove(0).obj;
+    admin
+        .run_task(
+            &format!("<PowerOffVM_Task xmlns=\"urn:vim25\">{}</PowerOffVM_Task>", obj.arg("_this")),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    conn.check_restore(RestoreCheck::InPlace { vm }).expect("a powered-off VM may be restored in place");
+    conn.restore_in_place(vm, &disks, &JobControl::default()).expect("restored in place");
+    assert!(flats(&sim, vm) == want, "the VM's disks are the point's again");
+}
