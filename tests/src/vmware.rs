@@ -143,3 +143,32 @@ impl Drop for Vcsim {
         let _ = self.child.wait();
     }
 }
+
+/// Installs the VDDK stand-in (tests/vddk-shim, built by `cargo build -p vddk-shim`, which the
+/// test script does) as `<dir>/lib64/libvixDiskLib.so.8`, as VMware's tarball lays VDDK out;
+/// returns `dir`, what a platform's `vddk_dir` names.
+pub fn install_vddk_shim(dir: &Path) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("the executable's directory");
+    let target = if deps.ends_with("deps") { deps.parent().expect("target dir") } else { deps };
+    let shim = target.join("libvddk_shim.so");
+    assert!(
+        shim.exists(),
+        "{} is missing: run `cargo build -p vddk-shim` first (the test script does)",
+        shim.display()
+    );
+    std::fs::create_dir_all(dir.join("lib64")).expect("lib64");
+    std::fs::copy(&shim, dir.join("lib64/libvixDiskLib.so.8")).expect("the shim copied");
+    dir.to_path_buf()
+}
+
+impl Vcsim {
+    /// The shim's `VDDK_SHIM_DATASTORES` for this bed: its datastore's name and directory.
+    pub fn shim_datastores(&self) -> String {
+        format!(
+            "{}={}",
+            self.started["datastore"].as_str().expect("datastore"),
+            self.started["datastore_dir"].as_str().expect("datastore_dir")
+        )
+    }
+}

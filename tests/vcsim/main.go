@@ -624,6 +624,16 @@ func (b *bed) serveSDK(w http.ResponseWriter, r *http.Request) {
 		rec := b.forward(r, body)
 		b.syncCBT(args["_this"])
 		relay(w, rec)
+	case "CreateVM_Task":
+		// A real host creates a new disk at its capacity (thin: sparse); the simulator leaves
+		// its flat file empty. Size every flat file of the new VM that is shorter.
+		rec := b.forward(r, body)
+		if rec.Code == http.StatusOK {
+			if ref, ok := taskResult(rec.Body.Bytes()); ok {
+				b.sizeDisks(ref.Value)
+			}
+		}
+		relay(w, rec)
 	default:
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		b.svc.ServeSDK(w, r)
@@ -650,7 +660,23 @@ func relay(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
 
 var taskRe = regexp.MustCompile(`<returnval type="Task">([^<]+)</returnval>`)
 
-// taskResult reads the snapshot a (synchronous, so finished) CreateSnapshot_Task made.
+// sizeDisks extends every flat file of the VM to its disk's capacity.
+func (b *bed) sizeDisks(vmRef string) {
+	b.byRef(vmRef, func(vm *simulator.VirtualMachine) {
+		for _, dev := range vm.Config.Hardware.Device {
+			if disk, bk := flatDisk(dev); disk != nil {
+				if f := b.flatPath(bk.FileName); f != "" {
+					if st, err := os.Stat(f); err == nil && st.Size() < capacity(disk) {
+						_ = os.Truncate(f, capacity(disk))
+					}
+				}
+			}
+		}
+	})
+}
+
+// taskResult reads the object a (synchronous, so finished) task made: CreateSnapshot_Task's
+// snapshot, CreateVM_Task's VM.
 func taskResult(reply []byte) (types.ManagedObjectReference, bool) {
 	var res types.ManagedObjectReference
 	m := taskRe.FindSubmatch(reply)

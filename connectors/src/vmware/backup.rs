@@ -142,6 +142,32 @@ impl DiskSource for HttpDisk {
     }
 }
 
+/// A snapshot's disk read through VDDK.
+struct VddkDiskSource {
+    disk: super::vddk::Disk,
+    allocated: Option<Vec<Range<u64>>>,
+    describe: String,
+}
+
+impl DiskSource for VddkDiskSource {
+    fn size(&self) -> u64 {
+        self.disk.size
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.disk.read_at(offset, buf).map_err(std::io::Error::other)
+    }
+
+    fn is_unallocated(&mut self, offset: u64, len: u64) -> std::io::Result<bool> {
+        let end = offset + len;
+        Ok(self.allocated.as_ref().is_some_and(|a| !a.iter().any(|r| r.start < end && offset < r.end)))
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
 struct Session {
     conn_soap: Arc<super::soap::Soap>,
     vm: VmRef,
@@ -150,6 +176,10 @@ struct Session {
     change_ids: Vec<(String, String)>,
     disks: Vec<SessionDisk>,
     consistency: String,
+    /// Each disk's data path: ("scsi0-0", "vddk nbdssl") or ("scsi0-0", "https").
+    paths: Vec<(String, String)>,
+    /// Why VDDK, though configured, was not used.
+    vddk_fallback: Option<String>,
 }
 
 impl BackupSession for Session {
@@ -158,7 +188,22 @@ impl BackupSession for Session {
     }
 
     fn transport(&self) -> String {
-        "https (datastore /folder)".into()
+        let mut modes: Vec<&str> = self.paths.iter().map(|(_, p)| p.as_str()).collect();
+        modes.dedup();
+        let mut said = match modes.as_slice() {
+            [] => "none".to_string(),
+            ["https"] => "https (datastore /folder)".to_string(),
+            [one] => one.to_string(),
+            _ => self.paths.iter().map(|(k, p)| format!("{k} {p}")).collect::<Vec<_>>().join(", "),
+        };
+        if let Some(why) = &self.vddk_fallback {
+            said += &format!("; VDDK not used: {why}");
+        }
+        said
+    }
+
+    fn lan_free(&self) -> bool {
+        !self.paths.is_empty() && self.paths.iter().all(|(_, p)| p == "vddk san")
     }
 
     fn consistency(&self) -> String {
@@ -317,6 +362,8 @@ pub fn begin(conn: &VmwareConnector, vm: &str, plan: &BackupPlan) -> Result<Box<
         change_ids: Vec::new(),
         disks: Vec::new(),
         consistency,
+        paths: Vec::new(),
+        vddk_fallback: None,
     };
     // From here on every failure removes the snapshot.
     let prepared = Prepared { chosen, cbt, cbt_reason, consolidation, dcs, stores };
@@ -356,6 +403,17 @@ fn fill(
     let snap_cfg = snap_cfg.props.get("config").ok_or_else(|| failed("reading the snapshot's disks", &"none given"))?;
     let snap_cfg = config::parse(snap_cfg).map_err(|e| failed("reading the snapshot's disks", &e))?;
     let transfer = conn.soap.transfer();
+    // VDDK where configured; a connection that fails sends every disk over HTTPS and says why.
+    let vddk = match &conn.vddk {
+        None => None,
+        Some(_) => match conn.vddk_connect(&v.obj, Some(snapshot), true, plan.lan_free) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                session.vddk_fallback = Some(e);
+                None
+            }
+        },
+    };
     let (cbt, cbt_reason, consolidation) = (p.cbt, &p.cbt_reason, p.consolidation);
     if cbt && !consolidation {
         plan.control.enter(crate::control::Phase::QueryingChanges);
@@ -365,17 +423,6 @@ fn fill(
             let e = format!("the snapshot has no disk {} (device {})", want.key, want.device_key);
             return Err(failed("reading the snapshot's disks", &e));
         };
-        if let Some(why) = disk.not_flat() {
-            let e = format!(
-                "disk {}: {why}; the HTTPS datastore transport reads only flat disks (consolidate or delete the VM's \
-                 snapshots, or use VDDK)",
-                disk.key
-            );
-            return Err(failed("reading its disks", &e));
-        }
-        let (dc, ds, flat) = VmwareConnector::disk_location(&p.dcs, &p.stores, disk)
-            .map_err(|e| failed(&format!("locating disk {}", disk.key), &e))?;
-        let url = conn.soap.folder_url(&dc, &ds, &flat);
         let base = plan.base.as_ref().and_then(|b| b.disk(&disk.key));
         let (mut changed, mut full_reason) = (None, None);
         let incremental = plan.requested != BackupType::Full && plan.base.is_some();
@@ -417,14 +464,45 @@ fn fill(
                 session.change_ids.push((disk.key.clone(), id.clone()));
             }
         }
-        let source = HttpDisk {
-            transfer: transfer.clone(),
-            describe: format!("{} over HTTPS", disk.file),
-            url,
-            size: disk.size,
-            allocated,
+        let opened = match &vddk {
+            Some(c) => match c.open(&disk.file, true) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    session.vddk_fallback = Some(format!("disk {}: {e}", disk.key));
+                    None
+                }
+            },
+            None => None,
         };
-        session.disks.push(SessionDisk { key: disk.key.clone(), source: Box::new(source), changed, full_reason });
+        let source: Box<dyn DiskSource> = match opened {
+            Some(mut d) => {
+                let allocated = allocated.or_else(|| if changed.is_none() { d.allocated() } else { None });
+                session.paths.push((disk.key.clone(), format!("vddk {}", d.mode)));
+                let describe = format!("{} over VDDK {}", disk.file, d.mode);
+                Box::new(VddkDiskSource { disk: d, allocated, describe })
+            }
+            None => {
+                if let Some(why) = disk.not_flat() {
+                    let e = format!(
+                        "disk {}: {why}; the HTTPS datastore transport reads only flat disks (consolidate or delete \
+                         the VM's snapshots, or use VDDK)",
+                        disk.key
+                    );
+                    return Err(failed("reading its disks", &e));
+                }
+                let (dc, ds, flat) = VmwareConnector::disk_location(&p.dcs, &p.stores, disk)
+                    .map_err(|e| failed(&format!("locating disk {}", disk.key), &e))?;
+                session.paths.push((disk.key.clone(), "https".into()));
+                Box::new(HttpDisk {
+                    transfer: transfer.clone(),
+                    describe: format!("{} over HTTPS", disk.file),
+                    url: conn.soap.folder_url(&dc, &ds, &flat),
+                    size: disk.size,
+                    allocated,
+                })
+            }
+        };
+        session.disks.push(SessionDisk { key: disk.key.clone(), source, changed, full_reason });
     }
     Ok(())
 }

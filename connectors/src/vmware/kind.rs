@@ -23,7 +23,20 @@ struct VmwareSettings {
     /// A PEM file on the appliance with the CA that signed the host's certificate.
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    /// The data path: "https" (the datastore's /folder service) or "vddk"; default: vddk when
+    /// vddk_dir is set, else https.
+    #[serde(default)]
+    transport: Option<String>,
+    /// Where VMware's VDDK is installed on the appliance (lib64/libvixDiskLib.so.N below it).
+    #[serde(default)]
+    vddk_dir: Option<PathBuf>,
+    /// The VDDK transport modes to try, in order: nbd, nbdssl, hotadd, san (default nbdssl:nbd).
+    #[serde(default)]
+    vddk_modes: Option<String>,
 }
+
+/// VDDK's transport modes.
+const MODES: &[&str] = &["nbd", "nbdssl", "hotadd", "san"];
 
 const FIELDS: &[SettingField] = &[
     SettingField {
@@ -50,6 +63,29 @@ const FIELDS: &[SettingField] = &[
         required: false,
         example: "/etc/holdfast/vcenter-ca.pem",
     },
+    SettingField {
+        name: "transport",
+        label: "Transport",
+        help: "https (the datastore's file service, nothing to install) or vddk (VMware's VDDK, installed on the \
+               appliance: faster, and hot-add or SAN); default: vddk when its directory is set",
+        required: false,
+        example: "https",
+    },
+    SettingField {
+        name: "vddk_dir",
+        label: "VDDK directory",
+        help: "on the appliance: where VMware's VDDK was unpacked (it has lib64/libvixDiskLib.so.N)",
+        required: false,
+        example: "/opt/vmware-vix-disklib-distrib",
+    },
+    SettingField {
+        name: "vddk_modes",
+        label: "VDDK transport modes",
+        help: "tried in order, separated by ':' — nbdssl, nbd, hotadd (the appliance is a VM on this vSphere), san \
+               (it sees the datastores' LUNs); default nbdssl:nbd",
+        required: false,
+        example: "hotadd:nbdssl",
+    },
 ];
 
 const FORMATS: &[DiskFormat] =
@@ -64,12 +100,36 @@ fn settings(s: &Settings) -> Result<VmwareSettings, FieldError> {
     if let Some(t) = &k.thumbprint {
         check_thumbprint(t).map_err(|e| FieldError::new("thumbprint", e))?;
     }
-    if let Some(f) = &k.ca_file {
-        if !f.is_absolute() {
-            return Err(FieldError::new("ca_file", format!("{} is not an absolute path", f.display())));
+    for (name, f) in [("ca_file", &k.ca_file), ("vddk_dir", &k.vddk_dir)] {
+        if let Some(f) = f {
+            if !f.is_absolute() {
+                return Err(FieldError::new(name, format!("{} is not an absolute path", f.display())));
+            }
+        }
+    }
+    match k.transport.as_deref() {
+        None | Some("https") => {}
+        Some("vddk") if k.vddk_dir.is_none() => {
+            return Err(FieldError::new("vddk_dir", "the vddk transport needs the directory VDDK is installed in"))
+        }
+        Some("vddk") => {}
+        Some(t) => return Err(FieldError::new("transport", format!("{t:?} is not a transport: https or vddk"))),
+    }
+    if let Some(m) = &k.vddk_modes {
+        if let Some(bad) = m.split(':').find(|x| !MODES.contains(x)) {
+            return Err(FieldError::new("vddk_modes", format!("{bad:?} is not a VDDK mode ({})", MODES.join(", "))));
         }
     }
     Ok(k)
+}
+
+impl VmwareSettings {
+    /// VDDK's directory and modes when the data goes through VDDK.
+    fn vddk(&self) -> Option<super::VddkSettings> {
+        let dir = self.vddk_dir.clone()?;
+        (self.transport.as_deref() != Some("https"))
+            .then(|| super::VddkSettings { dir, modes: self.vddk_modes.clone().unwrap_or_else(|| "nbdssl:nbd".into()) })
+    }
 }
 
 impl PlatformKind for Vmware {
@@ -97,8 +157,8 @@ impl PlatformKind for Vmware {
         Capabilities {
             change_tracking: true,
             quiesce: true,
-            lan_free: false,
-            hot_add: false,
+            lan_free: true,
+            hot_add: true,
             restore_in_place: true,
             restore_as_new_vm: true,
             storage_word: "datastore",
@@ -128,7 +188,9 @@ impl PlatformKind for Vmware {
             None => None,
         };
         let trust = TlsTrust { ca_pem, thumbprint: k.thumbprint.clone() };
-        Ok(Box::new(VmwareConnector::open(k.host.trim(), &trust, credentials)?))
+        let mut conn = VmwareConnector::open(k.host.trim(), &trust, credentials)?;
+        conn.vddk = k.vddk();
+        Ok(Box::new(conn))
     }
 }
 
@@ -151,5 +213,17 @@ mod tests {
         assert_eq!(e.field, "ca_file");
         let e = KIND.check(&s(serde_json::json!({ "host": "vc", "colour": 1 }))).unwrap_err();
         assert_eq!(e.field, "colour");
+        let e = KIND.check(&s(serde_json::json!({ "host": "vc", "transport": "vddk" }))).unwrap_err();
+        assert_eq!(e.field, "vddk_dir");
+        let e = KIND.check(&s(serde_json::json!({ "host": "vc", "transport": "nfc" }))).unwrap_err();
+        assert_eq!(e.field, "transport");
+        let e = KIND
+            .check(&s(serde_json::json!({ "host": "vc", "vddk_dir": "/opt/v", "vddk_modes": "nbd:usb" })))
+            .unwrap_err();
+        assert_eq!(e.field, "vddk_modes");
+        let k = settings(&s(serde_json::json!({ "host": "vc", "vddk_dir": "/opt/v" }))).unwrap();
+        assert_eq!(k.vddk().map(|v| v.modes), Some("nbdssl:nbd".into()), "vddk by default once installed");
+        let k = settings(&s(serde_json::json!({ "host": "vc", "vddk_dir": "/opt/v", "transport": "https" }))).unwrap();
+        assert!(k.vddk().is_none());
     }
 }

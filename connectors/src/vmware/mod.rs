@@ -10,6 +10,7 @@ pub mod config;
 mod kind;
 mod restore;
 pub mod soap;
+pub mod vddk;
 pub mod xml;
 
 pub use kind::KIND;
@@ -62,10 +63,21 @@ pub(crate) struct Network {
     pub distributed: Option<(String, String)>,
 }
 
+/// Where VDDK is and which of its transport modes to try.
+#[derive(Clone, Debug)]
+pub struct VddkSettings {
+    pub dir: std::path::PathBuf,
+    /// "nbdssl:nbd", "hotadd:nbdssl", …
+    pub modes: String,
+}
+
 /// A connection to vCenter or an ESXi host, logged in.
 pub struct VmwareConnector {
     soap: Arc<Soap>,
     host: String,
+    credentials: Credentials,
+    /// VDDK for the data path; None: the HTTPS datastore transport.
+    pub vddk: Option<VddkSettings>,
 }
 
 fn array(v: Option<&El>) -> Vec<MoRef> {
@@ -83,7 +95,35 @@ impl VmwareConnector {
     /// the credentials.
     pub fn open(host: &str, trust: &TlsTrust, credentials: &Credentials) -> Result<VmwareConnector, ConnectorError> {
         let soap = Soap::connect(host, trust, credentials).map_err(|e| Self::unreachable(host, e))?;
-        Ok(VmwareConnector { soap: Arc::new(soap), host: host.into() })
+        Ok(VmwareConnector { soap: Arc::new(soap), host: host.into(), credentials: credentials.clone(), vddk: None })
+    }
+
+    /// Connects VDDK to `vm` (its snapshot's disks when `snapshot` is given) in the configured
+    /// modes, SAN first when asked for a LAN-free backup and the modes allow it.
+    pub(crate) fn vddk_connect(
+        &self,
+        vm: &MoRef,
+        snapshot: Option<&MoRef>,
+        read_only: bool,
+        lan_free: bool,
+    ) -> Result<vddk::Connection, String> {
+        let v = self.vddk.as_ref().ok_or("VDDK is not configured")?;
+        let lib = vddk::library(&v.dir)?;
+        let (server, port) = split_host(&self.host);
+        let thumbprint = self.soap.seen_thumbprints().map(|t| t.sha1).unwrap_or_default();
+        let mut modes: Vec<&str> = v.modes.split(':').collect();
+        if lan_free {
+            modes.sort_by_key(|m| *m != "san");
+        }
+        let target = vddk::Target {
+            server,
+            port,
+            thumbprint,
+            user: self.credentials.username.clone(),
+            password: self.credentials.password.clone(),
+            vm: vm.value.clone(),
+        };
+        lib.connect(&target, read_only, snapshot.map(|s| s.value.as_str()), &modes.join(":"))
     }
 
     fn unreachable(host: &str, e: SoapError) -> ConnectorError {
@@ -296,6 +336,19 @@ impl VmwareConnector {
     }
 }
 
+/// "host:port" (or "[v6]:port", or just a host) as VDDK takes them: name and port (443).
+fn split_host(host: &str) -> (String, u16) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once(']') {
+            return (h.to_string(), p.trim_start_matches(':').parse().unwrap_or(443));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().unwrap_or(443)),
+        _ => (host.to_string(), 443),
+    }
+}
+
 impl Connector for VmwareConnector {
     fn platform(&self) -> &'static str {
         PLATFORM
@@ -310,7 +363,19 @@ impl Connector for VmwareConnector {
             .map(|t| format!("; certificate SHA-256 thumbprint {} (SHA-1 {})", t.sha256, t.sha1))
             .unwrap_or_default();
         let what = if c.api_type == "HostAgent" { "ESXi host" } else { "vCenter" };
-        Ok(format!("{} ({what}, API {}) at {}: {} VMs{print}", c.full_name, c.api_version, self.host, vms.len()))
+        let data = match &self.vddk {
+            None => "; data over HTTPS (datastore /folder)".to_string(),
+            Some(v) => {
+                let lib = vddk::library(&v.dir).map_err(|cause| ConnectorError::Unreachable {
+                    platform: PLATFORM,
+                    target: format!("VDDK in {}", v.dir.display()),
+                    cause,
+                })?;
+                let offered = lib.modes().map(|m| format!(", the library offers {m}")).unwrap_or_default();
+                format!("; data through VDDK {} (modes {}{offered})", lib.path.display(), v.modes)
+            }
+        };
+        Ok(format!("{} ({what}, API {}) at {}: {} VMs{print}{data}", c.full_name, c.api_version, self.host, vms.len()))
     }
 
     fn list_vms(&self) -> Result<Vec<VmSummary>, ConnectorError> {

@@ -321,7 +321,7 @@ pub fn as_new_vm(
     let written = (|| -> Result<(), ConnectorError> {
         let vm = super::VmRef { obj: created.clone(), name: name.into(), uuid: String::new(), powered_on: false };
         let (made, _) = conn.config(&vm)?;
-        write_disks(conn, &made, &place.dc, &stores, source, disks, control)?;
+        write_disks(conn, &created, &made, &place.dc, &stores, source, disks, control, false)?;
         conn.soap
             .run_task(
                 &format!(
@@ -351,17 +351,32 @@ pub fn as_new_vm(
     }
 }
 
-/// Writes each of the point's disks over the same-keyed disk of `vm`'s configuration.
+/// Writes each of the point's disks over the same-keyed disk of `vm`'s configuration, through
+/// VDDK where it is configured and connects (else whole files over HTTPS). `existing`: the VM's
+/// own disks, whose holes must be zeroed (a new VM's disks read as zeros already).
+#[allow(clippy::too_many_arguments)]
 fn write_disks(
     conn: &VmwareConnector,
+    vm_obj: &MoRef,
     vm: &VmConfig,
     dc: &Datacenter,
     stores: &[Datastore],
     source: &VmDescription,
     disks: &[RestoreDisk<'_>],
     control: &JobControl,
+    existing: bool,
 ) -> Result<(), ConnectorError> {
     let failed = |action: &str, e: &dyn std::fmt::Display| VmwareConnector::failed(&vm.name, action, e);
+    let vddk = match &conn.vddk {
+        None => None,
+        Some(_) => match conn.vddk_connect(vm_obj, None, false, false) {
+            Ok(c) => Some(std::sync::Arc::new(c)),
+            Err(e) => {
+                eprintln!("vmware: restoring {}: VDDK not used, writing over HTTPS: {e}", vm.name);
+                None
+            }
+        },
+    };
     // The new VM's disks follow the point's order (its keys may differ when the point came
     // from elsewhere), an existing VM's are matched by key.
     let targets: Vec<&config::Disk> = if vm.disks.len() == source.disks.len() && vm.annotation == RESTORING_MARK {
@@ -388,6 +403,13 @@ fn write_disks(
     control.add_total(targets.iter().map(|d| d.size).sum());
     let transfer = conn.soap.transfer();
     for (d, target) in disks.iter().zip(targets) {
+        if let Some(c) = &vddk {
+            let mut disk =
+                c.open(&target.file, false).map_err(|e| failed(&format!("opening disk {}", target.key), &e))?;
+            write_vddk(&mut disk, d.reader, control, existing)
+                .map_err(|e| failed(&format!("writing disk {} through VDDK {}", target.key, disk.mode), &e))?;
+            continue;
+        }
         if let Some(why) = target.not_flat() {
             return Err(failed(
                 &format!("writing disk {}", target.key),
@@ -406,6 +428,35 @@ fn write_disks(
         let url = conn.soap.folder_url(&dc.path, &ds, &flat);
         upload(&transfer, &url, d.reader, target.size, control)
             .map_err(|e| failed(&format!("writing disk {} over HTTPS", target.key), &e))?;
+    }
+    Ok(())
+}
+
+/// Writes a point's disk through VDDK an extent at a time: data as it is, holes zeroed on an
+/// existing disk and skipped on a new one (as are all-zero extents).
+fn write_vddk(
+    disk: &mut super::vddk::Disk,
+    reader: &DiskReader,
+    control: &JobControl,
+    existing: bool,
+) -> Result<(), String> {
+    let map = reader.map();
+    let es = map.extent_size as u64;
+    let mut throttle = Throttle::default();
+    let mut buf = vec![0u8; es as usize];
+    for (i, id) in map.extents.iter().enumerate() {
+        let len = map.extent_len(i as u64);
+        let data = &mut buf[..len];
+        throttle.admit(control, if id.is_hole() { 0 } else { len }).map_err(|e| e.to_string())?;
+        if id.is_hole() {
+            data.fill(0);
+        } else {
+            reader.read_at(data, i as u64 * es).map_err(|e| e.to_string())?;
+        }
+        if existing || data.iter().any(|&b| b != 0) {
+            disk.write_at(i as u64 * es, data)?;
+        }
+        control.add_done(len as u64);
     }
     Ok(())
 }
@@ -449,7 +500,7 @@ pub fn in_place(
         .map_err(|e| VmwareConnector::failed(&v.name, "locating its disks", e))?;
     let dc = dcs.into_iter().find(|d| d.path == dc_path).expect("the datacenter just found");
     let description = VmDescription { name: v.name.clone(), ..VmDescription::default() };
-    write_disks(conn, &cfg, &dc, &stores, &description, disks, control)
+    write_disks(conn, &v.obj, &cfg, &dc, &stores, &description, disks, control, true)
 }
 
 /// Removes a VM that a killed restore left half-made (it still carries the mark).

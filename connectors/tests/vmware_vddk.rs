@@ -1,0 +1,177 @@
+//! The VDDK transport against the VixDiskLib stand-in (tests/vddk-shim) over the vSphere
+//! simulator's flat files: the loader's refusals (no library, not a library), the conformance
+//! suite with every disk read and restored through VDDK, the mode VDDK picks reported per disk
+//! (nbdssl, hotadd, SAN for a LAN-free backup), QueryAllocatedBlocks for a full without CBT,
+//! and the fallbacks to HTTPS that say why (no common mode, a thumbprint VDDK refuses).
+//! The shim reads its configuration from this process's environment, so everything is one test.
+
+use connectors::conformance::{run, Bed};
+use connectors::vmware::soap::TlsTrust;
+use connectors::vmware::{VddkSettings, VmwareConnector};
+use connectors::{backup_vm, BackupOptions, BackupPlan, ChangeTracking, Connector, Credentials, JobControl, Quiesce};
+use holdfast_tests::vmware::{install_vddk_shim, Vcsim, PASSWORD, USER};
+use std::path::{Path, PathBuf};
+use vds_store::{BackupType, InitOptions, Store};
+
+const VM: &str = "DC0_H0_VM0";
+
+fn connect(sim: &Vcsim, vddk: Option<(&Path, &str)>) -> VmwareConnector {
+    let trust = TlsTrust { ca_pem: Some(std::fs::read(sim.ca_file()).unwrap()), thumbprint: None };
+    let creds = Credentials { username: USER.into(), password: PASSWORD.into() };
+    let mut c = VmwareConnector::open(&sim.host(), &trust, &creds).expect("the simulator answers");
+    c.vddk = vddk.map(|(dir, modes)| VddkSettings { dir: dir.to_path_buf(), modes: modes.into() });
+    c
+}
+
+struct VddkBed {
+    sim: Vcsim,
+    vddk: PathBuf,
+    pattern: u8,
+}
+
+fn unit(key: &str) -> usize {
+    key.rsplit('-').next().and_then(|u| u.parse().ok()).unwrap()
+}
+
+impl Bed for VddkBed {
+    fn connect(&self) -> Box<dyn Connector> {
+        Box::new(connect(&self.sim, Some((&self.vddk, "nbdssl:nbd"))))
+    }
+    fn vm(&self) -> String {
+        VM.into()
+    }
+    fn write(&mut self, key: &str, offset: u64, len: u64) {
+        self.pattern = self.pattern.wrapping_add(0x17).max(1);
+        let data: Vec<u8> = (0..len).map(|i| self.pattern ^ (i % 241) as u8).collect();
+        self.sim.write(VM, 2000 + unit(key) as i64, offset, &data);
+    }
+    fn disk(&self, vm: &str, key: &str) -> Vec<u8> {
+        std::fs::read(self.sim.flat(vm, unit(key))).expect("the flat file")
+    }
+    fn storage(&self) -> String {
+        "LocalDS_0".into()
+    }
+    fn leftovers(&self, vm: &str) -> Vec<String> {
+        self.sim.snapshots(vm).into_iter().map(|s| format!("snapshot {s}")).collect()
+    }
+    fn remove(&self, _vm: &str) {}
+    fn dir(&self) -> &Path {
+        self.sim.dir.path()
+    }
+}
+
+fn shim_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn the_vddk_transport_through_the_vixdisklib_stand_in() {
+    let sim = Vcsim::start(2, &[16, 8]);
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("shim.log");
+    std::env::set_var("VDDK_SHIM_DATASTORES", sim.shim_datastores());
+    std::env::set_var("VDDK_SHIM_USER", USER);
+    std::env::set_var("VDDK_SHIM_PASSWORD", PASSWORD);
+    std::env::set_var("VDDK_SHIM_LOG", &log);
+
+    // The loader: a directory without VDDK, and a file that is not a library, refused at the
+    // connection test with what was looked for.
+    let empty = scratch.path().join("no-vddk");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = connect(&sim, Some((&empty, "nbd"))).test_connection().unwrap_err().to_string();
+    assert!(e.contains("no VDDK library") && e.contains("libvixDiskLib.so.8") && e.contains("no-vddk"), "{e}");
+    let fake = scratch.path().join("fake-vddk");
+    std::fs::create_dir_all(fake.join("lib64")).unwrap();
+    std::fs::write(fake.join("lib64/libvixDiskLib.so.9"), b"\x7fELF but not really").unwrap();
+    let e = connect(&sim, Some((&fake, "nbd"))).test_connection().unwrap_err().to_string();
+    assert!(e.contains("cannot load") && e.contains("libvixDiskLib.so.9"), "{e}");
+
+    let vddk = install_vddk_shim(&scratch.path().join("vddk"));
+    let said = connect(&sim, Some((&vddk, "nbdssl:nbd"))).test_connection().expect("VDDK loads");
+    assert!(said.contains("data through VDDK") && said.contains("lib64/libvixDiskLib.so.8"), "{said}");
+    assert!(said.contains("the library offers nbdssl:nbd"), "{said}");
+
+    // The conformance suite with every read and the restore through VDDK.
+    let mut bed = VddkBed { sim, vddk: vddk.clone(), pattern: 0 };
+    run(&mut bed);
+    let sim = &bed.sim;
+    let calls = shim_log(&log);
+    assert!(calls.contains("InitEx 7.0"), "{calls}");
+    assert!(calls.contains("readonly=true snapshot=snapshot-"), "backups read the snapshot: {calls}");
+    assert!(calls.contains("readonly=false snapshot= "), "the restore wrote through VDDK: {calls}");
+    assert!(
+        calls.contains("picked=nbdssl") && calls.contains("Open [LocalDS_0] DC0_H0_VM0/disk1.vmdk flags=4"),
+        "{calls}"
+    );
+    assert_eq!(calls.matches("InitEx").count(), 1, "VDDK is initialised once per process");
+    assert_eq!(calls.matches("ConnectEx").count(), calls.matches("Disconnect").count(), "every connection ends");
+    assert_eq!(calls.matches("Open ").count(), calls.matches("Close").count(), "every disk is closed");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join("store"), InitOptions::default()).unwrap();
+    let backup = |conn: &VmwareConnector, vm: &str, tracking: ChangeTracking, lan_free: bool| {
+        let opts = BackupOptions {
+            change_tracking: tracking,
+            lan_free,
+            quiesce: Quiesce::Off,
+            ..BackupOptions::new(BackupType::Full)
+        };
+        backup_vm(conn, &store, vm, opts, &mut |_| ()).unwrap_or_else(|e| panic!("backup of {vm}: {e}"))
+    };
+
+    // A VM without CBT and change tracking off: a full reads what QueryAllocatedBlocks says.
+    sim.write("DC0_H0_VM1", 2000, 3 << 20, &[0x33; 4096]);
+    let o = backup(&connect(sim, Some((&vddk, "nbdssl:nbd"))), "DC0_H0_VM1", ChangeTracking::Off, false);
+    assert_eq!(o.transport, "vddk nbdssl");
+    assert!(!sim.vm("DC0_H0_VM1").unwrap()["cbt"].as_bool().unwrap(), "CBT left off");
+    assert_eq!(o.point.stats.read_bytes, 4 << 20, "one allocated extent read of 24 MiB");
+    assert!(shim_log(&log).contains("QueryAllocatedBlocks"), "the library was asked");
+
+    // The modes: hot-add where the host offers it, SAN first for a LAN-free backup.
+    std::env::set_var("VDDK_SHIM_MODES", "hotadd:san:nbdssl:nbd");
+    let o = backup(&connect(sim, Some((&vddk, "hotadd:nbdssl"))), VM, ChangeTracking::Auto, false);
+    assert_eq!(o.transport, "vddk hotadd");
+    let o = backup(&connect(sim, Some((&vddk, "nbdssl:san"))), VM, ChangeTracking::Auto, true);
+    assert_eq!(o.transport, "vddk san");
+    assert!(o.warnings.iter().all(|w| !w.to_lowercase().contains("lan")), "a SAN read is LAN-free: {:?}", o.warnings);
+
+    // No mode in common: the backup goes over HTTPS and says why.
+    std::env::set_var("VDDK_SHIM_MODES", "nbd");
+    let o = backup(&connect(sim, Some((&vddk, "san:hotadd"))), VM, ChangeTracking::Auto, false);
+    assert!(o.transport.starts_with("https (datastore /folder); VDDK not used:"), "{}", o.transport);
+    assert!(o.transport.contains("none of the transport modes san:hotadd"), "{}", o.transport);
+
+    // VDDK checks the thumbprint when it opens a disk: the SHA-1 of the certificate the SOAP
+    // session verified is what it gets.
+    std::env::set_var("VDDK_SHIM_THUMBPRINT", ["00"; 20].join(":"));
+    let o = backup(&connect(sim, Some((&vddk, "nbd"))), VM, ChangeTracking::Auto, false);
+    assert!(o.transport.contains("VDDK not used") && o.transport.contains("thumbprint mismatch"), "{}", o.transport);
+    let soap = connectors::vmware::soap::Soap::connect(
+        &sim.host(),
+        &TlsTrust { ca_pem: Some(std::fs::read(sim.ca_file()).unwrap()), thumbprint: None },
+        &Credentials { username: USER.into(), password: PASSWORD.into() },
+    )
+    .unwrap();
+    std::env::set_var("VDDK_SHIM_THUMBPRINT", soap.seen_thumbprints().unwrap().sha1);
+    let o = backup(&connect(sim, Some((&vddk, "nbd"))), VM, ChangeTracking::Auto, false);
+    assert_eq!(o.transport, "vddk nbd");
+
+    // A session that does not commit closes what it opened and removes its snapshot.
+    let conn = connect(sim, Some((&vddk, "nbd")));
+    let plan = BackupPlan {
+        requested: BackupType::Full,
+        base: None,
+        include: vec![],
+        keep_change_ids: vec![],
+        quiesce: Quiesce::Off,
+        change_tracking: ChangeTracking::Auto,
+        lan_free: false,
+        control: JobControl::new(),
+    };
+    let mut session = conn.begin_backup(VM, &plan).unwrap();
+    drop(session.take_disks());
+    session.finish(false).unwrap();
+    assert!(sim.snapshots(VM).is_empty());
+    let calls = shim_log(&log);
+    assert_eq!(calls.matches("ConnectEx").count(), calls.matches("Disconnect").count(), "every connection ends");
+}

@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# VMware benchmark (issue 16): Holdfast's VMware connector over the HTTPS datastore transport
+# (byte-range GETs of the snapshot's flat disk through /folder, CBT for what to read) against
+# `holdfast store ingest` of the same flat file, the limit of the appliance side. The disk is the
+# store benchmark's realistic image, written into a vSphere simulator VM's flat disk through the
+# test bed's /testbed/write (so CBT records it); day 2 replays its changed ranges the same way.
+# Each run: a fresh bed; full and incremental, each against an ingest of the flat file in the
+# same run; wall and CPU time, peak RSS, and the bed's CPU time. Prints a Markdown report.
+#
+#   tests/bench/vmware-bench.sh [RUNS]       (as root; RUNS defaults to 3)
+#
+# Work files go to $BENCH_DIR/vmware (default /var/tmp/hfbench/vmware), on a freshly made ext4.
+set -euo pipefail
+runs=${1:-3}
+[[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [RUNS]" >&2; exit 2; }
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+W=${BENCH_DIR:-/var/tmp/hfbench}
+V="$W/vmware"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}"
+tool="python3 $here/imagetool.py"
+VM=DC0_H0_VM0
+KEY=2000
+BED_USER=holdfast@vsphere.local
+BED_PASS='bench-Pass&<word>'
+threads=$(nproc)
+
+BENCH_IMAGES_ONLY=1 "$here/store-bench.sh"
+missing=(); for p in curl time e2fsprogs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+(cd "$repo" && cargo build --release -p appliance --quiet)
+HF="$CARGO_TARGET_DIR/release/holdfast"
+BED=$(bash "$repo/tests/testbed/build-vcsim.sh" /var/tmp/holdfast-testbed/vcsim | tail -1)
+
+bedpid=
+stop_bed() {
+  if [ -n "$bedpid" ]; then
+    kill -TERM "$bedpid" 2>/dev/null || true   # SIGTERM: the bed removes its datastore directories
+    wait "$bedpid" 2>/dev/null || true
+    bedpid=
+  fi
+}
+cleanup() {
+  stop_bed
+  umount "$V" 2>/dev/null || true
+  rm -rf "$V" "$W/vmware-fs.img"
+}
+trap cleanup EXIT
+
+umount "$V" 2>/dev/null || true
+rm -rf "$V"; rm -f "$W/vmware-fs.img"
+# The stores and the bed's datastore live on a freshly made ext4 (as in kvm-bench.sh): no run pays
+# for files an earlier one deleted; the stores of every run are kept until the end.
+truncate -s 24G "$W/vmware-fs.img"
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$W/vmware-fs.img"
+mkdir -p "$V"
+mount -o loop "$W/vmware-fs.img" "$V"
+printf '%s\n' "$BED_PASS" > "$V/password"
+
+timed() {
+  local name=$1; shift
+  /usr/bin/time -f "%e %U %S %M" -o "$V/t.$name" "$@" >"$V/out.$name" 2>"$V/err.$name" || { cat "$V/err.$name" >&2; exit 1; }
+}
+wall() { awk '{print $1}' "$V/t.$1"; }
+cpu() { awk '{printf "%.1f", $2 + $3}' "$V/t.$1"; }
+rss() { awk '{printf "%.0f", $4 / 1024}' "$V/t.$1"; }
+mbs() { awk -v b="$1" -v s="$2" 'BEGIN {printf "%.0f", b / 1e6 / s}'; }
+mb() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1e6}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+# The bed's CPU seconds so far (user + system), to see what it took from the two cores.
+bed_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$bedpid/stat"; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", a - b}'; }
+
+# Every timed run starts alike (as in kvm-bench.sh): dirty data flushed, the page cache dropped,
+# then the run's own input read once, so each side starts warm on what it reads (the flat file,
+# which the bed serves from the page cache as ESXi would from its datastore) and cold on the rest.
+settle() {
+  sync
+  echo 3 > /proc/sys/vm/drop_caches
+  find "$@" -type f -exec cat {} + > /dev/null
+}
+
+# A fresh bed with one VM whose disk is the image's size. Its datastore goes under $1.
+start_bed() {
+  mkdir -p "$1"
+  TMPDIR="$1" "$BED" -listen 127.0.0.1:0 -user "$BED_USER" -password "$BED_PASS" -tls -vms 1 \
+    -disks $(( $(stat -c %s "$W/disk1.raw") >> 20 )) >"$1/bed.json" 2>"$1/bed.err" &
+  bedpid=$!
+  for _ in $(seq 1 300); do
+    if [ "$(wc -l < "$1/bed.json")" -ge 1 ]; then break; fi
+    kill -0 "$bedpid" 2>/dev/null || { cat "$1/bed.err" >&2; exit 1; }
+    sleep 0.1
+  done
+  python3 - "$1/bed.json" "$1" <<'PY'
+import json, sys
+info = json.loads(open(sys.argv[1]).readline())
+open(sys.argv[2] + "/ca.pem", "w").write(info["ca_pem"])
+disk = info["vms"][0]["disks"][0]
+open(sys.argv[2] + "/bed.vars", "w").write("host=%s\nflat=%s\n" % (
+    info["url"].removeprefix("https://").removesuffix("/sdk"), disk["flat"]))
+PY
+  # shellcheck disable=SC1091
+  . "$1/bed.vars"
+  ca="$1/ca.pem"
+}
+
+# Guest writes through the bed, one keep-alive HTTPS connection, at most 64 MiB a request.
+#   bedwrite day1 IMAGE           the image's data, skipping holes and all-zero 64 KiB blocks
+#   bedwrite day2 IMAGE CHANGED   each "OFFSET LENGTH" range of CHANGED, as it is in IMAGE
+# Prints "WRITES BYTES AREAS": the requests, the bytes written, and the extents CBT reports for
+# them (writes that touch merged, as the bed does).
+bedwrite() {
+  python3 - "$here" "$host" "$ca" "$VM" "$KEY" "$@" <<'PY'
+import http.client, ssl, sys
+here, host, ca, vm, key, mode, image = sys.argv[1:8]
+sys.path.insert(0, here)
+import imagetool
+ctx = ssl.create_default_context(cafile=ca)
+h, port = host.rsplit(":", 1)
+conn = http.client.HTTPSConnection(h, int(port), context=ctx)
+MAX, BLOCK = 64 << 20, 64 << 10
+writes, written, spans = 0, 0, []
+
+def post(off, data):
+    global writes, written
+    conn.request("POST", "/testbed/write?vm=%s&disk=%s&offset=%d" % (vm, key, off), body=data,
+                 headers={"Content-Type": "application/octet-stream"})
+    r = conn.getresponse()
+    body = r.read()
+    if r.status != 200:
+        sys.exit("write at %d: HTTP %d %s" % (off, r.status, body.decode(errors="replace")))
+    writes += 1
+    written += len(data)
+    if spans and spans[-1][1] >= off:
+        spans[-1][1] = max(spans[-1][1], off + len(data))
+    else:
+        spans.append([off, off + len(data)])
+
+with open(image, "rb") as f:
+    if mode == "day1":
+        for start, end in imagetool.data_ranges(image):
+            f.seek(start)
+            run_off, run, off = start, [], start
+            while off < end:
+                b = f.read(min(BLOCK, end - off))
+                if b.count(0) == len(b):
+                    if run:
+                        post(run_off, b"".join(run))
+                    run = []
+                else:
+                    if not run:
+                        run_off = off
+                    run.append(b)
+                    if sum(map(len, run)) >= MAX:
+                        post(run_off, b"".join(run))
+                        run = []
+                off += len(b)
+            if run:
+                post(run_off, b"".join(run))
+    else:
+        for line in open(sys.argv[8]):
+            off, length = (int(x) for x in line.split())
+            f.seek(off)
+            while length:
+                n = min(length, MAX)
+                post(off, f.read(n))
+                off, length = off + n, length - n
+print(writes, written, len(spans))
+PY
+}
+
+# The id of a store's newest point.
+last_point() {
+  "$HF" store --store "$1" ls --json | python3 -c '
+import json, sys
+p = json.load(sys.stdin)["points"][-1]
+print(p["point_id"])'
+}
+
+# point_field OUT EXPR: EXPR of the point in a platform backup's --json answer (p: the point,
+# d: its disk).
+point_field() {
+  python3 -c 'import json, sys; p = json.load(open(sys.argv[1]))["point"]; d = p["disks"][0]; print(eval(sys.argv[2]))' "$1" "$2"
+}
+
+platform() {
+  "$HF" platform --kind vmware --set "host=$host" --set "ca_file=$ca" --username "$BED_USER" \
+    --password-file "$V/password" "$@"
+}
+
+for r in $(seq 1 "$runs"); do
+  R="$V/run$r"
+  mkdir -p "$R"
+  echo "run $r of $runs" >&2
+  # 1. A fresh bed; day 1 written by the "guest" (untimed).
+  start_bed "$R/bed"
+  day1=$(bedwrite day1 "$W/disk1.raw")
+  read -r d1_writes d1_bytes d1_areas <<< "$day1"
+  alloc=$($tool allocated-bytes "$flat")
+  "$HF" store --store "$R/vm" init >/dev/null
+  "$HF" store --store "$R/ing" init >/dev/null
+
+  # 2. Holdfast's VMware full.
+  settle "$flat"
+  b0=$(bed_cpu)
+  timed "vm.full.$r" platform backup --vm $VM --type full --store "$R/vm" --threads "$threads" --json
+  echo "$(sub "$(bed_cpu)" "$b0")" > "$V/bed.vm.full.$r"
+  [ "$(point_field "$V/out.vm.full.$r" 'd["backup_type"]')" = full ] || { echo "the VMware full is not a full" >&2; exit 1; }
+  disk=$(point_field "$V/out.vm.full.$r" 'd["key"]')
+  point_field "$V/out.vm.full.$r" 'p["stats"]["read_bytes"]' > "$V/read.vm.full.$r"
+
+  # 3. `holdfast store ingest` of the same flat file, as a full into another store.
+  settle "$flat"
+  timed "ing.full.$r" "$HF" store --store "$R/ing" ingest --vm bench --disk "$disk=$flat" --threads "$threads"
+
+  # 4. Day 2: each changed range of disk2.raw written through the bed (untimed).
+  day2=$(bedwrite day2 "$W/disk2.raw" "$W/changed.txt")
+  read -r d2_writes d2_bytes d2_areas <<< "$day2"
+
+  # 5. Holdfast's VMware incremental, then the ingest incremental of the flat file.
+  settle "$flat"
+  b0=$(bed_cpu)
+  timed "vm.inc.$r" platform backup --vm $VM --type incremental --store "$R/vm" --threads "$threads" --json
+  echo "$(sub "$(bed_cpu)" "$b0")" > "$V/bed.vm.inc.$r"
+  kind=$(point_field "$V/out.vm.inc.$r" 'd["backup_type"] + " " + str(d["full_reason"])')
+  [ "$kind" = "incremental None" ] || { echo "the VMware incremental is not one: $kind" >&2; exit 1; }
+  point_field "$V/out.vm.inc.$r" 'p["stats"]["read_bytes"]' > "$V/read.vm.inc.$r"
+  settle "$flat" "$W/changed.txt"
+  timed "ing.inc.$r" "$HF" store --store "$R/ing" ingest --vm bench --disk "$disk=$flat" --threads "$threads" \
+    --type incremental --parent latest --changed "$disk=$W/changed.txt"
+
+  # 6. Correctness: the VMware incremental point's disk is the flat file, which is disk2.raw.
+  if [ "$r" = 1 ]; then
+    point=$(point_field "$V/out.vm.inc.$r" 'p["point_id"]')
+    "$HF" store --store "$R/vm" export "$point" --disk "$disk" --out "$R/export.raw" >/dev/null
+    cmp "$R/export.raw" "$flat" || { echo "the VMware incremental point differs from the flat disk" >&2; exit 1; }
+    cmp "$flat" "$W/disk2.raw" || { echo "the flat disk differs from disk2.raw" >&2; exit 1; }
+    rm -f "$R/export.raw"
+    ing_point=$(last_point "$R/ing")
+    "$HF" store --store "$R/ing" export "$ing_point" --disk "$disk" --out "$R/export.raw" >/dev/null
+    cmp "$R/export.raw" "$flat" || { echo "the ingest incremental point differs from the flat disk" >&2; exit 1; }
+    rm -f "$R/export.raw"
+  fi
+  echo "$alloc $d1_writes $d1_bytes $d1_areas $d2_writes $d2_bytes $d2_areas" > "$V/sizes.$r"
+  stop_bed
+done
+
+read -r alloc d1_writes d1_bytes d1_areas d2_writes d2_bytes d2_areas < "$V/sizes.1"
+changed=$(awk '{s += $2} END {print s + 0}' "$W/changed.txt")
+es=$((4 << 20))
+cat <<REPORT
+### Result ($(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r), $runs runs, govmomi $(dpkg-query -W -f '${Version}' golang-github-vmware-govmomi-dev 2>/dev/null || echo '?') simulator)
+
+Day 1: $(mb "$d1_bytes") MB written through the bed in $d1_writes requests (the image's data without its all-zero
+64 KiB blocks), $(mb "$alloc") MB allocated in the flat file, $d1_areas CBT areas. Day 2: $(wc -l < "$W/changed.txt") changed ranges,
+$(mb "$changed") MB, in $d2_writes requests, $d2_areas CBT areas. MB/s: allocated bytes (full) or changed bytes (incremental) per
+wall second. "bed CPU s" is the simulator's CPU time during the VMware run. Holdfast $threads threads both sides.
+
+Full:
+
+| run | VMware wall s | CPU s | peak RSS MiB | MB/s | bed CPU s | GETs | ingest wall s | CPU s | peak RSS MiB | MB/s | VMware / ingest (target <= 1.3) |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+REPORT
+for r in $(seq 1 "$runs"); do
+  echo "| $r | $(wall vm.full.$r) | $(cpu vm.full.$r) | $(rss vm.full.$r) | $(mbs "$alloc" "$(wall vm.full.$r)") | $(cat "$V/bed.vm.full.$r") | $(( $(cat "$V/read.vm.full.$r") / es )) | $(wall ing.full.$r) | $(cpu ing.full.$r) | $(rss ing.full.$r) | $(mbs "$alloc" "$(wall ing.full.$r)") | $(ratio "$(wall vm.full.$r)" "$(wall ing.full.$r)") |"
+done
+cat <<REPORT
+
+Incremental:
+
+| run | VMware wall s | CPU s | peak RSS MiB | MB/s | bed CPU s | GETs | ingest wall s | CPU s | peak RSS MiB | MB/s | VMware / ingest (target <= 1.5) |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+REPORT
+for r in $(seq 1 "$runs"); do
+  echo "| $r | $(wall vm.inc.$r) | $(cpu vm.inc.$r) | $(rss vm.inc.$r) | $(mbs "$changed" "$(wall vm.inc.$r)") | $(cat "$V/bed.vm.inc.$r") | $(( $(cat "$V/read.vm.inc.$r") / es )) | $(wall ing.inc.$r) | $(cpu ing.inc.$r) | $(rss ing.inc.$r) | $(mbs "$changed" "$(wall ing.inc.$r)") | $(ratio "$(wall vm.inc.$r)" "$(wall ing.inc.$r)") |"
+done
+echo
+echo "GETs: 4 MiB extents read over HTTPS, one byte-range GET each (the point's read bytes / 4 MiB)."
+echo "CBT queries: QueryChangedDiskAreas pages of at most 4 areas (the bed's limit): $(( (d1_areas + 3) / 4 )) for the full's \"*\", $(( (d2_areas + 3) / 4 )) for the incremental."
+echo "Peak RSS of every VMware run: $(for r in $(seq 1 "$runs"); do printf '%s %s ' "$(rss vm.full.$r)" "$(rss vm.inc.$r)"; done)MiB (target < 256)."
+echo "Checked in run 1: the VMware incremental point's export and the ingest incremental's equal the flat disk, which equals disk2.raw (cmp)."
