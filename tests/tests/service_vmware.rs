@@ -5,7 +5,7 @@
 //! mid-backup: its snapshot is removed at the restart.
 
 use holdfast_tests::service::Server;
-use holdfast_tests::vmware::{Vcsim, PASSWORD, USER};
+use holdfast_tests::vmware::{install_vddk_shim, Vcsim, PASSWORD, USER};
 use serde_json::{json, Value};
 
 const MIB: usize = 1 << 20;
@@ -27,6 +27,8 @@ fn flats(sim: &Vcsim, vm: &str) -> Vec<Vec<u8>> {
 fn vmware_vms_are_backed_up_and_restored_through_the_api() {
     let sim = Vcsim::start(2, &[8, 4]);
     let dir = tempfile::tempdir().unwrap();
+    // The VixDiskLib stand-in reads its configuration from the service's environment.
+    std::env::set_var("VDDK_SHIM_DATASTORES", sim.shim_datastores());
     let mut server = Server::start(&dir.path().join("data"));
     let mut c = server.admin("correct horse battery");
 
@@ -105,6 +107,32 @@ fn vmware_vms_are_backed_up_and_restored_through_the_api() {
     assert!(flats(&sim, "vm1-copy") == at_full[1], "the restored VM's disks differ from the full");
     let copy = c.get(&format!("/api/platforms/{pid}/vms/vm1-copy"));
     assert_eq!((copy["cpus"].as_i64(), copy["memory_mib"].as_i64()), (Some(2), Some(512)), "{copy}");
+
+    // The same vCenter through VDDK (the VixDiskLib stand-in, configured through the service's
+    // environment): a platform whose VDDK directory holds no library is refused, naming it; one
+    // that does is saved, and its backups and restores go through VDDK.
+    let mut vddk = platform(&sim, PASSWORD);
+    vddk["name"] = json!("vcenter-vddk");
+    vddk["vddk_dir"] = json!(dir.path().join("no-vddk"));
+    let v = c.post("/api/platforms", vddk.clone(), 400);
+    assert!(v["error"].as_str().unwrap().contains("no VDDK library"), "{v}");
+    vddk["vddk_dir"] = json!(install_vddk_shim(&dir.path().join("vddk")));
+    let p2 = c.post("/api/platforms", vddk, 201);
+    assert!(p2["reached"].as_str().unwrap().contains("data through VDDK"), "{p2}");
+    let job = c.post("/api/jobs", json!({ "platform": p2["id"], "vm": "DC0_H0_VM1", "type": "incremental" }), 202);
+    let done = c.wait_job(job["id"].as_i64().unwrap());
+    assert_eq!(done["state"], "completed", "{done}");
+    let through = c.get(&format!("/api/points/{}", done["point_id"].as_str().unwrap()));
+    assert_eq!(through["transport"], "vddk nbdssl", "{through}");
+    let job = c.post(
+        "/api/restores",
+        json!({ "point": done["point_id"], "platform": p2["id"], "mode": "new_vm",
+        "name": "vm1-vddk", "storage": "LocalDS_0", "network": "VM Network" }),
+        202,
+    );
+    let done = c.wait_job(job["id"].as_i64().unwrap());
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(flats(&sim, "vm1-vddk") == flats(&sim, "DC0_H0_VM1"), "restored through VDDK byte for byte");
 
     // Killed mid-backup (held at 0 MB/s): the snapshot stays until the restart removes it.
     let paused = json!([{ "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "from": "00:00",
