@@ -6,9 +6,7 @@
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
 use connectors::registry::{self, Settings};
-use connectors::{
-    backup_vms, BackupOptions, BackupOutcome, Credentials, JobControl, NewVmSpec, Quiesce, RestoreDisk, SnapshotMode,
-};
+use connectors::{backup_vms, BackupOptions, BackupOutcome, Credentials, JobControl, NewVmSpec, Quiesce, SnapshotMode};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use vds_store::{BackupType, Store};
@@ -253,8 +251,7 @@ pub fn run(args: PlatformArgs) -> Result<i32> {
             let store = open_store(store)?;
             let entry = store.find(&point)?;
             let readers = store.open_disks(&point)?;
-            let disks: Vec<RestoreDisk<'_>> =
-                readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
+            let disks = connectors::restore_disks(&entry.manifest, &readers);
             if to.in_place {
                 let vm = &entry.manifest.vm;
                 conn.restore_in_place(&vm.key, &disks, &JobControl::default())?;

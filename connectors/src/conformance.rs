@@ -169,7 +169,8 @@ pub fn run(bed: &mut dyn Bed) {
         other => panic!("conformance: a restore onto an existing name was not refused: {other:?}"),
     }
     let readers = store.open_disks(&after.point_id).expect("the point's disks open");
-    let disks: Vec<RestoreDisk<'_>> = readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r }).collect();
+    let disks: Vec<RestoreDisk<'_>> =
+        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
     let made = conn.restore_as_new_vm(&after.vm, &disks, &spec, &JobControl::default());
     let made = made.unwrap_or_else(|e| panic!("conformance: restore as a new VM: {e}"));
     let differ: Vec<&String> = readers

@@ -312,6 +312,22 @@ impl From<ConnectorError> for CheckError {
 pub struct RestoreDisk<'a> {
     pub key: String,
     pub reader: &'a DiskReader,
+    /// The platform change id the point recorded for this disk (a CBT changeId): a restore in
+    /// place may then write only what the platform says changed since.
+    pub change_id: Option<String>,
+}
+
+/// A point's disks to restore (from `Store::open_disks`), each with the change id the point
+/// recorded for it.
+pub fn restore_disks<'a>(point: &vds_store::RestorePoint, readers: &'a [(String, DiskReader)]) -> Vec<RestoreDisk<'a>> {
+    readers
+        .iter()
+        .map(|(key, reader)| RestoreDisk {
+            key: key.clone(),
+            reader,
+            change_id: point.disks.iter().find(|d| &d.key == key).and_then(|d| d.change_id.clone()),
+        })
+        .collect()
 }
 
 pub trait Connector {

@@ -19,7 +19,7 @@ pub mod sim;
 pub mod vmware;
 
 pub use backup::{backup_vm, backup_vm_when, backup_vms, BackupError, BackupOptions, BackupOutcome, SnapshotMode};
-pub use connector::restore_sizes;
+pub use connector::{restore_disks, restore_sizes};
 pub use connector::{
     BackupBase, BackupPlan, BackupSession, BaseDisk, ChangeTracking, CheckError, Connector, ConnectorError,
     Credentials, ExportedDisk, HostInfo, Inventory, NetworkInfo, NewVmSpec, Quiesce, RestoreCheck, RestoreDisk,

@@ -191,8 +191,11 @@ fn full_incremental_differential_chain_restores_every_state() {
     // The network the user picks: an isolated libvirt network (a bridge, no addresses) of this test.
     let net = holdfast_tests::kvm::TestNetwork::create(&vm.name);
     let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p2.point_id, k).unwrap()).collect();
-    let disks: Vec<RestoreDisk<'_>> =
-        ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
+    let disks: Vec<RestoreDisk<'_>> = ["vda", "vdb"]
+        .iter()
+        .zip(&readers)
+        .map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r, change_id: None })
+        .collect();
     let spec = NewVmSpec {
         name: restored.0.clone(),
         cpus: Some(2),
@@ -423,8 +426,11 @@ fn a_restore_killed_midway_is_cleaned_up_from_its_volume_list_and_a_defined_vm_i
     virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
     let _cleanup = Restored(format!("{}-held", vm.name), pool.clone());
     let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p.point_id, k).unwrap()).collect();
-    let disks: Vec<RestoreDisk<'_>> =
-        ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
+    let disks: Vec<RestoreDisk<'_>> = ["vda", "vdb"]
+        .iter()
+        .zip(&readers)
+        .map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r, change_id: None })
+        .collect();
     let spec = |name: &str| NewVmSpec {
         name: name.into(),
         cpus: None,
@@ -535,8 +541,11 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
     let p2 = backup(&conn, &store, &vm, BackupType::Incremental);
 
     let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&p1.point_id, k).unwrap()).collect();
-    let disks: Vec<RestoreDisk<'_>> =
-        ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
+    let disks: Vec<RestoreDisk<'_>> = ["vda", "vdb"]
+        .iter()
+        .zip(&readers)
+        .map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r, change_id: None })
+        .collect();
     let running = conn.restore_in_place(&vm.name, &disks, &JobControl::default()).unwrap_err().to_string();
     assert!(running.contains("running"), "{running}");
 
@@ -568,7 +577,7 @@ fn restore_in_place_rewrites_a_stopped_vms_disks_and_backups_continue() {
     bad[good.len() - 1] ^= 1;
     std::fs::write(&blob, bad).unwrap();
     let damaged: Vec<DiskReader> = ["vda"].iter().map(|k| store.open_disk(&p2.point_id, k).unwrap()).collect();
-    let one = [RestoreDisk { key: "vda".into(), reader: &damaged[0] }];
+    let one = [RestoreDisk { key: "vda".into(), reader: &damaged[0], change_id: None }];
     let err = conn.restore_in_place(&vm.name, &one, &JobControl::default()).unwrap_err().to_string();
     assert!(err.contains("partly overwritten") && err.contains("reading bytes"), "{err}");
     std::fs::write(&blob, good).unwrap();
@@ -717,8 +726,11 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
     let want: Vec<&str> = nets.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     assert_eq!(inv.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), want);
     let readers: Vec<DiskReader> = ["vda", "vdb"].iter().map(|k| store.open_disk(&inc.point_id, k).unwrap()).collect();
-    let disks: Vec<RestoreDisk<'_>> =
-        ["vda", "vdb"].iter().zip(&readers).map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r }).collect();
+    let disks: Vec<RestoreDisk<'_>> = ["vda", "vdb"]
+        .iter()
+        .zip(&readers)
+        .map(|(k, r)| RestoreDisk { key: k.to_string(), reader: r, change_id: None })
+        .collect();
     let spec = NewVmSpec {
         name: restored.0.clone(),
         cpus: None,

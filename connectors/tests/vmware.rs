@@ -87,7 +87,8 @@ fn flats(sim: &Vcsim, vm: &str) -> Vec<Vec<u8>> {
 
 fn restore(conn: &dyn Connector, sim: &Vcsim, store: &Store, point: &RestorePoint, name: &str) -> Vec<Vec<u8>> {
     let readers = store.open_disks(&point.point_id).unwrap();
-    let disks: Vec<RestoreDisk<'_>> = readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r }).collect();
+    let disks: Vec<RestoreDisk<'_>> =
+        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
     let spec = NewVmSpec {
         name: name.into(),
         cpus: Some(3),
@@ -160,7 +161,8 @@ fn two_vms_of_two_disks_through_full_incremental_and_differential_each_point_res
     }
     // A restore refused up front leaves nothing: the name is taken.
     let readers = store.open_disks(&points[0].1.point_id).unwrap();
-    let disks: Vec<RestoreDisk<'_>> = readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r }).collect();
+    let disks: Vec<RestoreDisk<'_>> =
+        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
     let spec = NewVmSpec {
         name: "DC0_H0_VM1".into(),
         cpus: None,
@@ -289,7 +291,8 @@ fn a_point_is_restored_in_place_onto_the_powered_off_vm() {
         other => panic!("a running VM was not refused: {other:?}"),
     }
     let readers = store.open_disks(&point.point_id).unwrap();
-    let disks: Vec<RestoreDisk<'_>> = readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r }).collect();
+    let disks: Vec<RestoreDisk<'_>> =
+        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
     assert!(conn.restore_in_place(vm, &disks, &JobControl::default()).is_err(), "refused while powered on");
 
     let admin = Soap::connect(&sim.host(), &ca(&sim), &creds(PASSWORD)).unwrap();

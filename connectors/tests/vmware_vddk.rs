@@ -60,6 +60,11 @@ impl Bed for VddkBed {
     }
 }
 
+fn vm_ref(soap: &connectors::vmware::soap::Soap, name: &str) -> connectors::vmware::xml::MoRef {
+    let vms = soap.retrieve_all("VirtualMachine", &["name"]).unwrap();
+    vms.into_iter().find(|v| v.text("name") == Some(name)).unwrap().obj
+}
+
 fn shim_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -155,6 +160,29 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     std::env::set_var("VDDK_SHIM_THUMBPRINT", soap.seen_thumbprints().unwrap().sha1);
     let o = backup(&connect(sim, Some((&vddk, "nbd"))), VM, ChangeTracking::Auto, false);
     assert_eq!(o.transport, "vddk nbd");
+
+    // In place onto the powered-off VM: CBT still knows the point's change ids, so only what the
+    // guest wrote since is written back.
+    let point = o.point;
+    let want: Vec<Vec<u8>> = (0..2).map(|i| std::fs::read(sim.flat(VM, i)).unwrap()).collect();
+    sim.write(VM, 2000, 7 << 20, &[0xab; 8192]);
+    sim.write(VM, 2001, 512, &[0xcd; 512]);
+    soap.run_task(
+        &format!("<PowerOffVM_Task xmlns=\"urn:vim25\">{}</PowerOffVM_Task>", vm_ref(&soap, VM).arg("_this")),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let readers = store.open_disks(&point.point_id).unwrap();
+    let disks = connectors::restore_disks(&point, &readers);
+    assert!(disks.iter().all(|d| d.change_id.is_some()), "the point has change ids");
+    let before = shim_log(&log).matches("Write").count();
+    let control = JobControl::new();
+    connect(sim, Some((&vddk, "nbd"))).restore_in_place(VM, &disks, &control).expect("restored in place");
+    let now: Vec<Vec<u8>> = (0..2).map(|i| std::fs::read(sim.flat(VM, i)).unwrap()).collect();
+    assert!(now == want, "the VM's disks are the point's again");
+    let writes = shim_log(&log).matches("Write").count() - before;
+    assert_eq!(writes, 2, "one write per changed area, not the disks");
+    assert_eq!(control.progress().0, (16 + 8) << 20, "the unchanged rest counts as done");
 
     // A session that does not commit closes what it opened and removes its snapshot.
     let conn = connect(sim, Some((&vddk, "nbd")));

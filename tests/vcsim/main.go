@@ -736,7 +736,14 @@ func (b *bed) queryChanged(w http.ResponseWriter, a map[string]string) {
 		notFound(w, "VirtualMachine", vmRef)
 		return
 	}
-	if simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: snap}) == nil {
+	// Without a snapshot vSphere answers for the disk as it is now, for a powered-off VM only.
+	poweredOff := false
+	b.byRef(vmRef, func(vm *simulator.VirtualMachine) { poweredOff = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOff })
+	if snap == "" && !poweredOff {
+		writeFault(w, "InvalidState", "changes without a snapshot are known only for a powered-off VM", "")
+		return
+	}
+	if snap != "" && simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: snap}) == nil {
 		notFound(w, "VirtualMachineSnapshot", snap)
 		return
 	}
@@ -757,7 +764,9 @@ func (b *bed) queryChanged(w http.ResponseWriter, a map[string]string) {
 	defer b.mu.Unlock()
 	st := b.track(vmRef, d.key, true)
 	upper, stamped := b.stamps[snap].gens[d.key]
-	if !stamped || b.stamps[snap].vm != vmRef {
+	if snap == "" {
+		upper, stamped = st.gen, true // every write so far
+	} else if !stamped || b.stamps[snap].vm != vmRef {
 		fail("'%s' is not a snapshot of this VM taken with change tracking on", snap)
 		return
 	}

@@ -7,7 +7,7 @@ use super::catalog::now;
 use super::jobs::log;
 use super::runner::{self, Work};
 use super::Service;
-use connectors::{Capabilities, CheckError, Connector, JobControl, NewVmSpec, Phase, RestoreCheck, RestoreDisk};
+use connectors::{Capabilities, CheckError, Connector, JobControl, NewVmSpec, Phase, RestoreCheck};
 use std::sync::Arc;
 use vds_store::RestorePoint;
 use web::*;
@@ -200,8 +200,7 @@ impl Work for Restore {
         // Held until the restore ends: retention keeps the point meanwhile.
         let _hold = self.store.hold_point(&point.vm.key, &point.point_id).map_err(|e| e.to_string())?;
         let readers = self.store.open_disks(&point.point_id).map_err(|e| e.to_string())?;
-        let disks: Vec<RestoreDisk<'_>> =
-            readers.iter().map(|(key, reader)| RestoreDisk { key: key.clone(), reader }).collect();
+        let disks = connectors::restore_disks(point, &readers);
         control.enter(Phase::Transferring);
         match &self.mode {
             Mode::NewVm(spec) => conn

@@ -68,12 +68,13 @@ pub fn remove_our_snapshots(conn: &VmwareConnector, vm: &VmRef) -> Result<Option
     Ok(Some(format!("removed the snapshot {} a killed backup left", names.join(", "))))
 }
 
-/// Changed or allocated areas of a disk since `change_id` ("*": allocated) up to `snapshot`,
-/// asking page by page as vSphere answers.
+/// Changed or allocated areas of a disk since `change_id` ("*": allocated) up to `snapshot`
+/// (None: up to now, which vSphere knows for a powered-off VM only), asking page by page as
+/// vSphere answers.
 pub fn changed_areas(
     conn: &VmwareConnector,
     vm: &MoRef,
-    snapshot: &MoRef,
+    snapshot: Option<&MoRef>,
     disk: &Disk,
     change_id: &str,
 ) -> Result<Vec<Range<u64>>, SoapError> {
@@ -84,7 +85,7 @@ pub fn changed_areas(
             "<QueryChangedDiskAreas xmlns=\"urn:vim25\">{}{}<deviceKey>{}</deviceKey><startOffset>{start}</startOffset>\
              <changeId>{}</changeId></QueryChangedDiskAreas>",
             vm.arg("_this"),
-            snapshot.arg("snapshot"),
+            snapshot.map(|s| s.arg("snapshot")).unwrap_or_default(),
             disk.device_key,
             esc(change_id)
         ))?;
@@ -441,7 +442,7 @@ fn fill(
                 }
                 (None, Some(b)) => {
                     let id = b.change_id.as_deref().unwrap_or_default();
-                    match changed_areas(conn, &v.obj, snapshot, disk, id) {
+                    match changed_areas(conn, &v.obj, Some(snapshot), disk, id) {
                         Ok(areas) => {
                             changed = Some(areas);
                             None
@@ -455,7 +456,7 @@ fn fill(
         // A whole read skips what CBT says was never written (thin or new disks are mostly that);
         // "*" asks for the allocated areas, which CBT knows from the moment it is on.
         let allocated = if changed.is_none() && cbt && !consolidation {
-            changed_areas(conn, &v.obj, snapshot, disk, "*").ok()
+            changed_areas(conn, &v.obj, Some(snapshot), disk, "*").ok()
         } else {
             None
         };

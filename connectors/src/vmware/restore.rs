@@ -406,8 +406,22 @@ fn write_disks(
         if let Some(c) = &vddk {
             let mut disk =
                 c.open(&target.file, false).map_err(|e| failed(&format!("opening disk {}", target.key), &e))?;
-            write_vddk(&mut disk, d.reader, control, existing)
-                .map_err(|e| failed(&format!("writing disk {} through VDDK {}", target.key, disk.mode), &e))?;
+            // In place, where CBT still knows the point's change id: only what changed since.
+            let since = match (&d.change_id, existing && vm.change_tracking) {
+                (Some(id), true) => match super::backup::changed_areas(conn, vm_obj, None, target, id) {
+                    Ok(areas) => Some(areas),
+                    Err(e) => {
+                        eprintln!("vmware: restoring {} disk {} in place: writing it whole: {e}", vm.name, target.key);
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let written = match since {
+                Some(areas) => write_areas(&mut disk, d.reader, &areas, control),
+                None => write_vddk(&mut disk, d.reader, control, existing),
+            };
+            written.map_err(|e| failed(&format!("writing disk {} through VDDK {}", target.key, disk.mode), &e))?;
             continue;
         }
         if let Some(why) = target.not_flat() {
@@ -458,6 +472,33 @@ fn write_vddk(
         }
         control.add_done(len as u64);
     }
+    Ok(())
+}
+
+/// Writes only `areas` of a point's disk (widened to whole sectors), as they are in the point.
+fn write_areas(
+    disk: &mut super::vddk::Disk,
+    reader: &DiskReader,
+    areas: &[std::ops::Range<u64>],
+    control: &JobControl,
+) -> Result<(), String> {
+    const PIECE: u64 = 4 << 20;
+    let mut throttle = Throttle::default();
+    for a in areas {
+        let (mut at, end) = (a.start / 512 * 512, a.end.div_ceil(512).saturating_mul(512).min(reader.size()));
+        while at < end {
+            let n = PIECE.min(end - at);
+            throttle.admit(control, n as usize).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; n as usize];
+            reader.read_at(&mut buf, at).map_err(|e| e.to_string())?;
+            disk.write_at(at, &buf)?;
+            control.add_done(n);
+            at += n;
+        }
+    }
+    // What CBT says is unchanged is already as the point has it: counted as done.
+    let written: u64 = areas.iter().map(|a| a.end.min(reader.size()).saturating_sub(a.start / 512 * 512)).sum();
+    control.add_done(reader.size().saturating_sub(written));
     Ok(())
 }
 

@@ -296,6 +296,7 @@ pub unsafe extern "C" fn VixDiskLib_Write(handle: VixDiskLibHandle, start: u64, 
     if d.read_only {
         return fail(VIX_E_FILE_READ_ONLY, "the disk was opened read-only".into());
     }
+    log(&format!("Write {start}+{n}"));
     match d.file.write_all_at(std::slice::from_raw_parts(buf, len), offset) {
         Ok(()) => VIX_OK as VixError,
         Err(e) => fail(VIX_E_FILE_ERROR, format!("writing at {offset}: {e}")),
