@@ -8,6 +8,7 @@ pub mod backup;
 pub mod conformance;
 pub mod connector;
 pub mod control;
+pub mod convert;
 #[cfg(feature = "kvm")]
 pub mod kvm;
 pub mod nbd;

@@ -449,6 +449,7 @@ impl Connector for SimHost {
             cpus: s.cpus,
             memory_mib: s.memory_mib,
             firmware: Some("bios".into()),
+            guest_os: None,
             disks: s
                 .disks
                 .iter()

@@ -19,6 +19,11 @@ pub struct VmDescription {
     pub memory_mib: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<String>,
+    /// The guest operating system as the platform names it ("Debian GNU/Linux 12 (64-bit)", a
+    /// libosinfo id), when it says: a restore onto another platform picks devices the guest
+    /// can boot with from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_os: Option<String>,
     #[serde(default)]
     pub disks: Vec<VmDisk>,
     #[serde(default)]

@@ -352,6 +352,15 @@ pub struct NewRestore {
     /// beside the original); for a VM that replaces one that is gone.
     #[serde(default)]
     pub keep_macs: bool,
+    /// Onto a platform of another kind (new_vm): the bus of every disk, one of what
+    /// `POST /api/restores/convert` offers (KVM: virtio, virtio-scsi, sata; vSphere: pvscsi,
+    /// lsilogic, sata, nvme); default: what the guest OS boots with.
+    #[serde(default)]
+    pub disk_bus: Option<String>,
+    /// Onto a platform of another kind (new_vm): every NIC's model (KVM: virtio, e1000e, e1000;
+    /// vSphere: vmxnet3, e1000e, e1000); default: what the guest OS has a driver for.
+    #[serde(default)]
+    pub nic_model: Option<String>,
 }
 
 /// Declares a closed set of words the API sends and takes: a serde enum (snake_case), its words,

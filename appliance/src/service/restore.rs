@@ -24,6 +24,8 @@ struct Restore {
     /// The store of the storage target that holds the point.
     store: Arc<vds_store::Store>,
     mode: Mode,
+    /// Onto a platform of another kind: the VM converted for it.
+    converted: Option<connectors::convert::Converted>,
 }
 
 /// Checks a restore request's own fields against what the target platform offers; the error
@@ -32,6 +34,8 @@ fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
     match r.mode {
         RestoreMode::InPlace => {
             for (field, given) in [
+                ("disk_bus", r.disk_bus.is_some()),
+                ("nic_model", r.nic_model.is_some()),
                 ("name", r.name.is_some()),
                 ("storage", r.storage.is_some()),
                 ("cpus", r.cpus.is_some()),
@@ -123,6 +127,47 @@ impl Service {
         if let Mode::NewVm(spec) = &mode {
             check_sizes(&point, &spec.disk_sizes)?;
         }
+        // Onto a platform of another kind: converted first (a choice it cannot take is refused by
+        // field); in place needs the point's own kind.
+        let kind = target.kind().name();
+        let converted = match (&mode, connectors::convert::needed(&point.vm, kind)) {
+            (Mode::InPlace, true) => {
+                return Err(ApiError::field(
+                    "mode",
+                    format!("a {} point restores in place only onto a {} platform", point.vm.platform, point.vm.platform),
+                ))
+            }
+            (Mode::NewVm(_), true) => {
+                let choices =
+                    connectors::convert::Choices { disk_bus: r.disk_bus.clone(), nic_model: r.nic_model.clone() };
+                let c = connectors::convert::convert(&point.vm, kind, &choices)
+                    .map_err(|e| ApiError::field(&e.field, e.message))?;
+                Some(c)
+            }
+            (_, false) => {
+                for (field, given) in [("disk_bus", r.disk_bus.is_some()), ("nic_model", r.nic_model.is_some())] {
+                    if given {
+                        return Err(ApiError::field(
+                            field,
+                            "applies to a restore onto another kind of platform (onto its own, a VM keeps its devices)",
+                        ));
+                    }
+                }
+                None
+            }
+        };
+        // The connector sees the converted VM's disk names, sizes keyed by them.
+        let mode = match (mode, &converted) {
+            (Mode::NewVm(mut spec), Some(c)) => {
+                spec.disk_sizes = spec
+                    .disk_sizes
+                    .into_iter()
+                    .map(|(k, v)| (c.disk_keys.iter().find(|(p, _)| *p == k).map_or(k, |(_, t)| t.clone()), v))
+                    .collect();
+                Mode::NewVm(spec)
+            }
+            (mode, _) => mode,
+        };
         // What the platform can say now is said now, not as a failed job later.
         let check_target = target.clone();
         let (work, point_vm) = (self.work_dir.clone(), point.vm.key.clone());
@@ -172,16 +217,23 @@ impl Service {
             Mode::InPlace => format!("in place onto VM {vm}"),
         };
         let words = format!(
-            "restore of point {} ({} backup of {}, {}) {what} on {platform_name}",
+            "restore of point {} ({} backup of {} VM {}, {}) {what} on {platform_name} ({})",
             point.point_id,
             point.backup_type.as_str(),
+            point.vm.platform,
             point.vm.name,
-            point.started.to_rfc3339()
+            point.started.to_rfc3339(),
+            kind
         );
         log(&self.db, id, "info", &format!("queued by {}: {words}", s.user)).await;
+        if let Some(c) = &converted {
+            for d in &c.decisions {
+                log(&self.db, id, "info", d).await;
+            }
+        }
         self.audit_log(&s.user, "restore started", &format!("job {id}: {words}")).await?;
         let job = runner::Job { id, platform: r.platform, target, vm, place: None };
-        let work = Restore { point, store, mode };
+        let work = Restore { point, store, mode, converted };
         self.launch(id, move |me, control| async move { me.run_work(job, work, control).await });
         self.job_by_id(id).await
     }
@@ -200,11 +252,23 @@ impl Work for Restore {
         // Held until the restore ends: retention keeps the point meanwhile.
         let _hold = self.store.hold_point(&point.vm.key, &point.point_id).map_err(|e| e.to_string())?;
         let readers = self.store.open_disks(&point.point_id).map_err(|e| e.to_string())?;
-        let disks = connectors::restore_disks(point, &readers);
+        let mut disks = connectors::restore_disks(point, &readers);
+        let description = match &self.converted {
+            Some(c) => {
+                // Each disk under the name the target gives it.
+                for d in &mut disks {
+                    if let Some((_, t)) = c.disk_keys.iter().find(|(p, _)| *p == d.key) {
+                        d.key = t.clone();
+                    }
+                }
+                &c.description
+            }
+            None => &point.vm,
+        };
         control.enter(Phase::Transferring);
         match &self.mode {
             Mode::NewVm(spec) => conn
-                .restore_as_new_vm(&point.vm, &disks, spec, control)
+                .restore_as_new_vm(description, &disks, spec, control)
                 .map(|vm| format!("restored as new VM {vm}{}", if spec.start { " (started)" } else { "" })),
             Mode::InPlace => conn
                 .restore_in_place(&point.vm.key, &disks, control)

@@ -23,6 +23,14 @@ fn text(n: Option<roxmltree::Node<'_, '_>>) -> Option<String> {
     n.and_then(|n| n.text()).map(|t| t.trim().to_string())
 }
 
+/// The libosinfo id virt-install and virt-manager record in a domain's metadata
+/// (`<libosinfo:os id="http://debian.org/debian/12"/>`), if any.
+fn guest_os(root: roxmltree::Node<'_, '_>) -> Option<String> {
+    let metadata = child(root, "metadata")?;
+    let libosinfo = metadata.children().find(|c| c.tag_name().name() == "libosinfo")?;
+    libosinfo.children().find(|c| c.tag_name().name() == "os")?.attribute("id").map(str::to_string)
+}
+
 pub fn parse(xml: &str) -> Result<(VmDescription, Vec<DomainDisk>), String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| format!("domain XML does not parse: {e}"))?;
     let root = doc.root_element();
@@ -79,6 +87,7 @@ pub fn parse(xml: &str) -> Result<(VmDescription, Vec<DomainDisk>), String> {
         cpus,
         memory_mib,
         firmware: Some(if efi { "efi" } else { "bios" }.into()),
+        guest_os: guest_os(root),
         disks: disks.iter().map(|d| VmDisk { key: d.target.clone(), size: 0, bus: d.bus.clone() }).collect(),
         nics,
         native: Some(NativeConfig { format: NATIVE_FORMAT.into(), text: xml.to_string() }),
@@ -225,6 +234,10 @@ pub fn new_domain_xml(
          <features><acpi/><apic/></features>\n  <devices>\n",
         escape(name)
     );
+    // SCSI disks sit on virtio-scsi (libvirt's default SCSI controller is an emulated LSI card).
+    if d.disks.iter().any(|v| v.bus.as_deref() == Some("scsi")) {
+        x += "    <controller type='scsi' model='virtio-scsi'/>\n";
+    }
     for disk in disks {
         let bus = d.disks.iter().find(|v| v.key == disk.key).and_then(|v| v.bus.as_deref()).unwrap_or("virtio");
         x += &format!("    {}<target dev='{}' bus='{}'/></disk>\n", disk.head(), escape(&disk.key), escape(bus));

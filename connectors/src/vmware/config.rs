@@ -220,6 +220,8 @@ impl VmConfig {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
             firmware: Some(self.firmware.clone()),
+            guest_os: Some(if self.guest_name.is_empty() { self.guest_id.clone() } else { self.guest_name.clone() })
+                .filter(|g| !g.is_empty()),
             disks: self
                 .disks
                 .iter()

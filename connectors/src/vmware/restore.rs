@@ -114,6 +114,27 @@ fn controller_xml(key: i64, xsi_type: &str, bus_number: i64) -> String {
     )
 }
 
+/// The controller for a neutral bus word (a converted point's: pvscsi, lsilogic, sata, nvme, ide;
+/// "scsi" or none: paravirtual SCSI).
+fn controller_type(bus: Option<&str>) -> &'static str {
+    match bus {
+        Some("lsilogic") => "VirtualLsiLogicController",
+        Some("sata") => "VirtualAHCIController",
+        Some("nvme") => "VirtualNVMEController",
+        Some("ide") => "VirtualIDEController",
+        _ => "ParaVirtualSCSIController",
+    }
+}
+
+/// vSphere's guest OS id for a point from elsewhere, by what its description says.
+fn guest_id(source: &VmDescription) -> &'static str {
+    match crate::convert::family(source.guest_os.as_deref()) {
+        crate::convert::Family::Linux => "otherLinux64Guest",
+        crate::convert::Family::Windows => "windows9Server64Guest",
+        crate::convert::Family::Unknown => "otherGuest64",
+    }
+}
+
 /// The CreateVM_Task configuration of the new VM.
 fn new_vm_spec(
     source: &VmDescription,
@@ -136,8 +157,14 @@ fn new_vm_spec(
                     c.map_or(("ParaVirtualSCSIController".to_string(), 0), |c| (c.xsi_type.clone(), c.bus_number));
                 (t, b, x.unit)
             }
-            // Units 0-6 and 8-15 on the first controller (7 is the controller's own).
-            None => ("ParaVirtualSCSIController".to_string(), 0, if i < 7 { i as i64 } else { i as i64 + 1 }),
+            // A point from elsewhere (converted): the bus its description names, one controller
+            // per kind, units in order (SCSI skips 7, the controller's own).
+            None => {
+                let xsi = controller_type(d.bus.as_deref()).to_string();
+                let n = source.disks[..i].iter().filter(|p| controller_type(p.bus.as_deref()) == xsi).count() as i64;
+                let scsi = xsi.ends_with("SCSIController") || xsi.contains("Logic");
+                (xsi, 0, if scsi && n >= 7 { n + 1 } else { n })
+            }
         };
         let ide = xsi == "VirtualIDEController";
         let name = format!("{xsi}/{bus_number}");
@@ -198,6 +225,7 @@ fn new_vm_spec(
         );
     }
     let guest = native.as_ref().map(|n| n.guest_id.clone()).filter(|g| !g.is_empty());
+    let guest = guest.unwrap_or_else(|| guest_id(source).to_string());
     let cpus = spec.cpus.unwrap_or(source.cpus).max(1);
     let cores = native.as_ref().map_or(1, |n| n.cores_per_socket).max(1);
     let cores = if cpus.is_multiple_of(cores) { cores } else { 1 };
@@ -208,7 +236,7 @@ fn new_vm_spec(
          <numCPUs>{cpus}</numCPUs><numCoresPerSocket>{cores}</numCoresPerSocket><memoryMB>{memory}</memoryMB>{devices}\
          <firmware>{firmware}</firmware>",
         esc(&spec.name),
-        esc(guest.as_deref().unwrap_or("otherGuest64")),
+        esc(&guest),
         esc(RESTORING_MARK),
         esc(&ds.name)
     ))
