@@ -101,7 +101,7 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     run(&mut bed);
     let sim = &bed.sim;
     let calls = shim_log(&log);
-    assert!(calls.contains("InitEx 7.0"), "{calls}");
+    assert!(calls.contains("InitEx 6.5"), "{calls}");
     assert!(calls.contains("readonly=true snapshot=snapshot-"), "backups read the snapshot: {calls}");
     assert!(calls.contains("readonly=false snapshot= "), "the restore wrote through VDDK: {calls}");
     assert!(

@@ -134,7 +134,10 @@ impl Service {
             (Mode::InPlace, true) => {
                 return Err(ApiError::field(
                     "mode",
-                    format!("a {} point restores in place only onto a {} platform", point.vm.platform, point.vm.platform),
+                    format!(
+                        "a {} point restores in place only onto a {} platform",
+                        point.vm.platform, point.vm.platform
+                    ),
                 ))
             }
             (Mode::NewVm(_), true) => {

@@ -15,6 +15,10 @@ use vds_store::{BackupType, DiskSource};
 
 /// Our snapshots' names start so; a killed backup's are found by it.
 pub const SNAPSHOT_PREFIX: &str = "holdfast-backup-";
+/// What a quiesced snapshot is: VMware Tools froze the guest's filesystems; applications are
+/// consistent only where the guest's VSS writers or freeze scripts took part.
+const QUIESCED: &str = "quiesced by VMware Tools: file-system consistent (application-consistent where the guest's \
+                        VSS writers or freeze scripts took part)";
 /// How long a snapshot may take to be created or removed (consolidation of a busy disk is slow).
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(3 * 3600);
 
@@ -93,6 +97,12 @@ pub fn changed_areas(
             reply.child("returnval").ok_or_else(|| SoapError::Protocol("QueryChangedDiskAreas: no answer".into()))?;
         let length = r.u64_of("length").unwrap_or(0);
         let at = r.u64_of("startOffset").unwrap_or(start);
+        if at != start {
+            return Err(SoapError::Protocol(format!(
+                "QueryChangedDiskAreas answered from offset {at} when asked from {start} (disk {})",
+                disk.key
+            )));
+        }
         for a in r.children("changedArea") {
             let (s, l) = (a.u64_of("start").unwrap_or(0), a.u64_of("length").unwrap_or(0));
             let end = s.saturating_add(l).min(disk.size);
@@ -112,6 +122,12 @@ pub fn changed_areas(
         start = next;
     }
     Ok(crate::connector::union(out))
+}
+
+/// Whether a CBT query failed because vSphere no longer knows the change id (or the disk's
+/// tracking), which a full read repairs: its FileFault.
+fn cbt_lost(e: &SoapError) -> bool {
+    e.fault_kind().is_some_and(|k| k == "FileFault" || k.ends_with("FileFault"))
 }
 
 /// A snapshot's flat disk read with byte-range GETs; the allocated areas, when known, let
@@ -181,6 +197,24 @@ struct Session {
     paths: Vec<(String, String)>,
     /// Why VDDK, though configured, was not used.
     vddk_fallback: Option<String>,
+    finished: bool,
+}
+
+impl Drop for Session {
+    /// A session dropped without `finish` (a panic on the way) still removes its snapshot.
+    fn drop(&mut self) {
+        if !self.finished {
+            drop(std::mem::take(&mut self.disks));
+            let _ = self.conn_soap.run_task(
+                &format!(
+                    "<RemoveSnapshot_Task xmlns=\"urn:vim25\">{}<removeChildren>false</removeChildren>\
+                     <consolidate>true</consolidate></RemoveSnapshot_Task>",
+                    self.snapshot.arg("_this")
+                ),
+                SNAPSHOT_WAIT,
+            );
+        }
+    }
 }
 
 impl BackupSession for Session {
@@ -215,8 +249,11 @@ impl BackupSession for Session {
         std::mem::take(&mut self.disks)
     }
 
-    fn finish(self: Box<Self>, _committed: bool) -> Result<(), ConnectorError> {
-        // The snapshot goes either way: CBT's change ids live in the VM's disks, not in it.
+    fn finish(mut self: Box<Self>, _committed: bool) -> Result<(), ConnectorError> {
+        // Disks not taken are closed first (VDDK holds the snapshot's disks while they are open);
+        // the snapshot goes either way: CBT's change ids live in the VM's disks, not in it.
+        drop(std::mem::take(&mut self.disks));
+        self.finished = true;
         self.conn_soap
             .run_task(
                 &format!(
@@ -237,7 +274,7 @@ impl BackupSession for Session {
     }
 }
 
-fn reconfigure_cbt(conn: &VmwareConnector, vm: &VmRef, on: bool) -> Result<(), SoapError> {
+pub(super) fn reconfigure_cbt(conn: &VmwareConnector, vm: &VmRef, on: bool) -> Result<(), SoapError> {
     conn.soap
         .run_task(
             &format!(
@@ -279,15 +316,17 @@ fn take_snapshot(
                 create(true).map_err(|e| {
                     VmwareConnector::failed(&vm.name, "taking a quiesced snapshot (the rule requires one)", e)
                 })?,
-                "application-consistent: VMware Tools quiesced the guest".into(),
+                QUIESCED.into(),
             ),
             Quiesce::IfPossible => match create(true) {
-                Ok(r) => (r, "application-consistent: VMware Tools quiesced the guest".into()),
-                Err(e @ SoapError::Unreachable(_)) => return Err(failed(e)),
-                Err(why) => (
+                Ok(r) => (r, QUIESCED.into()),
+                // vSphere refused to quiesce: a snapshot without; any other failure (no answer,
+                // a task that did not end) may have left a snapshot, so it is not retried.
+                Err(why @ SoapError::Fault { .. }) => (
                     create(false).map_err(failed)?,
                     format!("crash-consistent: the guest could not be quiesced ({why})"),
                 ),
+                Err(e) => return Err(failed(e)),
             },
         }
     };
@@ -354,7 +393,14 @@ pub fn begin(conn: &VmwareConnector, vm: &str, plan: &BackupPlan) -> Result<Box<
         "{SNAPSHOT_PREFIX}{}",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
     );
-    let (snapshot, consistency) = take_snapshot(conn, &v, plan, &name)?;
+    let (snapshot, consistency) = match take_snapshot(conn, &v, plan, &name) {
+        Ok(taken) => taken,
+        Err(e) => {
+            // A task whose end was not seen may still have made the snapshot: ours go.
+            let _ = remove_our_snapshots(conn, &v);
+            return Err(e);
+        }
+    };
     let mut session = Session {
         conn_soap: conn.soap.clone(),
         vm: v.clone(),
@@ -365,15 +411,16 @@ pub fn begin(conn: &VmwareConnector, vm: &str, plan: &BackupPlan) -> Result<Box<
         consistency,
         paths: Vec::new(),
         vddk_fallback: None,
+        finished: false,
     };
     // From here on every failure removes the snapshot.
     let prepared = Prepared { chosen, cbt, cbt_reason, consolidation, dcs, stores };
     match fill(conn, &v, plan, &prepared, &mut session) {
         Ok(()) => Ok(Box::new(session)),
-        Err(e) => {
-            let _ = Box::new(session).finish(false);
-            Err(e)
-        }
+        Err(e) => match Box::new(session).finish(false) {
+            Ok(()) => Err(e),
+            Err(cleanup) => Err(VmwareConnector::failed(&v.name, "backing up", format!("{e}; and then {cleanup}"))),
+        },
     }
 }
 
@@ -447,8 +494,13 @@ fn fill(
                             changed = Some(areas);
                             None
                         }
-                        Err(e @ SoapError::Unreachable(_)) => return Err(failed("asking CBT for changed areas", &e)),
-                        Err(e) => Some(format!("CBT cannot give the changes since {id} ({e}); it was reset or lost")),
+                        // vSphere says a change id is unknown with a FileFault; anything else
+                        // (no permission, a broken answer, no answer) fails the backup rather
+                        // than read whole disks every night without anyone knowing why.
+                        Err(e) if cbt_lost(&e) => {
+                            Some(format!("CBT cannot give the changes since {id} ({e}); it was reset or lost"))
+                        }
+                        Err(e) => return Err(failed("asking CBT for changed areas", &e)),
                     }
                 }
             };
@@ -456,7 +508,11 @@ fn fill(
         // A whole read skips what CBT says was never written (thin or new disks are mostly that);
         // "*" asks for the allocated areas, which CBT knows from the moment it is on.
         let allocated = if changed.is_none() && cbt && !consolidation {
-            changed_areas(conn, &v.obj, Some(snapshot), disk, "*").ok()
+            match changed_areas(conn, &v.obj, Some(snapshot), disk, "*") {
+                Ok(areas) => Some(areas),
+                Err(e) if cbt_lost(&e) => None,
+                Err(e) => return Err(failed("asking CBT for allocated areas", &e)),
+            }
         } else {
             None
         };

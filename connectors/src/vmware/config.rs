@@ -94,7 +94,7 @@ pub struct VmConfig {
     pub nics: Vec<Nic>,
 }
 
-fn controller_bus(xsi_type: &str) -> Option<&'static str> {
+pub fn controller_bus(xsi_type: &str) -> Option<&'static str> {
     Some(match xsi_type {
         "ParaVirtualSCSIController"
         | "VirtualLsiLogicController"
@@ -132,6 +132,18 @@ pub fn nic_type(model: &str) -> Option<&'static str> {
         "pcnet32" => "VirtualPCNet32",
         _ => return None,
     })
+}
+
+/// Reads a configuration kept as a point's native text: the `config` value's source, whose
+/// `xsi` prefix vCenter declares on the SOAP envelope rather than on the value itself (the
+/// simulator declares it on each element): wrapped in an element that declares the prefixes.
+pub fn parse_native(text: &str) -> Result<VmConfig, String> {
+    let wrapped = format!(
+        "<native xmlns=\"urn:vim25\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+         xmlns:xsd=\"http://www.w3.org/2001/XMLSchema\">{text}</native>"
+    );
+    let el = super::xml::parse(&wrapped, &[])?;
+    parse(el.children.first().ok_or("it is empty")?)
 }
 
 /// Reads a VirtualMachineConfigInfo (the `config` property's value).
@@ -289,6 +301,18 @@ mod tests {
         assert_eq!((d.key.as_str(), d.platform.as_str()), ("5001-bb", "vmware"));
         assert_eq!(d.disks[1].bus.as_deref(), Some("scsi"));
         assert!(d.native.unwrap().text.contains("debian12_64Guest"));
+    }
+
+    #[test]
+    fn a_native_configuration_parses_without_the_envelope_that_declared_its_prefixes() {
+        // As vCenter sends it: xsi declared on the SOAP envelope, not on the value.
+        let bare = CONFIG.replacen(" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"", "", 1);
+        assert!(!bare.contains("xmlns:xsi"));
+        let c = parse_native(&bare).unwrap();
+        assert_eq!((c.disks.len(), c.controllers.len(), c.nics.len()), (2, 3, 2));
+        assert_eq!(c.controllers[1].xsi_type, "ParaVirtualSCSIController");
+        assert!(parse_native("<val><hardware/></val>").is_ok());
+        assert!(parse_native("<val").is_err());
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl VmwareConnector {
         if lan_free {
             modes.sort_by_key(|m| *m != "san");
         }
+        if !read_only {
+            modes.retain(|m| *m != "san");
+            if modes.is_empty() {
+                modes = vec!["nbdssl", "nbd"];
+            }
+        }
         let target = vddk::Target {
             server,
             port,

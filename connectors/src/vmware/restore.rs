@@ -95,10 +95,9 @@ fn placement(conn: &VmwareConnector, ds: &Datastore) -> Result<Placement, String
 
 /// The layout a new VM gets: the original's when the point came from vSphere, else vSphere's
 /// usual devices (paravirtual SCSI, VMXNET3).
-fn layout(source: &VmDescription) -> Option<VmConfig> {
-    let native = source.native.as_ref().filter(|n| n.format == config::NATIVE_FORMAT)?;
-    let el = super::xml::parse(&native.text, &[]).ok()?;
-    config::parse(&el).ok()
+fn layout(source: &VmDescription) -> Result<Option<VmConfig>, String> {
+    let Some(native) = source.native.as_ref().filter(|n| n.format == config::NATIVE_FORMAT) else { return Ok(None) };
+    config::parse_native(&native.text).map(Some).map_err(|e| format!("the point's vSphere configuration: {e}"))
 }
 
 fn controller_xml(key: i64, xsi_type: &str, bus_number: i64) -> String {
@@ -142,8 +141,10 @@ fn new_vm_spec(
     sizes: &[u64],
     networks: &[Network],
     ds: &Datastore,
-) -> Result<String, String> {
-    let native = layout(source);
+) -> Result<(String, Vec<String>), String> {
+    let native = layout(source)?;
+    // Where each of the point's disks lands, as the new VM will name it ("scsi0-3").
+    let mut planned = Vec::new();
     let mut devices = String::new();
     // Controllers: the original's (by type and bus number), or one paravirtual SCSI.
     let mut controllers: Vec<(String, i64, i64)> = Vec::new(); // (bus word+number, temp key, …)
@@ -167,6 +168,7 @@ fn new_vm_spec(
             }
         };
         let ide = xsi == "VirtualIDEController";
+        planned.push(format!("{}{bus_number}-{unit}", config::controller_bus(&xsi).unwrap_or("scsi")));
         let name = format!("{xsi}/{bus_number}");
         let key = match controllers.iter().find(|(n, _, _)| *n == name) {
             Some((_, k, _)) => *k,
@@ -231,7 +233,7 @@ fn new_vm_spec(
     let cores = if cpus.is_multiple_of(cores) { cores } else { 1 };
     let memory = spec.memory_mib.unwrap_or(source.memory_mib).max(4);
     let firmware = if source.firmware.as_deref() == Some("efi") { "efi" } else { "bios" };
-    Ok(format!(
+    let config = format!(
         "<name>{}</name><guestId>{}</guestId><annotation>{}</annotation><files><vmPathName>[{}]</vmPathName></files>\
          <numCPUs>{cpus}</numCPUs><numCoresPerSocket>{cores}</numCoresPerSocket><memoryMB>{memory}</memoryMB>{devices}\
          <firmware>{firmware}</firmware>",
@@ -239,7 +241,8 @@ fn new_vm_spec(
         esc(&guest),
         esc(RESTORING_MARK),
         esc(&ds.name)
-    ))
+    );
+    Ok((config, planned))
 }
 
 /// A request body fed from another thread, a buffer at a time.
@@ -330,7 +333,8 @@ pub fn as_new_vm(
     let ds = datastore(&stores, &spec.storage).map_err(|e| failed("choosing the datastore", &e))?;
     let networks = conn.networks()?;
     let place = placement(conn, ds).map_err(|e| failed("placing the VM", &e))?;
-    let config = new_vm_spec(source, spec, &sizes, &networks, ds).map_err(|e| failed("describing the VM", &e))?;
+    let (config, planned) =
+        new_vm_spec(source, spec, &sizes, &networks, ds).map_err(|e| failed("describing the VM", &e))?;
     let created = conn
         .soap
         .run_task(
@@ -342,14 +346,22 @@ pub fn as_new_vm(
             ),
             TASK_WAIT,
         )
-        .map_err(|e| failed("creating the VM", &e))?
+        .map_err(|e| {
+            // A task whose end was not seen may still have made the VM: it carries our mark.
+            if !matches!(e, SoapError::Fault { .. }) {
+                let _ = clean_up_killed(conn, name);
+            }
+            failed("creating the VM", &e)
+        })?
         .map(|r| MoRef::new("VirtualMachine", &r.text))
         .ok_or_else(|| failed("creating the VM", &"the task gave no VM"))?;
     // From here on a failure removes the VM with its files.
     let written = (|| -> Result<(), ConnectorError> {
         let vm = super::VmRef { obj: created.clone(), name: name.into(), uuid: String::new(), powered_on: false };
         let (made, _) = conn.config(&vm)?;
-        write_disks(conn, &created, &made, &place.dc, &stores, source, disks, control, false)?;
+        let keys: Vec<(String, String)> =
+            source.disks.iter().map(|d| d.key.clone()).zip(planned.iter().cloned()).collect();
+        write_disks(conn, &created, &made, &place.dc, &stores, Some(&keys), disks, control)?;
         conn.soap
             .run_task(
                 &format!(
@@ -389,14 +401,17 @@ fn write_disks(
     vm: &VmConfig,
     dc: &Datacenter,
     stores: &[Datastore],
-    source: &VmDescription,
+    planned: Option<&[(String, String)]>,
     disks: &[RestoreDisk<'_>],
     control: &JobControl,
-    existing: bool,
 ) -> Result<(), ConnectorError> {
+    // A new VM's disks (planned: the point's key and the new VM's); else the VM's own.
+    let existing = planned.is_none();
     let failed = |action: &str, e: &dyn std::fmt::Display| VmwareConnector::failed(&vm.name, action, e);
     let vddk = match &conn.vddk {
         None => None,
+        // SAN writes are not possible while CBT is on and suit thin disks badly: restores use
+        // the configured network and hot-add modes only.
         Some(_) => match conn.vddk_connect(vm_obj, None, false, false) {
             Ok(c) => Some(std::sync::Arc::new(c)),
             Err(e) => {
@@ -405,29 +420,25 @@ fn write_disks(
             }
         },
     };
-    // The new VM's disks follow the point's order (its keys may differ when the point came
-    // from elsewhere), an existing VM's are matched by key.
-    let targets: Vec<&config::Disk> = if vm.disks.len() == source.disks.len() && vm.annotation == RESTORING_MARK {
-        let order: Vec<&str> = source.disks.iter().map(|d| d.key.as_str()).collect();
-        let mut made: Vec<&config::Disk> = vm.disks.iter().collect();
-        made.sort_by_key(|d| (d.controller_key, d.unit));
-        let mut by_point = Vec::new();
-        for d in disks {
-            let i = order.iter().position(|k| *k == d.key).unwrap_or(0);
-            by_point.push(made[i]);
+    // Each of the point's disks onto the disk planned for it (a new VM) or of its key.
+    let targets: Vec<&config::Disk> = disks
+        .iter()
+        .map(|d| {
+            let want = planned.map_or(Some(d.key.as_str()), |p| {
+                p.iter().find(|(point, _)| *point == d.key).map(|(_, made)| made.as_str())
+            });
+            want.and_then(|w| vm.disks.iter().find(|x| x.key == w))
+                .ok_or_else(|| failed("matching disks", &format!("it has no disk for the point's {}", d.key)))
+        })
+        .collect::<Result<_, _>>()?;
+    for (d, t) in disks.iter().zip(&targets) {
+        if t.size < d.reader.size() {
+            return Err(failed(
+                &format!("writing disk {}", t.key),
+                &format!("it has {} bytes, the point's disk {} {} bytes", t.size, d.key, d.reader.size()),
+            ));
         }
-        by_point
-    } else {
-        disks
-            .iter()
-            .map(|d| {
-                vm.disks
-                    .iter()
-                    .find(|x| x.key == d.key)
-                    .ok_or_else(|| failed("matching disks", &format!("it has no disk {}", d.key)))
-            })
-            .collect::<Result<_, _>>()?
-    };
+    }
     control.add_total(targets.iter().map(|d| d.size).sum());
     let transfer = conn.soap.transfer();
     for (d, target) in disks.iter().zip(targets) {
@@ -568,8 +579,26 @@ pub fn in_place(
     let (dc_path, _, _) = VmwareConnector::disk_location(&dcs, &stores, first)
         .map_err(|e| VmwareConnector::failed(&v.name, "locating its disks", e))?;
     let dc = dcs.into_iter().find(|d| d.path == dc_path).expect("the datacenter just found");
-    let description = VmDescription { name: v.name.clone(), ..VmDescription::default() };
-    write_disks(conn, &v.obj, &cfg, &dc, &stores, &description, disks, control, true)
+    let written = write_disks(conn, &v.obj, &cfg, &dc, &stores, None, disks, control);
+    // CBT counted from ids older than what the disks now hold (over HTTPS it did not even see
+    // the writes): restarting it makes every old change id unknown, so the next backup reads
+    // whole disks instead of trusting them. Done whether the restore finished or not.
+    if cfg.change_tracking {
+        let reset = super::backup::reconfigure_cbt(conn, &v, false)
+            .and_then(|()| super::backup::reconfigure_cbt(conn, &v, true));
+        if let Err(e) = reset {
+            let said = match &written {
+                Ok(()) => "the disks are restored".to_string(),
+                Err(w) => format!("the restore failed ({w})"),
+            };
+            return Err(VmwareConnector::failed(
+                &v.name,
+                "restarting change tracking after the restore",
+                format!("{said}, but CBT could not be restarted ({e}): turn it off and on in vSphere before the next backup"),
+            ));
+        }
+    }
+    written
 }
 
 /// Removes a VM that a killed restore left half-made (it still carries the mark).

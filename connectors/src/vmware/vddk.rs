@@ -23,6 +23,14 @@ pub struct Vddk {
 unsafe impl Send for Vddk {}
 unsafe impl Sync for Vddk {}
 
+/// VDDK's guide: ConnectEx, Open, Close and Disconnect must not run on several threads at
+/// once (concurrent jobs would); reads and writes on different handles may.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// VDDK's log lines (printf format and its va_list) go to the appliance's standard error.
 unsafe extern "C" fn log_line(fmt: *const c_char, args: *mut sys::__va_list_tag) {
     extern "C" {
@@ -50,7 +58,7 @@ pub fn library(dir: &Path) -> Result<Arc<Vddk>, String> {
     let libdir = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     // Safety: the arguments are valid for the call; VDDK copies what it keeps.
     let err = unsafe {
-        lib.VixDiskLib_InitEx(7, 0, Some(log_line), Some(log_line), Some(log_line), libdir.as_ptr(), std::ptr::null())
+        lib.VixDiskLib_InitEx(6, 5, Some(log_line), Some(log_line), Some(log_line), libdir.as_ptr(), std::ptr::null())
     };
     let vddk = Vddk { lib, path };
     if err != sys::VIX_OK as sys::VixError {
@@ -121,6 +129,7 @@ impl Vddk {
         p.port = to.port as u32;
         p.specType = sys::VixDiskLibSpecType_VIXDISKLIB_SPEC_VMX;
         let mut conn: sys::VixDiskLibConnection = std::ptr::null_mut();
+        let _one = serial();
         // Safety: p and the strings outlive the call; conn receives the connection.
         let err = unsafe {
             self.lib.VixDiskLib_ConnectEx(
@@ -160,6 +169,7 @@ unsafe impl Sync for Connection {}
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        let _one = serial();
         // Safety: the connection is ours and every disk of it is closed (they hold an Arc).
         unsafe { self.vddk.lib.VixDiskLib_Disconnect(self.conn) };
     }
@@ -172,8 +182,10 @@ impl Connection {
         let flags = if read_only { sys::VIXDISKLIB_FLAG_OPEN_READ_ONLY } else { 0 };
         let mut handle: sys::VixDiskLibHandle = std::ptr::null_mut();
         let lib = &self.vddk.lib;
+        let one = serial();
         // Safety: valid connection, path and out-pointer.
         let err = unsafe { lib.VixDiskLib_Open(self.conn, cpath.as_ptr(), flags, &mut handle) };
+        drop(one);
         self.vddk.check(&format!("opening {path}"), err)?;
         let mut disk = Disk { conn: self.clone(), handle, size: 0, mode: String::new(), path: path.into() };
         let mut info: *mut sys::VixDiskLibInfo = std::ptr::null_mut();
@@ -206,6 +218,7 @@ unsafe impl Send for Disk {}
 
 impl Drop for Disk {
     fn drop(&mut self) {
+        let _one = serial();
         // Safety: the handle is ours and open.
         unsafe { self.conn.vddk.lib.VixDiskLib_Close(self.handle) };
     }
