@@ -140,7 +140,16 @@ impl Service {
                     ),
                 ))
             }
-            (Mode::NewVm(_), true) => {
+            (Mode::NewVm(spec), true) => {
+                if spec.network.is_none() && !point.vm.nics.is_empty() {
+                    return Err(ApiError::field(
+                        "network",
+                        format!(
+                            "choose the network on {platform_name} for the VM's NICs (the point's are {}'s)",
+                            point.vm.platform
+                        ),
+                    ));
+                }
                 let choices =
                     connectors::convert::Choices { disk_bus: r.disk_bus.clone(), nic_model: r.nic_model.clone() };
                 let c = connectors::convert::convert(&point.vm, kind, &choices)
