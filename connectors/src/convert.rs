@@ -173,7 +173,8 @@ pub fn convert(source: &VmDescription, kind: &str, choices: &Choices) -> Result<
     ) -> Result<(&'static str, bool), FieldError> {
         match given.as_deref() {
             None => Ok((default, false)),
-            Some(g) => list.iter().find(|(n, _)| *n == g).map(|(n, _)| (*n, true)).ok_or_else(|| {
+            // The default asked for by name is still the default.
+            Some(g) => list.iter().find(|(n, _)| *n == g).map(|(n, _)| (*n, *n != default)).ok_or_else(|| {
                 let names: Vec<&str> = list.iter().map(|(n, _)| *n).collect();
                 FieldError::new(
                     field,
@@ -226,12 +227,11 @@ pub fn convert(source: &VmDescription, kind: &str, choices: &Choices) -> Result<
     let mut nics = Vec::new();
     for (i, n) in source.nics.iter().enumerate() {
         decisions.push(format!(
-            "NIC {} ({} on {}) becomes {nic} ({}), network {}",
+            "NIC {} ({} on {}) becomes {nic} ({}), on the network chosen for the restore",
             i + 1,
             n.model.as_deref().unwrap_or("a NIC"),
             source.platform,
             why(nic_chosen),
-            n.network.as_deref().unwrap_or("as chosen for the restore")
         ));
         nics.push(VmNic { model: Some(nic.into()), mac: n.mac.clone(), network: n.network.clone() });
     }

@@ -389,10 +389,12 @@ fn the_timeline_stars_locks_and_deletes_points_and_the_wizard_restores_one_as_a_
     // Restore the full as a new VM with a grown disk, through the wizard, and follow the job.
     b.click(&format!("{} a[href^='#/restore/']", point(full_id)));
     b.find("form[aria-label='Restore a point']");
-    b.look("03-restore-point");
+    b.look("03-restore-onto");
     b.click(".wizard button.primary:not([hidden])");
-    b.find("#mode-new-vm");
-    b.look("04-restore-where");
+    b.wait_for("the point step", "return !document.querySelector('[data-step=\"1\"]').hidden");
+    b.click(".wizard button.primary:not([hidden])");
+    b.wait_for("the how step", "return !document.querySelector('[data-step=\"2\"]').hidden");
+    b.look("04-restore-how");
     b.click(".wizard button.primary:not([hidden])");
     b.wait_for("the disk sizes", "return document.querySelector(\"input[name='disk_sizes.vda']\")");
     b.type_into("input[name=name]", "db1-copy");
@@ -400,8 +402,8 @@ fn the_timeline_stars_locks_and_deletes_points_and_the_wizard_restores_one_as_a_
     b.type_into("input[name='disk_sizes.vda']", "12");
     b.look("05-restore-new-vm");
     b.click(".wizard button.primary:not([hidden])");
-    b.wait_for("the summary", "return document.querySelector('[data-step=\"3\"] dl.facts')");
-    assert!(b.text("[data-step='3']").contains("as a new VM named db1-copy"));
+    b.wait_for("the summary", "return document.querySelector('[data-step=\"5\"]:not([hidden]) dl.facts')");
+    assert!(b.text("[data-step='5']").contains("as a new VM named db1-copy"));
     b.look("06-restore-summary");
     b.click(".wizard button[type=submit]");
     b.wait_for("the job page", "return location.hash.startsWith('#/jobs/')");

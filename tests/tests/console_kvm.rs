@@ -80,7 +80,9 @@ fn a_kvm_vm_is_protected_and_restored_as_a_new_vm_entirely_from_the_console() {
     b.click(&format!("li.point[data-point='{point}'] a[href^='#/restore/']"));
     b.find("form[aria-label='Restore a point']");
     b.click(".wizard button.primary:not([hidden])");
-    b.find("#mode-new-vm");
+    b.wait_for("the point step", "return !document.querySelector('[data-step=\"1\"]').hidden");
+    b.click(".wizard button.primary:not([hidden])");
+    b.wait_for("the how step", "return !document.querySelector('[data-step=\"2\"]').hidden");
     b.click(".wizard button.primary:not([hidden])");
     b.wait_for(
         "the pool choice",
@@ -93,7 +95,7 @@ fn a_kvm_vm_is_protected_and_restored_as_a_new_vm_entirely_from_the_console() {
     b.type_into("input[name=name]", &copy);
     b.type_into("input[name=memory_mib]", "96");
     b.click(".wizard button.primary:not([hidden])");
-    b.wait_for("the summary", "return document.querySelector('[data-step=\"3\"]:not([hidden]) dl.facts')");
+    b.wait_for("the summary", "return document.querySelector('[data-step=\"5\"]:not([hidden]) dl.facts')");
     b.look("04-kvm-restore-summary");
     b.click(".wizard button[type=submit]");
     b.wait_for("the job page", "return location.hash.startsWith('#/jobs/')");

@@ -29,7 +29,7 @@ fn a_vcenter_is_registered_by_its_thumbprint_and_browsed_from_the_console() {
     b.type_into("input[name=password]", PASSWORD);
     b.look("01-vmware-form");
     b.click("form[aria-label='Add a platform'] button[type=submit]");
-    b.wait_for("the refusal", "return document.querySelector('form .form-error')");
+    b.wait_for("the refusal", "return document.querySelector('form').innerText.includes('thumbprint is')");
     let refusal = b.text("form");
     assert!(refusal.contains("not trusted") && refusal.contains("SHA-256 thumbprint is "), "{refusal}");
     b.look("02-vmware-untrusted");
@@ -60,4 +60,83 @@ fn a_vcenter_is_registered_by_its_thumbprint_and_browsed_from_the_console() {
     b.click("button[aria-label='Disks of DC0_H0_VM0']");
     b.wait_for("the VM's disks", "return document.querySelector('main').innerText.includes('scsi0-1')");
     b.look("04-vmware-inventory");
+}
+
+/// A point of another kind of platform (the simulated one) restored onto vSphere through the
+/// wizard: the platform is the first choice, in place is not offered, the hardware step shows
+/// the converted disks and the decisions, a chosen bus changes them, and the VM made has it.
+#[test]
+fn the_restore_wizard_converts_a_point_for_vsphere() {
+    let sim = Vcsim::start(1, &[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let host = connectors::sim::SimHost::create(&dir.path().join("simhost"));
+    host.add_vm("app1", &[("vda", 4 << 20), ("vdb", 2 << 20)]);
+    host.write("app1", "vda", 0, &[0x5a; 65536]);
+    host.write("app1", "vdb", 1 << 20, &[0x5b; 4096]);
+    let server = Server::start(&dir.path().join("data"));
+    let admin = server.admin(ADMIN_PASSWORD);
+    let simp = admin.add_sim_platform("lab", &host);
+    let mut body = sim.settings();
+    for (k, v) in [("name", "vcenter"), ("kind", "vmware"), ("username", USER), ("password", PASSWORD)] {
+        body[k] = serde_json::json!(v);
+    }
+    admin.post("/api/platforms", body, 201);
+    let job = admin.post("/api/jobs", serde_json::json!({ "platform": simp, "vm": "app1", "type": "full" }), 202);
+    let done = admin.wait_job(job["id"].as_i64().unwrap());
+    let point = done["point_id"].as_str().unwrap().to_string();
+
+    let b = Browser::start(&shots("vmware-convert"));
+    let base = format!("https://127.0.0.1:{}", server.port);
+    b.go(&format!("{base}/#/restore/{point}"));
+    b.log_in("admin", ADMIN_PASSWORD);
+    b.find("form[aria-label='Restore a point']");
+    let vc =
+        admin.get("/api/platforms").as_array().unwrap().iter().find(|p| p["kind"] == "vmware").unwrap()["id"].clone();
+    b.select("select[name=platform]", &vc.to_string());
+    b.look("01-convert-onto");
+    let next = |b: &Browser, step: u32| {
+        b.click(".wizard button.primary:not([hidden])");
+        b.wait_for(
+            &format!("step {step}"),
+            &format!("return !document.querySelector('[data-step=\"{step}\"]').hidden"),
+        );
+    };
+    next(&b, 1);
+    next(&b, 2);
+    assert!(
+        b.run("return document.querySelector('#mode-in-place').disabled", serde_json::json!([]))
+            == serde_json::json!(true)
+    );
+    assert!(b.text("[data-step='2']").contains("needs a sim platform"), "{}", b.text("[data-step='2']"));
+    next(&b, 3);
+    b.wait_for(
+        "the datastores",
+        "return [...document.querySelectorAll('select[name=storage] option')].some((o) => o.value === 'LocalDS_0')",
+    );
+    b.type_into("input[name=name]", "app1-vsphere");
+    b.select("select[name=network]", "VM Network");
+    next(&b, 4);
+    let hw = b.text("[data-step='4']");
+    assert!(
+        hw.contains("sata0-0") && hw.contains("becomes sata0-0 on sata"),
+        "the defaults for an unknown guest: {hw}"
+    );
+    b.select("select[name=disk_bus]", "pvscsi");
+    b.wait_for("the new decisions", "return document.querySelector('[data-step=\"4\"]').innerText.includes('becomes scsi0-0 on pvscsi (as chosen)')");
+    b.look("02-convert-hardware");
+    next(&b, 5);
+    let summary = b.text("[data-step='5']");
+    assert!(summary.contains("from sim to vmware") && summary.contains("pvscsi"), "{summary}");
+    b.look("03-convert-summary");
+    b.click(".wizard button[type=submit]");
+    b.wait_for("the job page", "return location.hash.startsWith('#/jobs/')");
+    b.wait_for(
+        "completed",
+        "const e = document.querySelector('dl.facts .badge'); return e && e.innerText === 'completed'",
+    );
+    b.look("04-convert-completed");
+    let made = sim.vm("app1-vsphere").expect("the VM was made in vSphere");
+    let keys: Vec<i64> = made["disks"].as_array().unwrap().iter().map(|d| d["capacity"].as_i64().unwrap()).collect();
+    assert_eq!(keys.len(), 2, "{made}");
+    assert_eq!(std::fs::read(sim.flat("app1-vsphere", 0)).unwrap(), host.disk("app1", "vda"));
 }

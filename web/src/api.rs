@@ -216,6 +216,14 @@ async fn start_restore<B: Backend>(
     Ok(Accepted(b.start_restore(&s, r).await?))
 }
 
+async fn convert_restore<B: Backend>(
+    State(b): State<Arc<B>>,
+    _: Authed,
+    Body(r): Body<ConversionRequest>,
+) -> ApiResult<Json<Conversion>> {
+    Ok(Json(b.convert_restore(r).await?))
+}
+
 async fn jobs<B: Backend>(State(b): State<Arc<B>>, _: Authed, Query(f): Query<JobFilter>) -> ApiResult<Json<Vec<Job>>> {
     Ok(Json(b.jobs(f).await?))
 }
@@ -667,6 +675,7 @@ fn routes<B: Backend>() -> Vec<Route<B>> {
         r("/api/platforms/{id}/vms/{vm}", M::GET, Read, "One VM as its platform describes it now: CPUs, memory, disks, NICs", platform_vm::<B>),
         r("/api/jobs", M::GET, Read, "Jobs, newest first (500 unless limit says otherwise, at most 5,000), those created since a time", jobs::<B>),
         r("/api/jobs", M::POST, Operate, "Back up a VM now", start_job::<B>),
+        r("/api/restores/convert", M::POST, Read, "The VM a restore of a point onto a platform would make: onto another kind of platform, converted (disk names and bus, NIC models) with the choices it offers and one line per decision", convert_restore::<B>),
         r("/api/restores", M::POST, Operate, "Restore a point as a new VM or in place (the VM shut off); runs as a job (kind restore) with progress, stop and the bandwidth windows; the point cannot be deleted while it runs", start_restore::<B>),
         r("/api/jobs/{id}", M::GET, Read, "A job", job::<B>),
         r("/api/jobs/{id}/log", M::GET, Read, "A job's log lines", job_log::<B>),

@@ -363,6 +363,61 @@ pub struct NewRestore {
     pub nic_model: Option<String>,
 }
 
+/// What `POST /api/restores/convert` takes: a point and the platform it would go onto, with the
+/// user's choices so far.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConversionRequest {
+    pub point: String,
+    /// Platform id to restore onto.
+    pub platform: i64,
+    #[serde(default)]
+    pub disk_bus: Option<String>,
+    #[serde(default)]
+    pub nic_model: Option<String>,
+}
+
+/// One device a target platform offers a converted VM.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct DeviceChoice {
+    pub name: String,
+    pub description: String,
+}
+
+/// A disk of the converted VM: the point's disk and what the target makes of it.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct ConvertedDisk {
+    pub point_key: String,
+    pub key: String,
+    pub size: u64,
+    pub bus: Option<String>,
+}
+
+/// The VM a restore onto that platform would make: converted when the platform is of another
+/// kind than the point's, else the point's own.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct Conversion {
+    /// Whether the point goes onto another kind of platform.
+    pub needed: bool,
+    /// The point's platform kind and the target's.
+    pub source_kind: String,
+    pub target_kind: String,
+    pub guest_os: Option<String>,
+    pub firmware: Option<String>,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<ConvertedDisk>,
+    pub nics: Vec<vds_store::vm::VmNic>,
+    /// What the user may choose (empty when no conversion is needed), and the choice in effect
+    /// (given, or the default for the guest).
+    pub disk_buses: Vec<DeviceChoice>,
+    pub nic_models: Vec<DeviceChoice>,
+    pub disk_bus: Option<String>,
+    pub nic_model: Option<String>,
+    /// One line per decision, as the restore job's log will say them.
+    pub decisions: Vec<String>,
+}
+
 /// Declares a closed set of words the API sends and takes: a serde enum (snake_case), its words,
 /// and parsing from the catalog's text.
 macro_rules! words {
@@ -1117,6 +1172,8 @@ pub trait Jobs: Send + Sync + 'static {
     fn subscribe_system(&self) -> tokio::sync::broadcast::Receiver<SystemSample>;
     fn stop_job(&self, s: &Session, id: i64) -> impl Future<Output = ApiResult<Job>> + Send;
     fn start_restore(&self, s: &Session, r: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send;
+    /// The VM a restore of a point onto a platform would make (converted across kinds).
+    fn convert_restore(&self, r: ConversionRequest) -> impl Future<Output = ApiResult<Conversion>> + Send;
     fn point(&self, id: &str) -> impl Future<Output = ApiResult<PointDetails>> + Send;
     fn star_point(&self, s: &Session, id: &str, star: bool) -> impl Future<Output = ApiResult<PointDetails>> + Send;
     fn lock_point(&self, s: &Session, id: &str, l: PointLock) -> impl Future<Output = ApiResult<PointDetails>> + Send;

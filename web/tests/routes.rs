@@ -129,6 +129,9 @@ impl Jobs for Fake {
     fn start_restore(&self, _: &Session, _: NewRestore) -> impl Future<Output = ApiResult<Job>> + Send {
         nope()
     }
+    fn convert_restore(&self, _: ConversionRequest) -> impl Future<Output = ApiResult<Conversion>> + Send {
+        nope()
+    }
     fn point(&self, _: &str) -> impl Future<Output = ApiResult<PointDetails>> + Send {
         nope()
     }

@@ -1,10 +1,12 @@
-// The restore wizard: pick the VM and the point; restore onto the original VM (its disks are
-// overwritten) or as a new VM with its own name, CPUs, memory, disks (grown, their storage and
-// format), network and power state; a summary before anything starts; then the job's own page
-// follows its progress like a backup's.
-import { api, h, heading, field, form, toast, bytes, when, ApiError, fieldOf, showError, clearErrors, choice } from './app.js';
+// The restore wizard: first the platform to restore onto (any registered one, whatever made the
+// point), then the VM and the point; onto the original VM (its disks are overwritten) or as a new
+// VM with its own name, CPUs, memory, disks (grown, their storage and format), network and power
+// state; onto another kind of platform, the converted hardware (disk bus, NIC model, the
+// decisions the restore's log will say) to review and change; a summary before anything starts;
+// then the job's own page follows its progress like a backup's.
+import { api, h, heading, field, form, toast, bytes, when, ApiError, fieldOf, showError, clearErrors, choice, table } from './app.js';
 
-const STEPS = ['Restore point', 'Where', 'New VM', 'Summary'];
+const STEPS = ['Onto', 'Restore point', 'How', 'New VM', 'Hardware', 'Summary'];
 
 export async function render(main, { params }) {
   const [points, platforms, kinds] = await Promise.all([api('GET', '/api/points'), api('GET', '/api/platforms'), api('GET', '/api/platform-kinds')]);
@@ -31,7 +33,30 @@ export async function render(main, { params }) {
   // Step 2: where.
   const inPlace = h('input', { type: 'radio', name: 'mode', id: 'mode-in-place', value: 'in_place' });
   const newVm = h('input', { type: 'radio', name: 'mode', id: 'mode-new-vm', value: 'new_vm', checked: true });
-  const platform = h('select', { name: 'platform' }, platforms.map((p) => h('option', { value: p.id }, p.name)));
+  const kindTitle = (p) => { const k = kinds.find((x) => x.kind === p.kind); return k ? k.title : p.kind; };
+  const platform = h('select', { name: 'platform' }, platforms.map((p) => h('option', { value: p.id }, `${p.name} (${kindTitle(p)})`)));
+  // Onto another kind of platform: the converted VM, its choices, and what they decide.
+  let conversion = null;
+  const diskBus = h('select', { name: 'disk_bus' });
+  const nicModel = h('select', { name: 'nic_model' });
+  const hardware = h('div');
+  const inPlaceNote = h('p', { class: 'notice', role: 'note', hidden: true });
+  const loadConversion = async (choices) => {
+    conversion = await api('POST', '/api/restores/convert', { point: point.value, platform: Number(platform.value), ...choices });
+    if (!conversion.needed) return;
+    const options = (list, current) => list.map((c) => h('option', { value: c.name, selected: c.name === current }, `${c.name}: ${c.description}`));
+    diskBus.replaceChildren(...options(conversion.disk_buses, conversion.disk_bus));
+    nicModel.replaceChildren(...options(conversion.nic_models, conversion.nic_model));
+    hardware.replaceChildren(
+      h('p', {}, `A ${conversion.source_kind} VM restored onto ${conversion.target_kind}: guest OS ${conversion.guest_os || 'not recorded'}, firmware ${conversion.firmware || 'bios'}.`),
+      h('h3', {}, 'Disks'),
+      table(['In the point', 'Becomes', 'Bus', 'Size'], conversion.disks.map((d) => h('tr', {}, h('td', {}, d.point_key), h('td', {}, d.key), h('td', {}, d.bus || ''), h('td', {}, bytes(d.size)))), 'Disks of the converted VM'),
+      h('h3', {}, 'What the restore decides'),
+      h('ul', { class: 'decisions' }, conversion.decisions.map((d) => h('li', {}, d))));
+  };
+  const convertChoices = () => ({ disk_bus: diskBus.value || undefined, nic_model: nicModel.value || undefined });
+  diskBus.addEventListener('change', () => loadConversion(convertChoices()).catch(() => {}));
+  nicModel.addEventListener('change', () => loadConversion(convertChoices()).catch(() => {}));
   const warning = h('p', { class: 'notice warn-notice', role: 'note' }, 'The original VM must be shut off. All its disks are overwritten with the point\'s contents: what was written since is lost.');
   // Step 3: the new VM.
   const name = h('input', { name: 'name', autocomplete: 'off' });
@@ -45,12 +70,20 @@ export async function render(main, { params }) {
   const diskBox = h('fieldset', { class: 'field', 'data-field': 'disk_sizes' }, h('legend', {}, 'Disk sizes (a disk can grow, not shrink)'));
   let diskInputs = [];
   let details = null;
+  // The point's own platform is the first choice offered.
+  const preselect = async () => {
+    const d = await api('GET', `/api/points/${encodeURIComponent(chosen.point_id)}`).catch(() => null);
+    const job = d && d.job ? await api('GET', `/api/jobs/${d.job}`).catch(() => null) : null;
+    if (job && platforms.some((p) => p.id === job.platform)) platform.value = String(job.platform);
+  };
   const loadPoint = async () => {
     details = await api('GET', `/api/points/${encodeURIComponent(point.value)}`);
-    if (details.job) {
-      const job = await api('GET', `/api/jobs/${details.job}`).catch(() => null);
-      if (job && platforms.some((p) => p.id === job.platform)) platform.value = String(job.platform);
-    }
+    await loadConversion({});
+    // In place needs the point's own kind of platform.
+    inPlace.disabled = conversion.needed;
+    inPlaceNote.hidden = !conversion.needed;
+    inPlaceNote.textContent = conversion.needed ? `Over the original VM needs a ${conversion.source_kind} platform: onto ${conversion.target_kind} the point becomes a new VM.` : '';
+    if (conversion.needed) newVm.checked = true;
     if (!name.value || name.dataset.auto === 'yes') {
       name.value = `${details.vm_name}-restored`;
       name.dataset.auto = 'yes';
@@ -70,7 +103,8 @@ export async function render(main, { params }) {
     try {
       const inv = await api('GET', `/api/platforms/${p.id}/inventory`);
       storage.replaceChildren(...inv.storage.map((s) => h('option', { value: s.name, selected: s.name === caps.default_storage }, `${s.name} (${bytes(s.available)} free)`)));
-      network.replaceChildren(h('option', { value: '' }, 'as in the point'), ...inv.networks.map((n) => h('option', { value: n.name }, n.name)));
+      const keep = conversion && conversion.needed ? [] : [h('option', { value: '' }, 'as in the point')];
+      network.replaceChildren(...keep, ...inv.networks.map((n) => h('option', { value: n.name }, n.name)));
     } catch (err) {
       storage.replaceChildren();
       network.replaceChildren(h('option', { value: '' }, 'as in the point'));
@@ -94,6 +128,10 @@ export async function render(main, { params }) {
       });
       body.start = start.checked;
       body.keep_macs = keepMacs.checked;
+      if (conversion && conversion.needed) {
+        body.disk_bus = diskBus.value;
+        body.nic_model = nicModel.value;
+      }
     }
     return body;
   };
@@ -110,33 +148,42 @@ export async function render(main, { params }) {
         ['Network', b.network || 'as in the point'],
         ['MAC addresses', b.keep_macs ? 'the point\'s (the original VM must be gone)' : 'new ones (the original VM keeps its own)'],
         ['Power on after the restore', b.start ? 'yes' : 'no']);
+      if (conversion && conversion.needed) {
+        rows.push(['Converted', `from ${conversion.source_kind} to ${conversion.target_kind}`], ['Disk bus', b.disk_bus], ['NIC model', b.nic_model]);
+      }
     }
     summary.replaceChildren(b.mode === 'in_place' ? warning.cloneNode(true) : '', h('dl', { class: 'facts' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])));
   };
   const steps = [
-    h('div', { 'data-step': 0 }, field('VM', vm), field('Restore point', point)),
-    h('div', { 'data-step': 1 }, field('Platform to restore onto', platform),
+    h('div', { 'data-step': 0 }, field('Platform to restore onto', platform, 'Any platform: a point of another kind of platform is converted, and you review its hardware before the summary.')),
+    h('div', { 'data-step': 1 }, field('VM', vm), field('Restore point', point)),
+    h('div', { 'data-step': 2 },
       h('fieldset', { class: 'field', 'data-field': 'mode' }, h('legend', {}, 'Restore'),
         choice(newVm, 'as a new VM (the original stays as it is)'),
         choice(inPlace, 'over the original VM'),
         h('small', { class: 'error', 'aria-live': 'polite' })),
-      warning),
-    h('div', { 'data-step': 2 }, field('Name of the new VM', name), field('CPUs', cpus, 'Empty: as in the point.'), field('Memory (MiB)', memory, 'Empty: as in the point.'),
+      inPlaceNote, warning),
+    h('div', { 'data-step': 3 }, field('Name of the new VM', name), field('CPUs', cpus, 'Empty: as in the point.'), field('Memory (MiB)', memory, 'Empty: as in the point.'),
       diskBox, field('Storage', storage), field('Disk format', format), field('Network', network),
       choice(keepMacs, 'Keep the point\'s MAC addresses (by default the new VM gets new ones, so it can run beside the original)'),
       choice(start, 'Power the VM on after the restore')),
-    h('div', { 'data-step': 3 }, summary),
+    h('div', { 'data-step': 4 }, field('Disk bus', diskBus, 'Every disk goes on this bus; the default is what the guest OS is known to boot from.'),
+      field('NIC model', nicModel, 'Every NIC gets this model; the default is what the guest OS has a driver for.'), hardware),
+    h('div', { 'data-step': 5 }, summary),
   ];
   let at = 0;
   const nav = h('ol', { class: 'steps' });
   const back = h('button', { type: 'button' }, 'Back');
   const next = h('button', { type: 'button', class: 'primary' }, 'Next');
-  const go = async (to) => {
+  // Steps that do not apply: the new VM's and the hardware's for a restore in place, the
+  // hardware's when nothing is converted.
+  const skipped = (i) => (mode() === 'in_place' && (i === 3 || i === 4)) || (i === 4 && !(conversion && conversion.needed));
+  const go = async (to, dir = 1) => {
     at = to;
-    if (at === 2 && mode() === 'in_place') at = to > 1 && next.dataset.dir === 'back' ? 1 : 3;
+    while (at > 0 && at < STEPS.length - 1 && skipped(at)) at += dir;
     steps.forEach((s, i) => { s.hidden = i !== at; });
     warning.hidden = mode() !== 'in_place';
-    nav.replaceChildren(...STEPS.map((t, i) => h('li', { 'aria-current': i === at ? 'step' : null }, t)));
+    nav.replaceChildren(...STEPS.map((t, i) => (skipped(i) ? null : h('li', { 'aria-current': i === at ? 'step' : null }, t))).filter(Boolean));
     back.hidden = at === 0;
     next.hidden = at === STEPS.length - 1;
     submit.hidden = at !== STEPS.length - 1;
@@ -163,23 +210,22 @@ export async function render(main, { params }) {
   newVm.addEventListener('change', () => { warning.hidden = true; });
   next.addEventListener('click', async () => {
     clearErrors(f);
-    next.dataset.dir = 'next';
     try {
-      if (at === 0) await loadPoint();
-      if (at === 1 && mode() === 'new_vm') await loadTarget();
-      if (at === 2 && !name.value.trim()) throw new ApiError(400, 'name: the new VM needs a name');
-      const shrunk = at === 2 && diskInputs.find(({ d, input }) => Number(input.value) * 1048576 < d.size);
+      if (at === 1) await loadPoint();
+      if (at === 2 && mode() === 'new_vm') await loadTarget();
+      if (at === 3 && !name.value.trim()) throw new ApiError(400, 'name: the new VM needs a name');
+      const shrunk = at === 3 && diskInputs.find(({ d, input }) => Number(input.value) * 1048576 < d.size);
       if (shrunk) throw new ApiError(400, `disk_sizes.${shrunk.d.key}: a disk can grow, not shrink (at least ${Math.ceil(shrunk.d.size / 1048576)} MiB)`);
-      await go(at + 1);
+      await go(at + 1, 1);
     } catch (err) {
       showError(f, err);
     }
   });
   back.addEventListener('click', () => {
     clearErrors(f);
-    next.dataset.dir = 'back';
-    go(at - 1);
+    go(at - 1, -1);
   });
   main.append(f);
+  await preselect();
   await go(0);
 }

@@ -479,6 +479,9 @@ impl Jobs for Api {
     async fn start_restore(&self, s: &Session, r: NewRestore) -> ApiResult<Job> {
         self.0.queue_restore(s, r).await
     }
+    async fn convert_restore(&self, r: ConversionRequest) -> ApiResult<Conversion> {
+        self.0.conversion(r).await
+    }
     async fn point(&self, id: &str) -> ApiResult<PointDetails> {
         self.0.point_details(id).await
     }

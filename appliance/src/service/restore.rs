@@ -102,6 +102,81 @@ fn check_sizes(point: &RestorePoint, sizes: &std::collections::BTreeMap<String, 
 }
 
 impl Service {
+    /// The VM a restore of `r.point` onto `r.platform` would make.
+    pub(super) async fn conversion(self: &Arc<Self>, r: ConversionRequest) -> ApiResult<Conversion> {
+        let (_, target) = self.job_target(r.platform).await?;
+        let kind = target.kind().name();
+        let (_, store) = self.point_store(&r.point).await.map_err(|e| ApiError::field("point", e.message))?;
+        let point_id = r.point.clone();
+        let point = tokio::task::spawn_blocking(move || store.find(&point_id))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::field("point", e.to_string()))?
+            .manifest;
+        let choice =
+            |c: connectors::convert::Offer| DeviceChoice { name: c.name.into(), description: c.description.into() };
+        let source = &point.vm;
+        if !connectors::convert::needed(source, kind) {
+            return Ok(Conversion {
+                needed: false,
+                source_kind: source.platform.clone(),
+                target_kind: kind.into(),
+                guest_os: source.guest_os.clone(),
+                firmware: source.firmware.clone(),
+                cpus: source.cpus,
+                memory_mib: source.memory_mib,
+                disks: point
+                    .disks
+                    .iter()
+                    .map(|d| ConvertedDisk {
+                        point_key: d.key.clone(),
+                        key: d.key.clone(),
+                        size: d.size,
+                        bus: source.disks.iter().find(|v| v.key == d.key).and_then(|v| v.bus.clone()),
+                    })
+                    .collect(),
+                nics: source.nics.clone(),
+                disk_buses: vec![],
+                nic_models: vec![],
+                disk_bus: None,
+                nic_model: None,
+                decisions: vec![],
+            });
+        }
+        let choices = connectors::convert::Choices { disk_bus: r.disk_bus.clone(), nic_model: r.nic_model.clone() };
+        let c =
+            connectors::convert::convert(source, kind, &choices).map_err(|e| ApiError::field(&e.field, e.message))?;
+        let (buses, nics, bus_default, nic_default) = connectors::convert::offers(kind, source)
+            .ok_or_else(|| ApiError::field("platform", format!("cannot convert for {kind}")))?;
+        let d = &c.description;
+        Ok(Conversion {
+            needed: true,
+            source_kind: source.platform.clone(),
+            target_kind: kind.into(),
+            guest_os: d.guest_os.clone(),
+            firmware: d.firmware.clone(),
+            cpus: d.cpus,
+            memory_mib: d.memory_mib,
+            disks: c
+                .disk_keys
+                .iter()
+                .zip(&d.disks)
+                .map(|((p, _), t)| ConvertedDisk {
+                    point_key: p.clone(),
+                    key: t.key.clone(),
+                    size: t.size,
+                    bus: t.bus.clone(),
+                })
+                .collect(),
+            nics: d.nics.clone(),
+            disk_buses: buses.into_iter().map(choice).collect(),
+            nic_models: nics.into_iter().map(choice).collect(),
+            disk_bus: Some(r.disk_bus.unwrap_or_else(|| bus_default.into())),
+            nic_model: Some(r.nic_model.unwrap_or_else(|| nic_default.into())),
+            decisions: c.decisions,
+        })
+    }
+
     /// Queues a restore; it runs when the concurrency limits allow.
     pub(super) async fn queue_restore(self: &Arc<Self>, s: &Session, r: NewRestore) -> ApiResult<Job> {
         let (platform_name, target) = self.job_target(r.platform).await?;
