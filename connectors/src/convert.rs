@@ -218,11 +218,27 @@ pub fn convert(source: &VmDescription, kind: &str, choices: &Choices) -> Result<
         disk_keys.push((d.key.clone(), key.clone()));
         disks.push(VmDisk { key, size: d.size, bus: Some(bus_word(kind, bus)) });
     }
+    // The paravirtual drivers a guest needs on the target, by their names in Linux and Windows.
+    let (storage_driver, nic_driver) = match kind {
+        "kvm" => {
+            ("virtio_blk / virtio_scsi (Windows: viostor / vioscsi from virtio-win)", "virtio_net (Windows: netkvm)")
+        }
+        _ => ("vmw_pvscsi (Windows: pvscsi from VMware Tools)", "vmxnet3 (Windows: from VMware Tools)"),
+    };
     if fam != Family::Linux && !bus_chosen && bus == "sata" {
         decisions.push(format!(
-            "warning: the disks are on SATA because the guest may lack {kind}'s paravirtual storage driver; once \
-             it is installed in the guest, a restore can choose the faster bus"
+            "warning: the disks are on SATA because the guest may lack {storage_driver}; once that driver is in \
+             the guest, a restore can choose the faster bus"
         ));
+    }
+    if fam == Family::Linux && !["sata", "lsilogic"].contains(&bus) {
+        decisions.push(format!(
+            "note: the guest boots only if its initramfs holds {storage_driver} (Debian's, Ubuntu's and RHEL's do); \
+             if it does not come up, restore again with sata"
+        ));
+    }
+    if nic == "virtio" || nic == "vmxnet3" {
+        decisions.push(format!("note: the NICs need {nic_driver} in the guest"));
     }
     let mut nics = Vec::new();
     for (i, n) in source.nics.iter().enumerate() {
@@ -290,7 +306,8 @@ mod tests {
         assert_eq!(c.description.nics[0].model.as_deref(), Some("virtio"));
         assert!(c.description.native.is_none());
         assert_eq!(c.description.firmware.as_deref(), Some("efi"));
-        assert_eq!(c.decisions.len(), 3 + 9 + 1, "{:#?}", c.decisions);
+        assert_eq!(c.decisions.len(), 3 + 9 + 2 + 1, "{:#?}", c.decisions);
+        assert!(c.decisions.iter().any(|d| d.contains("initramfs holds virtio_blk")), "{:#?}", c.decisions);
         assert!(c.decisions.iter().any(|d| d.contains("secure boot off")));
     }
 
@@ -301,7 +318,11 @@ mod tests {
             assert_eq!(c.description.disks[0].key, "sda");
             assert_eq!(c.description.disks[0].bus.as_deref(), Some("sata"));
             assert_eq!(c.description.nics[0].model.as_deref(), Some("e1000"));
-            assert!(c.decisions.iter().any(|d| d.starts_with("warning: the disks are on SATA")), "{:#?}", c.decisions);
+            assert!(
+                c.decisions.iter().any(|d| d.starts_with("warning: the disks are on SATA") && d.contains("viostor")),
+                "{:#?}",
+                c.decisions
+            );
         }
     }
 

@@ -227,10 +227,15 @@ pub fn new_domain_xml(
     network: Option<&str>,
     keep_macs: bool,
 ) -> String {
-    let firmware = if d.firmware.as_deref() == Some("efi") { " firmware='efi'" } else { "" };
+    // UEFI without secure boot: a VM from elsewhere brings no keys the new firmware would trust.
+    let (firmware, secure) = if d.firmware.as_deref() == Some("efi") {
+        (" firmware='efi'", "<firmware><feature enabled='no' name='secure-boot'/></firmware>")
+    } else {
+        ("", "")
+    };
     let mut x = format!(
         "<domain type='kvm'>\n  <name>{}</name>\n  <memory unit='MiB'>{memory_mib}</memory>\n  <vcpu>{cpus}</vcpu>\n  \
-         <os{firmware}><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\n  \
+         <os{firmware}>{secure}<type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\n  \
          <features><acpi/><apic/></features>\n  <devices>\n",
         escape(name)
     );
