@@ -4,8 +4,11 @@
 # `holdfast store ingest` of the same flat file, the limit of the appliance side. The disk is the
 # store benchmark's realistic image, written into a vSphere simulator VM's flat disk through the
 # test bed's /testbed/write (so CBT records it); day 2 replays its changed ranges the same way.
-# Each run: a fresh bed; full and incremental, each against an ingest of the flat file in the
-# same run; wall and CPU time, peak RSS, and the bed's CPU time. Prints a Markdown report.
+# Each run: a fresh bed; full and incremental (and an incremental with nothing changed, the fixed
+# cost), each against an ingest of the flat file in the same run; wall and CPU time, peak RSS, the
+# bed's CPU time and what the rest of the machine used meanwhile (a timed run that other work on
+# this shared machine disturbed is repeated). The simulator serves on loopback and shares the
+# cores with Holdfast; a real ESXi serves from its own host. Prints a Markdown report.
 #
 #   tests/bench/vmware-bench.sh [RUNS]       (as root; RUNS defaults to 3)
 #
@@ -26,7 +29,7 @@ BED_PASS='bench-Pass&<word>'
 threads=$(nproc)
 
 BENCH_IMAGES_ONLY=1 "$here/store-bench.sh"
-missing=(); for p in curl time e2fsprogs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+missing=(); for p in time e2fsprogs; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; fi
 (cd "$repo" && cargo build --release -p appliance --quiet)
 HF="$CARGO_TARGET_DIR/release/holdfast"
@@ -342,6 +345,6 @@ echo
 echo "GETs: 4 MiB extents read over HTTPS, one byte-range GET each (the point's read bytes / 4 MiB)."
 echo "CBT queries: QueryChangedDiskAreas pages of at most 4 areas (the bed's limit): $(( (d1_areas + 3) / 4 )) for the full's \"*\", $(( (d2_areas + 3) / 4 )) for the incremental."
 echo "Peak RSS of every VMware run: $(for r in $(seq 1 "$runs"); do printf '%s %s ' "$(rss vm.full.$r)" "$(rss vm.inc.$r)"; done)MiB (target < 256)."
-repeated=$(cd "$V" && for f in tries.*; do [ "$(cat "$f")" -gt 1 ] && printf '%s (%s tries) ' "${f#tries.}" "$(cat "$f")"; done; true)
+repeated=$(cd "$V" && for f in tries.*; do if [ "$(cat "$f")" -gt 1 ]; then echo "${f#tries.} ($(cat "$f") tries)"; fi; done | paste -sd, - | sed 's/,/, /g')
 echo "Runs repeated because the rest of the machine was busy: ${repeated:-none}; every figure above is from the last try."
 echo "Checked in run 1: the VMware incremental point's export and the ingest incremental's equal the flat disk, which equals disk2.raw (cmp)."

@@ -311,6 +311,13 @@ fn a_rule_made_in_the_wizard_refuses_wrong_input_where_it_is_typed_and_runs_live
     );
     b.look("09-rule-completed");
     assert_eq!(admin.get("/api/points").as_array().unwrap().len(), 1);
+    // The badge turns with the job's state; the runner lets go of the rule a moment later (after
+    // the retention that follows a backup), and a delete before that is refused, as it should be.
+    let t = std::time::Instant::now();
+    while admin.get("/api/jobs").as_array().unwrap().iter().any(|j| j["finished"].is_null()) {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "the run's job never ended");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // Delete it with its data, through the dialog, as a bulk action.
     b.click("input[aria-label='Select nightly']");

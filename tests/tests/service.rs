@@ -75,7 +75,7 @@ fn service_end_to_end(catalog: Option<String>) {
     let v =
         c.post("/api/platforms", json!({ "name": "lab", "kind": "kvm", "uri": "qemu+tcp://127.0.0.1:1/system" }), 400);
     assert!(v["error"].as_str().unwrap().starts_with("uri: the connection test failed"), "{v}");
-    let v = c.post("/api/platforms", json!({ "name": "lab", "kind": "vmware", "uri": "https://vc" }), 400);
+    let v = c.post("/api/platforms", json!({ "name": "lab", "kind": "hyperv", "uri": "https://hv" }), 400);
     assert!(v["error"].as_str().unwrap().starts_with("kind:"), "{v}");
     // The kind's settings: unknown ones are named, the optional NBD ones are used.
     let v =

@@ -44,17 +44,16 @@ fn snapshots(conn: &VmwareConnector, vm: &VmRef) -> Result<Vec<(MoRef, String)>,
     Ok(out)
 }
 
-fn remove_snapshot(conn: &VmwareConnector, snapshot: &MoRef) -> Result<(), SoapError> {
-    conn.soap
-        .run_task(
-            &format!(
-                "<RemoveSnapshot_Task xmlns=\"urn:vim25\">{}<removeChildren>false</removeChildren>\
+fn remove_snapshot(soap: &super::soap::Soap, snapshot: &MoRef) -> Result<(), SoapError> {
+    soap.run_task(
+        &format!(
+            "<RemoveSnapshot_Task xmlns=\"urn:vim25\">{}<removeChildren>false</removeChildren>\
                  <consolidate>true</consolidate></RemoveSnapshot_Task>",
-                snapshot.arg("_this")
-            ),
-            SNAPSHOT_WAIT,
-        )
-        .map(|_| ())
+            snapshot.arg("_this")
+        ),
+        SNAPSHOT_WAIT,
+    )
+    .map(|_| ())
 }
 
 /// Removes the snapshots a killed backup of `vm` left (ours only, by name).
@@ -65,7 +64,7 @@ pub fn remove_our_snapshots(conn: &VmwareConnector, vm: &VmRef) -> Result<Option
         return Ok(None);
     }
     for (r, name) in &ours {
-        remove_snapshot(conn, r)
+        remove_snapshot(&conn.soap, r)
             .map_err(|e| VmwareConnector::failed(&vm.name, &format!("removing the left-over snapshot {name}"), e))?;
     }
     let names: Vec<&str> = ours.iter().map(|(_, n)| n.as_str()).collect();
@@ -130,6 +129,13 @@ fn cbt_lost(e: &SoapError) -> bool {
     e.fault_kind().is_some_and(|k| k == "FileFault" || k.ends_with("FileFault"))
 }
 
+/// Whether `offset..offset + len` lies outside every allocated area (false when they are not
+/// known).
+fn never_written(allocated: &Option<Vec<Range<u64>>>, offset: u64, len: u64) -> bool {
+    let end = offset + len;
+    allocated.as_ref().is_some_and(|a| !a.iter().any(|r| r.start < end && offset < r.end))
+}
+
 /// A snapshot's flat disk read with byte-range GETs; the allocated areas, when known, let
 /// the pipeline skip the rest without reading it.
 struct HttpDisk {
@@ -150,8 +156,7 @@ impl DiskSource for HttpDisk {
     }
 
     fn is_unallocated(&mut self, offset: u64, len: u64) -> std::io::Result<bool> {
-        let end = offset + len;
-        Ok(self.allocated.as_ref().is_some_and(|a| !a.iter().any(|r| r.start < end && offset < r.end)))
+        Ok(never_written(&self.allocated, offset, len))
     }
 
     fn describe(&self) -> String {
@@ -176,8 +181,7 @@ impl DiskSource for VddkDiskSource {
     }
 
     fn is_unallocated(&mut self, offset: u64, len: u64) -> std::io::Result<bool> {
-        let end = offset + len;
-        Ok(self.allocated.as_ref().is_some_and(|a| !a.iter().any(|r| r.start < end && offset < r.end)))
+        Ok(never_written(&self.allocated, offset, len))
     }
 
     fn describe(&self) -> String {
@@ -205,14 +209,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         if !self.finished {
             drop(std::mem::take(&mut self.disks));
-            let _ = self.conn_soap.run_task(
-                &format!(
-                    "<RemoveSnapshot_Task xmlns=\"urn:vim25\">{}<removeChildren>false</removeChildren>\
-                     <consolidate>true</consolidate></RemoveSnapshot_Task>",
-                    self.snapshot.arg("_this")
-                ),
-                SNAPSHOT_WAIT,
-            );
+            let _ = remove_snapshot(&self.conn_soap, &self.snapshot);
         }
     }
 }
@@ -254,23 +251,9 @@ impl BackupSession for Session {
         // the snapshot goes either way: CBT's change ids live in the VM's disks, not in it.
         drop(std::mem::take(&mut self.disks));
         self.finished = true;
-        self.conn_soap
-            .run_task(
-                &format!(
-                    "<RemoveSnapshot_Task xmlns=\"urn:vim25\">{}<removeChildren>false</removeChildren>\
-                     <consolidate>true</consolidate></RemoveSnapshot_Task>",
-                    self.snapshot.arg("_this")
-                ),
-                SNAPSHOT_WAIT,
-            )
-            .map(|_| ())
-            .map_err(|e| {
-                VmwareConnector::failed(
-                    &self.vm.name,
-                    &format!("removing the backup's snapshot {}", self.snapshot_name),
-                    e,
-                )
-            })
+        remove_snapshot(&self.conn_soap, &self.snapshot).map_err(|e| {
+            VmwareConnector::failed(&self.vm.name, &format!("removing the backup's snapshot {}", self.snapshot_name), e)
+        })
     }
 }
 
