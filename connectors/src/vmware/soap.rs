@@ -172,7 +172,9 @@ pub struct Soap {
     /// https://host:port
     base: String,
     action: String,
-    cookie: Mutex<Option<String>>,
+    /// The session cookie, shared with the transfers made from this session, so they carry a
+    /// new one after a login again.
+    cookie: Arc<Mutex<Option<String>>>,
     credentials: Credentials,
     pub content: ServiceContent,
     seen: Arc<Mutex<Option<Thumbprints>>>,
@@ -302,7 +304,7 @@ impl Soap {
             http,
             base,
             action: "urn:vim25/6.7".into(),
-            cookie: Mutex::new(None),
+            cookie: Arc::new(Mutex::new(None)),
             credentials: credentials.clone(),
             content: ServiceContent {
                 root_folder: MoRef::new("Folder", ""),
@@ -521,7 +523,7 @@ impl Soap {
 
     /// A client for transfers that carries this session's cookie.
     pub fn transfer(&self) -> Transfer {
-        Transfer { http: self.http.clone(), cookie: self.cookie_header() }
+        Transfer { http: self.http.clone(), cookie: self.cookie.clone() }
     }
 }
 
@@ -535,12 +537,12 @@ impl Drop for Soap {
 #[derive(Clone)]
 pub struct Transfer {
     http: reqwest::blocking::Client,
-    cookie: Option<String>,
+    cookie: Arc<Mutex<Option<String>>>,
 }
 
 impl Transfer {
     fn with_cookie(&self, req: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
-        match &self.cookie {
+        match self.cookie.lock().expect("cookie lock").clone() {
             Some(c) => req.header("Cookie", c),
             None => req,
         }
