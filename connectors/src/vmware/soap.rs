@@ -168,7 +168,7 @@ impl ObjectContent {
 
 /// A logged-in session.
 pub struct Soap {
-    http: reqwest::blocking::Client,
+    http: ureq::Agent,
     /// https://host:port
     base: String,
     action: String,
@@ -292,13 +292,12 @@ impl Soap {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        let http = reqwest::blocking::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(Duration::from_secs(15))
-            .timeout(None)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .build()
-            .map_err(|e| SoapError::Unreachable(cause_chain(&e)))?;
+        let http = ureq::AgentBuilder::new()
+            .tls_config(Arc::new(tls))
+            .timeout_connect(Duration::from_secs(15))
+            // A backup's readers each keep their connection between extents.
+            .max_idle_connections_per_host(16)
+            .build();
         let base = format!("https://{host}");
         let mut soap = Soap {
             http,
@@ -360,29 +359,38 @@ impl Soap {
     fn call_once(&self, body: &str, keep_raw: &[&str]) -> Result<El, SoapError> {
         let mut req = self
             .http
-            .post(format!("{}/sdk", self.base))
+            .post(&format!("{}/sdk", self.base))
             .timeout(CALL_TIMEOUT)
-            .header("Content-Type", "text/xml; charset=utf-8")
-            .header("SOAPAction", &self.action)
-            .body(body_envelope(body));
+            .set("Content-Type", "text/xml; charset=utf-8")
+            .set("SOAPAction", &self.action);
         if let Some(c) = self.cookie_header() {
-            req = req.header("Cookie", c);
+            req = req.set("Cookie", &c);
         }
-        let resp = req.send().map_err(|e| SoapError::Unreachable(tls_or_chain(&e)))?;
+        // A SOAP fault comes with HTTP 500: its body is the answer.
+        let resp = match req.send_string(&body_envelope(body)) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => return Err(SoapError::Unreachable(tls_or_chain(&t))),
+        };
         let status = resp.status();
-        for v in resp.headers().get_all("set-cookie") {
-            if let Some(c) = v.to_str().ok().and_then(|v| v.split(';').next()) {
+        for v in resp.all("set-cookie") {
+            if let Some(c) = v.split(';').next() {
                 if c.trim_start().starts_with("vmware_soap_session=") {
                     *self.cookie.lock().expect("cookie lock") = Some(c.trim().to_string());
                 }
             }
         }
+        let status_text = resp.status_text().to_string();
         let mut text = String::new();
-        resp.take(xml::MAX_REPLY as u64 + 1)
+        resp.into_reader()
+            .take(xml::MAX_REPLY as u64 + 1)
             .read_to_string(&mut text)
             .map_err(|e| SoapError::Unreachable(format!("reading the reply: {}", cause_chain(&e))))?;
-        if !(status.is_success() || status.as_u16() == 500) {
-            return Err(SoapError::Protocol(format!("the host answered HTTP {status} at {}/sdk", self.base)));
+        if !((200..300).contains(&status) || status == 500) {
+            return Err(SoapError::Protocol(format!(
+                "the host answered HTTP {status} {status_text} at {}/sdk",
+                self.base
+            )));
         }
         read_reply(&text, keep_raw)
     }
@@ -536,14 +544,14 @@ impl Drop for Soap {
 /// Datastore file transfers in this session (cloneable, for disk readers on other threads).
 #[derive(Clone)]
 pub struct Transfer {
-    http: reqwest::blocking::Client,
+    http: ureq::Agent,
     cookie: Arc<Mutex<Option<String>>>,
 }
 
 impl Transfer {
-    fn with_cookie(&self, req: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+    fn with_cookie(&self, req: ureq::Request) -> ureq::Request {
         match self.cookie.lock().expect("cookie lock").clone() {
-            Some(c) => req.header("Cookie", c),
+            Some(c) => req.set("Cookie", &c),
             None => req,
         }
     }
@@ -555,35 +563,36 @@ impl Transfer {
         }
         let end = offset + buf.len() as u64 - 1;
         let resp = self
-            .with_cookie(self.http.get(url).timeout(CALL_TIMEOUT).header("Range", format!("bytes={offset}-{end}")))
-            .send()
-            .map_err(|e| cause_chain(&e))?;
-        if resp.status().as_u16() != 206 {
+            .with_cookie(self.http.get(url).timeout(CALL_TIMEOUT).set("Range", &format!("bytes={offset}-{end}")))
+            .call()
+            .map_err(|e| http_failure(e, &format!("bytes {offset}-{end}")))?;
+        if resp.status() != 206 {
             return Err(format!(
-                "bytes {offset}-{end}: the host answered HTTP {} instead of a byte range",
-                resp.status()
+                "bytes {offset}-{end}: the host answered HTTP {} {} instead of a byte range",
+                resp.status(),
+                resp.status_text()
             ));
         }
-        let mut resp = resp;
-        resp.read_exact(buf).map_err(|e| format!("bytes {offset}-{end}: {}", cause_chain(&e)))?;
+        resp.into_reader().read_exact(buf).map_err(|e| format!("bytes {offset}-{end}: {}", cause_chain(&e)))?;
         Ok(())
     }
 
     /// Writes a whole file at `url` from `body`, `len` bytes.
     pub fn put(&self, url: &str, body: impl Read + Send + 'static, len: u64) -> Result<(), String> {
-        let resp = self
-            .with_cookie(
-                self.http
-                    .put(url)
-                    .header("Content-Type", "application/octet-stream")
-                    .body(reqwest::blocking::Body::sized(body, len)),
-            )
-            .send()
-            .map_err(|e| cause_chain(&e))?;
-        if !resp.status().is_success() {
-            return Err(format!("the host answered HTTP {}", resp.status()));
-        }
+        self.with_cookie(
+            self.http.put(url).set("Content-Type", "application/octet-stream").set("Content-Length", &len.to_string()),
+        )
+        .send(body)
+        .map_err(|e| http_failure(e, "the upload"))?;
         Ok(())
+    }
+}
+
+/// A transfer's failure: the host's HTTP status, or what broke the connection.
+fn http_failure(e: ureq::Error, what: &str) -> String {
+    match e {
+        ureq::Error::Status(code, r) => format!("{what}: the host answered HTTP {code} {}", r.status_text()),
+        ureq::Error::Transport(t) => format!("{what}: {}", tls_or_chain(&t)),
     }
 }
 
