@@ -8,14 +8,19 @@
 # build-guest.sh changes. Prints the image's path.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# Only the image's path goes to standard output (the caller reads it); what building prints goes
+# to standard error.
+exec 3>&1 1>&2
 bash "$here/build-guest.sh"
 src=/var/tmp/holdfast-testbed/guest
 out=/var/tmp/holdfast-testbed/bootdisk
 stamp=$(cat "$0" "$here/build-guest.sh" | sha256sum | cut -c1-16)
 if [ ! -f "$out/ready-$stamp" ]; then
-  for p in extlinux syslinux-common; do
-    dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq extlinux syslinux-common >/dev/null; break; }
-  done
+  # What is used, not what dpkg remembers (a removed package's config keeps it "known").
+  if ! command -v extlinux >/dev/null || [ ! -f /usr/lib/syslinux/mbr/mbr.bin ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq extlinux syslinux-common >/dev/null
+  fi
   mnt="$out/mnt"
   umount "$mnt" 2>/dev/null || true
   rm -rf "$out"; mkdir -p "$mnt"
@@ -37,7 +42,7 @@ LABEL debian
   KERNEL /boot/$kernel
   APPEND initrd=/boot/$initrd root=LABEL=hfroot rw console=ttyS0 quiet
 CONF
-  extlinux --install "$mnt/boot/extlinux" >/dev/null 2>&1
+  extlinux --install "$mnt/boot/extlinux" >/dev/null
   cat >"$mnt/etc/systemd/system/hf-marker.service" <<UNIT
 [Unit]
 Description=Tell the test bed the guest reached multi-user
@@ -56,4 +61,4 @@ UNIT
   chmod 755 "$out"; chmod 644 "$out/disk.raw"
   touch "$out/ready-$stamp"
 fi
-echo "$out/disk.raw"
+echo "$out/disk.raw" >&3
