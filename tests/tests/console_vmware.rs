@@ -135,6 +135,18 @@ fn the_restore_wizard_converts_a_point_for_vsphere() {
         "const e = document.querySelector('dl.facts .badge'); return e && e.innerText === 'completed'",
     );
     b.look("04-convert-completed");
+    let facts = b.text("dl.facts");
+    assert!(
+        facts.contains("From\nlab (Simulated platform)") && facts.contains("Onto\nvcenter (VMware vSphere)"),
+        "the job names both platforms: {facts}"
+    );
+    b.go(&format!("{base}/#/jobs"));
+    b.wait_for("the jobs", "return document.querySelectorAll('tr[data-job]').length === 2");
+    let restore_row = b.text(&format!("tr[data-job='{}']", job["id"].as_i64().unwrap() + 1));
+    assert!(restore_row.contains("lab (Simulated platform) → vcenter (VMware vSphere)"), "{restore_row}");
+    let backup_row = b.text(&format!("tr[data-job='{}']", job["id"]));
+    assert!(backup_row.contains("lab (Simulated platform)") && !backup_row.contains('→'), "{backup_row}");
+    b.look("05-jobs-source-and-target");
     let made = sim.vm("app1-vsphere").expect("the VM was made in vSphere");
     let keys: Vec<i64> = made["disks"].as_array().unwrap().iter().map(|d| d["capacity"].as_i64().unwrap()).collect();
     assert_eq!(keys.len(), 2, "{made}");

@@ -75,7 +75,7 @@ fn a_vsphere_guest_boots_on_kvm_and_a_kvm_vm_lands_on_vsphere() {
         .output()
         .unwrap();
     assert!(image.status.success(), "{}", String::from_utf8_lossy(&image.stderr));
-    let image = String::from_utf8(image.stdout).unwrap().trim().to_string();
+    let image = String::from_utf8(image.stdout).unwrap().lines().last().unwrap_or_default().to_string();
     let mib = std::fs::metadata(&image).unwrap().len() / MIB as u64;
 
     let sim = Vcsim::start(1, &[mib]);
@@ -132,6 +132,12 @@ fn a_vsphere_guest_boots_on_kvm_and_a_kvm_vm_lands_on_vsphere() {
     let job = c.post("/api/restores", to_kvm(&name), 202);
     let done = c.wait_job(job["id"].as_i64().unwrap());
     assert_eq!(done["state"], "completed", "{done}");
+    // The job says where the point came from and where it went.
+    assert_eq!(
+        (&done["source_kind"], &done["source_platform"], &done["platform"]),
+        (&json!("vmware"), &json!("vcenter"), &json!(kvm)),
+        "{done}"
+    );
     let log = log_of(&c, &done);
     assert!(log.contains("converting a vmware VM for kvm") && log.contains("becomes vda on virtio"), "{log}");
     assert!(log.contains("NIC 1 (e1000 on vmware) becomes virtio"), "{log}");
@@ -196,6 +202,7 @@ fn a_vsphere_guest_boots_on_kvm_and_a_kvm_vm_lands_on_vsphere() {
         let job = c.post("/api/restores", body, 202);
         let done = c.wait_job(job["id"].as_i64().unwrap());
         assert_eq!(done["state"], "completed", "{done}");
+        assert_eq!((&done["source_kind"], &done["source_platform"]), (&json!("kvm"), &json!("lab")), "{done}");
         assert!(log_of(&c, &done).contains("converting a kvm VM for vmware"), "{}", log_of(&c, &done));
         for (i, key) in ["vda", "vdb"].iter().enumerate() {
             let flat = std::fs::read(sim.flat(name, i)).unwrap();

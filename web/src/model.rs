@@ -588,6 +588,10 @@ pub struct Job {
     pub created: String,
     pub started: Option<String>,
     pub finished: Option<String>,
+    /// For a restore: the kind of platform that made the point (`platform` is the target's id).
+    pub source_kind: Option<String>,
+    /// For a restore: the name of the platform that made the point, when the catalog knows it.
+    pub source_platform: Option<String>,
 }
 
 /// When a rule runs, in the admin's vocabulary; times are "HH:MM" in the appliance's local time.

@@ -8,6 +8,20 @@ function rate(bytesPerSecond) {
   return bytesPerSecond ? `${bytes(bytesPerSecond)}/s` : '–';
 }
 
+// Names a platform as "name (kind)"; a restore's source may be only a kind (a re-imported point,
+// or a platform removed since).
+async function platformNamer() {
+  const [platforms, kinds] = await Promise.all([api('GET', '/api/platforms'), api('GET', '/api/platform-kinds')]);
+  // The kind's title without its aside: "VMware vSphere", not "VMware vSphere (vCenter or ESXi)".
+  const title = (kind) => (kinds.find((k) => k.kind === kind) || { title: kind }).title.replace(/\s*\(.*\)$/, '');
+  const target = (job) => {
+    const p = platforms.find((x) => x.id === job.platform);
+    return p ? `${p.name} (${title(p.kind)})` : `platform ${job.platform}`;
+  };
+  const source = (job) => (job.source_platform ? `${job.source_platform} (${title(job.source_kind)})` : title(job.source_kind));
+  return { target, source, text: (job) => (job.kind === 'restore' && job.source_kind ? `${source(job)} → ${target(job)}` : target(job)) };
+}
+
 function progress(job) {
   const pct = Math.max(0, Math.min(100, job.percent || 0));
   return h('div', { class: 'progress-cell' },
@@ -16,7 +30,7 @@ function progress(job) {
 }
 
 async function list(main, signal) {
-  const [jobs, rules] = await Promise.all([api('GET', '/api/jobs?limit=1000'), api('GET', '/api/rules')]);
+  const [jobs, rules, names] = await Promise.all([api('GET', '/api/jobs?limit=1000'), api('GET', '/api/rules'), platformNamer()]);
   const ruleFilter = h('select', { name: 'rule' },
     h('option', { value: '' }, 'any rule or none'),
     h('option', { value: 'none' }, 'on demand (no rule)'),
@@ -48,9 +62,10 @@ async function list(main, signal) {
       && (!needle || j.vm.toLowerCase().includes(needle))
       && new Date(j.created).getTime() >= since);
     body.replaceChildren(shown.length === 0 ? h('p', { class: 'empty' }, 'No job matches.')
-      : table(['Job', 'VM', 'Kind', 'State', 'Progress', 'Rate', 'Started', 'Rule'], shown.map((j) => h('tr', { 'data-job': j.id },
+      : table(['Job', 'VM', 'Platform', 'Kind', 'State', 'Progress', 'Rate', 'Started', 'Rule'], shown.map((j) => h('tr', { 'data-job': j.id },
         h('td', {}, h('a', { href: `#/jobs/${j.id}` }, `#${j.id}`)),
         h('td', {}, j.vm),
+        h('td', { class: 'platform-cell' }, names.text(j)),
         h('td', {}, `${j.kind} (${j.type.replaceAll('_', ' ')})`),
         h('td', {}, stateBadge(j.state)),
         h('td', {}, progress(j)),
@@ -77,9 +92,12 @@ async function list(main, signal) {
   });
 }
 
-function summary(job) {
+function summary(job, names) {
   const rows = [
     ['VM', job.vm],
+    ...(job.kind === 'restore' && job.source_kind
+      ? [['From', names.source(job)], ['Onto', names.target(job)]]
+      : [['Platform', names.target(job)]]),
     ['Kind', `${job.kind}, ${job.type.replaceAll('_', ' ')}`],
     ['State', stateBadge(job.state)],
     ['Progress', h('span', {}, progress(job), ` ${bytes(job.done_bytes)} of ${bytes(job.total_bytes)}`)],
@@ -96,6 +114,7 @@ function summary(job) {
 
 async function detail(main, id, signal) {
   let job = await api('GET', `/api/jobs/${id}`);
+  const names = await platformNamer();
   const facts = h('div');
   const stop = h('button', { type: 'button', class: 'danger', hidden: true }, 'Stop job');
   const levelFilter = h('select', { name: 'level' },
@@ -119,7 +138,7 @@ async function detail(main, id, signal) {
     draw();
   };
   const draw = () => {
-    facts.replaceChildren(summary(job));
+    facts.replaceChildren(summary(job, names));
     stop.hidden = !may('operate') || ENDED.includes(job.state) || job.state === 'stopping';
   };
   stop.addEventListener('click', async () => {

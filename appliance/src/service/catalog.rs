@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../../migrations/0014_point_labels.sql")),
     (15, include_str!("../../migrations/0015_rule_run_options.sql")),
     (16, include_str!("../../migrations/0016_recoveries.sql")),
+    (17, include_str!("../../migrations/0017_job_source.sql")),
 ];
 
 /// The catalog at `url`: `sqlite://PATH` (made if missing) or `postgres://…`.

@@ -83,6 +83,8 @@ fn job(r: &sqlx::any::AnyRow) -> sqlx::Result<Job> {
         created: r.try_get("created")?,
         started: r.try_get("started")?,
         finished: r.try_get("finished")?,
+        source_kind: r.try_get("source_kind")?,
+        source_platform: r.try_get("source_platform")?,
     })
 }
 
@@ -99,7 +101,8 @@ pub(super) fn active_states() -> &'static str {
 }
 
 const JOB_COLUMNS: &str = "id, kind, platform_id, vm, backup_type, state, percent, done_bytes, total_bytes, rate, \
-                           eta_seconds, error, point_id, rule_id, storage_id, created, started, finished";
+                           eta_seconds, error, point_id, rule_id, storage_id, created, started, finished, \
+                           source_kind, source_platform";
 
 impl Service {
     pub(super) async fn job_by_id(&self, id: i64) -> ApiResult<Job> {

@@ -286,15 +286,25 @@ impl Service {
                 "VM {vm} has job {busy} queued or running: wait for it or stop it"
             )));
         }
+        let source_platform: Option<(String,)> = sqlx::query_as(
+            "SELECT p.name FROM jobs j JOIN platforms p ON p.id = j.platform_id \
+             WHERE j.point_id = $1 AND j.kind = 'backup' ORDER BY j.id LIMIT 1",
+        )
+        .bind(&point.point_id)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(ApiError::internal)?;
         let id = sqlx::query_as::<_, (i64,)>(
-            "INSERT INTO jobs (kind, platform_id, vm, backup_type, state, point_id, created) \
-             VALUES ('restore', $1, $2, $3, 'queued', $4, $5) RETURNING id",
+            "INSERT INTO jobs (kind, platform_id, vm, backup_type, state, point_id, created, source_kind, \
+             source_platform) VALUES ('restore', $1, $2, $3, 'queued', $4, $5, $6, $7) RETURNING id",
         )
         .bind(r.platform)
         .bind(&vm)
         .bind(r.mode.as_str())
         .bind(&point.point_id)
         .bind(now())
+        .bind(&point.vm.platform)
+        .bind(source_platform.map(|p| p.0))
         .fetch_one(&self.db)
         .await
         .map_err(ApiError::internal)?
