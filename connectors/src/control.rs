@@ -51,6 +51,8 @@ pub struct JobControl {
     limit: Mutex<Option<u64>>,
     /// Phases entered and not yet taken by the watcher.
     phases: Mutex<Vec<Phase>>,
+    /// Warnings for the job's log (a fallback and its reason), not yet taken by the watcher.
+    warnings: Mutex<Vec<String>>,
     /// Bytes done and to do, of the whole job.
     done: AtomicU64,
     total: AtomicU64,
@@ -86,6 +88,17 @@ impl JobControl {
     /// The phases entered since the last call, in order.
     pub fn take_phases(&self) -> Vec<Phase> {
         std::mem::take(&mut *self.phases.lock().expect("phases lock"))
+    }
+
+    /// Tells whoever watches the job something it should know but that does not fail it (a
+    /// transport not used, and why); the service writes it in the job's log as a warning.
+    pub fn warn(&self, message: impl Into<String>) {
+        self.warnings.lock().expect("warnings lock").push(message.into());
+    }
+
+    /// The warnings given since the last call, in order.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().expect("warnings lock"))
     }
 
     pub fn set_progress(&self, done: u64, total: u64) {

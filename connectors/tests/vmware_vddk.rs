@@ -183,6 +183,22 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     let writes = shim_log(&log).matches("Write").count() - before;
     assert_eq!(writes, 2, "one write per changed area, not the disks");
     assert_eq!(control.progress().0, (16 + 8) << 20, "the unchanged rest counts as done");
+    assert!(control.take_warnings().is_empty(), "nothing to warn of");
+
+    // No mode in common for the restore: it writes over HTTPS and the job is told why.
+    std::env::set_var("VDDK_SHIM_MODES", "nbd");
+    sim.write(VM, 2000, 1 << 20, &[0xef; 4096]);
+    let control = JobControl::new();
+    connect(sim, Some((&vddk, "hotadd"))).restore_in_place(VM, &disks, &control).expect("restored over HTTPS");
+    let now: Vec<Vec<u8>> = (0..2).map(|i| std::fs::read(sim.flat(VM, i)).unwrap()).collect();
+    assert!(now == want, "the VM's disks are the point's again");
+    let warnings = control.take_warnings();
+    assert!(
+        warnings.len() == 1
+            && warnings[0].starts_with("VDDK not used, writing over HTTPS instead:")
+            && warnings[0].contains("none of the transport modes hotadd"),
+        "{warnings:?}"
+    );
 
     // A session that does not commit closes what it opened and removes its snapshot.
     let conn = connect(sim, Some((&vddk, "nbd")));

@@ -311,9 +311,10 @@ impl Service {
         Some(job)
     }
 
-    /// Shows the phases the backup entered since the last look, in order, each as the job's
-    /// state and a log line (a stop requested meanwhile keeps the state at stopping, an
-    /// unreachable host keeps it at unknown); `current` follows the phase.
+    /// Shows the phases the job entered since the last look, in order, each as the job's state
+    /// and a log line (a stop requested meanwhile keeps the state at stopping, an unreachable
+    /// host keeps it at unknown), then the warnings its connector gave; `current` follows the
+    /// phase.
     async fn show_phases(&self, id: i64, control: &JobControl, current: &mut &'static str, unknown: bool) {
         for phase in control.take_phases() {
             log(&self.db, id, "info", phase_words(phase)).await;
@@ -321,6 +322,9 @@ impl Service {
             if !control.stopped() && !unknown {
                 self.set_state(id, phase.state()).await;
             }
+        }
+        for warning in control.take_warnings() {
+            log(&self.db, id, "warning", &warning).await;
         }
     }
 

@@ -415,7 +415,7 @@ fn write_disks(
         Some(_) => match conn.vddk_connect(vm_obj, None, false, false) {
             Ok(c) => Some(std::sync::Arc::new(c)),
             Err(e) => {
-                eprintln!("vmware: restoring {}: VDDK not used, writing over HTTPS: {e}", vm.name);
+                control.warn(format!("VDDK not used, writing over HTTPS instead: {e}"));
                 None
             }
         },
@@ -450,7 +450,10 @@ fn write_disks(
                 (Some(id), true) => match super::backup::changed_areas(conn, vm_obj, None, target, id) {
                     Ok(areas) => Some(areas),
                     Err(e) => {
-                        eprintln!("vmware: restoring {} disk {} in place: writing it whole: {e}", vm.name, target.key);
+                        control.warn(format!(
+                            "disk {}: CBT cannot say what changed since the point ({e}): writing it whole",
+                            target.key
+                        ));
                         None
                     }
                 },
