@@ -45,10 +45,16 @@ pub struct Vcsim {
 impl Vcsim {
     /// A vCenter with `vms` VMs (DC0_H0_VM0, …), each with disks of these sizes in MiB.
     pub fn start(vms: usize, disks_mib: &[u64]) -> Vcsim {
+        Vcsim::start_hosts(1, vms, disks_mib)
+    }
+
+    /// A bed of `hosts` standalone hosts (DC0_H0, DC0_H1, …), each with `vms` VMs and mounting
+    /// the one datastore.
+    pub fn start_hosts(hosts: usize, vms: usize, disks_mib: &[u64]) -> Vcsim {
         let sizes: Vec<String> = disks_mib.iter().map(u64::to_string).collect();
         let mut child = Command::new(bed_binary())
             .args(["-listen", "127.0.0.1:0", "-user", USER, "-password", PASSWORD, "-tls"])
-            .args(["-vms", &vms.to_string(), "-disks", &sizes.join(",")])
+            .args(["-hosts", &hosts.to_string(), "-vms", &vms.to_string(), "-disks", &sizes.join(",")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

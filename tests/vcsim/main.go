@@ -66,6 +66,7 @@ type vmJSON struct {
 	Name      string     `json:"name"`
 	Moref     string     `json:"moref"`
 	CBT       bool       `json:"cbt"`
+	Host      string     `json:"host"`
 	Snapshots []string   `json:"snapshots"`
 	Disks     []diskJSON `json:"disks"`
 }
@@ -116,7 +117,8 @@ func main() {
 	user := flag.String("user", "user", "the only user name Login accepts")
 	password := flag.String("password", "pass", "the only password Login accepts")
 	useTLS := flag.Bool("tls", false, "serve https (certificate from a throwaway CA, see ca_pem)")
-	nvms := flag.Int("vms", 2, "number of VMs")
+	nvms := flag.Int("vms", 2, "number of VMs per host")
+	nhosts := flag.Int("hosts", 1, "number of standalone hosts, each mounting every datastore")
 	diskList := flag.String("disks", "8,4", "disk sizes in MiB for every VM, comma separated")
 	flag.Parse()
 
@@ -132,14 +134,42 @@ func main() {
 	stop := make(chan os.Signal, 1) // from here on a signal means a clean shutdown
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	m := simulator.VPX()
-	m.Datacenter, m.Cluster, m.Host, m.Machine = 1, 0, 1, *nvms
+	m.Datacenter, m.Cluster, m.Host, m.Machine = 1, 0, *nhosts, *nvms
 	if err := m.Create(); err != nil {
 		log.Fatal(err)
 	}
+	mountEverywhere()
 	err := run(m, stop, *listen, *user, *password, *useTLS, sizes)
 	m.Remove() // deletes the datastore directories
 	if err != nil {
 		log.Fatal(err)
+	}
+}
+
+// mountEverywhere lists every host that mounts a datastore in the datastore's `host`: the
+// simulator creates a datastore shared by several hosts once per host, each time replacing
+// the object, so it names only the last host (a real shared datastore names them all).
+func mountEverywhere() {
+	for _, e := range simulator.Map.All("HostSystem") {
+		h, ok := e.(*simulator.HostSystem)
+		if !ok {
+			continue
+		}
+		for _, ref := range h.Datastore {
+			ds, ok := simulator.Map.Get(ref).(*simulator.Datastore)
+			if !ok {
+				continue
+			}
+			known := false
+			for _, m := range ds.Host {
+				known = known || m.Key == h.Self
+			}
+			if !known {
+				ds.Host = append(ds.Host, types.DatastoreHostMount{Key: h.Self, MountInfo: types.HostMountInfo{
+					AccessMode: string(types.HostMountModeReadWrite), Mounted: types.NewBool(true),
+					Accessible: types.NewBool(true)}})
+			}
+		}
 	}
 }
 
@@ -419,6 +449,11 @@ func (b *bed) vms() []vmJSON {
 			Snapshots: []string{}, Disks: []diskJSON{}}
 		if vm.Snapshot != nil {
 			v.Snapshots = snapshotNames(vm.Snapshot.RootSnapshotList, v.Snapshots)
+		}
+		if vm.Runtime.Host != nil {
+			if h, ok := simulator.Map.Get(*vm.Runtime.Host).(*simulator.HostSystem); ok {
+				v.Host = h.Name
+			}
 		}
 		for _, d := range vm.Config.Hardware.Device {
 			if disk, bk := flatDisk(d); disk != nil {
