@@ -268,6 +268,7 @@ pub fn run(args: PlatformArgs) -> Result<i32> {
                 cpus,
                 memory_mib,
                 network,
+                host,
                 start,
                 keep_macs,
                 disk_format,
@@ -282,7 +283,7 @@ pub fn run(args: PlatformArgs) -> Result<i32> {
             let disk_format = disk_format.or_else(|| caps.disk_formats.first().map(|f| f.name.to_string()));
             let disk_sizes = disk_size.into_iter().collect();
             let spec =
-                NewVmSpec { name, cpus, memory_mib, storage, network, disk_format, disk_sizes, start, keep_macs };
+                NewVmSpec { name, cpus, memory_mib, storage, network, host, disk_format, disk_sizes, start, keep_macs };
             let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec, &JobControl::default())?;
             if args.json {
                 println!("{}", serde_json::json!({ "vm": vm, "point": point, "started": start }));

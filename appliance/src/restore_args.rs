@@ -28,6 +28,11 @@ pub struct RestoreTo {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The host the VM runs on, as the platform's inventory names it (default: the platform's
+    /// choice: on vSphere the first host that mounts the datastore)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// Start the VM once it is defined
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

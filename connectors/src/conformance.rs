@@ -157,6 +157,7 @@ pub fn run(bed: &mut dyn Bed) {
         memory_mib: None,
         storage: bed.storage(),
         network: None,
+        host: None,
         disk_format: None,
         disk_sizes: Default::default(),
         start: false,

@@ -208,6 +208,9 @@ pub struct NewVmSpec {
     pub storage: String,
     /// Network for every NIC; None keeps each NIC's original network.
     pub network: Option<String>,
+    /// The host the new VM runs on, by its inventory name; None: the platform's choice (on
+    /// vSphere the first host that mounts the datastore; a KVM platform is one host).
+    pub host: Option<String>,
     /// Disk image format where the platform offers a choice (KVM: "raw" or "qcow2"; qcow2
     /// keeps change tracking, so the new VM's backups can be incremental). None: the
     /// platform's default (raw on KVM).
@@ -291,6 +294,20 @@ pub enum CheckError {
     Conflict(FieldError),
     #[error(transparent)]
     Platform(ConnectorError),
+}
+
+/// For a platform that is one host (a libvirt connection): a restore that names a `host` must
+/// name that one.
+pub fn check_single_host(
+    want: Option<&str>,
+    host: impl FnOnce() -> Result<String, ConnectorError>,
+) -> Result<(), CheckError> {
+    let Some(want) = want else { return Ok(()) };
+    let host = host()?;
+    if want != host {
+        return Err(CheckError::invalid("host", format!("this platform is the one host {host:?}, not {want:?}")));
+    }
+    Ok(())
 }
 
 impl CheckError {

@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use vds_store::{BackupType, DiskSource, FileSource, NativeConfig, VmDescription, VmDisk, VmNic};
 
 const PLATFORM: &str = "sim";
+/// The one host a simulated platform has (its inventory's).
+const SIM_HOST: &str = "sim-host";
 
 /// Faults a test switches on; read from `faults.json` on every call, so they can change while a
 /// job runs.
@@ -432,7 +434,7 @@ impl Connector for SimHost {
 
     fn inventory(&self) -> Result<Inventory, ConnectorError> {
         Ok(Inventory {
-            hosts: vec![HostInfo { name: "sim-host".into(), software: "simulated".into(), cpus: 8, memory_mib: 32768 }],
+            hosts: vec![HostInfo { name: SIM_HOST.into(), software: "simulated".into(), cpus: 8, memory_mib: 32768 }],
             vms: self.list_vms()?,
             networks: vec![NetworkInfo { name: "lan".into(), active: true }],
             storage: self.storage(),
@@ -661,6 +663,7 @@ impl Connector for SimHost {
         match restore {
             RestoreCheck::NewVm(spec) => {
                 self.check_reachable()?;
+                crate::connector::check_single_host(spec.host.as_deref(), || Ok(SIM_HOST.to_string()))?;
                 if self.vm_dir(&spec.name).exists() {
                     return Err(CheckError::conflict("name", format!("a VM named {:?} exists", spec.name)));
                 }

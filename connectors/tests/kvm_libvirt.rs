@@ -89,6 +89,13 @@ fn check_grown_restores(
         assert!(err.contains(want) && err.contains(&bad.name), "{err}");
     }
     assert_eq!(std::fs::read_dir(pool_dir).unwrap().count(), before, "a refused restore made a volume");
+    // A libvirt platform is one host: a restore may name it, and no other.
+    let elsewhere =
+        NewVmSpec { name: format!("{}-elsewhere", spec.name), host: Some("no-such-host".into()), ..spec.clone() };
+    let err = conn.check_restore(connectors::RestoreCheck::NewVm(&elsewhere)).unwrap_err().to_string();
+    assert!(err.contains("\"no-such-host\"") && err.contains("the one host"), "{err}");
+    let here = NewVmSpec { host: Some(conn.inventory().unwrap().hosts[0].name.clone()), ..elsewhere };
+    conn.check_restore(connectors::RestoreCheck::NewVm(&here)).expect("its own host is taken");
 }
 
 /// A running test VM, an empty store beside it, and a connector to its libvirt.
@@ -202,6 +209,7 @@ fn full_incremental_differential_chain_restores_every_state() {
         memory_mib: Some(256),
         storage: pool.clone(),
         network: Some(net.0.clone()),
+        host: None,
         disk_format: None,
         disk_sizes: Default::default(),
         start: true,
@@ -437,6 +445,7 @@ fn a_restore_killed_midway_is_cleaned_up_from_its_volume_list_and_a_defined_vm_i
         memory_mib: None,
         storage: pool.clone(),
         network: None,
+        host: None,
         disk_format: Some("raw".into()),
         disk_sizes: Default::default(),
         start: false,
@@ -737,6 +746,7 @@ fn a_remote_uri_authenticates_backs_up_over_nbd_tcp_and_restores_through_the_sto
         memory_mib: None,
         storage: pool.clone(),
         network: None,
+        host: None,
         disk_format: Some("qcow2".into()),
         disk_sizes: Default::default(),
         start: true,

@@ -115,6 +115,8 @@ fn the_restore_wizard_converts_a_point_for_vsphere() {
     );
     b.type_into("input[name=name]", "app1-vsphere");
     b.select("select[name=network]", "VM Network");
+    b.select("select[name=host]", "DC0_H0");
+    b.look("01b-convert-new-vm");
     next(&b, 4);
     let hw = b.text("[data-step='4']");
     assert!(
@@ -127,6 +129,7 @@ fn the_restore_wizard_converts_a_point_for_vsphere() {
     next(&b, 5);
     let summary = b.text("[data-step='5']");
     assert!(summary.contains("from sim to vmware") && summary.contains("pvscsi"), "{summary}");
+    assert!(summary.contains("Host\nDC0_H0"), "{summary}");
     b.look("03-convert-summary");
     b.click(".wizard button[type=submit]");
     b.wait_for("the job page", "return location.hash.startsWith('#/jobs/')");
@@ -148,6 +151,7 @@ fn the_restore_wizard_converts_a_point_for_vsphere() {
     assert!(backup_row.contains("lab (Simulated platform)") && !backup_row.contains('→'), "{backup_row}");
     b.look("05-jobs-source-and-target");
     let made = sim.vm("app1-vsphere").expect("the VM was made in vSphere");
+    assert_eq!(made["host"], "DC0_H0", "{made}");
     let keys: Vec<i64> = made["disks"].as_array().unwrap().iter().map(|d| d["capacity"].as_i64().unwrap()).collect();
     assert_eq!(keys.len(), 2, "{made}");
     assert_eq!(std::fs::read(sim.flat("app1-vsphere", 0)).unwrap(), host.disk("app1", "vda"));

@@ -162,3 +162,64 @@ fn vmware_vms_are_backed_up_and_restored_through_the_api() {
     let log = c.get(&format!("/api/jobs/{id}/log")).to_string();
     assert!(log.contains("holdfast-backup-"), "the job's log names the removed snapshot: {log}");
 }
+
+#[test]
+fn a_restored_vm_goes_on_the_host_chosen() {
+    let sim = Vcsim::start_hosts(2, 1, &[2]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let c = server.admin("correct horse battery");
+    let pid = c.post("/api/platforms", platform(&sim, PASSWORD), 201)["id"].as_i64().unwrap();
+    let inv = c.get(&format!("/api/platforms/{pid}/inventory"));
+    let hosts: Vec<&str> = inv["hosts"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["DC0_H0", "DC0_H1"], "{inv}");
+    sim.write("DC0_H0_VM0", 2000, 0, &[0x77; 65536]);
+    let job = c.post("/api/jobs", json!({ "platform": pid, "vm": "DC0_H0_VM0", "type": "full" }), 202);
+    let point = c.wait_job(job["id"].as_i64().unwrap())["point_id"].clone();
+    let restore = |name: &str, host: Option<&str>| {
+        let mut body = json!({ "point": point, "platform": pid, "mode": "new_vm", "name": name,
+                               "storage": "LocalDS_0", "network": "VM Network" });
+        if let Some(h) = host {
+            body["host"] = json!(h);
+        }
+        body
+    };
+
+    // A host that does not exist is refused, naming the field and the hosts there are; nothing
+    // is queued or made.
+    let jobs = c.get("/api/jobs").as_array().unwrap().len();
+    let v = c.post("/api/restores", restore("on-nosuch", Some("nosuch")), 400);
+    assert_eq!(v["error"], "host: there is no host \"nosuch\" (there are: DC0_H0, DC0_H1)", "{v}");
+    assert_eq!(c.get("/api/jobs").as_array().unwrap().len(), jobs);
+    assert!(sim.vm("on-nosuch").is_none());
+
+    // Each host in turn: the new VM is registered on the one chosen (the point came from DC0_H0).
+    for host in ["DC0_H1", "DC0_H0"] {
+        let name = format!("on-{host}");
+        let job = c.post("/api/restores", restore(&name, Some(host)), 202);
+        let done = c.wait_job(job["id"].as_i64().unwrap());
+        assert_eq!(done["state"], "completed", "{done}");
+        let made = sim.vm(&name).expect("the VM was made");
+        assert_eq!(made["host"], host, "{made}");
+        assert_eq!(std::fs::read(sim.flat(&name, 0)).unwrap(), std::fs::read(sim.flat("DC0_H0_VM0", 0)).unwrap());
+    }
+
+    // A platform that is one host (here the simulated one) takes its own name or none.
+    let simhost = connectors::sim::SimHost::create(&dir.path().join("simhost"));
+    simhost.add_vm("app", &[("vda", 1 << 20)]);
+    let simp = c.add_sim_platform("lab", &simhost);
+    let job = c.post("/api/jobs", json!({ "platform": simp, "vm": "app", "type": "full" }), 202);
+    let spoint = c.wait_job(job["id"].as_i64().unwrap())["point_id"].clone();
+    let v = c.post(
+        "/api/restores",
+        json!({ "point": spoint, "platform": simp, "mode": "new_vm", "name": "app2", "host": "DC0_H1" }),
+        400,
+    );
+    assert_eq!(v["error"], "host: this platform is the one host \"sim-host\", not \"DC0_H1\"", "{v}");
+    let job = c.post(
+        "/api/restores",
+        json!({ "point": spoint, "platform": simp, "mode": "new_vm", "name": "app2", "host": "sim-host" }),
+        202,
+    );
+    assert_eq!(c.wait_job(job["id"].as_i64().unwrap())["state"], "completed");
+}

@@ -339,6 +339,10 @@ pub struct NewRestore {
     /// Network for every NIC; None keeps each NIC's original network.
     #[serde(default)]
     pub network: Option<String>,
+    /// The host the new VM runs on (new_vm), one of the platform inventory's `hosts`; default:
+    /// the platform's choice (on vSphere the first host that mounts the datastore).
+    #[serde(default)]
+    pub host: Option<String>,
     /// One of the platform kind's `disk_formats` (default: the first).
     #[serde(default)]
     pub disk_format: Option<String>,

@@ -64,6 +64,7 @@ export async function render(main, { params }) {
   const memory = h('input', { name: 'memory_mib', type: 'number', min: 16, step: 1 });
   const storage = h('select', { name: 'storage' });
   const network = h('select', { name: 'network' });
+  const host = h('select', { name: 'host' });
   const format = h('select', { name: 'disk_format' });
   const start = h('input', { type: 'checkbox', id: 'start' });
   const keepMacs = h('input', { type: 'checkbox', id: 'keep-macs' });
@@ -105,9 +106,12 @@ export async function render(main, { params }) {
       storage.replaceChildren(...inv.storage.map((s) => h('option', { value: s.name, selected: s.name === caps.default_storage }, `${s.name} (${bytes(s.available)} free)`)));
       const keep = conversion && conversion.needed ? [] : [h('option', { value: '' }, 'as in the point')];
       network.replaceChildren(...keep, ...inv.networks.map((n) => h('option', { value: n.name }, n.name)));
+      host.replaceChildren(h('option', { value: '' }, inv.hosts.length > 1 ? 'any host that mounts the storage' : 'the platform\'s host'),
+        ...inv.hosts.map((x) => h('option', { value: x.name }, `${x.name} (${x.cpus} CPUs, ${bytes(x.memory_mib * 1048576)})`)));
     } catch (err) {
       storage.replaceChildren();
       network.replaceChildren(h('option', { value: '' }, 'as in the point'));
+      host.replaceChildren(h('option', { value: '' }, 'the platform\'s choice'));
       throw new ApiError(err.status, `platform: ${err.message}`);
     }
   };
@@ -121,6 +125,7 @@ export async function render(main, { params }) {
       if (memory.value) body.memory_mib = Number(memory.value);
       if (storage.value) body.storage = storage.value;
       if (network.value) body.network = network.value;
+      if (host.value) body.host = host.value;
       if (format.value) body.disk_format = format.value;
       body.disk_sizes = {};
       diskInputs.forEach(({ d, shown, input }) => {
@@ -144,6 +149,7 @@ export async function render(main, { params }) {
     if (b.mode === 'new_vm') {
       rows.push(['CPUs', b.cpus ? String(b.cpus) : 'as in the point'], ['Memory', b.memory_mib ? `${b.memory_mib} MiB` : 'as in the point'],
         ['Disks', diskInputs.map(({ d, shown, input }) => `${d.key} ${bytes(input.value === shown ? d.size : Number(input.value) * 1048576)}`).join(', ')],
+        ['Host', b.host || 'the platform\'s choice'],
         [storage.previousElementSibling.textContent, b.storage || 'the platform\'s default'], ['Disk format', b.disk_format || 'the platform\'s default'],
         ['Network', b.network || 'as in the point'],
         ['MAC addresses', b.keep_macs ? 'the point\'s (the original VM must be gone)' : 'new ones (the original VM keeps its own)'],
@@ -164,7 +170,7 @@ export async function render(main, { params }) {
         h('small', { class: 'error', 'aria-live': 'polite' })),
       inPlaceNote, warning),
     h('div', { 'data-step': 3 }, field('Name of the new VM', name), field('CPUs', cpus, 'Empty: as in the point.'), field('Memory (MiB)', memory, 'Empty: as in the point.'),
-      diskBox, field('Storage', storage), field('Disk format', format), field('Network', network),
+      diskBox, field('Host', host, 'Where the VM runs; it must reach the storage.'), field('Storage', storage), field('Disk format', format), field('Network', network),
       choice(keepMacs, 'Keep the point\'s MAC addresses (by default the new VM gets new ones, so it can run beside the original)'),
       choice(start, 'Power the VM on after the restore')),
     h('div', { 'data-step': 4 }, field('Disk bus', diskBus, 'Every disk goes on this bus; the default is what the guest OS is known to boot from.'),

@@ -723,6 +723,7 @@ impl Service {
             memory_mib: v.memory_mib,
             storage: String::new(),
             network: v.network.clone(),
+            host: None,
             disk_format: Some("raw".into()),
             disk_sizes: Default::default(),
             start: v.start.unwrap_or(true),

@@ -85,6 +85,7 @@ fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
                 memory_mib: r.memory_mib,
                 storage,
                 network: r.network.clone(),
+                host: r.host.clone().filter(|h| !h.trim().is_empty()),
                 disk_format: format,
                 disk_sizes: r.disk_sizes.clone(),
                 start: r.start,

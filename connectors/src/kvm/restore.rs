@@ -557,6 +557,13 @@ pub(super) fn check_restore(conn: &KvmConnector, restore: RestoreCheck<'_>) -> R
     let names = |list: Vec<String>| if list.is_empty() { "none".to_string() } else { list.join(", ") };
     match restore {
         RestoreCheck::NewVm(spec) => {
+            crate::connector::check_single_host(spec.host.as_deref(), || {
+                conn.conn.hostname().map_err(|e| ConnectorError::Unreachable {
+                    platform: super::PLATFORM,
+                    target: conn.uri.clone(),
+                    cause: e.to_string(),
+                })
+            })?;
             if conn.conn.lookup_domain_by_name(&spec.name).is_ok() {
                 return Err(CheckError::conflict(
                     "name",

@@ -147,7 +147,7 @@ impl VmwareConnector {
     }
 
     /// An inventory read failed: the host's words.
-    fn inv(&self, what: &str) -> impl Fn(SoapError) -> ConnectorError + '_ {
+    pub(super) fn inv(&self, what: &str) -> impl Fn(SoapError) -> ConnectorError + '_ {
         let what = what.to_string();
         move |e| ConnectorError::Unreachable {
             platform: PLATFORM,

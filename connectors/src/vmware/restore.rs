@@ -25,6 +25,39 @@ fn datastore<'a>(stores: &'a [Datastore], name: &str) -> Result<&'a Datastore, C
     })
 }
 
+/// The host a new VM on datastore `ds` runs on: `want` (by name) when it mounts the datastore,
+/// else the first host that does.
+fn host_for(conn: &VmwareConnector, ds: &Datastore, want: Option<&str>) -> Result<MoRef, CheckError> {
+    let Some(want) = want else {
+        return ds
+            .hosts
+            .first()
+            .cloned()
+            .ok_or_else(|| CheckError::invalid("storage", format!("no host mounts datastore {:?}", ds.name)));
+    };
+    let hosts = conn.soap.retrieve_all("HostSystem", &["name"]).map_err(conn.inv("the hosts"))?;
+    let named = |h: &MoRef| hosts.iter().find(|o| o.obj.value == h.value).and_then(|o| o.text("name"));
+    let Some(found) = hosts.iter().find(|o| o.text("name") == Some(want)) else {
+        let names: Vec<&str> = hosts.iter().filter_map(|o| o.text("name")).collect();
+        return Err(CheckError::invalid(
+            "host",
+            format!("there is no host {want:?} (there are: {})", names.join(", ")),
+        ));
+    };
+    if !ds.hosts.iter().any(|h| h.value == found.obj.value) {
+        let mounting: Vec<&str> = ds.hosts.iter().filter_map(named).collect();
+        return Err(CheckError::invalid(
+            "host",
+            format!(
+                "host {want:?} does not mount datastore {:?} (hosts that do: {})",
+                ds.name,
+                if mounting.is_empty() { "none".to_string() } else { mounting.join(", ") }
+            ),
+        ));
+    }
+    Ok(found.obj.clone())
+}
+
 fn network<'a>(networks: &'a [Network], name: &str, field: &str) -> Result<&'a Network, CheckError> {
     networks.iter().find(|n| n.name == name).ok_or_else(|| {
         let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
@@ -46,6 +79,7 @@ pub fn check(conn: &VmwareConnector, restore: RestoreCheck<'_>) -> Result<(), Ch
             if !ds.accessible {
                 return Err(CheckError::invalid("storage", format!("datastore {:?} is not accessible", ds.name)));
             }
+            host_for(conn, ds, spec.host.as_deref())?;
             if let Some(n) = &spec.network {
                 network(&conn.networks()?, n, "network")?;
             }
@@ -67,8 +101,8 @@ pub fn check(conn: &VmwareConnector, restore: RestoreCheck<'_>) -> Result<(), Ch
     }
 }
 
-/// Where a new VM goes: its datastore's datacenter folder, a host mounting the datastore and
-/// that host's resource pool.
+/// Where a new VM goes: its datastore's datacenter folder, the chosen host (or the first that
+/// mounts the datastore) and that host's resource pool.
 struct Placement {
     dc: Datacenter,
     folder: MoRef,
@@ -76,7 +110,7 @@ struct Placement {
     pool: MoRef,
 }
 
-fn placement(conn: &VmwareConnector, ds: &Datastore) -> Result<Placement, String> {
+fn placement(conn: &VmwareConnector, ds: &Datastore, host: Option<&str>) -> Result<Placement, String> {
     let dc = conn
         .datacenters()
         .map_err(|e| e.to_string())?
@@ -84,7 +118,7 @@ fn placement(conn: &VmwareConnector, ds: &Datastore) -> Result<Placement, String
         .find(|d| d.datastores.iter().any(|s| s.value == ds.obj.value))
         .ok_or_else(|| format!("no datacenter holds datastore {:?}", ds.name))?;
     let folder = dc.vm_folder.clone().ok_or("the datacenter has no VM folder")?;
-    let host = ds.hosts.first().cloned().ok_or_else(|| format!("no host mounts datastore {:?}", ds.name))?;
+    let host = host_for(conn, ds, host).map_err(|e| e.to_string())?;
     let parent = conn.soap.retrieve_one(&host, &["parent"], &[]).map_err(|e| e.to_string())?;
     let parent = parent.props.get("parent").ok_or("the host has no compute resource")?;
     let compute = MoRef::new(parent.mo_type.as_deref().unwrap_or("ComputeResource"), &parent.text);
@@ -332,7 +366,7 @@ pub fn as_new_vm(
     let stores = conn.datastores()?;
     let ds = datastore(&stores, &spec.storage).map_err(|e| failed("choosing the datastore", &e))?;
     let networks = conn.networks()?;
-    let place = placement(conn, ds).map_err(|e| failed("placing the VM", &e))?;
+    let place = placement(conn, ds, spec.host.as_deref()).map_err(|e| failed("placing the VM", &e))?;
     let (config, planned) =
         new_vm_spec(source, spec, &sizes, &networks, ds).map_err(|e| failed("describing the VM", &e))?;
     let created = conn
