@@ -295,6 +295,11 @@ impl Soap {
         let http = ureq::AgentBuilder::new()
             .tls_config(Arc::new(tls))
             .timeout_connect(Duration::from_secs(15))
+            // Each read and write waits at most this long (set once per response): a transfer
+            // has no deadline of its own, as ureq would reset the socket's timeout before every
+            // 8 KiB read to keep one.
+            .timeout_read(CALL_TIMEOUT)
+            .timeout_write(CALL_TIMEOUT)
             // A backup's readers each keep their connection between extents.
             .max_idle_connections_per_host(16)
             .build();
@@ -563,7 +568,7 @@ impl Transfer {
         }
         let end = offset + buf.len() as u64 - 1;
         let resp = self
-            .with_cookie(self.http.get(url).timeout(CALL_TIMEOUT).set("Range", &format!("bytes={offset}-{end}")))
+            .with_cookie(self.http.get(url).set("Range", &format!("bytes={offset}-{end}")))
             .call()
             .map_err(|e| http_failure(e, &format!("bytes {offset}-{end}")))?;
         if resp.status() != 206 {
