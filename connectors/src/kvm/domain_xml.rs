@@ -264,6 +264,12 @@ pub fn new_domain_xml(
             None => x += &format!("    <interface type='user'>{mac}<model type='{}'/></interface>\n", escape(model)),
         }
     }
+    // What an admin reaches a VM by: a serial console (virsh console), a display on the host's
+    // loopback (virt-manager and remote viewers tunnel to it), VGA, which every guest has a driver
+    // for, and a tablet so the pointer follows the viewer's.
+    x += "    <serial type='pty'><target port='0'/></serial>\n    <console type='pty'><target type='serial' port='0'/></console>\n    \
+          <input type='tablet' bus='usb'/>\n    <graphics type='vnc' autoport='yes' listen='127.0.0.1'/>\n    \
+          <video><model type='vga'/></video>\n";
     x + "  </devices>\n</domain>\n"
 }
 
@@ -510,6 +516,10 @@ mod tests {
         );
         assert!(x.contains("<source file='/p/a.raw'/><target dev='vda' bus='virtio'/>"));
         assert!(x.contains("<source network='lan2'/>"));
+        // A console and a display to reach it by, the display on the host's loopback only.
+        assert!(x.contains("<console type='pty'><target type='serial' port='0'/></console>"), "{x}");
+        assert!(x.contains("<graphics type='vnc' autoport='yes' listen='127.0.0.1'/>"), "{x}");
+        assert!(x.contains("<video><model type='vga'/></video>") && x.contains("<input type='tablet' bus='usb'/>"));
         assert!(new_domain_xml(&d, "n", 1, 64, &[], None, false).contains("<source network='default'/>"));
         assert!(roxmltree::Document::parse(&volume_xml("a&b", 5, "qcow2")).is_ok());
     }
