@@ -136,7 +136,7 @@ fn complete(
     let Started { description, parent, mut session } = started;
     let transport = session.transport();
     let consistency = session.consistency();
-    let mut warnings = Vec::new();
+    let mut warnings = session.warnings();
     if opts.lan_free && !session.lan_free() {
         warnings.push(format!("LAN-free transport was asked for but is not available for this VM; used {transport}"));
     }

@@ -192,6 +192,10 @@ pub trait BackupSession {
     }
     /// How consistent the captured state is, in words for the job log and the restore point.
     fn consistency(&self) -> String;
+    /// What the job's log should warn of that does not fail the backup.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
     fn take_disks(&mut self) -> Vec<SessionDisk>;
     fn finish(self: Box<Self>, committed: bool) -> Result<(), ConnectorError>;
 }

@@ -111,6 +111,17 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     assert_eq!(calls.matches("InitEx").count(), 1, "VDDK is initialised once per process");
     assert_eq!(calls.matches("ConnectEx").count(), calls.matches("Disconnect").count(), "every connection ends");
     assert_eq!(calls.matches("Open ").count(), calls.matches("Close").count(), "every disk is closed");
+    // vCenter is asked to hold each VM in place for every connection, and let go after it.
+    assert_eq!(calls.matches("PrepareForAccess vmx=moref=vm-").count(), calls.matches("ConnectEx").count(), "{calls}");
+    assert_eq!(calls.matches("EndAccess vmx=moref=vm-").count(), calls.matches("Disconnect").count(), "{calls}");
+    let order: Vec<&str> = calls
+        .lines()
+        .filter_map(|l| {
+            ["PrepareForAccess", "ConnectEx", "Disconnect", "EndAccess"].into_iter().find(|c| l.starts_with(c))
+        })
+        .collect();
+    assert!(order.chunks(4).all(|c| c == ["PrepareForAccess", "ConnectEx", "Disconnect", "EndAccess"]), "{order:?}");
+    assert!(calls.contains("identity=Holdfast"), "{calls}");
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(&dir.path().join("store"), InitOptions::default()).unwrap();
@@ -128,6 +139,20 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     sim.write("DC0_H0_VM1", 2000, 3 << 20, &[0x33; 4096]);
     let o = backup(&connect(sim, Some((&vddk, "nbdssl:nbd"))), "DC0_H0_VM1", ChangeTracking::Off, false);
     assert_eq!(o.transport, "vddk nbdssl");
+    assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+
+    // A host that will not hold the VM in place (no vCenter): the backup reads on and says so.
+    std::env::set_var("VDDK_SHIM_REFUSE_ACCESS", "1");
+    let o = backup(&connect(sim, Some((&vddk, "nbdssl:nbd"))), "DC0_H0_VM1", ChangeTracking::Off, false);
+    std::env::remove_var("VDDK_SHIM_REFUSE_ACCESS");
+    assert_eq!(o.transport, "vddk nbdssl");
+    assert!(
+        o.warnings.len() == 1
+            && o.warnings[0].contains("not asked to keep the VM in place")
+            && o.warnings[0].contains("VixDiskLib_PrepareForAccess"),
+        "{:?}",
+        o.warnings
+    );
     assert!(!sim.vm("DC0_H0_VM1").unwrap()["cbt"].as_bool().unwrap(), "CBT left off");
     assert_eq!(o.point.stats.read_bytes, 4 << 20, "one allocated extent read of 24 MiB");
     assert!(shim_log(&log).contains("QueryAllocatedBlocks"), "the library was asked");

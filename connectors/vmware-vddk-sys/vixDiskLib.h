@@ -135,6 +135,10 @@ const char *VixDiskLib_ListTransportModes(void);
 VixError VixDiskLib_ConnectEx(const VixDiskLibConnectParams *connectParams, Bool readOnly, const char *snapshotRef,
                               const char *transportModes, VixDiskLibConnection *connection);
 VixError VixDiskLib_Disconnect(VixDiskLibConnection connection);
+/* vCenter: keep the VM from being moved (Storage vMotion) while its disks are read; identity
+ * names the application to vSphere's admins. EndAccess undoes it, with the same parameters. */
+VixError VixDiskLib_PrepareForAccess(const VixDiskLibConnectParams *connectParams, const char *identity);
+VixError VixDiskLib_EndAccess(const VixDiskLibConnectParams *connectParams, const char *identity);
 VixError VixDiskLib_Open(const VixDiskLibConnection connection, const char *path, uint32_t flags,
                          VixDiskLibHandle *diskHandle);
 VixError VixDiskLib_Close(VixDiskLibHandle diskHandle);

@@ -206,6 +206,8 @@ struct Session {
     paths: Vec<(String, String)>,
     /// Why VDDK, though configured, was not used.
     vddk_fallback: Option<String>,
+    /// Warnings for the job's log (VDDK could not have vCenter hold the VM in place).
+    warnings: Vec<String>,
     finished: bool,
 }
 
@@ -245,6 +247,10 @@ impl BackupSession for Session {
 
     fn consistency(&self) -> String {
         self.consistency.clone()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 
     fn take_disks(&mut self) -> Vec<SessionDisk> {
@@ -399,6 +405,7 @@ pub fn begin(conn: &VmwareConnector, vm: &str, plan: &BackupPlan) -> Result<Box<
         consistency,
         paths: Vec::new(),
         vddk_fallback: None,
+        warnings: Vec::new(),
         finished: false,
     };
     // From here on every failure removes the snapshot.
@@ -443,7 +450,15 @@ fn fill(
     let vddk = match &conn.vddk {
         None => None,
         Some(_) => match conn.vddk_connect(&v.obj, Some(snapshot), true, plan.lan_free) {
-            Ok(c) => Some(Arc::new(c)),
+            Ok(c) => {
+                if let Some(why) = &c.access {
+                    session.warnings.push(format!(
+                        "vCenter was not asked to keep the VM in place while its disks are read ({why}): \
+                         a Storage vMotion meanwhile would fail this backup"
+                    ));
+                }
+                Some(Arc::new(c))
+            }
             Err(e) => {
                 session.vddk_fallback = Some(e);
                 None

@@ -447,7 +447,14 @@ fn write_disks(
         // SAN writes are not possible while CBT is on and suit thin disks badly: restores use
         // the configured network and hot-add modes only.
         Some(_) => match conn.vddk_connect(vm_obj, None, false, false) {
-            Ok(c) => Some(std::sync::Arc::new(c)),
+            Ok(c) => {
+                if let Some(why) = &c.access {
+                    control.warn(format!(
+                        "vCenter was not asked to keep the VM in place while its disks are written ({why})"
+                    ));
+                }
+                Some(std::sync::Arc::new(c))
+            }
             Err(e) => {
                 control.warn(format!("VDDK not used, writing over HTTPS instead: {e}"));
                 None

@@ -130,6 +130,16 @@ impl Vddk {
         p.specType = sys::VixDiskLibSpecType_VIXDISKLIB_SPEC_VMX;
         let mut conn: sys::VixDiskLibConnection = std::ptr::null_mut();
         let _one = serial();
+        // vCenter keeps the VM where it is (no Storage vMotion) while we hold its disks. Not
+        // every host does it (a standalone ESXi host has no vCenter to ask): reading goes on,
+        // and the backup says so.
+        let prepared = if self.lib.VixDiskLib_PrepareForAccess.is_ok() && self.lib.VixDiskLib_EndAccess.is_ok() {
+            // Safety: p and the strings outlive the call.
+            let err = unsafe { self.lib.VixDiskLib_PrepareForAccess(&p, IDENTITY.as_ptr()) };
+            self.check("VixDiskLib_PrepareForAccess", err)
+        } else {
+            Err("this VDDK has no VixDiskLib_PrepareForAccess".into())
+        };
         // Safety: p and the strings outlive the call; conn receives the connection.
         let err = unsafe {
             self.lib.VixDiskLib_ConnectEx(
@@ -140,8 +150,17 @@ impl Vddk {
                 &mut conn,
             )
         };
-        self.check("VixDiskLib_ConnectEx", err)?;
-        Ok(Connection { vddk: self.clone(), conn, _strings: strings.into() })
+        let connected = self.check("VixDiskLib_ConnectEx", err);
+        if connected.is_err() && prepared.is_ok() {
+            // Safety: the parameters PrepareForAccess was given.
+            unsafe { self.lib.VixDiskLib_EndAccess(&p, IDENTITY.as_ptr()) };
+        }
+        connected?;
+        let (params, access) = match prepared {
+            Ok(()) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        };
+        Ok(Connection { vddk: self.clone(), conn, params, access, _strings: strings.into() })
     }
 }
 
@@ -157,10 +176,18 @@ pub struct Target {
     pub vm: String,
 }
 
+/// The name vSphere shows for the application holding a VM's disks (PrepareForAccess).
+const IDENTITY: &CStr = c"Holdfast";
+
 /// A VDDK connection; disconnected when the last disk opened through it is closed.
 pub struct Connection {
     vddk: Arc<Vddk>,
     conn: sys::VixDiskLibConnection,
+    /// The parameters PrepareForAccess took, for EndAccess (None: it was not done).
+    params: Option<sys::VixDiskLibConnectParams>,
+    /// Why the VM is not held in place while its disks are read (PrepareForAccess refused).
+    pub access: Option<String>,
+    /// What the parameters point into.
     _strings: Vec<CString>,
 }
 
@@ -172,6 +199,10 @@ impl Drop for Connection {
         let _one = serial();
         // Safety: the connection is ours and every disk of it is closed (they hold an Arc).
         unsafe { self.vddk.lib.VixDiskLib_Disconnect(self.conn) };
+        if let Some(p) = &self.params {
+            // Safety: the parameters PrepareForAccess took; their strings are still ours.
+            unsafe { self.vddk.lib.VixDiskLib_EndAccess(p, IDENTITY.as_ptr()) };
+        }
     }
 }
 

@@ -286,6 +286,20 @@ pub struct VixDiskLib {
     >,
     pub VixDiskLib_Disconnect:
         Result<unsafe extern "C" fn(connection: VixDiskLibConnection) -> VixError, ::libloading::Error>,
+    pub VixDiskLib_PrepareForAccess: Result<
+        unsafe extern "C" fn(
+            connectParams: *const VixDiskLibConnectParams,
+            identity: *const ::core::ffi::c_char,
+        ) -> VixError,
+        ::libloading::Error,
+    >,
+    pub VixDiskLib_EndAccess: Result<
+        unsafe extern "C" fn(
+            connectParams: *const VixDiskLibConnectParams,
+            identity: *const ::core::ffi::c_char,
+        ) -> VixError,
+        ::libloading::Error,
+    >,
     pub VixDiskLib_Open: Result<
         unsafe extern "C" fn(
             connection: VixDiskLibConnection,
@@ -357,6 +371,8 @@ impl VixDiskLib {
         let VixDiskLib_ListTransportModes = __library.get(b"VixDiskLib_ListTransportModes\0").map(|sym| *sym);
         let VixDiskLib_ConnectEx = __library.get(b"VixDiskLib_ConnectEx\0").map(|sym| *sym);
         let VixDiskLib_Disconnect = __library.get(b"VixDiskLib_Disconnect\0").map(|sym| *sym);
+        let VixDiskLib_PrepareForAccess = __library.get(b"VixDiskLib_PrepareForAccess\0").map(|sym| *sym);
+        let VixDiskLib_EndAccess = __library.get(b"VixDiskLib_EndAccess\0").map(|sym| *sym);
         let VixDiskLib_Open = __library.get(b"VixDiskLib_Open\0").map(|sym| *sym);
         let VixDiskLib_Close = __library.get(b"VixDiskLib_Close\0").map(|sym| *sym);
         let VixDiskLib_GetInfo = __library.get(b"VixDiskLib_GetInfo\0").map(|sym| *sym);
@@ -375,6 +391,8 @@ impl VixDiskLib {
             VixDiskLib_ListTransportModes,
             VixDiskLib_ConnectEx,
             VixDiskLib_Disconnect,
+            VixDiskLib_PrepareForAccess,
+            VixDiskLib_EndAccess,
             VixDiskLib_Open,
             VixDiskLib_Close,
             VixDiskLib_GetInfo,
@@ -432,6 +450,20 @@ impl VixDiskLib {
     }
     pub unsafe fn VixDiskLib_Disconnect(&self, connection: VixDiskLibConnection) -> VixError {
         (self.VixDiskLib_Disconnect.as_ref().expect("Expected function, got error."))(connection)
+    }
+    pub unsafe fn VixDiskLib_PrepareForAccess(
+        &self,
+        connectParams: *const VixDiskLibConnectParams,
+        identity: *const ::core::ffi::c_char,
+    ) -> VixError {
+        (self.VixDiskLib_PrepareForAccess.as_ref().expect("Expected function, got error."))(connectParams, identity)
+    }
+    pub unsafe fn VixDiskLib_EndAccess(
+        &self,
+        connectParams: *const VixDiskLibConnectParams,
+        identity: *const ::core::ffi::c_char,
+    ) -> VixError {
+        (self.VixDiskLib_EndAccess.as_ref().expect("Expected function, got error."))(connectParams, identity)
     }
     pub unsafe fn VixDiskLib_Open(
         &self,

@@ -7,7 +7,8 @@
 //! - `VDDK_SHIM_MODES`: the transport modes this "host" offers, `a:b` (default `nbdssl:nbd`);
 //! - `VDDK_SHIM_USER`, `VDDK_SHIM_PASSWORD`: credentials ConnectEx insists on (when set);
 //! - `VDDK_SHIM_THUMBPRINT`: the thumbprint Open insists on (when set), as real VDDK checks it;
-//! - `VDDK_SHIM_LOG`: a file that gets one line per call that matters, for the test to read.
+//! - `VDDK_SHIM_LOG`: a file that gets one line per call that matters, for the test to read;
+//! - `VDDK_SHIM_REFUSE_ACCESS`: PrepareForAccess and EndAccess fail (as without a vCenter).
 //!
 //! Not VDDK: no NFC, no network; a disk is its flat file, its capacity the file's size.
 
@@ -160,6 +161,39 @@ pub unsafe extern "C" fn VixDiskLib_ConnectEx(
     let conn = Connection { read_only: read_only != 0, thumbprint: text(p.thumbPrint), mode: mode_name(mode) };
     *out = Box::into_raw(Box::new(conn)) as VixDiskLibConnection;
     VIX_OK as VixError
+}
+
+/// What vCenter's PrepareForAccess and EndAccess are asked for a VM (logged; refused, as a
+/// standalone ESXi host refuses them, when `VDDK_SHIM_REFUSE_ACCESS` is set).
+unsafe fn access(call: &str, params: *const VixDiskLibConnectParams, identity: *const c_char) -> VixError {
+    if params.is_null() || identity.is_null() {
+        return fail(VIX_E_INVALID_ARG, format!("{call} without parameters or identity"));
+    }
+    if env("VDDK_SHIM_REFUSE_ACCESS").is_some() {
+        return fail(VIX_E_NOT_SUPPORTED, format!("{call} needs a vCenter"));
+    }
+    log(&format!(
+        "{call} vmx={} identity={}",
+        text((*params).vmxSpec).unwrap_or_default(),
+        text(identity).unwrap_or_default()
+    ));
+    VIX_OK as VixError
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn VixDiskLib_PrepareForAccess(
+    params: *const VixDiskLibConnectParams,
+    identity: *const c_char,
+) -> VixError {
+    access("PrepareForAccess", params, identity)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn VixDiskLib_EndAccess(
+    params: *const VixDiskLibConnectParams,
+    identity: *const c_char,
+) -> VixError {
+    access("EndAccess", params, identity)
 }
 
 #[no_mangle]
