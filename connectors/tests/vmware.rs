@@ -255,7 +255,7 @@ fn cbt_reset_refused_snapshots_and_killed_backups() {
 fn a_session_ended_by_the_server_is_logged_in_again() {
     use connectors::vmware::soap::Soap;
     let sim = Vcsim::start(1, &[1]);
-    let a = Soap::connect(&sim.host(), &ca(&sim), &creds(PASSWORD)).unwrap();
+    let a = std::sync::Arc::new(Soap::connect(&sim.host(), &ca(&sim), &creds(PASSWORD)).unwrap());
     let sm = a.content.session_manager.clone();
     let current = a.retrieve_one(&sm, &["currentSession"], &[]).unwrap();
     let key = current.props["currentSession"].text_of("key").expect("a session key").to_string();
@@ -270,6 +270,27 @@ fn a_session_ended_by_the_server_is_logged_in_again() {
     assert_eq!(vms.len(), 1);
     let again = a.retrieve_one(&sm, &["currentSession"], &[]).unwrap();
     assert_ne!(again.props["currentSession"].text_of("key"), Some(key.as_str()), "a new session");
+    let key = again.props["currentSession"].text_of("key").expect("a session key").to_string();
+
+    // A transfer that outlives its session (no SOAP call in between, as in a long backup): the
+    // host refuses the cookie (401), the transfer logs in again and reads on.
+    sim.write("DC0_H0_VM0", 2000, 4096, &[0x5c; 4096]);
+    let file = sim.vm("DC0_H0_VM0").unwrap()["disks"][0]["file"].as_str().unwrap().to_string();
+    let path = file.trim_start_matches("[LocalDS_0] ").replace(".vmdk", "-flat.vmdk");
+    let url = a.folder_url("DC0", "LocalDS_0", &path);
+    let transfer = a.transfer();
+    let mut buf = vec![0u8; 8192];
+    transfer.read_at(&url, 0, &mut buf).expect("read with the session");
+    b.call(&format!(
+        "<TerminateSession xmlns=\"urn:vim25\">{}<sessionId>{key}</sessionId></TerminateSession>",
+        sm.arg("_this")
+    ))
+    .expect("the session is terminated");
+    let mut after = vec![0u8; 8192];
+    transfer.read_at(&url, 0, &mut after).expect("the transfer logs in again");
+    assert!(after == buf && after[4096..] == [0x5c; 4096], "the bytes of the flat file");
+    let newest = a.retrieve_one(&sm, &["currentSession"], &[]).unwrap();
+    assert_ne!(newest.props["currentSession"].text_of("key"), Some(key.as_str()), "a new session");
 }
 
 #[test]

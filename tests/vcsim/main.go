@@ -215,6 +215,9 @@ func run(m *simulator.Model, stop chan os.Signal, listen, user, password string,
 			m.Service.ServeMux.HandleFunc(h+p, b.serveSDK)
 		}
 	}
+	for h := range hosts {
+		m.Service.ServeMux.HandleFunc(h+"/folder/", b.serveFolder)
+	}
 	m.Service.ServeMux.HandleFunc("/testbed/", b.serveTestbed)
 
 	if err := shapeDisks(context.Background(), s.URL, sizes); err != nil {
@@ -683,6 +686,33 @@ func (b *bed) forward(r *http.Request, body []byte) *httptest.ResponseRecorder {
 	r2.Body = io.NopCloser(bytes.NewReader(body))
 	b.svc.ServeSDK(rec, r2)
 	return rec
+}
+
+// serveFolder is the datastore file service as a real host runs it: only for a live session
+// (the simulator's own serves anyone), else 401, which a client must answer by logging in again.
+func (b *bed) serveFolder(w http.ResponseWriter, r *http.Request) {
+	if !b.liveSession(r) {
+		http.Error(w, "the session is not authenticated", http.StatusUnauthorized)
+		return
+	}
+	b.svc.ServeDatastore(w, r)
+}
+
+// liveSession asks the simulator, with the request's cookie, for something only a session gets.
+func (b *bed) liveSession(r *http.Request) bool {
+	body := []byte(`<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope ` +
+		`xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><CurrentTime xmlns="urn:vim25">` +
+		`<_this type="ServiceInstance">ServiceInstance</_this></CurrentTime></soapenv:Body></soapenv:Envelope>`)
+	r2 := r.Clone(r.Context())
+	r2.Method = http.MethodPost
+	r2.URL.Path, r2.URL.RawQuery = "/sdk", ""
+	r2.Header.Set("Content-Type", "text/xml; charset=utf-8")
+	r2.Header.Del("Range")
+	r2.Body = io.NopCloser(bytes.NewReader(body))
+	r2.ContentLength = int64(len(body))
+	rec := httptest.NewRecorder()
+	b.svc.ServeSDK(rec, r2)
+	return rec.Code == http.StatusOK && bytes.Contains(rec.Body.Bytes(), []byte("CurrentTimeResponse"))
 }
 
 func relay(w http.ResponseWriter, rec *httptest.ResponseRecorder) {

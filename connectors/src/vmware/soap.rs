@@ -178,6 +178,8 @@ pub struct Soap {
     credentials: Credentials,
     pub content: ServiceContent,
     seen: Arc<Mutex<Option<Thumbprints>>>,
+    /// Held while a transfer logs in again.
+    relogin: Mutex<()>,
 }
 
 /// The longest a SOAP call may take (tasks are polled, so no single call waits long).
@@ -320,6 +322,7 @@ impl Soap {
                 api_version: String::new(),
             },
             seen,
+            relogin: Mutex::new(()),
         };
         let reply = soap.call_once(
             "<RetrieveServiceContent xmlns=\"urn:vim25\"><_this type=\"ServiceInstance\">ServiceInstance</_this></RetrieveServiceContent>",
@@ -534,9 +537,20 @@ impl Soap {
         )
     }
 
-    /// A client for transfers that carries this session's cookie.
-    pub fn transfer(&self) -> Transfer {
-        Transfer { http: self.http.clone(), cookie: self.cookie.clone() }
+    /// A client for transfers that carries this session's cookie, and logs in again through
+    /// this session when the host says the cookie is no longer good.
+    pub fn transfer(self: &Arc<Self>) -> Transfer {
+        Transfer { http: self.http.clone(), cookie: self.cookie.clone(), session: Arc::downgrade(self) }
+    }
+
+    /// Logs in again unless another caller already did since `used` (the cookie a refused request
+    /// carried): transfers on several threads then make one new session, not one each.
+    fn login_again_after(&self, used: Option<&str>) -> Result<(), SoapError> {
+        let _one = self.relogin.lock().expect("login lock");
+        if self.cookie_header().as_deref() != used {
+            return Ok(());
+        }
+        self.login()
     }
 }
 
@@ -551,14 +565,21 @@ impl Drop for Soap {
 pub struct Transfer {
     http: ureq::Agent,
     cookie: Arc<Mutex<Option<String>>>,
+    /// The session, to log in again when the host refuses the cookie (a session ended by an
+    /// admin or a timeout while a long transfer ran without any SOAP call).
+    session: std::sync::Weak<Soap>,
 }
 
 impl Transfer {
-    fn with_cookie(&self, req: ureq::Request) -> ureq::Request {
-        match self.cookie.lock().expect("cookie lock").clone() {
-            Some(c) => req.set("Cookie", &c),
+    fn with_cookie(&self, req: ureq::Request, cookie: Option<&str>) -> ureq::Request {
+        match cookie {
+            Some(c) => req.set("Cookie", c),
             None => req,
         }
+    }
+
+    fn cookie(&self) -> Option<String> {
+        self.cookie.lock().expect("cookie lock").clone()
     }
 
     /// Fills `buf` from `offset` of the file at `url` (a byte-range GET).
@@ -567,10 +588,22 @@ impl Transfer {
             return Ok(());
         }
         let end = offset + buf.len() as u64 - 1;
-        let resp = self
-            .with_cookie(self.http.get(url).set("Range", &format!("bytes={offset}-{end}")))
-            .call()
-            .map_err(|e| http_failure(e, &format!("bytes {offset}-{end}")))?;
+        let get = |cookie: Option<&str>| {
+            self.with_cookie(self.http.get(url).set("Range", &format!("bytes={offset}-{end}")), cookie).call()
+        };
+        let used = self.cookie();
+        let resp = match get(used.as_deref()) {
+            // The session ended: log in again once, then ask again.
+            Err(ureq::Error::Status(401, _)) => {
+                let session = self.session.upgrade().ok_or("the session is closed")?;
+                session.login_again_after(used.as_deref()).map_err(|e| {
+                    format!("bytes {offset}-{end}: the host ended the session, and logging in again failed: {e}")
+                })?;
+                get(self.cookie().as_deref())
+            }
+            other => other,
+        }
+        .map_err(|e| http_failure(e, &format!("bytes {offset}-{end}")))?;
         if resp.status() != 206 {
             return Err(format!(
                 "bytes {offset}-{end}: the host answered HTTP {} {} instead of a byte range",
@@ -586,6 +619,7 @@ impl Transfer {
     pub fn put(&self, url: &str, body: impl Read + Send + 'static, len: u64) -> Result<(), String> {
         self.with_cookie(
             self.http.put(url).set("Content-Type", "application/octet-stream").set("Content-Length", &len.to_string()),
+            self.cookie().as_deref(),
         )
         .send(body)
         .map_err(|e| http_failure(e, "the upload"))?;
