@@ -589,12 +589,14 @@ impl Transfer {
         }
         let end = offset + buf.len() as u64 - 1;
         let get = |cookie: Option<&str>| {
-            self.with_cookie(self.http.get(url).set("Range", &format!("bytes={offset}-{end}")), cookie).call()
+            self.with_cookie(self.http.get(url).set("Range", &format!("bytes={offset}-{end}")), cookie)
+                .call()
+                .map_err(Box::new)
         };
         let used = self.cookie();
         let resp = match get(used.as_deref()) {
             // The session ended: log in again once, then ask again.
-            Err(ureq::Error::Status(401, _)) => {
+            Err(e) if matches!(*e, ureq::Error::Status(401, _)) => {
                 let session = self.session.upgrade().ok_or("the session is closed")?;
                 session.login_again_after(used.as_deref()).map_err(|e| {
                     format!("bytes {offset}-{end}: the host ended the session, and logging in again failed: {e}")
@@ -603,7 +605,7 @@ impl Transfer {
             }
             other => other,
         }
-        .map_err(|e| http_failure(e, &format!("bytes {offset}-{end}")))?;
+        .map_err(|e| http_failure(*e, &format!("bytes {offset}-{end}")))?;
         if resp.status() != 206 {
             return Err(format!(
                 "bytes {offset}-{end}: the host answered HTTP {} {} instead of a byte range",
