@@ -1,7 +1,8 @@
 //! What the VMware connector does beyond the conformance suite, on the vSphere simulator test
 //! bed (tests/vcsim): the connection's refusals (password, certificate, thumbprint, host), two
 //! VMs of two disks through full, incremental and differential with each point restored as a
-//! new VM byte for byte, CBT turned on where it was off, a CBT reset and a refused snapshot,
+//! new VM byte for byte, CBT turned on where it was off, a CBT reset, a refused snapshot and a
+//! guest that cannot be quiesced,
 //! and the snapshot a killed backup left removed at the next start.
 
 use connectors::vmware::soap::TlsTrust;
@@ -224,6 +225,29 @@ fn cbt_reset_refused_snapshots_and_killed_backups() {
     assert_eq!(store.scan(None).unwrap().0.len(), before);
     assert!(sim.snapshots(vm).is_empty());
     sim.refuse_snapshots(vm, false);
+
+    // VMware Tools not running: a rule that prefers quiescing gets a crash-consistent point that
+    // says why; one that requires it fails, naming the VM and the fault, and leaves nothing.
+    sim.no_tools(vm, true);
+    let opts = BackupOptions { quiesce: Quiesce::IfPossible, ..BackupOptions::new(BackupType::Incremental) };
+    let o = backup_vm(&conn, &store, vm, opts, &mut |_| ()).expect("a crash-consistent backup");
+    assert!(
+        o.consistency.starts_with("crash-consistent: the guest could not be quiesced")
+            && o.consistency.contains("ToolsUnavailable"),
+        "{}",
+        o.consistency
+    );
+    assert!(sim.snapshots(vm).is_empty());
+    let before = store.scan(None).unwrap().0.len();
+    let opts = BackupOptions { quiesce: Quiesce::Required, ..BackupOptions::new(BackupType::Incremental) };
+    let e = backup_vm(&conn, &store, vm, opts, &mut |_| ()).err().expect("the backup fails").to_string();
+    assert!(
+        e.contains(vm) && e.contains("quiesced snapshot (the rule requires one)") && e.contains("ToolsUnavailable"),
+        "{e}"
+    );
+    assert_eq!(store.scan(None).unwrap().0.len(), before);
+    assert!(sim.snapshots(vm).is_empty());
+    sim.no_tools(vm, false);
 
     // Disk selection: a disk the VM lacks is refused by name.
     let plan = |include: Vec<String>| BackupPlan {

@@ -136,6 +136,12 @@ impl Vcsim {
         self.curl("POST", &format!("/testbed/refuse-snapshots?vm={vm}&on={on}"), None);
     }
 
+    /// VMware Tools not running in `vm` (on): a quiesced snapshot of it faults with
+    /// ToolsUnavailable, as vSphere's does.
+    pub fn no_tools(&self, vm: &str, on: bool) {
+        self.curl("POST", &format!("/testbed/no-tools?vm={vm}&on={on}"), None);
+    }
+
     pub fn snapshots(&self, vm: &str) -> Vec<String> {
         let v = self.vm(vm).unwrap_or_else(|| panic!("no VM {vm}"));
         v["snapshots"].as_array().expect("snapshots").iter().map(|s| s.as_str().unwrap_or_default().into()).collect()

@@ -4,7 +4,10 @@
 //   - disks with real sizes (the model's disks are empty 1 MiB files without capacityInBytes);
 //   - changed block tracking: /testbed/write records guest writes, CreateSnapshot_Task stamps
 //     change ids on the disks, and QueryChangedDiskAreas answers from the recorded writes;
-//   - a switch that makes CreateSnapshot_Task fail;
+//   - a switch that makes CreateSnapshot_Task fail, and one that makes a quiesced snapshot fail
+//     as without VMware Tools;
+//   - a datastore file service (/folder) that, as a real host's, serves live sessions only;
+//   - several standalone hosts on demand, each mounting the one datastore;
 //   - GET /testbed/info, which describes every VM so tests can check what a restore created.
 //
 // Wrapping the simulator's VM objects panics in 0.24.2, so the bed intercepts SOAP at the HTTP
@@ -106,10 +109,11 @@ type bed struct {
 
 	// mu guards the maps below. Lock order: a simulator lock may be held when taking mu,
 	// never the other way round.
-	mu     sync.Mutex
-	cbt    map[string]*diskCBT // "vm-NN:key"
-	stamps map[string]stamp    // snapshot moref → what CreateSnapshot_Task stamped
-	refuse map[string]bool     // VM moref → CreateSnapshot_Task faults
+	mu      sync.Mutex
+	cbt     map[string]*diskCBT // "vm-NN:key"
+	stamps  map[string]stamp    // snapshot moref → what CreateSnapshot_Task stamped
+	refuse  map[string]bool     // VM moref → CreateSnapshot_Task faults
+	noTools map[string]bool     // VM moref → a quiesced snapshot faults (VMware Tools not running)
 }
 
 func main() {
@@ -176,7 +180,7 @@ func mountEverywhere() {
 // run serves the created model until SIGTERM or SIGINT.
 func run(m *simulator.Model, stop chan os.Signal, listen, user, password string, useTLS bool, sizes []int64) error {
 	b := &bed{svc: m.Service, dsDir: map[string]string{}, cbt: map[string]*diskCBT{},
-		stamps: map[string]stamp{}, refuse: map[string]bool{}}
+		stamps: map[string]stamp{}, refuse: map[string]bool{}, noTools: map[string]bool{}}
 	// Without a host the simulator would advertise a non-loopback address. A UserPassword other
 	// than simulator.DefaultLogin makes Login demand exactly these credentials.
 	m.Service.Listen = &url.URL{Host: listen}
@@ -643,12 +647,17 @@ func (b *bed) serveSDK(w http.ResponseWriter, r *http.Request) {
 	case "CreateSnapshot_Task":
 		vmRef := args["_this"]
 		b.mu.Lock()
-		refused := b.refuse[vmRef]
+		refused, noTools := b.refuse[vmRef], b.noTools[vmRef] && args["quiesce"] == "true"
 		b.mu.Unlock()
-		if refused {
+		if refused || noTools {
 			name := vmRef
 			b.byRef(vmRef, func(vm *simulator.VirtualMachine) { name = vm.Name })
-			writeFault(w, "SnapshotFault", "the test bed refuses snapshots of "+name, "")
+			if noTools {
+				writeFault(w, "ToolsUnavailable", "Cannot complete operation because VMware Tools is not running in "+
+					"this virtual machine ("+name+")", "")
+			} else {
+				writeFault(w, "SnapshotFault", "the test bed refuses snapshots of "+name, "")
+			}
 			return
 		}
 		rec := b.forward(r, body)
@@ -803,7 +812,9 @@ func (b *bed) queryChanged(w http.ResponseWriter, a map[string]string) {
 	}
 	// Without a snapshot vSphere answers for the disk as it is now, for a powered-off VM only.
 	poweredOff := false
-	b.byRef(vmRef, func(vm *simulator.VirtualMachine) { poweredOff = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOff })
+	b.byRef(vmRef, func(vm *simulator.VirtualMachine) {
+		poweredOff = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOff
+	})
 	if snap == "" && !poweredOff {
 		writeFault(w, "InvalidState", "changes without a snapshot are known only for a powered-off VM", "")
 		return
@@ -939,6 +950,20 @@ func (b *bed) serveTestbed(w http.ResponseWriter, r *http.Request) {
 		}) {
 			http.Error(w, "no VM named "+name, http.StatusNotFound)
 		}
+	case "/testbed/no-tools":
+		on, err := strconv.ParseBool(q.Get("on"))
+		if err != nil {
+			http.Error(w, "on must be true or false", http.StatusBadRequest)
+			return
+		}
+		var ref string
+		if !b.byName(name, func(vm *simulator.VirtualMachine) { ref = vm.Self.Value }) {
+			http.Error(w, "no VM named "+name, http.StatusNotFound)
+			return
+		}
+		b.mu.Lock()
+		b.noTools[ref] = on
+		b.mu.Unlock()
 	case "/testbed/refuse-snapshots":
 		on, err := strconv.ParseBool(q.Get("on"))
 		if err != nil {
