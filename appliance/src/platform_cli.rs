@@ -284,6 +284,9 @@ pub fn run(args: PlatformArgs) -> Result<i32> {
             let disk_sizes = disk_size.into_iter().collect();
             let spec =
                 NewVmSpec { name, cpus, memory_mib, storage, network, host, disk_format, disk_sizes, start, keep_macs };
+            // What the platform can say before anything is made (a name taken, a host or
+            // network it lacks), as the service asks it.
+            conn.check_restore(connectors::RestoreCheck::NewVm(&spec)).map_err(|e| anyhow!("{e}"))?;
             let vm = conn.restore_as_new_vm(&entry.manifest.vm, &disks, &spec, &JobControl::default())?;
             if args.json {
                 println!("{}", serde_json::json!({ "vm": vm, "point": point, "started": start }));

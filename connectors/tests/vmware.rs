@@ -362,3 +362,46 @@ fn a_point_is_restored_in_place_onto_the_powered_off_vm() {
     }
     point_is(&store, &next, &want);
 }
+
+#[test]
+fn a_restore_stopped_while_it_uploads_ends_at_once_and_leaves_no_vm() {
+    let sim = Vcsim::start(1, &[8]);
+    let vm = "DC0_H0_VM0";
+    let conn = connect(&sim);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(&dir.path().join("store"), InitOptions::default()).unwrap();
+    sim.write(vm, 2000, 0, &[4; 65536]);
+    let point = backup(&conn, &store, vm, BackupType::Full);
+    let readers = store.open_disks(&point.point_id).unwrap();
+    let disks: Vec<RestoreDisk<'_>> =
+        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
+    let spec = NewVmSpec {
+        name: "stopped".into(),
+        cpus: None,
+        memory_mib: None,
+        storage: "LocalDS_0".into(),
+        network: Some("VM Network".into()),
+        host: None,
+        disk_format: None,
+        disk_sizes: Default::default(),
+        start: false,
+        keep_macs: false,
+    };
+    // Paused (0 MB/s) once the upload has begun, then stopped: the body ends short, which must
+    // fail the upload rather than leave the host waiting for the rest.
+    let control = JobControl::new();
+    control.set_limit(Some(0));
+    let stopper = {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            control.stop();
+        })
+    };
+    let t = std::time::Instant::now();
+    let e = conn.restore_as_new_vm(&point.vm, &disks, &spec, &control).unwrap_err().to_string();
+    stopper.join().unwrap();
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "the stop took {:?}", t.elapsed());
+    assert!(e.contains("stopped"), "{e}");
+    assert!(sim.vm("stopped").is_none(), "the half-made VM is removed");
+}

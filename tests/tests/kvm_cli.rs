@@ -42,6 +42,14 @@ fn backs_up_a_vm_from_the_command_line() {
     std::fs::create_dir_all(&pool_dir).unwrap();
     holdfast_tests::kvm::virsh(&["pool-create-as", &pool, "dir", "--target", pool_dir.to_str().unwrap()]);
     let new_name = format!("{}-copy", vm.name);
+    // A host the platform is not is refused before anything is made.
+    let elsewhere = kvm()
+        .args(["restore", "--point", id, "--name", &new_name, "--pool", &pool, "--host", "no-such-host", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(!elsewhere.status.success() && err.contains("host: this platform is the one host"), "{err}");
     let r = json(
         kvm()
             .args(["restore", "--point", id, "--name", &new_name, "--pool", &pool, "--memory-mib", "96"])

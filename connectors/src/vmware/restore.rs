@@ -37,7 +37,10 @@ fn host_for(conn: &VmwareConnector, ds: &Datastore, want: Option<&str>) -> Resul
     };
     let hosts = conn.soap.retrieve_all("HostSystem", &["name"]).map_err(conn.inv("the hosts"))?;
     let named = |h: &MoRef| hosts.iter().find(|o| o.obj.value == h.value).and_then(|o| o.text("name"));
-    let Some(found) = hosts.iter().find(|o| o.text("name") == Some(want)) else {
+    // A name may repeat across datacenters: one that mounts the datastore first.
+    let named_want = || hosts.iter().filter(|o| o.text("name") == Some(want));
+    let mounts = |o: &&super::soap::ObjectContent| ds.hosts.iter().any(|h| h.value == o.obj.value);
+    let Some(found) = named_want().find(mounts).or_else(|| named_want().next()) else {
         let names: Vec<&str> = hosts.iter().filter_map(|o| o.text("name")).collect();
         return Err(CheckError::invalid(
             "host",
@@ -279,11 +282,15 @@ fn new_vm_spec(
     Ok((config, planned))
 }
 
-/// A request body fed from another thread, a buffer at a time.
+/// A request body of `size` bytes fed from another thread, a buffer at a time. The feeder
+/// ending early (a stop, a failed read) is an error, not the body's end: the HTTP client must
+/// not send a short body the host would wait on for ever.
 struct ChannelBody {
     rx: mpsc::Receiver<Vec<u8>>,
     buf: Vec<u8>,
     at: usize,
+    sent: u64,
+    size: u64,
 }
 
 impl std::io::Read for ChannelBody {
@@ -291,12 +298,19 @@ impl std::io::Read for ChannelBody {
         while self.at == self.buf.len() {
             match self.rx.recv() {
                 Ok(b) => (self.buf, self.at) = (b, 0),
-                Err(_) => return Ok(0),
+                Err(_) if self.sent >= self.size => return Ok(0),
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("the disk's data ended after {} of {} bytes", self.sent, self.size),
+                    ))
+                }
             }
         }
         let n = out.len().min(self.buf.len() - self.at);
         out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
+        self.sent += n as u64;
         Ok(n)
     }
 }
@@ -311,7 +325,7 @@ fn upload(
     control: &JobControl,
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
-    let body = ChannelBody { rx, buf: Vec::new(), at: 0 };
+    let body = ChannelBody { rx, buf: Vec::new(), at: 0, sent: 0, size };
     std::thread::scope(|s| {
         let producer = s.spawn(move || -> Result<(), String> {
             let map = reader.map();

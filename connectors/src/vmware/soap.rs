@@ -169,6 +169,7 @@ impl ObjectContent {
 /// A logged-in session.
 pub struct Soap {
     http: ureq::Agent,
+    upload: ureq::Agent,
     /// https://host:port
     base: String,
     action: String,
@@ -294,8 +295,9 @@ impl Soap {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
+        let tls = Arc::new(tls);
         let http = ureq::AgentBuilder::new()
-            .tls_config(Arc::new(tls))
+            .tls_config(tls.clone())
             .timeout_connect(Duration::from_secs(15))
             // Each read and write waits at most this long (set once per response): a transfer
             // has no deadline of its own, as ureq would reset the socket's timeout before every
@@ -305,9 +307,18 @@ impl Soap {
             // A backup's readers each keep their connection between extents.
             .max_idle_connections_per_host(16)
             .build();
+        // Uploads on connections of their own (see Transfer::put).
+        let upload = ureq::AgentBuilder::new()
+            .tls_config(tls)
+            .timeout_connect(Duration::from_secs(15))
+            .timeout_read(CALL_TIMEOUT)
+            .timeout_write(CALL_TIMEOUT)
+            .max_idle_connections(0)
+            .build();
         let base = format!("https://{host}");
         let mut soap = Soap {
             http,
+            upload,
             base,
             action: "urn:vim25/6.7".into(),
             cookie: Arc::new(Mutex::new(None)),
@@ -340,8 +351,9 @@ impl Soap {
         self.seen.lock().expect("thumbprint lock").clone()
     }
 
+    /// Logs in; the new session's cookie replaces the old one only when the login succeeds (a
+    /// transfer on another thread never sees no cookie at all).
     fn login(&self) -> Result<(), SoapError> {
-        *self.cookie.lock().expect("cookie lock") = None;
         let body = format!(
             "<Login xmlns=\"urn:vim25\">{}<userName>{}</userName><password>{}</password></Login>",
             self.content.session_manager.arg("_this"),
@@ -410,9 +422,10 @@ impl Soap {
 
     /// As [`Soap::call`], keeping the source text of the elements named in `keep_raw`.
     pub fn call_keeping(&self, body: &str, keep_raw: &[&str]) -> Result<El, SoapError> {
+        let used = self.cookie_header();
         match self.call_once(body, keep_raw) {
             Err(e) if e.fault_kind() == Some("NotAuthenticated") => {
-                self.login()?;
+                self.login_again_after(used.as_deref())?;
                 self.call_once(body, keep_raw)
             }
             other => other,
@@ -540,7 +553,12 @@ impl Soap {
     /// A client for transfers that carries this session's cookie, and logs in again through
     /// this session when the host says the cookie is no longer good.
     pub fn transfer(self: &Arc<Self>) -> Transfer {
-        Transfer { http: self.http.clone(), cookie: self.cookie.clone(), session: Arc::downgrade(self) }
+        Transfer {
+            http: self.http.clone(),
+            upload: self.upload.clone(),
+            cookie: self.cookie.clone(),
+            session: Arc::downgrade(self),
+        }
     }
 
     /// Logs in again unless another caller already did since `used` (the cookie a refused request
@@ -564,6 +582,7 @@ impl Drop for Soap {
 #[derive(Clone)]
 pub struct Transfer {
     http: ureq::Agent,
+    upload: ureq::Agent,
     cookie: Arc<Mutex<Option<String>>>,
     /// The session, to log in again when the host refuses the cookie (a session ended by an
     /// admin or a timeout while a long transfer ran without any SOAP call).
@@ -588,10 +607,14 @@ impl Transfer {
             return Ok(());
         }
         let end = offset + buf.len() as u64 - 1;
+        // A deadline per read: a pooled connection has no socket timeouts of its own in ureq.
         let get = |cookie: Option<&str>| {
-            self.with_cookie(self.http.get(url).set("Range", &format!("bytes={offset}-{end}")), cookie)
-                .call()
-                .map_err(Box::new)
+            self.with_cookie(
+                self.http.get(url).timeout(CALL_TIMEOUT).set("Range", &format!("bytes={offset}-{end}")),
+                cookie,
+            )
+            .call()
+            .map_err(Box::new)
         };
         let used = self.cookie();
         let resp = match get(used.as_deref()) {
@@ -618,9 +641,21 @@ impl Transfer {
     }
 
     /// Writes a whole file at `url` from `body`, `len` bytes.
+    /// The upload has no deadline (a bandwidth window may hold it for hours); it goes on a new
+    /// connection, whose socket times out a read or write that waits `CALL_TIMEOUT` (a pooled
+    /// one has no timeouts in ureq). The session is checked first (logging in again if it
+    /// lapsed during an earlier upload), as a PUT cannot be sent twice.
     pub fn put(&self, url: &str, body: impl Read + Send + 'static, len: u64) -> Result<(), String> {
+        if let Some(session) = self.session.upgrade() {
+            session
+                .call("<CurrentTime xmlns=\"urn:vim25\"><_this type=\"ServiceInstance\">ServiceInstance</_this></CurrentTime>")
+                .map_err(|e| format!("checking the session before the upload: {e}"))?;
+        }
         self.with_cookie(
-            self.http.put(url).set("Content-Type", "application/octet-stream").set("Content-Length", &len.to_string()),
+            self.upload
+                .put(url)
+                .set("Content-Type", "application/octet-stream")
+                .set("Content-Length", &len.to_string()),
             self.cookie().as_deref(),
         )
         .send(body)
