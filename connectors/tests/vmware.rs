@@ -8,7 +8,7 @@
 use connectors::vmware::soap::TlsTrust;
 use connectors::vmware::VmwareConnector;
 use connectors::{backup_vm, BackupOptions, BackupPlan, ChangeTracking, Connector, ConnectorError, Credentials};
-use connectors::{JobControl, NewVmSpec, Quiesce, RestoreDisk};
+use connectors::{JobControl, NewVmSpec, Quiesce};
 use holdfast_tests::vmware::{Vcsim, PASSWORD, USER};
 use vds_store::{BackupType, InitOptions, RestorePoint, Store};
 
@@ -18,10 +18,6 @@ fn creds(password: &str) -> Credentials {
 
 fn ca(sim: &Vcsim) -> TlsTrust {
     TlsTrust { ca_pem: Some(std::fs::read(sim.ca_file()).unwrap()), thumbprint: None }
-}
-
-fn connect(sim: &Vcsim) -> VmwareConnector {
-    VmwareConnector::open(&sim.host(), &ca(sim), &creds(PASSWORD)).expect("the simulator answers")
 }
 
 fn refused(r: Result<VmwareConnector, ConnectorError>) -> String {
@@ -86,14 +82,12 @@ fn flats(sim: &Vcsim, vm: &str) -> Vec<Vec<u8>> {
     (0..2).map(|i| std::fs::read(sim.flat(vm, i)).unwrap()).collect()
 }
 
-fn restore(conn: &dyn Connector, sim: &Vcsim, store: &Store, point: &RestorePoint, name: &str) -> Vec<Vec<u8>> {
-    let readers = store.open_disks(&point.point_id).unwrap();
-    let disks: Vec<RestoreDisk<'_>> =
-        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
-    let spec = NewVmSpec {
+/// A new VM named `name` on the bed's datastore and network, otherwise as in the point.
+fn new_vm(name: &str) -> NewVmSpec {
+    NewVmSpec {
         name: name.into(),
-        cpus: Some(3),
-        memory_mib: Some(768),
+        cpus: None,
+        memory_mib: None,
         storage: "LocalDS_0".into(),
         network: Some("VM Network".into()),
         host: None,
@@ -101,7 +95,13 @@ fn restore(conn: &dyn Connector, sim: &Vcsim, store: &Store, point: &RestorePoin
         disk_sizes: Default::default(),
         start: false,
         keep_macs: false,
-    };
+    }
+}
+
+fn restore(conn: &dyn Connector, sim: &Vcsim, store: &Store, point: &RestorePoint, name: &str) -> Vec<Vec<u8>> {
+    let readers = store.open_disks(&point.point_id).unwrap();
+    let disks = connectors::restore_disks(point, &readers);
+    let spec = NewVmSpec { cpus: Some(3), memory_mib: Some(768), ..new_vm(name) };
     let made = conn.restore_as_new_vm(&point.vm, &disks, &spec, &JobControl::default()).expect("restore as a new VM");
     assert_eq!(made, name);
     flats(sim, name)
@@ -110,7 +110,7 @@ fn restore(conn: &dyn Connector, sim: &Vcsim, store: &Store, point: &RestorePoin
 #[test]
 fn two_vms_of_two_disks_through_full_incremental_and_differential_each_point_restored() {
     let sim = Vcsim::start(2, &[12, 6]);
-    let conn = connect(&sim);
+    let conn = sim.connector(None);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(&dir.path().join("store"), InitOptions::default()).unwrap();
     let vms = ["DC0_H0_VM0", "DC0_H0_VM1"];
@@ -163,20 +163,8 @@ fn two_vms_of_two_disks_through_full_incremental_and_differential_each_point_res
     }
     // A restore refused up front leaves nothing: the name is taken.
     let readers = store.open_disks(&points[0].1.point_id).unwrap();
-    let disks: Vec<RestoreDisk<'_>> =
-        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
-    let spec = NewVmSpec {
-        name: "DC0_H0_VM1".into(),
-        cpus: None,
-        memory_mib: None,
-        storage: "LocalDS_0".into(),
-        network: None,
-        host: None,
-        disk_format: None,
-        disk_sizes: Default::default(),
-        start: false,
-        keep_macs: false,
-    };
+    let disks = connectors::restore_disks(&points[0].1, &readers);
+    let spec = new_vm("DC0_H0_VM1");
     let e = conn.restore_as_new_vm(&points[0].1.vm, &disks, &spec, &JobControl::default()).unwrap_err().to_string();
     assert!(e.contains("exists already"), "{e}");
     let e = conn
@@ -196,7 +184,7 @@ fn two_vms_of_two_disks_through_full_incremental_and_differential_each_point_res
 fn cbt_reset_refused_snapshots_and_killed_backups() {
     let sim = Vcsim::start(1, &[4, 2]);
     let vm = "DC0_H0_VM0";
-    let conn = connect(&sim);
+    let conn = sim.connector(None);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(&dir.path().join("store"), InitOptions::default()).unwrap();
     sim.write(vm, 2000, 0, &[1; 8192]);
@@ -268,7 +256,7 @@ fn cbt_reset_refused_snapshots_and_killed_backups() {
     assert_eq!(session.take_disks().len(), 1, "only the chosen disk");
     std::mem::forget(session);
     assert_eq!(sim.snapshots(vm).len(), 1);
-    let restarted = connect(&sim);
+    let restarted = sim.connector(None);
     let said = restarted.clean_up_killed_backup(vm).unwrap().expect("something was removed");
     assert!(said.contains("holdfast-backup-"), "{said}");
     assert!(sim.snapshots(vm).is_empty());
@@ -323,7 +311,7 @@ fn a_point_is_restored_in_place_onto_the_powered_off_vm() {
     use connectors::{CheckError, RestoreCheck};
     let sim = Vcsim::start(1, &[4, 2]);
     let vm = "DC0_H0_VM0";
-    let conn = connect(&sim);
+    let conn = sim.connector(None);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(&dir.path().join("store"), InitOptions::default()).unwrap();
     sim.write(vm, 2000, 0, &[7; 65536]);
@@ -338,8 +326,7 @@ fn a_point_is_restored_in_place_onto_the_powered_off_vm() {
         other => panic!("a running VM was not refused: {other:?}"),
     }
     let readers = store.open_disks(&point.point_id).unwrap();
-    let disks: Vec<RestoreDisk<'_>> =
-        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
+    let disks = connectors::restore_disks(&point, &readers);
     assert!(conn.restore_in_place(vm, &disks, &JobControl::default()).is_err(), "refused while powered on");
 
     let admin = Soap::connect(&sim.host(), &ca(&sim), &creds(PASSWORD)).unwrap();
@@ -367,26 +354,14 @@ fn a_point_is_restored_in_place_onto_the_powered_off_vm() {
 fn a_restore_stopped_while_it_uploads_ends_at_once_and_leaves_no_vm() {
     let sim = Vcsim::start(1, &[8]);
     let vm = "DC0_H0_VM0";
-    let conn = connect(&sim);
+    let conn = sim.connector(None);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::init(&dir.path().join("store"), InitOptions::default()).unwrap();
     sim.write(vm, 2000, 0, &[4; 65536]);
     let point = backup(&conn, &store, vm, BackupType::Full);
     let readers = store.open_disks(&point.point_id).unwrap();
-    let disks: Vec<RestoreDisk<'_>> =
-        readers.iter().map(|(k, r)| RestoreDisk { key: k.clone(), reader: r, change_id: None }).collect();
-    let spec = NewVmSpec {
-        name: "stopped".into(),
-        cpus: None,
-        memory_mib: None,
-        storage: "LocalDS_0".into(),
-        network: Some("VM Network".into()),
-        host: None,
-        disk_format: None,
-        disk_sizes: Default::default(),
-        start: false,
-        keep_macs: false,
-    };
+    let disks = connectors::restore_disks(&point, &readers);
+    let spec = new_vm("stopped");
     // Paused (0 MB/s) once the upload has begun, then stopped: the body ends short, which must
     // fail the upload rather than leave the host waiting for the rest.
     let control = JobControl::new();

@@ -5,60 +5,13 @@
 //! and the fallbacks to HTTPS that say why (no common mode, a thumbprint VDDK refuses).
 //! The shim reads its configuration from this process's environment, so everything is one test.
 
-use connectors::conformance::{run, Bed};
+use connectors::conformance::run;
 use connectors::vmware::soap::TlsTrust;
-use connectors::vmware::{VddkSettings, VmwareConnector};
+use connectors::vmware::VmwareConnector;
 use connectors::{backup_vm, BackupOptions, BackupPlan, ChangeTracking, Connector, Credentials, JobControl, Quiesce};
-use holdfast_tests::vmware::{install_vddk_shim, Vcsim, PASSWORD, USER};
-use std::path::{Path, PathBuf};
+use holdfast_tests::vmware::{install_vddk_shim, Vcsim, VcsimBed, BED_VM as VM, PASSWORD, USER};
+use std::path::Path;
 use vds_store::{BackupType, InitOptions, Store};
-
-const VM: &str = "DC0_H0_VM0";
-
-fn connect(sim: &Vcsim, vddk: Option<(&Path, &str)>) -> VmwareConnector {
-    let trust = TlsTrust { ca_pem: Some(std::fs::read(sim.ca_file()).unwrap()), thumbprint: None };
-    let creds = Credentials { username: USER.into(), password: PASSWORD.into() };
-    let mut c = VmwareConnector::open(&sim.host(), &trust, &creds).expect("the simulator answers");
-    c.vddk = vddk.map(|(dir, modes)| VddkSettings { dir: dir.to_path_buf(), modes: modes.into() });
-    c
-}
-
-struct VddkBed {
-    sim: Vcsim,
-    vddk: PathBuf,
-    pattern: u8,
-}
-
-fn unit(key: &str) -> usize {
-    key.rsplit('-').next().and_then(|u| u.parse().ok()).unwrap()
-}
-
-impl Bed for VddkBed {
-    fn connect(&self) -> Box<dyn Connector> {
-        Box::new(connect(&self.sim, Some((&self.vddk, "nbdssl:nbd"))))
-    }
-    fn vm(&self) -> String {
-        VM.into()
-    }
-    fn write(&mut self, key: &str, offset: u64, len: u64) {
-        self.pattern = self.pattern.wrapping_add(0x17).max(1);
-        let data: Vec<u8> = (0..len).map(|i| self.pattern ^ (i % 241) as u8).collect();
-        self.sim.write(VM, 2000 + unit(key) as i64, offset, &data);
-    }
-    fn disk(&self, vm: &str, key: &str) -> Vec<u8> {
-        std::fs::read(self.sim.flat(vm, unit(key))).expect("the flat file")
-    }
-    fn storage(&self) -> String {
-        "LocalDS_0".into()
-    }
-    fn leftovers(&self, vm: &str) -> Vec<String> {
-        self.sim.snapshots(vm).into_iter().map(|s| format!("snapshot {s}")).collect()
-    }
-    fn remove(&self, _vm: &str) {}
-    fn dir(&self) -> &Path {
-        self.sim.dir.path()
-    }
-}
 
 fn vm_ref(soap: &connectors::vmware::soap::Soap, name: &str) -> connectors::vmware::xml::MoRef {
     let vms = soap.retrieve_all("VirtualMachine", &["name"]).unwrap();
@@ -83,21 +36,21 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     // connection test with what was looked for.
     let empty = scratch.path().join("no-vddk");
     std::fs::create_dir_all(&empty).unwrap();
-    let e = connect(&sim, Some((&empty, "nbd"))).test_connection().unwrap_err().to_string();
+    let e = sim.connector(Some((&empty, "nbd"))).test_connection().unwrap_err().to_string();
     assert!(e.contains("no VDDK library") && e.contains("libvixDiskLib.so.8") && e.contains("no-vddk"), "{e}");
     let fake = scratch.path().join("fake-vddk");
     std::fs::create_dir_all(fake.join("lib64")).unwrap();
     std::fs::write(fake.join("lib64/libvixDiskLib.so.9"), b"\x7fELF but not really").unwrap();
-    let e = connect(&sim, Some((&fake, "nbd"))).test_connection().unwrap_err().to_string();
+    let e = sim.connector(Some((&fake, "nbd"))).test_connection().unwrap_err().to_string();
     assert!(e.contains("cannot load") && e.contains("libvixDiskLib.so.9"), "{e}");
 
     let vddk = install_vddk_shim(&scratch.path().join("vddk"));
-    let said = connect(&sim, Some((&vddk, "nbdssl:nbd"))).test_connection().expect("VDDK loads");
+    let said = sim.connector(Some((&vddk, "nbdssl:nbd"))).test_connection().expect("VDDK loads");
     assert!(said.contains("data through VDDK") && said.contains("lib64/libvixDiskLib.so.8"), "{said}");
     assert!(said.contains("the library offers nbdssl:nbd"), "{said}");
 
     // The conformance suite with every read and the restore through VDDK.
-    let mut bed = VddkBed { sim, vddk: vddk.clone(), pattern: 0 };
+    let mut bed = VcsimBed::new(sim, Some(vddk.clone()));
     run(&mut bed);
     let sim = &bed.sim;
     let calls = shim_log(&log);
@@ -137,13 +90,13 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
 
     // A VM without CBT and change tracking off: a full reads what QueryAllocatedBlocks says.
     sim.write("DC0_H0_VM1", 2000, 3 << 20, &[0x33; 4096]);
-    let o = backup(&connect(sim, Some((&vddk, "nbdssl:nbd"))), "DC0_H0_VM1", ChangeTracking::Off, false);
+    let o = backup(&sim.connector(Some((&vddk, "nbdssl:nbd"))), "DC0_H0_VM1", ChangeTracking::Off, false);
     assert_eq!(o.transport, "vddk nbdssl");
     assert!(o.warnings.is_empty(), "{:?}", o.warnings);
 
     // A host that will not hold the VM in place (no vCenter): the backup reads on and says so.
     std::env::set_var("VDDK_SHIM_REFUSE_ACCESS", "1");
-    let o = backup(&connect(sim, Some((&vddk, "nbdssl:nbd"))), "DC0_H0_VM1", ChangeTracking::Off, false);
+    let o = backup(&sim.connector(Some((&vddk, "nbdssl:nbd"))), "DC0_H0_VM1", ChangeTracking::Off, false);
     std::env::remove_var("VDDK_SHIM_REFUSE_ACCESS");
     assert_eq!(o.transport, "vddk nbdssl");
     assert!(
@@ -159,22 +112,22 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
 
     // The modes: hot-add where the host offers it, SAN first for a LAN-free backup.
     std::env::set_var("VDDK_SHIM_MODES", "hotadd:san:nbdssl:nbd");
-    let o = backup(&connect(sim, Some((&vddk, "hotadd:nbdssl"))), VM, ChangeTracking::Auto, false);
+    let o = backup(&sim.connector(Some((&vddk, "hotadd:nbdssl"))), VM, ChangeTracking::Auto, false);
     assert_eq!(o.transport, "vddk hotadd");
-    let o = backup(&connect(sim, Some((&vddk, "nbdssl:san"))), VM, ChangeTracking::Auto, true);
+    let o = backup(&sim.connector(Some((&vddk, "nbdssl:san"))), VM, ChangeTracking::Auto, true);
     assert_eq!(o.transport, "vddk san");
     assert!(o.warnings.iter().all(|w| !w.to_lowercase().contains("lan")), "a SAN read is LAN-free: {:?}", o.warnings);
 
     // No mode in common: the backup goes over HTTPS and says why.
     std::env::set_var("VDDK_SHIM_MODES", "nbd");
-    let o = backup(&connect(sim, Some((&vddk, "san:hotadd"))), VM, ChangeTracking::Auto, false);
+    let o = backup(&sim.connector(Some((&vddk, "san:hotadd"))), VM, ChangeTracking::Auto, false);
     assert!(o.transport.starts_with("https (datastore /folder); VDDK not used:"), "{}", o.transport);
     assert!(o.transport.contains("none of the transport modes san:hotadd"), "{}", o.transport);
 
     // VDDK checks the thumbprint when it opens a disk: the SHA-1 of the certificate the SOAP
     // session verified is what it gets.
     std::env::set_var("VDDK_SHIM_THUMBPRINT", ["00"; 20].join(":"));
-    let o = backup(&connect(sim, Some((&vddk, "nbd"))), VM, ChangeTracking::Auto, false);
+    let o = backup(&sim.connector(Some((&vddk, "nbd"))), VM, ChangeTracking::Auto, false);
     assert!(o.transport.contains("VDDK not used") && o.transport.contains("thumbprint mismatch"), "{}", o.transport);
     let soap = connectors::vmware::soap::Soap::connect(
         &sim.host(),
@@ -183,7 +136,7 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     )
     .unwrap();
     std::env::set_var("VDDK_SHIM_THUMBPRINT", soap.seen_thumbprints().unwrap().sha1);
-    let o = backup(&connect(sim, Some((&vddk, "nbd"))), VM, ChangeTracking::Auto, false);
+    let o = backup(&sim.connector(Some((&vddk, "nbd"))), VM, ChangeTracking::Auto, false);
     assert_eq!(o.transport, "vddk nbd");
 
     // In place onto the powered-off VM: CBT still knows the point's change ids, so only what the
@@ -202,7 +155,7 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     assert!(disks.iter().all(|d| d.change_id.is_some()), "the point has change ids");
     let before = shim_log(&log).matches("Write").count();
     let control = JobControl::new();
-    connect(sim, Some((&vddk, "nbd"))).restore_in_place(VM, &disks, &control).expect("restored in place");
+    sim.connector(Some((&vddk, "nbd"))).restore_in_place(VM, &disks, &control).expect("restored in place");
     let now: Vec<Vec<u8>> = (0..2).map(|i| std::fs::read(sim.flat(VM, i)).unwrap()).collect();
     assert!(now == want, "the VM's disks are the point's again");
     let writes = shim_log(&log).matches("Write").count() - before;
@@ -214,7 +167,7 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     std::env::set_var("VDDK_SHIM_MODES", "nbd");
     sim.write(VM, 2000, 1 << 20, &[0xef; 4096]);
     let control = JobControl::new();
-    connect(sim, Some((&vddk, "hotadd"))).restore_in_place(VM, &disks, &control).expect("restored over HTTPS");
+    sim.connector(Some((&vddk, "hotadd"))).restore_in_place(VM, &disks, &control).expect("restored over HTTPS");
     let now: Vec<Vec<u8>> = (0..2).map(|i| std::fs::read(sim.flat(VM, i)).unwrap()).collect();
     assert!(now == want, "the VM's disks are the point's again");
     let warnings = control.take_warnings();
@@ -226,7 +179,7 @@ fn the_vddk_transport_through_the_vixdisklib_stand_in() {
     );
 
     // A session that does not commit closes what it opened and removes its snapshot.
-    let conn = connect(sim, Some((&vddk, "nbd")));
+    let conn = sim.connector(Some((&vddk, "nbd")));
     let plan = BackupPlan {
         requested: BackupType::Full,
         base: None,

@@ -3,6 +3,10 @@
 //! tests/testbed/build-vcsim.sh from Debian's Go packages). One bed per test, on its own port,
 //! over HTTPS with its own CA; killed when dropped.
 
+use connectors::conformance::Bed;
+use connectors::vmware::soap::TlsTrust;
+use connectors::vmware::{VddkSettings, VmwareConnector};
+use connectors::{Connector, Credentials};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -182,5 +186,69 @@ impl Vcsim {
             self.started["datastore"].as_str().expect("datastore"),
             self.started["datastore_dir"].as_str().expect("datastore_dir")
         )
+    }
+}
+
+impl Vcsim {
+    /// A connector to this bed, trusting its CA, with the disks' data through VDDK (its
+    /// directory and modes) when given, else over HTTPS.
+    pub fn connector(&self, vddk: Option<(&Path, &str)>) -> VmwareConnector {
+        let trust = TlsTrust { ca_pem: Some(std::fs::read(self.ca_file()).expect("the CA")), thumbprint: None };
+        let creds = Credentials { username: USER.into(), password: PASSWORD.into() };
+        let mut c = VmwareConnector::open(&self.host(), &trust, &creds).expect("the simulator answers");
+        c.vddk = vddk.map(|(dir, modes)| VddkSettings { dir: dir.to_path_buf(), modes: modes.into() });
+        c
+    }
+}
+
+/// The VM the conformance suite runs on.
+pub const BED_VM: &str = "DC0_H0_VM0";
+
+/// The conformance suite's bed (connectors/src/conformance.rs) on the simulator: VM
+/// [`BED_VM`], the guest's writes into its flat files through the bed (so CBT reports them),
+/// read over HTTPS, or through VDDK from the stand-in installed in `vddk`.
+pub struct VcsimBed {
+    pub sim: Vcsim,
+    pub vddk: Option<PathBuf>,
+    pattern: u8,
+}
+
+impl VcsimBed {
+    pub fn new(sim: Vcsim, vddk: Option<PathBuf>) -> VcsimBed {
+        VcsimBed { sim, vddk, pattern: 0 }
+    }
+}
+
+/// The disk's unit on its controller: "scsi0-1" → 1 (the bed numbers device keys 2000 + unit).
+pub fn unit(key: &str) -> usize {
+    key.rsplit('-').next().and_then(|u| u.parse().ok()).unwrap_or_else(|| panic!("{key} is not bus-unit"))
+}
+
+impl Bed for VcsimBed {
+    fn connect(&self) -> Box<dyn Connector> {
+        Box::new(self.sim.connector(self.vddk.as_deref().map(|d| (d, "nbdssl:nbd"))))
+    }
+    fn vm(&self) -> String {
+        BED_VM.into()
+    }
+    fn write(&mut self, key: &str, offset: u64, len: u64) {
+        self.pattern = self.pattern.wrapping_add(0x13).max(1);
+        let data: Vec<u8> = (0..len).map(|i| self.pattern ^ (i % 251) as u8).collect();
+        self.sim.write(BED_VM, 2000 + unit(key) as i64, offset, &data);
+    }
+    fn disk(&self, vm: &str, key: &str) -> Vec<u8> {
+        std::fs::read(self.sim.flat(vm, unit(key))).expect("the flat file")
+    }
+    fn storage(&self) -> String {
+        "LocalDS_0".into()
+    }
+    fn leftovers(&self, vm: &str) -> Vec<String> {
+        self.sim.snapshots(vm).into_iter().map(|s| format!("snapshot {s}")).collect()
+    }
+    fn remove(&self, _vm: &str) {
+        // The simulator and its datastore go when the bed is dropped.
+    }
+    fn dir(&self) -> &Path {
+        self.sim.dir.path()
     }
 }

@@ -951,36 +951,29 @@ func (b *bed) serveTestbed(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "no VM named "+name, http.StatusNotFound)
 		}
 	case "/testbed/no-tools":
-		on, err := strconv.ParseBool(q.Get("on"))
-		if err != nil {
-			http.Error(w, "on must be true or false", http.StatusBadRequest)
-			return
-		}
-		var ref string
-		if !b.byName(name, func(vm *simulator.VirtualMachine) { ref = vm.Self.Value }) {
-			http.Error(w, "no VM named "+name, http.StatusNotFound)
-			return
-		}
-		b.mu.Lock()
-		b.noTools[ref] = on
-		b.mu.Unlock()
+		b.setSwitch(w, q, name, b.noTools)
 	case "/testbed/refuse-snapshots":
-		on, err := strconv.ParseBool(q.Get("on"))
-		if err != nil {
-			http.Error(w, "on must be true or false", http.StatusBadRequest)
-			return
-		}
-		var ref string
-		if !b.byName(name, func(vm *simulator.VirtualMachine) { ref = vm.Self.Value }) {
-			http.Error(w, "no VM named "+name, http.StatusNotFound)
-			return
-		}
-		b.mu.Lock()
-		b.refuse[ref] = on
-		b.mu.Unlock()
+		b.setSwitch(w, q, name, b.refuse)
 	default:
 		http.NotFound(w, r)
 	}
+}
+
+// setSwitch sets a per-VM switch (by the VM's moref) from the request's on=true|false.
+func (b *bed) setSwitch(w http.ResponseWriter, q url.Values, name string, switches map[string]bool) {
+	on, err := strconv.ParseBool(q.Get("on"))
+	if err != nil {
+		http.Error(w, "on must be true or false", http.StatusBadRequest)
+		return
+	}
+	var ref string
+	if !b.byName(name, func(vm *simulator.VirtualMachine) { ref = vm.Self.Value }) {
+		http.Error(w, "no VM named "+name, http.StatusNotFound)
+		return
+	}
+	b.mu.Lock()
+	switches[ref] = on
+	b.mu.Unlock()
 }
 
 // write stores guest data in a disk's flat file and records the extent for change tracking.
