@@ -95,6 +95,18 @@ fn check(r: &NewRestore, caps: &Capabilities) -> ApiResult<Mode> {
     }
 }
 
+/// The point's VM converted for a platform of kind `kind` with the user's choices; a choice it
+/// cannot take refused on its field.
+fn convert(
+    vm: &vds_store::VmDescription,
+    kind: &str,
+    disk_bus: &Option<String>,
+    nic_model: &Option<String>,
+) -> ApiResult<connectors::convert::Converted> {
+    let choices = connectors::convert::Choices { disk_bus: disk_bus.clone(), nic_model: nic_model.clone() };
+    connectors::convert::convert(vm, kind, &choices).map_err(|e| ApiError::field(&e.field, e.message))
+}
+
 /// New disk sizes against the point's disks, before anything is queued (the connector checks
 /// again when it writes).
 fn check_sizes(point: &RestorePoint, sizes: &std::collections::BTreeMap<String, u64>) -> ApiResult<()> {
@@ -144,9 +156,7 @@ impl Service {
                 decisions: vec![],
             });
         }
-        let choices = connectors::convert::Choices { disk_bus: r.disk_bus.clone(), nic_model: r.nic_model.clone() };
-        let c =
-            connectors::convert::convert(source, kind, &choices).map_err(|e| ApiError::field(&e.field, e.message))?;
+        let c = convert(source, kind, &r.disk_bus, &r.nic_model)?;
         let (buses, nics, bus_default, nic_default) = connectors::convert::offers(kind, source)
             .ok_or_else(|| ApiError::field("platform", format!("cannot convert for {kind}")))?;
         let d = &c.description;
@@ -226,11 +236,7 @@ impl Service {
                         ),
                     ));
                 }
-                let choices =
-                    connectors::convert::Choices { disk_bus: r.disk_bus.clone(), nic_model: r.nic_model.clone() };
-                let c = connectors::convert::convert(&point.vm, kind, &choices)
-                    .map_err(|e| ApiError::field(&e.field, e.message))?;
-                Some(c)
+                Some(convert(&point.vm, kind, &r.disk_bus, &r.nic_model)?)
             }
             (_, false) => {
                 for (field, given) in [("disk_bus", r.disk_bus.is_some()), ("nic_model", r.nic_model.is_some())] {
